@@ -1,0 +1,173 @@
+//! One walk over a loaded configuration that reports, with field paths:
+//! * every violated `validate.rules` constraint (see [`crate::pgv`]);
+//! * every field that is set but that Legate does not implement, per a [`Support`] table;
+//! * every `Any` whose type is unknown or not implemented.
+//!
+//! `Any` payloads are unpacked and walked like inline fields, so a filter's config is checked
+//! at `...http_filters[1].typed_config.<field>`.
+
+use std::collections::{HashMap, HashSet};
+
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, ReflectMessage, Value};
+
+use crate::any::{ANY, map_key, unpack};
+use crate::error::ConfigError;
+use crate::pgv::RuleCache;
+
+/// What Legate implements: for each message type, the fields it reads; and the message types
+/// it accepts inside an `Any` (extensions). A set field missing from the table is refused.
+pub struct Support {
+    fields: HashMap<String, HashSet<&'static str>>,
+    extensions: HashMap<&'static str, &'static str>,
+}
+
+impl Support {
+    /// `messages`: (message full name, implemented fields); `extensions`: (extension name as
+    /// Envoy's docs give it, message full name of its config).
+    pub fn new(
+        messages: Vec<(String, &[&'static str])>,
+        extensions: &[(&'static str, &'static str)],
+    ) -> Self {
+        let fields = messages
+            .into_iter()
+            .map(|(m, fs)| (m, fs.iter().copied().collect()))
+            .collect();
+        let extensions = extensions.iter().map(|(name, ty)| (*ty, *name)).collect();
+        Self { fields, extensions }
+    }
+
+    pub fn supports_field(&self, message: &str, field: &str) -> bool {
+        self.fields.get(message).is_some_and(|f| f.contains(field))
+    }
+
+    pub fn supports_extension(&self, type_name: &str) -> bool {
+        self.extensions.contains_key(type_name)
+    }
+}
+
+/// Checks `msg` and everything below it; returns every problem found.
+pub fn check(msg: &DynamicMessage, support: &Support) -> Vec<ConfigError> {
+    let mut walker = Walker {
+        support,
+        rules: RuleCache::default(),
+        path: Vec::new(),
+        errors: Vec::new(),
+    };
+    walker.message(msg);
+    walker.errors
+}
+
+struct Walker<'a> {
+    support: &'a Support,
+    rules: RuleCache,
+    /// Path segments: `.name` for fields, `[i]` for items.
+    path: Vec<String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Walker<'_> {
+    fn error(&mut self, suffix: &str, message: impl Into<String>) {
+        let mut path: String = self.path.concat();
+        path.push_str(suffix);
+        let path = path.strip_prefix('.').unwrap_or(&path).to_owned();
+        self.errors.push(ConfigError::new(path, message));
+    }
+
+    fn message(&mut self, msg: &DynamicMessage) {
+        let desc = msg.descriptor();
+        let name = desc.full_name();
+        if name == ANY {
+            return self.any(msg);
+        }
+        if name.starts_with("google.protobuf.") {
+            return; // Well-known leaf types: durations, wrappers, Struct.
+        }
+        let rules = self.rules.get(&desc);
+        if !rules.disabled {
+            for oneof in &rules.required_oneofs {
+                if !oneof.fields().any(|f| msg.has_field(&f)) {
+                    self.error(&format!(".{}", oneof.name()), "value is required");
+                }
+            }
+        }
+        for field in desc.fields() {
+            let is_set = msg.has_field(&field);
+            let value = msg.get_field(&field);
+            if !rules.disabled {
+                if let Some(rule) = rules.fields.get(&field.number()) {
+                    // proto3 scalars are checked even when unset, as PGV does: an empty
+                    // required name fails `min_len: 1`. Unset oneof members are not.
+                    if is_set || field.containing_oneof().is_none() {
+                        if let Some((suffix, problem)) = rule.check(&field, &value, is_set) {
+                            self.error(&format!(".{}{suffix}", field.name()), problem);
+                            continue;
+                        }
+                    }
+                }
+            }
+            if !is_set {
+                continue;
+            }
+            if !self.support.supports_field(name, field.name()) {
+                self.error(
+                    &format!(".{}", field.name()),
+                    format!("{} is not supported by Legate", describe(&field)),
+                );
+                continue;
+            }
+            self.path.push(format!(".{}", field.name()));
+            self.value(&field, &value);
+            self.path.pop();
+        }
+    }
+
+    fn value(&mut self, field: &FieldDescriptor, value: &Value) {
+        if !matches!(field.kind(), Kind::Message(_)) {
+            return;
+        }
+        match value {
+            Value::Message(inner) => self.message(inner),
+            Value::List(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Value::Message(inner) = item {
+                        self.path.push(format!("[{i}]"));
+                        self.message(inner);
+                        self.path.pop();
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for (key, item) in entries {
+                    if let Value::Message(inner) = item {
+                        self.path.push(format!("[{}]", map_key(key)));
+                        self.message(inner);
+                        self.path.pop();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn any(&mut self, any: &DynamicMessage) {
+        match unpack(any) {
+            Err(e) => self.error("", e.message),
+            Ok(inner) => {
+                let type_name = inner.descriptor().full_name().to_owned();
+                if !self.support.supports_extension(&type_name) {
+                    self.error("", format!("{type_name} is not supported by Legate"));
+                } else {
+                    self.message(&inner);
+                }
+            }
+        }
+    }
+}
+
+/// `the field 'per_connection_buffer_limit_bytes'`, or for a oneof member, naming the oneof.
+fn describe(field: &FieldDescriptor) -> String {
+    match field.containing_oneof().filter(|o| !o.is_synthetic()) {
+        Some(oneof) => format!("'{}' (of '{}')", field.name(), oneof.name()),
+        None => format!("'{}'", field.name()),
+    }
+}

@@ -1,0 +1,69 @@
+//! Socket addresses from `envoy.config.core.v3.Address`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use legate_api::pb::envoy::config::core::v3::{Address, address, socket_address};
+
+use crate::Compiled;
+use crate::ConfigError;
+
+/// Envoy's stat-name form of an address: `127.0.0.1_10000`, `[::1]_443` (a `:` becomes `_`).
+pub fn stat_name(addr: &SocketAddr) -> String {
+    addr.to_string().replace(':', "_")
+}
+
+/// Reads a TCP socket address with a literal IP, as listeners and STATIC endpoints require.
+/// Envoy refuses host names here (`malformed IP address`), named ports and resolvers.
+pub fn socket_addr(address: &Address) -> Compiled<SocketAddr> {
+    let err = |path: &str, msg: String| Err(vec![ConfigError::new(path, msg)]);
+    let Some(kind) = &address.address else {
+        return err("", "an address is required".into());
+    };
+    let sa = match kind {
+        address::Address::SocketAddress(sa) => sa,
+        address::Address::Pipe(_) => {
+            return err(
+                "pipe",
+                "unix domain socket addresses are not supported by Legate yet".into(),
+            );
+        }
+        address::Address::EnvoyInternalAddress(_) => {
+            return err(
+                "envoy_internal_address",
+                "internal addresses are not supported by Legate".into(),
+            );
+        }
+    };
+    if sa.protocol != socket_address::Protocol::Tcp as i32 {
+        return err(
+            "socket_address.protocol",
+            "only TCP is supported by Legate yet".into(),
+        );
+    }
+    let port = match &sa.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => *p as u16,
+        Some(socket_address::PortSpecifier::NamedPort(_)) => {
+            return err(
+                "socket_address.named_port",
+                "named ports are not supported".into(),
+            );
+        }
+        None => 0,
+    };
+    if !sa.resolver_name.is_empty() {
+        return err(
+            "socket_address.resolver_name",
+            "custom resolvers are not supported by Legate".into(),
+        );
+    }
+    let ip: IpAddr = match sa.address.parse() {
+        Ok(ip) => ip,
+        Err(_) => {
+            return err(
+                "socket_address.address",
+                format!("malformed IP address: {}", sa.address),
+            );
+        }
+    };
+    Ok(SocketAddr::new(ip, port))
+}

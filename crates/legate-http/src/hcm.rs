@@ -1,0 +1,232 @@
+//! `envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager` ->
+//! [`HcmConfig`], with Envoy's defaults for every timeout and limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use legate_api::pb::envoy::config::accesslog::v3::AccessLog;
+use legate_api::pb::envoy::config::core::v3::http_protocol_options::HeadersWithUnderscoresAction;
+use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, LocalReplyConfig,
+    http_connection_manager::{self as hcm, CodecType, RouteSpecifier},
+    http_filter as hcm_filter,
+};
+use legate_core::proto::{bool_or, duration, u32_or};
+use legate_core::{Compiled, Errors};
+
+use crate::filters::{self, HttpFilterKind};
+use crate::route::RouteTable;
+
+/// Envoy's default `max_request_headers_kb`.
+pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+/// Envoy's default `stream_idle_timeout`.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Envoy's default `drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy's default `delayed_close_timeout`.
+pub const DEFAULT_DELAYED_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct HcmConfig {
+    pub stat_prefix: String,
+    pub codec: CodecType,
+    pub route_table: Arc<RouteTable>,
+    pub http_filters: Vec<HttpFilterKind>,
+    pub server_name: String,
+    pub server_header_transformation: hcm::ServerHeaderTransformation,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub skip_xff_append: bool,
+    pub via: String,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
+    pub normalize_path: bool,
+    pub merge_slashes: bool,
+    pub path_with_escaped_slashes_action: hcm::PathWithEscapedSlashesAction,
+    pub strip_matching_host_port: bool,
+    pub strip_any_host_port: bool,
+    /// `upgrade_configs`: (upgrade type, enabled).
+    pub upgrades: Vec<(String, bool)>,
+    pub max_request_headers_kb: u32,
+    pub max_headers_count: u32,
+    pub headers_with_underscores_action: HeadersWithUnderscoresAction,
+    /// `None` where Envoy disables the timeout (unset with no default, or zero).
+    pub request_headers_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub stream_idle_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub max_connection_duration: Option<Duration>,
+    pub max_requests_per_connection: Option<u32>,
+    pub drain_timeout: Duration,
+    pub delayed_close_timeout: Duration,
+    pub access_log: Vec<AccessLog>,
+    pub local_reply: Option<LocalReplyConfig>,
+    /// `internal_address_config.cidr_ranges`: (network, prefix length).
+    pub internal_cidrs: Vec<(std::net::IpAddr, u32)>,
+    pub internal_unix_sockets: bool,
+    pub http2: legate_api::pb::envoy::config::core::v3::Http2ProtocolOptions,
+}
+
+/// A positive duration, or `None` for an unset or zero one (Envoy's "disabled").
+fn enabled(
+    d: Option<&legate_api::pb::google::protobuf::Duration>,
+    default: Option<Duration>,
+) -> Option<Duration> {
+    d.map(duration).or(default).filter(|d| !d.is_zero())
+}
+
+impl HcmConfig {
+    /// Compiles an HCM. `route_config` is required (RDS is not implemented yet, and the support
+    /// table refuses `rds` before this runs).
+    pub fn compile(h: &HttpConnectionManager) -> Compiled<HcmConfig> {
+        let mut errors = Errors::default();
+        let route_table = match &h.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => {
+                errors.take("route_config", RouteTable::compile(rc))
+            }
+            _ => {
+                errors.push("route_specifier", "route_config is required (rds and scoped_routes are not supported by Legate yet)");
+                None
+            }
+        };
+        let mut http_filters = Vec::with_capacity(h.http_filters.len());
+        let last = h.http_filters.len().saturating_sub(1);
+        for (i, f) in h.http_filters.iter().enumerate() {
+            let path = format!("http_filters[{i}]");
+            let type_name = f.config_type.as_ref().map(|c| match c {
+                hcm_filter::ConfigType::TypedConfig(any) => Some(any),
+                hcm_filter::ConfigType::ConfigDiscovery(_) => None,
+            });
+            let typed_config = match type_name {
+                Some(Some(any)) => Some(any),
+                Some(None) => {
+                    errors.push(
+                        &format!("{path}.config_discovery"),
+                        "filter config discovery is not supported by Legate",
+                    );
+                    continue;
+                }
+                None => None,
+            };
+            match filters::lookup(&f.name, typed_config) {
+                Err(e) => errors.push(&path, e),
+                Ok((kind, terminal)) => {
+                    if terminal && i != last {
+                        errors.push(&path, format!(
+                            "Error: terminal filter named {} of type {} must be the last filter in a http filter chain.",
+                            f.name, f.name
+                        ));
+                    } else if !terminal && i == last {
+                        errors.push(&path, format!(
+                            "Error: non-terminal filter named {} of type {} is the last filter in a http filter chain.",
+                            f.name, f.name
+                        ));
+                    }
+                    http_filters.push(kind);
+                }
+            }
+        }
+        let common = h.common_http_protocol_options.clone().unwrap_or_default();
+        let internal = h.internal_address_config.clone().unwrap_or_default();
+        let mut internal_cidrs = Vec::new();
+        for (i, c) in internal.cidr_ranges.iter().enumerate() {
+            match c.address_prefix.parse() {
+                Ok(ip) => internal_cidrs.push((ip, c.prefix_len.as_ref().map_or(0, |p| p.value))),
+                Err(_) => errors.push(
+                    &format!("internal_address_config.cidr_ranges[{i}].address_prefix"),
+                    format!("malformed IP address: {}", c.address_prefix),
+                ),
+            }
+        }
+        let codec = CodecType::try_from(h.codec_type).unwrap_or(CodecType::Auto);
+        if codec == CodecType::Http3 {
+            errors.push("codec_type", "HTTP3 is not supported by Legate yet");
+        }
+        let Some(route_table) = route_table else {
+            return Err(errors.0);
+        };
+        errors.finish(|| HcmConfig {
+            stat_prefix: h.stat_prefix.clone(),
+            codec,
+            route_table: Arc::new(route_table),
+            http_filters,
+            server_name: if h.server_name.is_empty() {
+                "envoy".into()
+            } else {
+                h.server_name.clone()
+            },
+            server_header_transformation: hcm::ServerHeaderTransformation::try_from(
+                h.server_header_transformation,
+            )
+            .unwrap_or(hcm::ServerHeaderTransformation::Overwrite),
+            use_remote_address: bool_or(h.use_remote_address.as_ref(), false),
+            xff_num_trusted_hops: h.xff_num_trusted_hops,
+            skip_xff_append: h.skip_xff_append,
+            via: h.via.clone(),
+            generate_request_id: bool_or(h.generate_request_id.as_ref(), true),
+            preserve_external_request_id: h.preserve_external_request_id,
+            always_set_request_id_in_response: h.always_set_request_id_in_response,
+            normalize_path: bool_or(h.normalize_path.as_ref(), false),
+            merge_slashes: h.merge_slashes,
+            path_with_escaped_slashes_action: hcm::PathWithEscapedSlashesAction::try_from(
+                h.path_with_escaped_slashes_action,
+            )
+            .unwrap_or(hcm::PathWithEscapedSlashesAction::ImplementationSpecificDefault),
+            strip_matching_host_port: h.strip_matching_host_port,
+            strip_any_host_port: matches!(
+                h.strip_port_mode,
+                Some(hcm::StripPortMode::StripAnyHostPort(true))
+            ),
+            upgrades: h
+                .upgrade_configs
+                .iter()
+                .map(|u| {
+                    (
+                        u.upgrade_type.to_ascii_lowercase(),
+                        bool_or(u.enabled.as_ref(), true),
+                    )
+                })
+                .collect(),
+            max_request_headers_kb: u32_or(
+                h.max_request_headers_kb.as_ref(),
+                DEFAULT_MAX_REQUEST_HEADERS_KB,
+            ),
+            max_headers_count: u32_or(common.max_headers_count.as_ref(), 100),
+            headers_with_underscores_action: HeadersWithUnderscoresAction::try_from(
+                common.headers_with_underscores_action,
+            )
+            .unwrap_or(HeadersWithUnderscoresAction::Allow),
+            request_headers_timeout: enabled(h.request_headers_timeout.as_ref(), None),
+            request_timeout: enabled(h.request_timeout.as_ref(), None),
+            stream_idle_timeout: enabled(
+                h.stream_idle_timeout.as_ref(),
+                Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+            ),
+            // Envoy's downstream idle timeout defaults to one hour.
+            idle_timeout: enabled(
+                common.idle_timeout.as_ref(),
+                Some(Duration::from_secs(3600)),
+            ),
+            max_connection_duration: enabled(common.max_connection_duration.as_ref(), None),
+            max_requests_per_connection: common
+                .max_requests_per_connection
+                .as_ref()
+                .map(|v| v.value)
+                .filter(|&n| n > 0),
+            drain_timeout: h
+                .drain_timeout
+                .as_ref()
+                .map_or(DEFAULT_DRAIN_TIMEOUT, duration),
+            delayed_close_timeout: h
+                .delayed_close_timeout
+                .as_ref()
+                .map_or(DEFAULT_DELAYED_CLOSE_TIMEOUT, duration),
+            access_log: h.access_log.clone(),
+            local_reply: h.local_reply_config.clone(),
+            internal_cidrs,
+            internal_unix_sockets: internal.unix_sockets,
+            http2: h.http2_protocol_options.clone().unwrap_or_default(),
+        })
+    }
+}

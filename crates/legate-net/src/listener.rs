@@ -1,0 +1,137 @@
+//! `envoy.config.listener.v3.Listener` -> [`ListenerConfig`].
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use legate_api::pb::envoy::config::listener::v3::{Filter, Listener};
+use legate_core::address::{socket_addr, stat_name};
+use legate_core::proto::u32_or;
+use legate_core::{Compiled, ConfigError, Errors};
+
+/// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB).
+pub const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
+
+#[derive(Debug)]
+pub struct ListenerConfig<F> {
+    pub name: String,
+    pub address: SocketAddr,
+    /// `stat_prefix`, or the address in Envoy's stat form (`127.0.0.1_10000`).
+    pub stat_prefix: String,
+    pub filter_chains: Vec<FilterChain<F>>,
+    pub per_connection_buffer_limit_bytes: u32,
+}
+
+#[derive(Debug)]
+pub struct FilterChain<F> {
+    pub name: String,
+    pub filters: Vec<F>,
+}
+
+impl<F> ListenerConfig<F> {
+    /// Compiles a listener; `filter` compiles one network filter of a chain.
+    pub fn compile(l: &Listener, mut filter: impl FnMut(&Filter) -> Compiled<F>) -> Compiled<Self> {
+        let mut errors = Errors::default();
+        let address = match &l.address {
+            Some(a) => errors.take("address", socket_addr(a)),
+            None => {
+                errors.push("address", "error adding listener: address is necessary");
+                None
+            }
+        };
+        let mut chains = Vec::new();
+        if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+            errors.push(
+                "filter_chains",
+                format!(
+                    "error adding listener '{}': no filter chains specified",
+                    display(l, address)
+                ),
+            );
+        }
+        // Without `filter_chain_match` (not yet supported) every chain has the same, empty match.
+        if l.filter_chains.len() > 1 {
+            errors.push("filter_chains", format!(
+                "error adding listener '{}': multiple filter chains with the same matching rules are defined",
+                display(l, address)
+            ));
+        }
+        for (i, chain) in l
+            .filter_chains
+            .iter()
+            .chain(l.default_filter_chain.iter())
+            .enumerate()
+        {
+            let path = if i < l.filter_chains.len() {
+                format!("filter_chains[{i}]")
+            } else {
+                "default_filter_chain".into()
+            };
+            let mut filters = Vec::with_capacity(chain.filters.len());
+            for (j, f) in chain.filters.iter().enumerate() {
+                if let Some(f) = errors.take(&format!("{path}.filters[{j}]"), filter(f)) {
+                    filters.push(f);
+                }
+            }
+            chains.push(FilterChain {
+                name: chain.name.clone(),
+                filters,
+            });
+        }
+        let Some(address) = address else {
+            return Err(errors.0);
+        };
+        errors.finish(|| ListenerConfig {
+            name: if l.name.is_empty() {
+                address.to_string()
+            } else {
+                l.name.clone()
+            },
+            address,
+            stat_prefix: if l.stat_prefix.is_empty() {
+                stat_name(&address)
+            } else {
+                l.stat_prefix.clone()
+            },
+            filter_chains: chains,
+            per_connection_buffer_limit_bytes: u32_or(
+                l.per_connection_buffer_limit_bytes.as_ref(),
+                DEFAULT_BUFFER_LIMIT,
+            ),
+        })
+    }
+}
+
+fn display(l: &Listener, address: Option<SocketAddr>) -> String {
+    if !l.name.is_empty() {
+        l.name.clone()
+    } else {
+        address.map_or_else(String::new, |a| a.to_string())
+    }
+}
+
+/// Envoy refuses two listeners with one name, or two bound to one address.
+pub fn check_unique<F>(listeners: &[(usize, ListenerConfig<F>)]) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let (mut names, mut addresses) = (HashSet::new(), HashSet::new());
+    for (i, l) in listeners {
+        let path = format!("static_resources.listeners[{i}]");
+        if !names.insert(l.name.as_str()) {
+            errors.push(ConfigError::new(
+                &path,
+                format!(
+                    "error adding listener named '{}': duplicate listener name",
+                    l.name
+                ),
+            ));
+        } else if l.address.port() != 0 && !addresses.insert(l.address) {
+            errors.push(ConfigError::new(
+                &path,
+                format!(
+                    "error adding listener: '{}' has duplicate address '{}' as existing listener",
+                    l.name, l.address
+                ),
+            ));
+        }
+    }
+    errors
+}

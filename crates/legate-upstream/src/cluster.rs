@@ -1,0 +1,315 @@
+//! `envoy.config.cluster.v3.Cluster` -> [`ClusterConfig`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use legate_api::pb::envoy::config::cluster::v3::{Cluster, circuit_breakers::Thresholds, cluster};
+use legate_api::pb::envoy::config::core::v3::{
+    HttpProtocolOptions as CommonHttpOptions, RoutingPriority,
+};
+use legate_api::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use legate_api::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use legate_core::address::socket_addr;
+use legate_core::proto::{duration_or, u32_or};
+use legate_core::{Compiled, ConfigError, Errors};
+use prost::Message;
+
+/// The key under which Envoy reads upstream HTTP options from `typed_extension_protocol_options`.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+/// Which protocol the cluster speaks to its hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    /// The protocol the downstream request arrived with.
+    UseDownstream,
+}
+
+/// Envoy's circuit-breaker thresholds for one routing priority (`circuit_breaker.proto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CircuitBreakerLimits {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// `load_balancing_weight`, default 1.
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalityEndpoints {
+    /// `region/zone/sub_zone`, for stats and `/clusters`.
+    pub locality: Option<(String, String, String)>,
+    pub weight: Option<u32>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A cluster as Legate runs it.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// Name used in stats: `alt_stat_name` is not supported, so this is `name`.
+    pub stat_name: String,
+    pub connect_timeout: Duration,
+    pub lb_policy: LbPolicy,
+    /// Endpoints by priority (index = priority), each a list of localities.
+    pub priorities: Vec<Vec<LocalityEndpoints>>,
+    pub default_limits: CircuitBreakerLimits,
+    pub high_limits: CircuitBreakerLimits,
+    pub per_connection_buffer_limit_bytes: u32,
+    pub protocol: UpstreamProtocol,
+    pub max_requests_per_connection: Option<u32>,
+    /// Upstream connection idle timeout; Envoy's default is one hour.
+    pub idle_timeout: Option<Duration>,
+    pub max_headers_count: u32,
+}
+
+impl ClusterConfig {
+    // Envoy still honours the deprecated cluster-level protocol fields, and so do we.
+    #[allow(deprecated)]
+    pub fn compile(c: &Cluster) -> Compiled<Self> {
+        let mut errors = Errors::default();
+        match c.cluster_discovery_type {
+            None | Some(cluster::ClusterDiscoveryType::Type(0)) => {} // STATIC
+            Some(cluster::ClusterDiscoveryType::Type(t)) => {
+                let name = cluster::DiscoveryType::try_from(t)
+                    .map_or("unknown".into(), |t| t.as_str_name().to_owned());
+                errors.push(
+                    "type",
+                    format!("cluster type {name} is not supported by Legate yet (STATIC is)"),
+                );
+            }
+            Some(cluster::ClusterDiscoveryType::ClusterType(_)) => {
+                errors.push(
+                    "cluster_type",
+                    "custom cluster types are not supported by Legate",
+                );
+            }
+        }
+        let lb_policy = match cluster::LbPolicy::try_from(c.lb_policy) {
+            Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+            Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+            Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+            Ok(other) => {
+                errors.push(
+                    "lb_policy",
+                    format!("{} is not supported by Legate yet", other.as_str_name()),
+                );
+                LbPolicy::RoundRobin
+            }
+            Err(_) => {
+                errors.push("lb_policy", "unknown load balancing policy");
+                LbPolicy::RoundRobin
+            }
+        };
+        let priorities = match &c.load_assignment {
+            Some(la) => errors
+                .take("load_assignment", compile_endpoints(la))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let (default_limits, high_limits) = circuit_breakers(c);
+
+        // Upstream HTTP options: the typed extension wins over the deprecated cluster fields.
+        let mut protocol = if c.http2_protocol_options.is_some() {
+            UpstreamProtocol::Http2
+        } else {
+            UpstreamProtocol::Http1
+        };
+        let mut common = c.common_http_protocol_options.clone();
+        let mut max_requests = c.max_requests_per_connection.as_ref().map(|v| v.value);
+        for (key, any) in &c.typed_extension_protocol_options {
+            let path = format!("typed_extension_protocol_options[\"{key}\"]");
+            if key != HTTP_PROTOCOL_OPTIONS && !any.type_url.ends_with(HTTP_PROTOCOL_OPTIONS) {
+                errors.push(
+                    &path,
+                    format!("protocol options for '{key}' are not supported by Legate"),
+                );
+                continue;
+            }
+            let Ok(options) = HttpProtocolOptions::decode(any.value.as_slice()) else {
+                errors.push(&path, "unable to decode HttpProtocolOptions");
+                continue;
+            };
+            protocol = match &options.upstream_protocol_options {
+                Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
+                    match e.protocol_config {
+                        Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                        _ => UpstreamProtocol::Http1,
+                    }
+                }
+                Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
+                _ => {
+                    errors.push(&path, "upstream_protocol_options is required");
+                    protocol
+                }
+            };
+            if options.common_http_protocol_options.is_some() {
+                common = options.common_http_protocol_options.clone();
+            }
+        }
+        let common = common.unwrap_or_default();
+        max_requests = common
+            .max_requests_per_connection
+            .as_ref()
+            .map(|v| v.value)
+            .or(max_requests);
+        let idle_timeout = idle_timeout(&common);
+
+        errors.finish(|| ClusterConfig {
+            name: c.name.clone(),
+            stat_name: c.name.clone(),
+            connect_timeout: duration_or(c.connect_timeout.as_ref(), Duration::from_secs(5)),
+            lb_policy,
+            priorities,
+            default_limits,
+            high_limits,
+            per_connection_buffer_limit_bytes: u32_or(
+                c.per_connection_buffer_limit_bytes.as_ref(),
+                1024 * 1024,
+            ),
+            protocol,
+            max_requests_per_connection: max_requests.filter(|&n| n > 0),
+            idle_timeout,
+            max_headers_count: u32_or(common.max_headers_count.as_ref(), 100),
+        })
+    }
+
+    /// All endpoints of every priority and locality.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.priorities
+            .iter()
+            .flatten()
+            .flat_map(|l| l.endpoints.iter())
+    }
+}
+
+/// Envoy's upstream idle timeout: one hour unless set; zero disables it.
+fn idle_timeout(common: &CommonHttpOptions) -> Option<Duration> {
+    let t = duration_or(common.idle_timeout.as_ref(), Duration::from_secs(3600));
+    (!t.is_zero()).then_some(t)
+}
+
+fn circuit_breakers(c: &Cluster) -> (CircuitBreakerLimits, CircuitBreakerLimits) {
+    let mut limits = (
+        CircuitBreakerLimits::default(),
+        CircuitBreakerLimits::default(),
+    );
+    for t in c
+        .circuit_breakers
+        .iter()
+        .flat_map(|cb| cb.thresholds.iter())
+    {
+        let target = if t.priority == RoutingPriority::High as i32 {
+            &mut limits.1
+        } else {
+            &mut limits.0
+        };
+        *target = thresholds(t);
+    }
+    limits
+}
+
+fn thresholds(t: &Thresholds) -> CircuitBreakerLimits {
+    let d = CircuitBreakerLimits::default();
+    CircuitBreakerLimits {
+        max_connections: u32_or(t.max_connections.as_ref(), d.max_connections),
+        max_pending_requests: u32_or(t.max_pending_requests.as_ref(), d.max_pending_requests),
+        max_requests: u32_or(t.max_requests.as_ref(), d.max_requests),
+        max_retries: u32_or(t.max_retries.as_ref(), d.max_retries),
+    }
+}
+
+fn compile_endpoints(la: &ClusterLoadAssignment) -> Compiled<Vec<Vec<LocalityEndpoints>>> {
+    let mut errors = Errors::default();
+    let mut priorities: Vec<Vec<LocalityEndpoints>> = Vec::new();
+    for (i, locality) in la.endpoints.iter().enumerate() {
+        let path = format!("endpoints[{i}]");
+        let mut endpoints = Vec::with_capacity(locality.lb_endpoints.len());
+        for (j, lb) in locality.lb_endpoints.iter().enumerate() {
+            let path = format!("{path}.lb_endpoints[{j}]");
+            let endpoint = match &lb.host_identifier {
+                Some(lb_endpoint::HostIdentifier::Endpoint(e)) => e,
+                Some(lb_endpoint::HostIdentifier::EndpointName(_)) => {
+                    errors.push(
+                        &format!("{path}.endpoint_name"),
+                        "named endpoints are not supported by Legate",
+                    );
+                    continue;
+                }
+                None => {
+                    errors.push(&path, "an endpoint is required");
+                    continue;
+                }
+            };
+            let Some(address) = &endpoint.address else {
+                errors.push(
+                    &format!("{path}.endpoint.address"),
+                    "an address is required",
+                );
+                continue;
+            };
+            if let Some(address) =
+                errors.take(&format!("{path}.endpoint.address"), socket_addr(address))
+            {
+                endpoints.push(Endpoint {
+                    address,
+                    weight: u32_or(lb.load_balancing_weight.as_ref(), 1),
+                });
+            }
+        }
+        let priority = locality.priority as usize;
+        if priorities.len() <= priority {
+            priorities.resize_with(priority + 1, Vec::new);
+        }
+        priorities[priority].push(LocalityEndpoints {
+            locality: locality
+                .locality
+                .as_ref()
+                .map(|l| (l.region.clone(), l.zone.clone(), l.sub_zone.clone())),
+            weight: locality.load_balancing_weight.as_ref().map(|w| w.value),
+            endpoints,
+        });
+    }
+    errors.finish(|| priorities)
+}
+
+/// Fails if two clusters share a name, as Envoy's cluster manager does.
+pub fn check_unique_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(ConfigError::new(
+                "",
+                format!("cluster manager: duplicate cluster '{name}' found"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! The whole configuration, compiled: the bootstrap's listeners (with their network filters),
+//! clusters, admin, stats sinks and runtime layers, with the checks that span pieces (a route
+//! naming a cluster that does not exist, duplicate names). This is the snapshot the proxy runs.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use legate_admin::AdminConfig;
+use legate_api::pb::envoy::config::bootstrap::v3::{Bootstrap, runtime_layer};
+use legate_api::pb::envoy::config::core::v3::{Node, address, socket_address};
+use legate_api::pb::envoy::config::listener::v3::{Filter, filter};
+use legate_api::pb::envoy::config::metrics::v3::{StatsdSink, stats_sink, statsd_sink};
+use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use legate_core::proto::{bool_or, duration_or};
+use legate_core::{Compiled, ConfigError, Errors};
+use legate_http::hcm::HcmConfig;
+use legate_net::listener::{ListenerConfig, check_unique};
+use legate_upstream::ClusterConfig;
+use legate_upstream::cluster::check_unique_names;
+use prost::Message;
+
+/// Service identity given on the command line; it overrides the bootstrap's `node`, as in Envoy.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOverrides {
+    pub service_node: Option<String>,
+    pub service_cluster: Option<String>,
+    pub service_zone: Option<String>,
+}
+
+/// A network filter Legate runs.
+#[derive(Debug)]
+pub enum NetworkFilter {
+    HttpConnectionManager(Arc<HcmConfig>),
+}
+
+#[derive(Debug)]
+pub struct StatsdSinkConfig {
+    pub address: SocketAddr,
+    pub prefix: String,
+}
+
+#[derive(Debug)]
+pub enum RuntimeLayer {
+    Static {
+        name: String,
+        values: legate_api::pb::google::protobuf::Struct,
+    },
+    Admin {
+        name: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub node: Node,
+    pub listeners: Vec<ListenerConfig<NetworkFilter>>,
+    pub clusters: Vec<ClusterConfig>,
+    pub admin: Option<AdminConfig>,
+    pub stats_sinks: Vec<StatsdSinkConfig>,
+    pub stats_flush_interval: Duration,
+    pub runtime_layers: Vec<RuntimeLayer>,
+}
+
+impl Config {
+    pub fn compile(b: &Bootstrap, overrides: &NodeOverrides) -> Compiled<Config> {
+        let mut errors = Errors::default();
+        let statics = b.static_resources.clone().unwrap_or_default();
+
+        let mut clusters = Vec::with_capacity(statics.clusters.len());
+        for (i, c) in statics.clusters.iter().enumerate() {
+            if let Some(c) = errors.take(
+                &format!("static_resources.clusters[{i}]"),
+                ClusterConfig::compile(c),
+            ) {
+                clusters.push(c);
+            }
+        }
+        if let Err(e) = check_unique_names(statics.clusters.iter().map(|c| c.name.as_str())) {
+            errors.0.push(e.within("static_resources.clusters"));
+        }
+        let cluster_names: HashSet<&str> =
+            statics.clusters.iter().map(|c| c.name.as_str()).collect();
+
+        let mut listeners = Vec::with_capacity(statics.listeners.len());
+        for (i, l) in statics.listeners.iter().enumerate() {
+            let path = format!("static_resources.listeners[{i}]");
+            let compiled = ListenerConfig::compile(l, |f| network_filter(f, &cluster_names));
+            if let Some(l) = errors.take(&path, compiled) {
+                listeners.push((i, l));
+            }
+        }
+        errors.0.extend(check_unique(&listeners));
+
+        let admin = b
+            .admin
+            .as_ref()
+            .and_then(|a| errors.take("admin", AdminConfig::compile(a)));
+        let mut stats_sinks = Vec::new();
+        for (i, sink) in b.stats_sinks.iter().enumerate() {
+            let path = format!("stats_sinks[{i}]");
+            match &sink.config_type {
+                Some(stats_sink::ConfigType::TypedConfig(any)) => {
+                    match StatsdSink::decode(any.value.as_slice()) {
+                        Ok(s) => {
+                            if let Some(s) =
+                                errors.take(&format!("{path}.typed_config"), statsd_sink(&s))
+                            {
+                                stats_sinks.push(s);
+                            }
+                        }
+                        Err(e) => errors.push(&path, format!("unable to decode StatsdSink: {e}")),
+                    }
+                }
+                None => errors.push(
+                    &path,
+                    format!(
+                        "Didn't find a registered implementation for name: '{}'",
+                        sink.name
+                    ),
+                ),
+            }
+        }
+        let runtime_layers = b.layered_runtime.as_ref().map_or_else(Vec::new, |lr| {
+            errors
+                .take("layered_runtime", runtime_layers(&lr.layers))
+                .unwrap_or_default()
+        });
+
+        let mut node = b.node.clone().unwrap_or_default();
+        if let Some(id) = &overrides.service_node {
+            node.id = id.clone();
+        }
+        if let Some(cluster) = &overrides.service_cluster {
+            node.cluster = cluster.clone();
+        }
+        if let Some(zone) = &overrides.service_zone {
+            node.locality.get_or_insert_with(Default::default).zone = zone.clone();
+        }
+
+        errors.finish(|| Config {
+            node,
+            listeners: listeners.into_iter().map(|(_, l)| l).collect(),
+            clusters,
+            admin,
+            stats_sinks,
+            stats_flush_interval: duration_or(
+                b.stats_flush_interval.as_ref(),
+                Duration::from_secs(5),
+            ),
+            runtime_layers,
+        })
+    }
+}
+
+/// Compiles one network filter of a listener's chain.
+fn network_filter(f: &Filter, clusters: &HashSet<&str>) -> Compiled<NetworkFilter> {
+    const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
+    const HCM_TYPE: &str =
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    let any = match &f.config_type {
+        Some(filter::ConfigType::TypedConfig(any)) => any,
+        Some(filter::ConfigType::ConfigDiscovery(_)) => {
+            return Err(vec![ConfigError::new(
+                "config_discovery",
+                "filter config discovery is not supported by Legate",
+            )]);
+        }
+        None if f.name == HCM_NAME => {
+            return Err(vec![ConfigError::new(
+                "typed_config",
+                format!("{HCM_NAME} requires a typed_config"),
+            )]);
+        }
+        None => {
+            return Err(vec![ConfigError::new(
+                "",
+                format!(
+                    "Didn't find a registered implementation for name: '{}'",
+                    f.name
+                ),
+            )]);
+        }
+    };
+    if legate_api::any::type_name(&any.type_url) != HCM_TYPE {
+        return Err(vec![ConfigError::new(
+            "typed_config",
+            format!(
+                "Didn't find a registered network filter implementation for '{}' with type URL '{}'",
+                f.name, any.type_url
+            ),
+        )]);
+    }
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
+        vec![ConfigError::new(
+            "typed_config",
+            format!("unable to decode HttpConnectionManager: {e}"),
+        )]
+    })?;
+    let config = HcmConfig::compile(&hcm).map_err(|e| {
+        e.into_iter()
+            .map(|e| e.within("typed_config"))
+            .collect::<Vec<_>>()
+    })?;
+    // Envoy checks that every cluster a static route table names exists, unless the table
+    // sets `validate_clusters: false`.
+    let validate = match &hcm.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => bool_or(rc.validate_clusters.as_ref(), true),
+        _ => false,
+    };
+    if validate {
+        let unknown: Vec<ConfigError> = config
+            .route_table
+            .referenced_clusters()
+            .into_iter()
+            .filter(|(_, c)| !clusters.contains(c))
+            .map(|(path, c)| {
+                ConfigError::new(
+                    format!("typed_config.route_config.{path}"),
+                    format!("route: unknown cluster '{c}'"),
+                )
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(unknown);
+        }
+    }
+    Ok(NetworkFilter::HttpConnectionManager(Arc::new(config)))
+}
+
+/// A statsd sink. Statsd speaks UDP whatever the address's `protocol` says, as in Envoy.
+fn statsd_sink(s: &StatsdSink) -> Compiled<StatsdSinkConfig> {
+    let err = |path: &str, msg: String| Err(vec![ConfigError::new(path, msg)]);
+    let Some(statsd_sink::StatsdSpecifier::Address(addr)) = &s.statsd_specifier else {
+        return err(
+            "",
+            "an address is required (tcp_cluster_name is not supported by Legate)".into(),
+        );
+    };
+    let Some(address::Address::SocketAddress(sa)) = &addr.address else {
+        return err("address", "a socket address is required".into());
+    };
+    let Ok(ip) = sa.address.parse() else {
+        return err(
+            "address.socket_address.address",
+            format!("malformed IP address: {}", sa.address),
+        );
+    };
+    let port = match sa.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => p as u16,
+        _ => {
+            return err(
+                "address.socket_address.port_value",
+                "a port is required".into(),
+            );
+        }
+    };
+    Ok(StatsdSinkConfig {
+        address: SocketAddr::new(ip, port),
+        prefix: if s.prefix.is_empty() {
+            "envoy".into()
+        } else {
+            s.prefix.clone()
+        },
+    })
+}
+
+fn runtime_layers(
+    layers: &[legate_api::pb::envoy::config::bootstrap::v3::RuntimeLayer],
+) -> Compiled<Vec<RuntimeLayer>> {
+    let mut errors = Errors::default();
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    let mut admin_layers = 0;
+    for (i, layer) in layers.iter().enumerate() {
+        let path = format!("layers[{i}]");
+        if !names.insert(layer.name.as_str()) {
+            errors.push(
+                &format!("{path}.name"),
+                format!("Duplicate layer name: {}", layer.name),
+            );
+        }
+        match &layer.layer_specifier {
+            Some(runtime_layer::LayerSpecifier::StaticLayer(values)) => {
+                out.push(RuntimeLayer::Static {
+                    name: layer.name.clone(),
+                    values: values.clone(),
+                })
+            }
+            Some(runtime_layer::LayerSpecifier::AdminLayer(_)) => {
+                admin_layers += 1;
+                if admin_layers > 1 {
+                    errors.push(&path, "Too many admin layers specified in LayeredRuntime, at most one may be specified");
+                }
+                out.push(RuntimeLayer::Admin {
+                    name: layer.name.clone(),
+                })
+            }
+            _ => errors.push(
+                &path,
+                "only static_layer and admin_layer are supported by Legate yet",
+            ),
+        }
+    }
+    errors.finish(|| out)
+}

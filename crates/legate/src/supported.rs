@@ -1,0 +1,616 @@
+//! What Legate implements of Envoy's configuration: the one list of accepted fields and
+//! extensions. A field that is set in a configuration but missing here is refused with its
+//! path, so a configuration that loads behaves as it would in Envoy. SUPPORTED.md is generated
+//! from this table (`legate --print-supported`), and a test keeps the two in step.
+
+use legate_api::check::Support;
+
+const CORE: &str = "envoy.config.core.v3";
+const ROUTE: &str = "envoy.config.route.v3";
+const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3";
+
+/// (message, fields Legate reads). Messages absent from the list accept no fields.
+pub fn messages() -> Vec<(String, &'static [&'static str])> {
+    let list: &[(&str, &str, &[&str])] = &[
+        // Bootstrap
+        (
+            "envoy.config.bootstrap.v3",
+            "Bootstrap",
+            &[
+                "node",
+                "static_resources",
+                "admin",
+                "stats_sinks",
+                "stats_flush_interval",
+                "layered_runtime",
+            ],
+        ),
+        (
+            "envoy.config.bootstrap.v3",
+            "Bootstrap.StaticResources",
+            &["listeners", "clusters"],
+        ),
+        (
+            "envoy.config.bootstrap.v3",
+            "Admin",
+            &["address", "access_log", "access_log_path"],
+        ),
+        ("envoy.config.bootstrap.v3", "LayeredRuntime", &["layers"]),
+        (
+            "envoy.config.bootstrap.v3",
+            "RuntimeLayer",
+            &["name", "static_layer", "admin_layer"],
+        ),
+        (CORE, "Node", &["id", "cluster", "metadata", "locality"]),
+        (CORE, "Locality", &["region", "zone", "sub_zone"]),
+        (CORE, "Address", &["socket_address"]),
+        (
+            CORE,
+            "SocketAddress",
+            &["protocol", "address", "port_value", "ipv4_compat"],
+        ),
+        // Listeners
+        (
+            "envoy.config.listener.v3",
+            "Listener",
+            &[
+                "name",
+                "address",
+                "filter_chains",
+                "per_connection_buffer_limit_bytes",
+                "stat_prefix",
+            ],
+        ),
+        (
+            "envoy.config.listener.v3",
+            "FilterChain",
+            &["filters", "name"],
+        ),
+        (
+            "envoy.config.listener.v3",
+            "Filter",
+            &["name", "typed_config"],
+        ),
+        // HTTP connection manager
+        (
+            HCM,
+            "HttpConnectionManager",
+            &[
+                "codec_type",
+                "stat_prefix",
+                "route_config",
+                "http_filters",
+                "http_protocol_options",
+                "http2_protocol_options",
+                "server_name",
+                "server_header_transformation",
+                "access_log",
+                "use_remote_address",
+                "xff_num_trusted_hops",
+                "skip_xff_append",
+                "via",
+                "generate_request_id",
+                "preserve_external_request_id",
+                "always_set_request_id_in_response",
+                "upgrade_configs",
+                "stream_idle_timeout",
+                "request_timeout",
+                "request_headers_timeout",
+                "drain_timeout",
+                "delayed_close_timeout",
+                "max_request_headers_kb",
+                "common_http_protocol_options",
+                "normalize_path",
+                "merge_slashes",
+                "path_with_escaped_slashes_action",
+                "strip_matching_host_port",
+                "strip_any_host_port",
+                "local_reply_config",
+                "internal_address_config",
+            ],
+        ),
+        (
+            HCM,
+            "HttpConnectionManager.UpgradeConfig",
+            &["upgrade_type", "enabled"],
+        ),
+        (
+            HCM,
+            "HttpConnectionManager.InternalAddressConfig",
+            &["unix_sockets", "cidr_ranges"],
+        ),
+        (HCM, "HttpFilter", &["name", "typed_config"]),
+        (HCM, "LocalReplyConfig", &["mappers", "body_format"]),
+        (
+            HCM,
+            "ResponseMapper",
+            &[
+                "filter",
+                "status_code",
+                "body",
+                "body_format_override",
+                "headers_to_add",
+            ],
+        ),
+        (CORE, "CidrRange", &["address_prefix", "prefix_len"]),
+        (
+            CORE,
+            "HttpProtocolOptions",
+            &[
+                "idle_timeout",
+                "max_headers_count",
+                "max_connection_duration",
+                "headers_with_underscores_action",
+                "max_requests_per_connection",
+            ],
+        ),
+        (CORE, "Http1ProtocolOptions", &[]),
+        (
+            CORE,
+            "Http2ProtocolOptions",
+            &[
+                "hpack_table_size",
+                "max_concurrent_streams",
+                "initial_stream_window_size",
+                "initial_connection_window_size",
+                "max_outbound_frames",
+                "max_outbound_control_frames",
+                "max_consecutive_inbound_frames_with_empty_payload",
+                "max_inbound_priority_frames_per_stream",
+                "max_inbound_window_update_frames_per_data_frame_sent",
+            ],
+        ),
+        (
+            "envoy.extensions.filters.http.router.v3",
+            "Router",
+            &["suppress_envoy_headers"],
+        ),
+        // Routes
+        (
+            ROUTE,
+            "RouteConfiguration",
+            &[
+                "name",
+                "virtual_hosts",
+                "internal_only_headers",
+                "request_headers_to_add",
+                "request_headers_to_remove",
+                "response_headers_to_add",
+                "response_headers_to_remove",
+                "validate_clusters",
+                "most_specific_header_mutations_wins",
+                "max_direct_response_body_size_bytes",
+                "ignore_port_in_host_matching",
+            ],
+        ),
+        (
+            ROUTE,
+            "VirtualHost",
+            &[
+                "name",
+                "domains",
+                "routes",
+                "request_headers_to_add",
+                "request_headers_to_remove",
+                "response_headers_to_add",
+                "response_headers_to_remove",
+            ],
+        ),
+        (
+            ROUTE,
+            "Route",
+            &[
+                "name",
+                "match",
+                "route",
+                "redirect",
+                "direct_response",
+                "request_headers_to_add",
+                "request_headers_to_remove",
+                "response_headers_to_add",
+                "response_headers_to_remove",
+            ],
+        ),
+        (
+            ROUTE,
+            "RouteMatch",
+            &[
+                "prefix",
+                "path",
+                "safe_regex",
+                "path_separated_prefix",
+                "case_sensitive",
+                "headers",
+                "query_parameters",
+                "grpc",
+                "runtime_fraction",
+            ],
+        ),
+        (ROUTE, "RouteMatch.GrpcRouteMatchOptions", &[]),
+        (
+            ROUTE,
+            "HeaderMatcher",
+            &[
+                "name",
+                "exact_match",
+                "safe_regex_match",
+                "range_match",
+                "present_match",
+                "prefix_match",
+                "suffix_match",
+                "contains_match",
+                "string_match",
+                "invert_match",
+                "treat_missing_header_as_empty",
+            ],
+        ),
+        (
+            ROUTE,
+            "QueryParameterMatcher",
+            &["name", "string_match", "present_match"],
+        ),
+        (
+            ROUTE,
+            "RouteAction",
+            &[
+                "cluster",
+                "cluster_header",
+                "weighted_clusters",
+                "prefix_rewrite",
+                "regex_rewrite",
+                "host_rewrite_literal",
+                "auto_host_rewrite",
+                "host_rewrite_header",
+                "timeout",
+                "idle_timeout",
+                "upgrade_configs",
+                "cluster_not_found_response_code",
+            ],
+        ),
+        (
+            ROUTE,
+            "RouteAction.UpgradeConfig",
+            &["upgrade_type", "enabled"],
+        ),
+        (ROUTE, "WeightedCluster", &["clusters"]),
+        (
+            ROUTE,
+            "WeightedCluster.ClusterWeight",
+            &[
+                "name",
+                "weight",
+                "request_headers_to_add",
+                "request_headers_to_remove",
+                "response_headers_to_add",
+                "response_headers_to_remove",
+            ],
+        ),
+        (
+            ROUTE,
+            "RedirectAction",
+            &[
+                "host_redirect",
+                "path_redirect",
+                "response_code",
+                "https_redirect",
+                "prefix_rewrite",
+                "strip_query",
+                "scheme_redirect",
+                "port_redirect",
+                "regex_rewrite",
+            ],
+        ),
+        (ROUTE, "DirectResponseAction", &["status", "body"]),
+        (
+            "envoy.type.matcher.v3",
+            "StringMatcher",
+            &[
+                "exact",
+                "prefix",
+                "suffix",
+                "safe_regex",
+                "contains",
+                "ignore_case",
+            ],
+        ),
+        (
+            "envoy.type.matcher.v3",
+            "RegexMatcher",
+            &["regex", "google_re2"],
+        ),
+        ("envoy.type.matcher.v3", "RegexMatcher.GoogleRE2", &[]),
+        (
+            "envoy.type.matcher.v3",
+            "RegexMatchAndSubstitute",
+            &["pattern", "substitution"],
+        ),
+        ("envoy.type.v3", "Int64Range", &["start", "end"]),
+        (
+            "envoy.type.v3",
+            "FractionalPercent",
+            &["numerator", "denominator"],
+        ),
+        (
+            CORE,
+            "RuntimeFractionalPercent",
+            &["default_value", "runtime_key"],
+        ),
+        (CORE, "RuntimeUInt32", &["default_value", "runtime_key"]),
+        (
+            CORE,
+            "DataSource",
+            &[
+                "filename",
+                "inline_bytes",
+                "inline_string",
+                "environment_variable",
+            ],
+        ),
+        (
+            CORE,
+            "HeaderValueOption",
+            &["header", "append", "append_action", "keep_empty_value"],
+        ),
+        (CORE, "HeaderValue", &["key", "value", "raw_value"]),
+        (
+            CORE,
+            "SubstitutionFormatString",
+            &[
+                "text_format",
+                "text_format_source",
+                "json_format",
+                "omit_empty_values",
+                "content_type",
+            ],
+        ),
+        // Clusters
+        (
+            "envoy.config.cluster.v3",
+            "Cluster",
+            &[
+                "name",
+                "type",
+                "connect_timeout",
+                "lb_policy",
+                "load_assignment",
+                "per_connection_buffer_limit_bytes",
+                "max_requests_per_connection",
+                "circuit_breakers",
+                "typed_extension_protocol_options",
+                "http_protocol_options",
+                "http2_protocol_options",
+                "common_http_protocol_options",
+            ],
+        ),
+        (
+            "envoy.config.cluster.v3",
+            "CircuitBreakers",
+            &["thresholds"],
+        ),
+        (
+            "envoy.config.cluster.v3",
+            "CircuitBreakers.Thresholds",
+            &[
+                "priority",
+                "max_connections",
+                "max_pending_requests",
+                "max_requests",
+                "max_retries",
+            ],
+        ),
+        (
+            "envoy.config.endpoint.v3",
+            "ClusterLoadAssignment",
+            &["cluster_name", "endpoints"],
+        ),
+        (
+            "envoy.config.endpoint.v3",
+            "LocalityLbEndpoints",
+            &[
+                "locality",
+                "lb_endpoints",
+                "load_balancing_weight",
+                "priority",
+            ],
+        ),
+        (
+            "envoy.config.endpoint.v3",
+            "LbEndpoint",
+            &["endpoint", "load_balancing_weight"],
+        ),
+        ("envoy.config.endpoint.v3", "Endpoint", &["address"]),
+        (
+            "envoy.extensions.upstreams.http.v3",
+            "HttpProtocolOptions",
+            &[
+                "common_http_protocol_options",
+                "explicit_http_config",
+                "use_downstream_protocol_config",
+            ],
+        ),
+        (
+            "envoy.extensions.upstreams.http.v3",
+            "HttpProtocolOptions.ExplicitHttpConfig",
+            &["http_protocol_options", "http2_protocol_options"],
+        ),
+        (
+            "envoy.extensions.upstreams.http.v3",
+            "HttpProtocolOptions.UseDownstreamHttpConfig",
+            &["http_protocol_options", "http2_protocol_options"],
+        ),
+        // Access logs
+        (
+            "envoy.config.accesslog.v3",
+            "AccessLog",
+            &["name", "filter", "typed_config"],
+        ),
+        (
+            "envoy.config.accesslog.v3",
+            "AccessLogFilter",
+            &[
+                "status_code_filter",
+                "duration_filter",
+                "not_health_check_filter",
+                "runtime_filter",
+                "and_filter",
+                "or_filter",
+            ],
+        ),
+        (
+            "envoy.config.accesslog.v3",
+            "StatusCodeFilter",
+            &["comparison"],
+        ),
+        (
+            "envoy.config.accesslog.v3",
+            "DurationFilter",
+            &["comparison"],
+        ),
+        (
+            "envoy.config.accesslog.v3",
+            "ComparisonFilter",
+            &["op", "value"],
+        ),
+        ("envoy.config.accesslog.v3", "NotHealthCheckFilter", &[]),
+        (
+            "envoy.config.accesslog.v3",
+            "RuntimeFilter",
+            &[
+                "runtime_key",
+                "percent_sampled",
+                "use_independent_randomness",
+            ],
+        ),
+        ("envoy.config.accesslog.v3", "AndFilter", &["filters"]),
+        ("envoy.config.accesslog.v3", "OrFilter", &["filters"]),
+        (
+            "envoy.extensions.access_loggers.file.v3",
+            "FileAccessLog",
+            &["path", "log_format"],
+        ),
+        (
+            "envoy.extensions.access_loggers.stream.v3",
+            "StdoutAccessLog",
+            &["log_format"],
+        ),
+        (
+            "envoy.extensions.access_loggers.stream.v3",
+            "StderrAccessLog",
+            &["log_format"],
+        ),
+        // Stats
+        (
+            "envoy.config.metrics.v3",
+            "StatsSink",
+            &["name", "typed_config"],
+        ),
+        (
+            "envoy.config.metrics.v3",
+            "StatsdSink",
+            &["address", "prefix"],
+        ),
+    ];
+    list.iter()
+        .map(|(package, message, fields)| (format!("{package}.{message}"), *fields))
+        .collect()
+}
+
+/// (extension name, config message): what may stand in a `typed_config`.
+pub const EXTENSIONS: &[(&str, &str)] = &[
+    (
+        "envoy.filters.network.http_connection_manager",
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    ),
+    (
+        "envoy.filters.http.router",
+        "envoy.extensions.filters.http.router.v3.Router",
+    ),
+    (
+        "envoy.access_loggers.file",
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+    ),
+    (
+        "envoy.access_loggers.stdout",
+        "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+    ),
+    (
+        "envoy.access_loggers.stderr",
+        "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+    ),
+    (
+        "envoy.stat_sinks.statsd",
+        "envoy.config.metrics.v3.StatsdSink",
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    ),
+];
+
+/// The table in the form the checker uses.
+pub fn support() -> Support {
+    Support::new(messages(), EXTENSIONS)
+}
+
+/// SUPPORTED.md: the table above as a document.
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "# What Legate supports of Envoy's configuration\n\n\
+         Generated by `legate --print-supported` from `crates/legate/src/supported.rs`; do not edit by hand.\n\n\
+         A field that is set in a configuration but is not listed here is refused with its full path\n\
+         (`... : 'field' is not supported by Legate`), so a configuration that loads behaves as it would in\n\
+         Envoy. Every `validate.rules` constraint of Envoy's protos is enforced on all fields.\n\n\
+         ## Extensions (`typed_config` types)\n\n| name | config type |\n|---|---|\n",
+    );
+    for (name, ty) in EXTENSIONS {
+        out.push_str(&format!("| `{name}` | `{ty}` |\n"));
+    }
+    out.push_str("\n## Fields\n\n| message | fields |\n|---|---|\n");
+    for (message, fields) in messages() {
+        let fields = if fields.is_empty() {
+            "(no fields)".to_owned()
+        } else {
+            fields
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!("| `{message}` | {fields} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legate_api::descriptors::pool;
+
+    #[test]
+    fn every_listed_message_and_field_exists_in_envoys_api() {
+        for (message, fields) in messages() {
+            let desc = pool()
+                .get_message_by_name(&message)
+                .unwrap_or_else(|| panic!("no message {message}"));
+            for f in fields {
+                assert!(
+                    desc.get_field_by_name(f).is_some(),
+                    "{message} has no field {f}"
+                );
+            }
+        }
+        for (_, ty) in EXTENSIONS {
+            assert!(pool().get_message_by_name(ty).is_some(), "no message {ty}");
+        }
+    }
+
+    #[test]
+    fn supported_md_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../SUPPORTED.md");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == markdown(),
+            "SUPPORTED.md is stale: run `cargo run -- --print-supported > SUPPORTED.md`"
+        );
+    }
+}
