@@ -25,6 +25,7 @@ impl AdminConfig {
             .address
             .as_ref()
             .and_then(|a| errors.take("address", socket_addr(a)));
+        legate_core::extension::check_access_logs(&admin.access_log, &mut errors);
         errors.finish(|| AdminConfig {
             address,
             access_log: admin.access_log.clone(),

@@ -41,12 +41,19 @@ pub fn message_type(type_url: &str) -> Result<MessageDescriptor, ConfigError> {
     if name.is_empty() {
         return Err(ConfigError::new("", "type_url is empty"));
     }
-    pool().get_message_by_name(name).ok_or_else(|| {
-        ConfigError::new(
-            "",
-            format!("unknown type '{name}' (no such message in Envoy's v3 API)"),
-        )
-    })
+    pool()
+        .get_message_by_name(name)
+        .ok_or_else(|| ConfigError::new("", unknown_type(name)))
+}
+
+/// Why a type named in an `Any` cannot be read: Envoy has it but Legate does not implement
+/// it, or it does not exist.
+pub fn unknown_type(name: &str) -> String {
+    if crate::descriptors::is_envoy_message(name) {
+        format!("{name} is not supported by Legate")
+    } else {
+        format!("unknown type '{name}' (no such message in Envoy's v3 API)")
+    }
 }
 
 fn pack(msg: &DynamicMessage) -> DynamicMessage {

@@ -14,6 +14,9 @@ use crate::any::{ANY, map_key, unpack};
 use crate::error::ConfigError;
 use crate::pgv::RuleCache;
 
+/// The largest duration protobuf allows (10,000 years), as Envoy checks it.
+const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
+
 /// What Legate implements: for each message type, the fields it reads; and the message types
 /// it accepts inside an `Any` (extensions). A set field missing from the table is refused.
 pub struct Support {
@@ -79,8 +82,11 @@ impl Walker<'_> {
         if name == ANY {
             return self.any(msg);
         }
+        if name == "google.protobuf.Duration" {
+            return self.duration(msg);
+        }
         if name.starts_with("google.protobuf.") {
-            return; // Well-known leaf types: durations, wrappers, Struct.
+            return; // Well-known leaf types: wrappers, Struct.
         }
         let rules = self.rules.get(&desc);
         if !rules.disabled {
@@ -146,6 +152,28 @@ impl Walker<'_> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Envoy refuses every negative or out-of-range duration, whatever the field's own rules.
+    fn duration(&mut self, msg: &DynamicMessage) {
+        let seconds = msg
+            .get_field_by_name("seconds")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0);
+        let nanos = msg
+            .get_field_by_name("nanos")
+            .and_then(|v| v.as_i32())
+            .unwrap_or(0);
+        if seconds < 0 || nanos < 0 {
+            self.error("", format!("Invalid duration: Expected positive duration: seconds: {seconds} nanos: {nanos}"));
+        } else if seconds > MAX_DURATION_SECONDS || nanos >= 1_000_000_000 {
+            self.error(
+                "",
+                format!(
+                    "Invalid duration: Duration out-of-range: seconds: {seconds} nanos: {nanos}"
+                ),
+            );
         }
     }
 

@@ -1,14 +1,17 @@
 //! Reading configuration bytes into a proto message, as Envoy does: YAML and JSON through the
 //! proto3 JSON mapping, binary protobuf, and text protobuf, chosen by the file's extension.
 //!
-//! YAML is first read into a JSON value (Envoy does the same, so a YAML document means what its
-//! JSON rendering means), then deserialized against the message descriptor. Unknown fields are
-//! errors, and every error carries the path of the field it concerns.
+//! YAML and JSON are deserialized straight into the message with the proto3 JSON mapping (a
+//! YAML document means what its JSON rendering means, as in Envoy, which converts YAML to
+//! JSON first). Unknown fields are errors, and every error carries the path of the field it
+//! concerns.
 
+use std::cell::RefCell;
 use std::path::Path;
 
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
+use serde::Deserialize;
 
 use crate::error::ConfigError;
 
@@ -24,14 +27,19 @@ pub enum Format {
 }
 
 impl Format {
-    /// The format Envoy infers from a file name; `None` for an extension it does not know.
-    pub fn from_path(path: &Path) -> Option<Format> {
-        match path.extension()?.to_str()? {
-            "yaml" | "yml" => Some(Format::Yaml),
-            "json" => Some(Format::Json),
-            "pb" => Some(Format::Proto),
-            "pb_text" => Some(Format::ProtoText),
-            _ => None,
+    /// The format Envoy infers from a file name: `.pb`, `.pb_text`, `.yaml`/`.yml` in any case,
+    /// and JSON for every other name (as `MessageUtil::loadFromFile` does).
+    pub fn from_path(path: &Path) -> Format {
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        match extension.as_str() {
+            "yaml" | "yml" => Format::Yaml,
+            "pb" => Format::Proto,
+            "pb_text" => Format::ProtoText,
+            _ => Format::Json,
         }
     }
 }
@@ -48,16 +56,36 @@ pub fn parse(
 ) -> Result<DynamicMessage, ConfigError> {
     match format {
         Format::Yaml => {
-            let value = yaml_to_json(bytes)?;
-            from_json_value(desc, value)
-        }
-        Format::Json => {
             let text = std::str::from_utf8(bytes)
-                .map_err(|e| ConfigError::new("", format!("invalid UTF-8 in JSON: {e}")))?;
-            let value: serde_json::Value = serde_json::from_str(text)
-                .map_err(|e| ConfigError::new("", format!("unable to parse JSON: {e}")))?;
-            from_json_value(desc, value)
+                .map_err(|e| ConfigError::new("", format!("invalid UTF-8 in YAML: {e}")))?;
+            // Envoy refuses a document with no content (empty, or only comments).
+            if text
+                .lines()
+                .all(|l| matches!(l.trim(), "" | "---" | "...") || l.trim_start().starts_with('#'))
+            {
+                return Err(ConfigError::new(
+                    "",
+                    "unable to convert YAML as JSON: the document is empty",
+                ));
+            }
+            with_target(desc, |seed| {
+                serde_saphyr::from_str_with_options::<Seeded>(first_document(text), yaml_options())
+                    .map_err(|e| seed.error("YAML", yaml_error(&e)))
+            })
         }
+        Format::Json => with_target(desc, |seed| {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let msg = Seeded::deserialize(&mut de).map_err(|e| {
+                if e.is_syntax() || e.is_eof() {
+                    ConfigError::new("", format!("unable to parse JSON: {e}"))
+                } else {
+                    seed.error("JSON", e.to_string())
+                }
+            })?;
+            de.end()
+                .map_err(|e| ConfigError::new("", format!("unable to parse JSON: {e}")))?;
+            Ok(msg)
+        }),
         Format::Proto => DynamicMessage::decode(desc.clone(), bytes)
             .map_err(|e| ConfigError::new("", format!("unable to parse binary proto: {e}"))),
         Format::ProtoText => {
@@ -70,11 +98,7 @@ pub fn parse(
     }
 }
 
-/// Reads YAML into a JSON value, refusing what a config cannot be: several documents, aliases
-/// that expand without bound, nesting beyond [`MAX_DEPTH`].
-pub fn yaml_to_json(bytes: &[u8]) -> Result<serde_json::Value, ConfigError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| ConfigError::new("", format!("invalid UTF-8 in YAML: {e}")))?;
+fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     let mut budget = options.budget.clone().unwrap_or_default();
     budget.max_depth = MAX_DEPTH;
@@ -84,19 +108,132 @@ pub fn yaml_to_json(bytes: &[u8]) -> Result<serde_json::Value, ConfigError> {
     budget.max_nodes = usize::MAX;
     budget.max_total_scalar_bytes = usize::MAX;
     options.budget = Some(budget);
-    let value: serde_json::Value =
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+    // yaml-cpp, which Envoy uses, keeps the last of duplicate keys.
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::LastWins;
+    options
+}
+
+/// Envoy reads only the first document of a YAML stream: cut at the second document marker.
+fn first_document(text: &str) -> &str {
+    let mut seen_content = false;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        let marker = trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "...";
+        if marker && (seen_content || trimmed == "...") {
+            return &text[..offset];
+        }
+        if !marker && !trimmed.trim_start().is_empty() && !trimmed.trim_start().starts_with('#') {
+            seen_content = true;
+        }
+        offset += line.len();
+    }
+    text
+}
+
+/// A YAML error as one line, without the parser's internals: `what (line L, column C)`.
+fn yaml_error(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    let line = first_line(&text);
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    // "line 14 column 23: message" -> "message (line 14, column 23)"
+    let (location, message) = match line.split_once(": ") {
+        Some((loc, msg)) if loc.starts_with("line ") => {
+            (Some(loc.replacen(" column", ", column", 1)), msg)
+        }
+        _ => (None, line),
+    };
+    let message = if message.contains("budget breached") {
+        format!("nesting deeper than {MAX_DEPTH} levels, or a document too large")
+    } else {
+        message.to_owned()
+    };
+    match location {
+        Some(location) => format!("{message} ({location})"),
+        None => message,
+    }
+}
+
+/// Reads YAML into a JSON value (for callers that need the document itself, not a message).
+pub fn yaml_to_json(bytes: &[u8]) -> Result<serde_json::Value, ConfigError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| ConfigError::new("", format!("invalid UTF-8 in YAML: {e}")))?;
+    serde_saphyr::from_str_with_options(first_document(text), yaml_options())
+        .map_err(|e| ConfigError::new("", format!("unable to parse YAML: {}", yaml_error(&e))))
+}
+
+// The YAML and JSON parsers take a `Deserialize` type, not a seed; the message descriptor to
+// deserialize into reaches `Seeded` through this thread-local, set only around one parse.
+thread_local! {
+    static TARGET: RefCell<Option<MessageDescriptor>> = const { RefCell::new(None) };
+    static ERROR_PATH: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// A message deserialized straight from the input (no intermediate document), tracking the
+/// path of the field being read so that an error can name it.
+struct Seeded(DynamicMessage);
+
+impl<'de> Deserialize<'de> for Seeded {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let desc = TARGET
+            .with(|t| t.borrow().clone())
+            .ok_or_else(|| D::Error::custom("no target message set"))?;
+        let mut track = serde_path_to_error::Track::new();
+        let tracked = serde_path_to_error::Deserializer::new(deserializer, &mut track);
+        DynamicMessage::deserialize(desc, tracked)
+            .map(Seeded)
+            .map_err(|e| {
+                ERROR_PATH.with(|p| *p.borrow_mut() = track.path().to_string());
+                e
+            })
+    }
+}
+
+/// The path of the last deserialization error, for [`with_target`]'s callback.
+struct SeedErrors;
+
+impl SeedErrors {
+    /// The error of a parse of `format`; one with no field path is a syntax error, and says so.
+    fn error(&self, format: &str, message: String) -> ConfigError {
+        let path = ERROR_PATH.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        if path.is_empty() || path == "." {
             ConfigError::new(
                 "",
-                format!("unable to parse YAML: {}", first_line(&e.to_string())),
+                format!(
+                    "unable to parse {format}: {}",
+                    rewrite_unknown_type(message)
+                ),
             )
-        })?;
-    // An empty document is an empty message, as in Envoy.
-    Ok(if value.is_null() {
-        serde_json::Value::Object(Default::default())
-    } else {
-        value
-    })
+        } else {
+            ConfigError::new(path, rewrite_unknown_type(message))
+        }
+    }
+}
+
+fn with_target(
+    desc: &MessageDescriptor,
+    parse: impl FnOnce(&SeedErrors) -> Result<Seeded, ConfigError>,
+) -> Result<DynamicMessage, ConfigError> {
+    TARGET.with(|t| *t.borrow_mut() = Some(desc.clone()));
+    ERROR_PATH.with(|p| p.borrow_mut().clear());
+    let result = parse(&SeedErrors);
+    TARGET.with(|t| *t.borrow_mut() = None);
+    result.map(|Seeded(msg)| msg)
+}
+
+/// prost-reflect reports an `@type` outside the pool as "message 'X' not found": say whether
+/// Envoy has it (and Legate does not implement it) or it does not exist.
+fn rewrite_unknown_type(message: String) -> String {
+    let Some(start) = message.find("message '") else {
+        return message;
+    };
+    let rest = &message[start + 9..];
+    let Some(end) = rest.find("' not found") else {
+        return message;
+    };
+    let explained = crate::any::unknown_type(&rest[..end]);
+    format!("{}{explained}{}", &message[..start], &rest[end + 11..])
 }
 
 /// Deserializes a JSON value with the proto3 JSON mapping, keeping the path of any error.
@@ -181,4 +318,24 @@ fn check_text_depth(text: &str) -> Result<(), ConfigError> {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_yaml_document_counts() {
+        assert_eq!(first_document("a: 1\n---\nb: 2\n"), "a: 1\n");
+        assert_eq!(first_document("---\na: 1\n...\nb\n"), "---\na: 1\n");
+        assert_eq!(first_document("# c\n---\na: 1\n"), "# c\n---\na: 1\n");
+    }
+
+    #[test]
+    fn format_follows_envoys_extension_rules() {
+        assert_eq!(Format::from_path(Path::new("a.YAML")), Format::Yaml);
+        assert_eq!(Format::from_path(Path::new("a.pb_text")), Format::ProtoText);
+        assert_eq!(Format::from_path(Path::new("a.txt")), Format::Json);
+        assert_eq!(Format::from_path(Path::new("noext")), Format::Json);
+    }
 }

@@ -3,6 +3,7 @@
 //! matchers with Envoy's semantics (RE2-style full-match regexes).
 
 pub mod address;
+pub mod extension;
 pub mod matcher;
 pub mod proto;
 

@@ -1,5 +1,5 @@
-//! The HTTP filters Legate implements, by Envoy's type URL and well-known name. This is the one
-//! place that maps an `http_filters` entry to code.
+//! The HTTP filters Legate implements, by Envoy's type URL. This is the one place that maps an
+//! `http_filters` entry to code.
 
 use legate_api::pb::google::protobuf::Any;
 
@@ -11,6 +11,8 @@ pub enum HttpFilterKind {
 
 struct Registered {
     kind: HttpFilterKind,
+    /// The well-known name, as Envoy's docs give it (for documentation and logs).
+    #[allow(dead_code)]
     name: &'static str,
     type_name: &'static str,
     terminal: bool,
@@ -23,20 +25,17 @@ const REGISTRY: &[Registered] = &[Registered {
     terminal: true,
 }];
 
-/// Finds a filter by its `typed_config` type, or by name when there is no `typed_config`
-/// (Envoy accepts `- name: envoy.filters.http.router` alone).
+/// Finds a filter by the type of its `typed_config`; returns it and whether it is terminal.
 pub fn lookup(name: &str, typed_config: Option<&Any>) -> Result<(HttpFilterKind, bool), String> {
-    let found = match typed_config {
-        Some(any) => {
-            let type_name = legate_api::any::type_name(&any.type_url);
-            REGISTRY.iter().find(|r| r.type_name == type_name).ok_or_else(|| {
-                format!("Didn't find a registered implementation for '{name}' with type URL: '{type_name}'")
-            })?
-        }
-        None => REGISTRY
-            .iter()
-            .find(|r| r.name == name)
-            .ok_or_else(|| format!("Didn't find a registered implementation for name: '{name}'"))?,
-    };
+    let any = legate_core::extension::typed_config(name, typed_config)?;
+    let type_name = legate_api::any::type_name(&any.type_url);
+    let found = REGISTRY
+        .iter()
+        .find(|r| r.type_name == type_name)
+        .ok_or_else(|| {
+            format!(
+                "Didn't find a registered implementation for '{name}' with type URL: '{type_name}'"
+            )
+        })?;
     Ok((found.kind, found.terminal))
 }

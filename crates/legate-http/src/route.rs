@@ -232,12 +232,30 @@ impl RouteTable {
         );
         let mut domains = DomainIndex::default();
         let mut seen_domains = HashSet::new();
+        let wildcards = rc
+            .virtual_hosts
+            .iter()
+            .flat_map(|vh| &vh.domains)
+            .filter(|d| *d == "*")
+            .count();
+        if wildcards > 1 {
+            errors.push(
+                "virtual_hosts",
+                format!(
+                    "Only a single wildcard domain is permitted in route {}",
+                    rc.name
+                ),
+            );
+        }
         let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());
         for (i, vh) in rc.virtual_hosts.iter().enumerate() {
             let path = format!("virtual_hosts[{i}]");
             for (d, domain) in vh.domains.iter().enumerate() {
                 let domain = domain.to_ascii_lowercase();
                 if !seen_domains.insert(domain.clone()) {
+                    if domain == "*" {
+                        continue; // Reported above, as Envoy does.
+                    }
                     errors.push(&format!("{path}.domains[{d}]"), format!(
                         "Only unique values for domains are permitted. Duplicate entry of domain {domain} in route {}",
                         rc.name
@@ -793,23 +811,28 @@ mod tests {
 
     #[test]
     fn duplicate_domains_are_refused() {
-        let rc = rp::RouteConfiguration {
-            name: "r".into(),
-            virtual_hosts: vec![
-                rp::VirtualHost {
-                    name: "a".into(),
-                    domains: vec!["*".into()],
-                    ..Default::default()
-                },
-                rp::VirtualHost {
-                    name: "b".into(),
-                    domains: vec!["*".into()],
-                    ..Default::default()
-                },
-            ],
+        let vh = |name: &str, domain: &str| rp::VirtualHost {
+            name: name.into(),
+            domains: vec![domain.into()],
             ..Default::default()
         };
-        let errors = RouteTable::compile(&rc).unwrap_err();
+        let rc = |domain: &str| rp::RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![vh("a", domain), vh("b", domain)],
+            ..Default::default()
+        };
+        let errors = RouteTable::compile(&rc("x.com")).unwrap_err();
         assert_eq!(errors[0].path, "virtual_hosts[1].domains[0]");
+        assert!(
+            errors[0]
+                .message
+                .contains("Duplicate entry of domain x.com")
+        );
+        let errors = RouteTable::compile(&rc("*")).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].message,
+            "Only a single wildcard domain is permitted in route r"
+        );
     }
 }

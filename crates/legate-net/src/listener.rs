@@ -109,20 +109,17 @@ fn display(l: &Listener, address: Option<SocketAddr>) -> String {
     }
 }
 
-/// Envoy refuses two listeners with one name, or two bound to one address.
-pub fn check_unique<F>(listeners: &[(usize, ListenerConfig<F>)]) -> Vec<ConfigError> {
+/// Envoy refuses two listeners bound to one address. Of two static listeners with one name it
+/// keeps the first and ignores the second, and so does Legate (with a warning): the index of
+/// each ignored listener is returned.
+pub fn check_unique<F>(listeners: &[(usize, ListenerConfig<F>)]) -> (Vec<ConfigError>, Vec<usize>) {
     let mut errors = Vec::new();
+    let mut ignored = Vec::new();
     let (mut names, mut addresses) = (HashSet::new(), HashSet::new());
     for (i, l) in listeners {
         let path = format!("static_resources.listeners[{i}]");
         if !names.insert(l.name.as_str()) {
-            errors.push(ConfigError::new(
-                &path,
-                format!(
-                    "error adding listener named '{}': duplicate listener name",
-                    l.name
-                ),
-            ));
+            ignored.push(*i);
         } else if l.address.port() != 0 && !addresses.insert(l.address) {
             errors.push(ConfigError::new(
                 &path,
@@ -133,5 +130,5 @@ pub fn check_unique<F>(listeners: &[(usize, ListenerConfig<F>)]) -> Vec<ConfigEr
             ));
         }
     }
-    errors
+    (errors, ignored)
 }

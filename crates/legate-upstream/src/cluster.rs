@@ -128,11 +128,12 @@ impl ClusterConfig {
                 LbPolicy::RoundRobin
             }
         };
+        // Endpoint addresses are literal IPs only in STATIC clusters; check them only there.
         let priorities = match &c.load_assignment {
-            Some(la) => errors
+            Some(la) if errors.0.is_empty() => errors
                 .take("load_assignment", compile_endpoints(la))
                 .unwrap_or_default(),
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         let (default_limits, high_limits) = circuit_breakers(c);
 
@@ -303,11 +304,11 @@ fn compile_endpoints(la: &ClusterLoadAssignment) -> Compiled<Vec<Vec<LocalityEnd
 /// Fails if two clusters share a name, as Envoy's cluster manager does.
 pub fn check_unique_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), ConfigError> {
     let mut seen = std::collections::HashSet::new();
-    for name in names {
+    for (index, name) in names.enumerate() {
         if !seen.insert(name) {
             return Err(ConfigError::new(
-                "",
-                format!("cluster manager: duplicate cluster '{name}' found"),
+                format!("[{index}].name"),
+                format!("cluster manager: duplicate cluster '{name}'"),
             ));
         }
     }

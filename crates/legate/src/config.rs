@@ -93,7 +93,15 @@ impl Config {
                 listeners.push((i, l));
             }
         }
-        errors.0.extend(check_unique(&listeners));
+        let (duplicates, ignored) = check_unique(&listeners);
+        errors.0.extend(duplicates);
+        for i in &ignored {
+            tracing::warn!(
+                "static_resources.listeners[{i}]: a listener named '{}' already exists; this one is ignored, as Envoy does",
+                statics.listeners[*i].name
+            );
+        }
+        listeners.retain(|(i, _)| !ignored.contains(i));
 
         let admin = b
             .admin
