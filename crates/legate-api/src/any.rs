@@ -106,8 +106,13 @@ pub fn expand_typed_structs(msg: &mut DynamicMessage, path: &str) -> Result<bool
 }
 
 fn expand_any(any: &mut DynamicMessage, path: &str) -> Result<bool, ConfigError> {
-    let (type_url, _) = any_parts(any);
-    if type_url.is_empty() {
+    let (type_url, value) = any_parts(any);
+    // A TypedStruct, at any depth, carries its own type URL in the payload: without the name
+    // in the bytes there is nothing to expand, and no need to decode (a route table of 10,000
+    // routes is a large Any).
+    if type_url.is_empty()
+        || (!type_url.ends_with("TypedStruct") && !contains(&value, b"TypedStruct"))
+    {
         return Ok(false);
     }
     let mut inner = unpack(any).map_err(|e| e.within(path))?;
@@ -137,6 +142,10 @@ fn typed_struct_to_message(typed_struct: &DynamicMessage) -> Result<DynamicMessa
         _ => serde_json::Value::Object(Default::default()),
     };
     from_json_value(&desc, json).map_err(|e| e.within("value"))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A map key as it appears in a path: strings quoted, numbers and booleans bare.

@@ -96,22 +96,25 @@ impl Walker<'_> {
                 }
             }
         }
-        for field in desc.fields() {
-            let is_set = msg.has_field(&field);
-            let value = msg.get_field(&field);
-            if !rules.disabled {
-                if let Some(rule) = rules.fields.get(&field.number()) {
-                    // proto3 scalars are checked even when unset, as PGV does: an empty
-                    // required name fails `min_len: 1`. Unset oneof members are not.
-                    if is_set || field.containing_oneof().is_none() {
-                        if let Some((suffix, problem)) = rule.check(&field, &value, is_set) {
-                            self.error(&format!(".{}{suffix}", field.name()), problem);
-                            continue;
-                        }
-                    }
+        // Rules first, on every field that has one: proto3 scalars are checked even when
+        // unset, as PGV does (an empty required name fails `min_len: 1`); unset oneof members
+        // are not.
+        let mut failed = Vec::new();
+        if !rules.disabled {
+            for (field, rule) in &rules.fields {
+                let is_set = msg.has_field(field);
+                if !is_set && field.containing_oneof().is_some() {
+                    continue;
+                }
+                if let Some((suffix, problem)) = rule.check(field, &msg.get_field(field), is_set) {
+                    self.error(&format!(".{}{suffix}", field.name()), problem);
+                    failed.push(field.number());
                 }
             }
-            if !is_set {
+        }
+        // Then what is set: is it implemented, and what is below it.
+        for (field, value) in msg.fields() {
+            if failed.contains(&field.number()) {
                 continue;
             }
             if !self.support.supports_field(name, field.name()) {
@@ -122,7 +125,7 @@ impl Walker<'_> {
                 continue;
             }
             self.path.push(format!(".{}", field.name()));
-            self.value(&field, &value);
+            self.value(&field, value);
             self.path.pop();
         }
     }

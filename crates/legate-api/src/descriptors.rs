@@ -123,9 +123,36 @@ fn pruned_descriptors() -> Vec<u8> {
     let mut out = Vec::new();
     for (i, (_, bytes)) in files.iter().enumerate() {
         if keep.contains(&i) {
+            let file = without_source_info(bytes);
             prost::encoding::encode_varint(0x0a, &mut out);
-            prost::encoding::encode_varint(bytes.len() as u64, &mut out);
-            out.extend_from_slice(bytes);
+            prost::encoding::encode_varint(file.len() as u64, &mut out);
+            out.extend_from_slice(&file);
+        }
+    }
+    out
+}
+
+/// A `FileDescriptorProto` without `source_code_info` (field 9): the proto comments, which
+/// are most of the descriptor bytes and which nothing here reads.
+fn without_source_info(mut bytes: &[u8]) -> Vec<u8> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut out = Vec::with_capacity(bytes.len());
+    while !bytes.is_empty() {
+        let start = bytes;
+        let (field, wire_type) = decode_key(&mut bytes).expect("descriptor field key");
+        let skip = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut bytes).expect("varint");
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => decode_varint(&mut bytes).expect("length") as usize,
+            WireType::StartGroup | WireType::EndGroup => unreachable!("descriptors use no groups"),
+        };
+        bytes = &bytes[skip..];
+        if field != 9 {
+            out.extend_from_slice(&start[..start.len() - bytes.len()]);
         }
     }
     out

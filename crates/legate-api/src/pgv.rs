@@ -24,8 +24,8 @@ pub struct MessageRules {
     pub disabled: bool,
     /// Oneofs marked `(validate.required) = true`.
     pub required_oneofs: Vec<OneofDescriptor>,
-    /// Rules by field number.
-    pub fields: HashMap<u32, FieldRule>,
+    /// The fields that have rules, in field order.
+    pub fields: Vec<(FieldDescriptor, FieldRule)>,
 }
 
 /// The rules of one field, with its string pattern compiled.
@@ -71,7 +71,7 @@ fn compile(desc: &MessageDescriptor) -> MessageRules {
         .oneofs()
         .filter(|oneof| !oneof.is_synthetic() && bool_option(&oneof.options(), &oneof_required))
         .collect();
-    let mut fields = HashMap::new();
+    let mut fields = Vec::new();
     if let Some(ext) = extension("validate.rules") {
         for field in desc.fields() {
             let options = field.options();
@@ -87,7 +87,7 @@ fn compile(desc: &MessageDescriptor) -> MessageRules {
             };
             let mut patterns = Vec::new();
             collect_patterns(&rules, &mut patterns);
-            fields.insert(field.number(), FieldRule { rules, patterns });
+            fields.push((field, FieldRule { rules, patterns }));
         }
     }
     MessageRules {

@@ -415,7 +415,9 @@ fn compile_route(r: &rp::Route, max_body: u32) -> Compiled<Route> {
         (rf.runtime_key.clone(), per_million.min(1_000_000))
     });
     let action = match &r.action {
-        Some(route::Action::Route(a)) => errors.take("route", forward(a)).map(Action::Forward),
+        Some(route::Action::Route(a)) => errors
+            .take("route", forward(a, &r.name))
+            .map(Action::Forward),
         Some(route::Action::Redirect(a)) => {
             errors.take("redirect", redirect(a)).map(Action::Redirect)
         }
@@ -538,7 +540,7 @@ fn rewrite(
 }
 
 #[allow(deprecated)]
-fn forward(a: &rp::RouteAction) -> Compiled<Forward> {
+fn forward(a: &rp::RouteAction, route_name: &str) -> Compiled<Forward> {
     let mut errors = Errors::default();
     let target = match &a.cluster_specifier {
         Some(route_action::ClusterSpecifier::Cluster(c)) => ClusterTarget::Named(c.clone()),
@@ -551,11 +553,17 @@ fn forward(a: &rp::RouteAction) -> Compiled<Forward> {
                 .iter()
                 .map(|c| (c.name.clone(), u32_or(c.weight.as_ref(), 0)))
                 .collect();
-            if clusters.iter().map(|(_, w)| *w as u64).sum::<u64>() == 0 {
+            let total: u64 = clusters.iter().map(|(_, w)| u64::from(*w)).sum();
+            if total == 0 {
                 errors.push(
                     "weighted_clusters",
                     "Sum of weights in the weighted_cluster must be greater than 0.",
                 );
+            } else if total > u64::from(u32::MAX) {
+                errors.push("weighted_clusters", format!(
+                    "The sum of weights of all weighted clusters of route {route_name} exceeds {}",
+                    u32::MAX
+                ));
             }
             for (i, c) in w.clusters.iter().enumerate() {
                 if c.name.is_empty() {

@@ -230,3 +230,48 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The configs in `examples/` run as they are in Envoy; in Legate they validate, or say which
+/// feature is not implemented yet.
+#[test]
+fn examples_validate_or_name_what_is_missing() {
+    let root = repo_root();
+    let examples = [
+        ("examples/front-proxy.yaml", None),
+        (
+            "examples/tcp-proxy.yaml",
+            Some(
+                "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy is not supported by Legate",
+            ),
+        ),
+        (
+            "examples/tls-edge.yaml",
+            Some("DownstreamTlsContext is not supported by Legate"),
+        ),
+        ("crates/legate/src/default.yaml", None),
+    ];
+    let legate = legate();
+    let envoy = envoy();
+    // Certificate paths in the examples are relative to the repository root.
+    std::env::set_current_dir(&root).unwrap();
+    for (file, missing) in examples {
+        let path = root.join(file);
+        let ours = legate.validate(&path);
+        match missing {
+            None => assert!(ours.accepted, "{file}: {}", ours.output),
+            Some(feature) => assert!(
+                !ours.accepted && ours.output.contains(feature),
+                "{file}: {}",
+                ours.output
+            ),
+        }
+        if let Some(envoy) = &envoy {
+            let theirs = envoy.validate(&path);
+            assert!(
+                theirs.accepted,
+                "{file}: Envoy refused it: {}",
+                theirs.output
+            );
+        }
+    }
+}

@@ -1,0 +1,1 @@
+{"static_resources":{"clusters":[{"name":"a","connect_timeout":"1s"}]}}
