@@ -4,19 +4,12 @@
 
 #![no_main]
 
-use std::sync::OnceLock;
-
 use legate::config::{Config, NodeOverrides};
 use legate_api::bootstrap::{BOOTSTRAP, finish};
-use legate_api::check::Support;
 use legate_api::descriptors::pool;
-use legate_api::load::{Format, parse};
+use legate_api::load::{Format, parse_streaming};
+use legate_api::stream::BOOTSTRAP_STREAM;
 use libfuzzer_sys::fuzz_target;
-
-fn support() -> &'static Support {
-    static SUPPORT: OnceLock<Support> = OnceLock::new();
-    SUPPORT.get_or_init(legate::supported::support)
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else { return };
@@ -27,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         _ => Format::ProtoText,
     };
     let desc = pool().get_message_by_name(BOOTSTRAP).expect("Bootstrap descriptor");
-    let Ok(msg) = parse(&desc, format, bytes) else { return };
-    let Ok(bootstrap) = finish(msg, support()) else { return };
+    let Ok(parsed) = parse_streaming(&desc, format, bytes, BOOTSTRAP_STREAM, Some(legate::supported::support())) else { return };
+    let Ok(bootstrap) = finish(parsed, legate::supported::support()) else { return };
     let _ = Config::compile(&bootstrap, &NodeOverrides::default());
 });

@@ -106,7 +106,13 @@ impl Walker<'_> {
                 if !is_set && field.containing_oneof().is_some() {
                     continue;
                 }
-                if let Some((suffix, problem)) = rule.check(field, &msg.get_field(field), is_set) {
+                // An unset singular message can only break `required`: do not build its default.
+                let problem = if is_set || field.is_list() || field.is_map() || !matches!(field.kind(), Kind::Message(_)) {
+                    rule.check(field, &msg.get_field(field), is_set)
+                } else {
+                    rule.check_missing()
+                };
+                if let Some((suffix, problem)) = problem {
                     self.error(&format!(".{}{suffix}", field.name()), problem);
                     failed.push(field.number());
                 }

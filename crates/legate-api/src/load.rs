@@ -13,6 +13,9 @@ use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde::Deserialize;
 
+use crate::check::Support;
+use crate::stream::{RootSeed, Split, StreamSpec, Streamed};
+
 use crate::error::ConfigError;
 
 /// The encodings Envoy accepts for a bootstrap or an xDS resource file.
@@ -49,11 +52,29 @@ impl Format {
 pub const MAX_DEPTH: usize = 100;
 
 /// Parses `bytes` as a `desc` message.
-pub fn parse(
+pub fn parse(desc: &MessageDescriptor, format: Format, bytes: &[u8]) -> Result<DynamicMessage, ConfigError> {
+    parse_streaming(desc, format, bytes, &[], None).map(|parsed| parsed.message)
+}
+
+/// A parsed message, with the elements of its streamed fields kept apart, encoded.
+pub struct Parsed {
+    pub message: DynamicMessage,
+    pub streamed: Vec<Streamed>,
+    /// Problems already found in streamed elements.
+    pub errors: Vec<ConfigError>,
+}
+
+/// Parses `bytes` as a `desc` message; from YAML and JSON, the repeated fields that `spec`
+/// names are streamed (see [`crate::stream`]), and checked against `support` as they are read
+/// when it is given. Binary and text protos are read whole.
+pub fn parse_streaming(
     desc: &MessageDescriptor,
     format: Format,
     bytes: &[u8],
-) -> Result<DynamicMessage, ConfigError> {
+    spec: StreamSpec,
+    support: Option<&'static Support>,
+) -> Result<Parsed, ConfigError> {
+    let whole = |message| Parsed { message, streamed: Vec::new(), errors: Vec::new() };
     match format {
         Format::Yaml => {
             let text = std::str::from_utf8(bytes)
@@ -68,12 +89,12 @@ pub fn parse(
                     "unable to convert YAML as JSON: the document is empty",
                 ));
             }
-            with_target(desc, |seed| {
+            with_target("YAML", desc, spec, support, |seed| {
                 serde_saphyr::from_str_with_options::<Seeded>(first_document(text), yaml_options())
                     .map_err(|e| seed.error("YAML", yaml_error(&e)))
             })
         }
-        Format::Json => with_target(desc, |seed| {
+        Format::Json => with_target("JSON", desc, spec, support, |seed| {
             let mut de = serde_json::Deserializer::from_slice(bytes);
             let msg = Seeded::deserialize(&mut de).map_err(|e| {
                 if e.is_syntax() || e.is_eof() {
@@ -87,12 +108,14 @@ pub fn parse(
             Ok(msg)
         }),
         Format::Proto => DynamicMessage::decode(desc.clone(), bytes)
+            .map(whole)
             .map_err(|e| ConfigError::new("", format!("unable to parse binary proto: {e}"))),
         Format::ProtoText => {
             let text = std::str::from_utf8(bytes)
                 .map_err(|e| ConfigError::new("", format!("invalid UTF-8 in text proto: {e}")))?;
             check_text_depth(text)?;
             DynamicMessage::parse_text_format(desc.clone(), text)
+                .map(whole)
                 .map_err(|e| ConfigError::new("", format!("unable to parse text proto: {e}")))
         }
     }
@@ -163,30 +186,45 @@ pub fn yaml_to_json(bytes: &[u8]) -> Result<serde_json::Value, ConfigError> {
 }
 
 // The YAML and JSON parsers take a `Deserialize` type, not a seed; the message descriptor to
-// deserialize into reaches `Seeded` through this thread-local, set only around one parse.
+// deserialize into (and what to stream) reaches `Seeded` through this thread-local, set only
+// around one parse.
 thread_local! {
-    static TARGET: RefCell<Option<MessageDescriptor>> = const { RefCell::new(None) };
+    static TARGET: RefCell<Option<Target>> = const { RefCell::new(None) };
     static ERROR_PATH: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+#[derive(Clone)]
+struct Target {
+    desc: MessageDescriptor,
+    spec: StreamSpec,
+    support: Option<&'static Support>,
 }
 
 /// A message deserialized straight from the input (no intermediate document), tracking the
 /// path of the field being read so that an error can name it.
-struct Seeded(DynamicMessage);
+enum Seeded {
+    Whole(DynamicMessage),
+    /// The root's other fields as a document, and the streamed elements.
+    Split(Split),
+}
 
 impl<'de> Deserialize<'de> for Seeded {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let desc = TARGET
+        use serde::de::{DeserializeSeed, Error};
+        let Target { desc, spec, support } = TARGET
             .with(|t| t.borrow().clone())
             .ok_or_else(|| D::Error::custom("no target message set"))?;
         let mut track = serde_path_to_error::Track::new();
         let tracked = serde_path_to_error::Deserializer::new(deserializer, &mut track);
-        DynamicMessage::deserialize(desc, tracked)
-            .map(Seeded)
-            .map_err(|e| {
-                ERROR_PATH.with(|p| *p.borrow_mut() = track.path().to_string());
-                e
-            })
+        // Streamed elements are checked as they are read, so streaming needs the support table.
+        let result = match support {
+            Some(support) if !spec.is_empty() => RootSeed { desc: &desc, spec, support }.deserialize(tracked).map(Seeded::Split),
+            _ => DynamicMessage::deserialize(desc, tracked).map(Seeded::Whole),
+        };
+        result.map_err(|e| {
+            ERROR_PATH.with(|p| *p.borrow_mut() = track.path().to_string());
+            e
+        })
     }
 }
 
@@ -212,14 +250,31 @@ impl SeedErrors {
 }
 
 fn with_target(
+    format: &str,
     desc: &MessageDescriptor,
+    spec: StreamSpec,
+    support: Option<&'static Support>,
     parse: impl FnOnce(&SeedErrors) -> Result<Seeded, ConfigError>,
-) -> Result<DynamicMessage, ConfigError> {
-    TARGET.with(|t| *t.borrow_mut() = Some(desc.clone()));
+) -> Result<Parsed, ConfigError> {
+    TARGET.with(|t| *t.borrow_mut() = Some(Target { desc: desc.clone(), spec, support }));
     ERROR_PATH.with(|p| p.borrow_mut().clear());
     let result = parse(&SeedErrors);
     TARGET.with(|t| *t.borrow_mut() = None);
-    result.map(|Seeded(msg)| msg)
+    match result? {
+        Seeded::Whole(message) => Ok(Parsed { message, streamed: Vec::new(), errors: Vec::new() }),
+        Seeded::Split(Split { rest, streamed, errors }) => {
+            // The root's other fields were collected as a document: report their errors as
+            // a whole parse would have.
+            let message = from_json_value(desc, serde_json::Value::Object(rest)).map_err(|e| {
+                if e.path.is_empty() {
+                    ConfigError::new("", format!("unable to parse {format}: {}", rewrite_unknown_type(e.message)))
+                } else {
+                    ConfigError::new(e.path, rewrite_unknown_type(e.message))
+                }
+            })?;
+            Ok(Parsed { message, streamed, errors })
+        }
+    }
 }
 
 /// prost-reflect reports an `@type` outside the pool as "message 'X' not found": say whether

@@ -125,6 +125,18 @@ fn collect_patterns(rules: &FieldRules, out: &mut Vec<Regex>) {
 }
 
 impl FieldRule {
+    /// Checks an unset singular message field: only `required` rules apply.
+    pub fn check_missing(&self) -> Option<(String, String)> {
+        let required = self.rules.message.as_ref().is_some_and(|m| m.required == Some(true))
+            || match &self.rules.r#type {
+                Some(RuleType::Duration(d)) => d.required == Some(true),
+                Some(RuleType::Any(a)) => a.required == Some(true),
+                Some(RuleType::Timestamp(t)) => t.required == Some(true),
+                _ => false,
+            };
+        required.then(|| (String::new(), "value is required".to_owned()))
+    }
+
     /// Checks `value` (the field's value, or its default when unset) and returns the first
     /// violation with the path suffix it applies to (empty, or `[i]` for a list item).
     pub fn check(

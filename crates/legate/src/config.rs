@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use legate_admin::AdminConfig;
-use legate_api::pb::envoy::config::bootstrap::v3::{Bootstrap, runtime_layer};
+use legate_api::bootstrap::LoadedBootstrap;
+use legate_api::pb::envoy::config::bootstrap::v3::runtime_layer;
 use legate_api::pb::envoy::config::core::v3::{Node, address, socket_address};
 use legate_api::pb::envoy::config::listener::v3::{Filter, filter};
 use legate_api::pb::envoy::config::metrics::v3::{StatsdSink, stats_sink, statsd_sink};
@@ -66,42 +67,60 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn compile(b: &Bootstrap, overrides: &NodeOverrides) -> Compiled<Config> {
+    /// Compiles a loaded bootstrap. Static clusters and listeners are decoded and compiled one
+    /// at a time (see [`LoadedBootstrap`]).
+    pub fn compile(loaded: &LoadedBootstrap, overrides: &NodeOverrides) -> Compiled<Config> {
+        let b = &loaded.bootstrap;
         let mut errors = Errors::default();
-        let statics = b.static_resources.clone().unwrap_or_default();
 
-        let mut clusters = Vec::with_capacity(statics.clusters.len());
-        for (i, c) in statics.clusters.iter().enumerate() {
-            if let Some(c) = errors.take(
-                &format!("static_resources.clusters[{i}]"),
-                ClusterConfig::compile(c),
-            ) {
+        let mut clusters = Vec::with_capacity(loaded.clusters.len());
+        let mut names = Vec::with_capacity(loaded.clusters.len());
+        for (i, cluster) in loaded.clusters().enumerate() {
+            let path = format!("static_resources.clusters[{i}]");
+            let cluster = match cluster {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(&path, format!("unable to decode: {e}"));
+                    continue;
+                }
+            };
+            names.push(cluster.name.clone());
+            if let Some(c) = errors.take(&path, ClusterConfig::compile(&cluster)) {
                 clusters.push(c);
             }
         }
-        if let Err(e) = check_unique_names(statics.clusters.iter().map(|c| c.name.as_str())) {
+        if let Err(e) = check_unique_names(names.iter().map(String::as_str)) {
             errors.0.push(e.within("static_resources.clusters"));
         }
-        let cluster_names: HashSet<&str> =
-            statics.clusters.iter().map(|c| c.name.as_str()).collect();
+        let cluster_names: HashSet<&str> = names.iter().map(String::as_str).collect();
 
-        let mut listeners = Vec::with_capacity(statics.listeners.len());
-        for (i, l) in statics.listeners.iter().enumerate() {
+        let mut listeners = Vec::with_capacity(loaded.listeners.len());
+        for (i, listener) in loaded.listeners().enumerate() {
             let path = format!("static_resources.listeners[{i}]");
-            let compiled = ListenerConfig::compile(l, |f| network_filter(f, &cluster_names));
+            let listener = match listener {
+                Ok(l) => l,
+                Err(e) => {
+                    errors.push(&path, format!("unable to decode: {e}"));
+                    continue;
+                }
+            };
+            let compiled = ListenerConfig::compile(&listener, |f| network_filter(f, &cluster_names));
             if let Some(l) = errors.take(&path, compiled) {
                 listeners.push((i, l));
             }
         }
         let (duplicates, ignored) = check_unique(&listeners);
         errors.0.extend(duplicates);
-        for i in &ignored {
-            tracing::warn!(
-                "static_resources.listeners[{i}]: a listener named '{}' already exists; this one is ignored, as Envoy does",
-                statics.listeners[*i].name
-            );
-        }
-        listeners.retain(|(i, _)| !ignored.contains(i));
+        listeners.retain(|(i, l)| {
+            let keep = !ignored.contains(i);
+            if !keep {
+                tracing::warn!(
+                    "static_resources.listeners[{i}]: a listener named '{}' already exists; this one is ignored, as Envoy does",
+                    l.name
+                );
+            }
+            keep
+        });
 
         let admin = b
             .admin

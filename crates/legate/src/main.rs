@@ -93,7 +93,7 @@ fn load(options: &Options) -> Result<(String, Config), (String, Vec<ConfigError>
             None,
         ),
     };
-    let bootstrap = bootstrap::load(source, overlay, &support).map_err(|e| (name.clone(), e))?;
+    let bootstrap = bootstrap::load(source, overlay, support).map_err(|e| (name.clone(), e))?;
     let overrides = NodeOverrides {
         service_node: options.service_node.clone(),
         service_cluster: options.service_cluster.clone(),

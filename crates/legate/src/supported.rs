@@ -547,9 +547,10 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The table in the form the checker uses.
-pub fn support() -> Support {
-    Support::new(messages(), EXTENSIONS)
+/// The table in the form the checker uses, built once.
+pub fn support() -> &'static Support {
+    static SUPPORT: std::sync::OnceLock<Support> = std::sync::OnceLock::new();
+    SUPPORT.get_or_init(|| Support::new(messages(), EXTENSIONS))
 }
 
 /// SUPPORTED.md: the table above as a document.
