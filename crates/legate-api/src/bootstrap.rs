@@ -11,10 +11,10 @@ use crate::check::{Support, check};
 use crate::descriptors::pool;
 use crate::error::ConfigError;
 use crate::load::{Format, Parsed, merge, parse, parse_streaming};
-use crate::stream::{BOOTSTRAP_STREAM, StreamSpec};
+use crate::pb::envoy::config::bootstrap::v3::Bootstrap;
 use crate::pb::envoy::config::cluster::v3::Cluster;
 use crate::pb::envoy::config::listener::v3::Listener;
-use crate::pb::envoy::config::bootstrap::v3::Bootstrap;
+use crate::stream::{BOOTSTRAP_STREAM, StreamSpec};
 
 pub const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
 
@@ -60,17 +60,28 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 /// Loads and checks a bootstrap. Errors are all the problems found, each with its field path.
-pub fn load(source: BootstrapSource<'_>, overlay_yaml: Option<&str>, support: &'static Support) -> Result<LoadedBootstrap, Vec<ConfigError>> {
+pub fn load(
+    source: BootstrapSource<'_>,
+    overlay_yaml: Option<&str>,
+    support: &'static Support,
+) -> Result<LoadedBootstrap, Vec<ConfigError>> {
     let desc = descriptor();
     // With an overlay, checks apply to the merged whole: parse both whole and merge.
-    let spec = if overlay_yaml.is_some() { &[][..] } else { BOOTSTRAP_STREAM };
+    let spec = if overlay_yaml.is_some() {
+        &[][..]
+    } else {
+        BOOTSTRAP_STREAM
+    };
     let mut parsed = match source {
         BootstrapSource::File(path) => read_file(path, &desc, spec, Some(support)),
-        BootstrapSource::Yaml(text) => parse_streaming(&desc, Format::Yaml, text.as_bytes(), spec, Some(support)),
+        BootstrapSource::Yaml(text) => {
+            parse_streaming(&desc, Format::Yaml, text.as_bytes(), spec, Some(support))
+        }
     }
     .map_err(|e| vec![e])?;
     if let Some(yaml) = overlay_yaml {
-        let overlay = parse(&desc, Format::Yaml, yaml.as_bytes()).map_err(|e| vec![e.within("--config-yaml")])?;
+        let overlay = parse(&desc, Format::Yaml, yaml.as_bytes())
+            .map_err(|e| vec![e.within("--config-yaml")])?;
         merge(&mut parsed.message, &overlay).map_err(|e| vec![e])?;
     }
     finish(parsed, support)
@@ -90,7 +101,9 @@ pub struct LoadedBootstrap {
 impl LoadedBootstrap {
     /// The static listeners, decoded one by one.
     pub fn listeners(&self) -> impl Iterator<Item = Result<Listener, prost::DecodeError>> + '_ {
-        self.listeners.iter().map(|b| Listener::decode(b.as_slice()))
+        self.listeners
+            .iter()
+            .map(|b| Listener::decode(b.as_slice()))
     }
 
     /// The static clusters, decoded one by one.
@@ -101,7 +114,11 @@ impl LoadedBootstrap {
 
 /// Expands, checks and decodes a parsed bootstrap.
 pub fn finish(parsed: Parsed, support: &Support) -> Result<LoadedBootstrap, Vec<ConfigError>> {
-    let Parsed { mut message, streamed, mut errors } = parsed;
+    let Parsed {
+        mut message,
+        streamed,
+        mut errors,
+    } = parsed;
     match crate::any::expand_typed_structs(&mut message, "") {
         Ok(_) => errors.extend(check(&message, support)),
         Err(e) => errors.push(e),
@@ -119,13 +136,21 @@ pub fn finish(parsed: Parsed, support: &Support) -> Result<LoadedBootstrap, Vec<
     }
     let bytes = message.encode_to_vec();
     drop(message);
-    loaded.bootstrap = Bootstrap::decode(bytes.as_slice())
-        .map_err(|e| vec![ConfigError::new("", format!("unable to decode the bootstrap: {e}"))])?;
+    loaded.bootstrap = Bootstrap::decode(bytes.as_slice()).map_err(|e| {
+        vec![ConfigError::new(
+            "",
+            format!("unable to decode the bootstrap: {e}"),
+        )]
+    })?;
     // From a binary or text proto, or with an overlay, nothing was streamed.
     if let Some(statics) = &mut loaded.bootstrap.static_resources {
-        let listeners = std::mem::take(&mut statics.listeners).into_iter().map(|l| l.encode_to_vec());
+        let listeners = std::mem::take(&mut statics.listeners)
+            .into_iter()
+            .map(|l| l.encode_to_vec());
         loaded.listeners.splice(0..0, listeners);
-        let clusters = std::mem::take(&mut statics.clusters).into_iter().map(|c| c.encode_to_vec());
+        let clusters = std::mem::take(&mut statics.clusters)
+            .into_iter()
+            .map(|c| c.encode_to_vec());
         loaded.clusters.splice(0..0, clusters);
     }
     Ok(loaded)

@@ -107,7 +107,11 @@ impl Walker<'_> {
                     continue;
                 }
                 // An unset singular message can only break `required`: do not build its default.
-                let problem = if is_set || field.is_list() || field.is_map() || !matches!(field.kind(), Kind::Message(_)) {
+                let problem = if is_set
+                    || field.is_list()
+                    || field.is_map()
+                    || !matches!(field.kind(), Kind::Message(_))
+                {
                     rule.check(field, &msg.get_field(field), is_set)
                 } else {
                     rule.check_missing()

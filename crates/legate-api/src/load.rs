@@ -52,7 +52,11 @@ impl Format {
 pub const MAX_DEPTH: usize = 100;
 
 /// Parses `bytes` as a `desc` message.
-pub fn parse(desc: &MessageDescriptor, format: Format, bytes: &[u8]) -> Result<DynamicMessage, ConfigError> {
+pub fn parse(
+    desc: &MessageDescriptor,
+    format: Format,
+    bytes: &[u8],
+) -> Result<DynamicMessage, ConfigError> {
     parse_streaming(desc, format, bytes, &[], None).map(|parsed| parsed.message)
 }
 
@@ -74,7 +78,11 @@ pub fn parse_streaming(
     spec: StreamSpec,
     support: Option<&'static Support>,
 ) -> Result<Parsed, ConfigError> {
-    let whole = |message| Parsed { message, streamed: Vec::new(), errors: Vec::new() };
+    let whole = |message| Parsed {
+        message,
+        streamed: Vec::new(),
+        errors: Vec::new(),
+    };
     match format {
         Format::Yaml => {
             let text = std::str::from_utf8(bytes)
@@ -211,14 +219,24 @@ enum Seeded {
 impl<'de> Deserialize<'de> for Seeded {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::{DeserializeSeed, Error};
-        let Target { desc, spec, support } = TARGET
+        let Target {
+            desc,
+            spec,
+            support,
+        } = TARGET
             .with(|t| t.borrow().clone())
             .ok_or_else(|| D::Error::custom("no target message set"))?;
         let mut track = serde_path_to_error::Track::new();
         let tracked = serde_path_to_error::Deserializer::new(deserializer, &mut track);
         // Streamed elements are checked as they are read, so streaming needs the support table.
         let result = match support {
-            Some(support) if !spec.is_empty() => RootSeed { desc: &desc, spec, support }.deserialize(tracked).map(Seeded::Split),
+            Some(support) if !spec.is_empty() => RootSeed {
+                desc: &desc,
+                spec,
+                support,
+            }
+            .deserialize(tracked)
+            .map(Seeded::Split),
             _ => DynamicMessage::deserialize(desc, tracked).map(Seeded::Whole),
         };
         result.map_err(|e| {
@@ -256,23 +274,47 @@ fn with_target(
     support: Option<&'static Support>,
     parse: impl FnOnce(&SeedErrors) -> Result<Seeded, ConfigError>,
 ) -> Result<Parsed, ConfigError> {
-    TARGET.with(|t| *t.borrow_mut() = Some(Target { desc: desc.clone(), spec, support }));
+    TARGET.with(|t| {
+        *t.borrow_mut() = Some(Target {
+            desc: desc.clone(),
+            spec,
+            support,
+        })
+    });
     ERROR_PATH.with(|p| p.borrow_mut().clear());
     let result = parse(&SeedErrors);
     TARGET.with(|t| *t.borrow_mut() = None);
     match result? {
-        Seeded::Whole(message) => Ok(Parsed { message, streamed: Vec::new(), errors: Vec::new() }),
-        Seeded::Split(Split { rest, streamed, errors }) => {
+        Seeded::Whole(message) => Ok(Parsed {
+            message,
+            streamed: Vec::new(),
+            errors: Vec::new(),
+        }),
+        Seeded::Split(Split {
+            rest,
+            streamed,
+            errors,
+        }) => {
             // The root's other fields were collected as a document: report their errors as
             // a whole parse would have.
             let message = from_json_value(desc, serde_json::Value::Object(rest)).map_err(|e| {
                 if e.path.is_empty() {
-                    ConfigError::new("", format!("unable to parse {format}: {}", rewrite_unknown_type(e.message)))
+                    ConfigError::new(
+                        "",
+                        format!(
+                            "unable to parse {format}: {}",
+                            rewrite_unknown_type(e.message)
+                        ),
+                    )
                 } else {
                     ConfigError::new(e.path, rewrite_unknown_type(e.message))
                 }
             })?;
-            Ok(Parsed { message, streamed, errors })
+            Ok(Parsed {
+                message,
+                streamed,
+                errors,
+            })
         }
     }
 }

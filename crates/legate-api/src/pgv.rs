@@ -127,7 +127,11 @@ fn collect_patterns(rules: &FieldRules, out: &mut Vec<Regex>) {
 impl FieldRule {
     /// Checks an unset singular message field: only `required` rules apply.
     pub fn check_missing(&self) -> Option<(String, String)> {
-        let required = self.rules.message.as_ref().is_some_and(|m| m.required == Some(true))
+        let required = self
+            .rules
+            .message
+            .as_ref()
+            .is_some_and(|m| m.required == Some(true))
             || match &self.rules.r#type {
                 Some(RuleType::Duration(d)) => d.required == Some(true),
                 Some(RuleType::Any(a)) => a.required == Some(true),

@@ -61,7 +61,11 @@ impl<'de> Visitor<'de> for RootSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Split, A::Error> {
-        let mut split = Split { rest: Map::new(), streamed: Vec::new(), errors: Vec::new() };
+        let mut split = Split {
+            rest: Map::new(),
+            streamed: Vec::new(),
+            errors: Vec::new(),
+        };
         while let Some(key) = map.next_key::<String>()? {
             let target = self.spec.iter().find_map(|(parent, children)| {
                 let field = self.desc.get_field_by_name(parent)?;
@@ -76,7 +80,12 @@ impl<'de> Visitor<'de> for RootSeed<'_> {
                 split.rest.insert(key, map.next_value::<Value>()?);
                 continue;
             };
-            let seed = ParentSeed { parent_desc: &parent_desc, parent_name: parent.name(), children, support: self.support };
+            let seed = ParentSeed {
+                parent_desc: &parent_desc,
+                parent_name: parent.name(),
+                children,
+                support: self.support,
+            };
             let (rest, streamed, errors) = map.next_value_seed(seed)?;
             split.rest.insert(key, Value::Object(rest));
             split.streamed.extend(streamed);
@@ -182,10 +191,18 @@ impl<'de> Visitor<'de> for ElementsSeed<'_> {
         while let Some(mut msg) = seq.next_element_seed(MessageSeed(self.desc))? {
             let path = format!("{}[{}]", self.path, out.len());
             match crate::any::expand_typed_structs(&mut msg, "") {
-                Ok(_) => errors.extend(check(&msg, self.support).into_iter().map(|e| e.within(&path))),
+                Ok(_) => errors.extend(
+                    check(&msg, self.support)
+                        .into_iter()
+                        .map(|e| e.within(&path)),
+                ),
                 Err(e) => errors.push(e.within(&path)),
             }
-            out.push(Streamed { path, desc: self.desc.clone(), bytes: msg.encode_to_vec() });
+            out.push(Streamed {
+                path,
+                desc: self.desc.clone(),
+                bytes: msg.encode_to_vec(),
+            });
         }
         Ok((out, errors))
     }
@@ -195,7 +212,10 @@ struct MessageSeed<'a>(&'a MessageDescriptor);
 
 impl<'de> DeserializeSeed<'de> for MessageSeed<'_> {
     type Value = DynamicMessage;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<DynamicMessage, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<DynamicMessage, D::Error> {
         DynamicMessage::deserialize(self.0.clone(), deserializer)
     }
 }

@@ -2,10 +2,15 @@
 //! ([`ConfigError`]), socket addresses and durations read from Envoy's protos, and string
 //! matchers with Envoy's semantics (RE2-style full-match regexes).
 
+pub mod access_log;
 pub mod address;
 pub mod extension;
+pub mod format;
 pub mod matcher;
 pub mod proto;
+pub mod runtime;
+pub mod stats;
+pub mod stream_info;
 
 pub use legate_api::ConfigError;
 

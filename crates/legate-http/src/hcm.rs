@@ -7,7 +7,7 @@ use std::time::Duration;
 use legate_api::pb::envoy::config::accesslog::v3::AccessLog;
 use legate_api::pb::envoy::config::core::v3::http_protocol_options::HeadersWithUnderscoresAction;
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, LocalReplyConfig,
+    HttpConnectionManager,
     http_connection_manager::{self as hcm, CodecType, RouteSpecifier},
     http_filter as hcm_filter,
 };
@@ -61,7 +61,7 @@ pub struct HcmConfig {
     pub drain_timeout: Duration,
     pub delayed_close_timeout: Duration,
     pub access_log: Vec<AccessLog>,
-    pub local_reply: Option<LocalReplyConfig>,
+    pub local_reply: crate::local_reply::LocalReplyRules,
     /// `internal_address_config.cidr_ranges`: (network, prefix length).
     pub internal_cidrs: Vec<(std::net::IpAddr, u32)>,
     pub internal_unix_sockets: bool,
@@ -140,6 +140,15 @@ impl HcmConfig {
                 ),
             }
         }
+        let local_reply = match &h.local_reply_config {
+            Some(c) => errors
+                .take(
+                    "local_reply_config",
+                    crate::local_reply::LocalReplyRules::compile(c),
+                )
+                .unwrap_or_default(),
+            None => Default::default(),
+        };
         let codec = CodecType::try_from(h.codec_type).unwrap_or(CodecType::Auto);
         if codec == CodecType::Http3 {
             errors.push("codec_type", "HTTP3 is not supported by Legate yet");
@@ -224,7 +233,7 @@ impl HcmConfig {
                 .as_ref()
                 .map_or(DEFAULT_DELAYED_CLOSE_TIMEOUT, duration),
             access_log: h.access_log.clone(),
-            local_reply: h.local_reply_config.clone(),
+            local_reply,
             internal_cidrs,
             internal_unix_sockets: internal.unix_sockets,
             http2: h.http2_protocol_options.clone().unwrap_or_default(),

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use http::{HeaderName, HeaderValue};
 use legate_api::pb::envoy::config::core::v3::{
     HeaderValueOption, data_source, header_value_option::HeaderAppendAction,
 };
@@ -31,6 +32,8 @@ pub struct RouteTable {
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
     pub most_specific_header_mutations_wins: bool,
+    /// `internal_only_headers`: removed from requests that are not internal.
+    pub internal_only_headers: Vec<http::HeaderName>,
     pub ignore_port_in_host_matching: bool,
 }
 
@@ -50,11 +53,21 @@ pub struct Route {
     pub headers: Vec<HeaderMatch>,
     pub query_parameters: Vec<QueryMatch>,
     pub grpc: bool,
-    /// `runtime_fraction`: (runtime key, default numerator per million).
-    pub runtime_fraction: Option<(String, u32)>,
+    pub runtime_fraction: Option<RuntimeFraction>,
     pub action: Action,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
+}
+
+/// `RouteMatch.runtime_fraction`. Kept as numerator over the configured denominator because a
+/// runtime override given as a bare integer is read over the *default's* denominator (Envoy's
+/// `featureEnabled(key, FractionalPercent, random)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeFraction {
+    pub runtime_key: String,
+    pub numerator: u64,
+    /// 100, 10 000 or 1 000 000.
+    pub denominator: u64,
 }
 
 #[derive(Debug)]
@@ -66,26 +79,90 @@ pub enum PathMatch {
     SeparatedPrefix(String),
 }
 
+/// The part of `:path` that a `prefix_rewrite` replaces (Envoy's `matched_path`): the configured
+/// prefix or path (its length; case folding keeps it), or for a `safe_regex` route the whole
+/// path before `?`/`#`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatchedPart {
+    Len(usize),
+    #[default]
+    WholePath,
+}
+
+impl MatchedPart {
+    fn of(path: &PathMatch) -> MatchedPart {
+        match path {
+            PathMatch::Prefix(p) | PathMatch::Path(p) | PathMatch::SeparatedPrefix(p) => {
+                MatchedPart::Len(p.len())
+            }
+            PathMatch::Regex(_) => MatchedPart::WholePath,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct HeaderMatch {
     pub name: String,
+    /// Where the value is read from, resolved once here.
+    pub key: HeaderKey,
     pub rule: HeaderRule,
     pub invert: bool,
     pub treat_missing_as_empty: bool,
 }
 
+/// The source of a header matcher's value. Envoy keeps pseudo-headers in the same map as the
+/// others and stores the HTTP/1 `Host` header as `:authority`, so a matcher on `host` sees the
+/// authority (checked against Envoy 1.40); `http::HeaderMap` holds neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderKey {
+    Authority,
+    Path,
+    Method,
+    Scheme,
+    Named(HeaderName),
+    /// A name no request can carry (another pseudo-header, or not a valid header name).
+    Absent,
+}
+
+impl HeaderKey {
+    pub fn from_name(name: &str) -> HeaderKey {
+        match name {
+            ":authority" | "host" => HeaderKey::Authority,
+            ":path" => HeaderKey::Path,
+            ":method" => HeaderKey::Method,
+            ":scheme" => HeaderKey::Scheme,
+            _ => HeaderName::from_bytes(name.as_bytes())
+                .map(HeaderKey::Named)
+                .unwrap_or(HeaderKey::Absent),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum HeaderRule {
+    /// `present_match` (and a matcher with no specifier, which is `present_match: true`).
     Present(bool),
-    Range { start: i64, end: i64 },
+    /// The deprecated `exact_match: ""`, which Envoy treats as "any value".
+    AnyValue,
+    Range {
+        start: i64,
+        end: i64,
+    },
     String(CompiledStringMatcher),
 }
 
 #[derive(Debug)]
 pub struct QueryMatch {
     pub name: String,
-    /// `None`: the parameter must be present.
-    pub matcher: Option<CompiledStringMatcher>,
+    pub rule: QueryRule,
+}
+
+#[derive(Debug)]
+pub enum QueryRule {
+    /// `present_match` (or no specifier, meaning `true`): `false` requires the parameter to be
+    /// absent (checked against Envoy 1.40).
+    Present(bool),
+    String(CompiledStringMatcher),
 }
 
 #[derive(Debug)]
@@ -100,21 +177,35 @@ pub enum ClusterTarget {
     Named(String),
     /// `cluster_header`: the cluster is named by this request header.
     Header(String),
-    /// `weighted_clusters`: (cluster, weight).
-    Weighted(Vec<(String, u32)>),
+    /// `weighted_clusters`, with the sum of the weights (never 0: refused at load).
+    Weighted {
+        clusters: Vec<ClusterWeight>,
+        total_weight: u64,
+    },
+}
+
+/// `WeightedCluster.ClusterWeight`.
+#[derive(Debug)]
+pub struct ClusterWeight {
+    pub name: String,
+    pub weight: u32,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
 }
 
 #[derive(Debug)]
 pub struct Forward {
     pub target: ClusterTarget,
     pub prefix_rewrite: Option<String>,
+    /// What `prefix_rewrite` replaces, from the route's path matcher.
+    pub matched: MatchedPart,
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: HostRewrite,
     pub timeout: Duration,
     pub idle_timeout: Option<Duration>,
     /// `upgrade_configs` per route: (upgrade type, enabled).
     pub upgrades: Vec<(String, bool)>,
-    /// `cluster_not_found_response_code`: 503 by default, or 404.
+    /// `cluster_not_found_response_code`: 503 by default, 404 or 500.
     pub cluster_not_found_status: u16,
 }
 
@@ -128,11 +219,15 @@ pub enum HostRewrite {
 
 #[derive(Debug)]
 pub struct Redirect {
+    /// `scheme_redirect` as written (Envoy does not lowercase it), or `https` for
+    /// `https_redirect`.
     pub scheme: Option<String>,
     pub host: Option<String>,
     pub port: Option<u32>,
     pub path: Option<String>,
     pub prefix_rewrite: Option<String>,
+    /// What `prefix_rewrite` replaces, from the route's path matcher.
+    pub matched: MatchedPart,
     pub regex_rewrite: Option<(Regex, String)>,
     pub status: u16,
     pub strip_query: bool,
@@ -141,14 +236,22 @@ pub struct Redirect {
 #[derive(Debug, Default)]
 pub struct HeaderMutations {
     pub add: Vec<HeaderAdd>,
-    pub remove: Vec<String>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderMutations {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
 }
 
 #[derive(Debug)]
 pub struct HeaderAdd {
-    pub name: String,
+    pub name: HeaderName,
     /// The value as configured; `%VARIABLE%`s are expanded per request.
     pub value: String,
+    /// The value ready to insert when it has no `%` (nothing to expand).
+    pub literal: Option<HeaderValue>,
     pub action: HeaderAppendAction,
     pub keep_empty_value: bool,
 }
@@ -209,11 +312,11 @@ impl RouteTable {
                 let path = format!("virtual_hosts[{v}].routes[{r}].route");
                 match &f.target {
                     ClusterTarget::Named(c) => out.push((format!("{path}.cluster"), c.as_str())),
-                    ClusterTarget::Weighted(ws) => {
-                        out.extend(ws.iter().enumerate().map(|(i, (c, _))| {
+                    ClusterTarget::Weighted { clusters, .. } => {
+                        out.extend(clusters.iter().enumerate().map(|(i, c)| {
                             (
                                 format!("{path}.weighted_clusters.clusters[{i}]"),
-                                c.as_str(),
+                                c.name.as_str(),
                             )
                         }))
                     }
@@ -276,8 +379,8 @@ impl RouteTable {
                 virtual_hosts.push(vh);
             }
         }
-        domains.suffix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        domains.prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        domains.suffix.sort_by_key(|d| std::cmp::Reverse(d.0.len()));
+        domains.prefix.sort_by_key(|d| std::cmp::Reverse(d.0.len()));
         let request_headers = errors
             .take(
                 "",
@@ -298,7 +401,18 @@ impl RouteTable {
                 ),
             )
             .unwrap_or_default();
+        let mut internal_only_headers = Vec::new();
+        for (i, name) in rc.internal_only_headers.iter().enumerate() {
+            match http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                Ok(h) => internal_only_headers.push(h),
+                Err(_) => errors.push(
+                    &format!("internal_only_headers[{i}]"),
+                    format!("invalid header name '{name}'"),
+                ),
+            }
+        }
         errors.finish(|| RouteTable {
+            internal_only_headers,
             name: rc.name.clone(),
             virtual_hosts,
             domains,
@@ -392,35 +506,47 @@ fn compile_route(r: &rp::Route, max_body: u32) -> Compiled<Route> {
     let mut query_parameters = Vec::new();
     for (i, q) in m.query_parameters.iter().enumerate() {
         let path = format!("match.query_parameters[{i}]");
-        let matcher = match &q.query_parameter_match_specifier {
-            Some(QueryParameterMatchSpecifier::StringMatch(s)) => errors.take(
-                &format!("{path}.string_match"),
-                CompiledStringMatcher::compile(s),
-            ),
-            _ => None,
+        let rule = match &q.query_parameter_match_specifier {
+            Some(QueryParameterMatchSpecifier::StringMatch(s)) => {
+                match errors.take(
+                    &format!("{path}.string_match"),
+                    CompiledStringMatcher::compile(s),
+                ) {
+                    Some(m) => QueryRule::String(m),
+                    None => continue,
+                }
+            }
+            Some(QueryParameterMatchSpecifier::PresentMatch(p)) => QueryRule::Present(*p),
+            None => QueryRule::Present(true),
         };
         query_parameters.push(QueryMatch {
             name: q.name.clone(),
-            matcher,
+            rule,
         });
     }
     let runtime_fraction = m.runtime_fraction.as_ref().map(|rf| {
-        let pct = rf.default_value.clone().unwrap_or_default();
-        // Normalise to parts per million (HUNDRED = 0, TEN_THOUSAND = 1, MILLION = 2).
-        let per_million = match pct.denominator {
-            0 => pct.numerator.saturating_mul(10_000),
-            1 => pct.numerator.saturating_mul(100),
-            _ => pct.numerator,
+        let pct = rf.default_value.unwrap_or_default();
+        // HUNDRED = 0, TEN_THOUSAND = 1, MILLION = 2. A numerator above the denominator is not
+        // clamped: Envoy then always matches.
+        let denominator = match pct.denominator {
+            0 => 100,
+            1 => 10_000,
+            _ => 1_000_000,
         };
-        (rf.runtime_key.clone(), per_million.min(1_000_000))
+        RuntimeFraction {
+            runtime_key: rf.runtime_key.clone(),
+            numerator: u64::from(pct.numerator),
+            denominator,
+        }
     });
+    let matched = MatchedPart::of(&path);
     let action = match &r.action {
         Some(route::Action::Route(a)) => errors
             .take("route", forward(a, &r.name))
-            .map(Action::Forward),
-        Some(route::Action::Redirect(a)) => {
-            errors.take("redirect", redirect(a)).map(Action::Redirect)
-        }
+            .map(|f| Action::Forward(Forward { matched, ..f })),
+        Some(route::Action::Redirect(a)) => errors
+            .take("redirect", redirect(a))
+            .map(|r| Action::Redirect(Redirect { matched, ..r })),
         Some(route::Action::DirectResponse(d)) => {
             errors.take("direct_response", direct_response(d, max_body))
         }
@@ -487,6 +613,8 @@ fn header_match(h: &rp::HeaderMatcher) -> Compiled<HeaderMatch> {
         Some(HeaderMatchSpecifier::StringMatch(s)) => HeaderRule::String(
             CompiledStringMatcher::compile(s).map_err(|e| within("string_match", e))?,
         ),
+        // The deprecated `exact_match` with an empty value accepts any value.
+        Some(HeaderMatchSpecifier::ExactMatch(s)) if s.is_empty() => HeaderRule::AnyValue,
         Some(HeaderMatchSpecifier::ExactMatch(s)) => HeaderRule::String(
             CompiledStringMatcher::compile(&string(MatchPattern::Exact(s.clone())))?,
         ),
@@ -504,8 +632,10 @@ fn header_match(h: &rp::HeaderMatcher) -> Compiled<HeaderMatch> {
                 .map_err(|e| within("safe_regex_match", e))?,
         ),
     };
+    let name = h.name.to_ascii_lowercase();
     Ok(HeaderMatch {
-        name: h.name.to_ascii_lowercase(),
+        key: HeaderKey::from_name(&name),
+        name,
         rule,
         invert: h.invert_match,
         treat_missing_as_empty: h.treat_missing_header_as_empty,
@@ -531,12 +661,32 @@ fn rewrite(
             format!("invalid regex '{pattern}': {e}"),
         )]
     })?;
-    // RE2 writes capture references as \1; the regex crate as ${1}.
-    let substitution = regex::Regex::new(r"\\(\d)")
-        .expect("valid")
-        .replace_all(&r.substitution, "$${$1}")
-        .into_owned();
-    Ok((re, substitution))
+    Ok((re, re2_substitution(&r.substitution)))
+}
+
+/// Translates an RE2 rewrite string (`\1` for a group, `\\` for a backslash, `$` literal) into
+/// the `regex` crate's replacement syntax (`${1}`, `$$`). RE2 refuses other escapes and Envoy
+/// then leaves the path unchanged; here the escaped character is kept literally.
+pub(crate) fn re2_substitution(substitution: &str) -> String {
+    let mut out = String::with_capacity(substitution.len() + 8);
+    let mut chars = substitution.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str("${");
+                    out.push(d);
+                    out.push('}');
+                }
+                Some('$') => out.push_str("$$"),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            },
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[allow(deprecated)]
@@ -548,12 +698,37 @@ fn forward(a: &rp::RouteAction, route_name: &str) -> Compiled<Forward> {
             ClusterTarget::Header(h.to_ascii_lowercase())
         }
         Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
-            let clusters: Vec<(String, u32)> = w
-                .clusters
-                .iter()
-                .map(|c| (c.name.clone(), u32_or(c.weight.as_ref(), 0)))
-                .collect();
-            let total: u64 = clusters.iter().map(|(_, w)| u64::from(*w)).sum();
+            let mut clusters = Vec::with_capacity(w.clusters.len());
+            for (i, c) in w.clusters.iter().enumerate() {
+                let path = format!("weighted_clusters.clusters[{i}]");
+                let request_headers = errors
+                    .take(
+                        &path,
+                        header_mutations(
+                            &c.request_headers_to_add,
+                            &c.request_headers_to_remove,
+                            "request_headers_to",
+                        ),
+                    )
+                    .unwrap_or_default();
+                let response_headers = errors
+                    .take(
+                        &path,
+                        header_mutations(
+                            &c.response_headers_to_add,
+                            &c.response_headers_to_remove,
+                            "response_headers_to",
+                        ),
+                    )
+                    .unwrap_or_default();
+                clusters.push(ClusterWeight {
+                    name: c.name.clone(),
+                    weight: u32_or(c.weight.as_ref(), 0),
+                    request_headers,
+                    response_headers,
+                });
+            }
+            let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
             if total == 0 {
                 errors.push(
                     "weighted_clusters",
@@ -573,7 +748,10 @@ fn forward(a: &rp::RouteAction, route_name: &str) -> Compiled<Forward> {
                     );
                 }
             }
-            ClusterTarget::Weighted(clusters)
+            ClusterTarget::Weighted {
+                clusters,
+                total_weight: total,
+            }
         }
         _ => {
             errors.push("cluster_specifier", "value is required");
@@ -619,15 +797,17 @@ fn forward(a: &rp::RouteAction, route_name: &str) -> Compiled<Forward> {
     errors.finish(|| Forward {
         target,
         prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
+        matched: MatchedPart::default(),
         regex_rewrite,
         host_rewrite,
         timeout: a.timeout.as_ref().map_or(DEFAULT_ROUTE_TIMEOUT, duration),
         idle_timeout: a.idle_timeout.as_ref().map(duration),
         upgrades,
-        cluster_not_found_status: if a.cluster_not_found_response_code == 1 {
-            404
-        } else {
-            503
+        // SERVICE_UNAVAILABLE = 0, NOT_FOUND = 1, INTERNAL_SERVER_ERROR = 2.
+        cluster_not_found_status: match a.cluster_not_found_response_code {
+            1 => 404,
+            2 => 500,
+            _ => 503,
         },
     })
 }
@@ -638,8 +818,8 @@ fn redirect(a: &rp::RedirectAction) -> Compiled<Redirect> {
         Some(redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true)) => {
             Some("https".to_owned())
         }
-        Some(redirect_action::SchemeRewriteSpecifier::SchemeRedirect(s)) => {
-            Some(s.to_ascii_lowercase())
+        Some(redirect_action::SchemeRewriteSpecifier::SchemeRedirect(s)) if !s.is_empty() => {
+            Some(s.clone())
         }
         _ => None,
     };
@@ -666,6 +846,7 @@ fn redirect(a: &rp::RedirectAction) -> Compiled<Redirect> {
         port: (a.port_redirect != 0).then_some(a.port_redirect),
         path,
         prefix_rewrite,
+        matched: MatchedPart::default(),
         regex_rewrite,
         status,
         strip_query: a.strip_query,
@@ -752,8 +933,31 @@ fn header_mutations(
         } else {
             String::from_utf8_lossy(&header.raw_value).into_owned()
         };
+        let Ok(name) = HeaderName::from_bytes(header.key.to_ascii_lowercase().as_bytes()) else {
+            errors.push(
+                &format!("{path}.header.key"),
+                format!("invalid header name '{}'", header.key),
+            );
+            continue;
+        };
+        // A value with no `%` has nothing to expand: build the header value once, here.
+        let literal = if value.contains('%') {
+            None
+        } else {
+            match HeaderValue::from_str(&value) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    errors.push(
+                        &format!("{path}.header.value"),
+                        format!("invalid header value '{value}'"),
+                    );
+                    continue;
+                }
+            }
+        };
         out.add.push(HeaderAdd {
-            name: header.key.to_ascii_lowercase(),
+            name,
+            literal,
             value,
             action,
             keep_empty_value: h.keep_empty_value,
@@ -767,7 +971,13 @@ fn header_mutations(
             );
             continue;
         }
-        out.remove.push(name.to_ascii_lowercase());
+        match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+            Ok(name) => out.remove.push(name),
+            Err(_) => errors.push(
+                &format!("{field}_remove[{i}]"),
+                format!("invalid header name '{name}'"),
+            ),
+        }
     }
     errors.finish(|| out)
 }

@@ -1,7 +1,15 @@
-//! Upstream clusters. Today: the compiled model of a cluster (`ClusterConfig`) read from
-//! `envoy.config.cluster.v3.Cluster` with Envoy's defaults and checks. Discovery, load
-//! balancers, connection pools and health checking build on it.
+//! Upstream clusters: the compiled model of a cluster (`cluster`), the live cluster with its
+//! hosts, stats and circuit breakers (`manager`), load balancers (`lb`), and the per-worker
+//! connection pools that carry requests to hosts (`pool`).
 
+pub mod body;
+pub mod breaker;
 pub mod cluster;
+pub mod host;
+pub mod lb;
+pub mod manager;
+pub mod pool;
+pub mod stats;
 
 pub use cluster::{ClusterConfig, LbPolicy, UpstreamProtocol};
+pub use manager::{Cluster, ClusterManager};

@@ -13,18 +13,39 @@ fn memory() -> String {
         let line = status.lines().find(|l| l.starts_with(name)).unwrap_or("");
         line.split_whitespace().nth(1).unwrap_or("?").to_owned()
     };
-    format!("rss {:>7} kB  peak {:>7} kB", field("VmRSS:"), field("VmHWM:"))
+    format!(
+        "rss {:>7} kB  peak {:>7} kB",
+        field("VmRSS:"),
+        field("VmHWM:")
+    )
 }
 
 fn main() {
-    let path = std::env::args().nth(1).expect("usage: load_phases BOOTSTRAP");
+    let path = std::env::args()
+        .nth(1)
+        .expect("usage: load_phases BOOTSTRAP");
     let start = Instant::now();
-    let phase = |name: &str| println!("{name:<8} {:>8.1} ms  {}", start.elapsed().as_secs_f64() * 1e3, memory());
+    let phase = |name: &str| {
+        println!(
+            "{name:<8} {:>8.1} ms  {}",
+            start.elapsed().as_secs_f64() * 1e3,
+            memory()
+        )
+    };
     let support = legate::supported::support();
-    let desc = legate_api::descriptors::pool().get_message_by_name(BOOTSTRAP).unwrap();
+    let desc = legate_api::descriptors::pool()
+        .get_message_by_name(BOOTSTRAP)
+        .unwrap();
     phase("pool");
     let bytes = std::fs::read(&path).unwrap();
-    let parsed = parse_streaming(&desc, legate_api::Format::from_path(path.as_ref()), &bytes, BOOTSTRAP_STREAM, Some(support)).unwrap();
+    let parsed = parse_streaming(
+        &desc,
+        legate_api::Format::from_path(path.as_ref()),
+        &bytes,
+        BOOTSTRAP_STREAM,
+        Some(support),
+    )
+    .unwrap();
     drop(bytes);
     phase("parse");
     let bootstrap = finish(parsed, support).unwrap();

@@ -104,7 +104,8 @@ impl Config {
                     continue;
                 }
             };
-            let compiled = ListenerConfig::compile(&listener, |f| network_filter(f, &cluster_names));
+            let compiled =
+                ListenerConfig::compile(&listener, |f| network_filter(f, &cluster_names));
             if let Some(l) = errors.take(&path, compiled) {
                 listeners.push((i, l));
             }

@@ -3,4 +3,6 @@
 //! command line, logging and the process lifecycle.
 
 pub mod config;
+pub mod logging;
+pub mod server;
 pub mod supported;

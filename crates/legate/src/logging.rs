@@ -47,8 +47,81 @@ fn level(name: &str) -> Result<&'static str, String> {
     })
 }
 
+/// Each logger's Envoy level name, as `/logging` lists and changes them.
+static LEVELS: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
+
+/// Swaps the installed filter (set by [`init`]).
+type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+static RELOAD: std::sync::OnceLock<Reload> = std::sync::OnceLock::new();
+
+fn levels() -> std::sync::MutexGuard<'static, Vec<(&'static str, String)>> {
+    LEVELS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every Envoy logger name with its level, for `/logging`.
+pub fn loggers() -> Vec<(String, String)> {
+    levels()
+        .iter()
+        .map(|(n, l)| ((*n).to_owned(), l.clone()))
+        .collect()
+}
+
+/// Sets one logger's level (`None`: all of them) and reinstalls the filter.
+pub fn set_level(logger: Option<&str>, envoy_level: &str) -> Result<(), String> {
+    level(envoy_level)?;
+    let directives = {
+        let mut levels = levels();
+        for (name, lvl) in levels.iter_mut() {
+            if logger.is_none_or(|l| l == *name) {
+                *lvl = envoy_level.to_owned();
+            }
+        }
+        directives(&levels)
+    };
+    let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+    match RELOAD.get() {
+        Some(reload) => reload(filter),
+        None => Ok(()),
+    }
+}
+
+/// The tracing directives for per-logger levels. Several Envoy loggers share one crate; the
+/// most verbose of them wins for that crate.
+fn directives(levels: &[(&'static str, String)]) -> String {
+    let rank = |l: &str| {
+        ["off", "error", "warn", "info", "debug", "trace"]
+            .iter()
+            .position(|x| *x == l)
+            .unwrap_or(3)
+    };
+    let mut by_target: Vec<(&str, &str)> = Vec::new();
+    for (name, lvl) in levels {
+        let Some((_, target)) = COMPONENTS.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let lvl = level(lvl).unwrap_or("info");
+        match by_target.iter_mut().find(|(t, _)| t == target) {
+            Some((_, existing)) if rank(lvl) > rank(existing) => *existing = lvl,
+            Some(_) => {}
+            None => by_target.push((target, lvl)),
+        }
+    }
+    let default = levels
+        .iter()
+        .find(|(n, _)| *n == "main")
+        .map_or("info", |(_, l)| level(l).unwrap_or("info"));
+    let mut out: Vec<String> = vec![default.to_owned()];
+    out.extend(by_target.iter().map(|(t, l)| format!("{t}={l}")));
+    out.join(",")
+}
+
 /// Builds the tracing filter for `-l` and `--component-log-level`.
 pub fn filter(log_level: &str, components: Option<&str>) -> Result<EnvFilter, String> {
+    {
+        let mut levels = levels();
+        levels.clear();
+        levels.extend(COMPONENTS.iter().map(|(n, _)| (*n, log_level.to_owned())));
+    }
     let mut directives = vec![level(log_level)?.to_owned()];
     for item in components
         .unwrap_or("")
@@ -64,6 +137,11 @@ pub fn filter(log_level: &str, components: Option<&str>) -> Result<EnvFilter, St
             .find(|(name, _)| *name == component)
             .ok_or_else(|| format!("error: invalid component specified '{component}'"))?;
         directives.push(format!("{target}={lvl}"));
+        if let Some(entry) = levels().iter_mut().find(|(n, _)| *n == component) {
+            entry.1 = item
+                .split_once(':')
+                .map_or(String::new(), |(_, l)| l.to_owned());
+        }
     }
     EnvFilter::try_new(directives.join(",")).map_err(|e| e.to_string())
 }
@@ -194,9 +272,23 @@ pub fn init(
                 .open(path)
                 .map_err(|e| format!("unable to open log file '{}': {e}", path.display()))?;
             let file = Arc::new(Mutex::new(file));
-            builder.with_writer(move || LogFile(file.clone())).init();
+            let builder = builder
+                .with_writer(move || LogFile(file.clone()))
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = RELOAD.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+            builder.init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => {
+            let builder = builder.with_writer(std::io::stderr).with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = RELOAD.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+            builder.init();
+        }
     }
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! bootstrap, and runs the mode asked for.
 
 mod cli;
-mod logging;
 
 use std::process::ExitCode;
 
@@ -11,8 +10,10 @@ use legate_api::ConfigError;
 use legate_api::bootstrap::{self, BootstrapSource};
 
 use crate::cli::{Mode, Options};
-use legate::config::{Config, NetworkFilter, NodeOverrides};
-use legate::supported;
+use legate::config::{Config, NodeOverrides};
+use legate::server::ServeOptions;
+use legate::{logging, supported};
+use legate_api::bootstrap::LoadedBootstrap;
 
 /// The configuration served when neither `-c` nor `--config-yaml` is given.
 const DEFAULT_CONFIG: &str = include_str!("default.yaml");
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let (name, config) = match load(&options) {
+    let (name, config, loaded) = match load(&options) {
         Ok(loaded) => loaded,
         Err((name, errors)) => {
             eprintln!("error initializing configuration '{name}':");
@@ -68,13 +69,15 @@ fn main() -> ExitCode {
             tracing::info!("configuration '{name}' initialised; exiting (--mode init_only)");
             ExitCode::SUCCESS
         }
-        Mode::Serve => serve(&config),
+        Mode::Serve => serve(config, loaded, &options),
     }
 }
 
 /// Loads the bootstrap named by the options and compiles it. On failure, returns the name of
 /// the configuration and every error found.
-fn load(options: &Options) -> Result<(String, Config), (String, Vec<ConfigError>)> {
+fn load(
+    options: &Options,
+) -> Result<(String, Config, LoadedBootstrap), (String, Vec<ConfigError>)> {
     let support = supported::support();
     let (name, source, overlay) = match (&options.config_path, &options.config_yaml) {
         (Some(path), overlay) => (
@@ -100,25 +103,88 @@ fn load(options: &Options) -> Result<(String, Config), (String, Vec<ConfigError>
         service_zone: options.service_zone.clone(),
     };
     let config = Config::compile(&bootstrap, &overrides).map_err(|e| (name.clone(), e))?;
-    Ok((name, config))
+    Ok((name, config, bootstrap))
 }
 
-fn serve(config: &Config) -> ExitCode {
-    for l in &config.listeners {
-        let NetworkFilter::HttpConnectionManager(hcm) = &l.filter_chains[0].filters[0];
-        tracing::info!(
-            "listener '{}' configured on {} (http, stat_prefix {})",
-            l.name,
-            l.address,
-            hcm.stat_prefix
-        );
-    }
-    if let Some(addr) = config.admin.as_ref().and_then(|a| a.address) {
-        tracing::info!("admin address configured: {addr}");
-    }
-    tracing::error!(
-        "the configuration is valid, but serving traffic is not implemented yet; \
-         use --mode validate to check configurations"
+fn serve(config: Config, loaded: LoadedBootstrap, options: &Options) -> ExitCode {
+    let concurrency = options
+        .concurrency
+        .map(|n| n as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let info = legate_admin::ServerInfo {
+        version: format!(
+            "legate/{}/Envoy-{ENVOY_COMPAT}-compatible/RELEASE",
+            env!("CARGO_PKG_VERSION")
+        ),
+        hot_restart_version: "disabled".to_owned(),
+        started: std::time::Instant::now(),
+        command_line_options: command_line_options(options, concurrency),
+        node: config.node.clone(),
+    };
+    let dump = legate_admin::ConfigDumpSource {
+        bootstrap: loaded.bootstrap,
+        listeners: loaded.listeners,
+        clusters: loaded.clusters,
+        loaded_at: Some(std::time::SystemTime::now()),
+    };
+    let serve_options = ServeOptions {
+        concurrency,
+        drain_time: std::time::Duration::from_secs(options.drain_time_s),
+        info,
+    };
+    tracing::info!(
+        "starting Legate {} with {concurrency} worker(s)",
+        env!("CARGO_PKG_VERSION")
     );
-    ExitCode::FAILURE
+    match legate::server::run(config, dump, serve_options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The options as `/server_info` reports them (`envoy.admin.v3.CommandLineOptions`).
+fn command_line_options(
+    o: &Options,
+    concurrency: usize,
+) -> legate_api::pb::envoy::admin::v3::CommandLineOptions {
+    use legate_api::pb::google::protobuf::Duration;
+    let seconds = |s: u64| {
+        Some(Duration {
+            seconds: s as i64,
+            nanos: 0,
+        })
+    };
+    legate_api::pb::envoy::admin::v3::CommandLineOptions {
+        base_id: o.base_id.into(),
+        concurrency: concurrency as u32,
+        config_path: o
+            .config_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        config_yaml: o.config_yaml.clone().unwrap_or_default(),
+        log_level: o.log_level.clone(),
+        component_log_level: o.component_log_level.clone().unwrap_or_default(),
+        log_format: o.log_format.clone(),
+        log_path: o
+            .log_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        service_cluster: o.service_cluster.clone().unwrap_or_default(),
+        service_node: o.service_node.clone().unwrap_or_default(),
+        service_zone: o.service_zone.clone().unwrap_or_default(),
+        drain_time: seconds(o.drain_time_s),
+        parent_shutdown_time: seconds(o.parent_shutdown_time_s),
+        restart_epoch: o.restart_epoch,
+        file_flush_interval: Some(Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
 }

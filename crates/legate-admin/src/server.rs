@@ -1,0 +1,117 @@
+//! The admin HTTP server: accepts connections (HTTP/1.1 and HTTP/2, as Envoy's admin
+//! listener does), routes each request to its endpoint, enforces POST on the mutating ones,
+//! and adds Envoy's admin response headers.
+//!
+//! Routing follows Envoy 1.40: the path must match exactly (the query string is separate); an
+//! unknown path is 404 with the help text; a mutating endpoint answers any method other than
+//! POST with 405 `Method GET not allowed, POST required.`; the other endpoints answer every
+//! method. HEAD gets the GET headers without a body (hyper drops it).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPTIONS};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::endpoints::{self, Reply};
+use crate::query::Query;
+use crate::state::AdminState;
+
+/// The largest form body accepted (runtime overrides are small).
+const MAX_FORM_BODY: usize = 64 * 1024;
+
+/// Serves the admin endpoints on `listener` until the task running this future is aborted
+/// (which drops the listener). Each connection runs in its own task.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::warn!("admin: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handle(state, req).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!("admin: connection error: {e}");
+            }
+        });
+    }
+}
+
+/// Answers one request.
+pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let Some(endpoint) = endpoints::find(parts.uri.path()) else {
+        return response(endpoints::not_found());
+    };
+    if endpoint.post && parts.method != Method::POST {
+        return response(endpoints::method_not_allowed(&parts.method));
+    }
+    let mut query = Query::parse(parts.uri.query());
+    let is_form = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if parts.method == Method::POST && is_form {
+        match Limited::new(body, MAX_FORM_BODY).collect().await {
+            Ok(collected) => query.extend_form(&String::from_utf8_lossy(&collected.to_bytes())),
+            Err(_) => {
+                return response(Reply::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    endpoints::TEXT,
+                    "request body too large\n",
+                ));
+            }
+        }
+    }
+    // Rendering a large configuration or stats set takes a while: keep it off the async
+    // threads, which also serve the other admin connections.
+    let handler = endpoint.handler;
+    let reply = tokio::task::spawn_blocking(move || handler(&state, &query))
+        .await
+        .unwrap_or_else(|_| {
+            Reply::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                endpoints::TEXT,
+                "admin handler failed\n",
+            )
+        });
+    response(reply)
+}
+
+/// The reply with Envoy's admin headers: `cache-control: no-cache, max-age=0` and
+/// `x-content-type-options: nosniff` on every response.
+fn response(reply: Reply) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() = reply.status;
+    let headers = response.headers_mut();
+    if let Some(content_type) = reply.content_type {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, max-age=0"),
+    );
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}

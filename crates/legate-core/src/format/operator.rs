@@ -1,0 +1,548 @@
+//! The command operators (`%COMMAND(ARG):LENGTH%`) Legate implements, how each is parsed from
+//! its parts, and what it reads from a [`StreamInfo`].
+//!
+//! Envoy's tables live in `source/common/formatter/stream_info_formatter.cc` and
+//! `http_specific_formatter.cc`. Each operator yields either nothing (unset: `-` in text, `null`
+//! in JSON), a string, or a number: Envoy's `format()` / `formatValue()` pair. Which operators
+//! are numbers (and so JSON numbers) follows Envoy: the `UInt64` ones (`%RESPONSE_CODE%`,
+//! `%BYTES_*%`, `%CONNECTION_ID%`, `%UPSTREAM_REQUEST_ATTEMPT_COUNT%`), the durations and the
+//! `*_PORT` ones.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::time::TimeFormat;
+use crate::stream_info::StreamInfo;
+
+/// The value of one operator for one stream.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Value<'a> {
+    Str(Cow<'a, str>),
+    Int(i128),
+}
+
+/// Which part of a socket address an operator prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AddressPart {
+    /// `10.0.0.1:80`, `[::1]:80`.
+    Full,
+    /// `10.0.0.1`, `::1`.
+    Ip,
+    /// `80`, a number in JSON.
+    Port,
+}
+
+/// Whose headers `%REQ%`, `%RESP%` and `%TRAILER%` read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeaderSource {
+    Request,
+    Response,
+    ResponseTrailer,
+}
+
+/// A header name as the operators look it up: pseudo-headers are read from the request line,
+/// other names are parsed once here so the lookup does not re-parse per stream.
+#[derive(Clone, Debug)]
+pub(crate) enum HeaderKey {
+    Method,
+    Path,
+    Authority,
+    Scheme,
+    Status,
+    Named(HeaderName),
+    /// A name no header can have (Envoy accepts it and never finds it).
+    Never,
+}
+
+impl HeaderKey {
+    fn new(name: &str) -> Self {
+        match name {
+            ":method" => HeaderKey::Method,
+            ":path" => HeaderKey::Path,
+            ":authority" => HeaderKey::Authority,
+            ":scheme" => HeaderKey::Scheme,
+            ":status" => HeaderKey::Status,
+            _ => HeaderName::from_bytes(name.as_bytes()).map_or(HeaderKey::Never, HeaderKey::Named),
+        }
+    }
+}
+
+/// `%REQ(MAIN?ALTERNATIVE):LENGTH%` and friends.
+#[derive(Clone, Debug)]
+pub(crate) struct HeaderLookup {
+    source: HeaderSource,
+    main: HeaderKey,
+    alternative: Option<HeaderKey>,
+    max_length: Option<usize>,
+}
+
+/// One compiled command operator.
+#[derive(Clone, Debug)]
+pub(crate) enum Operator {
+    /// `%LOCAL_REPLY_BODY%`: the body of a local reply, for `local_reply_config.body_format`.
+    LocalReplyBody,
+    StartTime(TimeFormat),
+    Header(HeaderLookup),
+    ResponseCode,
+    ResponseCodeDetails {
+        allow_whitespaces: bool,
+    },
+    ResponseFlags,
+    ResponseFlagsLong,
+    BytesReceived,
+    BytesSent,
+    Duration,
+    RequestDuration,
+    RequestTxDuration,
+    ResponseDuration,
+    ResponseTxDuration,
+    UpstreamHost,
+    UpstreamCluster,
+    UpstreamLocalAddress(AddressPart),
+    UpstreamRemoteAddress(AddressPart),
+    UpstreamTransportFailureReason,
+    DownstreamRemoteAddress(AddressPart),
+    DownstreamDirectRemoteAddress(AddressPart),
+    DownstreamLocalAddress(AddressPart),
+    ConnectionId,
+    Protocol,
+    RouteName,
+    UpstreamRequestAttemptCount,
+    /// Read once when the format is compiled, as Envoy does.
+    Hostname(Option<String>),
+    RequestedServerName,
+}
+
+/// How an operator may be written (Envoy's `CommandSyntaxChecker` flags).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Syntax {
+    CommandOnly,
+    ParamsOptional,
+    ParamsRequiredLengthAllowed,
+}
+
+/// Builds the operator `command` from its argument and length, with Envoy's error messages.
+/// `Ok(None)` means the name is not an operator Legate implements.
+pub(crate) fn parse(
+    command: &str,
+    argument: &str,
+    max_length: Option<usize>,
+) -> Result<Option<Operator>, String> {
+    use AddressPart::*;
+    let (syntax, op) = match command {
+        "REQ" | "RESP" | "TRAILER" => {
+            let source = match command {
+                "REQ" => HeaderSource::Request,
+                "RESP" => HeaderSource::Response,
+                _ => HeaderSource::ResponseTrailer,
+            };
+            verify(
+                Syntax::ParamsRequiredLengthAllowed,
+                command,
+                argument,
+                max_length,
+            )?;
+            return header_lookup(source, argument, max_length).map(|h| Some(Operator::Header(h)));
+        }
+        "START_TIME" => {
+            verify(Syntax::ParamsOptional, command, argument, max_length)?;
+            return TimeFormat::parse(argument).map(|t| Some(Operator::StartTime(t)));
+        }
+        "RESPONSE_CODE_DETAILS" => (
+            Syntax::ParamsOptional,
+            Operator::ResponseCodeDetails {
+                allow_whitespaces: argument == "ALLOW_WHITESPACES",
+            },
+        ),
+        "RESPONSE_CODE" => (Syntax::CommandOnly, Operator::ResponseCode),
+        "RESPONSE_FLAGS" => (Syntax::CommandOnly, Operator::ResponseFlags),
+        "RESPONSE_FLAGS_LONG" => (Syntax::CommandOnly, Operator::ResponseFlagsLong),
+        "BYTES_RECEIVED" => (Syntax::CommandOnly, Operator::BytesReceived),
+        "BYTES_SENT" => (Syntax::CommandOnly, Operator::BytesSent),
+        "DURATION" => (Syntax::CommandOnly, Operator::Duration),
+        "REQUEST_DURATION" => (Syntax::CommandOnly, Operator::RequestDuration),
+        "REQUEST_TX_DURATION" => (Syntax::CommandOnly, Operator::RequestTxDuration),
+        "RESPONSE_DURATION" => (Syntax::CommandOnly, Operator::ResponseDuration),
+        "RESPONSE_TX_DURATION" => (Syntax::CommandOnly, Operator::ResponseTxDuration),
+        "UPSTREAM_HOST" => (Syntax::CommandOnly, Operator::UpstreamHost),
+        "UPSTREAM_CLUSTER" => (Syntax::CommandOnly, Operator::UpstreamCluster),
+        "UPSTREAM_LOCAL_ADDRESS" => (Syntax::CommandOnly, Operator::UpstreamLocalAddress(Full)),
+        "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => {
+            (Syntax::CommandOnly, Operator::UpstreamLocalAddress(Ip))
+        }
+        "UPSTREAM_LOCAL_PORT" => (Syntax::CommandOnly, Operator::UpstreamLocalAddress(Port)),
+        "UPSTREAM_REMOTE_ADDRESS" => (Syntax::CommandOnly, Operator::UpstreamRemoteAddress(Full)),
+        "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
+            (Syntax::CommandOnly, Operator::UpstreamRemoteAddress(Ip))
+        }
+        "UPSTREAM_REMOTE_PORT" => (Syntax::CommandOnly, Operator::UpstreamRemoteAddress(Port)),
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => (
+            Syntax::CommandOnly,
+            Operator::UpstreamTransportFailureReason,
+        ),
+        "DOWNSTREAM_REMOTE_ADDRESS" => {
+            (Syntax::CommandOnly, Operator::DownstreamRemoteAddress(Full))
+        }
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
+            (Syntax::CommandOnly, Operator::DownstreamRemoteAddress(Ip))
+        }
+        "DOWNSTREAM_REMOTE_PORT" => (Syntax::CommandOnly, Operator::DownstreamRemoteAddress(Port)),
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => (
+            Syntax::CommandOnly,
+            Operator::DownstreamDirectRemoteAddress(Full),
+        ),
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => (
+            Syntax::CommandOnly,
+            Operator::DownstreamDirectRemoteAddress(Ip),
+        ),
+        "DOWNSTREAM_DIRECT_REMOTE_PORT" => (
+            Syntax::CommandOnly,
+            Operator::DownstreamDirectRemoteAddress(Port),
+        ),
+        "DOWNSTREAM_LOCAL_ADDRESS" => (Syntax::CommandOnly, Operator::DownstreamLocalAddress(Full)),
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => {
+            (Syntax::CommandOnly, Operator::DownstreamLocalAddress(Ip))
+        }
+        "DOWNSTREAM_LOCAL_PORT" => (Syntax::CommandOnly, Operator::DownstreamLocalAddress(Port)),
+        "CONNECTION_ID" => (Syntax::CommandOnly, Operator::ConnectionId),
+        "PROTOCOL" => (Syntax::CommandOnly, Operator::Protocol),
+        "ROUTE_NAME" => (Syntax::CommandOnly, Operator::RouteName),
+        "LOCAL_REPLY_BODY" => (Syntax::CommandOnly, Operator::LocalReplyBody),
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT" => {
+            (Syntax::CommandOnly, Operator::UpstreamRequestAttemptCount)
+        }
+        "HOSTNAME" => (Syntax::CommandOnly, Operator::Hostname(hostname())),
+        "REQUESTED_SERVER_NAME" => (Syntax::CommandOnly, Operator::RequestedServerName),
+        _ => return Ok(None),
+    };
+    verify(syntax, command, argument, max_length)?;
+    Ok(Some(op))
+}
+
+/// Envoy's `CommandSyntaxChecker::verifySyntax`, checks and messages in its order.
+fn verify(
+    syntax: Syntax,
+    command: &str,
+    argument: &str,
+    max_length: Option<usize>,
+) -> Result<(), String> {
+    if syntax == Syntax::CommandOnly && (!argument.is_empty() || max_length.is_some()) {
+        return Err(format!("{command} does not take any parameters or length"));
+    }
+    if syntax == Syntax::ParamsRequiredLengthAllowed && argument.is_empty() {
+        return Err(format!("{command} requires parameters"));
+    }
+    if syntax != Syntax::ParamsRequiredLengthAllowed && max_length.is_some() {
+        return Err(format!("{command} does not allow length to be specified."));
+    }
+    Ok(())
+}
+
+/// `MAIN?ALTERNATIVE`: one alternative at most, no newline (the value may end up in a header),
+/// names case-insensitive (Envoy lower-cases them).
+fn header_lookup(
+    source: HeaderSource,
+    argument: &str,
+    max_length: Option<usize>,
+) -> Result<HeaderLookup, String> {
+    let mut names = argument.split('?');
+    let main = names.next().unwrap_or_default();
+    let alternative = names.next();
+    if names.next().is_some() {
+        return Err(format!(
+            "More than 1 alternative header specified in token: {argument}"
+        ));
+    }
+    if main.contains('\n') || alternative.is_some_and(|a| a.contains('\n')) {
+        return Err("Invalid header configuration. Format string contains newline.".to_owned());
+    }
+    Ok(HeaderLookup {
+        source,
+        main: HeaderKey::new(&main.to_ascii_lowercase()),
+        // Envoy treats an empty alternative (`REQ(A?)`) as none.
+        alternative: alternative
+            .filter(|a| !a.is_empty())
+            .map(|a| HeaderKey::new(&a.to_ascii_lowercase())),
+        max_length,
+    })
+}
+
+/// The machine's host name, as `%HOSTNAME%` prints it (`gethostname(2)`).
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for `len` bytes; gethostname writes at most that many.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+fn millis(d: Duration) -> Value<'static> {
+    Value::Int(d.as_millis() as i128)
+}
+
+fn address(addr: Option<SocketAddr>, part: AddressPart) -> Option<Value<'static>> {
+    let addr = addr?;
+    Some(match part {
+        AddressPart::Full => Value::Str(Cow::Owned(addr.to_string())),
+        AddressPart::Ip => Value::Str(Cow::Owned(addr.ip().to_string())),
+        AddressPart::Port => Value::Int(addr.port().into()),
+    })
+}
+
+fn non_empty(s: &str) -> Option<Value<'_>> {
+    (!s.is_empty()).then_some(Value::Str(Cow::Borrowed(s)))
+}
+
+impl Operator {
+    /// The operator's value for `info`; `None` when unset.
+    pub(crate) fn evaluate<'a>(&'a self, info: &'a StreamInfo) -> Option<Value<'a>> {
+        match self {
+            Operator::StartTime(format) => {
+                Some(Value::Str(Cow::Owned(format.format(info.start_time))))
+            }
+            Operator::Header(lookup) => lookup.evaluate(info),
+            // Envoy prints 0 when no response was sent (`responseCode().value_or(0)`).
+            Operator::ResponseCode => Some(Value::Int(info.response_code.unwrap_or(0).into())),
+            Operator::ResponseCodeDetails { allow_whitespaces } => {
+                let details = info.response_code_details.as_deref()?;
+                if *allow_whitespaces || !details.contains(is_envoy_whitespace) {
+                    Some(Value::Str(Cow::Borrowed(details)))
+                } else {
+                    // `StringUtil::replaceAllEmptySpace`: whitespace would split the log line.
+                    Some(Value::Str(Cow::Owned(
+                        details.replace(is_envoy_whitespace, "_"),
+                    )))
+                }
+            }
+            // Both print `-` (a string, not unset) when no flag is set, as Envoy's
+            // `ResponseFlagUtils` do.
+            Operator::ResponseFlags => {
+                Some(Value::Str(Cow::Owned(info.response_flags.short_string())))
+            }
+            Operator::ResponseFlagsLong => {
+                Some(Value::Str(Cow::Owned(info.response_flags.long_string())))
+            }
+            Operator::BytesReceived => Some(Value::Int(info.bytes_received.into())),
+            Operator::BytesSent => Some(Value::Int(info.bytes_sent.into())),
+            // `StreamInfo::currentDuration()`: the final duration, or the time so far.
+            Operator::Duration => Some(millis(info.duration.unwrap_or_else(|| info.elapsed()))),
+            Operator::RequestDuration => info.last_downstream_rx_byte.map(millis),
+            Operator::RequestTxDuration => info.last_upstream_tx_byte.map(millis),
+            Operator::ResponseDuration => info.first_upstream_rx_byte.map(millis),
+            Operator::ResponseTxDuration => {
+                let (Some(downstream), Some(upstream)) =
+                    (info.last_downstream_tx_byte, info.first_upstream_rx_byte)
+                else {
+                    return None;
+                };
+                // Envoy subtracts the time points and truncates to milliseconds; the result
+                // may be negative.
+                let nanos = downstream.as_nanos() as i128 - upstream.as_nanos() as i128;
+                Some(Value::Int(nanos / 1_000_000))
+            }
+            Operator::UpstreamHost => address(info.upstream_host, AddressPart::Full),
+            Operator::UpstreamCluster => info.upstream_cluster.as_deref().and_then(non_empty),
+            Operator::UpstreamLocalAddress(part) => address(info.upstream_local_address, *part),
+            Operator::UpstreamRemoteAddress(part) => address(info.upstream_host, *part),
+            Operator::UpstreamTransportFailureReason => {
+                let reason = info.upstream_transport_failure_reason.as_deref()?;
+                if reason.is_empty() {
+                    None
+                } else {
+                    Some(Value::Str(Cow::Owned(reason.replace(' ', "_"))))
+                }
+            }
+            Operator::DownstreamRemoteAddress(part) => {
+                address(info.downstream_remote_address, *part)
+            }
+            Operator::DownstreamDirectRemoteAddress(part) => {
+                address(info.downstream_direct_remote_address, *part)
+            }
+            Operator::DownstreamLocalAddress(part) => address(info.downstream_local_address, *part),
+            Operator::ConnectionId => Some(Value::Int(info.connection_id.into())),
+            Operator::Protocol => Some(Value::Str(Cow::Borrowed(info.protocol.as_str()))),
+            Operator::RouteName => info.route_name.as_deref().and_then(non_empty),
+            Operator::LocalReplyBody => info
+                .local_reply_body
+                .as_deref()
+                .map(|b| Value::Str(Cow::Borrowed(b))),
+            Operator::UpstreamRequestAttemptCount => Some(Value::Int(info.attempt_count.into())),
+            Operator::Hostname(name) => name.as_deref().map(|n| Value::Str(Cow::Borrowed(n))),
+            // Legate does not record SNI in the stream yet.
+            Operator::RequestedServerName => None,
+        }
+    }
+}
+
+/// The characters Envoy's `StringUtil::replaceAllEmptySpace` replaces.
+fn is_envoy_whitespace(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
+}
+
+impl HeaderLookup {
+    fn evaluate<'a>(&self, info: &'a StreamInfo) -> Option<Value<'a>> {
+        let value = self.find(&self.main, info).or_else(|| {
+            self.alternative
+                .as_ref()
+                .and_then(|alternative| self.find(alternative, info))
+        })?;
+        Some(Value::Str(match self.max_length {
+            Some(max) => truncate(value, max),
+            None => value,
+        }))
+    }
+
+    /// The first value of a header, as Envoy's `HeaderFormatter::findHeader` reads it.
+    fn find<'a>(&self, key: &HeaderKey, info: &'a StreamInfo) -> Option<Cow<'a, str>> {
+        let headers = match self.source {
+            HeaderSource::Request => {
+                let line = &info.request;
+                let pseudo = match key {
+                    HeaderKey::Method => Some(&line.method),
+                    HeaderKey::Path => Some(&line.path),
+                    HeaderKey::Authority => Some(&line.authority),
+                    HeaderKey::Scheme => Some(&line.scheme),
+                    _ => None,
+                };
+                if let Some(value) = pseudo {
+                    return (!value.is_empty()).then_some(Cow::Borrowed(value.as_str()));
+                }
+                &info.request_headers
+            }
+            HeaderSource::Response => {
+                let headers = info.response_headers.as_ref()?;
+                if matches!(key, HeaderKey::Status) {
+                    return info.response_code.map(|c| Cow::Owned(c.to_string()));
+                }
+                headers
+            }
+            HeaderSource::ResponseTrailer => info.response_trailers.as_ref()?,
+        };
+        match key {
+            HeaderKey::Named(name) => headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes())),
+            _ => None,
+        }
+    }
+}
+
+/// Envoy truncates to `max` bytes; a cut inside a UTF-8 character moves back to the
+/// character's start so that the line stays valid text.
+fn truncate(value: Cow<'_, str>, max: usize) -> Cow<'_, str> {
+    if value.len() <= max {
+        return value;
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    match value {
+        Cow::Borrowed(s) => Cow::Borrowed(&s[..end]),
+        Cow::Owned(mut s) => {
+            s.truncate(end);
+            Cow::Owned(s)
+        }
+    }
+}
+
+/// Command operators that Envoy 1.40 knows and Legate does not implement yet: refused with a
+/// message that says so, rather than Envoy's "Not supported field" (which would suggest a typo).
+pub(crate) const ENVOY_ONLY_OPERATORS: &[&str] = &[
+    "ACCESS_LOG_TYPE",
+    "GRPC_STATUS",
+    "GRPC_STATUS_NUMBER",
+    "REQUEST_HEADERS_BYTES",
+    "RESPONSE_HEADERS_BYTES",
+    "RESPONSE_TRAILERS_BYTES",
+    "TRACE_ID",
+    "CUSTOM_FLAGS",
+    "COMMON_DURATION",
+    "DOWNSTREAM_HANDSHAKE_DURATION",
+    "ROUNDTRIP_DURATION",
+    "UPSTREAM_CONNECTION_POOL_READY_DURATION",
+    "BYTES_RETRANSMITTED",
+    "PACKETS_RETRANSMITTED",
+    "UPSTREAM_WIRE_BYTES_RECEIVED",
+    "UPSTREAM_HEADER_BYTES_RECEIVED",
+    "UPSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
+    "DOWNSTREAM_WIRE_BYTES_RECEIVED",
+    "DOWNSTREAM_HEADER_BYTES_RECEIVED",
+    "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
+    "UPSTREAM_WIRE_BYTES_SENT",
+    "UPSTREAM_HEADER_BYTES_SENT",
+    "UPSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
+    "DOWNSTREAM_WIRE_BYTES_SENT",
+    "DOWNSTREAM_HEADER_BYTES_SENT",
+    "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
+    "UPSTREAM_PROTOCOL",
+    "CONNECTION_TERMINATION_DETAILS",
+    "UPSTREAM_HOST_NAME",
+    "UPSTREAM_HOST_NAME_WITHOUT_PORT",
+    "UPSTREAM_CONNECTION_ID",
+    "UPSTREAM_CLUSTER_RAW",
+    "UPSTREAM_TLS_CIPHER",
+    "UPSTREAM_TLS_VERSION",
+    "UPSTREAM_TLS_SESSION_ID",
+    "UPSTREAM_PEER_ISSUER",
+    "UPSTREAM_PEER_CERT",
+    "UPSTREAM_PEER_SUBJECT",
+    "UPSTREAM_PEER_URI_SAN",
+    "UPSTREAM_PEER_DNS_SAN",
+    "UPSTREAM_PEER_IP_SAN",
+    "UPSTREAM_LOCAL_URI_SAN",
+    "UPSTREAM_LOCAL_DNS_SAN",
+    "UPSTREAM_LOCAL_IP_SAN",
+    "UPSTREAM_PEER_CERT_V_START",
+    "UPSTREAM_PEER_CERT_V_END",
+    "DOWNSTREAM_DIRECT_LOCAL_ADDRESS",
+    "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_WITHOUT_PORT",
+    "DOWNSTREAM_DIRECT_LOCAL_PORT",
+    "DOWNSTREAM_PEER_URI_SAN",
+    "DOWNSTREAM_PEER_DNS_SAN",
+    "DOWNSTREAM_PEER_IP_SAN",
+    "DOWNSTREAM_PEER_EMAIL_SAN",
+    "DOWNSTREAM_PEER_OTHERNAME_SAN",
+    "DOWNSTREAM_LOCAL_URI_SAN",
+    "DOWNSTREAM_LOCAL_DNS_SAN",
+    "DOWNSTREAM_LOCAL_IP_SAN",
+    "DOWNSTREAM_LOCAL_EMAIL_SAN",
+    "DOWNSTREAM_LOCAL_OTHERNAME_SAN",
+    "DOWNSTREAM_PEER_SUBJECT",
+    "DOWNSTREAM_LOCAL_SUBJECT",
+    "DOWNSTREAM_TLS_SESSION_ID",
+    "DOWNSTREAM_TLS_CIPHER",
+    "DOWNSTREAM_TLS_VERSION",
+    "DOWNSTREAM_PEER_FINGERPRINT_256",
+    "DOWNSTREAM_PEER_FINGERPRINT_1",
+    "DOWNSTREAM_PEER_SERIAL",
+    "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256",
+    "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1",
+    "DOWNSTREAM_PEER_CHAIN_SERIALS",
+    "DOWNSTREAM_PEER_ISSUER",
+    "DOWNSTREAM_PEER_CERT",
+    "DOWNSTREAM_PEER_CERT_V_START",
+    "DOWNSTREAM_PEER_CERT_V_END",
+    "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
+    "FILTER_CHAIN_NAME",
+    "VIRTUAL_CLUSTER_NAME",
+    "TLS_JA3_FINGERPRINT",
+    "TLS_JA4_FINGERPRINT",
+    "UNIQUE_ID",
+    "STREAM_ID",
+    "START_TIME_LOCAL",
+    "EMIT_TIME",
+    "EMIT_TIME_LOCAL",
+    "DYNAMIC_METADATA",
+    "CLUSTER_METADATA",
+    "UPSTREAM_METADATA",
+    "FILTER_STATE",
+    "UPSTREAM_FILTER_STATE",
+    "ENVIRONMENT",
+];

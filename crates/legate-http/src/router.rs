@@ -1,0 +1,502 @@
+//! The router, the terminal HTTP filter: route action -> cluster -> load balancer -> host ->
+//! the worker's connection pool; the route timeout (15 s by default, overridden by
+//! `x-envoy-upstream-rq-timeout-ms`), circuit breakers, upgrades, and Envoy's local replies and
+//! response flags for every way an upstream can fail.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header};
+
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use legate_core::stream_info::{Protocol as DownstreamProtocol, ResponseFlags, StreamInfo};
+use legate_upstream::body::{self, Body, BoxError};
+use legate_upstream::breaker::ResourceGuard;
+use legate_upstream::host::ActiveRequest;
+use legate_upstream::pool::{self, Protocol, ResponseBody, UpstreamError};
+use legate_upstream::{Cluster, UpstreamProtocol};
+
+use crate::conn_manager::{HttpConnectionManager, Outcome, RequestBodyState};
+use crate::local_reply::LocalReply;
+use crate::rewrite::AuthorityRewrite;
+use crate::route::Forward;
+use crate::route_match::{RouteRequest, Selected};
+
+/// What the connection manager hands the router for one request.
+pub(crate) struct Forwarding<'a> {
+    pub selected: &'a Selected<'a>,
+    pub forward: &'a Forward,
+    pub cluster: &'a str,
+    pub body_state: &'a RequestBodyState,
+    pub worker: usize,
+    /// The `Upgrade` type the client asked for (lowercase), if any.
+    pub upgrade: Option<String>,
+    pub downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// The upgrade a request asks for: `Upgrade: <type>` with `Connection: upgrade`.
+pub(crate) fn requested_upgrade(req: &Request<Incoming>) -> Option<String> {
+    if req.version() == Version::HTTP_2 {
+        return None;
+    }
+    let connection_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return None;
+    }
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+}
+
+/// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1); `te: trailers` survives, as
+/// gRPC needs it.
+const HOP_BY_HOP: &[header::HeaderName] = &[
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Envoy's body for a failure before response headers:
+/// `upstream connect error or disconnect/reset before headers. reset reason: <reason>[,
+/// transport failure reason: <why>]`.
+fn reset_reply(e: &UpstreamError) -> LocalReply {
+    let mut body = format!(
+        "upstream connect error or disconnect/reset before headers. reset reason: {}",
+        e.reset_reason()
+    );
+    if let Some(why) = e.transport_failure_reason() {
+        body.push_str(", transport failure reason: ");
+        body.push_str(why);
+    }
+    let (status, flag, details) = match e {
+        UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => (
+            503,
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            "upstream_reset_before_response_started{remote_connection_failure}",
+        ),
+        UpstreamError::Overflow => (
+            503,
+            ResponseFlags::UPSTREAM_OVERFLOW,
+            "upstream_reset_before_response_started{overflow}",
+        ),
+        UpstreamError::ConnectionTermination(_) => (
+            503,
+            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+            "upstream_reset_before_response_started{connection_termination}",
+        ),
+        UpstreamError::RemoteReset(_) => (
+            503,
+            ResponseFlags::UPSTREAM_REMOTE_RESET,
+            "upstream_reset_before_response_started{remote_reset}",
+        ),
+        UpstreamError::ProtocolError(_) => (
+            502,
+            ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+            "upstream_reset_before_response_started{protocol_error}",
+        ),
+    };
+    LocalReply::new(status, body, details, flag)
+}
+
+/// The route timeout: `x-envoy-upstream-rq-timeout-ms` when given (and then removed), else the
+/// route's; zero disables it.
+fn route_timeout(forward: &Forward, headers: &mut HeaderMap) -> Option<Duration> {
+    let mut timeout = forward.timeout;
+    if let Some(v) = headers.remove("x-envoy-upstream-rq-timeout-ms")
+        && let Some(ms) = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok())
+    {
+        timeout = Duration::from_millis(ms);
+    }
+    (!timeout.is_zero()).then_some(timeout)
+}
+
+pub(crate) async fn forward(
+    hcm: &HttpConnectionManager,
+    f: Forwarding<'_>,
+    mut parts: http::request::Parts,
+    request_body: Body,
+    info: &mut StreamInfo,
+) -> Outcome {
+    let stats = &hcm.stats;
+    let Some(cluster) = hcm.context.clusters.get(f.cluster).cloned() else {
+        stats.no_cluster.inc();
+        return LocalReply::new(
+            f.forward.cluster_not_found_status,
+            "",
+            "cluster_not_found",
+            ResponseFlags::NO_CLUSTER_FOUND,
+        )
+        .into();
+    };
+    info.upstream_cluster = Some(cluster.name.clone());
+    stats.rq_total.inc();
+
+    // Upgrades: the route's `upgrade_configs` override the connection manager's.
+    if let Some(kind) = &f.upgrade {
+        let enabled = f
+            .forward
+            .upgrades
+            .iter()
+            .find(|(t, _)| t == kind)
+            .or_else(|| hcm.config.upgrades.iter().find(|(t, _)| t == kind))
+            .is_some_and(|(_, on)| *on);
+        if !enabled {
+            stats.downstream_rq_ws_on_non_ws_route.inc();
+            return LocalReply::new(403, "", "upgrade_failed", 0).into();
+        }
+    }
+
+    let deadline = route_timeout(f.forward, &mut parts.headers).map(|t| (t, Instant::now() + t));
+    let Some(host) = cluster.lb.choose(fastrand::u64(..)).cloned() else {
+        cluster
+            .stats
+            .scope
+            .counter("upstream_cx_none_healthy")
+            .inc();
+        return LocalReply::new(
+            503,
+            "no healthy upstream",
+            "no_healthy_upstream",
+            ResponseFlags::NO_HEALTHY_UPSTREAM,
+        )
+        .into();
+    };
+    info.upstream_host = Some(host.address);
+    let Some(rq_guard) = cluster.breakers.requests.try_acquire() else {
+        cluster.stats.upstream_rq_pending_overflow.inc();
+        return reset_reply(&UpstreamError::Overflow).into();
+    };
+
+    // The request as the upstream sees it: rewrites, then header mutations.
+    let (path, authority) = rewrite_request(f.forward, &mut parts, info);
+    apply_request_mutations(f.selected, &mut parts.headers, info);
+    if hcm.logs_request_headers() {
+        // Envoy's access log sees the request as the router changed it.
+        info.request_headers = parts.headers.clone();
+        info.request.path.clone_from(&path);
+        info.request.authority.clone_from(&authority);
+    }
+    strip_hop_by_hop(&mut parts.headers, f.upgrade.is_some());
+    if let Some((timeout, _)) = deadline {
+        parts.headers.insert(
+            "x-envoy-expected-rq-timeout-ms",
+            HeaderValue::from(timeout.as_millis() as u64),
+        );
+    }
+    let protocol = match cluster.config.protocol {
+        UpstreamProtocol::Http2 => Protocol::Http2,
+        UpstreamProtocol::Http1 => Protocol::Http1,
+        UpstreamProtocol::UseDownstream if info.protocol == DownstreamProtocol::Http2 => {
+            Protocol::Http2
+        }
+        UpstreamProtocol::UseDownstream => Protocol::Http1,
+    };
+    match protocol {
+        Protocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            if let Ok(v) = HeaderValue::from_str(&authority) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        Protocol::Http2 => {
+            parts.version = Version::HTTP_2;
+            parts.uri = format!("http://{authority}{path}")
+                .parse()
+                .unwrap_or_else(|_| Uri::from_static("/"));
+            parts.headers.remove(header::HOST);
+        }
+    }
+    let upstream_request = Request::from_parts(parts, request_body);
+
+    let cstats = &cluster.stats;
+    cstats.upstream_rq_total.inc();
+    cstats.upstream_rq_active.inc();
+    let active = ActiveRequest::new(host.clone());
+    info.attempt_count = 1;
+    let started = Instant::now();
+    info.first_upstream_tx_byte = Some(info.start.elapsed());
+    let sent = pool::send(&cluster, &host, f.worker, protocol, upstream_request);
+    // Waiting for response headers: the route timeout, and the stream idle timeout (the
+    // route's `idle_timeout`, else the connection manager's `stream_idle_timeout`).
+    let idle = f
+        .forward
+        .idle_timeout
+        .or(hcm.config.stream_idle_timeout)
+        .filter(|t| !t.is_zero());
+    let route_deadline = async {
+        match deadline {
+            Some((_, at)) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let idle_deadline = async {
+        match idle {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = sent => r,
+        _ = route_deadline => {
+            cstats.upstream_rq_active.dec();
+            cstats.upstream_rq_timeout.inc();
+            host.rq_timeout.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cstats.response(504, started.elapsed().as_millis() as u64);
+            return LocalReply::new(504, "upstream request timeout", "upstream_response_timeout", ResponseFlags::UPSTREAM_REQUEST_TIMEOUT).into();
+        }
+        _ = idle_deadline => {
+            cstats.upstream_rq_active.dec();
+            stats.downstream_rq_idle_timeout.inc();
+            return LocalReply::new(408, "stream timeout", "stream_idle_timeout", ResponseFlags::STREAM_IDLE_TIMEOUT).into();
+        }
+    };
+    let mut response = match result {
+        Ok(r) => r,
+        Err(_) if f.body_state.malformed.load(std::sync::atomic::Ordering::Relaxed) => {
+            // The upstream request failed because the client's body was malformed: Envoy's
+            // codec answers such a request with 400 and closes the connection.
+            cstats.upstream_rq_active.dec();
+            cstats.upstream_rq_tx_reset.inc();
+            return LocalReply::new(400, "Bad Request", "codec_error", ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR).into();
+        }
+        Err(e) => {
+            cstats.upstream_rq_active.dec();
+            if !matches!(
+                e,
+                UpstreamError::ConnectFailure(_)
+                    | UpstreamError::ConnectTimeout
+                    | UpstreamError::Overflow
+            ) {
+                cstats.upstream_rq_rx_reset.inc();
+            }
+            host.rq_error
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(why) = e.transport_failure_reason() {
+                info.upstream_transport_failure_reason = Some(why.to_owned());
+            }
+            let reply = reset_reply(&e);
+            if reply.status >= 500 {
+                cstats.response(reply.status, started.elapsed().as_millis() as u64);
+            }
+            return reply.into();
+        }
+    };
+    let service_ms = started.elapsed().as_millis() as u64;
+    info.first_upstream_rx_byte = Some(info.start.elapsed());
+    let status = response.status().as_u16();
+    cstats.response(status, service_ms);
+    if status < 500 {
+        host.rq_success
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    } else {
+        host.rq_error
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    info.response_code_details = Some("via_upstream".into());
+
+    let switching = status == 101;
+    strip_hop_by_hop(response.headers_mut(), switching);
+    response.headers_mut().insert(
+        "x-envoy-upstream-service-time",
+        HeaderValue::from(service_ms),
+    );
+    apply_response_mutations(f.selected, response.headers_mut(), info);
+
+    if switching {
+        if let Some(downstream) = f.downstream_upgrade {
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(
+                downstream,
+                upstream,
+                active,
+                rq_guard,
+                cluster.clone(),
+            ));
+        }
+        return Outcome::Response(response.map(|_| body::empty()));
+    }
+    let (parts, upstream_body) = response.into_parts();
+    let tracked = UpstreamBody {
+        inner: upstream_body,
+        deadline: deadline.map(|(_, at)| Box::pin(tokio::time::sleep_until(at.into()))),
+        idle: idle.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+        _guards: Some((active, rq_guard)),
+        cluster,
+    };
+    Outcome::Response(Response::from_parts(parts, body::boxed(tracked)))
+}
+
+/// Applies the route's path and host rewrites; returns the upstream path and authority, and
+/// records the originals in `x-envoy-original-path` / `x-envoy-original-host` as Envoy does.
+fn rewrite_request(
+    forward: &Forward,
+    parts: &mut http::request::Parts,
+    info: &StreamInfo,
+) -> (String, String) {
+    let original_path = info.request.path.as_str();
+    let original_authority = info.request.authority.as_str();
+    let (path, authority) = {
+        let request = RouteRequest::new(
+            parts.method.as_str(),
+            original_path,
+            original_authority,
+            "http",
+            &parts.headers,
+        );
+        let rewrite = crate::rewrite::upstream_rewrite(forward, &request);
+        let authority = match rewrite.authority {
+            // `auto_host_rewrite` uses the host's hostname, which STATIC hosts do not have.
+            AuthorityRewrite::Keep | AuthorityRewrite::UpstreamHostname => None,
+            AuthorityRewrite::Set(h) => Some(h.to_owned()),
+        };
+        (rewrite.path, authority)
+    };
+    if path.is_some()
+        && let Ok(v) = HeaderValue::from_str(original_path)
+    {
+        parts
+            .headers
+            .insert(crate::rewrite::X_ENVOY_ORIGINAL_PATH, v);
+    }
+    if authority.is_some()
+        && !original_authority.is_empty()
+        && let Ok(v) = HeaderValue::from_str(original_authority)
+    {
+        parts
+            .headers
+            .insert(crate::rewrite::X_ENVOY_ORIGINAL_HOST, v);
+    }
+    (
+        path.unwrap_or_else(|| original_path.to_owned()),
+        authority.unwrap_or_else(|| original_authority.to_owned()),
+    )
+}
+
+/// Copies bytes both ways between an upgraded client and upstream (WebSocket and friends).
+async fn tunnel(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _active: ActiveRequest,
+    _guard: ResourceGuard,
+    cluster: Arc<Cluster>,
+) {
+    let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
+        cluster.stats.upstream_rq_active.dec();
+        return;
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    cluster.stats.upstream_rq_active.dec();
+}
+
+/// Request header mutations of the selected route (weighted cluster, route, virtual host,
+/// route configuration, in Envoy's order), with `%VARIABLE%`s expanded for this stream.
+pub(crate) fn apply_request_mutations(
+    selected: &Selected<'_>,
+    headers: &mut HeaderMap,
+    info: &StreamInfo,
+) {
+    selected.apply_request_mutations(headers, &|value| crate::substitution::expand(value, info));
+}
+
+pub(crate) fn apply_response_mutations(
+    selected: &Selected<'_>,
+    headers: &mut HeaderMap,
+    info: &StreamInfo,
+) {
+    selected.apply_response_mutations(headers, &|value| crate::substitution::expand(value, info));
+}
+
+/// The upstream response body on its way downstream: holds the request's host and breaker
+/// accounting until the body ends, and enforces the rest of the route timeout.
+struct UpstreamBody {
+    inner: ResponseBody,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The stream idle timeout and its timer, restarted by every frame.
+    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    _guards: Option<(ActiveRequest, ResourceGuard)>,
+    cluster: Arc<Cluster>,
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            self.deadline = None;
+            self.cluster.stats.upstream_rq_timeout.inc();
+            return Poll::Ready(Some(Err("upstream request timeout".into())));
+        }
+        let polled = Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|r| r.map_err(BoxError::from)));
+        if let Some((timeout, timer)) = self.idle.as_mut() {
+            if polled.is_ready() {
+                let at = tokio::time::Instant::now() + *timeout;
+                timer.as_mut().reset(at);
+            } else if timer.as_mut().poll(cx).is_ready() {
+                self.idle = None;
+                return Poll::Ready(Some(Err("stream idle timeout".into())));
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.cluster.stats.upstream_rq_active.dec();
+    }
+}

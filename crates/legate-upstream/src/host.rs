@@ -1,0 +1,92 @@
+//! An upstream host: its address and weight, and the shared atomics that the load balancers,
+//! `/clusters` and (later) health checking read and write from every worker.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// One endpoint of a cluster, shared by all workers.
+#[derive(Debug)]
+pub struct Host {
+    /// Position in the cluster's host list: indexes the per-worker connection pools.
+    pub index: usize,
+    pub address: SocketAddr,
+    /// `load_balancing_weight` (1 by default).
+    pub weight: u32,
+    pub priority: u32,
+    /// `region/zone/sub_zone`, for `/clusters`.
+    pub locality: Option<(String, String, String)>,
+    /// Requests in flight to this host, across workers: LEAST_REQUEST reads it.
+    pub active_requests: AtomicU64,
+    pub active_connections: AtomicU64,
+    /// Counters shown by `/clusters` (Envoy's per-host stats).
+    pub rq_total: AtomicU64,
+    pub rq_success: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub rq_timeout: AtomicU64,
+    pub cx_total: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    /// Cleared by active health checking or outlier ejection; no checker exists yet, so every
+    /// host is healthy.
+    healthy: AtomicBool,
+}
+
+impl Host {
+    pub fn new(
+        index: usize,
+        address: SocketAddr,
+        weight: u32,
+        priority: u32,
+        locality: Option<(String, String, String)>,
+    ) -> Self {
+        Host {
+            index,
+            address,
+            weight: weight.max(1),
+            priority,
+            locality,
+            active_requests: AtomicU64::new(0),
+            active_connections: AtomicU64::new(0),
+            rq_total: AtomicU64::new(0),
+            rq_success: AtomicU64::new(0),
+            rq_error: AtomicU64::new(0),
+            rq_timeout: AtomicU64::new(0),
+            cx_total: AtomicU64::new(0),
+            cx_connect_fail: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    pub fn active_requests(&self) -> u64 {
+        self.active_requests.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one request in flight to a host for as long as it lives.
+#[derive(Debug)]
+pub struct ActiveRequest(std::sync::Arc<Host>);
+
+impl ActiveRequest {
+    pub fn new(host: std::sync::Arc<Host>) -> Self {
+        host.active_requests.fetch_add(1, Ordering::Relaxed);
+        host.rq_total.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(host)
+    }
+
+    pub fn host(&self) -> &std::sync::Arc<Host> {
+        &self.0
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}

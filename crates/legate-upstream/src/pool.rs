@@ -1,0 +1,386 @@
+//! Connection pools: one per (worker, host), so workers share no connection and take no
+//! contended lock. HTTP/1.1 keeps idle keep-alive connections and hands each to one request at
+//! a time; HTTP/2 multiplexes every request of the worker over one connection per host.
+//!
+//! A pooled HTTP/1.1 connection goes back to the pool only when its response body has been
+//! read to the end (an unfinished response leaves it unusable). A request that could not be
+//! written at all because a reused keep-alive connection had just been closed by the host is
+//! sent again on a fresh connection: this is the keep-alive race behind Envoy's intermittent
+//! "503 UC" (Envoy issues #6190, #9747, #14981); Legate does not surface it.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+use crate::breaker::ResourceGuard;
+use crate::host::Host;
+use crate::manager::Cluster;
+
+/// The protocol a request is sent upstream with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Why a request got no response headers from upstream. Each maps to an Envoy response flag
+/// and reset reason.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// `UF`: the TCP connection could not be made; the transport failure reason.
+    ConnectFailure(String),
+    /// `UF` too, after `connect_timeout`.
+    ConnectTimeout,
+    /// `UO`: a circuit breaker is open.
+    Overflow,
+    /// `UC`: the connection closed before the response headers.
+    ConnectionTermination(String),
+    /// `UR`: the host reset the stream.
+    RemoteReset(String),
+    /// `UPE`: the host's response was not valid HTTP.
+    ProtocolError(String),
+}
+
+impl UpstreamError {
+    /// Envoy's reset reason wording, as it appears in local reply bodies.
+    pub fn reset_reason(&self) -> &'static str {
+        match self {
+            UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => {
+                "remote connection failure"
+            }
+            UpstreamError::Overflow => "overflow",
+            UpstreamError::ConnectionTermination(_) => "connection termination",
+            UpstreamError::RemoteReset(_) => "remote reset",
+            UpstreamError::ProtocolError(_) => "protocol error",
+        }
+    }
+
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    pub fn transport_failure_reason(&self) -> Option<&str> {
+        match self {
+            UpstreamError::ConnectFailure(r) => Some(r),
+            UpstreamError::ConnectTimeout => Some("connect timeout"),
+            _ => None,
+        }
+    }
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+    uses: u32,
+}
+
+/// The connections of one worker to one host.
+#[derive(Default)]
+pub struct HostPool {
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<Body>>>,
+}
+
+impl std::fmt::Debug for HostPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostPool")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sends `req` to `host` over worker `worker`'s pool. `req`'s URI must be origin-form for
+/// HTTP/1.1 and absolute for HTTP/2 (the `:scheme` and `:authority`).
+pub async fn send(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    worker: usize,
+    protocol: Protocol,
+    req: Request<Body>,
+) -> Result<Response<ResponseBody>, UpstreamError> {
+    match protocol {
+        Protocol::Http1 => send_http1(cluster, host, worker, req).await,
+        Protocol::Http2 => send_http2(cluster, host, worker, req).await,
+    }
+}
+
+async fn send_http1(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    worker: usize,
+    mut req: Request<Body>,
+) -> Result<Response<ResponseBody>, UpstreamError> {
+    let pool = cluster.pool(worker, host);
+    loop {
+        let (mut sender, uses, reused) = match checkout(pool, cluster.config.idle_timeout) {
+            Some((sender, uses)) => (sender, uses, true),
+            None => (connect_http1(cluster, host).await?, 0, false),
+        };
+        if sender.ready().await.is_err() {
+            if reused {
+                continue;
+            }
+            return Err(UpstreamError::ConnectionTermination(
+                "connection closed before the request was sent".into(),
+            ));
+        }
+        match sender.try_send_request(req).await {
+            Ok(response) => {
+                let uses = uses + 1;
+                let reusable = cluster
+                    .config
+                    .max_requests_per_connection
+                    .is_none_or(|max| uses < max);
+                let release = reusable.then(|| Release {
+                    sender,
+                    uses,
+                    cluster: cluster.clone(),
+                    host: host.clone(),
+                    worker,
+                });
+                return Ok(response.map(|inner| ResponseBody { inner, release }));
+            }
+            Err(mut e) => match e.take_message() {
+                // Not written at all: the reused connection had just closed. Try a fresh one.
+                Some(unsent) if reused => req = unsent,
+                _ => return Err(classify(&e.into_error())),
+            },
+        }
+    }
+}
+
+fn checkout(
+    pool: &HostPool,
+    idle_timeout: Option<Duration>,
+) -> Option<(http1::SendRequest<Body>, u32)> {
+    let mut idle = lock(&pool.idle);
+    while let Some(entry) = idle.pop() {
+        let expired = idle_timeout.is_some_and(|t| entry.since.elapsed() >= t);
+        if entry.sender.is_closed() || expired {
+            continue; // dropping the sender closes the connection
+        }
+        return Some((entry.sender, entry.uses));
+    }
+    None
+}
+
+async fn send_http2(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    worker: usize,
+    req: Request<Body>,
+) -> Result<Response<ResponseBody>, UpstreamError> {
+    let pool = cluster.pool(worker, host);
+    let existing = lock(&pool.h2).as_ref().filter(|s| !s.is_closed()).cloned();
+    let mut sender = match existing {
+        Some(s) => s,
+        None => {
+            let s = connect_http2(cluster, host).await?;
+            *lock(&pool.h2) = Some(s.clone());
+            s
+        }
+    };
+    sender.ready().await.map_err(|e| classify(&e))?;
+    let response = sender.send_request(req).await.map_err(|e| classify(&e))?;
+    Ok(response.map(|inner| ResponseBody {
+        inner,
+        release: None,
+    }))
+}
+
+/// Opens a TCP connection within the cluster's connection limit and `connect_timeout`.
+async fn connect(
+    cluster: &Cluster,
+    host: &Host,
+) -> Result<(TcpStream, ResourceGuard), UpstreamError> {
+    let stats = &cluster.stats;
+    let Some(guard) = cluster.breakers.connections.try_acquire() else {
+        cluster.stats.scope.counter("upstream_cx_overflow").inc();
+        return Err(UpstreamError::Overflow);
+    };
+    stats.upstream_cx_total.inc();
+    host.cx_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        cluster.config.connect_timeout,
+        TcpStream::connect(host.address),
+    )
+    .await;
+    let failed = |host: &Host| {
+        stats.upstream_cx_connect_fail.inc();
+        host.cx_connect_fail
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
+    match result {
+        Err(_) => {
+            failed(host);
+            stats.upstream_cx_connect_timeout.inc();
+            Err(UpstreamError::ConnectTimeout)
+        }
+        Ok(Err(e)) => {
+            failed(host);
+            Err(UpstreamError::ConnectFailure(format!(
+                "delayed connect error: {}",
+                os_reason(&e)
+            )))
+        }
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            stats
+                .upstream_cx_connect_ms
+                .record(started.elapsed().as_millis() as u64);
+            stats.upstream_cx_active.inc();
+            host.active_connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok((stream, guard))
+        }
+    }
+}
+
+/// An I/O error as the OS names it, without Rust's "(os error N)" suffix.
+fn os_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+/// Runs a connection to its end, then accounts for it.
+fn drive<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, guard: ResourceGuard, conn: F)
+where
+    F: std::future::Future + Send + 'static,
+{
+    let cluster = cluster.clone();
+    let host = host.clone();
+    let opened = Instant::now();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        drop(guard);
+        let stats = &cluster.stats;
+        stats.upstream_cx_active.dec();
+        stats.upstream_cx_destroy.inc();
+        stats
+            .upstream_cx_length_ms
+            .record(opened.elapsed().as_millis() as u64);
+        host.active_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
+async fn connect_http1(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    let (stream, guard) = connect(cluster, host).await?;
+    let (sender, conn) = http1::Builder::new()
+        .max_headers(cluster.config.max_headers_count as usize)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
+    cluster.stats.upstream_cx_http1_total.inc();
+    drive(cluster, host, guard, conn.with_upgrades());
+    Ok(sender)
+}
+
+async fn connect_http2(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    let (stream, guard) = connect(cluster, host).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
+    cluster.stats.upstream_cx_http2_total.inc();
+    drive(cluster, host, guard, conn);
+    Ok(sender)
+}
+
+/// Sorts a hyper client error into Envoy's reset reasons.
+pub fn classify(e: &hyper::Error) -> UpstreamError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>()
+            && h2e.is_remote()
+        {
+            return UpstreamError::RemoteReset(h2e.to_string());
+        }
+        source = s.source();
+    }
+    if e.is_parse() || e.is_parse_status() {
+        UpstreamError::ProtocolError(e.to_string())
+    } else {
+        UpstreamError::ConnectionTermination(e.to_string())
+    }
+}
+
+/// A pooled HTTP/1.1 connection waiting for its response body to end.
+struct Release {
+    sender: http1::SendRequest<Body>,
+    uses: u32,
+    cluster: Arc<Cluster>,
+    host: Arc<Host>,
+    worker: usize,
+}
+
+/// An upstream response body. Reading it to the end returns its HTTP/1.1 connection to the
+/// pool.
+pub struct ResponseBody {
+    inner: Incoming,
+    release: Option<Release>,
+}
+
+impl ResponseBody {
+    fn finish(&mut self) {
+        if let Some(r) = self.release.take() {
+            let pool = r.cluster.pool(r.worker, &r.host);
+            lock(&pool.idle).push(Idle {
+                sender: r.sender,
+                since: Instant::now(),
+                uses: r.uses,
+            });
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Err(_))) => self.release = None,
+            _ => {
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

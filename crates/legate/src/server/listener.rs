@@ -1,0 +1,45 @@
+//! Binding listener sockets: one socket per worker on the same address with `SO_REUSEPORT`,
+//! so that the kernel spreads connections over workers and no worker waits on another (Envoy's
+//! default `enable_reuse_port`). A listener on port 0 is bound once to learn its port, and the
+//! other workers bind that port.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Envoy's default listen backlog (`tcp_backlog_size`).
+const BACKLOG: i32 = 1024;
+
+fn bind_one(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if address.is_ipv6() {
+        // `::` listens on IPv6 only unless `ipv4_compat`, as in Envoy.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Binds `workers` sockets to `address`; returns them and the address actually bound (with
+/// port 0 resolved).
+pub fn bind(
+    address: SocketAddr,
+    workers: usize,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let first = bind_one(address)?;
+    let bound = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..workers {
+        sockets.push(bind_one(bound)?);
+    }
+    Ok((sockets, bound))
+}

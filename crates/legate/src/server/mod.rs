@@ -1,0 +1,472 @@
+//! Serving: turns a compiled [`Config`] into running objects (stats store, runtime, clusters,
+//! listeners bound on every worker, the admin server), then runs the process lifecycle:
+//!
+//! * SIGTERM / SIGINT / `POST /quitquitquit`: stop accepting, close connections gracefully
+//!   (HTTP/1.1 after the response in flight, HTTP/2 with GOAWAY), wait for in-flight requests
+//!   up to `--drain-time-s`, exit 0. (Envoy exits at once on SIGTERM; its users script a drain
+//!   by hand — Legate drains.)
+//! * SIGUSR1 / `POST /reopen_logs`: reopen access-log files.
+//!
+//! The main thread runs the control side (admin, signals, stats flush) on its own runtime, so
+//! that a slow admin request never stalls a worker.
+
+pub mod listener;
+pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use legate_core::runtime::{Layer, Runtime};
+use legate_core::stats::{ImportMode, Store};
+use legate_http::conn_manager::{HttpConnectionManager, ProxyContext};
+use legate_upstream::ClusterManager;
+use tokio::sync::watch;
+
+use crate::config::{Config, NetworkFilter, RuntimeLayer};
+use worker::{ListenerStats, WorkerShared};
+
+/// How the process was asked to run.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub concurrency: usize,
+    pub drain_time: Duration,
+    /// For `/server_info` and `/config_dump`.
+    pub info: legate_admin::ServerInfo,
+}
+
+/// The lifecycle state the admin server and signals change.
+pub struct Lifecycle {
+    shutdown: watch::Sender<bool>,
+    stop_accepting: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
+    health_check_failed: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Lifecycle {
+    fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop_accepting.send(true);
+        let _ = self.drain.send(true);
+    }
+}
+
+impl legate_admin::AdminControl for Lifecycle {
+    fn quit(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    fn drain_listeners(&self, options: legate_admin::DrainOptions) {
+        self.begin_drain();
+        if !options.skip_exit && !options.graceful {
+            // Envoy's non-graceful drain stops the listeners at once; connections finish.
+        }
+    }
+
+    fn set_health_check_failed(&self, failed: bool) {
+        self.health_check_failed.store(failed, Ordering::Relaxed);
+    }
+
+    fn health_check_failed(&self) -> bool {
+        self.health_check_failed.load(Ordering::Relaxed)
+    }
+
+    fn reopen_logs(&self) {
+        legate_core::access_log::reopen_all();
+    }
+
+    fn init_state(&self) -> legate_admin::ServerState {
+        if self.draining.load(Ordering::Relaxed) {
+            legate_admin::ServerState::Draining
+        } else {
+            legate_admin::ServerState::Live
+        }
+    }
+
+    fn loggers(&self) -> Vec<(String, legate_admin::LogLevel)> {
+        crate::logging::loggers()
+            .into_iter()
+            .map(|(name, level)| {
+                let level =
+                    legate_admin::LogLevel::parse(&level).unwrap_or(legate_admin::LogLevel::Info);
+                (name, level)
+            })
+            .collect()
+    }
+
+    fn set_log_level(&self, logger: Option<&str>, level: legate_admin::LogLevel) {
+        if let Err(e) = crate::logging::set_level(logger, level.as_str()) {
+            tracing::warn!("cannot change the log level: {e}");
+        }
+    }
+}
+
+impl Lifecycle {
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds everything and serves until shutdown. Returns the process exit status.
+pub fn run(
+    config: Config,
+    dump: legate_admin::ConfigDumpSource,
+    options: ServeOptions,
+) -> Result<(), String> {
+    let workers = options.concurrency.max(1);
+    let store = Arc::new(Store::new());
+    let runtime = Arc::new(Runtime::new(runtime_layers(&config.runtime_layers)));
+    let clusters = Arc::new(ClusterManager::new(config.clusters, &store, workers));
+    let context = Arc::new(ProxyContext {
+        clusters: clusters.clone(),
+        runtime: runtime.clone(),
+        store: store.clone(),
+    });
+
+    // Bind every listener on every worker before serving anything: a bind failure is fatal, as
+    // in Envoy ("cannot bind ...").
+    let listener_manager = store.scope("listener_manager.");
+    let mut running = Vec::new();
+    for l in config.listeners {
+        let Some(NetworkFilter::HttpConnectionManager(hcm_config)) =
+            l.filter_chains.first().and_then(|c| c.filters.last())
+        else {
+            return Err(format!("listener '{}': no network filter to run", l.name));
+        };
+        let hcm =
+            HttpConnectionManager::new(hcm_config.clone(), context.clone()).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|e| format!("listener '{}': {e}", l.name))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+        let (sockets, address) = listener::bind(l.address, workers)
+            .map_err(|e| format!("cannot bind '{}' for listener '{}': {e}", l.address, l.name))?;
+        tracing::info!(
+            "listener '{}' listening on {address} (http, stat_prefix {})",
+            l.name,
+            hcm.config.stat_prefix
+        );
+        listener_manager.counter("listener_added").inc();
+        listener_manager
+            .counter("listener_create_success")
+            .add(workers as u64);
+        running.push(worker::RunningListener {
+            name: l.name.clone(),
+            address,
+            sockets,
+            hcm: Arc::new(hcm),
+            stats: Arc::new(ListenerStats::new(&store, &l.stat_prefix)),
+        });
+    }
+    listener_manager
+        .gauge("total_listeners_active", ImportMode::NeverImport)
+        .set(running.len() as u64);
+    for name in [
+        "listener_modified",
+        "listener_removed",
+        "listener_stopped",
+        "listener_create_failure",
+        "listener_in_place_updated",
+    ] {
+        listener_manager.counter(name);
+    }
+    for name in [
+        "total_listeners_warming",
+        "total_listeners_draining",
+        "workers_started",
+        "total_filter_chains_draining",
+    ] {
+        listener_manager.gauge(name, ImportMode::NeverImport);
+    }
+
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    let admin_listener = match config.admin.as_ref().and_then(|a| a.address) {
+        Some(addr) => {
+            let socket = control
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .map_err(|e| format!("cannot bind the admin address {addr}: {e}"))?;
+            let bound = socket.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!("admin address: {bound}");
+            Some(socket)
+        }
+        None => None,
+    };
+
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let lifecycle = Arc::new(Lifecycle {
+        shutdown: shutdown_tx,
+        stop_accepting: stop_tx,
+        drain: drain_tx,
+        health_check_failed: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+    });
+    let server = store.scope("server.");
+    let shared = Arc::new(WorkerShared {
+        next_connection_id: AtomicU64::new(0),
+        open_connections: AtomicUsize::new(0),
+        total_connections: server.counter("total_connections"),
+        stop_accepting: stop_rx,
+        drain: drain_rx,
+    });
+
+    let listener_infos: Vec<legate_admin::ListenerInfo> = running
+        .iter()
+        .map(|l| legate_admin::ListenerInfo {
+            name: l.name.clone(),
+            address: l.address,
+        })
+        .collect();
+    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+    for l in running {
+        for (w, socket) in l.sockets.into_iter().enumerate() {
+            per_worker[w].push((socket, l.hcm.clone(), l.stats.clone()));
+        }
+    }
+    let mut threads = Vec::new();
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        threads.push(
+            worker::spawn(index, listeners, shared.clone())
+                .map_err(|e| format!("cannot start worker {index}: {e}"))?,
+        );
+    }
+    listener_manager
+        .gauge("workers_started", ImportMode::NeverImport)
+        .set(1);
+
+    let started = Instant::now();
+    let server_stats = ServerStats::new(&store, workers);
+    let admin_state = Arc::new(legate_admin::AdminState {
+        store: store.clone(),
+        clusters: clusters.clone(),
+        runtime: runtime.clone(),
+        listeners: listener_infos,
+        server_info: options.info.clone(),
+        config_dump: dump,
+        control: lifecycle.clone(),
+    });
+    let sinks = config.stats_sinks;
+    let flush_interval = config.stats_flush_interval;
+    let drain_time = options.drain_time;
+    control.block_on(async move {
+        if let Some(socket) = admin_listener {
+            tokio::spawn(legate_admin::serve(socket, admin_state));
+        }
+        tokio::spawn(flush_stats(store.clone(), sinks, flush_interval));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let signals = Signals::new();
+        let mut signals = match signals {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = tick.tick() => server_stats.update(started, &lifecycle),
+                signal = signals.next() => match signal {
+                    Signal::Terminate(name) => {
+                        tracing::info!("caught {name}: draining listeners for up to {}s, then exiting", drain_time.as_secs());
+                        break;
+                    }
+                    Signal::ReopenLogs => {
+                        tracing::info!("caught SIGUSR1: reopening access logs");
+                        legate_core::access_log::reopen_all();
+                    }
+                    Signal::Hangup => tracing::warn!("caught SIGHUP: configuration reload is not implemented yet; ignoring"),
+                },
+                changed = shutdown_rx.changed() => {
+                    if changed.is_err() || *shutdown_rx.borrow() {
+                        tracing::info!("shutdown requested through the admin interface");
+                        break;
+                    }
+                }
+            }
+        }
+        lifecycle.begin_drain();
+        server_stats.update(started, &lifecycle);
+        let deadline = Instant::now() + drain_time;
+        while shared.open_connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = shared.open_connections.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::warn!("drain time over with {left} connection(s) still open; closing them");
+        } else {
+            tracing::info!("all connections drained; exiting");
+        }
+    });
+    // Workers end once their connections are gone; after the drain time they are abandoned.
+    for t in threads {
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
+    Ok(())
+}
+
+fn runtime_layers(layers: &[RuntimeLayer]) -> Vec<Layer> {
+    layers
+        .iter()
+        .map(|l| match l {
+            RuntimeLayer::Static { name, values } => Layer {
+                name: name.clone(),
+                values: legate_core::runtime::flatten_struct(values),
+                is_admin: false,
+            },
+            RuntimeLayer::Admin { name } => Layer {
+                name: name.clone(),
+                values: Default::default(),
+                is_admin: true,
+            },
+        })
+        .collect()
+}
+
+/// `server.*` gauges, refreshed every second.
+struct ServerStats {
+    uptime: legate_core::stats::Gauge,
+    live: legate_core::stats::Gauge,
+    state: legate_core::stats::Gauge,
+    memory_allocated: legate_core::stats::Gauge,
+    memory_heap_size: legate_core::stats::Gauge,
+    memory_physical_size: legate_core::stats::Gauge,
+}
+
+impl ServerStats {
+    fn new(store: &Arc<Store>, workers: usize) -> Self {
+        let s = store.scope("server.");
+        let g = |n: &str| s.gauge(n, ImportMode::NeverImport);
+        g("concurrency").set(workers as u64);
+        g("version").set(0);
+        g("hot_restart_epoch").set(0);
+        g("hot_restart_generation").set(1);
+        g("days_until_first_cert_expiring").set(u32::MAX as u64);
+        g("seconds_until_first_ocsp_response_expiring");
+        g("parent_connections");
+        g("stats_recent_lookups");
+        for c in [
+            "debug_assertion_failures",
+            "envoy_bug_failures",
+            "envoy_notifications",
+            "dynamic_unknown_fields",
+            "static_unknown_fields",
+            "wip_protos",
+            "dropped_stat_flushes",
+            "main_thread.watchdog_miss",
+            "main_thread.watchdog_mega_miss",
+            "worker_watchdog_miss",
+            "worker_watchdog_mega_miss",
+        ] {
+            s.counter(c);
+        }
+        s.histogram(
+            "initialization_time_ms",
+            legate_core::stats::Unit::Milliseconds,
+        );
+        ServerStats {
+            uptime: g("uptime"),
+            live: g("live"),
+            state: g("state"),
+            memory_allocated: g("memory_allocated"),
+            memory_heap_size: g("memory_heap_size"),
+            memory_physical_size: g("memory_physical_size"),
+        }
+    }
+
+    fn update(&self, started: Instant, lifecycle: &Lifecycle) {
+        self.uptime.set(started.elapsed().as_secs());
+        let draining = lifecycle.is_draining();
+        // Envoy's server.state: 0 LIVE, 1 DRAINING.
+        self.state.set(u64::from(draining));
+        self.live.set(u64::from(!draining));
+        let rss = resident_bytes();
+        self.memory_allocated.set(rss);
+        self.memory_heap_size.set(rss);
+        self.memory_physical_size.set(rss);
+    }
+}
+
+/// Resident memory from /proc (Linux); 0 elsewhere. Envoy reports tcmalloc's figures here.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Flushes stats to the statsd sinks every `stats_flush_interval`.
+async fn flush_stats(
+    store: Arc<Store>,
+    sinks: Vec<crate::config::StatsdSinkConfig>,
+    interval: Duration,
+) {
+    let socket = if sinks.is_empty() {
+        None
+    } else {
+        match tokio::net::UdpSocket::bind("0.0.0.0:0").await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("statsd sink: cannot open a UDP socket: {e}");
+                None
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        store.flush_interval();
+        let Some(socket) = &socket else { continue };
+        for sink in &sinks {
+            for line in store.statsd_lines(&sink.prefix) {
+                let _ = socket.send_to(line.as_bytes(), sink.address).await;
+            }
+        }
+    }
+}
+
+enum Signal {
+    Terminate(&'static str),
+    ReopenLogs,
+    Hangup,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Terminate("SIGTERM"),
+            _ = self.int.recv() => Signal::Terminate("SIGINT"),
+            _ = self.usr1.recv() => Signal::ReopenLogs,
+            _ = self.hup.recv() => Signal::Hangup,
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! End-to-end tests of the HTTP data path: the real binary between real clients and a real
+//! upstream, for routing, the router's local replies and flags, protocol bridging, header
+//! handling, access logs, stats and the drain on SIGTERM.
+
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::*;
+
+fn route(m: &str, action: &str) -> String {
+    format!("              - match: {m}\n                {action}\n")
+}
+
+#[test]
+fn proxies_to_an_http1_upstream_with_envoys_request_headers() {
+    let upstream = Upstream::start();
+    let config = front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream.addr, ""),
+        "",
+    );
+    let legate = Legate::start(&config);
+    let r = http_get(
+        legate.addr("ingress"),
+        "/hello?x=1",
+        &[("user-agent", "e2e")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("server"), Some("envoy"));
+    assert!(r.header("x-envoy-upstream-service-time").is_some());
+    let seen = upstream.last();
+    assert_eq!(seen.path, "/hello?x=1");
+    assert_eq!(seen.header("host"), Some("example.com"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-envoy-expected-rq-timeout-ms"), Some("15000"));
+    assert_eq!(seen.header("user-agent"), Some("e2e"));
+    assert_eq!(seen.header("x-request-id").map(str::len), Some(36));
+    assert_eq!(
+        seen.header("connection"),
+        None,
+        "hop-by-hop headers are not forwarded"
+    );
+    assert_eq!(legate.stat("cluster.backend.upstream_rq_200"), Some(1));
+    assert_eq!(legate.stat("http.ingress_http.downstream_rq_2xx"), Some(1));
+    assert_eq!(legate.stat("cluster.backend.upstream_cx_total"), Some(1));
+}
+
+#[test]
+fn bridges_http1_and_http2_in_all_four_combinations() {
+    let upstream = Upstream::start();
+    let clusters = format!(
+        "{}{}\n",
+        cluster("h1", upstream.addr, ""),
+        cluster("h2", upstream.addr, H2_UPSTREAM)
+    );
+    let routes = route("{prefix: \"/one\"}", "route: {cluster: h1}")
+        + &route("{prefix: \"/two\"}", "route: {cluster: h2}");
+    let legate = Legate::start(&front_proxy(&routes, &clusters, ""));
+    let addr = legate.addr("ingress");
+    for (client, name) in [(Client::h1(), "h1"), (Client::h2c(), "h2c")] {
+        for (path, upstream_version) in [("/one", "HTTP/1.1"), ("/two", "HTTP/2.0")] {
+            let body = bytes::Bytes::from(vec![b'a'; 100_000]);
+            let r = client.request(addr, "POST", path, &[], body);
+            assert_eq!(r.status, 200, "{name} -> {path}");
+            let seen = upstream.last();
+            assert_eq!(seen.version, upstream_version, "{name} -> {path}");
+            assert_eq!(seen.body_len, 100_000, "{name} -> {path}");
+            assert_eq!(seen.method, "POST");
+        }
+    }
+    assert_eq!(
+        legate.stat("http.ingress_http.downstream_cx_http2_total"),
+        Some(2)
+    );
+}
+
+#[test]
+fn local_replies_carry_envoys_status_body_and_flags() {
+    let upstream = Upstream::start();
+    // A port nothing listens on: bind one, then free it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let clusters = format!(
+        "{}{}",
+        cluster("backend", upstream.addr, ""),
+        cluster("dead", dead, "")
+    );
+    let routes = route("{prefix: \"/dead\"}", "route: {cluster: dead}")
+        + &route(
+            "{prefix: \"/slow/\"}",
+            "route: {cluster: backend, timeout: 0.2s, prefix_rewrite: \"/\"}",
+        )
+        + &route(
+            "{prefix: \"/direct\"}",
+            "direct_response: {status: 418, body: {inline_string: teapot}}",
+        )
+        + &route(
+            "{prefix: \"/moved\"}",
+            "redirect: {host_redirect: new.example.com, response_code: FOUND}",
+        )
+        + &route("{path: \"/ok\"}", "route: {cluster: backend}");
+    let hcm = r#"          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: "{dir}/access.log"
+              log_format:
+                text_format_source:
+                  inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)% %UPSTREAM_CLUSTER%\n""#;
+    let legate = Legate::start(&front_proxy(&routes, &clusters, hcm));
+    let addr = legate.addr("ingress");
+
+    let r = http_get(addr, "/nowhere", &[("host", "other")]);
+    // No route in the only virtual host: the catch-all domain matched, but no route did.
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body, "");
+
+    let r = http_get(addr, "/dead", &[]);
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body.starts_with("upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+
+    let r = http_get(addr, "/slow/delay/2000", &[]);
+    assert_eq!(r.status, 504);
+    assert_eq!(r.body, "upstream request timeout");
+
+    let r = http_get(addr, "/direct", &[]);
+    assert_eq!((r.status, r.body.as_str()), (418, "teapot"));
+
+    let r = http_get(addr, "/moved/x?y=1", &[]);
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some("http://new.example.com/moved/x?y=1")
+    );
+
+    assert_eq!(legate.stat("http.ingress_http.no_route"), Some(1));
+    assert_eq!(legate.stat("http.ingress_http.rq_direct_response"), Some(1));
+    assert_eq!(legate.stat("http.ingress_http.rq_redirect"), Some(1));
+    assert_eq!(
+        legate.stat("cluster.dead.upstream_cx_connect_fail"),
+        Some(1)
+    );
+    assert_eq!(legate.stat("cluster.backend.upstream_rq_timeout"), Some(1));
+
+    // Access-log lines are written within a second (Envoy's flush interval).
+    let log_path = legate.dir.join("access.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut log = String::new();
+    while std::time::Instant::now() < deadline {
+        log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.lines().count() >= 5 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.contains(&"404 NR /nowhere -"), "{log}");
+    assert!(lines.contains(&"503 UF /dead dead"), "{log}");
+    // As in Envoy, `%REQ(:PATH)%` is the path sent upstream (after `prefix_rewrite`).
+    assert!(lines.contains(&"504 UT /delay/2000 backend"), "{log}");
+    assert!(lines.contains(&"418 - /direct -"), "{log}");
+}
+
+#[test]
+fn route_rewrites_and_header_mutations_reach_the_upstream() {
+    let upstream = Upstream::start();
+    let routes = r#"              - match: {prefix: "/api/"}
+                route: {cluster: backend, prefix_rewrite: "/v2/", host_rewrite_literal: internal.example}
+                request_headers_to_add:
+                - header: {key: x-route, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}
+                response_headers_to_add:
+                - header: {key: x-served-by, value: legate}
+                response_headers_to_remove: [x-upstream]
+"#;
+    let legate = Legate::start(&front_proxy(
+        routes,
+        &cluster("backend", upstream.addr, ""),
+        "",
+    ));
+    let r = http_get(legate.addr("ingress"), "/api/items?q=1", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-served-by"), Some("legate"));
+    assert_eq!(r.header("x-upstream"), None);
+    let seen = upstream.last();
+    assert_eq!(seen.path, "/v2/items?q=1");
+    assert_eq!(seen.header("x-envoy-original-path"), Some("/api/items?q=1"));
+    assert_eq!(seen.header("host"), Some("internal.example"));
+    assert_eq!(seen.header("x-route"), Some("127.0.0.1"));
+}
+
+#[test]
+fn websocket_upgrades_tunnel_bytes_both_ways() {
+    use std::io::{Read, Write};
+    let upstream = Upstream::start();
+    let hcm = "          upgrade_configs:\n          - upgrade_type: websocket\n";
+    let legate = Legate::start(&front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream.addr, ""),
+        hcm,
+    ));
+    let mut s = std::net::TcpStream::connect(legate.addr("ingress")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"ping through the tunnel").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 23 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(&got, b"ping through the tunnel");
+}
+
+#[test]
+fn upgrades_not_configured_are_refused_with_403() {
+    let upstream = Upstream::start();
+    let legate = Legate::start(&front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream.addr, ""),
+        "",
+    ));
+    let r = http_get(
+        legate.addr("ingress"),
+        "/ws",
+        &[("connection", "upgrade"), ("upgrade", "websocket")],
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(upstream.count(), 0);
+}
+
+#[test]
+fn streams_a_large_body_without_buffering_it() {
+    let upstream = Upstream::start();
+    let legate = Legate::start(&front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend, timeout: 0s}"),
+        &cluster("backend", upstream.addr, ""),
+        "",
+    ));
+    // 256 MiB through the proxy; its resident memory must stay far below that.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(legate.addr("ingress")).unwrap();
+    s.write_all(b"GET /bytes/268435456 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0usize;
+    let mut peak_rss = 0u64;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+        if total % (32 << 20) < n {
+            peak_rss = peak_rss.max(rss_kb(legate.pid()));
+        }
+    }
+    assert!(total > 268_435_456, "read {total} bytes");
+    assert!(
+        peak_rss < 100 * 1024,
+        "legate's RSS reached {peak_rss} kB while streaming"
+    );
+}
+
+fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let upstream = Upstream::start();
+    let mut legate = Legate::start_with(
+        &front_proxy(
+            &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+            &cluster("backend", upstream.addr, ""),
+            "",
+        ),
+        &["--drain-time-s", "10"],
+    );
+    let addr = legate.addr("ingress");
+    let clients: Vec<_> = (0..50)
+        .map(|_| std::thread::spawn(move || http_get(addr, "/delay/700", &[]).status))
+        .collect();
+    std::thread::sleep(Duration::from_millis(250));
+    legate.signal(SIGTERM);
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(
+        legate.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        legate.output()
+    );
+}
+
+#[test]
+fn hostile_http1_input_gets_a_clean_error_and_the_proxy_keeps_serving() {
+    let upstream = Upstream::start();
+    let legate = Legate::start(&front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream.addr, ""),
+        "",
+    ));
+    let addr = legate.addr("ingress");
+    // Content-Length with Transfer-Encoding: Envoy refuses it (400); Legate's codec follows
+    // RFC 9112 §6.3 instead: the chunked framing alone counts (no smuggled bytes reach the
+    // upstream) and the connection is closed after the response.
+    let raw = raw_exchange(
+        addr,
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let r = parse_response(&raw).expect("a response");
+    assert!(r.status == 400 || r.header("connection") == Some("close"), "{r:?}");
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one response only: {text}");
+    let smuggled = upstream.requests.lock().unwrap().iter().any(|e| e.path == "/smuggled" || e.body_len > 0);
+    assert!(!smuggled, "a smuggled request reached the upstream");
+    let before = upstream.count();
+    let smuggling: &[&[u8]] = &[
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: x\r\nx-folded: a\r\n b\r\n\r\n",
+        b"G\x01T / HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"GET /\x7f HTTP/1.1\r\nhost: x\r\n\r\n",
+    ];
+    for bytes in smuggling {
+        let raw = raw_exchange(addr, bytes, Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&raw);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 400"),
+            "{:?} -> {text:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    // 100 KB of headers: 431.
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let raw = raw_exchange(addr, big.as_bytes(), Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.1 431") || text.is_empty(),
+        "{text:?}"
+    );
+    // 10,000 headers: refused.
+    let mut many = String::from("GET / HTTP/1.1\r\nhost: x\r\n");
+    for i in 0..10_000 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let raw = raw_exchange(addr, many.as_bytes(), Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.1 431") || text.is_empty(),
+        "{text:?}"
+    );
+    assert_eq!(upstream.count(), before, "nothing else hostile reached the upstream");
+    // Still serving.
+    assert_eq!(http_get(addr, "/", &[]).status, 200);
+}
