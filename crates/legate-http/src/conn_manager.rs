@@ -287,6 +287,9 @@ impl HttpConnectionManager {
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let received = Arc::new(RequestBodyState::default());
+        received
+            .complete
+            .store(body.is_end_stream(), Ordering::Relaxed);
         let request_body = body::boxed(CountingBody {
             inner: body,
             count: received.clone(),
@@ -295,7 +298,7 @@ impl HttpConnectionManager {
         let outcome = match self.prepare(&mut parts, &mut info, conn) {
             Err(reply) => Outcome::Local(reply),
             Ok(()) => {
-                self.route(
+                let routed = self.route(
                     parts,
                     request_body,
                     &received,
@@ -303,8 +306,27 @@ impl HttpConnectionManager {
                     conn,
                     upgrade,
                     downstream_upgrade,
-                )
-                .await
+                );
+                match self.config.request_timeout {
+                    None => routed.await,
+                    Some(timeout) => {
+                        // `request_timeout`: the whole request must arrive in time; the timer
+                        // is disarmed by the request's end or by the response's start.
+                        let expired = async {
+                            tokio::time::sleep(timeout).await;
+                            if received.complete.load(Ordering::Relaxed) {
+                                std::future::pending::<()>().await;
+                            }
+                        };
+                        tokio::select! {
+                            outcome = routed => outcome,
+                            _ = expired => {
+                                stats.downstream_rq_timeout.inc();
+                                Outcome::Local(LocalReply::new(408, "request timeout", "request_overall_timeout", 0))
+                            }
+                        }
+                    }
+                }
             }
         };
         let mut response = match outcome {
@@ -315,7 +337,9 @@ impl HttpConnectionManager {
             }
             Outcome::Response(r) => r,
         };
-        let protocol_error = info.response_flags.has(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+        let protocol_error = info
+            .response_flags
+            .has(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
         self.finish_response_headers(&mut response, &info, last_request || protocol_error);
         if last_request {
             stats.downstream_cx_max_requests_reached.inc();
@@ -355,7 +379,12 @@ impl HttpConnectionManager {
         {
             // Request smuggling: Envoy refuses both framings at once unless
             // `allow_chunked_length` (not supported by Legate yet).
-            return Err(LocalReply::new(400, "", "http1.content_length_and_chunked_not_allowed", ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR));
+            return Err(LocalReply::new(
+                400,
+                "",
+                "http1.content_length_and_chunked_not_allowed",
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            ));
         }
         if parts.version == Version::HTTP_10 {
             // Envoy refuses HTTP/1.0 unless `accept_http_10` (not supported by Legate yet).
@@ -777,6 +806,8 @@ pub(crate) struct RequestBodyState {
     /// The client sent a malformed body (a bad chunk size, a short body): a downstream
     /// protocol error, not an upstream failure.
     pub malformed: std::sync::atomic::AtomicBool,
+    /// The whole body has been read.
+    pub complete: std::sync::atomic::AtomicBool,
 }
 
 /// A request body that counts the bytes it passes.
@@ -797,11 +828,17 @@ impl http_body::Body for CountingBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.count.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.count
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }
             Poll::Ready(Some(Err(_))) => self.count.malformed.store(true, Ordering::Relaxed),
-            _ => {}
+            Poll::Ready(None) => self.count.complete.store(true, Ordering::Relaxed),
+            Poll::Pending => {}
+        }
+        if self.inner.is_end_stream() {
+            self.count.complete.store(true, Ordering::Relaxed);
         }
         polled
     }

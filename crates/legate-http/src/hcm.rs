@@ -14,6 +14,9 @@ use legate_api::pb::envoy::extensions::filters::network::http_connection_manager
 use legate_core::proto::{bool_or, duration, u32_or};
 use legate_core::{Compiled, Errors};
 
+use legate_api::pb::envoy::extensions::filters::http::router::v3::Router;
+use prost::Message;
+
 use crate::filters::{self, HttpFilterKind};
 use crate::route::RouteTable;
 
@@ -32,6 +35,9 @@ pub struct HcmConfig {
     pub codec: CodecType,
     pub route_table: Arc<RouteTable>,
     pub http_filters: Vec<HttpFilterKind>,
+    /// The router's `suppress_envoy_headers`: no `x-envoy-upstream-service-time` on
+    /// responses, no `x-envoy-expected-rq-timeout-ms` on upstream requests.
+    pub suppress_envoy_headers: bool,
     pub server_name: String,
     pub server_header_transformation: hcm::ServerHeaderTransformation,
     pub use_remote_address: bool,
@@ -91,6 +97,7 @@ impl HcmConfig {
             }
         };
         let mut http_filters = Vec::with_capacity(h.http_filters.len());
+        let mut suppress_envoy_headers = false;
         let last = h.http_filters.len().saturating_sub(1);
         for (i, f) in h.http_filters.iter().enumerate() {
             let path = format!("http_filters[{i}]");
@@ -112,6 +119,17 @@ impl HcmConfig {
             match filters::lookup(&f.name, typed_config) {
                 Err(e) => errors.push(&path, e),
                 Ok((kind, terminal)) => {
+                    if kind == HttpFilterKind::Router
+                        && let Some(any) = typed_config
+                    {
+                        match Router::decode(any.value.as_slice()) {
+                            Ok(r) => suppress_envoy_headers = r.suppress_envoy_headers,
+                            Err(e) => errors.push(
+                                &format!("{path}.typed_config"),
+                                format!("unable to decode Router: {e}"),
+                            ),
+                        }
+                    }
                     if terminal && i != last {
                         errors.push(&path, format!(
                             "Error: terminal filter named {} of type {} must be the last filter in a http filter chain.",
@@ -161,6 +179,7 @@ impl HcmConfig {
             codec,
             route_table: Arc::new(route_table),
             http_filters,
+            suppress_envoy_headers,
             server_name: if h.server_name.is_empty() {
                 "envoy".into()
             } else {

@@ -137,11 +137,19 @@ fn reset_reply(e: &UpstreamError) -> LocalReply {
 /// The route timeout: `x-envoy-upstream-rq-timeout-ms` when given (and then removed), else the
 /// route's; zero disables it.
 fn route_timeout(forward: &Forward, headers: &mut HeaderMap) -> Option<Duration> {
-    let mut timeout = forward.timeout;
-    if let Some(v) = headers.remove("x-envoy-upstream-rq-timeout-ms")
-        && let Some(ms) = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok())
+    let millis = |v: Option<HeaderValue>| {
+        v.and_then(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
+            .map(Duration::from_millis)
+    };
+    let mut timeout =
+        millis(headers.remove("x-envoy-upstream-rq-timeout-ms")).unwrap_or(forward.timeout);
+    // Legate makes one attempt (retries are not implemented yet), so a per-try timeout bounds
+    // the request when it is the shorter.
+    if let Some(per_try) = millis(headers.remove("x-envoy-upstream-rq-per-try-timeout-ms"))
+        && !per_try.is_zero()
+        && (timeout.is_zero() || per_try < timeout)
     {
-        timeout = Duration::from_millis(ms);
+        timeout = per_try;
     }
     (!timeout.is_zero()).then_some(timeout)
 }
@@ -213,7 +221,7 @@ pub(crate) async fn forward(
         info.request.authority.clone_from(&authority);
     }
     strip_hop_by_hop(&mut parts.headers, f.upgrade.is_some());
-    if let Some((timeout, _)) = deadline {
+    if let Some((timeout, _)) = deadline.filter(|_| !hcm.config.suppress_envoy_headers) {
         parts.headers.insert(
             "x-envoy-expected-rq-timeout-ms",
             HeaderValue::from(timeout.as_millis() as u64),
@@ -289,12 +297,22 @@ pub(crate) async fn forward(
     };
     let mut response = match result {
         Ok(r) => r,
-        Err(_) if f.body_state.malformed.load(std::sync::atomic::Ordering::Relaxed) => {
+        Err(_)
+            if f.body_state
+                .malformed
+                .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
             // The upstream request failed because the client's body was malformed: Envoy's
             // codec answers such a request with 400 and closes the connection.
             cstats.upstream_rq_active.dec();
             cstats.upstream_rq_tx_reset.inc();
-            return LocalReply::new(400, "Bad Request", "codec_error", ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR).into();
+            return LocalReply::new(
+                400,
+                "Bad Request",
+                "codec_error",
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            )
+            .into();
         }
         Err(e) => {
             cstats.upstream_rq_active.dec();

@@ -331,10 +331,22 @@ fn hostile_http1_input_gets_a_clean_error_and_the_proxy_keeps_serving() {
         Duration::from_secs(5),
     );
     let r = parse_response(&raw).expect("a response");
-    assert!(r.status == 400 || r.header("connection") == Some("close"), "{r:?}");
+    assert!(
+        r.status == 400 || r.header("connection") == Some("close"),
+        "{r:?}"
+    );
     let text = String::from_utf8_lossy(&raw);
-    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one response only: {text}");
-    let smuggled = upstream.requests.lock().unwrap().iter().any(|e| e.path == "/smuggled" || e.body_len > 0);
+    assert_eq!(
+        text.matches("HTTP/1.1 ").count(),
+        1,
+        "one response only: {text}"
+    );
+    let smuggled = upstream
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.path == "/smuggled" || e.body_len > 0);
     assert!(!smuggled, "a smuggled request reached the upstream");
     let before = upstream.count();
     let smuggling: &[&[u8]] = &[
@@ -376,7 +388,79 @@ fn hostile_http1_input_gets_a_clean_error_and_the_proxy_keeps_serving() {
         text.starts_with("HTTP/1.1 431") || text.is_empty(),
         "{text:?}"
     );
-    assert_eq!(upstream.count(), before, "nothing else hostile reached the upstream");
+    assert_eq!(
+        upstream.count(),
+        before,
+        "nothing else hostile reached the upstream"
+    );
     // Still serving.
     assert_eq!(http_get(addr, "/", &[]).status, 200);
+}
+
+#[test]
+fn sigterm_with_a_thousand_requests_in_flight_loses_none() {
+    let upstream = Upstream::start();
+    let mut legate = Legate::start_with(
+        &front_proxy(
+            &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+            &cluster("backend", upstream.addr, H2_UPSTREAM),
+            "",
+        ),
+        &["--drain-time-s", "20"],
+    );
+    let addr = legate.addr("ingress");
+    let pid = legate.pid();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // 20 h2c connections x 50 streams = 1,000 requests in flight when SIGTERM arrives.
+    let statuses = runtime.block_on(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            for _ in 0..50 {
+                let mut sender = sender.clone();
+                tasks.push(tokio::spawn(async move {
+                    let req = http::Request::get("http://example.com/delay/1000")
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    match sender.send_request(req).await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            use http_body_util::BodyExt;
+                            match r.into_body().collect().await {
+                                Ok(_) => status,
+                                Err(_) => 0,
+                            }
+                        }
+                        Err(_) => 0,
+                    }
+                }));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        send_signal(pid, SIGTERM);
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap_or(0));
+        }
+        statuses
+    });
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(ok, 1000, "{} of 1000 requests failed", 1000 - ok);
+    assert_eq!(
+        legate.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        legate.output()
+    );
 }

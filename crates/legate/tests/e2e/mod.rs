@@ -306,9 +306,7 @@ impl Legate {
     }
 
     pub fn signal(&self, signal: i32) {
-        unsafe {
-            libc_kill(self.pid(), signal);
-        }
+        send_signal(self.pid(), signal);
     }
 
     /// Waits for the process to exit; returns its exit code.
@@ -340,6 +338,14 @@ impl Legate {
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Sends `signal` to a process this test started.
+pub fn send_signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc_kill(pid, signal);
+    }
 }
 
 pub const SIGTERM: i32 = 15;
