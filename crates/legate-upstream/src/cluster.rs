@@ -88,6 +88,8 @@ pub struct ClusterConfig {
     /// Upstream connection idle timeout; Envoy's default is one hour.
     pub idle_timeout: Option<Duration>,
     pub max_headers_count: u32,
+    /// HTTP/2 settings for upstream connections (windows, HPACK table size).
+    pub http2: legate_api::pb::envoy::config::core::v3::Http2ProtocolOptions,
 }
 
 impl ClusterConfig {
@@ -138,6 +140,7 @@ impl ClusterConfig {
         let (default_limits, high_limits) = circuit_breakers(c);
 
         // Upstream HTTP options: the typed extension wins over the deprecated cluster fields.
+        let mut http2 = c.http2_protocol_options.clone().unwrap_or_default();
         let mut protocol = if c.http2_protocol_options.is_some() {
             UpstreamProtocol::Http2
         } else {
@@ -160,8 +163,11 @@ impl ClusterConfig {
             };
             protocol = match &options.upstream_protocol_options {
                 Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
-                    match e.protocol_config {
-                        Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                    match &e.protocol_config {
+                        Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(o)) => {
+                            http2 = o.clone();
+                            UpstreamProtocol::Http2
+                        }
                         _ => UpstreamProtocol::Http1,
                     }
                 }
@@ -199,6 +205,7 @@ impl ClusterConfig {
             max_requests_per_connection: max_requests.filter(|&n| n > 0),
             idle_timeout,
             max_headers_count: u32_or(common.max_headers_count.as_ref(), 100),
+            http2,
         })
     }
 

@@ -454,8 +454,14 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "runtime_filter",
                 "and_filter",
                 "or_filter",
+                "header_filter",
+                "response_flag_filter",
+                "traceable_filter",
             ],
         ),
+        ("envoy.config.accesslog.v3", "HeaderFilter", &["header"]),
+        ("envoy.config.accesslog.v3", "ResponseFlagFilter", &["flags"]),
+        ("envoy.config.accesslog.v3", "TraceableFilter", &[]),
         (
             "envoy.config.accesslog.v3",
             "StatusCodeFilter",
@@ -486,7 +492,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
         (
             "envoy.extensions.access_loggers.file.v3",
             "FileAccessLog",
-            &["path", "log_format"],
+            &["path", "log_format", "format", "json_format", "typed_json_format"],
         ),
         (
             "envoy.extensions.access_loggers.stream.v3",
@@ -579,8 +585,22 @@ pub fn markdown() -> String {
         };
         out.push_str(&format!("| `{message}` | {fields} |\n"));
     }
+    out.push_str(NOTES);
     out
 }
+
+/// Where a field is accepted but Legate's behaviour is not Envoy's to the letter.
+const NOTES: &str = "
+## Accepted with a difference
+
+| field | what Legate does |
+|---|---|
+| `Http2ProtocolOptions.max_outbound_frames`, `max_outbound_control_frames`, `max_consecutive_inbound_frames_with_empty_payload`, `max_inbound_priority_frames_per_stream`, `max_inbound_window_update_frames_per_data_frame_sent` | Validated, not applied: Legate's HTTP/2 codec (h2) enforces its own flood limits (reset-stream, CONTINUATION, SETTINGS and PING floods end in GOAWAY). |
+| `Http2ProtocolOptions.hpack_table_size` | Applied to upstream connections; downstream connections use the 4 KiB default. |
+| `Listener.per_connection_buffer_limit_bytes`, `Cluster.per_connection_buffer_limit_bytes` | Validated, not applied as a byte count: bodies stream frame by frame with back-pressure, so a connection never buffers more than a frame or two. |
+| `HttpConnectionManager.drain_timeout`, `delayed_close_timeout` | Validated; connections drain with GOAWAY (HTTP/2) or `connection: close` (HTTP/1.1) without these extra delays. |
+| Content-Length together with Transfer-Encoding | Envoy answers 400; Legate follows RFC 9112 §6.3 (the chunked framing alone counts, the connection closes after the response). |
+";
 
 #[cfg(test)]
 mod tests {

@@ -251,10 +251,10 @@ fn streams_a_large_body_without_buffering_it() {
         &cluster("backend", upstream.addr, ""),
         "",
     ));
-    // 256 MiB through the proxy; its resident memory must stay far below that.
+    // 1 GiB through the proxy; its resident memory must stay far below that.
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(legate.addr("ingress")).unwrap();
-    s.write_all(b"GET /bytes/268435456 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    s.write_all(b"GET /bytes/1073741824 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .unwrap();
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0usize;
@@ -265,11 +265,11 @@ fn streams_a_large_body_without_buffering_it() {
             break;
         }
         total += n;
-        if total % (32 << 20) < n {
+        if total % (64 << 20) < n {
             peak_rss = peak_rss.max(rss_kb(legate.pid()));
         }
     }
-    assert!(total > 268_435_456, "read {total} bytes");
+    assert!(total > 1_073_741_824, "read {total} bytes");
     assert!(
         peak_rss < 100 * 1024,
         "legate's RSS reached {peak_rss} kB while streaming"
