@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use arc_swap::ArcSwap;
+
 /// The merged values of all layers at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -118,25 +120,25 @@ pub fn flatten_struct(
 #[derive(Debug, Default)]
 pub struct Runtime {
     layers: RwLock<Vec<Layer>>,
-    snapshot: RwLock<Arc<Snapshot>>,
+    /// Read on every request by every worker: an atomic pointer, not a lock, so that readers
+    /// never write to a shared cache line.
+    snapshot: ArcSwap<Snapshot>,
 }
 
 impl Runtime {
     pub fn new(layers: Vec<Layer>) -> Self {
         let runtime = Runtime {
             layers: RwLock::new(layers),
-            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
         };
         runtime.rebuild();
         runtime
     }
 
-    /// The current merged values. Cheap: one `Arc` clone under an uncontended read lock.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        match self.snapshot.read() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+    /// The current merged values. A guard, not an `Arc` clone: workers reading it on every
+    /// request touch no shared reference count.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
     }
 
     pub fn layers(&self) -> Vec<Layer> {
@@ -181,11 +183,7 @@ impl Runtime {
             }
             values
         };
-        let snapshot = Arc::new(Snapshot::from_values(merged));
-        match self.snapshot.write() {
-            Ok(mut s) => *s = snapshot,
-            Err(poisoned) => *poisoned.into_inner() = snapshot,
-        }
+        self.snapshot.store(Arc::new(Snapshot::from_values(merged)));
     }
 }
 

@@ -561,7 +561,6 @@ impl HttpConnectionManager {
         upgrade: Option<String>,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Outcome {
-        let runtime = self.context.runtime.snapshot();
         let request = RouteRequest::new(
             parts.method.as_str(),
             &info.request.path,
@@ -569,11 +568,15 @@ impl HttpConnectionManager {
             "http",
             &parts.headers,
         );
-        let Some(selected) = self
-            .config
-            .route_table
-            .route(&request, &runtime, fastrand::u64(..))
-        else {
+        // The runtime snapshot is a short-lived guard: taken for matching, dropped before any
+        // await.
+        let selected = {
+            let runtime = self.context.runtime.snapshot();
+            self.config
+                .route_table
+                .route(&request, &runtime, fastrand::u64(..))
+        };
+        let Some(selected) = selected else {
             self.stats.no_route.inc();
             return Outcome::Local(LocalReply::new(
                 404,

@@ -17,7 +17,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::route::HeaderMutations;
+use crate::route::{HeaderAdd, HeaderMutations};
 use crate::route_match::{Selected, SelectedAction};
 
 /// `header_value_option.HeaderAppendAction`.
@@ -27,7 +27,7 @@ use legate_api::pb::envoy::config::core::v3::header_value_option::HeaderAppendAc
 pub fn apply(
     mutations: &HeaderMutations,
     headers: &mut HeaderMap,
-    expand: &dyn Fn(&str) -> String,
+    expand: &dyn Fn(&HeaderAdd) -> String,
 ) {
     for name in &mutations.remove {
         headers.remove(name);
@@ -40,7 +40,7 @@ pub fn apply(
     for add in &mutations.add {
         let value = match &add.literal {
             Some(v) => v.clone(),
-            None => match HeaderValue::from_str(&expand(&add.value)) {
+            None => match HeaderValue::from_str(&expand(add)) {
                 Ok(v) => v,
                 // A formatted value that cannot be a header value (a control character from a
                 // request field) is dropped rather than sent malformed.
@@ -96,7 +96,7 @@ impl<'a> Selected<'a> {
     pub fn apply_request_mutations(
         &self,
         headers: &mut HeaderMap,
-        expand: &dyn Fn(&str) -> String,
+        expand: &dyn Fn(&HeaderAdd) -> String,
     ) {
         for level in self.request_mutations() {
             apply(level, headers, expand);
@@ -107,7 +107,7 @@ impl<'a> Selected<'a> {
     pub fn apply_response_mutations(
         &self,
         headers: &mut HeaderMap,
-        expand: &dyn Fn(&str) -> String,
+        expand: &dyn Fn(&HeaderAdd) -> String,
     ) {
         for level in self.response_mutations() {
             apply(level, headers, expand);
@@ -219,7 +219,8 @@ virtual_hosts:
         let req = RouteRequest::new("GET", path, "fw", "http", &original);
         let selected = t.route(&req, &Snapshot::default(), 0).unwrap();
         let calls = Cell::new(0);
-        let expand = |v: &str| {
+        let expand = |add: &HeaderAdd| {
+            let v = add.value.as_str();
             calls.set(calls.get() + 1);
             assert!(v.contains('%'), "literal values are not expanded: {v}");
             match v {
@@ -299,7 +300,7 @@ virtual_hosts:
             let req = RouteRequest::new("GET", "/w", "fw", "http", &headers);
             let selected = t.route(&req, &Snapshot::default(), 0).unwrap();
             let mut resp = HeaderMap::new();
-            selected.apply_response_mutations(&mut resp, &|v| v.to_owned());
+            selected.apply_response_mutations(&mut resp, &|add: &HeaderAdd| add.value.clone());
             // The route has no response mutations, so the most specific level is the vhost.
             assert_eq!(values(&resp, "x-resp"), [want]);
             assert_eq!(selected.response_mutations().count(), 3);

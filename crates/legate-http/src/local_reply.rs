@@ -187,7 +187,13 @@ impl LocalReplyRules {
             headers = m
                 .headers
                 .iter()
-                .map(|(n, v, append)| (n.clone(), crate::substitution::expand(v, &view), *append))
+                .map(|(n, v, append)| {
+                    (
+                        n.clone(),
+                        crate::substitution::expand_text(v, &view),
+                        *append,
+                    )
+                })
                 .collect();
         }
         let content_type = match format {

@@ -252,6 +252,8 @@ pub struct HeaderAdd {
     pub value: String,
     /// The value ready to insert when it has no `%` (nothing to expand).
     pub literal: Option<HeaderValue>,
+    /// The value's `%VARIABLE%`s, compiled once (when it has any).
+    pub formatter: Option<legate_core::format::Formatter>,
     pub action: HeaderAppendAction,
     pub keep_empty_value: bool,
 }
@@ -941,7 +943,15 @@ fn header_mutations(
             continue;
         };
         // A value with no `%` has nothing to expand: build the header value once, here.
+        let mut formatter = None;
         let literal = if value.contains('%') {
+            match legate_core::format::Formatter::parse(&value) {
+                Ok(f) => formatter = Some(f),
+                Err(e) => {
+                    errors.push(&format!("{path}.header.value"), e);
+                    continue;
+                }
+            }
             None
         } else {
             match HeaderValue::from_str(&value) {
@@ -958,6 +968,7 @@ fn header_mutations(
         out.add.push(HeaderAdd {
             name,
             literal,
+            formatter,
             value,
             action,
             keep_empty_value: h.keep_empty_value,

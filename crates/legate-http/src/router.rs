@@ -452,7 +452,7 @@ pub(crate) fn apply_request_mutations(
     headers: &mut HeaderMap,
     info: &StreamInfo,
 ) {
-    selected.apply_request_mutations(headers, &|value| crate::substitution::expand(value, info));
+    selected.apply_request_mutations(headers, &|add| crate::substitution::expand(add, info));
 }
 
 pub(crate) fn apply_response_mutations(
@@ -460,7 +460,7 @@ pub(crate) fn apply_response_mutations(
     headers: &mut HeaderMap,
     info: &StreamInfo,
 ) {
-    selected.apply_response_mutations(headers, &|value| crate::substitution::expand(value, info));
+    selected.apply_response_mutations(headers, &|add| crate::substitution::expand(add, info));
 }
 
 /// The upstream response body on its way downstream: holds the request's host and breaker
