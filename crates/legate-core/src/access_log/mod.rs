@@ -47,9 +47,28 @@ pub struct AccessLogger {
 }
 
 impl AccessLogger {
-    /// Compiles one `AccessLog`; errors carry the field path relative to it
-    /// (`typed_config.path`, `filter.status_code_filter.comparison`, ...).
+    /// Compiles one `AccessLog` and opens its destination; errors carry the field path
+    /// relative to it (`typed_config.path`, `filter.status_code_filter.comparison`, ...).
     pub fn compile(proto: &AccessLog) -> Compiled<AccessLogger> {
+        let (filter, format, destination) = Self::check(proto)?;
+        let is_file = matches!(&proto.config_type, Some(access_log::ConfigType::TypedConfig(any)) if any.type_url.ends_with(FILE_ACCESS_LOG));
+        let sink = AccessLogFiles::open(destination).map_err(|e| {
+            let path = if is_file {
+                "typed_config.path"
+            } else {
+                "typed_config"
+            };
+            vec![ConfigError::new(path, e)]
+        })?;
+        Ok(AccessLogger {
+            filter,
+            format,
+            sink,
+        })
+    }
+
+    /// Compiles one `AccessLog` without opening anything: what `--mode validate` checks.
+    pub fn check(proto: &AccessLog) -> Compiled<(Option<Filter>, SubstitutionFormat, Destination)> {
         let AccessLog {
             name,
             filter,
@@ -74,22 +93,7 @@ impl AccessLogger {
         };
         let output = errors.take("typed_config", output(any));
         match (output, errors.0.is_empty()) {
-            (Some((format, destination)), true) => {
-                // Opened last, so that a logger with another error does not start a writer.
-                let sink = AccessLogFiles::open(destination).map_err(|e| {
-                    let path = if any.type_url.ends_with(FILE_ACCESS_LOG) {
-                        "typed_config.path"
-                    } else {
-                        "typed_config"
-                    };
-                    vec![ConfigError::new(path, e)]
-                })?;
-                Ok(AccessLogger {
-                    filter,
-                    format,
-                    sink,
-                })
-            }
+            (Some((format, destination)), true) => Ok((filter, format, destination)),
             _ => Err(errors.0),
         }
     }
