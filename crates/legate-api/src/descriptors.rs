@@ -31,6 +31,11 @@ pub const POOL_ROOTS: &[&str] = &[
     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "envoy.extensions.filters.network.echo.v3.Echo",
+    "envoy.extensions.filters.network.direct_response.v3.Config",
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
 ];
 
 fn envoy_descriptors() -> FileDescriptorSet {

@@ -15,6 +15,8 @@ pub enum Protocol {
     #[default]
     Http11,
     Http2,
+    /// No HTTP: a connection proxied at L4 (tcp_proxy); `%PROTOCOL%` prints `-`.
+    Tcp,
 }
 
 impl Protocol {
@@ -24,6 +26,7 @@ impl Protocol {
             Protocol::Http10 => "HTTP/1.0",
             Protocol::Http11 => "HTTP/1.1",
             Protocol::Http2 => "HTTP/2",
+            Protocol::Tcp => "-",
         }
     }
 }
@@ -186,6 +189,8 @@ pub struct StreamInfo {
     pub attempt_count: u32,
     /// The body of the local reply being sent, if any (`%LOCAL_REPLY_BODY%`).
     pub local_reply_body: Option<String>,
+    /// The SNI of the downstream connection (`%REQUESTED_SERVER_NAME%`).
+    pub requested_server_name: Option<Arc<str>>,
 }
 
 impl StreamInfo {
@@ -224,6 +229,7 @@ impl StreamInfo {
             health_check: false,
             attempt_count: 0,
             local_reply_body: None,
+            requested_server_name: None,
         }
     }
 

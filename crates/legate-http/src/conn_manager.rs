@@ -387,8 +387,14 @@ impl HttpConnectionManager {
             ));
         }
         if parts.version == Version::HTTP_10 {
-            // Envoy refuses HTTP/1.0 unless `accept_http_10` (not supported by Legate yet).
-            return Err(LocalReply::new(426, "", "low_version", 0));
+            // Envoy refuses HTTP/1.0 unless `accept_http_10` (not supported by Legate yet): a
+            // codec-level protocol error, so 426 "Upgrade Required", flag DPE, connection closed.
+            return Err(LocalReply::new(
+                426,
+                "Upgrade Required",
+                "low_version",
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            ));
         }
         let authority = match parts.uri.authority() {
             Some(a) => a.as_str().to_owned(),
@@ -513,6 +519,13 @@ impl HttpConnectionManager {
                 .headers
                 .insert("x-forwarded-proto", HeaderValue::from_static("http"));
         }
+        if !config.use_remote_address && !internal {
+            // Envoy's `cleanInternalHeaders`: a request not known to be internal may not steer
+            // the router (timeouts, retries), whether or not Envoy is the edge.
+            for name in ENVOY_CONTROL_HEADERS {
+                parts.headers.remove(*name);
+            }
+        }
         let regenerate =
             config.use_remote_address && !internal && !config.preserve_external_request_id;
         if config.generate_request_id && (regenerate || !parts.headers.contains_key("x-request-id"))
@@ -525,7 +538,7 @@ impl HttpConnectionManager {
             }
         }
         if !config.via.is_empty() {
-            append_header(&mut parts.headers, header::VIA, &config.via);
+            append_via(&mut parts.headers, &config.via);
         }
 
         info.request.method = parts.method.as_str().to_owned();
@@ -561,6 +574,11 @@ impl HttpConnectionManager {
         upgrade: Option<String>,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Outcome {
+        // Envoy's router counts every request it decodes (`rq_total`), whatever the route
+        // does; an upgrade is counted by the router once the route allows it.
+        if upgrade.is_none() {
+            self.stats.rq_total.inc();
+        }
         let request = RouteRequest::new(
             parts.method.as_str(),
             &info.request.path,
@@ -690,6 +708,10 @@ impl HttpConnectionManager {
             && let Some(id) = info.request_headers.get("x-request-id").cloned()
         {
             headers.insert("x-request-id", id);
+        }
+        if !config.via.is_empty() {
+            // Envoy appends `via` to responses too, local replies included.
+            append_via(headers, &config.via);
         }
         if last_request && info.protocol != Protocol::Http2 {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -855,6 +877,27 @@ impl http_body::Body for CountingBody {
     }
 }
 
+/// The `x-envoy-*` request headers Envoy removes from requests that are not internal
+/// (`ConnectionManagerUtility::cleanInternalHeaders`), and the client's own
+/// `x-envoy-internal`.
+const ENVOY_CONTROL_HEADERS: &[&str] = &[
+    "x-envoy-internal",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+    "x-envoy-hedge-on-per-try-timeout",
+];
+
 /// The scheme the client used, as Envoy trusts it: `x-forwarded-proto` (set or validated by
 /// [`HttpConnectionManager::prepare`]), `http` otherwise.
 fn forwarded_proto(headers: &HeaderMap) -> &str {
@@ -910,6 +953,17 @@ fn append_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     };
     if let Ok(v) = HeaderValue::from_str(&joined) {
         headers.insert(name, v);
+    }
+}
+
+/// Appends to `via` as Envoy does: `, ` between entries (unlike `x-forwarded-for`).
+fn append_via(headers: &mut HeaderMap, via: &str) {
+    let joined = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {via}"),
+        _ => via.to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(header::VIA, v);
     }
 }
 

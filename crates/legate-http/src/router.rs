@@ -173,7 +173,6 @@ pub(crate) async fn forward(
         .into();
     };
     info.upstream_cluster = Some(cluster.name.clone());
-    stats.rq_total.inc();
 
     // Upgrades: the route's `upgrade_configs` override the connection manager's.
     if let Some(kind) = &f.upgrade {
@@ -188,6 +187,8 @@ pub(crate) async fn forward(
             stats.downstream_rq_ws_on_non_ws_route.inc();
             return LocalReply::new(403, "", "upgrade_failed", 0).into();
         }
+        // Other requests were counted by the connection manager.
+        stats.rq_total.inc();
     }
 
     let deadline = route_timeout(f.forward, &mut parts.headers).map(|t| (t, Instant::now() + t));
@@ -207,7 +208,7 @@ pub(crate) async fn forward(
     };
     info.upstream_host = Some(host.address);
     let Some(rq_guard) = cluster.breakers.requests.try_acquire() else {
-        cluster.stats.upstream_rq_pending_overflow.inc();
+        cluster.stats.upstream_rq_active_overflow.inc();
         return reset_reply(&UpstreamError::Overflow).into();
     };
 
@@ -221,6 +222,15 @@ pub(crate) async fn forward(
         info.request.authority.clone_from(&authority);
     }
     strip_hop_by_hop(&mut parts.headers, f.upgrade.is_some());
+    // `proxy_100_continue` is off (Envoy's default): the `100 Continue` comes from the proxy
+    // (hyper's codec sends it when the body is first read) and the expectation stops here.
+    if parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        parts.headers.remove(header::EXPECT);
+    }
     if let Some((timeout, _)) = deadline.filter(|_| !hcm.config.suppress_envoy_headers) {
         parts.headers.insert(
             "x-envoy-expected-rq-timeout-ms",
@@ -292,7 +302,11 @@ pub(crate) async fn forward(
         _ = idle_deadline => {
             cstats.upstream_rq_active.dec();
             stats.downstream_rq_idle_timeout.inc();
-            return LocalReply::new(408, "stream timeout", "stream_idle_timeout", ResponseFlags::STREAM_IDLE_TIMEOUT).into();
+            // Envoy's `onIdleTimeout`: 504 once the client has sent its whole request (the
+            // upstream is the one stalling), 408 while the request is still incomplete.
+            let complete = f.body_state.complete.load(std::sync::atomic::Ordering::Relaxed);
+            let status = if complete { 504 } else { 408 };
+            return LocalReply::new(status, "stream timeout", "stream_idle_timeout", ResponseFlags::STREAM_IDLE_TIMEOUT).into();
         }
     };
     let mut response = match result {
@@ -351,10 +365,15 @@ pub(crate) async fn forward(
 
     let switching = status == 101;
     strip_hop_by_hop(response.headers_mut(), switching);
-    response.headers_mut().insert(
-        "x-envoy-upstream-service-time",
-        HeaderValue::from(service_ms),
-    );
+    if !switching {
+        // Envoy leaves it off a 101 (Switching Protocols).
+        response.headers_mut().insert(
+            "x-envoy-upstream-service-time",
+            HeaderValue::from(service_ms),
+        );
+    }
+    // `%RESPONSE_CODE%` in response header mutations is the upstream's status.
+    info.response_code = Some(status);
     apply_response_mutations(f.selected, response.headers_mut(), info);
 
     if switching {

@@ -1,5 +1,15 @@
-//! L4: listeners and their filter chains. Today: the compiled model of a listener
-//! ([`listener::ListenerConfig`]), generic over the network filter it runs, so that the
-//! crates above (HTTP, TCP proxy) plug their filters in without this crate knowing them.
+//! L4: listeners and what runs on their connections before (and instead of) HTTP: the
+//! compiled model of a listener ([`listener::ListenerConfig`], generic over the network filter
+//! it runs, so that the crates above plug their filters in without this crate knowing them),
+//! filter-chain matching ([`filter_chain`]), the listener filters that inspect a new
+//! connection ([`listener_filter`], [`tls_inspector`], [`http_inspector`]), and the L4 network
+//! filters' configuration and byte moving ([`tcp_proxy`], [`pump`], [`direct_response`]).
 
+pub mod direct_response;
+pub mod filter_chain;
+pub mod http_inspector;
 pub mod listener;
+pub mod listener_filter;
+pub mod pump;
+pub mod tcp_proxy;
+pub mod tls_inspector;

@@ -3,10 +3,13 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use legate_api::pb::envoy::config::listener::v3::{Filter, Listener};
+use legate_api::pb::envoy::config::listener::v3::{Filter, FilterChainMatch, Listener};
 use legate_core::address::{socket_addr, stat_name};
 use legate_core::proto::u32_or;
 use legate_core::{Compiled, ConfigError, Errors};
+
+use crate::filter_chain::{ConnectionFacts, FilterChainIndex};
+use crate::listener_filter::ListenerFilters;
 
 /// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB).
 pub const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
@@ -17,8 +20,25 @@ pub struct ListenerConfig<F> {
     pub address: SocketAddr,
     /// `stat_prefix`, or the address in Envoy's stat form (`127.0.0.1_10000`).
     pub stat_prefix: String,
+    /// `filter_chains`, then `default_filter_chain` if set.
     pub filter_chains: Vec<FilterChain<F>>,
+    /// The index of `default_filter_chain` in `filter_chains`.
+    pub default_filter_chain: Option<usize>,
+    pub chain_index: FilterChainIndex,
+    /// The chain every connection gets whatever its addresses and detected protocols (one
+    /// chain without a match): the accept path then skips matching.
+    pub only_chain: Option<usize>,
+    pub listener_filters: ListenerFilters,
     pub per_connection_buffer_limit_bytes: u32,
+}
+
+impl<F> ListenerConfig<F> {
+    /// The chain that serves a connection: the best match, else `default_filter_chain`.
+    pub fn select(&self, facts: &ConnectionFacts<'_>) -> Option<usize> {
+        self.only_chain
+            .or_else(|| self.chain_index.find(facts))
+            .or(self.default_filter_chain)
+    }
 }
 
 #[derive(Debug)]
@@ -48,13 +68,32 @@ impl<F> ListenerConfig<F> {
                 ),
             );
         }
-        // Without `filter_chain_match` (not yet supported) every chain has the same, empty match.
-        if l.filter_chains.len() > 1 {
-            errors.push("filter_chains", format!(
-                "error adding listener '{}': multiple filter chains with the same matching rules are defined",
-                display(l, address)
-            ));
-        }
+        let chain_index = match FilterChainIndex::build(
+            l.filter_chains
+                .iter()
+                .map(|c| (c.name.as_str(), c.filter_chain_match.as_ref())),
+        ) {
+            Ok(index) => index,
+            Err(e) => {
+                // Envoy names the listener by its address in these errors.
+                errors.push(
+                    "filter_chains",
+                    format!(
+                        "error adding listener '{}': {}",
+                        address.map_or_else(|| display(l, address), |a| a.to_string()),
+                        e.0
+                    ),
+                );
+                FilterChainIndex::default()
+            }
+        };
+        let only_chain = (l.filter_chains.len() == 1
+            && l.filter_chains[0]
+                .filter_chain_match
+                .as_ref()
+                .is_none_or(|m| *m == FilterChainMatch::default()))
+        .then_some(0);
+        let listener_filters = errors.take("", ListenerFilters::compile(l));
         for (i, chain) in l
             .filter_chains
             .iter()
@@ -92,7 +131,14 @@ impl<F> ListenerConfig<F> {
             } else {
                 l.stat_prefix.clone()
             },
+            default_filter_chain: l
+                .default_filter_chain
+                .as_ref()
+                .map(|_| l.filter_chains.len()),
             filter_chains: chains,
+            chain_index,
+            only_chain,
+            listener_filters: listener_filters.unwrap_or_default(),
             per_connection_buffer_limit_bytes: u32_or(
                 l.per_connection_buffer_limit_bytes.as_ref(),
                 DEFAULT_BUFFER_LIMIT,

@@ -13,7 +13,7 @@
 //! * LEAST_REQUEST: equal weights use Envoy's power of two choices (`choice_count` 2) on the
 //!   hosts' active-request counts; unequal weights pick by weight / (active + 1), Envoy's
 //!   formula with `active_request_bias` 1.
-//! * RANDOM: uniform, or weighted by `load_balancing_weight`.
+//! * RANDOM: uniform; as in Envoy's `RandomLoadBalancer`, `load_balancing_weight` is ignored.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,6 @@ struct Level {
     /// Indexes into `hosts` in smooth weighted round-robin order (unequal weights only).
     wheel: Vec<u32>,
     equal_weights: bool,
-    total_weight: u64,
 }
 
 #[derive(Debug)]
@@ -99,7 +98,6 @@ impl Level {
             hosts,
             wheel,
             equal_weights,
-            total_weight,
         }
     }
 
@@ -145,21 +143,10 @@ impl Level {
         })
     }
 
+    /// A uniform pick: Envoy's `RandomLoadBalancer::peekOrChoose` is
+    /// `hosts[random % hosts.size()]`, whatever the weights.
     fn random(&self, random: u64, usable: impl Fn(&Arc<Host>) -> bool) -> Option<&Arc<Host>> {
-        let start = if self.equal_weights || self.total_weight == 0 {
-            (random % self.hosts.len() as u64) as usize
-        } else {
-            let mut point = random % self.total_weight;
-            let mut index = 0;
-            for (i, h) in self.hosts.iter().enumerate() {
-                if point < h.weight as u64 {
-                    index = i;
-                    break;
-                }
-                point -= h.weight as u64;
-            }
-            index
-        };
+        let start = (random % self.hosts.len() as u64) as usize;
         let len = self.hosts.len();
         (0..len)
             .map(|i| &self.hosts[(start + i) % len])
@@ -253,9 +240,9 @@ mod tests {
     }
 
     #[test]
-    fn random_follows_weights() {
+    fn random_ignores_weights_as_envoy_does() {
         let lb = LoadBalancer::new(LbPolicy::Random, &hosts(&[(9, 0), (1, 0)]));
         let counts = share(&lb, 10_000);
-        assert!((8_500..9_500).contains(&counts[0]), "{counts:?}");
+        assert!((4_500..5_500).contains(&counts[0]), "{counts:?}");
     }
 }

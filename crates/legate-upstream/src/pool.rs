@@ -197,8 +197,10 @@ async fn send_http2(
     }))
 }
 
-/// Opens a TCP connection within the cluster's connection limit and `connect_timeout`.
-async fn connect(
+/// Opens a TCP connection within the cluster's connection limit and `connect_timeout`,
+/// counting `upstream_cx_*`. The caller accounts for the connection's end (`upstream_cx_active`,
+/// `upstream_cx_destroy`, the host's `active_connections`); tcp_proxy uses it directly.
+pub async fn connect(
     cluster: &Cluster,
     host: &Host,
 ) -> Result<(TcpStream, ResourceGuard), UpstreamError> {
@@ -302,8 +304,16 @@ async fn connect_http2(
     // Envoy's defaults: 256 MiB windows, a 4 KiB HPACK table.
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .initial_stream_window_size(o.initial_stream_window_size.as_ref().map_or(256 << 20, |v| v.value))
-        .initial_connection_window_size(o.initial_connection_window_size.as_ref().map_or(256 << 20, |v| v.value))
+        .initial_stream_window_size(
+            o.initial_stream_window_size
+                .as_ref()
+                .map_or(256 << 20, |v| v.value),
+        )
+        .initial_connection_window_size(
+            o.initial_connection_window_size
+                .as_ref()
+                .map_or(256 << 20, |v| v.value),
+        )
         .header_table_size(o.hpack_table_size.as_ref().map_or(4096, |v| v.value))
         .handshake(TokioIo::new(stream))
         .await

@@ -23,6 +23,8 @@ pub struct ClusterStats {
     pub upstream_rq_active: Gauge,
     pub upstream_rq_pending_total: Counter,
     pub upstream_rq_pending_overflow: Counter,
+    /// A `max_requests` circuit-breaker overflow (Envoy 1.40's name for it).
+    pub upstream_rq_active_overflow: Counter,
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_rx_reset: Counter,
     pub upstream_rq_tx_reset: Counter,
@@ -62,6 +64,7 @@ impl ClusterStats {
             upstream_rq_active: g("upstream_rq_active"),
             upstream_rq_pending_total: c("upstream_rq_pending_total"),
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_tx_reset: c("upstream_rq_tx_reset"),

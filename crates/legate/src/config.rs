@@ -13,13 +13,16 @@ use legate_api::pb::envoy::config::bootstrap::v3::runtime_layer;
 use legate_api::pb::envoy::config::core::v3::{Node, address, socket_address};
 use legate_api::pb::envoy::config::listener::v3::{Filter, filter};
 use legate_api::pb::envoy::config::metrics::v3::{StatsdSink, stats_sink, statsd_sink};
+use legate_api::pb::envoy::extensions::filters::network::direct_response::v3::Config as DirectResponseConfig;
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
+use legate_api::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use legate_core::proto::{bool_or, duration_or};
 use legate_core::{Compiled, ConfigError, Errors};
 use legate_http::hcm::HcmConfig;
 use legate_net::listener::{ListenerConfig, check_unique};
+use legate_net::tcp_proxy::TcpProxyConfig;
 use legate_upstream::ClusterConfig;
 use legate_upstream::cluster::check_unique_names;
 use prost::Message;
@@ -32,10 +35,14 @@ pub struct NodeOverrides {
     pub service_zone: Option<String>,
 }
 
-/// A network filter Legate runs.
+/// A network filter Legate runs. Each is terminal (the last of its chain), as in Envoy.
 #[derive(Debug)]
 pub enum NetworkFilter {
     HttpConnectionManager(Arc<HcmConfig>),
+    TcpProxy(Arc<TcpProxyConfig>),
+    Echo,
+    /// `envoy.filters.network.direct_response`: the bytes to write before closing.
+    DirectResponse(Arc<[u8]>),
 }
 
 #[derive(Debug)]
@@ -105,7 +112,8 @@ impl Config {
                 }
             };
             let compiled =
-                ListenerConfig::compile(&listener, |f| network_filter(f, &cluster_names));
+                ListenerConfig::compile(&listener, |f| network_filter(f, &cluster_names))
+                    .and_then(check_terminal_filters(&listener));
             if let Some(l) = errors.take(&path, compiled) {
                 listeners.push((i, l));
             }
@@ -184,11 +192,53 @@ impl Config {
     }
 }
 
+const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
+const HCM_TYPE: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY_TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const ECHO_TYPE: &str = "envoy.extensions.filters.network.echo.v3.Echo";
+const DIRECT_RESPONSE_TYPE: &str = "envoy.extensions.filters.network.direct_response.v3.Config";
+
+/// The extension name Envoy reports for a network filter's config type.
+fn network_filter_extension(type_name: &str) -> Option<&'static str> {
+    Some(match type_name {
+        HCM_TYPE => HCM_NAME,
+        TCP_PROXY_TYPE => "envoy.filters.network.tcp_proxy",
+        ECHO_TYPE => "envoy.filters.network.echo",
+        DIRECT_RESPONSE_TYPE => "envoy.filters.network.direct_response",
+        _ => return None,
+    })
+}
+
+/// Every network filter Legate runs is terminal, and Envoy requires a terminal filter to be
+/// the last of its chain.
+fn check_terminal_filters<F>(
+    l: &legate_api::pb::envoy::config::listener::v3::Listener,
+) -> impl FnOnce(ListenerConfig<F>) -> Compiled<ListenerConfig<F>> + '_ {
+    move |compiled| {
+        for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+            let n = chain.filters.len();
+            for f in chain.filters.iter().take(n.saturating_sub(1)) {
+                if let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type
+                    && let Some(ext) =
+                        network_filter_extension(legate_api::any::type_name(&any.type_url))
+                {
+                    return Err(vec![ConfigError::new(
+                        "filter_chains",
+                        format!(
+                            "Error: terminal filter named {} of type {ext} must be the last filter in a network filter chain.",
+                            f.name
+                        ),
+                    )]);
+                }
+            }
+        }
+        Ok(compiled)
+    }
+}
+
 /// Compiles one network filter of a listener's chain.
 fn network_filter(f: &Filter, clusters: &HashSet<&str>) -> Compiled<NetworkFilter> {
-    const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
-    const HCM_TYPE: &str =
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     let any = match &f.config_type {
         Some(filter::ConfigType::TypedConfig(any)) => any,
         Some(filter::ConfigType::ConfigDiscovery(_)) => {
@@ -213,14 +263,43 @@ fn network_filter(f: &Filter, clusters: &HashSet<&str>) -> Compiled<NetworkFilte
             )]);
         }
     };
-    if legate_api::any::type_name(&any.type_url) != HCM_TYPE {
-        return Err(vec![ConfigError::new(
+    let within = |e: Vec<ConfigError>| {
+        e.into_iter()
+            .map(|e| e.within("typed_config"))
+            .collect::<Vec<_>>()
+    };
+    let decode_error = |what: &str, e: prost::DecodeError| {
+        vec![ConfigError::new(
             "typed_config",
-            format!(
-                "Didn't find a registered network filter implementation for '{}' with type URL '{}'",
-                f.name, any.type_url
-            ),
-        )]);
+            format!("unable to decode {what}: {e}"),
+        )]
+    };
+    match legate_api::any::type_name(&any.type_url) {
+        HCM_TYPE => {}
+        // tcp_proxy's clusters are looked up per connection: an unknown one is counted in
+        // `downstream_cx_no_route`, not refused (Envoy accepts it too, for CDS to add later).
+        TCP_PROXY_TYPE => {
+            let p =
+                TcpProxy::decode(any.value.as_slice()).map_err(|e| decode_error("TcpProxy", e))?;
+            let config = TcpProxyConfig::compile(&p).map_err(within)?;
+            return Ok(NetworkFilter::TcpProxy(Arc::new(config)));
+        }
+        ECHO_TYPE => return Ok(NetworkFilter::Echo),
+        DIRECT_RESPONSE_TYPE => {
+            let c = DirectResponseConfig::decode(any.value.as_slice())
+                .map_err(|e| decode_error("direct_response Config", e))?;
+            let bytes = legate_net::direct_response::compile(&c).map_err(within)?;
+            return Ok(NetworkFilter::DirectResponse(bytes.into()));
+        }
+        _ => {
+            return Err(vec![ConfigError::new(
+                "typed_config",
+                format!(
+                    "Didn't find a registered network filter implementation for '{}' with type URL '{}'",
+                    f.name, any.type_url
+                ),
+            )]);
+        }
     }
     let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
         vec![ConfigError::new(

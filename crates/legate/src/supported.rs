@@ -59,12 +59,81 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "filter_chains",
                 "per_connection_buffer_limit_bytes",
                 "stat_prefix",
+                "default_filter_chain",
+                "listener_filters",
+                "listener_filters_timeout",
+                "continue_on_listener_filters_timeout",
             ],
         ),
         (
             "envoy.config.listener.v3",
             "FilterChain",
-            &["filters", "name"],
+            &["filters", "name", "filter_chain_match"],
+        ),
+        (
+            "envoy.config.listener.v3",
+            "FilterChainMatch",
+            &[
+                "destination_port",
+                "prefix_ranges",
+                "server_names",
+                "transport_protocol",
+                "application_protocols",
+                "direct_source_prefix_ranges",
+                "source_type",
+                "source_prefix_ranges",
+                "source_ports",
+            ],
+        ),
+        (
+            "envoy.config.listener.v3",
+            "ListenerFilter",
+            &["name", "typed_config"],
+        ),
+        (
+            "envoy.extensions.filters.listener.tls_inspector.v3",
+            "TlsInspector",
+            &[
+                "enable_ja3_fingerprinting",
+                "enable_ja4_fingerprinting",
+                "initial_read_buffer_size",
+                "max_client_hello_size",
+                "close_connection_on_client_hello_parsing_errors",
+            ],
+        ),
+        (
+            "envoy.extensions.filters.listener.http_inspector.v3",
+            "HttpInspector",
+            &[],
+        ),
+        // L4 network filters
+        (
+            "envoy.extensions.filters.network.tcp_proxy.v3",
+            "TcpProxy",
+            &[
+                "stat_prefix",
+                "cluster",
+                "weighted_clusters",
+                "idle_timeout",
+                "max_connect_attempts",
+                "access_log",
+            ],
+        ),
+        (
+            "envoy.extensions.filters.network.tcp_proxy.v3",
+            "TcpProxy.WeightedCluster",
+            &["clusters"],
+        ),
+        (
+            "envoy.extensions.filters.network.tcp_proxy.v3",
+            "TcpProxy.WeightedCluster.ClusterWeight",
+            &["name", "weight"],
+        ),
+        ("envoy.extensions.filters.network.echo.v3", "Echo", &[]),
+        (
+            "envoy.extensions.filters.network.direct_response.v3",
+            "Config",
+            &["response"],
         ),
         (
             "envoy.config.listener.v3",
@@ -460,7 +529,11 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             ],
         ),
         ("envoy.config.accesslog.v3", "HeaderFilter", &["header"]),
-        ("envoy.config.accesslog.v3", "ResponseFlagFilter", &["flags"]),
+        (
+            "envoy.config.accesslog.v3",
+            "ResponseFlagFilter",
+            &["flags"],
+        ),
         ("envoy.config.accesslog.v3", "TraceableFilter", &[]),
         (
             "envoy.config.accesslog.v3",
@@ -492,7 +565,13 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
         (
             "envoy.extensions.access_loggers.file.v3",
             "FileAccessLog",
-            &["path", "log_format", "format", "json_format", "typed_json_format"],
+            &[
+                "path",
+                "log_format",
+                "format",
+                "json_format",
+                "typed_json_format",
+            ],
         ),
         (
             "envoy.extensions.access_loggers.stream.v3",
@@ -526,6 +605,26 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
     (
         "envoy.filters.network.http_connection_manager",
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    ),
+    (
+        "envoy.filters.network.tcp_proxy",
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    ),
+    (
+        "envoy.filters.network.echo",
+        "envoy.extensions.filters.network.echo.v3.Echo",
+    ),
+    (
+        "envoy.filters.network.direct_response",
+        "envoy.extensions.filters.network.direct_response.v3.Config",
+    ),
+    (
+        "envoy.filters.listener.tls_inspector",
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    ),
+    (
+        "envoy.filters.listener.http_inspector",
+        "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     ),
     (
         "envoy.filters.http.router",
@@ -599,6 +698,8 @@ const NOTES: &str = "
 | `Http2ProtocolOptions.hpack_table_size` | Applied to upstream connections; downstream connections use the 4 KiB default. |
 | `Listener.per_connection_buffer_limit_bytes`, `Cluster.per_connection_buffer_limit_bytes` | Validated, not applied as a byte count: bodies stream frame by frame with back-pressure, so a connection never buffers more than a frame or two. |
 | `HttpConnectionManager.drain_timeout`, `delayed_close_timeout` | Validated; connections drain with GOAWAY (HTTP/2) or `connection: close` (HTTP/1.1) without these extra delays. |
+| `TlsInspector.initial_read_buffer_size` | Validated, not applied: Legate peeks up to the hello's size bound (`max_client_hello_size`) at once. |
+| `TlsInspector.enable_ja3_fingerprinting`, `enable_ja4_fingerprinting` | Only `false` is accepted; fingerprinting is not implemented. |
 | Content-Length together with Transfer-Encoding | Envoy answers 400; Legate follows RFC 9112 §6.3 (the chunked framing alone counts, the connection closes after the response). |
 ";
 

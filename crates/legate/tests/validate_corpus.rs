@@ -238,12 +238,7 @@ fn examples_validate_or_name_what_is_missing() {
     let root = repo_root();
     let examples = [
         ("examples/front-proxy.yaml", None),
-        (
-            "examples/tcp-proxy.yaml",
-            Some(
-                "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy is not supported by Legate",
-            ),
-        ),
+        ("examples/tcp-proxy.yaml", None),
         (
             "examples/tls-edge.yaml",
             Some("DownstreamTlsContext is not supported by Legate"),

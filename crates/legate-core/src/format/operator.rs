@@ -366,7 +366,10 @@ impl Operator {
             }
             Operator::DownstreamLocalAddress(part) => address(info.downstream_local_address, *part),
             Operator::ConnectionId => Some(Value::Int(info.connection_id.into())),
-            Operator::Protocol => Some(Value::Str(Cow::Borrowed(info.protocol.as_str()))),
+            Operator::Protocol => match info.protocol {
+                crate::stream_info::Protocol::Tcp => None,
+                p => Some(Value::Str(Cow::Borrowed(p.as_str()))),
+            },
             Operator::RouteName => info.route_name.as_deref().and_then(non_empty),
             Operator::LocalReplyBody => info
                 .local_reply_body
@@ -374,8 +377,9 @@ impl Operator {
                 .map(|b| Value::Str(Cow::Borrowed(b))),
             Operator::UpstreamRequestAttemptCount => Some(Value::Int(info.attempt_count.into())),
             Operator::Hostname(name) => name.as_deref().map(|n| Value::Str(Cow::Borrowed(n))),
-            // Legate does not record SNI in the stream yet.
-            Operator::RequestedServerName => None,
+            Operator::RequestedServerName => {
+                info.requested_server_name.as_deref().and_then(non_empty)
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 //! The main thread runs the control side (admin, signals, stats flush) on its own runtime, so
 //! that a slow admin request never stalls a worker.
 
+pub mod l4;
 pub mod listener;
 pub mod worker;
 
@@ -19,12 +20,14 @@ use std::time::{Duration, Instant};
 
 use legate_core::runtime::{Layer, Runtime};
 use legate_core::stats::{ImportMode, Store};
-use legate_http::conn_manager::{HttpConnectionManager, ProxyContext};
+use legate_http::conn_manager::ProxyContext;
+use legate_net::listener_filter::ListenerFilterStats;
 use legate_upstream::ClusterManager;
 use tokio::sync::watch;
 
-use crate::config::{Config, NetworkFilter, RuntimeLayer};
-use worker::{ListenerStats, WorkerShared};
+use crate::config::{Config, RuntimeLayer};
+use l4::ChainFilter;
+use worker::{ListenerStats, ServingListener, WorkerShared};
 
 /// How the process was asked to run.
 #[derive(Clone, Debug)]
@@ -58,9 +61,12 @@ impl legate_admin::AdminControl for Lifecycle {
     }
 
     fn drain_listeners(&self, options: legate_admin::DrainOptions) {
-        self.begin_drain();
-        if !options.skip_exit && !options.graceful {
-            // Envoy's non-graceful drain stops the listeners at once; connections finish.
+        // As Envoy's `/drain_listeners`: the listeners stop accepting; connections already
+        // open go on being served unless `graceful` drains them too. Readiness is unchanged
+        // (only `/healthcheck/fail` turns `/ready` to DRAINING).
+        let _ = self.stop_accepting.send(true);
+        if options.graceful {
+            let _ = self.drain.send(true);
         }
     }
 
@@ -128,37 +134,43 @@ pub fn run(
     // in Envoy ("cannot bind ...").
     let listener_manager = store.scope("listener_manager.");
     let mut running = Vec::new();
+    let root_scope = store.scope("");
     for l in config.listeners {
-        let Some(NetworkFilter::HttpConnectionManager(hcm_config)) =
-            l.filter_chains.first().and_then(|c| c.filters.last())
-        else {
-            return Err(format!("listener '{}': no network filter to run", l.name));
-        };
-        let hcm =
-            HttpConnectionManager::new(hcm_config.clone(), context.clone()).map_err(|errors| {
-                errors
-                    .iter()
-                    .map(|e| format!("listener '{}': {e}", l.name))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })?;
+        let mut chains = Vec::with_capacity(l.filter_chains.len());
+        for chain in &l.filter_chains {
+            chains.push(
+                ChainFilter::new(&chain.filters, &context)
+                    .map_err(|e| format!("listener '{}': {e}", l.name))?,
+            );
+        }
         let (sockets, address) = listener::bind(l.address, workers)
             .map_err(|e| format!("cannot bind '{}' for listener '{}': {e}", l.address, l.name))?;
+        let kinds: Vec<&str> = chains.iter().map(ChainFilter::kind).collect();
         tracing::info!(
-            "listener '{}' listening on {address} (http, stat_prefix {})",
+            "listener '{}' listening on {address} ({} filter chain(s): {})",
             l.name,
-            hcm.config.stat_prefix
+            chains.len(),
+            kinds.join(", ")
         );
         listener_manager.counter("listener_added").inc();
         listener_manager
             .counter("listener_create_success")
             .add(workers as u64);
+        let listener_scope = store.scope(&format!("listener.{}.", l.stat_prefix));
         running.push(worker::RunningListener {
             name: l.name.clone(),
             address,
             sockets,
-            hcm: Arc::new(hcm),
-            stats: Arc::new(ListenerStats::new(&store, &l.stat_prefix)),
+            serving: Arc::new(ServingListener {
+                stats: ListenerStats::new(&store, &l.stat_prefix),
+                filter_stats: ListenerFilterStats::new(
+                    &root_scope,
+                    &listener_scope,
+                    &l.listener_filters,
+                ),
+                chains,
+                config: l,
+            }),
         });
     }
     listener_manager
@@ -227,7 +239,7 @@ pub fn run(
     let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
     for l in running {
         for (w, socket) in l.sockets.into_iter().enumerate() {
-            per_worker[w].push((socket, l.hcm.clone(), l.stats.clone()));
+            per_worker[w].push((socket, l.serving.clone()));
         }
     }
     let mut threads = Vec::new();
@@ -286,6 +298,8 @@ pub fn run(
                 changed = shutdown_rx.changed() => {
                     if changed.is_err() || *shutdown_rx.borrow() {
                         tracing::info!("shutdown requested through the admin interface");
+                        // Let the admin connection write its `OK` before this runtime stops.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         break;
                     }
                 }

@@ -7,8 +7,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use legate_core::stats::{Counter, Gauge, Histogram, ImportMode, Store, Unit};
-use legate_http::conn_manager::{Downstream, HttpConnectionManager};
+use legate_http::conn_manager::Downstream;
+use legate_net::filter_chain::ConnectionFacts;
+use legate_net::listener::ListenerConfig;
+use legate_net::listener_filter::{Detected, ListenerFilterStats};
 use tokio::sync::watch;
+
+use super::l4::ChainFilter;
+use crate::config::NetworkFilter;
 
 /// `listener.<stat_prefix>.*` stats.
 #[derive(Debug)]
@@ -17,6 +23,7 @@ pub struct ListenerStats {
     pub downstream_cx_active: Gauge,
     pub downstream_cx_destroy: Counter,
     pub downstream_cx_length_ms: Histogram,
+    pub no_filter_chain_match: Counter,
 }
 
 impl ListenerStats {
@@ -29,7 +36,7 @@ impl ListenerStats {
             "downstream_pre_cx_timeout",
             "downstream_listener_filter_remote_close",
             "downstream_listener_filter_error",
-            "no_filter_chain_match",
+            "downstream_cx_transport_socket_connect_timeout",
             "extension_config_missing",
             "network_extension_config_missing",
         ] {
@@ -41,6 +48,7 @@ impl ListenerStats {
             downstream_cx_active: scope.gauge("downstream_cx_active", ImportMode::Accumulate),
             downstream_cx_destroy: scope.counter("downstream_cx_destroy"),
             downstream_cx_length_ms: scope.histogram("downstream_cx_length_ms", Unit::Milliseconds),
+            no_filter_chain_match: scope.counter("no_filter_chain_match"),
         }
     }
 }
@@ -51,8 +59,29 @@ pub struct RunningListener {
     pub address: std::net::SocketAddr,
     /// One socket per worker.
     pub sockets: Vec<std::net::TcpListener>,
-    pub hcm: Arc<HttpConnectionManager>,
-    pub stats: Arc<ListenerStats>,
+    pub serving: Arc<ServingListener>,
+}
+
+/// What every worker shares of a listener: its compiled config (chain matching, listener
+/// filters), the running filter of each chain, and its stats.
+pub struct ServingListener {
+    pub config: ListenerConfig<NetworkFilter>,
+    /// One per `config.filter_chains`.
+    pub chains: Vec<ChainFilter>,
+    pub stats: ListenerStats,
+    pub filter_stats: ListenerFilterStats,
+}
+
+impl ServingListener {
+    /// The chain of every connection when no listener filter runs and one chain takes all:
+    /// the accept path then goes straight to it, as before filter chains existed.
+    fn fast_chain(&self) -> Option<&ChainFilter> {
+        if self.config.listener_filters.is_empty() {
+            self.config.only_chain.map(|i| &self.chains[i])
+        } else {
+            None
+        }
+    }
 }
 
 /// What all workers share: connection ids, the count of open connections (for draining),
@@ -68,11 +97,7 @@ pub struct WorkerShared {
 /// Starts worker `index` on its own thread.
 pub fn spawn(
     index: usize,
-    listeners: Vec<(
-        std::net::TcpListener,
-        Arc<HttpConnectionManager>,
-        Arc<ListenerStats>,
-    )>,
+    listeners: Vec<(std::net::TcpListener, Arc<ServingListener>)>,
     shared: Arc<WorkerShared>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -94,21 +119,16 @@ pub fn spawn(
 
 async fn run(
     index: usize,
-    listeners: Vec<(
-        std::net::TcpListener,
-        Arc<HttpConnectionManager>,
-        Arc<ListenerStats>,
-    )>,
+    listeners: Vec<(std::net::TcpListener, Arc<ServingListener>)>,
     shared: Arc<WorkerShared>,
 ) {
     let mut accepting = Vec::new();
-    for (socket, hcm, stats) in listeners {
+    for (socket, serving) in listeners {
         match tokio::net::TcpListener::from_std(socket) {
             Ok(listener) => accepting.push(tokio::spawn(accept_loop(
                 index,
                 listener,
-                hcm,
-                stats,
+                serving,
                 shared.clone(),
             ))),
             Err(e) => tracing::error!("worker {index}: cannot use a listener socket: {e}"),
@@ -126,8 +146,7 @@ async fn run(
 async fn accept_loop(
     worker: usize,
     listener: tokio::net::TcpListener,
-    hcm: Arc<HttpConnectionManager>,
-    stats: Arc<ListenerStats>,
+    serving: Arc<ServingListener>,
     shared: Arc<WorkerShared>,
 ) {
     let mut stop = shared.stop_accepting.clone();
@@ -151,28 +170,106 @@ async fn accept_loop(
         };
         let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
-        shared.total_connections.inc();
-        stats.downstream_cx_total.inc();
-        stats.downstream_cx_active.inc();
         let downstream = Downstream {
             id,
             peer,
             local: stream.local_addr().ok().or(local).unwrap_or(peer),
             worker,
         };
-        let hcm = hcm.clone();
-        let stats = stats.clone();
+        let serving = serving.clone();
         let shared = shared.clone();
-        let drain = shared.drain.clone();
-        tokio::spawn(async move {
-            let opened = Instant::now();
-            hcm.serve(stream, downstream, drain).await;
-            stats.downstream_cx_active.dec();
-            stats.downstream_cx_destroy.inc();
-            stats
-                .downstream_cx_length_ms
-                .record(opened.elapsed().as_millis() as u64);
-            shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-        });
+        if let Some(ChainFilter::Http(hcm)) = serving.fast_chain() {
+            // The plain HTTP listener: no inspection, no matching.
+            let hcm = hcm.clone();
+            established(&serving.stats, &shared);
+            let drain = shared.drain.clone();
+            tokio::spawn(async move {
+                let opened = Instant::now();
+                hcm.serve(stream, downstream, drain).await;
+                closed(&serving.stats, opened);
+                shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+            });
+        } else {
+            tokio::spawn(async move {
+                serve_matched(stream, downstream, &serving, &shared).await;
+                shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
     }
+}
+
+/// Counts a connection that got its filter chain. Envoy counts `downstream_cx_total` only
+/// then: connections closed by listener filters or without a matching chain are not counted.
+fn established(stats: &ListenerStats, shared: &WorkerShared) {
+    shared.total_connections.inc();
+    stats.downstream_cx_total.inc();
+    stats.downstream_cx_active.inc();
+}
+
+fn closed(stats: &ListenerStats, opened: Instant) {
+    stats.downstream_cx_active.dec();
+    stats.downstream_cx_destroy.inc();
+    stats
+        .downstream_cx_length_ms
+        .record(opened.elapsed().as_millis() as u64);
+}
+
+/// Runs the listener filters, matches a filter chain and serves the connection with it.
+async fn serve_matched(
+    stream: tokio::net::TcpStream,
+    downstream: Downstream,
+    serving: &ServingListener,
+    shared: &Arc<WorkerShared>,
+) {
+    let config = &serving.config;
+    let detected = if config.listener_filters.is_empty() {
+        Detected::default()
+    } else {
+        match config
+            .listener_filters
+            .run(&stream, &serving.filter_stats)
+            .await
+        {
+            Ok(d) => d,
+            Err(why) => {
+                tracing::debug!(
+                    "connection {} from {}: closed by the listener filters ({why:?})",
+                    downstream.id,
+                    downstream.peer
+                );
+                return;
+            }
+        }
+    };
+    let facts = ConnectionFacts {
+        local: downstream.local,
+        remote: downstream.peer,
+        direct_remote: downstream.peer,
+        server_name: &detected.server_name,
+        transport_protocol: detected.transport_protocol(),
+        application_protocols: &detected.application_protocols,
+    };
+    let Some(chain) = config.select(&facts) else {
+        serving.stats.no_filter_chain_match.inc();
+        tracing::debug!(
+            "connection {} from {}: no filter chain matches (server name '{}', transport {}, application protocols {:?})",
+            downstream.id,
+            downstream.peer,
+            detected.server_name,
+            detected.transport_protocol(),
+            detected.application_protocols
+        );
+        return;
+    };
+    established(&serving.stats, shared);
+    let opened = Instant::now();
+    serving.chains[chain]
+        .serve(
+            stream,
+            downstream,
+            &detected.server_name,
+            shared.drain.clone(),
+        )
+        .await;
+    closed(&serving.stats, opened);
 }

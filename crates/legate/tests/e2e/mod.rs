@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+mod extra;
+#[allow(unused_imports)]
+pub use extra::*;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,11 +27,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// An upstream test server. Paths:
 /// * `/status/N` answers N; `/delay/MS` waits MS ms first; `/bytes/N` streams N bytes;
+/// * `/chunks/N/MS` streams N chunks `chunk-<i>\n`, MS ms apart (headers at once);
+/// * `/echo-stream` streams the request body back frame by frame as it arrives;
+/// * `/trailers` answers `trailers` with the response trailer `x-upstream-trailer: done`;
 /// * anything else answers 200 with a JSON echo of the request (method, path, headers, body
 ///   length, protocol version).
 pub struct Upstream {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Echo>>>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests being answered now, and the most at once.
+    pub in_flight: Arc<InFlight>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -38,6 +49,8 @@ pub struct Echo {
     pub version: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// The request's trailers (HTTP/2, or HTTP/1.1 chunked).
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Echo {
@@ -62,14 +75,27 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<Echo>>> = Arc::default();
         let seen = requests.clone();
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let accepted = connections.clone();
+        let in_flight: Arc<InFlight> = Arc::default();
+        let flight = in_flight.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let seen = seen.clone();
+                let flight = flight.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| respond(req, seen.clone()));
+                    let service = service_fn(move |req| {
+                        let seen = seen.clone();
+                        let flight = flight.clone();
+                        async move {
+                            let _counted = flight.enter();
+                            respond(req, seen).await
+                        }
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
@@ -79,6 +105,8 @@ impl Upstream {
         Upstream {
             addr,
             requests,
+            connections,
+            in_flight,
             _runtime: runtime,
         }
     }
@@ -95,9 +123,41 @@ impl Upstream {
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A count of requests in progress and its peak.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        let now = self.now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.peak
+            .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 async fn respond(
     req: Request<Incoming>,
@@ -116,20 +176,32 @@ async fn respond(
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
         .collect();
     let upgrade = req.headers().contains_key("upgrade");
+    if path == "/echo-stream" {
+        return Ok(echo_stream(req));
+    }
     let mut req = req;
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let (body, trailers) = match req.into_body().collect().await {
+        Ok(collected) => {
+            let trailers: Vec<(String, String)> = collected
+                .trailers()
+                .map(|t| {
+                    t.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (collected.to_bytes(), trailers)
+        }
+        Err(_) => (Bytes::new(), Vec::new()),
+    };
     let echo = Echo {
         method,
         path: path.clone(),
         version,
         headers,
         body_len: body.len(),
+        trailers,
     };
     seen.lock().unwrap().push(echo.clone());
     if let Some(on_upgrade) = on_upgrade {
@@ -160,6 +232,34 @@ async fn respond(
         (Some("delay"), Some(ms)) => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         }
+        (Some("trailers"), None) => {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-upstream-trailer", http::HeaderValue::from_static("done"));
+            let frames = vec![
+                Ok::<_, Infallible>(Frame::data(Bytes::from("trailers"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            return Ok(Response::builder()
+                .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+                .unwrap());
+        }
+        (Some("chunks"), Some(n)) => {
+            let n: usize = n.parse().unwrap_or(0);
+            let ms: u64 = parts.next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
+            let stream = futures_util::stream::unfold(0usize, move |i| async move {
+                if i >= n {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let frame = Frame::data(Bytes::from(format!("chunk-{i}\n")));
+                Some((Ok::<_, Infallible>(frame), i + 1))
+            });
+            return Ok(Response::builder()
+                .body(StreamBody::new(stream).boxed())
+                .unwrap());
+        }
         (Some("bytes"), Some(n)) => {
             let total: u64 = n.parse().unwrap_or(0);
             let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
@@ -182,6 +282,29 @@ async fn respond(
         .header("x-upstream", "echo")
         .body(Full::new(Bytes::from(json.to_string())).boxed())
         .unwrap())
+}
+
+/// `/echo-stream`: every request body frame is sent back as soon as it arrives.
+fn echo_stream(req: Request<Incoming>) -> Response<TestBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut body = req.into_body();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data()
+                && tx.send(data).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(data)), rx))
+    });
+    Response::builder()
+        .header("x-upstream", "echo-stream")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap()
 }
 
 /// `total` bytes in 64 KiB frames, produced lazily.
@@ -235,14 +358,20 @@ impl Legate {
     }
 
     pub fn start_with(yaml: &str, args: &[&str]) -> Legate {
+        let mut all = vec!["--concurrency", "2", "-l", "info"];
+        all.extend_from_slice(args);
+        Self::try_start_args(yaml, &all).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts legate on `yaml` with exactly `args` (besides `-c`; they must keep the log level
+    /// at `info` or lower, as the bound ports are read from the log). Fails, with legate's
+    /// output, when the process exits (a refused config) or does not start within 20 s.
+    pub fn try_start_args(yaml: &str, args: &[&str]) -> Result<Legate, String> {
         let dir = temp_dir("run");
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml.replace("{dir}", dir.to_str().unwrap())).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_legate"));
-        cmd.arg("-c")
-            .arg(&config)
-            .args(["--concurrency", "2", "-l", "info"])
-            .args(args);
+        cmd.arg("-c").arg(&config).args(args);
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
@@ -261,21 +390,32 @@ impl Legate {
                 }
             });
         }
+        drop(tx);
         let expected = yaml.matches("filter_chains:").count();
         let wants_admin = yaml.contains("admin:");
         let mut listeners = HashMap::new();
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(20);
+        let fail = |child: &mut Child, why: &str| {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(format!(
+                "legate {why}; its output:\n{}",
+                log.lock().unwrap().join("\n")
+            ))
+        };
         while listeners.len() < expected || (wants_admin && admin.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!(
-                        "legate did not start in time; its output:\n{}",
-                        log.lock().unwrap().join("\n")
-                    );
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return fail(&mut child, "did not start in time");
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Both output streams closed: the process is gone.
+                    let _ = child.wait();
+                    return fail(&mut child, "exited before it was ready");
                 }
             };
             if let Some(rest) = line.split("listener '").nth(1)
@@ -288,13 +428,13 @@ impl Legate {
                 admin = Some(tail.trim().parse().unwrap());
             }
         }
-        Legate {
+        Ok(Legate {
             child,
             listeners,
             admin,
             log,
             dir,
-        }
+        })
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what bench/http_bench.py needs on a Debian machine, if missing: haproxy, nginx-light,
+# wrk and h2load (nghttp2-client). Envoy comes from the project virtualenv (scripts/test.sh);
+# Legate from `cargo build --release`. Installs only; starts no service.
+set -euo pipefail
+
+declare -A want=([haproxy]=haproxy [nginx]=nginx-light [wrk]=wrk [h2load]=nghttp2-client)
+missing=()
+for bin in "${!want[@]}"; do
+    command -v "$bin" >/dev/null 2>&1 || missing+=("${want[$bin]}")
+done
+if ((${#missing[@]} == 0)); then
+    echo "bench/setup.sh: haproxy, nginx, wrk and h2load are installed"
+    exit 0
+fi
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "bench/setup.sh: installing ${missing[*]}"
+$SUDO apt-get update
+# On a machine with an init system Debian may start the nginx/haproxy services; the benchmark
+# uses its own ports and processes and does not touch them.
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"

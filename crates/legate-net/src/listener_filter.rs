@@ -1,0 +1,391 @@
+//! Listener filters (`Listener.listener_filters`): what runs on an accepted socket before its
+//! filter chain is chosen. The inspectors ([`tls_inspector`](crate::tls_inspector),
+//! [`http_inspector`](crate::http_inspector)) peek, so the bytes stay for the chain. All of
+//! them together are bounded by `listener_filters_timeout` (15 s unless set; 0 disables it):
+//! on expiry the socket is closed and `listener.<addr>.downstream_pre_cx_timeout` counted,
+//! unless `continue_on_listener_filters_timeout` lets the connection go on with what was
+//! detected so far. A peer that closes before the filters are done is counted in
+//! `downstream_listener_filter_remote_close`.
+//!
+//! Peeking without spinning: a peek leaves the bytes in the socket, so the socket stays
+//! readable and waiting for "readable" again would return at once. Each peek that finds too
+//! few bytes therefore clears tokio's readiness (`try_io` with `WouldBlock`), and the next wait
+//! returns only when more bytes (or the peer's FIN) arrive.
+
+use std::io;
+use std::time::Duration;
+
+use legate_api::pb::envoy::config::listener::v3::{Listener, ListenerFilter, listener_filter};
+use legate_api::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use legate_core::proto::{duration_or, u32_or};
+use legate_core::stats::{Counter, Gauge, ImportMode, Scope};
+use legate_core::{Compiled, ConfigError, Errors};
+use prost::Message;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use crate::http_inspector::{self, HttpInspectorStats};
+use crate::tls_inspector::{
+    self, DEFAULT_MAX_CLIENT_HELLO_SIZE, TlsInspectorConfig, TlsInspectorStats,
+};
+
+pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+const TLS_INSPECTOR_TYPE: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const HTTP_INSPECTOR_TYPE: &str =
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+
+/// Envoy's default `listener_filters_timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Debug)]
+pub enum ListenerFilterKind {
+    TlsInspector(TlsInspectorConfig),
+    HttpInspector,
+}
+
+/// A listener's filters, in order, with their timeout.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerFilters {
+    pub filters: Vec<ListenerFilterKind>,
+    /// `None`: no timeout (`listener_filters_timeout: 0s`).
+    pub timeout: Option<Duration>,
+    pub continue_on_timeout: bool,
+}
+
+impl ListenerFilters {
+    pub fn compile(l: &Listener) -> Compiled<Self> {
+        let mut errors = Errors::default();
+        let mut filters = Vec::with_capacity(l.listener_filters.len());
+        for (i, f) in l.listener_filters.iter().enumerate() {
+            if let Some(f) = errors.take(&format!("listener_filters[{i}]"), compile_filter(f)) {
+                filters.push(f);
+            }
+        }
+        let timeout = duration_or(l.listener_filters_timeout.as_ref(), DEFAULT_TIMEOUT);
+        errors.finish(|| ListenerFilters {
+            filters,
+            timeout: (!timeout.is_zero()).then_some(timeout),
+            continue_on_timeout: l.continue_on_listener_filters_timeout,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    /// The peek buffer the filters need.
+    fn peek_limit(&self) -> usize {
+        self.filters
+            .iter()
+            .map(|f| match f {
+                ListenerFilterKind::TlsInspector(c) => c.peek_limit(),
+                ListenerFilterKind::HttpInspector => http_inspector::MAX_INSPECT_SIZE,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn compile_filter(f: &ListenerFilter) -> Compiled<ListenerFilterKind> {
+    let err = |path: &str, m: String| Err(vec![ConfigError::new(path, m)]);
+    let any = match &f.config_type {
+        Some(listener_filter::ConfigType::TypedConfig(any)) => any,
+        Some(listener_filter::ConfigType::ConfigDiscovery(_)) => {
+            return err(
+                "config_discovery",
+                "listener filter config discovery is not supported by Legate".into(),
+            );
+        }
+        // Envoy still finds a few listener filters by name alone.
+        None if f.name == TLS_INSPECTOR => {
+            return Ok(ListenerFilterKind::TlsInspector(Default::default()));
+        }
+        None if f.name == HTTP_INSPECTOR => return Ok(ListenerFilterKind::HttpInspector),
+        None => {
+            return err(
+                "",
+                format!(
+                    "Didn't find a registered implementation for name: '{}'",
+                    f.name
+                ),
+            );
+        }
+    };
+    match legate_api::any::type_name(&any.type_url) {
+        TLS_INSPECTOR_TYPE => {
+            let c = TlsInspector::decode(any.value.as_slice()).map_err(|e| {
+                vec![ConfigError::new(
+                    "typed_config",
+                    format!("unable to decode TlsInspector: {e}"),
+                )]
+            })?;
+            if c.enable_ja3_fingerprinting.is_some_and(|v| v.value)
+                || c.enable_ja4_fingerprinting.is_some_and(|v| v.value)
+            {
+                return err(
+                    "typed_config",
+                    "JA3/JA4 fingerprinting is not supported by Legate".into(),
+                );
+            }
+            Ok(ListenerFilterKind::TlsInspector(TlsInspectorConfig {
+                max_client_hello_size: u32_or(
+                    c.max_client_hello_size.as_ref(),
+                    DEFAULT_MAX_CLIENT_HELLO_SIZE as u32,
+                ) as usize,
+                close_on_parse_error: c.close_connection_on_client_hello_parsing_errors,
+            }))
+        }
+        HTTP_INSPECTOR_TYPE => Ok(ListenerFilterKind::HttpInspector),
+        other => err(
+            "typed_config",
+            format!(
+                "Didn't find a registered implementation for '{}' with type URL: '{other}'",
+                f.name
+            ),
+        ),
+    }
+}
+
+/// What the listener filters found out about a connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Detected {
+    /// SNI, lower-cased; empty if none.
+    pub server_name: String,
+    /// `tls` when the tls_inspector found a ClientHello; `None` is `raw_buffer`.
+    pub tls: bool,
+    pub application_protocols: Vec<String>,
+}
+
+impl Detected {
+    pub fn transport_protocol(&self) -> &'static str {
+        if self.tls { "tls" } else { "raw_buffer" }
+    }
+}
+
+/// The stats the filters of one listener update.
+#[derive(Debug)]
+pub struct ListenerFilterStats {
+    pub pre_cx_timeout: Counter,
+    pub pre_cx_active: Gauge,
+    pub remote_close: Counter,
+    pub filter_error: Counter,
+    tls: Option<TlsInspectorStats>,
+    http: Option<HttpInspectorStats>,
+}
+
+impl ListenerFilterStats {
+    /// `root`: the store's root scope (inspector stats); `listener`: `listener.<addr>.`.
+    pub fn new(root: &Scope, listener: &Scope, filters: &ListenerFilters) -> Self {
+        let has = |tls: bool| {
+            filters
+                .filters
+                .iter()
+                .any(|f| matches!(f, ListenerFilterKind::TlsInspector(_)) == tls)
+        };
+        ListenerFilterStats {
+            pre_cx_timeout: listener.counter("downstream_pre_cx_timeout"),
+            pre_cx_active: listener.gauge("downstream_pre_cx_active", ImportMode::Accumulate),
+            remote_close: listener.counter("downstream_listener_filter_remote_close"),
+            filter_error: listener.counter("downstream_listener_filter_error"),
+            tls: has(true).then(|| TlsInspectorStats::new(root)),
+            http: has(false).then(|| HttpInspectorStats::new(root)),
+        }
+    }
+}
+
+/// Why the filters closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Timeout,
+    RemoteClose,
+    FilterError,
+}
+
+enum PeekEnd {
+    /// The peer closed (FIN) with these many bytes unread.
+    Closed,
+    /// The buffer filled up without a decision.
+    Full,
+    Io(io::Error),
+}
+
+/// Peeks until `decide` gives a verdict on the bytes so far.
+async fn peek_until<T>(
+    stream: &TcpStream,
+    peeker: &std::net::TcpStream,
+    buf: &mut [u8],
+    mut decide: impl FnMut(&[u8]) -> Option<T>,
+) -> Result<T, PeekEnd> {
+    loop {
+        let ready = stream
+            .ready(Interest::READABLE)
+            .await
+            .map_err(PeekEnd::Io)?;
+        let closed = ready.is_read_closed();
+        let mut end = None;
+        let r = stream.try_io(Interest::READABLE, || {
+            let n = peeker.peek(buf)?;
+            if let Some(v) = decide(&buf[..n]) {
+                return Ok(v);
+            }
+            if closed || n == 0 {
+                end = Some(PeekEnd::Closed);
+            } else if n == buf.len() {
+                end = Some(PeekEnd::Full);
+            }
+            Err(io::ErrorKind::WouldBlock.into())
+        });
+        match r {
+            Ok(v) => return Ok(v),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Some(end) = end {
+                    return Err(end);
+                }
+            }
+            Err(e) => return Err(PeekEnd::Io(e)),
+        }
+    }
+}
+
+impl ListenerFilters {
+    /// Runs the filters on an accepted connection.
+    pub async fn run(
+        &self,
+        stream: &TcpStream,
+        stats: &ListenerFilterStats,
+    ) -> Result<Detected, Rejection> {
+        stats.pre_cx_active.inc();
+        let mut detected = Detected::default();
+        let result = match self.timeout {
+            Some(t) => tokio::time::timeout(t, self.inspect(stream, stats, &mut detected))
+                .await
+                .unwrap_or(Err(Rejection::Timeout)),
+            None => self.inspect(stream, stats, &mut detected).await,
+        };
+        stats.pre_cx_active.dec();
+        match result {
+            Ok(()) => Ok(detected),
+            Err(Rejection::Timeout) => {
+                stats.pre_cx_timeout.inc();
+                if self.continue_on_timeout {
+                    Ok(detected)
+                } else {
+                    Err(Rejection::Timeout)
+                }
+            }
+            Err(Rejection::RemoteClose) => {
+                stats.remote_close.inc();
+                Err(Rejection::RemoteClose)
+            }
+            Err(Rejection::FilterError) => {
+                stats.filter_error.inc();
+                Err(Rejection::FilterError)
+            }
+        }
+    }
+
+    async fn inspect(
+        &self,
+        stream: &TcpStream,
+        stats: &ListenerFilterStats,
+        detected: &mut Detected,
+    ) -> Result<(), Rejection> {
+        // A second descriptor of the socket for `peek` (std's, which borrows nothing
+        // uninitialised); it shares the socket and is closed when inspection ends.
+        let peeker: std::net::TcpStream = std::os::fd::AsFd::as_fd(stream)
+            .try_clone_to_owned()
+            .map_err(|_| Rejection::FilterError)?
+            .into();
+        let mut buf = vec![0u8; self.peek_limit()];
+        for filter in &self.filters {
+            match filter {
+                ListenerFilterKind::TlsInspector(config) => {
+                    let limit = config.peek_limit().min(buf.len());
+                    let verdict = peek_until(stream, &peeker, &mut buf[..limit], |data| {
+                        match tls_inspector::inspect(data, config.max_client_hello_size) {
+                            tls_inspector::Inspection::NeedMore => None,
+                            v => Some(v),
+                        }
+                    })
+                    .await;
+                    let Some(s) = &stats.tls else { continue };
+                    match verdict {
+                        Ok(tls_inspector::Inspection::Tls(hello)) => {
+                            s.tls_found.inc();
+                            s.bytes_processed.record(hello.bytes as u64);
+                            if hello.server_name.is_empty() {
+                                s.sni_not_found.inc();
+                            } else {
+                                s.sni_found.inc();
+                            }
+                            if hello.alpn.is_empty() {
+                                s.alpn_not_found.inc();
+                            } else {
+                                s.alpn_found.inc();
+                            }
+                            detected.tls = true;
+                            detected.server_name = hello.server_name;
+                            detected.application_protocols = hello.alpn;
+                        }
+                        Ok(tls_inspector::Inspection::NotTls { malformed }) => {
+                            s.tls_not_found.inc();
+                            if malformed && config.close_on_parse_error {
+                                return Err(Rejection::FilterError);
+                            }
+                        }
+                        Ok(tls_inspector::Inspection::TooLarge) | Err(PeekEnd::Full) => {
+                            s.client_hello_too_large.inc();
+                            return Err(Rejection::FilterError);
+                        }
+                        Ok(tls_inspector::Inspection::NeedMore) | Err(PeekEnd::Closed) => {
+                            return Err(Rejection::RemoteClose);
+                        }
+                        Err(PeekEnd::Io(e)) => {
+                            tracing::debug!("tls_inspector: cannot peek: {e}");
+                            return Err(Rejection::FilterError);
+                        }
+                    }
+                }
+                ListenerFilterKind::HttpInspector => {
+                    // Envoy's http_inspector leaves connections found to be TLS alone.
+                    if detected.tls {
+                        continue;
+                    }
+                    let limit = http_inspector::MAX_INSPECT_SIZE.min(buf.len());
+                    let verdict = peek_until(stream, &peeker, &mut buf[..limit], |data| {
+                        match http_inspector::inspect(data) {
+                            http_inspector::Detection::NeedMore => None,
+                            d => Some(d),
+                        }
+                    })
+                    .await;
+                    let Some(s) = &stats.http else { continue };
+                    let detection = match verdict {
+                        Ok(d) => d,
+                        Err(PeekEnd::Full) => http_inspector::Detection::NotHttp,
+                        Err(PeekEnd::Closed) => {
+                            // Bytes that end before a request line could: not HTTP; nothing at all:
+                            // the peer left.
+                            let mut probe = [0u8; 1];
+                            if peeker.peek(&mut probe).unwrap_or(0) == 0 {
+                                return Err(Rejection::RemoteClose);
+                            }
+                            http_inspector::Detection::NotHttp
+                        }
+                        Err(PeekEnd::Io(e)) => {
+                            tracing::debug!("http_inspector: cannot peek: {e}");
+                            s.read_error.inc();
+                            return Err(Rejection::FilterError);
+                        }
+                    };
+                    s.count(detection);
+                    if let http_inspector::Detection::Http(v) = detection {
+                        detected.application_protocols = vec![v.alpn().to_owned()];
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

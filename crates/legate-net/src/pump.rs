@@ -1,0 +1,218 @@
+//! Moving bytes between two TCP connections, each direction on its own, with TCP half-close:
+//! when one side finishes sending (FIN), the other side's write half is shut down and the
+//! opposite direction goes on until it finishes too (Envoy's tcp_proxy enables half-close on
+//! both connections). A reset or a write error on either side ends both directions.
+//!
+//! A direction holds a read buffer only while bytes are flowing: it is taken when the socket
+//! becomes readable and given back once the socket is drained, so an idle proxied connection
+//! costs no buffer memory.
+
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use legate_core::stats::Counter;
+use tokio::net::TcpStream;
+
+/// The read size: large enough for throughput, released when idle.
+const CHUNK: usize = 64 * 1024;
+
+/// Counters a direction adds its bytes to as they pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ByteCounters<'a> {
+    pub counters: [Option<&'a Counter>; 2],
+}
+
+impl ByteCounters<'_> {
+    fn add(&self, n: u64) {
+        for c in self.counters.iter().flatten() {
+            c.add(n);
+        }
+    }
+}
+
+/// Which side ended the exchange first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+/// How an exchange ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Both sides finished sending.
+    Closed,
+    /// No byte moved for the idle timeout.
+    IdleTimeout,
+    /// A read or write failed (a reset, usually).
+    Error,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    pub end: End,
+    /// Bytes read from A (and written to B), and from B.
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+    /// The side that finished (or failed) first, if any did.
+    pub first_to_close: Option<Side>,
+}
+
+/// Shuts down the write half of a socket (sends FIN); `&self` suffices.
+pub fn shutdown_write(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).shutdown(Shutdown::Write);
+}
+
+/// Writes all of `data`; `&self` suffices.
+pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads `src` and writes to `dst` until `src` finishes; then shuts down `dst`'s writing.
+async fn one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    counters: ByteCounters<'_>,
+    total: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<()> {
+    let mut buf: Option<Box<[u8]>> = None;
+    loop {
+        src.readable().await?;
+        let b = buf.get_or_insert_with(|| vec![0; CHUNK].into_boxed_slice());
+        match src.try_read(b) {
+            Ok(0) => {
+                shutdown_write(dst);
+                return Ok(());
+            }
+            Ok(n) => {
+                activity.touch();
+                write_all(dst, &b[..n]).await?;
+                total.fetch_add(n as u64, Ordering::Relaxed);
+                counters.add(n as u64);
+                activity.touch();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf = None,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The time of the last byte moved, for the idle timeout.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let due = self.start + last + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// Proxies between `a` and `b` until both directions finish, one fails, or nothing moves for
+/// `idle` (`None`: no idle timeout).
+pub async fn exchange(
+    a: &TcpStream,
+    b: &TcpStream,
+    idle: Option<Duration>,
+    from_a: ByteCounters<'_>,
+    from_b: ByteCounters<'_>,
+) -> Outcome {
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let (a_to_b, b_to_a) = (AtomicU64::new(0), AtomicU64::new(0));
+    // 0: none yet, 1: A, 2: B.
+    let first = AtomicU8::new(0);
+    let mark = |side: u8| {
+        let _ = first.compare_exchange(0, side, Ordering::Relaxed, Ordering::Relaxed);
+    };
+    let forward = async {
+        let r = one_way(a, b, from_a, &a_to_b, &activity).await;
+        mark(1);
+        r
+    };
+    let backward = async {
+        let r = one_way(b, a, from_b, &b_to_a, &activity).await;
+        mark(2);
+        r
+    };
+    let both = async { tokio::try_join!(forward, backward).map(|_| ()) };
+    let end = match idle {
+        Some(idle) => tokio::select! {
+            r = both => if r.is_ok() { End::Closed } else { End::Error },
+            _ = activity.idle_for(idle) => End::IdleTimeout,
+        },
+        None => match both.await {
+            Ok(()) => End::Closed,
+            Err(_) => End::Error,
+        },
+    };
+    Outcome {
+        end,
+        a_to_b: a_to_b.load(Ordering::Relaxed),
+        b_to_a: b_to_a.load(Ordering::Relaxed),
+        first_to_close: match first.load(Ordering::Relaxed) {
+            1 => Some(Side::A),
+            2 => Some(Side::B),
+            _ => None,
+        },
+    }
+}
+
+/// `envoy.filters.network.echo`: writes back what it reads until the peer finishes.
+pub async fn echo(s: &TcpStream, received: ByteCounters<'_>) -> io::Result<u64> {
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let total = AtomicU64::new(0);
+    one_way(s, s, received, &total, &activity).await?;
+    Ok(total.load(Ordering::Relaxed))
+}
+
+/// Reads and drops what the peer still sends after we finished, for up to `linger`, so that
+/// closing with unread bytes does not reset the connection before the peer has read our
+/// reply.
+pub async fn drain(s: &TcpStream, linger: Duration) {
+    let _ = tokio::time::timeout(linger, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            if s.readable().await.is_err() {
+                return;
+            }
+            match s.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,256 @@
+//! The L4 network filters at run time: `tcp_proxy` (cluster choice, connect attempts, the byte
+//! exchange, stats and access log), `echo` and `direct_response`. `ChainFilter` is what a
+//! matched filter chain runs on its connection; the HTTP connection manager is one of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use legate_core::access_log::AccessLogger;
+use legate_core::stats::{Counter, Scope};
+use legate_core::stream_info::{Protocol, StreamInfo};
+use legate_http::conn_manager::{Downstream, HttpConnectionManager, ProxyContext};
+use legate_net::pump::{self, ByteCounters, End, Side};
+use legate_net::tcp_proxy::{TcpProxyConfig, TcpProxyStats};
+use legate_upstream::Cluster;
+use legate_upstream::pool::UpstreamError;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::config::NetworkFilter;
+
+/// What a filter chain runs: its terminal network filter.
+pub enum ChainFilter {
+    Http(Arc<HttpConnectionManager>),
+    TcpProxy(Arc<TcpProxy>),
+    Echo,
+    DirectResponse(Arc<[u8]>),
+    /// A chain without filters: Envoy closes its connections.
+    Close,
+}
+
+impl ChainFilter {
+    /// Builds the running filter of a compiled chain.
+    pub fn new(filters: &[NetworkFilter], context: &Arc<ProxyContext>) -> Result<Self, String> {
+        Ok(match filters.last() {
+            None => ChainFilter::Close,
+            Some(NetworkFilter::HttpConnectionManager(c)) => ChainFilter::Http(Arc::new(
+                HttpConnectionManager::new(c.clone(), context.clone()).map_err(|errors| {
+                    errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })?,
+            )),
+            Some(NetworkFilter::TcpProxy(c)) => {
+                ChainFilter::TcpProxy(Arc::new(TcpProxy::new(c.clone(), context.clone())?))
+            }
+            Some(NetworkFilter::Echo) => ChainFilter::Echo,
+            Some(NetworkFilter::DirectResponse(bytes)) => {
+                ChainFilter::DirectResponse(bytes.clone())
+            }
+        })
+    }
+
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChainFilter::Http(_) => "http",
+            ChainFilter::TcpProxy(_) => "tcp_proxy",
+            ChainFilter::Echo => "echo",
+            ChainFilter::DirectResponse(_) => "direct_response",
+            ChainFilter::Close => "no filters",
+        }
+    }
+
+    /// Serves a connection to its end.
+    pub async fn serve(
+        &self,
+        stream: TcpStream,
+        downstream: Downstream,
+        server_name: &str,
+        drain: watch::Receiver<bool>,
+    ) {
+        match self {
+            ChainFilter::Http(hcm) => hcm.clone().serve(stream, downstream, drain).await,
+            ChainFilter::TcpProxy(p) => p.serve(stream, downstream, server_name).await,
+            ChainFilter::Echo => {
+                let _ = stream.set_nodelay(true);
+                let _ = pump::echo(&stream, ByteCounters::default()).await;
+            }
+            ChainFilter::DirectResponse(bytes) => {
+                let _ = pump::write_all(&stream, bytes).await;
+                pump::shutdown_write(&stream);
+                pump::drain(&stream, Duration::from_secs(1)).await;
+            }
+            ChainFilter::Close => {}
+        }
+    }
+}
+
+/// A running tcp_proxy filter.
+pub struct TcpProxy {
+    config: Arc<TcpProxyConfig>,
+    stats: TcpProxyStats,
+    access_logs: Vec<AccessLogger>,
+    context: Arc<ProxyContext>,
+}
+
+/// Cluster stats tcp_proxy updates beyond those the connection pool counts.
+struct ClusterL4Stats {
+    rx_bytes: Counter,
+    tx_bytes: Counter,
+    none_healthy: Counter,
+    attempts_exceeded: Counter,
+}
+
+impl ClusterL4Stats {
+    fn of(cluster: &Cluster) -> Self {
+        let s: &Scope = &cluster.stats.scope;
+        ClusterL4Stats {
+            rx_bytes: s.counter("upstream_cx_rx_bytes_total"),
+            tx_bytes: s.counter("upstream_cx_tx_bytes_total"),
+            none_healthy: s.counter("upstream_cx_none_healthy"),
+            attempts_exceeded: s.counter("upstream_cx_connect_attempts_exceeded"),
+        }
+    }
+}
+
+impl TcpProxy {
+    pub fn new(config: Arc<TcpProxyConfig>, context: Arc<ProxyContext>) -> Result<Self, String> {
+        let mut access_logs = Vec::with_capacity(config.access_log.len());
+        for (i, log) in config.access_log.iter().enumerate() {
+            let l = AccessLogger::compile(log).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|e| format!("access_log[{i}]: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+            access_logs.push(l);
+        }
+        let root = context.store.scope("");
+        // Register the byte counters of the clusters this proxy may use, as Envoy has them
+        // from the start.
+        for name in config.cluster.names() {
+            if let Some(c) = context.clusters.get(name) {
+                ClusterL4Stats::of(c);
+            }
+        }
+        Ok(TcpProxy {
+            stats: TcpProxyStats::new(&root, &config.stat_prefix),
+            config,
+            access_logs,
+            context,
+        })
+    }
+
+    async fn serve(&self, downstream: TcpStream, conn: Downstream, server_name: &str) {
+        let stats = &self.stats;
+        stats.downstream_cx_total.inc();
+        let _ = downstream.set_nodelay(true);
+        let mut info = StreamInfo::new(conn.id);
+        info.protocol = Protocol::Tcp;
+        info.downstream_remote_address = Some(conn.peer);
+        info.downstream_direct_remote_address = Some(conn.peer);
+        info.downstream_local_address = Some(conn.local);
+        if !server_name.is_empty() {
+            info.requested_server_name = Some(server_name.into());
+        }
+        self.proxy(&downstream, &conn, &mut info).await;
+        info.duration = Some(info.elapsed());
+        if !self.access_logs.is_empty() {
+            let runtime = self.context.runtime.snapshot();
+            for log in &self.access_logs {
+                log.log(&info, &runtime);
+            }
+        }
+    }
+
+    async fn proxy(&self, downstream: &TcpStream, conn: &Downstream, info: &mut StreamInfo) {
+        use legate_core::stream_info::ResponseFlags as flags;
+        let stats = &self.stats;
+        let name = self.config.cluster.pick(fastrand::u64(..));
+        let Some(cluster) = self.context.clusters.get(name) else {
+            stats.downstream_cx_no_route.inc();
+            info.response_flags.set(flags::NO_CLUSTER_FOUND);
+            return;
+        };
+        info.upstream_cluster = Some(cluster.name.clone());
+        let l4 = ClusterL4Stats::of(cluster);
+        // Connect, trying again (another host if the load balancer picks one) up to
+        // `max_connect_attempts` times.
+        let mut upstream = None;
+        for _ in 0..self.config.max_connect_attempts {
+            let Some(host) = cluster.lb.choose(fastrand::u64(..)) else {
+                l4.none_healthy.inc();
+                info.response_flags.set(flags::NO_HEALTHY_UPSTREAM);
+                return;
+            };
+            info.upstream_host = Some(host.address);
+            info.attempt_count += 1;
+            match legate_upstream::pool::connect(cluster, host).await {
+                Ok((stream, guard)) => {
+                    upstream = Some((stream, guard, host.clone()));
+                    break;
+                }
+                Err(UpstreamError::Overflow) => {
+                    info.response_flags.set(flags::UPSTREAM_OVERFLOW);
+                    return;
+                }
+                Err(e) => {
+                    info.upstream_transport_failure_reason =
+                        e.transport_failure_reason().map(str::to_owned);
+                }
+            }
+        }
+        let Some((upstream, guard, host)) = upstream else {
+            l4.attempts_exceeded.inc();
+            info.response_flags.set(flags::UPSTREAM_CONNECTION_FAILURE);
+            return;
+        };
+        info.upstream_local_address = upstream.local_addr().ok();
+        let _ = conn;
+        let opened = std::time::Instant::now();
+        let outcome = pump::exchange(
+            downstream,
+            &upstream,
+            self.config.idle_timeout,
+            ByteCounters {
+                counters: [
+                    Some(&stats.downstream_cx_rx_bytes_total),
+                    Some(&l4.tx_bytes),
+                ],
+            },
+            ByteCounters {
+                counters: [
+                    Some(&stats.downstream_cx_tx_bytes_total),
+                    Some(&l4.rx_bytes),
+                ],
+            },
+        )
+        .await;
+        info.bytes_received = outcome.a_to_b;
+        info.bytes_sent = outcome.b_to_a;
+        if outcome.end == End::IdleTimeout {
+            stats.idle_timeout.inc();
+        }
+        let cs = &cluster.stats;
+        if outcome.first_to_close == Some(Side::B) {
+            cs.upstream_cx_destroy_remote.inc();
+        } else {
+            cs.upstream_cx_destroy_local.inc();
+        }
+        if outcome.end == End::Error && outcome.first_to_close == Some(Side::B) {
+            info.response_flags
+                .set(flags::UPSTREAM_CONNECTION_TERMINATION);
+        }
+        cs.upstream_cx_active.dec();
+        cs.upstream_cx_destroy.inc();
+        cs.upstream_cx_length_ms
+            .record(opened.elapsed().as_millis() as u64);
+        host.active_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        drop(guard);
+    }
+}
