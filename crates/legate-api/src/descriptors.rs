@@ -36,6 +36,8 @@ pub const POOL_ROOTS: &[&str] = &[
     "envoy.extensions.filters.network.direct_response.v3.Config",
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
 ];
 
 fn envoy_descriptors() -> FileDescriptorSet {

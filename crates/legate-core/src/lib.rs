@@ -11,6 +11,7 @@ pub mod proto;
 pub mod runtime;
 pub mod stats;
 pub mod stream_info;
+pub mod tls;
 
 pub use legate_api::ConfigError;
 

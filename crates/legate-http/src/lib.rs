@@ -7,6 +7,7 @@ pub mod conn_manager;
 pub mod filters;
 pub mod hcm;
 pub mod header_mutation;
+pub mod headers;
 pub mod local_reply;
 pub mod path;
 pub mod rewrite;

@@ -25,6 +25,10 @@ pub struct LocalReply {
     pub flag: u32,
     /// A `Location` to send (path-normalisation redirects).
     pub location: Option<String>,
+    /// Extra headers (`x-envoy-overloaded` on a circuit-breaker overflow).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
+    /// Close the connection after this reply (a refused upgrade, a protocol error).
+    pub close: bool,
 }
 
 impl LocalReply {
@@ -35,7 +39,24 @@ impl LocalReply {
             details,
             flag,
             location: None,
+            headers: Vec::new(),
+            close: flag == legate_core::stream_info::ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
         }
+    }
+
+    /// The same reply with one more header.
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((
+            http::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+        self
+    }
+
+    /// The same reply, closing the connection after it.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     /// The response as Envoy writes it: `content-type: text/plain` and `content-length` when
@@ -56,6 +77,9 @@ impl LocalReply {
             .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         if let Some(v) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
             response.headers_mut().insert(header::LOCATION, v);
+        }
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
         }
         response
     }

@@ -23,6 +23,11 @@ use legate_upstream::pool::{self, Protocol, ResponseBody, UpstreamError};
 use legate_upstream::{Cluster, UpstreamProtocol};
 
 use crate::conn_manager::{HttpConnectionManager, Outcome, RequestBodyState};
+use crate::headers::{
+    KEEP_ALIVE, PROXY_CONNECTION, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_INTERNAL,
+    X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS, X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
+    X_ENVOY_UPSTREAM_SERVICE_TIME,
+};
 use crate::local_reply::LocalReply;
 use crate::rewrite::AuthorityRewrite;
 use crate::route::Forward;
@@ -77,8 +82,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
@@ -92,18 +97,31 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Envoy's body for a failure before response headers:
-/// `upstream connect error or disconnect/reset before headers. reset reason: <reason>[,
-/// transport failure reason: <why>]`.
+/// HTTP/2 sends each cookie as its own header; HTTP/1.1 wants one `cookie` header, joined with
+/// `; ` (RFC 9113 §8.2.3), as Envoy joins them when bridging.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().count() < 2 {
+        return;
+    }
+    let joined: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&joined.join("; ")) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Envoy's local reply for a failure before response headers:
+/// `upstream connect error or disconnect/reset before headers. reset reason: <reason>`.
 fn reset_reply(e: &UpstreamError) -> LocalReply {
-    let mut body = format!(
+    // Envoy 1.40 names the reset reason only; the transport failure reason goes to
+    // `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    let body = format!(
         "upstream connect error or disconnect/reset before headers. reset reason: {}",
         e.reset_reason()
     );
-    if let Some(why) = e.transport_failure_reason() {
-        body.push_str(", transport failure reason: ");
-        body.push_str(why);
-    }
     let (status, flag, details) = match e {
         UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => (
             503,
@@ -131,7 +149,13 @@ fn reset_reply(e: &UpstreamError) -> LocalReply {
             "upstream_reset_before_response_started{protocol_error}",
         ),
     };
-    LocalReply::new(status, body, details, flag)
+    let reply = LocalReply::new(status, body, details, flag);
+    if matches!(e, UpstreamError::Overflow) {
+        // Envoy marks circuit-breaker rejections so that clients can back off.
+        reply.with_header("x-envoy-overloaded", "true")
+    } else {
+        reply
+    }
 }
 
 /// The route timeout: `x-envoy-upstream-rq-timeout-ms` when given (and then removed), else the
@@ -142,10 +166,10 @@ fn route_timeout(forward: &Forward, headers: &mut HeaderMap) -> Option<Duration>
             .map(Duration::from_millis)
     };
     let mut timeout =
-        millis(headers.remove("x-envoy-upstream-rq-timeout-ms")).unwrap_or(forward.timeout);
+        millis(headers.remove(X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS)).unwrap_or(forward.timeout);
     // Legate makes one attempt (retries are not implemented yet), so a per-try timeout bounds
     // the request when it is the shorter.
-    if let Some(per_try) = millis(headers.remove("x-envoy-upstream-rq-per-try-timeout-ms"))
+    if let Some(per_try) = millis(headers.remove(X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS))
         && !per_try.is_zero()
         && (timeout.is_zero() || per_try < timeout)
     {
@@ -185,7 +209,9 @@ pub(crate) async fn forward(
             .is_some_and(|(_, on)| *on);
         if !enabled {
             stats.downstream_rq_ws_on_non_ws_route.inc();
-            return LocalReply::new(403, "", "upgrade_failed", 0).into();
+            return LocalReply::new(403, "", "upgrade_failed", 0)
+                .closing()
+                .into();
         }
         // Other requests were counted by the connection manager.
         stats.rq_total.inc();
@@ -212,6 +238,11 @@ pub(crate) async fn forward(
         return reset_reply(&UpstreamError::Overflow).into();
     };
 
+    // Envoy splits the cluster's response stats by the request's origin.
+    let internal = parts
+        .headers
+        .get(X_ENVOY_INTERNAL)
+        .is_some_and(|v| v.as_bytes() == b"true");
     // The request as the upstream sees it: rewrites, then header mutations.
     let (path, authority) = rewrite_request(f.forward, &mut parts, info);
     apply_request_mutations(f.selected, &mut parts.headers, info);
@@ -233,7 +264,7 @@ pub(crate) async fn forward(
     }
     if let Some((timeout, _)) = deadline.filter(|_| !hcm.config.suppress_envoy_headers) {
         parts.headers.insert(
-            "x-envoy-expected-rq-timeout-ms",
+            X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
             HeaderValue::from(timeout.as_millis() as u64),
         );
     }
@@ -247,6 +278,9 @@ pub(crate) async fn forward(
     };
     match protocol {
         Protocol::Http1 => {
+            if info.protocol == DownstreamProtocol::Http2 {
+                join_cookies(&mut parts.headers);
+            }
             parts.version = Version::HTTP_11;
             parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
             if let Ok(v) = HeaderValue::from_str(&authority) {
@@ -278,35 +312,56 @@ pub(crate) async fn forward(
         .idle_timeout
         .or(hcm.config.stream_idle_timeout)
         .filter(|t| !t.is_zero());
-    let route_deadline = async {
-        match deadline {
-            Some((_, at)) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
+    // One timer for whichever of the two comes first.
+    let idle_at = idle.map(|t| Instant::now() + t);
+    let (first, idle_first) = match (deadline.map(|(_, at)| at), idle_at) {
+        (Some(route), Some(idle)) if idle < route => (Some(idle), true),
+        (Some(route), _) => (Some(route), false),
+        (None, idle) => (idle, idle.is_some()),
     };
-    let idle_deadline = async {
-        match idle {
-            Some(t) => tokio::time::sleep(t).await,
+    let timer = async {
+        match first {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
             None => std::future::pending().await,
         }
     };
     let result = tokio::select! {
-        r = sent => r,
-        _ = route_deadline => {
-            cstats.upstream_rq_active.dec();
-            cstats.upstream_rq_timeout.inc();
-            host.rq_timeout.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            cstats.response(504, started.elapsed().as_millis() as u64);
-            return LocalReply::new(504, "upstream request timeout", "upstream_response_timeout", ResponseFlags::UPSTREAM_REQUEST_TIMEOUT).into();
-        }
-        _ = idle_deadline => {
+        r = sent => Some(r),
+        _ = timer => None,
+    };
+    let result = match result {
+        Some(r) => r,
+        None if idle_first => {
             cstats.upstream_rq_active.dec();
             stats.downstream_rq_idle_timeout.inc();
             // Envoy's `onIdleTimeout`: 504 once the client has sent its whole request (the
             // upstream is the one stalling), 408 while the request is still incomplete.
-            let complete = f.body_state.complete.load(std::sync::atomic::Ordering::Relaxed);
+            let complete = f
+                .body_state
+                .complete
+                .load(std::sync::atomic::Ordering::Relaxed);
             let status = if complete { 504 } else { 408 };
-            return LocalReply::new(status, "stream timeout", "stream_idle_timeout", ResponseFlags::STREAM_IDLE_TIMEOUT).into();
+            return LocalReply::new(
+                status,
+                "stream timeout",
+                "stream_idle_timeout",
+                ResponseFlags::STREAM_IDLE_TIMEOUT,
+            )
+            .into();
+        }
+        None => {
+            cstats.upstream_rq_active.dec();
+            cstats.upstream_rq_timeout.inc();
+            host.rq_timeout
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cstats.response(504, started.elapsed().as_millis() as u64, internal);
+            return LocalReply::new(
+                504,
+                "upstream request timeout",
+                "upstream_response_timeout",
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+            )
+            .into();
         }
     };
     let mut response = match result {
@@ -345,7 +400,7 @@ pub(crate) async fn forward(
             }
             let reply = reset_reply(&e);
             if reply.status >= 500 {
-                cstats.response(reply.status, started.elapsed().as_millis() as u64);
+                cstats.response(reply.status, started.elapsed().as_millis() as u64, internal);
             }
             return reply.into();
         }
@@ -353,7 +408,7 @@ pub(crate) async fn forward(
     let service_ms = started.elapsed().as_millis() as u64;
     info.first_upstream_rx_byte = Some(info.start.elapsed());
     let status = response.status().as_u16();
-    cstats.response(status, service_ms);
+    cstats.response(status, service_ms, internal);
     if status < 500 {
         host.rq_success
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -367,13 +422,19 @@ pub(crate) async fn forward(
     strip_hop_by_hop(response.headers_mut(), switching);
     if !switching {
         // Envoy leaves it off a 101 (Switching Protocols).
-        response.headers_mut().insert(
-            "x-envoy-upstream-service-time",
-            HeaderValue::from(service_ms),
-        );
+        response
+            .headers_mut()
+            .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(service_ms));
     }
-    // `%RESPONSE_CODE%` in response header mutations is the upstream's status.
+    // `%RESPONSE_CODE%` and `%RESP(...)%` in response header mutations see the upstream's
+    // response.
     info.response_code = Some(status);
+    if f.selected
+        .response_mutations()
+        .any(|m| m.add.iter().any(|a| a.formatter.is_some()))
+    {
+        info.response_headers = Some(response.headers().clone());
+    }
     apply_response_mutations(f.selected, response.headers_mut(), info);
 
     if switching {

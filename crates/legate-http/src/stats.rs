@@ -12,6 +12,9 @@ pub struct HcmStats {
     pub downstream_cx_http1_active: Gauge,
     pub downstream_cx_http2_active: Gauge,
     pub downstream_cx_destroy: Counter,
+    pub downstream_cx_destroy_local: Counter,
+    pub downstream_cx_destroy_remote: Counter,
+    pub downstream_cx_destroy_active_rq: Counter,
     pub downstream_cx_length_ms: Histogram,
     pub downstream_cx_max_duration_reached: Counter,
     pub downstream_cx_max_requests_reached: Counter,
@@ -33,6 +36,9 @@ pub struct HcmStats {
     pub dropped_headers_with_underscores: Counter,
     pub requests_rejected_with_underscores_in_headers: Counter,
     classes: [Counter; 5],
+    /// `listener.<listener>.http.<prefix>.downstream_rq_<class>` and `_completed`.
+    listener_classes: [Counter; 5],
+    listener_completed: Counter,
     // Router stats live under the same prefix.
     pub no_route: Counter,
     pub no_cluster: Counter,
@@ -43,16 +49,20 @@ pub struct HcmStats {
 }
 
 impl HcmStats {
-    pub fn new(store: &std::sync::Arc<Store>, stat_prefix: &str) -> Self {
+    pub fn new(
+        store: &std::sync::Arc<Store>,
+        stat_prefix: &str,
+        listener_stat_prefix: &str,
+    ) -> Self {
         let scope: Scope = store.scope(&format!("http.{stat_prefix}."));
+        let per_listener = store.scope(&format!(
+            "listener.{listener_stat_prefix}.http.{stat_prefix}."
+        ));
         let c = |n: &str| scope.counter(n);
         let g = |n: &str| scope.gauge(n, ImportMode::Accumulate);
         let h = |n: &str| scope.histogram(n, Unit::Milliseconds);
         // Registered so that the stat set matches Envoy's; Legate never raises them yet.
         for name in [
-            "downstream_cx_destroy_local",
-            "downstream_cx_destroy_remote",
-            "downstream_cx_destroy_active_rq",
             "downstream_cx_destroy_local_active_rq",
             "downstream_cx_destroy_remote_active_rq",
             "downstream_cx_http1_total",
@@ -80,6 +90,9 @@ impl HcmStats {
             downstream_cx_http1_active: g("downstream_cx_http1_active"),
             downstream_cx_http2_active: g("downstream_cx_http2_active"),
             downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_destroy_local: c("downstream_cx_destroy_local"),
+            downstream_cx_destroy_remote: c("downstream_cx_destroy_remote"),
+            downstream_cx_destroy_active_rq: c("downstream_cx_destroy_active_rq"),
             downstream_cx_length_ms: h("downstream_cx_length_ms"),
             downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
@@ -109,6 +122,14 @@ impl HcmStats {
                 c("downstream_rq_4xx"),
                 c("downstream_rq_5xx"),
             ],
+            listener_classes: [
+                per_listener.counter("downstream_rq_1xx"),
+                per_listener.counter("downstream_rq_2xx"),
+                per_listener.counter("downstream_rq_3xx"),
+                per_listener.counter("downstream_rq_4xx"),
+                per_listener.counter("downstream_rq_5xx"),
+            ],
+            listener_completed: per_listener.counter("downstream_rq_completed"),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_total: c("rq_total"),
@@ -120,10 +141,14 @@ impl HcmStats {
         }
     }
 
-    /// Counts a response sent downstream by its class.
+    /// Counts a completed response by its class, for the connection manager and its listener.
     pub fn response(&self, status: u16) {
         if (100..600).contains(&status) {
-            self.classes[(status / 100 - 1) as usize].inc();
+            let class = (status / 100 - 1) as usize;
+            self.classes[class].inc();
+            self.listener_classes[class].inc();
         }
+        self.downstream_rq_completed.inc();
+        self.listener_completed.inc();
     }
 }

@@ -3,7 +3,8 @@
 //! it runs, so that the crates above plug their filters in without this crate knowing them),
 //! filter-chain matching ([`filter_chain`]), the listener filters that inspect a new
 //! connection ([`listener_filter`], [`tls_inspector`], [`http_inspector`]), and the L4 network
-//! filters' configuration and byte moving ([`tcp_proxy`], [`pump`], [`direct_response`]).
+//! filters' configuration and byte moving ([`tcp_proxy`], [`pump`], [`direct_response`]), and
+//! downstream TLS termination ([`tls`]).
 
 pub mod direct_response;
 pub mod filter_chain;
@@ -12,4 +13,5 @@ pub mod listener;
 pub mod listener_filter;
 pub mod pump;
 pub mod tcp_proxy;
+pub mod tls;
 pub mod tls_inspector;

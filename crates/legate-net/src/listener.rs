@@ -2,14 +2,17 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use legate_api::pb::envoy::config::listener::v3::{Filter, FilterChainMatch, Listener};
 use legate_core::address::{socket_addr, stat_name};
-use legate_core::proto::u32_or;
+use legate_core::proto::{duration_or, u32_or};
 use legate_core::{Compiled, ConfigError, Errors};
 
 use crate::filter_chain::{ConnectionFacts, FilterChainIndex};
 use crate::listener_filter::ListenerFilters;
+use crate::tls::DownstreamTls;
 
 /// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB).
 pub const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
@@ -45,6 +48,10 @@ impl<F> ListenerConfig<F> {
 pub struct FilterChain<F> {
     pub name: String,
     pub filters: Vec<F>,
+    /// `transport_socket` (`envoy.transport_sockets.tls`): TLS terminated on this chain.
+    pub tls: Option<Arc<DownstreamTls>>,
+    /// `transport_socket_connect_timeout`: the time a TLS handshake may take.
+    pub transport_socket_connect_timeout: Option<Duration>,
 }
 
 impl<F> ListenerConfig<F> {
@@ -111,9 +118,21 @@ impl<F> ListenerConfig<F> {
                     filters.push(f);
                 }
             }
+            let tls = chain.transport_socket.as_ref().and_then(|ts| {
+                errors.take(
+                    &format!("{path}.transport_socket"),
+                    DownstreamTls::compile_transport_socket(ts).map(Arc::new),
+                )
+            });
             chains.push(FilterChain {
                 name: chain.name.clone(),
                 filters,
+                tls,
+                transport_socket_connect_timeout: chain
+                    .transport_socket_connect_timeout
+                    .as_ref()
+                    .map(|d| duration_or(Some(d), Duration::ZERO))
+                    .filter(|d| !d.is_zero()),
             });
         }
         let Some(address) = address else {

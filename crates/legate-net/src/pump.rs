@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use legate_core::stats::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The read size: large enough for throughput, released when idle.
@@ -213,6 +214,124 @@ pub async fn drain(s: &TcpStream, linger: Duration) {
                 Err(_) => return,
             }
         }
+    })
+    .await;
+}
+
+/// [`exchange`] for any pair of byte streams (TLS on either side): the same half-close, idle
+/// timeout and accounting, through `AsyncRead`/`AsyncWrite` instead of the sockets' readiness.
+/// A direction that finishes shuts down the other side's writing (for TLS, a `close_notify`
+/// and then the TCP FIN).
+pub async fn exchange_io<A, B>(
+    a: A,
+    b: B,
+    idle: Option<Duration>,
+    from_a: ByteCounters<'_>,
+    from_b: ByteCounters<'_>,
+) -> Outcome
+where
+    A: AsyncRead + AsyncWrite,
+    B: AsyncRead + AsyncWrite,
+{
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let (a_read, a_write) = tokio::io::split(a);
+    let (b_read, b_write) = tokio::io::split(b);
+    let (a_to_b, b_to_a) = (AtomicU64::new(0), AtomicU64::new(0));
+    let first = AtomicU8::new(0);
+    let mark = |side: u8| {
+        let _ = first.compare_exchange(0, side, Ordering::Relaxed, Ordering::Relaxed);
+    };
+    let forward = async {
+        let r = one_way_io(a_read, b_write, from_a, &a_to_b, &activity).await;
+        mark(1);
+        r
+    };
+    let backward = async {
+        let r = one_way_io(b_read, a_write, from_b, &b_to_a, &activity).await;
+        mark(2);
+        r
+    };
+    let both = async { tokio::try_join!(forward, backward).map(|_| ()) };
+    let end = match idle {
+        Some(idle) => tokio::select! {
+            r = both => if r.is_ok() { End::Closed } else { End::Error },
+            _ = activity.idle_for(idle) => End::IdleTimeout,
+        },
+        None => match both.await {
+            Ok(()) => End::Closed,
+            Err(_) => End::Error,
+        },
+    };
+    Outcome {
+        end,
+        a_to_b: a_to_b.load(Ordering::Relaxed),
+        b_to_a: b_to_a.load(Ordering::Relaxed),
+        first_to_close: match first.load(Ordering::Relaxed) {
+            1 => Some(Side::A),
+            2 => Some(Side::B),
+            _ => None,
+        },
+    }
+}
+
+async fn one_way_io<R, W>(
+    mut src: R,
+    mut dst: W,
+    counters: ByteCounters<'_>,
+    total: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; CHUNK / 4];
+    loop {
+        let n = src.read(&mut buf).await?;
+        if n == 0 {
+            let _ = dst.shutdown().await;
+            return Ok(());
+        }
+        activity.touch();
+        dst.write_all(&buf[..n]).await?;
+        dst.flush().await?;
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        counters.add(n as u64);
+        activity.touch();
+    }
+}
+
+/// [`echo`] for any byte stream.
+pub async fn echo_io<S: AsyncRead + AsyncWrite>(
+    s: S,
+    received: ByteCounters<'_>,
+) -> io::Result<u64> {
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let total = AtomicU64::new(0);
+    let (r, w) = tokio::io::split(s);
+    one_way_io(r, w, received, &total, &activity).await?;
+    Ok(total.load(Ordering::Relaxed))
+}
+
+/// `direct_response` for any byte stream: write, finish, read what the peer still sends for up
+/// to `linger`.
+pub async fn respond_io<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    data: &[u8],
+    linger: Duration,
+) {
+    if s.write_all(data).await.is_err() || s.shutdown().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(linger, async {
+        let mut buf = [0u8; 4096];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
     })
     .await;
 }

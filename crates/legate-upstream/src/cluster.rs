@@ -90,6 +90,8 @@ pub struct ClusterConfig {
     pub max_headers_count: u32,
     /// HTTP/2 settings for upstream connections (windows, HPACK table size).
     pub http2: legate_api::pb::envoy::config::core::v3::Http2ProtocolOptions,
+    /// `transport_socket` `envoy.transport_sockets.tls`: TLS to the hosts.
+    pub tls: Option<std::sync::Arc<crate::tls::UpstreamTls>>,
 }
 
 impl ClusterConfig {
@@ -189,7 +191,14 @@ impl ClusterConfig {
             .or(max_requests);
         let idle_timeout = idle_timeout(&common);
 
+        let tls = c.transport_socket.as_ref().and_then(|ts| {
+            errors.take(
+                "transport_socket",
+                crate::tls::UpstreamTls::compile_transport_socket(ts).map(std::sync::Arc::new),
+            )
+        });
         errors.finish(|| ClusterConfig {
+            tls,
             name: c.name.clone(),
             stat_name: c.name.clone(),
             connect_timeout: duration_or(c.connect_timeout.as_ref(), Duration::from_secs(5)),

@@ -1,6 +1,7 @@
 //! Upstream clusters: the compiled model of a cluster (`cluster`), the live cluster with its
 //! hosts, stats and circuit breakers (`manager`), load balancers (`lb`), and the per-worker
-//! connection pools that carry requests to hosts (`pool`).
+//! connection pools that carry requests to hosts (`pool`), over TLS when the cluster says so
+//! (`tls`).
 
 pub mod body;
 pub mod breaker;
@@ -10,6 +11,7 @@ pub mod lb;
 pub mod manager;
 pub mod pool;
 pub mod stats;
+pub mod tls;
 
 pub use cluster::{ClusterConfig, LbPolicy, UpstreamProtocol};
 pub use manager::{Cluster, ClusterManager};

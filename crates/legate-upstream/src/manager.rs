@@ -21,6 +21,8 @@ pub struct Cluster {
     pub hosts: Vec<Arc<Host>>,
     pub lb: LoadBalancer,
     pub stats: ClusterStats,
+    /// `cluster.<name>.ssl.*`, for clusters with TLS.
+    pub ssl: Option<legate_core::tls::SslStats>,
     /// Circuit breakers of the `DEFAULT` routing priority (the one routes use unless they set
     /// `priority: HIGH`, which Legate does not support yet).
     pub breakers: Breakers,
@@ -61,6 +63,10 @@ impl Cluster {
             lb: LoadBalancer::new(config.lb_policy, &hosts),
             breakers: Breakers::new(&config.default_limits, &scope, "default"),
             high_breakers: Breakers::new(&config.high_limits, &scope, "high"),
+            ssl: config
+                .tls
+                .as_ref()
+                .map(|_| legate_core::tls::SslStats::new(&scope)),
             stats,
             hosts,
             pools,

@@ -25,6 +25,7 @@ use crate::body::Body;
 use crate::breaker::ResourceGuard;
 use crate::host::Host;
 use crate::manager::Cluster;
+pub use crate::tls::UpstreamStream;
 
 /// The protocol a request is sent upstream with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +124,11 @@ async fn send_http1(
     loop {
         let (mut sender, uses, reused) = match checkout(pool, cluster.config.idle_timeout) {
             Some((sender, uses)) => (sender, uses, true),
-            None => (connect_http1(cluster, host).await?, 0, false),
+            None => {
+                // Envoy counts a request that waits for a new connection as pending.
+                cluster.stats.upstream_rq_pending_total.inc();
+                (connect_http1(cluster, host).await?, 0, false)
+            }
         };
         if sender.ready().await.is_err() {
             if reused {
@@ -184,6 +189,7 @@ async fn send_http2(
     let mut sender = match existing {
         Some(s) => s,
         None => {
+            cluster.stats.upstream_rq_pending_total.inc();
             let s = connect_http2(cluster, host).await?;
             *lock(&pool.h2) = Some(s.clone());
             s
@@ -197,13 +203,18 @@ async fn send_http2(
     }))
 }
 
-/// Opens a TCP connection within the cluster's connection limit and `connect_timeout`,
-/// counting `upstream_cx_*`. The caller accounts for the connection's end (`upstream_cx_active`,
-/// `upstream_cx_destroy`, the host's `active_connections`); tcp_proxy uses it directly.
+/// Opens a connection within the cluster's connection limit and `connect_timeout`, counting
+/// `upstream_cx_*`: TCP, then the TLS handshake if the cluster has a TLS transport socket
+/// (`protocol` picks what ALPN offers: `None` for raw TCP). As in Envoy, `connect_timeout`
+/// covers both, and a failed handshake is a connect failure (`UF`) whose transport failure
+/// reason is the TLS error. The caller accounts for the connection's end
+/// (`upstream_cx_active`, `upstream_cx_destroy`, the host's `active_connections`); tcp_proxy
+/// uses it directly.
 pub async fn connect(
     cluster: &Cluster,
     host: &Host,
-) -> Result<(TcpStream, ResourceGuard), UpstreamError> {
+    protocol: Option<Protocol>,
+) -> Result<(UpstreamStream, ResourceGuard), UpstreamError> {
     let stats = &cluster.stats;
     let Some(guard) = cluster.breakers.connections.try_acquire() else {
         cluster.stats.scope.counter("upstream_cx_overflow").inc();
@@ -213,10 +224,32 @@ pub async fn connect(
     host.cx_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
-    let result = tokio::time::timeout(
-        cluster.config.connect_timeout,
-        TcpStream::connect(host.address),
-    )
+    let result = tokio::time::timeout(cluster.config.connect_timeout, async {
+        let tcp = TcpStream::connect(host.address)
+            .await
+            .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &cluster.config.tls else {
+            return Ok(UpstreamStream::Plain(tcp));
+        };
+        match tls.connect(tcp, protocol).await {
+            Ok(s) => {
+                if let Some(ssl) = &cluster.ssl {
+                    ssl.handshake_done(s.get_ref().1);
+                }
+                Ok(UpstreamStream::Tls(Box::new(s)))
+            }
+            Err(e) => {
+                if let Some(ssl) = &cluster.ssl {
+                    ssl.handshake_failed(&e);
+                }
+                Err(match legate_core::tls::tls_error(&e) {
+                    Some(t) => legate_core::tls::failure_reason(t),
+                    None => format!("TLS_error:|{}:TLS_error_end", os_reason(&e)),
+                })
+            }
+        }
+    })
     .await;
     let failed = |host: &Host| {
         stats.upstream_cx_connect_fail.inc();
@@ -229,15 +262,11 @@ pub async fn connect(
             stats.upstream_cx_connect_timeout.inc();
             Err(UpstreamError::ConnectTimeout)
         }
-        Ok(Err(e)) => {
+        Ok(Err(reason)) => {
             failed(host);
-            Err(UpstreamError::ConnectFailure(format!(
-                "delayed connect error: {}",
-                os_reason(&e)
-            )))
+            Err(UpstreamError::ConnectFailure(reason))
         }
         Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
             stats
                 .upstream_cx_connect_ms
                 .record(started.elapsed().as_millis() as u64);
@@ -284,7 +313,7 @@ async fn connect_http1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
 ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-    let (stream, guard) = connect(cluster, host).await?;
+    let (stream, guard) = connect(cluster, host, Some(Protocol::Http1)).await?;
     let (sender, conn) = http1::Builder::new()
         .max_headers(cluster.config.max_headers_count as usize)
         .handshake(TokioIo::new(stream))
@@ -299,7 +328,7 @@ async fn connect_http2(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
 ) -> Result<http2::SendRequest<Body>, UpstreamError> {
-    let (stream, guard) = connect(cluster, host).await?;
+    let (stream, guard) = connect(cluster, host, Some(Protocol::Http2)).await?;
     let o = &cluster.config.http2;
     // Envoy's defaults: 256 MiB windows, a 4 KiB HPACK table.
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())

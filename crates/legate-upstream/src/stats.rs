@@ -1,5 +1,6 @@
 //! `cluster.<name>.*` stats with Envoy's names (cluster_stats.rst). Handles are resolved once
-//! per cluster; per-response-code counters are created on first use, without a map lookup.
+//! per cluster; per-response-code counters and the internal/external split are created on
+//! first use, without a map lookup.
 
 use std::sync::OnceLock;
 
@@ -28,8 +29,6 @@ pub struct ClusterStats {
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_rx_reset: Counter,
     pub upstream_rq_tx_reset: Counter,
-    pub upstream_rq_completed: Counter,
-    pub upstream_rq_time: Histogram,
     pub membership_total: Gauge,
     pub membership_healthy: Gauge,
     pub membership_degraded: Gauge,
@@ -37,10 +36,11 @@ pub struct ClusterStats {
     pub membership_change: Counter,
     pub lb_healthy_panic: Counter,
     pub max_host_weight: Gauge,
-    /// `upstream_rq_1xx` .. `upstream_rq_5xx`.
-    classes: [Counter; 5],
-    /// `upstream_rq_<code>` for 100..=599, created on first use.
-    codes: OnceLock<Box<[OnceLock<Counter>]>>,
+    /// `upstream_rq_<code>`, `_<class>`, `_completed`, `_time`.
+    totals: ResponseStats,
+    /// The same under `internal.` and `external.`, created on first use.
+    internal: OnceLock<ResponseStats>,
+    external: OnceLock<ResponseStats>,
 }
 
 impl ClusterStats {
@@ -68,8 +68,6 @@ impl ClusterStats {
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
-            upstream_rq_completed: c("upstream_rq_completed"),
-            upstream_rq_time: h("upstream_rq_time"),
             membership_total: scope.gauge("membership_total", ImportMode::NeverImport),
             membership_healthy: scope.gauge("membership_healthy", ImportMode::NeverImport),
             membership_degraded: scope.gauge("membership_degraded", ImportMode::NeverImport),
@@ -77,6 +75,49 @@ impl ClusterStats {
             membership_change: c("membership_change"),
             lb_healthy_panic: c("lb_healthy_panic"),
             max_host_weight: scope.gauge("max_host_weight", ImportMode::NeverImport),
+            totals: ResponseStats::new(scope.clone()),
+            internal: OnceLock::new(),
+            external: OnceLock::new(),
+            scope,
+        }
+    }
+
+    /// Counts a final response: `upstream_rq_<code>`, `upstream_rq_<class>`,
+    /// `upstream_rq_completed` and `upstream_rq_time`, and the same under `internal.` or
+    /// `external.` by the request's origin (`x-envoy-internal`), as Envoy splits them.
+    pub fn response(&self, status: u16, time_ms: u64, internal: bool) {
+        self.totals.count(status, time_ms);
+        let origin = if internal {
+            &self.internal
+        } else {
+            &self.external
+        };
+        origin
+            .get_or_init(|| {
+                let scope = self
+                    .scope
+                    .scope(if internal { "internal." } else { "external." });
+                ResponseStats::new(scope)
+            })
+            .count(status, time_ms);
+    }
+}
+
+/// Response counters of one scope: per code (created on first use), per class, completed,
+/// and the time histogram.
+#[derive(Debug)]
+struct ResponseStats {
+    scope: Scope,
+    classes: [Counter; 5],
+    codes: OnceLock<Box<[OnceLock<Counter>]>>,
+    completed: Counter,
+    time: Histogram,
+}
+
+impl ResponseStats {
+    fn new(scope: Scope) -> Self {
+        let c = |n: &str| scope.counter(n);
+        ResponseStats {
             classes: [
                 c("upstream_rq_1xx"),
                 c("upstream_rq_2xx"),
@@ -85,13 +126,13 @@ impl ClusterStats {
                 c("upstream_rq_5xx"),
             ],
             codes: OnceLock::new(),
+            completed: c("upstream_rq_completed"),
+            time: scope.histogram("upstream_rq_time", Unit::Milliseconds),
             scope,
         }
     }
 
-    /// Counts a final response: `upstream_rq_<code>`, `upstream_rq_<class>`,
-    /// `upstream_rq_completed` and `upstream_rq_time`.
-    pub fn response(&self, status: u16, time_ms: u64) {
+    fn count(&self, status: u16, time_ms: u64) {
         if (100..600).contains(&status) {
             self.classes[(status / 100 - 1) as usize].inc();
             let codes = self
@@ -101,7 +142,7 @@ impl ClusterStats {
                 .get_or_init(|| self.scope.counter(&format!("upstream_rq_{status}")))
                 .inc();
         }
-        self.upstream_rq_completed.inc();
-        self.upstream_rq_time.record(time_ms);
+        self.completed.inc();
+        self.time.record(time_ms);
     }
 }

@@ -8,6 +8,7 @@ use legate_api::check::Support;
 const CORE: &str = "envoy.config.core.v3";
 const ROUTE: &str = "envoy.config.route.v3";
 const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3";
+const TLS: &str = "envoy.extensions.transport_sockets.tls.v3";
 
 /// (message, fields Legate reads). Messages absent from the list accept no fields.
 pub fn messages() -> Vec<(String, &'static [&'static str])> {
@@ -68,7 +69,13 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
         (
             "envoy.config.listener.v3",
             "FilterChain",
-            &["filters", "name", "filter_chain_match"],
+            &[
+                "filters",
+                "name",
+                "filter_chain_match",
+                "transport_socket",
+                "transport_socket_connect_timeout",
+            ],
         ),
         (
             "envoy.config.listener.v3",
@@ -449,6 +456,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "http_protocol_options",
                 "http2_protocol_options",
                 "common_http_protocol_options",
+                "transport_socket",
             ],
         ),
         (
@@ -583,6 +591,41 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             "StderrAccessLog",
             &["log_format"],
         ),
+        // TLS transport sockets
+        (CORE, "TransportSocket", &["name", "typed_config"]),
+        (
+            TLS,
+            "DownstreamTlsContext",
+            &["common_tls_context", "require_client_certificate"],
+        ),
+        (TLS, "UpstreamTlsContext", &["common_tls_context", "sni"]),
+        (
+            TLS,
+            "CommonTlsContext",
+            &[
+                "tls_params",
+                "tls_certificates",
+                "alpn_protocols",
+                "validation_context",
+            ],
+        ),
+        (TLS, "TlsCertificate", &["certificate_chain", "private_key"]),
+        (
+            TLS,
+            "TlsParameters",
+            &[
+                "tls_minimum_protocol_version",
+                "tls_maximum_protocol_version",
+                "cipher_suites",
+                "ecdh_curves",
+            ],
+        ),
+        (
+            TLS,
+            "CertificateValidationContext",
+            &["trusted_ca", "match_typed_subject_alt_names"],
+        ),
+        (TLS, "SubjectAltNameMatcher", &["san_type", "matcher"]),
         // Stats
         (
             "envoy.config.metrics.v3",
@@ -629,6 +672,14 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
     (
         "envoy.filters.http.router",
         "envoy.extensions.filters.http.router.v3.Router",
+    ),
+    (
+        "envoy.transport_sockets.tls",
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    ),
+    (
+        "envoy.transport_sockets.tls",
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
     ),
     (
         "envoy.access_loggers.file",
@@ -700,6 +751,12 @@ const NOTES: &str = "
 | `HttpConnectionManager.drain_timeout`, `delayed_close_timeout` | Validated; connections drain with GOAWAY (HTTP/2) or `connection: close` (HTTP/1.1) without these extra delays. |
 | `TlsInspector.initial_read_buffer_size` | Validated, not applied: Legate peeks up to the hello's size bound (`max_client_hello_size`) at once. |
 | `TlsInspector.enable_ja3_fingerprinting`, `enable_ja4_fingerprinting` | Only `false` is accepted; fingerprinting is not implemented. |
+| `TlsParameters.tls_minimum_protocol_version` | TLS 1.2 and 1.3 only (rustls): a minimum of `TLSv1_0` or `TLSv1_1` means TLS 1.2. |
+| `TlsParameters.cipher_suites` | The ECDHE AES-GCM and ChaCha20-Poly1305 suites are offered; legacy names BoringSSL knows (CBC, RSA key exchange, PSK, 3DES) are accepted in a list but not offered; other names are refused. TLS 1.3 suites are always on, as in Envoy. |
+| `TlsParameters.ecdh_curves` | `X25519`, `P-256` and `P-384`; other curves are refused. |
+| `CertificateValidationContext.match_typed_subject_alt_names` | `san_type: DNS` with an `exact` matcher only (wildcard certificate names match as in Envoy); other SAN types and matchers are refused. Requires `trusted_ca`. |
+| `DownstreamTlsContext.require_client_certificate` | Requires `validation_context.trusted_ca`. |
+| `ssl.sigalgs.*` stats | Not counted (rustls does not report the negotiated signature scheme). |
 | Content-Length together with Transfer-Encoding | Envoy answers 400; Legate follows RFC 9112 §6.3 (the chunked framing alone counts, the connection closes after the response). |
 ";
 

@@ -243,7 +243,6 @@ fn methods_with_invalid_characters_get_400() {
 }
 
 #[test]
-#[ignore = "BUG: Legate forwards unknown HTTP/1 methods (`get`, `FOO`, a 200-byte token) upstream; Envoy's codec refuses any method outside its known list with 400"]
 fn unknown_methods_get_400_as_in_envoy() {
     let (upstream, mut proxy) = setup("");
     let addr = proxy.addr("ingress");

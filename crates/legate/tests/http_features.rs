@@ -529,7 +529,6 @@ fn h2_trailers_pass_through_an_http1_upstream_hop_as_envoy_passes_them() {
 }
 
 #[test]
-#[ignore = "BUG: Legate forwards HTTP/1.1 chunked request trailers upstream; Envoy's HTTP/1 codec drops them unless http_protocol_options.enable_trailers is set"]
 fn http1_chunked_trailers_are_dropped_as_in_envoy_without_enable_trailers() {
     let (upstream, proxy) = setup("", H2_UPSTREAM, "");
     let mut c = RawConn::connect(proxy.addr("ingress"));
@@ -577,7 +576,6 @@ fn max_requests_per_connection_closes_after_n() {
 }
 
 #[test]
-#[ignore = "BUG: max_requests_per_connection is enforced on HTTP/1.1 only; over HTTP/2 Legate never sends GOAWAY after N streams, Envoy does and closes the connection"]
 fn max_requests_per_connection_closes_an_h2_connection_after_n_streams() {
     let hcm = "          common_http_protocol_options: {max_requests_per_connection: 3}\n          drain_timeout: 0.2s\n";
     let (_upstream, proxy) = setup("", "", hcm);
@@ -927,7 +925,6 @@ fn max_requests_1_overflows_concurrent_requests_with_503_uo() {
 }
 
 #[test]
-#[ignore = "BUG: Legate's 503 for a circuit-breaker overflow lacks Envoy's `x-envoy-overloaded: true` header"]
 fn a_circuit_breaker_overflow_is_marked_x_envoy_overloaded() {
     let breaker = "    circuit_breakers: {thresholds: [{max_requests: 1}]}";
     let (upstream, proxy) = setup("", breaker, "");

@@ -2,7 +2,10 @@
 //! exchange, stats and access log), `echo` and `direct_response`. `ChainFilter` is what a
 //! matched filter chain runs on its connection; the HTTP connection manager is one of them.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use legate_core::access_log::AccessLogger;
@@ -11,8 +14,10 @@ use legate_core::stream_info::{Protocol, StreamInfo};
 use legate_http::conn_manager::{Downstream, HttpConnectionManager, ProxyContext};
 use legate_net::pump::{self, ByteCounters, End, Side};
 use legate_net::tcp_proxy::{TcpProxyConfig, TcpProxyStats};
+use legate_net::tls::TlsStream;
 use legate_upstream::Cluster;
-use legate_upstream::pool::UpstreamError;
+use legate_upstream::pool::{UpstreamError, UpstreamStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -30,17 +35,23 @@ pub enum ChainFilter {
 
 impl ChainFilter {
     /// Builds the running filter of a compiled chain.
-    pub fn new(filters: &[NetworkFilter], context: &Arc<ProxyContext>) -> Result<Self, String> {
+    /// `listener_stat_prefix` names the listener's stats (`listener.<prefix>.http.*`).
+    pub fn new(
+        filters: &[NetworkFilter],
+        context: &Arc<ProxyContext>,
+        listener_stat_prefix: &str,
+    ) -> Result<Self, String> {
         Ok(match filters.last() {
             None => ChainFilter::Close,
             Some(NetworkFilter::HttpConnectionManager(c)) => ChainFilter::Http(Arc::new(
-                HttpConnectionManager::new(c.clone(), context.clone()).map_err(|errors| {
-                    errors
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                })?,
+                HttpConnectionManager::new(c.clone(), context.clone(), listener_stat_prefix)
+                    .map_err(|errors| {
+                        errors
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })?,
             )),
             Some(NetworkFilter::TcpProxy(c)) => {
                 ChainFilter::TcpProxy(Arc::new(TcpProxy::new(c.clone(), context.clone())?))
@@ -66,24 +77,89 @@ impl ChainFilter {
     /// Serves a connection to its end.
     pub async fn serve(
         &self,
-        stream: TcpStream,
+        conn: Conn,
         downstream: Downstream,
         server_name: &str,
         drain: watch::Receiver<bool>,
     ) {
+        let _ = conn.tcp().set_nodelay(true);
+        match (self, conn) {
+            (ChainFilter::Http(hcm), Conn::Plain(s)) => {
+                hcm.clone().serve(s, downstream, drain).await
+            }
+            (ChainFilter::Http(hcm), Conn::Tls(s)) => hcm.clone().serve(s, downstream, drain).await,
+            (ChainFilter::TcpProxy(p), conn) => p.serve(conn, downstream, server_name).await,
+            (ChainFilter::Echo, Conn::Plain(s)) => {
+                let _ = pump::echo(&s, ByteCounters::default()).await;
+            }
+            (ChainFilter::Echo, Conn::Tls(s)) => {
+                let _ = pump::echo_io(s, ByteCounters::default()).await;
+            }
+            (ChainFilter::DirectResponse(bytes), Conn::Plain(s)) => {
+                let _ = pump::write_all(&s, bytes).await;
+                pump::shutdown_write(&s);
+                pump::drain(&s, Duration::from_secs(1)).await;
+            }
+            (ChainFilter::DirectResponse(bytes), Conn::Tls(s)) => {
+                pump::respond_io(s, bytes, Duration::from_secs(1)).await;
+            }
+            (ChainFilter::Close, _) => {}
+        }
+    }
+}
+
+/// A downstream connection once its transport socket is set up: plain TCP, or TLS terminated
+/// on it.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    pub fn tcp(&self) -> &TcpStream {
         match self {
-            ChainFilter::Http(hcm) => hcm.clone().serve(stream, downstream, drain).await,
-            ChainFilter::TcpProxy(p) => p.serve(stream, downstream, server_name).await,
-            ChainFilter::Echo => {
-                let _ = stream.set_nodelay(true);
-                let _ = pump::echo(&stream, ByteCounters::default()).await;
-            }
-            ChainFilter::DirectResponse(bytes) => {
-                let _ = pump::write_all(&stream, bytes).await;
-                pump::shutdown_write(&stream);
-                pump::drain(&stream, Duration::from_secs(1)).await;
-            }
-            ChainFilter::Close => {}
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -145,10 +221,9 @@ impl TcpProxy {
         })
     }
 
-    async fn serve(&self, downstream: TcpStream, conn: Downstream, server_name: &str) {
+    async fn serve(&self, downstream: Conn, conn: Downstream, server_name: &str) {
         let stats = &self.stats;
         stats.downstream_cx_total.inc();
-        let _ = downstream.set_nodelay(true);
         let mut info = StreamInfo::new(conn.id);
         info.protocol = Protocol::Tcp;
         info.downstream_remote_address = Some(conn.peer);
@@ -157,7 +232,7 @@ impl TcpProxy {
         if !server_name.is_empty() {
             info.requested_server_name = Some(server_name.into());
         }
-        self.proxy(&downstream, &conn, &mut info).await;
+        self.proxy(downstream, &mut info).await;
         info.duration = Some(info.elapsed());
         if !self.access_logs.is_empty() {
             let runtime = self.context.runtime.snapshot();
@@ -167,7 +242,7 @@ impl TcpProxy {
         }
     }
 
-    async fn proxy(&self, downstream: &TcpStream, conn: &Downstream, info: &mut StreamInfo) {
+    async fn proxy(&self, downstream: Conn, info: &mut StreamInfo) {
         use legate_core::stream_info::ResponseFlags as flags;
         let stats = &self.stats;
         let name = self.config.cluster.pick(fastrand::u64(..));
@@ -189,7 +264,7 @@ impl TcpProxy {
             };
             info.upstream_host = Some(host.address);
             info.attempt_count += 1;
-            match legate_upstream::pool::connect(cluster, host).await {
+            match legate_upstream::pool::connect(cluster, host, None).await {
                 Ok((stream, guard)) => {
                     upstream = Some((stream, guard, host.clone()));
                     break;
@@ -209,27 +284,28 @@ impl TcpProxy {
             info.response_flags.set(flags::UPSTREAM_CONNECTION_FAILURE);
             return;
         };
-        info.upstream_local_address = upstream.local_addr().ok();
-        let _ = conn;
+        info.upstream_local_address = upstream.tcp().local_addr().ok();
         let opened = std::time::Instant::now();
-        let outcome = pump::exchange(
-            downstream,
-            &upstream,
-            self.config.idle_timeout,
-            ByteCounters {
-                counters: [
-                    Some(&stats.downstream_cx_rx_bytes_total),
-                    Some(&l4.tx_bytes),
-                ],
-            },
-            ByteCounters {
-                counters: [
-                    Some(&stats.downstream_cx_tx_bytes_total),
-                    Some(&l4.rx_bytes),
-                ],
-            },
-        )
-        .await;
+        let from_downstream = ByteCounters {
+            counters: [
+                Some(&stats.downstream_cx_rx_bytes_total),
+                Some(&l4.tx_bytes),
+            ],
+        };
+        let from_upstream = ByteCounters {
+            counters: [
+                Some(&stats.downstream_cx_tx_bytes_total),
+                Some(&l4.rx_bytes),
+            ],
+        };
+        let idle = self.config.idle_timeout;
+        let outcome = match (downstream, upstream) {
+            // Plain on both sides: the readiness-driven pump, which holds no buffer while idle.
+            (Conn::Plain(d), UpstreamStream::Plain(u)) => {
+                pump::exchange(&d, &u, idle, from_downstream, from_upstream).await
+            }
+            (d, u) => pump::exchange_io(d, u, idle, from_downstream, from_upstream).await,
+        };
         info.bytes_received = outcome.a_to_b;
         info.bytes_sent = outcome.b_to_a;
         if outcome.end == End::IdleTimeout {

@@ -139,7 +139,7 @@ pub fn run(
         let mut chains = Vec::with_capacity(l.filter_chains.len());
         for chain in &l.filter_chains {
             chains.push(
-                ChainFilter::new(&chain.filters, &context)
+                ChainFilter::new(&chain.filters, &context, &l.stat_prefix)
                     .map_err(|e| format!("listener '{}': {e}", l.name))?,
             );
         }
@@ -162,13 +162,18 @@ pub fn run(
             address,
             sockets,
             serving: Arc::new(ServingListener {
-                stats: ListenerStats::new(&store, &l.stat_prefix),
+                stats: ListenerStats::new(&store, &l.stat_prefix, workers),
                 filter_stats: ListenerFilterStats::new(
                     &root_scope,
                     &listener_scope,
                     &l.listener_filters,
                 ),
                 chains,
+                ssl: l
+                    .filter_chains
+                    .iter()
+                    .any(|c| c.tls.is_some())
+                    .then(|| legate_core::tls::SslStats::new(&listener_scope)),
                 config: l,
             }),
         });

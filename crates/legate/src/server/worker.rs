@@ -13,7 +13,10 @@ use legate_net::listener::ListenerConfig;
 use legate_net::listener_filter::{Detected, ListenerFilterStats};
 use tokio::sync::watch;
 
-use super::l4::ChainFilter;
+use legate_core::tls::SslStats;
+use legate_net::tls::HandshakeError;
+
+use super::l4::{ChainFilter, Conn};
 use crate::config::NetworkFilter;
 
 /// `listener.<stat_prefix>.*` stats.
@@ -24,11 +27,23 @@ pub struct ListenerStats {
     pub downstream_cx_destroy: Counter,
     pub downstream_cx_length_ms: Histogram,
     pub no_filter_chain_match: Counter,
+    pub downstream_cx_transport_socket_connect_timeout: Counter,
+    /// `listener.<prefix>.worker_<n>.downstream_cx_{total,active}`, by worker index.
+    per_worker: Vec<(Counter, Gauge)>,
 }
 
 impl ListenerStats {
-    pub fn new(store: &std::sync::Arc<Store>, stat_prefix: &str) -> Self {
+    pub fn new(store: &std::sync::Arc<Store>, stat_prefix: &str, workers: usize) -> Self {
         let scope = store.scope(&format!("listener.{stat_prefix}."));
+        let per_worker = (0..workers)
+            .map(|w| {
+                let s = scope.scope(&format!("worker_{w}."));
+                (
+                    s.counter("downstream_cx_total"),
+                    s.gauge("downstream_cx_active", ImportMode::Accumulate),
+                )
+            })
+            .collect();
         for name in [
             "downstream_cx_overflow",
             "downstream_cx_overload_reject",
@@ -36,7 +51,6 @@ impl ListenerStats {
             "downstream_pre_cx_timeout",
             "downstream_listener_filter_remote_close",
             "downstream_listener_filter_error",
-            "downstream_cx_transport_socket_connect_timeout",
             "extension_config_missing",
             "network_extension_config_missing",
         ] {
@@ -49,6 +63,9 @@ impl ListenerStats {
             downstream_cx_destroy: scope.counter("downstream_cx_destroy"),
             downstream_cx_length_ms: scope.histogram("downstream_cx_length_ms", Unit::Milliseconds),
             no_filter_chain_match: scope.counter("no_filter_chain_match"),
+            downstream_cx_transport_socket_connect_timeout: scope
+                .counter("downstream_cx_transport_socket_connect_timeout"),
+            per_worker,
         }
     }
 }
@@ -70,6 +87,8 @@ pub struct ServingListener {
     pub chains: Vec<ChainFilter>,
     pub stats: ListenerStats,
     pub filter_stats: ListenerFilterStats,
+    /// `listener.<prefix>.ssl.*`, when a chain terminates TLS.
+    pub ssl: Option<SslStats>,
 }
 
 impl ServingListener {
@@ -77,7 +96,10 @@ impl ServingListener {
     /// the accept path then goes straight to it, as before filter chains existed.
     fn fast_chain(&self) -> Option<&ChainFilter> {
         if self.config.listener_filters.is_empty() {
-            self.config.only_chain.map(|i| &self.chains[i])
+            self.config
+                .only_chain
+                .filter(|&i| self.config.filter_chains[i].tls.is_none())
+                .map(|i| &self.chains[i])
         } else {
             None
         }
@@ -113,6 +135,7 @@ pub fn spawn(
                     return;
                 }
             };
+            WORKER_INDEX.set(index);
             runtime.block_on(run(index, listeners, shared));
         })
 }
@@ -175,6 +198,8 @@ async fn accept_loop(
             peer,
             local: stream.local_addr().ok().or(local).unwrap_or(peer),
             worker,
+            tls: false,
+            requested_server_name: None,
         };
         let serving = serving.clone();
         let shared = shared.clone();
@@ -185,6 +210,7 @@ async fn accept_loop(
             let drain = shared.drain.clone();
             tokio::spawn(async move {
                 let opened = Instant::now();
+                let _ = stream.set_nodelay(true);
                 hcm.serve(stream, downstream, drain).await;
                 closed(&serving.stats, opened);
                 shared.open_connections.fetch_sub(1, Ordering::Relaxed);
@@ -198,16 +224,28 @@ async fn accept_loop(
     }
 }
 
+thread_local! {
+    /// This worker thread's index, for the per-worker listener stats.
+    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Counts a connection that got its filter chain. Envoy counts `downstream_cx_total` only
 /// then: connections closed by listener filters or without a matching chain are not counted.
 fn established(stats: &ListenerStats, shared: &WorkerShared) {
     shared.total_connections.inc();
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
+    if let Some((total, active)) = stats.per_worker.get(WORKER_INDEX.get()) {
+        total.inc();
+        active.inc();
+    }
 }
 
 fn closed(stats: &ListenerStats, opened: Instant) {
     stats.downstream_cx_active.dec();
+    if let Some((_, active)) = stats.per_worker.get(WORKER_INDEX.get()) {
+        active.dec();
+    }
     stats.downstream_cx_destroy.inc();
     stats
         .downstream_cx_length_ms
@@ -217,7 +255,7 @@ fn closed(stats: &ListenerStats, opened: Instant) {
 /// Runs the listener filters, matches a filter chain and serves the connection with it.
 async fn serve_matched(
     stream: tokio::net::TcpStream,
-    downstream: Downstream,
+    mut downstream: Downstream,
     serving: &ServingListener,
     shared: &Arc<WorkerShared>,
 ) {
@@ -263,13 +301,46 @@ async fn serve_matched(
     };
     established(&serving.stats, shared);
     let opened = Instant::now();
-    serving.chains[chain]
-        .serve(
-            stream,
-            downstream,
-            &detected.server_name,
-            shared.drain.clone(),
-        )
-        .await;
+    let fc = &config.filter_chains[chain];
+    let conn = match (&fc.tls, &serving.ssl) {
+        (Some(tls), Some(ssl)) => {
+            match tls
+                .accept(stream, ssl, fc.transport_socket_connect_timeout)
+                .await
+            {
+                Ok(s) => {
+                    downstream.tls = true;
+                    downstream.requested_server_name = s.get_ref().1.server_name().map(Arc::from);
+                    Some(Conn::Tls(Box::new(s)))
+                }
+                Err(HandshakeError::Timeout) => {
+                    serving
+                        .stats
+                        .downstream_cx_transport_socket_connect_timeout
+                        .inc();
+                    None
+                }
+                Err(HandshakeError::Failed(e)) => {
+                    tracing::debug!(
+                        "connection {} from {}: TLS handshake failed: {e}",
+                        downstream.id,
+                        downstream.peer
+                    );
+                    None
+                }
+            }
+        }
+        _ => Some(Conn::Plain(stream)),
+    };
+    if let Some(conn) = conn {
+        serving.chains[chain]
+            .serve(
+                conn,
+                downstream,
+                &detected.server_name,
+                shared.drain.clone(),
+            )
+            .await;
+    }
     closed(&serving.stats, opened);
 }

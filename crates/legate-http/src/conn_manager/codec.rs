@@ -1,0 +1,228 @@
+//! Serving one downstream connection: the codec `codec_type` asks for (HTTP/1.1 only, HTTP/2
+//! only, or AUTO, which reads the first bytes for the h2c preface), configured from the
+//! connection manager's limits, and the connection-level timers (`idle_timeout`,
+//! `max_connection_duration`) and drain.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::{ConnectionState, Downstream, HttpConnectionManager};
+
+/// Envoy's flood protection against rapid reset (CVE-2023-44487): a client resetting streams
+/// faster than the server accepts them is cut off.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 100;
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// HTTP/1.1 settings shared by the HTTP1 and AUTO codecs (hyper has two builder types with
+/// the same methods).
+macro_rules! configure_http1 {
+    ($builder:expr, $hcm:expr) => {{
+        let c = &$hcm.config;
+        $builder
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .max_headers(c.max_headers_count as usize)
+            // hyper's read buffer floor is 8 KiB; the exact header limit is checked per
+            // request (`prepare`).
+            .max_buf_size(header_bytes(&$hcm).max(8192))
+            .header_read_timeout(c.request_headers_timeout);
+    }};
+}
+
+/// HTTP/2 settings shared by the HTTP2 and AUTO codecs.
+macro_rules! configure_http2 {
+    ($builder:expr, $hcm:expr) => {{
+        let o = &$hcm.config.http2;
+        $builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(header_bytes(&$hcm) as u32)
+            .max_concurrent_streams(
+                o.max_concurrent_streams
+                    .as_ref()
+                    .map_or(2_147_483_647, |v| v.value),
+            )
+            .initial_stream_window_size(
+                o.initial_stream_window_size
+                    .as_ref()
+                    .map_or(256 << 20, |v| v.value),
+            )
+            .initial_connection_window_size(
+                o.initial_connection_window_size
+                    .as_ref()
+                    .map_or(256 << 20, |v| v.value),
+            )
+            .max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS));
+    }};
+}
+
+fn header_bytes(hcm: &HttpConnectionManager) -> usize {
+    hcm.config.max_request_headers_kb as usize * 1024
+}
+
+impl HttpConnectionManager {
+    /// Serves one connection until it closes, or until `drain` turns true (then it closes
+    /// gracefully: HTTP/1.1 after the response in flight, HTTP/2 with GOAWAY).
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        downstream: Downstream,
+        drain: watch::Receiver<bool>,
+    ) {
+        let stats = &self.stats;
+        stats.downstream_cx_total.inc();
+        stats.downstream_cx_active.inc();
+        let opened = Instant::now();
+        let state = Arc::new(ConnectionState {
+            downstream,
+            opened,
+            requests: AtomicU32::new(0),
+            active_streams: AtomicU32::new(0),
+            last_active_ms: AtomicU64::new(0),
+            codec: AtomicU32::new(0),
+            close: tokio::sync::Notify::new(),
+        });
+        let hcm = self.clone();
+        let conn_state = state.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let hcm = hcm.clone();
+            let state = conn_state.clone();
+            async move { Ok::<_, Infallible>(hcm.handle(req, &state).await) }
+        });
+        let io = TokioIo::new(stream);
+        let fixed = match self.config.codec {
+            CodecType::Http1 => 1,
+            CodecType::Http2 => 2,
+            _ => 0,
+        };
+        if fixed != 0 {
+            state.codec.store(fixed, Ordering::Relaxed);
+            self.count_codec(fixed);
+        }
+        match self.config.codec {
+            CodecType::Http1 => {
+                let mut builder = http1::Builder::new();
+                configure_http1!(builder, self);
+                let conn = builder.serve_connection(io, service).with_upgrades();
+                tokio::pin!(conn);
+                self.drive(conn, |c| c.graceful_shutdown(), &state, drain)
+                    .await;
+            }
+            CodecType::Http2 => {
+                let mut builder = http2::Builder::new(TokioExecutor::new());
+                configure_http2!(builder, self);
+                let conn = builder.serve_connection(io, service);
+                tokio::pin!(conn);
+                self.drive(conn, |c| c.graceful_shutdown(), &state, drain)
+                    .await;
+            }
+            _ => {
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                configure_http1!(builder.http1(), self);
+                configure_http2!(builder.http2(), self);
+                let conn = builder.serve_connection_with_upgrades(io, service);
+                tokio::pin!(conn);
+                self.drive(conn, |c| c.graceful_shutdown(), &state, drain)
+                    .await;
+            }
+        }
+        match state.codec.load(Ordering::Relaxed) {
+            1 => stats.downstream_cx_http1_active.dec(),
+            2 => stats.downstream_cx_http2_active.dec(),
+            _ => {}
+        }
+        if state.active_streams.load(Ordering::Relaxed) > 0 {
+            stats.downstream_cx_destroy_active_rq.inc();
+        }
+        stats.downstream_cx_active.dec();
+        stats.downstream_cx_destroy.inc();
+        stats
+            .downstream_cx_length_ms
+            .record(opened.elapsed().as_millis() as u64);
+    }
+
+    /// Runs a connection to its end, closing it gracefully (`shutdown`) when it has been idle
+    /// for `idle_timeout`, lived `max_connection_duration`, or the listener drains.
+    async fn drive<F, E>(
+        &self,
+        mut conn: Pin<&mut F>,
+        shutdown: impl Fn(Pin<&mut F>),
+        state: &ConnectionState,
+        mut drain: watch::Receiver<bool>,
+    ) where
+        F: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let stats = &self.stats;
+        let max_duration = self.config.max_connection_duration;
+        let deadline = async {
+            match max_duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let idle_timeout = self.config.idle_timeout;
+        let mut idle_check =
+            tokio::time::interval(idle_timeout.map_or(Duration::from_secs(3600), |t| {
+                (t / 4).max(Duration::from_millis(10))
+            }));
+        idle_check.tick().await;
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    match result {
+                        // Closed by us (a graceful close we started) or by the client.
+                        Ok(()) if closing => stats.downstream_cx_destroy_local.inc(),
+                        Ok(()) => stats.downstream_cx_destroy_remote.inc(),
+                        Err(e) => {
+                            stats.downstream_cx_protocol_error.inc();
+                            tracing::debug!("downstream connection {}: {e}", state.downstream.id);
+                        }
+                    }
+                    break;
+                }
+                _ = idle_check.tick(), if idle_timeout.is_some() && !closing => {
+                    let idle_since = Duration::from_millis(state.last_active_ms.load(Ordering::Relaxed));
+                    let idle = state.opened.elapsed().saturating_sub(idle_since);
+                    if state.active_streams.load(Ordering::Relaxed) == 0 && idle_timeout.is_some_and(|t| idle >= t) {
+                        stats.downstream_cx_idle_timeout.inc();
+                        shutdown(conn.as_mut());
+                        closing = true;
+                    }
+                }
+                _ = state.close.notified(), if !closing => {
+                    shutdown(conn.as_mut());
+                    closing = true;
+                }
+                _ = &mut deadline, if !closing => {
+                    stats.downstream_cx_max_duration_reached.inc();
+                    shutdown(conn.as_mut());
+                    closing = true;
+                }
+                changed = drain.changed(), if !closing => {
+                    if changed.is_err() || *drain.borrow() {
+                        stats.downstream_cx_drain_close.inc();
+                        shutdown(conn.as_mut());
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The HTTP connection manager at run time: serves one downstream connection with the codec
+//! its config asks for (HTTP/1.1, HTTP/2, or either, detected from the h2c preface), and for
+//! each request runs Envoy's request pipeline: header sanitising (`x-forwarded-*`,
+//! `x-request-id`, `x-envoy-*`), route selection, then a direct response, a redirect or the
+//! router; on the way back, response headers, stats and access logs.
+//!
+//! The pieces: `codec` serves a connection (codec choice, connection timers, drain);
+//! this module runs a stream (`handle`, then `route` to a direct response, a redirect or the
+//! router); `request` prepares the request headers; `stream` accounts for a stream when its
+//! body ends. The state machine is described in LIFECYCLE.md, one directory up.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, Version, header};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ServerHeaderTransformation;
+use legate_core::access_log::AccessLogger;
+use legate_core::runtime::Runtime;
+use legate_core::stats::Store;
+use legate_core::stream_info::{Protocol, ResponseFlags, StreamInfo};
+use legate_core::{Compiled, Errors};
+use legate_upstream::ClusterManager;
+use legate_upstream::body::{self, Body};
+
+mod codec;
+mod request;
+mod stream;
+
+use request::{append_via, forwarded_proto};
+pub(crate) use stream::RequestBodyState;
+use stream::{CountingBody, StreamBody, StreamEnd};
+
+use crate::hcm::HcmConfig;
+use crate::local_reply::LocalReply;
+use crate::route_match::{ClusterName, RouteRequest, SelectedAction};
+use crate::stats::HcmStats;
+
+/// What every connection manager of a configuration snapshot shares.
+#[derive(Debug)]
+pub struct ProxyContext {
+    pub clusters: Arc<ClusterManager>,
+    pub runtime: Arc<Runtime>,
+    pub store: Arc<Store>,
+}
+
+/// One downstream connection.
+#[derive(Clone, Debug)]
+pub struct Downstream {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The worker serving it, which picks the worker's upstream connection pools.
+    pub worker: usize,
+    /// TLS was terminated on this connection (`x-forwarded-proto` and `:scheme` are `https`).
+    pub tls: bool,
+    /// The SNI the client sent, if any (`%REQUESTED_SERVER_NAME%`).
+    pub requested_server_name: Option<Arc<str>>,
+}
+
+impl Downstream {
+    /// The scheme the client used on this connection.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+}
+
+/// A compiled `http_connection_manager` filter with its stats and access logs.
+#[derive(Debug)]
+pub struct HttpConnectionManager {
+    pub config: Arc<HcmConfig>,
+    pub stats: HcmStats,
+    pub access_logs: Vec<AccessLogger>,
+    pub context: Arc<ProxyContext>,
+}
+
+/// Per-connection state shared by its streams.
+struct ConnectionState {
+    downstream: Downstream,
+    opened: Instant,
+    requests: AtomicU32,
+    /// Streams in flight, and when the last one ended (ms since `opened`): the idle timeout
+    /// runs only while no stream is open.
+    active_streams: AtomicU32,
+    last_active_ms: AtomicU64,
+    /// 1 for HTTP/1, 2 for HTTP/2, once the first request tells.
+    codec: AtomicU32,
+    /// Asks the connection to close gracefully (HTTP/2 GOAWAY after
+    /// `max_requests_per_connection`; HTTP/1.1 uses `connection: close` instead).
+    close: tokio::sync::Notify,
+}
+
+impl HttpConnectionManager {
+    /// Builds the run-time connection manager; opening access-log files can fail.
+    /// `listener_stat_prefix` names the per-listener copy of the status counters
+    /// (`listener.<prefix>.http.<stat_prefix>.downstream_rq_<class>`).
+    pub fn new(
+        config: Arc<HcmConfig>,
+        context: Arc<ProxyContext>,
+        listener_stat_prefix: &str,
+    ) -> Compiled<Self> {
+        let mut errors = Errors::default();
+        let mut access_logs = Vec::with_capacity(config.access_log.len());
+        for (i, log) in config.access_log.iter().enumerate() {
+            if let Some(l) = errors.take(&format!("access_log[{i}]"), AccessLogger::compile(log)) {
+                access_logs.push(l);
+            }
+        }
+        let stats = HcmStats::new(&context.store, &config.stat_prefix, listener_stat_prefix);
+        errors.finish(|| HttpConnectionManager {
+            config,
+            stats,
+            access_logs,
+            context,
+        })
+    }
+
+    /// Counts a connection as HTTP/1 (1) or HTTP/2 (2): at once for a fixed `codec_type`, at
+    /// the first request for AUTO (Envoy counts when its codec is created).
+    fn count_codec(&self, codec: u32) {
+        let stats = &self.stats;
+        if codec == 2 {
+            stats.downstream_cx_http2_total.inc();
+            stats.downstream_cx_http2_active.inc();
+        } else {
+            stats.downstream_cx_http1_total.inc();
+            stats.downstream_cx_http1_active.inc();
+        }
+    }
+
+    /// One request: Envoy's decode path, then the response's encode path.
+    async fn handle(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: &Arc<ConnectionState>,
+    ) -> Response<Body> {
+        let stats = &self.stats;
+        conn.active_streams.fetch_add(1, Ordering::Relaxed);
+        let config = &self.config;
+        let mut info = StreamInfo::new(conn.downstream.id);
+        info.downstream_local_address = Some(conn.downstream.local);
+        info.downstream_direct_remote_address = Some(conn.downstream.peer);
+        info.protocol = match req.version() {
+            Version::HTTP_10 => Protocol::Http10,
+            Version::HTTP_2 => Protocol::Http2,
+            _ => Protocol::Http11,
+        };
+        let codec = if info.protocol == Protocol::Http2 {
+            2
+        } else {
+            1
+        };
+        if conn.codec.swap(codec, Ordering::Relaxed) == 0 {
+            self.count_codec(codec);
+        }
+        stats.downstream_rq_total.inc();
+        if codec == 2 {
+            stats.downstream_rq_http2_total.inc();
+        } else {
+            stats.downstream_rq_http1_total.inc();
+        }
+        stats.downstream_rq_active.inc();
+
+        let served = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let last_request = config
+            .max_requests_per_connection
+            .is_some_and(|max| served >= max);
+
+        let upgrade = crate::router::requested_upgrade(&req);
+        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let received = Arc::new(RequestBodyState::default());
+        received
+            .complete
+            .store(body.is_end_stream(), Ordering::Relaxed);
+        let request_body = body::boxed(CountingBody {
+            inner: body,
+            count: received.clone(),
+            drop_trailers: info.protocol != Protocol::Http2,
+        });
+
+        let outcome = match self.prepare(&mut parts, &mut info, conn) {
+            Err(reply) => Outcome::Local(reply),
+            Ok(()) => {
+                let routed = self.route(
+                    parts,
+                    request_body,
+                    &received,
+                    &mut info,
+                    conn,
+                    upgrade,
+                    downstream_upgrade,
+                );
+                match self.config.request_timeout {
+                    None => routed.await,
+                    Some(timeout) => {
+                        // `request_timeout`: the whole request must arrive in time; the timer
+                        // is disarmed by the request's end or by the response's start.
+                        let expired = async {
+                            tokio::time::sleep(timeout).await;
+                            if received.complete.load(Ordering::Relaxed) {
+                                std::future::pending::<()>().await;
+                            }
+                        };
+                        tokio::select! {
+                            outcome = routed => outcome,
+                            _ = expired => {
+                                stats.downstream_rq_timeout.inc();
+                                Outcome::Local(LocalReply::new(408, "request timeout", "request_overall_timeout", 0))
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let mut close = false;
+        let mut response = match outcome {
+            Outcome::Local(reply) => {
+                info.response_flags.set(reply.flag);
+                info.response_code_details = Some(reply.details.to_owned());
+                close = reply.close;
+                self.local_reply(reply, &info)
+            }
+            Outcome::Response(r) => r,
+        };
+        self.finish_response_headers(&mut response, &info, last_request || close);
+        if last_request {
+            stats.downstream_cx_max_requests_reached.inc();
+            if info.protocol == Protocol::Http2 {
+                conn.close.notify_one();
+            }
+        }
+        let status = response.status().as_u16();
+        info.response_code = Some(status);
+        if !self.access_logs.is_empty() {
+            info.response_headers = Some(response.headers().clone());
+        }
+        let info_is_head = info.request.method == "HEAD";
+        let (parts, body) = response.into_parts();
+        let tracked = StreamBody {
+            inner: body,
+            end: Some(Box::new(StreamEnd {
+                info,
+                hcm: self.clone(),
+                received,
+                conn: conn.clone(),
+            })),
+            sent: 0,
+            // A response to HEAD has no body for the codec to read: it is complete as sent.
+            complete: info_is_head,
+        };
+        Response::from_parts(parts, body::boxed(tracked))
+    }
+
+    async fn route(
+        &self,
+        parts: http::request::Parts,
+        body: Body,
+        body_state: &RequestBodyState,
+        info: &mut StreamInfo,
+        conn: &ConnectionState,
+        upgrade: Option<String>,
+        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Outcome {
+        // Envoy's router counts every request it decodes (`rq_total`), whatever the route
+        // does; an upgrade is counted by the router once the route allows it.
+        if upgrade.is_none() {
+            self.stats.rq_total.inc();
+        }
+        let request = RouteRequest::new(
+            parts.method.as_str(),
+            &info.request.path,
+            &info.request.authority,
+            conn.downstream.scheme(),
+            &parts.headers,
+        );
+        // The runtime snapshot is a short-lived guard: taken for matching, dropped before any
+        // await.
+        let selected = {
+            let runtime = self.context.runtime.snapshot();
+            self.config
+                .route_table
+                .route(&request, &runtime, fastrand::u64(..))
+        };
+        let Some(selected) = selected else {
+            self.stats.no_route.inc();
+            return Outcome::Local(LocalReply::new(
+                404,
+                "",
+                "route_not_found",
+                ResponseFlags::NO_ROUTE_FOUND,
+            ));
+        };
+        info.route_name =
+            (!selected.route.name.is_empty()).then(|| selected.route.name.as_str().into());
+        let scheme = forwarded_proto(&parts.headers);
+        match selected.action {
+            SelectedAction::Direct { status, body } => {
+                self.stats.rq_direct_response.inc();
+                // A direct response is a local reply in Envoy: `local_reply_config` applies.
+                let mut reply =
+                    LocalReply::new(status, String::from_utf8_lossy(body), "direct_response", 0);
+                reply.location = crate::rewrite::direct_response_location(status, &request, scheme);
+                info.response_code_details = Some("direct_response".into());
+                let mut response = self.local_reply(reply, info);
+                crate::router::apply_response_mutations(&selected, response.headers_mut(), info);
+                Outcome::Response(response)
+            }
+            SelectedAction::Redirect(redirect) => {
+                // Envoy counts a redirect as a direct response (`rq_redirect` is for internal
+                // redirects, which Legate does not implement).
+                self.stats.rq_direct_response.inc();
+                let location = crate::rewrite::redirect_location(redirect, &request, scheme);
+                let mut response = Response::new(body::empty());
+                *response.status_mut() = http::StatusCode::from_u16(redirect.status)
+                    .unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, v);
+                }
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                info.response_code_details = Some("direct_response".into());
+                crate::router::apply_response_mutations(&selected, response.headers_mut(), info);
+                Outcome::Response(response)
+            }
+            SelectedAction::ClusterNotFound { status, .. } => {
+                self.stats.no_cluster.inc();
+                Outcome::Local(LocalReply::new(
+                    status,
+                    "",
+                    "cluster_not_found",
+                    ResponseFlags::NO_CLUSTER_FOUND,
+                ))
+            }
+            SelectedAction::Forward {
+                forward, cluster, ..
+            } => {
+                let cluster = match cluster {
+                    ClusterName::Static(name) => std::borrow::Cow::Borrowed(name),
+                    ClusterName::Header(_) => {
+                        std::borrow::Cow::Owned(cluster.resolve(&parts.headers).into_owned())
+                    }
+                };
+                let forwarding = crate::router::Forwarding {
+                    selected: &selected,
+                    forward,
+                    cluster: &cluster,
+                    body_state,
+                    worker: conn.downstream.worker,
+                    upgrade,
+                    downstream_upgrade,
+                };
+                // Boxed: the router's future is large, and the stream's task should not carry it
+                // inline through every state change.
+                Box::pin(crate::router::forward(self, forwarding, parts, body, info)).await
+            }
+        }
+    }
+
+    /// A local reply, through `local_reply_config` mappers when configured.
+    fn local_reply(&self, reply: LocalReply, info: &StreamInfo) -> Response<Body> {
+        let runtime = self.context.runtime.snapshot();
+        self.config.local_reply.apply(reply, info, &runtime)
+    }
+
+    /// Response headers the connection manager owns: `server`, `x-request-id` echo,
+    /// `connection: close` on the last request of a connection.
+    fn finish_response_headers(
+        &self,
+        response: &mut Response<Body>,
+        info: &StreamInfo,
+        last_request: bool,
+    ) {
+        let config = &self.config;
+        let headers = response.headers_mut();
+        match config.server_header_transformation {
+            ServerHeaderTransformation::Overwrite => {
+                if let Ok(v) = HeaderValue::from_str(&config.server_name) {
+                    headers.insert(header::SERVER, v);
+                }
+            }
+            ServerHeaderTransformation::AppendIfAbsent => {
+                if !headers.contains_key(header::SERVER)
+                    && let Ok(v) = HeaderValue::from_str(&config.server_name)
+                {
+                    headers.insert(header::SERVER, v);
+                }
+            }
+            ServerHeaderTransformation::PassThrough => {}
+        }
+        if config.always_set_request_id_in_response
+            && let Some(id) = info
+                .request_headers
+                .get(crate::headers::X_REQUEST_ID)
+                .cloned()
+        {
+            headers.insert(crate::headers::X_REQUEST_ID, id);
+        }
+        if !config.via.is_empty() {
+            // Envoy appends `via` to responses too, local replies included.
+            append_via(headers, &config.via);
+        }
+        if last_request && info.protocol != Protocol::Http2 {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+}
+
+/// What the decode path produced.
+pub(crate) enum Outcome {
+    Local(LocalReply),
+    Response(Response<Body>),
+}
+
+impl From<LocalReply> for Outcome {
+    fn from(r: LocalReply) -> Self {
+        Outcome::Local(r)
+    }
+}

@@ -1,0 +1,168 @@
+//! The end of a stream: the response body on its way downstream (bytes counted, trailers
+//! recorded), the request body on its way upstream (bytes counted, malformed or complete), and
+//! the accounting done once when the stream ends — stats and access logs.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use legate_core::stream_info::{ResponseFlags, StreamInfo};
+use legate_upstream::body::{Body, BoxError};
+
+use super::{ConnectionState, HttpConnectionManager};
+
+/// The accounting done once when a stream ends.
+pub(super) struct StreamEnd {
+    pub(super) info: StreamInfo,
+    pub(super) hcm: Arc<HttpConnectionManager>,
+    pub(super) received: Arc<RequestBodyState>,
+    pub(super) conn: Arc<ConnectionState>,
+}
+
+impl StreamEnd {
+    pub(super) fn finish(mut self: Box<Self>, sent: u64, complete: bool) {
+        let info = &mut self.info;
+        let elapsed = info.start.elapsed();
+        info.duration = Some(elapsed);
+        info.last_downstream_tx_byte = Some(elapsed);
+        info.bytes_sent = sent;
+        info.bytes_received = self.received.bytes.load(Ordering::Relaxed);
+        if !complete {
+            info.response_flags
+                .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+        }
+        let conn = &self.conn;
+        conn.last_active_ms
+            .store(conn.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        conn.active_streams.fetch_sub(1, Ordering::Relaxed);
+        let stats = &self.hcm.stats;
+        stats.downstream_rq_active.dec();
+        stats.response(info.response_code.unwrap_or(0));
+        stats.downstream_rq_time.record(elapsed.as_millis() as u64);
+        if !self.hcm.access_logs.is_empty() {
+            let runtime = self.hcm.context.runtime.snapshot();
+            for log in &self.hcm.access_logs {
+                log.log(info, &runtime);
+            }
+        }
+    }
+}
+
+/// The response body sent downstream: counts bytes and accounts for the stream when it ends
+/// or is dropped.
+pub(super) struct StreamBody {
+    pub(super) inner: Body,
+    pub(super) end: Option<Box<StreamEnd>>,
+    pub(super) sent: u64,
+    pub(super) complete: bool,
+}
+
+impl http_body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(end) = self.end.as_mut()
+                {
+                    end.info.response_trailers = Some(trailers.clone());
+                }
+            }
+            Poll::Ready(None) => self.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for StreamBody {
+    fn drop(&mut self) {
+        if let Some(end) = self.end.take() {
+            let complete = self.complete || self.inner.is_end_stream();
+            end.finish(self.sent, complete);
+        }
+    }
+}
+
+/// What the connection manager learns of a request body as it streams upstream.
+#[derive(Debug, Default)]
+pub(crate) struct RequestBodyState {
+    pub bytes: AtomicU64,
+    /// The client sent a malformed body (a bad chunk size, a short body): a downstream
+    /// protocol error, not an upstream failure.
+    pub malformed: std::sync::atomic::AtomicBool,
+    /// The whole body has been read.
+    pub complete: std::sync::atomic::AtomicBool,
+}
+
+/// A request body that counts the bytes it passes.
+pub(super) struct CountingBody {
+    pub(super) inner: Incoming,
+    pub(super) count: Arc<RequestBodyState>,
+    /// HTTP/1 request trailers are dropped, as Envoy does without `enable_trailers`.
+    pub(super) drop_trailers: bool,
+}
+
+impl http_body::Body for CountingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if self.drop_trailers
+            && let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_trailers()
+        {
+            // Trailers end the body; without them the body just ends.
+            polled = Poll::Ready(None);
+        }
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.count
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.count.malformed.store(true, Ordering::Relaxed),
+            Poll::Ready(None) => self.count.complete.store(true, Ordering::Relaxed),
+            Poll::Pending => {}
+        }
+        if self.inner.is_end_stream() {
+            self.count.complete.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

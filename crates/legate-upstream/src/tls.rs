@@ -1,0 +1,383 @@
+//! Upstream TLS: a cluster's `transport_socket` `envoy.transport_sockets.tls` with an
+//! `UpstreamTlsContext`, compiled into rustls client configurations, and the handshake on a
+//! new upstream connection ([`UpstreamStream`] is what the pools and tcp_proxy then use).
+//!
+//! As in Envoy, the server's certificate is verified only when `validation_context` gives a
+//! `trusted_ca` (without one any certificate is accepted), and its names only against
+//! `match_typed_subject_alt_names` (not against `sni`). `sni` is sent as given. Without
+//! `alpn_protocols`, HTTP connections offer their protocol (`h2` or `http/1.1`) as Envoy's
+//! pools do, and tcp_proxy connections offer none.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use legate_api::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
+    UpstreamTlsContext, common_tls_context::ValidationContextType,
+};
+use legate_core::tls::{self, Side, Validation};
+use legate_core::{Compiled, ConfigError, Errors};
+use prost::Message;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+const UPSTREAM_TLS_CONTEXT: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+/// A compiled `UpstreamTlsContext`.
+pub struct UpstreamTls {
+    /// For raw TCP connections (tcp_proxy).
+    config: Arc<ClientConfig>,
+    /// For HTTP/1.1 connections (`http/1.1` offered when `alpn_protocols` is empty).
+    h1_config: Arc<ClientConfig>,
+    /// For HTTP/2 connections (`h2` offered when `alpn_protocols` is empty).
+    h2_config: Arc<ClientConfig>,
+    /// `sni`; without one, no SNI is sent (rustls needs a name: the host's IP, not sent).
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamTls {
+    /// Compiles a cluster's `transport_socket` (paths relative to it).
+    pub fn compile_transport_socket(ts: &TransportSocket) -> Compiled<UpstreamTls> {
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
+            return Err(vec![ConfigError::new(
+                "",
+                format!(
+                    "transport socket '{}' needs a typed_config (Legate supports envoy.transport_sockets.tls with an UpstreamTlsContext)",
+                    ts.name
+                ),
+            )]);
+        };
+        let ty = legate_api::any::type_name(&any.type_url);
+        if ty != UPSTREAM_TLS_CONTEXT {
+            return Err(vec![ConfigError::new(
+                "typed_config",
+                format!("{ty} is not supported by Legate as a cluster transport socket"),
+            )]);
+        }
+        let ctx = UpstreamTlsContext::decode(any.value.as_slice()).map_err(|e| {
+            vec![ConfigError::new(
+                "typed_config",
+                format!("unable to decode UpstreamTlsContext: {e}"),
+            )]
+        })?;
+        UpstreamTls::compile(&ctx)
+            .map_err(|e| e.into_iter().map(|e| e.within("typed_config")).collect())
+    }
+
+    pub fn compile(ctx: &UpstreamTlsContext) -> Compiled<UpstreamTls> {
+        let mut errors = Errors::default();
+        let common = ctx.common_tls_context.clone().unwrap_or_default();
+        let Some(params) = errors.take(
+            "common_tls_context.tls_params",
+            tls::params(common.tls_params.as_ref(), Side::Client),
+        ) else {
+            return Err(errors.0);
+        };
+        let mut keys = Vec::new();
+        for (i, c) in common.tls_certificates.iter().enumerate() {
+            if let Some(k) = errors.take(
+                &format!("common_tls_context.tls_certificates[{i}]"),
+                tls::certified_key(c, &params.provider),
+            ) {
+                keys.push(k);
+            }
+        }
+        let validation = match &common.validation_context_type {
+            None => Validation::default(),
+            Some(ValidationContextType::ValidationContext(v)) => errors
+                .take(
+                    "common_tls_context.validation_context",
+                    Validation::compile(v),
+                )
+                .unwrap_or_default(),
+            Some(_) => {
+                errors.push(
+                    "common_tls_context",
+                    "only an inline validation_context is supported by Legate",
+                );
+                Validation::default()
+            }
+        };
+        let server_name = if ctx.sni.is_empty() {
+            None
+        } else {
+            match ServerName::try_from(ctx.sni.clone()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    errors.push("sni", format!("invalid SNI: {}", ctx.sni));
+                    None
+                }
+            }
+        };
+        if !errors.0.is_empty() {
+            return Err(errors.0);
+        }
+        let verifier: Arc<dyn ServerCertVerifier> = match &validation.roots {
+            Some(roots) => {
+                match WebPkiServerVerifier::builder_with_provider(
+                    roots.clone(),
+                    params.provider.clone(),
+                )
+                .build()
+                {
+                    Ok(inner) => Arc::new(Verifier {
+                        inner: Some(inner),
+                        validation,
+                        provider: params.provider.clone(),
+                    }),
+                    Err(e) => {
+                        return Err(vec![ConfigError::new(
+                            "common_tls_context.validation_context.trusted_ca",
+                            format!("Failed to load trusted CA certificates: {e}"),
+                        )]);
+                    }
+                }
+            }
+            None => Arc::new(Verifier {
+                inner: None,
+                validation,
+                provider: params.provider.clone(),
+            }),
+        };
+        let builder = match ClientConfig::builder_with_provider(params.provider.clone())
+            .with_protocol_versions(&params.versions)
+        {
+            Ok(b) => b,
+            Err(e) => {
+                return Err(vec![ConfigError::new(
+                    "common_tls_context.tls_params",
+                    format!("inconsistent TLS parameters: {e}"),
+                )]);
+            }
+        };
+        let mut config = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(ClientCerts { keys }));
+        // Envoy sends SNI only when `sni` is set.
+        config.enable_sni = server_name.is_some();
+        config.alpn_protocols = common
+            .alpn_protocols
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        let mut h1_config = config.clone();
+        let mut h2_config = config.clone();
+        if config.alpn_protocols.is_empty() {
+            h1_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            h2_config.alpn_protocols = vec![b"h2".to_vec()];
+        }
+        Ok(UpstreamTls {
+            config: Arc::new(config),
+            h1_config: Arc::new(h1_config),
+            h2_config: Arc::new(h2_config),
+            server_name: server_name.unwrap_or(ServerName::IpAddress(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+            )),
+        })
+    }
+
+    /// The TLS handshake on a new upstream connection for `protocol` (`None`: raw TCP).
+    pub async fn connect(
+        &self,
+        stream: TcpStream,
+        protocol: Option<crate::pool::Protocol>,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let config = match protocol {
+            None => &self.config,
+            Some(crate::pool::Protocol::Http1) => &self.h1_config,
+            Some(crate::pool::Protocol::Http2) => &self.h2_config,
+        };
+        tokio_rustls::TlsConnector::from(config.clone())
+            .connect(self.server_name.clone(), stream)
+            .await
+    }
+}
+
+/// The client certificate offered when the server asks for one: the first of
+/// `tls_certificates` the server's signature schemes allow.
+#[derive(Debug)]
+struct ClientCerts {
+    keys: Vec<Arc<CertifiedKey>>,
+}
+
+impl ResolvesClientCert for ClientCerts {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.keys
+            .iter()
+            .find(|k| k.key.choose_scheme(sigschemes).is_some())
+            .cloned()
+    }
+
+    fn has_certs(&self) -> bool {
+        !self.keys.is_empty()
+    }
+}
+
+/// Envoy's upstream certificate check: the chain against `trusted_ca` if given (a name
+/// mismatch with the SNI is not an error), then `match_typed_subject_alt_names`.
+#[derive(Debug)]
+struct Verifier {
+    inner: Option<Arc<WebPkiServerVerifier>>,
+    validation: Validation,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError as C;
+        if let Some(inner) = &self.inner {
+            match inner.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ) {
+                // webpki checks the chain before the name: a name error means the chain is good.
+                Ok(_)
+                | Err(rustls::Error::InvalidCertificate(
+                    C::NotValidForName | C::NotValidForNameContext { .. },
+                )) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.validation.matches_names(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(C::NotValidForName));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// An upstream connection: plain TCP or TLS over it.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl UpstreamStream {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamStream::Plain(s) => s,
+            UpstreamStream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}

@@ -1,0 +1,923 @@
+//! End-to-end tests of TLS: downstream termination on filter chains (versions, ALPN, SNI
+//! choosing between chains and certificates, client certificates), TLS to upstream clusters
+//! (SNI, CA and SAN validation, client certificates, ALPN), and hostile handshakes. The
+//! certificates are generated here with rcgen. The tests that use `start_proxy` run against
+//! Envoy too (`LEGATE_E2E_PROXY=envoy`): that is the differential check of the handshake
+//! outcomes and stats.
+
+mod e2e;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e::{Upstream, cluster, parse_response, start_proxy, target_is_envoy, temp_dir};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate authority, and the certificates it issues, written as PEM files in `dir`.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    dir: PathBuf,
+    name: String,
+}
+
+/// A leaf certificate's files.
+struct Leaf {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let dir = temp_dir(&format!("tls-{name}"));
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        Ca {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert.pem(),
+            dir,
+            name: name.to_owned(),
+        }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// An ECDSA P-256 leaf for `names` (or one with `key`, e.g. RSA).
+    fn leaf_with(&self, file: &str, names: &[&str], key: KeyPair) -> Leaf {
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let leaf = Leaf {
+            cert: self.dir.join(format!("{file}.crt")),
+            key: self.dir.join(format!("{file}.key")),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        leaf
+    }
+
+    fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
+        self.leaf_with(file, names, KeyPair::generate().unwrap())
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        roots
+    }
+}
+
+impl Drop for Ca {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = &self.name;
+    }
+}
+
+fn read_certs(path: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect()
+}
+
+/// A client configuration: trusting `roots`, with `versions`, offering `alpn`, presenting
+/// `client_cert` if given.
+fn client(
+    roots: RootCertStore,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&str],
+    client_cert: Option<&Leaf>,
+) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client_cert {
+        Some(leaf) => builder
+            .with_client_auth_cert(
+                read_certs(&leaf.cert),
+                PrivateKeyDer::from_pem_file(&leaf.key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+const BOTH: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// Connects and completes the handshake (and, for TLS 1.3, reads the server's first flight
+/// after it so that a refused client certificate shows up here).
+fn handshake(addr: SocketAddr, config: Arc<ClientConfig>, sni: &str) -> Result<Tls, String> {
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    let conn = ClientConnection::new(config, name).unwrap();
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(tls)
+}
+
+/// An HTTP/1.1 request over TLS; the response, or why there is none.
+fn https_get(tls: &mut Tls, path: &str, host: &str) -> Result<e2e::RawResponse, String> {
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        // Envoy (BoringSSL) may close without close_notify after `connection: close`.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    parse_response(&out).ok_or_else(|| format!("no response: {:?}", String::from_utf8_lossy(&out)))
+}
+
+fn tls_socket(leafs: &[&Leaf], extra: &str) -> String {
+    let certs: String = leafs
+        .iter()
+        .map(|l| {
+            format!(
+                "            - certificate_chain: {{filename: {}}}\n              private_key: {{filename: {}}}\n",
+                l.cert.display(),
+                l.key.display()
+            )
+        })
+        .collect();
+    format!(
+        "      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n{extra}          common_tls_context:\n            tls_certificates:\n{certs}"
+    )
+}
+
+fn hcm(cluster: &str) -> String {
+    format!(
+        r#"      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: {cluster} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+    )
+}
+
+fn bootstrap(listeners: &str, clusters: &str) -> String {
+    format!(
+        "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\nstatic_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}"
+    )
+}
+
+/// A listener named `name` with `extra` (listener filters) and `chains`.
+fn listener(name: &str, extra: &str, chains: &str) -> String {
+    format!(
+        "  - name: {name}\n    stat_prefix: {name}\n    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\n{extra}    filter_chains:\n{chains}"
+    )
+}
+
+/// A chain item from its parts (each a block indented for a chain).
+fn chain(parts: &[&str]) -> String {
+    let body: String = parts.concat();
+    format!("    - {}", body.trim_start())
+}
+
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn terminates_tls_12_and_13_with_alpn_and_https_scheme() {
+    let ca = Ca::new("edge");
+    let leaf = ca.leaf("edge", &["edge.example.com"]);
+    let upstream = Upstream::start();
+    let tls = tls_socket(&[&leaf], "").replace(
+        "          common_tls_context:\n",
+        "          common_tls_context:\n            alpn_protocols: [h2, http/1.1]\n",
+    );
+    let config = bootstrap(
+        &listener("https", "", &chain(&[&tls, &hcm("app")])),
+        &cluster("app", upstream.addr, ""),
+    );
+    let proxy = start_proxy(&config);
+    let addr = proxy.addr("https");
+
+    for (versions, expected) in [
+        (
+            &[&rustls::version::TLS12][..],
+            rustls::ProtocolVersion::TLSv1_2,
+        ),
+        (
+            &[&rustls::version::TLS13][..],
+            rustls::ProtocolVersion::TLSv1_3,
+        ),
+    ] {
+        let mut s = handshake(
+            addr,
+            client(ca.roots(), versions, &["http/1.1"], None),
+            "edge.example.com",
+        )
+        .unwrap();
+        assert_eq!(s.conn.protocol_version(), Some(expected));
+        assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let r = https_get(&mut s, "/hello", "edge.example.com").unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let seen = upstream.last();
+        assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    }
+    // h2 is chosen when offered; a client offering none of the server's protocols still
+    // connects, without ALPN (BoringSSL's behaviour, not an alert).
+    let s = handshake(
+        addr,
+        client(ca.roots(), BOTH, &["h2", "http/1.1"], None),
+        "edge.example.com",
+    )
+    .unwrap();
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let s = handshake(
+        addr,
+        client(ca.roots(), BOTH, &["spdy/3"], None),
+        "edge.example.com",
+    )
+    .unwrap();
+    assert_eq!(s.conn.alpn_protocol(), None);
+
+    let stat = |n: &str| proxy.stat(&format!("listener.https.ssl.{n}")).unwrap_or(0);
+    eventually("handshake stats", || stat("handshake") == 4);
+    assert_eq!(stat("versions.TLSv1.2"), 1);
+    assert_eq!(stat("versions.TLSv1.3"), 3);
+    assert_eq!(stat("no_certificate"), 4);
+    assert_eq!(stat("connection_error"), 0);
+    assert_eq!(stat("ciphers.ECDHE-ECDSA-AES128-GCM-SHA256"), 1);
+
+    // curl over HTTP/2, and openssl s_client, where installed.
+    if let Ok(out) = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg(format!("https://{addr}/curl"))
+        .output()
+    {
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+        assert_eq!(upstream.last().header("x-forwarded-proto"), Some("https"));
+    }
+    if let Ok(mut child) = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-servername"])
+        .args(["edge.example.com", "-alpn", "h2", "-tls1_2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("ALPN protocol: h2"), "{text}");
+        assert!(text.contains("Protocol  : TLSv1.2"), "{text}");
+    }
+}
+
+#[test]
+fn sni_selects_the_chain_and_certificate_on_one_port() {
+    let ca = Ca::new("sni");
+    let a = ca.leaf("a", &["a.example.com"]);
+    let b = ca.leaf("b", &["b.example.com"]);
+    let upstream = Upstream::start();
+    let inspector = "    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n      typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }\n";
+    let chains = [
+        chain(&[
+            "      filter_chain_match: {server_names: [a.example.com]}\n",
+            &tls_socket(&[&a], ""),
+            &hcm("app"),
+        ]),
+        chain(&[
+            "      filter_chain_match: {server_names: [\"*.b.example.com\", b.example.com]}\n",
+            &tls_socket(&[&b], ""),
+            &hcm("app"),
+        ]),
+    ]
+    .concat();
+    let config = bootstrap(
+        &listener("sni", inspector, &chains),
+        &cluster("app", upstream.addr, ""),
+    );
+    let proxy = start_proxy(&config);
+    let addr = proxy.addr("sni");
+    // The client checks the server's name: a wrong certificate fails the handshake.
+    for name in ["a.example.com", "b.example.com"] {
+        let mut s = handshake(addr, client(ca.roots(), BOTH, &[], None), name).unwrap();
+        let r = https_get(&mut s, "/", name).unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let err = handshake(addr, client(ca.roots(), BOTH, &[], None), "c.example.com");
+    assert!(err.is_err(), "no chain for c.example.com");
+    eventually("no_filter_chain_match", || {
+        proxy.stat("listener.sni.no_filter_chain_match") == Some(1)
+    });
+}
+
+#[test]
+fn one_context_serves_ecdsa_or_rsa_by_the_clients_signature_schemes() {
+    // ring cannot generate RSA keys: openssl makes one when installed.
+    let ca = Ca::new("multi");
+    let rsa_key = ca.dir.join("rsa-gen.key");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&rsa_key)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !made {
+        eprintln!("skipped: openssl is not installed");
+        return;
+    }
+    let rsa = KeyPair::from_pem(&std::fs::read_to_string(&rsa_key).unwrap()).unwrap();
+    let rsa = ca.leaf_with("rsa", &["multi.example.com"], rsa);
+    let ecdsa = ca.leaf("ecdsa", &["multi.example.com"]);
+    let upstream = Upstream::start();
+    let config = bootstrap(
+        &listener(
+            "multi",
+            "",
+            &chain(&[&tls_socket(&[&rsa, &ecdsa], ""), &hcm("app")]),
+        ),
+        &cluster("app", upstream.addr, ""),
+    );
+    let proxy = start_proxy(&config);
+    let addr = proxy.addr("multi");
+    let served = |config: Arc<ClientConfig>| {
+        let s = handshake(addr, config, "multi.example.com").unwrap();
+        let cert = s.conn.peer_certificates().unwrap()[0].clone();
+        cert
+    };
+    let ecdsa_cert = read_certs(&ecdsa.cert)[0].clone();
+    let rsa_cert = read_certs(&rsa.cert)[0].clone();
+    // A client that verifies ECDSA gets the ECDSA certificate (Envoy prefers it).
+    assert_eq!(served(client(ca.roots(), BOTH, &[], None)), ecdsa_cert);
+    // A client that only verifies RSA signatures gets the RSA one.
+    let mut rsa_only = (*client(ca.roots(), BOTH, &[], None)).clone();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(ca.roots()),
+        provider(),
+    )
+    .build()
+    .unwrap();
+    rsa_only
+        .dangerous()
+        .set_certificate_verifier(Arc::new(RsaOnly(verifier)));
+    assert_eq!(served(Arc::new(rsa_only)), rsa_cert);
+}
+
+#[derive(Debug)]
+struct RsaOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for RsaOnly {
+    fn verify_server_cert(
+        &self,
+        e: &CertificateDer<'_>,
+        i: &[CertificateDer<'_>],
+        n: &ServerName<'_>,
+        o: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.0.verify_server_cert(e, i, n, o, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        use rustls::SignatureScheme as S;
+        vec![S::RSA_PSS_SHA256, S::RSA_PKCS1_SHA256]
+    }
+}
+
+#[test]
+fn client_certificates_are_required_and_verified() {
+    let ca = Ca::new("mtls");
+    let other = Ca::new("stranger");
+    let server = ca.leaf("server", &["mtls.example.com"]);
+    let good = ca.leaf("client", &["client.example.com"]);
+    let untrusted = other.leaf("client", &["client.example.com"]);
+    let upstream = Upstream::start();
+    let extra = "          require_client_certificate: true\n";
+    let tls = tls_socket(&[&server], extra).replace(
+        "          common_tls_context:\n",
+        &format!(
+            "          common_tls_context:\n            validation_context:\n              trusted_ca: {{filename: {}}}\n",
+            ca.ca_file().display()
+        ),
+    );
+    let config = bootstrap(
+        &listener("mtls", "", &chain(&[&tls, &hcm("app")])),
+        &cluster("app", upstream.addr, ""),
+    );
+    let proxy = start_proxy(&config);
+    let addr = proxy.addr("mtls");
+    let name = "mtls.example.com";
+    for versions in [
+        &[&rustls::version::TLS12][..],
+        &[&rustls::version::TLS13][..],
+    ] {
+        let mut s = handshake(addr, client(ca.roots(), versions, &[], Some(&good)), name).unwrap();
+        assert_eq!(https_get(&mut s, "/", name).unwrap().status, 200);
+        // Without a certificate, or with one from another CA: refused (in TLS 1.3 the client
+        // learns it on its first read).
+        for cert in [None, Some(&untrusted)] {
+            let refused = handshake(addr, client(ca.roots(), versions, &[], cert), name)
+                .and_then(|mut s| https_get(&mut s, "/", name));
+            assert!(refused.is_err(), "{refused:?}");
+        }
+    }
+    let stat = |n: &str| proxy.stat(&format!("listener.mtls.ssl.{n}")).unwrap_or(0);
+    eventually("handshakes", || stat("handshake") == 2);
+    eventually("refusals", || {
+        stat("fail_verify_no_cert") == 2 && stat("fail_verify_error") == 2
+    });
+    assert_eq!(stat("no_certificate"), 0);
+    assert_eq!(stat("connection_error"), 0);
+}
+
+/// A TLS upstream speaking just enough HTTP/1.1: answers every request with the SNI and the
+/// ALPN protocol of its connection; records them.
+struct TlsUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(Option<String>, Option<String>)>>>,
+}
+
+impl TlsUpstream {
+    fn start(leaf: &Leaf, client_ca: Option<&Ca>, alpn: &[&str]) -> TlsUpstream {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            Some(ca) => builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(ca.roots()),
+                    provider(),
+                )
+                .build()
+                .unwrap(),
+            ),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(
+                read_certs(&leaf.cert),
+                PrivateKeyDer::from_pem_file(&leaf.key).unwrap(),
+            )
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<_>>> = Arc::default();
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { continue };
+                let config = config.clone();
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut s = StreamOwned::new(conn, tcp);
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let sni = s.conn.server_name().map(str::to_owned);
+                    let alpn = s
+                        .conn
+                        .alpn_protocol()
+                        .map(|p| String::from_utf8_lossy(p).into_owned());
+                    record.lock().unwrap().push((sni.clone(), alpn.clone()));
+                    if buf.is_empty() {
+                        return;
+                    }
+                    let body = format!(
+                        "sni={} alpn={}",
+                        sni.unwrap_or_default(),
+                        alpn.unwrap_or_default()
+                    );
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    s.conn.send_close_notify();
+                    let _ = s.flush();
+                });
+            }
+        });
+        TlsUpstream { addr, seen }
+    }
+}
+
+fn upstream_tls(body: &str) -> String {
+    format!(
+        "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n{body}"
+    )
+}
+
+#[test]
+fn upstream_tls_sni_validation_and_client_certificates() {
+    let ca = Ca::new("up");
+    let other = Ca::new("up-other");
+    let server = ca.leaf("upstream", &["backend.example.com"]);
+    let client_leaf = ca.leaf("proxy", &["proxy.example.com"]);
+    // Requires a client certificate from `ca`.
+    let backend = TlsUpstream::start(&server, Some(&ca), &[]);
+    let validation = |ca: &Ca, san: &str| {
+        format!(
+            "          validation_context:\n            trusted_ca: {{filename: {}}}\n{san}",
+            ca.ca_file().display()
+        )
+    };
+    let client_cert = format!(
+        "          tls_certificates:\n          - certificate_chain: {{filename: {}}}\n            private_key: {{filename: {}}}\n",
+        client_leaf.cert.display(),
+        client_leaf.key.display()
+    );
+    let san = |name: &str| {
+        format!(
+            "            match_typed_subject_alt_names:\n            - san_type: DNS\n              matcher: {{exact: {name}}}\n"
+        )
+    };
+    let clusters = [
+        // Trusted, right name, with a client certificate.
+        cluster(
+            "good",
+            backend.addr,
+            &upstream_tls(&format!(
+                "        sni: backend.example.com\n        common_tls_context:\n{client_cert}{}",
+                validation(&ca, &san("backend.example.com"))
+            )),
+        ),
+        // No validation context: any certificate goes, as in Envoy.
+        cluster(
+            "unverified",
+            backend.addr,
+            &upstream_tls(&format!("        common_tls_context:\n{client_cert}")),
+        ),
+        // The SAN matcher names another host.
+        cluster(
+            "wrong_host",
+            backend.addr,
+            &upstream_tls(&format!(
+                "        sni: backend.example.com\n        common_tls_context:\n{client_cert}{}",
+                validation(&ca, &san("other.example.com"))
+            )),
+        ),
+        // Signed by a CA we do not trust.
+        cluster(
+            "untrusted",
+            backend.addr,
+            &upstream_tls(&format!(
+                "        sni: backend.example.com\n        common_tls_context:\n{client_cert}{}",
+                validation(&other, "")
+            )),
+        ),
+        // No client certificate: the upstream refuses the handshake.
+        cluster(
+            "no_client_cert",
+            backend.addr,
+            &upstream_tls(&format!(
+                "        common_tls_context:\n{}",
+                validation(&ca, "")
+            )),
+        ),
+    ]
+    .concat();
+    let routes: String = ["good", "unverified", "wrong_host", "untrusted", "no_client_cert"]
+        .iter()
+        .map(|c| {
+            format!(
+                "              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n"
+            )
+        })
+        .collect();
+    let log = ca.dir.join("access.log");
+    let hcm = hcm("good")
+        .replace(
+            "              - match: { prefix: \"/\" }\n                route: { cluster: good }\n",
+            &routes,
+        )
+        .replace(
+            "          stat_prefix: ingress\n",
+            &format!(
+                "          stat_prefix: ingress\n          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: \"%REQ(:PATH)% %RESPONSE_FLAGS% %UPSTREAM_TRANSPORT_FAILURE_REASON%\\n\"}}}}\n",
+                log.display()
+            ),
+        );
+    let plain = listener("plain", "", &chain(&[&hcm]));
+    let proxy = start_proxy(&bootstrap(&plain, &clusters));
+    let addr = proxy.addr("plain");
+
+    let r = e2e::http_get(addr, "/good", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "sni=backend.example.com alpn=");
+    let r = e2e::http_get(addr, "/unverified", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "sni= alpn=", "no SNI unless `sni` is set");
+    for c in ["wrong_host", "untrusted"] {
+        let r = e2e::http_get(addr, &format!("/{c}"), &[]);
+        assert_eq!(r.status, 503, "{c}: {}", r.body);
+        assert_eq!(
+            r.body,
+            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+        );
+    }
+    let r = e2e::http_get(addr, "/no_client_cert", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let stat = |c: &str, n: &str| proxy.stat(&format!("cluster.{c}.ssl.{n}")).unwrap_or(0);
+    assert_eq!(stat("good", "handshake"), 1);
+    assert_eq!(stat("wrong_host", "fail_verify_san"), 1);
+    assert_eq!(stat("untrusted", "fail_verify_error"), 1);
+    assert_eq!(stat("wrong_host", "handshake"), 0);
+    assert_eq!(
+        proxy.stat("cluster.untrusted.upstream_cx_connect_fail"),
+        Some(1)
+    );
+    // The failure reason, in Envoy's (BoringSSL's) words, is in the access log (spaces as
+    // underscores, as Envoy writes this field).
+    let mut lines = Vec::new();
+    eventually("access log", || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.len() >= 5
+    });
+    for c in ["wrong_host", "untrusted"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("/{c} ")))
+            .unwrap();
+        // Envoy adds its validator's detail before `:TLS_error_end` (the certificate's SANs,
+        // the X509 error); Legate does not.
+        eprintln!("{line}");
+        let prefix = format!(
+            "/{c} UF TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:"
+        );
+        assert!(
+            line.starts_with(&prefix) && line.ends_with("TLS_error_end"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn upstream_tls_offers_h2_by_alpn_to_http2_clusters() {
+    if target_is_envoy() {
+        // The backend below does not speak HTTP/2: only the offer is checked.
+    }
+    let ca = Ca::new("alpn");
+    let server = ca.leaf("upstream", &["h2.example.com"]);
+    let backend = TlsUpstream::start(&server, None, &["h2", "http/1.1"]);
+    let h2 = format!(
+        "{}\n{}",
+        e2e::H2_UPSTREAM,
+        upstream_tls("        sni: h2.example.com\n")
+    );
+    let clusters = [
+        cluster("h2", backend.addr, &h2),
+        cluster(
+            "h1",
+            backend.addr,
+            &upstream_tls("        sni: h2.example.com\n"),
+        ),
+    ]
+    .concat();
+    let hcm = hcm("h2").replace(
+        "              - match: { prefix: \"/\" }\n                route: { cluster: h2 }\n",
+        "              - match: { prefix: \"/h1\" }\n                route: { cluster: h1 }\n              - match: { prefix: \"/\" }\n                route: { cluster: h2 }\n",
+    );
+    let proxy = start_proxy(&bootstrap(
+        &listener("plain", "", &chain(&[&hcm])),
+        &clusters,
+    ));
+    let addr = proxy.addr("plain");
+    let r = e2e::http_get(addr, "/h1", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "sni=h2.example.com alpn=http/1.1");
+    // The backend answers HTTP/1.1 on an h2 connection: the request fails, the offer counts.
+    let _ = e2e::http_get(addr, "/h2", &[]);
+    let seen = backend.seen.lock().unwrap().clone();
+    assert!(
+        seen.contains(&(Some("h2.example.com".into()), Some("h2".into()))),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn garbage_and_truncated_handshakes_do_not_hang() {
+    let ca = Ca::new("hostile");
+    let leaf = ca.leaf("server", &["hostile.example.com"]);
+    let upstream = Upstream::start();
+    let tls = format!(
+        "      transport_socket_connect_timeout: 0.5s\n{}",
+        tls_socket(&[&leaf], "")
+    );
+    let config = bootstrap(
+        &listener("hostile", "", &chain(&[&tls, &hcm("app")])),
+        &cluster("app", upstream.addr, ""),
+    );
+    let proxy = start_proxy(&config);
+    let addr = proxy.addr("hostile");
+    let closed_within = |mut s: TcpStream, t: Duration| {
+        s.set_read_timeout(Some(t)).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+            if started.elapsed() > t {
+                return false;
+            }
+        }
+    };
+    // An HTTP request where a ClientHello should be.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    assert!(closed_within(s, Duration::from_secs(3)), "garbage");
+    // The first bytes of a ClientHello, then silence: the handshake timeout closes it.
+    let mut hello = Vec::new();
+    let mut conn = ClientConnection::new(
+        client(ca.roots(), BOTH, &[], None),
+        ServerName::try_from("hostile.example.com").unwrap(),
+    )
+    .unwrap();
+    conn.write_tls(&mut hello).unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&hello[..hello.len() / 2]).unwrap();
+    assert!(closed_within(s, Duration::from_secs(3)), "truncated hello");
+    // A full hello, then nothing: the timeout too.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&hello).unwrap();
+    assert!(
+        closed_within(s, Duration::from_secs(3)),
+        "stalled handshake"
+    );
+    eventually("timeouts counted", || {
+        proxy.stat("listener.hostile.downstream_cx_transport_socket_connect_timeout") == Some(2)
+    });
+    assert_eq!(proxy.stat("listener.hostile.ssl.connection_error"), Some(1));
+    // Still serving.
+    let mut s = handshake(
+        addr,
+        client(ca.roots(), BOTH, &[], None),
+        "hostile.example.com",
+    )
+    .unwrap();
+    assert_eq!(
+        https_get(&mut s, "/", "hostile.example.com")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[test]
+fn tls_config_errors_name_the_field() {
+    let ca = Ca::new("errors");
+    let leaf = ca.leaf("server", &["errors.example.com"]);
+    let cases = [
+        (
+            "          common_tls_context:\n            tls_params: {cipher_suites: [ECDHE-RSA-AES128-GCM-SHA256, NOPE]}\n",
+            "common_tls_context.tls_params.cipher_suites[1]",
+        ),
+        (
+            "          common_tls_context:\n            tls_params: {ecdh_curves: [P-521]}\n",
+            "common_tls_context.tls_params.ecdh_curves",
+        ),
+    ];
+    for (ctx, path) in cases {
+        let tls = tls_socket(&[&leaf], "").replace("          common_tls_context:\n", ctx);
+        let config = bootstrap(
+            &listener("bad", "", &chain(&[&tls, &hcm("app")])),
+            &cluster("app", "127.0.0.1:1".parse().unwrap(), ""),
+        );
+        let file = ca.dir.join("bad.yaml");
+        std::fs::write(&file, config).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_legate"))
+            .args(["--mode", "validate", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success());
+        assert!(
+            text.contains(&format!(
+                "static_resources.listeners[0].filter_chains[0].transport_socket.typed_config.{path}"
+            )),
+            "{text}"
+        );
+    }
+    // A key that is not the certificate's.
+    let other = ca.leaf("other", &["other.example.com"]);
+    let mismatched = Leaf {
+        cert: leaf.cert.clone(),
+        key: other.key.clone(),
+    };
+    let tls = tls_socket(&[&mismatched], "");
+    let file = ca.dir.join("mismatch.yaml");
+    std::fs::write(
+        &file,
+        bootstrap(
+            &listener("bad", "", &chain(&[&tls, &hcm("app")])),
+            &cluster("app", "127.0.0.1:1".parse().unwrap(), ""),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_legate"))
+        .args(["--mode", "validate", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(
+            "common_tls_context.tls_certificates[0].private_key: Failed to load private key from"
+        ),
+        "{text}"
+    );
+}
