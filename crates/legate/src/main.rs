@@ -15,11 +15,6 @@ use legate::server::ServeOptions;
 use legate::{logging, supported};
 use legate_api::bootstrap::LoadedBootstrap;
 
-/// mimalloc: per-thread free lists suit workers that share nothing, and it returns freed
-/// configuration-loading memory to the system (see BENCHMARKS.md for the measurement).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The configuration served when neither `-c` nor `--config-yaml` is given.
 const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 
