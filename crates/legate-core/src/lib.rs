@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod address;
 pub mod extension;
 pub mod format;
+pub mod io;
 pub mod matcher;
 pub mod proto;
 pub mod runtime;
