@@ -440,13 +440,14 @@ pub(crate) async fn forward(
     if switching {
         if let Some(downstream) = f.downstream_upgrade {
             let upstream = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(
-                downstream,
-                upstream,
-                active,
-                rq_guard,
-                cluster.clone(),
-            ));
+            stats.downstream_cx_upgrades_total.inc();
+            stats.downstream_cx_upgrades_active.inc();
+            let upgrades_active = stats.downstream_cx_upgrades_active.clone();
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                tunnel(downstream, upstream, active, rq_guard, cluster).await;
+                upgrades_active.dec();
+            });
         }
         return Outcome::Response(response.map(|_| body::empty()));
     }

@@ -143,6 +143,7 @@ impl HttpConnectionManager {
         let mut info = StreamInfo::new(conn.downstream.id);
         info.downstream_local_address = Some(conn.downstream.local);
         info.downstream_direct_remote_address = Some(conn.downstream.peer);
+        info.requested_server_name = conn.downstream.requested_server_name.clone();
         info.protocol = match req.version() {
             Version::HTTP_10 => Protocol::Http10,
             Version::HTTP_2 => Protocol::Http2,

@@ -133,7 +133,6 @@ pub const KNOWN_DIFFERENCES: &[Documented] = &[
     known("*", ALL, "stat http.ingress_http.downstream_rq_rx_reset", "Envoy counts a request whose connection closed before the request was complete (answered early, then closed); Legate does not"),
     known("*", ALL, "stat http.ingress_http.downstream_rq_response_before_rq_complete", "not emitted: a response sent before the request ended"),
     known("*", ALL, "stat http.ingress_http.downstream_cx_protocol_error", "codec-level protocol errors (426 for HTTP/1.0, 431, a bad HTTP/2 preface) are not counted"),
-    known("upgrades*", ALL, "stat http.ingress_http.downstream_cx_upgrades_total", "upgraded (101) connections are not counted"),
     // ---- connect failures ----------------------------------------------------------------
     known("connect_failure", ALL, "stat cluster.dead.upstream_rq_*", "on a connect failure Envoy does not count upstream_rq_total (the request never got a connection) but upstream_rq_pending_failure_eject; Legate counts upstream_rq_total and not the other"),
     known("local_reply_*_format", ALL, "stat cluster.dead.upstream_rq_*", "as above"),
