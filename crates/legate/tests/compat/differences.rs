@@ -128,7 +128,6 @@ pub const KNOWN_DIFFERENCES: &[Documented] = &[
     // ---- stats Legate does not emit (yet) ------------------------------------------------
     known("*", ALL, "stat cluster.*.external.upstream_rq_*", "Envoy splits upstream_rq_completed/<code>/<class> by origin (cluster.<name>.external.* / .internal.*, from x-envoy-internal); Legate does not emit that split"),
     known("*", ALL, "stat http.ingress_http.downstream_cx_destroy_*", "Legate does not record which side closed a downstream connection (destroy_local/remote, *_active_rq)"),
-    known("*", ALL, "stat http.ingress_http.downstream_cx_*x_bytes_total", "downstream byte counters are not emitted"),
     known("*", ALL, "stat listener.127.0.0.1_0.http.ingress_http.*", "the per-listener copy of the HTTP status counters (listener.<addr>.http.<prefix>.downstream_rq_<class>/completed) is not emitted"),
     known("*", ALL, "stat http.ingress_http.downstream_rq_rx_reset", "Envoy counts a request whose connection closed before the request was complete (answered early, then closed); Legate does not"),
     known("*", ALL, "stat http.ingress_http.downstream_rq_response_before_rq_complete", "not emitted: a response sent before the request ended"),
