@@ -11,6 +11,7 @@
 //!     server_info: ServerInfo { version, hot_restart_version, started, command_line_options, node },
 //!     config_dump: ConfigDumpSource { bootstrap, listeners, clusters, loaded_at },
 //!     control: Arc::new(MyControl),              // impl AdminControl: quit, drain, logs...
+//!     access_logs,                               // admin.access_log / access_log_path
 //! });
 //! let task = tokio::spawn(legate_admin::serve(tcp_listener, state));
 //! ```

@@ -31,8 +31,8 @@ const MAX_FORM_BODY: usize = 64 * 1024;
 /// (which drops the listener). Each connection runs in its own task.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait rather than spin.
                 tracing::warn!("admin: accept failed: {e}");
@@ -42,9 +42,36 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let local = stream.local_addr().ok();
+            let service = service_fn(move |req: Request<Incoming>| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(handle(state, req).await) }
+                async move {
+                    if state.access_logs.is_empty() {
+                        return Ok::<_, Infallible>(handle(state, req).await);
+                    }
+                    let mut info = legate_core::stream_info::StreamInfo::new(0);
+                    info.downstream_remote_address = Some(peer);
+                    info.downstream_direct_remote_address = Some(peer);
+                    info.downstream_local_address = local;
+                    info.request.method = req.method().as_str().to_owned();
+                    info.request.path = req
+                        .uri()
+                        .path_and_query()
+                        .map_or_else(String::new, |p| p.as_str().to_owned());
+                    info.request_headers = req.headers().clone();
+                    let response = handle(Arc::clone(&state), req).await;
+                    info.response_code = Some(response.status().as_u16());
+                    info.response_headers = Some(response.headers().clone());
+                    info.bytes_sent = hyper::body::Body::size_hint(response.body())
+                        .exact()
+                        .unwrap_or(0);
+                    info.duration = Some(info.start.elapsed());
+                    let runtime = state.runtime.snapshot();
+                    for log in &state.access_logs {
+                        log.log(&info, &runtime);
+                    }
+                    Ok(response)
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder

@@ -25,6 +25,8 @@ pub struct AdminState {
     pub server_info: ServerInfo,
     pub config_dump: ConfigDumpSource,
     pub control: Arc<dyn AdminControl>,
+    /// `admin.access_log` and `admin.access_log_path`: every admin request is logged.
+    pub access_logs: Vec<legate_core::access_log::AccessLogger>,
 }
 
 /// One listener as `/listeners` shows it.

@@ -206,6 +206,7 @@ fn state(control: Arc<Control>) -> AdminState {
             loaded_at: Some(UNIX_EPOCH + Duration::from_millis(1_795_645_512_002)),
         },
         control,
+        access_logs: Vec::new(),
     }
 }
 

@@ -33,6 +33,8 @@ pub struct ListenerConfig<F> {
     pub only_chain: Option<usize>,
     pub listener_filters: ListenerFilters,
     pub per_connection_buffer_limit_bytes: u32,
+    /// `socket_address.ipv4_compat`: an IPv6 listener also accepts IPv4 (mapped) clients.
+    pub ipv4_compat: bool,
 }
 
 impl<F> ListenerConfig<F> {
@@ -138,7 +140,12 @@ impl<F> ListenerConfig<F> {
         let Some(address) = address else {
             return Err(errors.0);
         };
+        let ipv4_compat = matches!(
+            l.address.as_ref().and_then(|a| a.address.as_ref()),
+            Some(legate_api::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) if sa.ipv4_compat
+        );
         errors.finish(|| ListenerConfig {
+            ipv4_compat,
             name: if l.name.is_empty() {
                 address.to_string()
             } else {

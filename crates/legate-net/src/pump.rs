@@ -7,6 +7,7 @@
 //! becomes readable and given back once the socket is drained, so an idle proxied connection
 //! costs no buffer memory.
 
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -148,18 +149,33 @@ pub async fn exchange(
         last_ms: AtomicU64::new(0),
     };
     let (a_to_b, b_to_a) = (AtomicU64::new(0), AtomicU64::new(0));
+    let forward = one_way(a, b, from_a, &a_to_b, &activity);
+    let backward = one_way(b, a, from_b, &b_to_a, &activity);
+    both_ways(forward, backward, idle, &activity, &a_to_b, &b_to_a).await
+}
+
+/// Runs the two directions of an exchange to their end (or the idle timeout) and reports how
+/// it ended: the part [`exchange`] and [`exchange_io`] share.
+async fn both_ways(
+    forward: impl Future<Output = io::Result<()>>,
+    backward: impl Future<Output = io::Result<()>>,
+    idle: Option<Duration>,
+    activity: &Activity,
+    a_to_b: &AtomicU64,
+    b_to_a: &AtomicU64,
+) -> Outcome {
     // 0: none yet, 1: A, 2: B.
     let first = AtomicU8::new(0);
     let mark = |side: u8| {
         let _ = first.compare_exchange(0, side, Ordering::Relaxed, Ordering::Relaxed);
     };
     let forward = async {
-        let r = one_way(a, b, from_a, &a_to_b, &activity).await;
+        let r = forward.await;
         mark(1);
         r
     };
     let backward = async {
-        let r = one_way(b, a, from_b, &b_to_a, &activity).await;
+        let r = backward.await;
         mark(2);
         r
     };
@@ -240,41 +256,9 @@ where
     let (a_read, a_write) = tokio::io::split(a);
     let (b_read, b_write) = tokio::io::split(b);
     let (a_to_b, b_to_a) = (AtomicU64::new(0), AtomicU64::new(0));
-    let first = AtomicU8::new(0);
-    let mark = |side: u8| {
-        let _ = first.compare_exchange(0, side, Ordering::Relaxed, Ordering::Relaxed);
-    };
-    let forward = async {
-        let r = one_way_io(a_read, b_write, from_a, &a_to_b, &activity).await;
-        mark(1);
-        r
-    };
-    let backward = async {
-        let r = one_way_io(b_read, a_write, from_b, &b_to_a, &activity).await;
-        mark(2);
-        r
-    };
-    let both = async { tokio::try_join!(forward, backward).map(|_| ()) };
-    let end = match idle {
-        Some(idle) => tokio::select! {
-            r = both => if r.is_ok() { End::Closed } else { End::Error },
-            _ = activity.idle_for(idle) => End::IdleTimeout,
-        },
-        None => match both.await {
-            Ok(()) => End::Closed,
-            Err(_) => End::Error,
-        },
-    };
-    Outcome {
-        end,
-        a_to_b: a_to_b.load(Ordering::Relaxed),
-        b_to_a: b_to_a.load(Ordering::Relaxed),
-        first_to_close: match first.load(Ordering::Relaxed) {
-            1 => Some(Side::A),
-            2 => Some(Side::B),
-            _ => None,
-        },
-    }
+    let forward = one_way_io(a_read, b_write, from_a, &a_to_b, &activity);
+    let backward = one_way_io(b_read, a_write, from_b, &b_to_a, &activity);
+    both_ways(forward, backward, idle, &activity, &a_to_b, &b_to_a).await
 }
 
 async fn one_way_io<R, W>(

@@ -465,3 +465,47 @@ fn sigterm_with_a_thousand_requests_in_flight_loses_none() {
         legate.output()
     );
 }
+
+#[test]
+fn admin_access_log_path_records_admin_requests() {
+    let upstream = Upstream::start();
+    let config = front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream.addr, ""),
+        "",
+    )
+    .replace(
+        "admin:\n",
+        "admin:\n  access_log_path: \"{dir}/admin.log\"\n",
+    );
+    let legate = Legate::start(&config);
+    assert_eq!(http_get(legate.admin.unwrap(), "/ready", &[]).status, 200);
+    let log_path = legate.dir.join("admin.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut log = String::new();
+    while std::time::Instant::now() < deadline && !log.contains("/ready") {
+        std::thread::sleep(Duration::from_millis(100));
+        log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    }
+    assert!(log.contains("\"GET /ready HTTP/1.1\" 200"), "{log:?}");
+}
+
+#[test]
+fn ipv4_compat_lets_an_ipv6_listener_accept_ipv4_clients() {
+    let upstream = Upstream::start();
+    let config = front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream.addr, ""),
+        "",
+    )
+    .replacen(
+        "    address: {socket_address: {address: 127.0.0.1, port_value: 0}}\n    filter_chains:",
+        "    address: {socket_address: {address: \"::\", port_value: 0, ipv4_compat: true}}\n    filter_chains:",
+        1,
+    );
+    let legate = Legate::start(&config);
+    assert!(legate.addr("ingress").is_ipv6(), "the listener is on ::");
+    let port = legate.addr("ingress").port();
+    let v4: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(http_get(v4, "/", &[]).status, 200);
+}

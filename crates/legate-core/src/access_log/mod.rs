@@ -67,6 +67,16 @@ impl AccessLogger {
         })
     }
 
+    /// A logger writing Envoy's default format to a file, with no filter: the admin server's
+    /// deprecated `access_log_path`.
+    pub fn default_format_file(path: &str) -> Result<AccessLogger, String> {
+        Ok(AccessLogger {
+            filter: None,
+            format: SubstitutionFormat::Text(crate::format::Formatter::envoy_default()),
+            sink: AccessLogFiles::open(Destination::File(path.into()))?,
+        })
+    }
+
     /// Compiles one `AccessLog` without opening anything: what `--mode validate` checks.
     pub fn check(proto: &AccessLog) -> Compiled<(Option<Filter>, SubstitutionFormat, Destination)> {
         let AccessLog {

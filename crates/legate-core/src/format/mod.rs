@@ -9,7 +9,7 @@
 //! never printed as text. [`JsonFormatter`] (`json_format`) and [`FormatString`] (the whole
 //! `envoy.config.core.v3.SubstitutionFormatString`) build on the same operators.
 
-mod json;
+pub(crate) mod json;
 mod operator;
 mod time;
 

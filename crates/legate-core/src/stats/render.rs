@@ -461,26 +461,10 @@ fn json_number(value: f64) -> String {
     }
 }
 
-/// A JSON string literal (Envoy's `Json::sanitize` escapes the same characters).
+/// A JSON string literal (Envoy's `Json::sanitize`), with the access-log formatter's escaper.
 fn json_string(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::format::json::push_json_string(&mut out, value);
     out
 }
 

@@ -11,7 +11,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Envoy's default listen backlog (`tcp_backlog_size`).
 const BACKLOG: i32 = 1024;
 
-fn bind_one(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn bind_one(address: SocketAddr, ipv4_compat: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(
         Domain::for_address(address),
         Type::STREAM,
@@ -21,7 +21,7 @@ fn bind_one(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_reuse_port(true)?;
     if address.is_ipv6() {
         // `::` listens on IPv6 only unless `ipv4_compat`, as in Envoy.
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(!ipv4_compat)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
@@ -33,13 +33,14 @@ fn bind_one(address: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// port 0 resolved).
 pub fn bind(
     address: SocketAddr,
+    ipv4_compat: bool,
     workers: usize,
 ) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
-    let first = bind_one(address)?;
+    let first = bind_one(address, ipv4_compat)?;
     let bound = first.local_addr()?;
     let mut sockets = vec![first];
     for _ in 1..workers {
-        sockets.push(bind_one(bound)?);
+        sockets.push(bind_one(bound, ipv4_compat)?);
     }
     Ok((sockets, bound))
 }

@@ -143,7 +143,7 @@ pub fn run(
                     .map_err(|e| format!("listener '{}': {e}", l.name))?,
             );
         }
-        let (sockets, address) = listener::bind(l.address, workers)
+        let (sockets, address) = listener::bind(l.address, l.ipv4_compat, workers)
             .map_err(|e| format!("cannot bind '{}' for listener '{}': {e}", l.address, l.name))?;
         let kinds: Vec<&str> = chains.iter().map(ChainFilter::kind).collect();
         tracing::info!(
@@ -260,6 +260,7 @@ pub fn run(
 
     let started = Instant::now();
     let server_stats = ServerStats::new(&store, workers);
+    let admin_access_logs = admin_access_logs(config.admin.as_ref())?;
     let admin_state = Arc::new(legate_admin::AdminState {
         store: store.clone(),
         clusters: clusters.clone(),
@@ -268,6 +269,7 @@ pub fn run(
         server_info: options.info.clone(),
         config_dump: dump,
         control: lifecycle.clone(),
+        access_logs: admin_access_logs,
     });
     let sinks = config.stats_sinks;
     let flush_interval = config.stats_flush_interval;
@@ -330,6 +332,38 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// The admin server's access logs: `admin.access_log`, and the deprecated
+/// `admin.access_log_path` (Envoy's default format).
+fn admin_access_logs(
+    admin: Option<&legate_admin::AdminConfig>,
+) -> Result<Vec<legate_core::access_log::AccessLogger>, String> {
+    let Some(admin) = admin else {
+        return Ok(Vec::new());
+    };
+    let mut logs = Vec::new();
+    for (i, log) in admin.access_log.iter().enumerate() {
+        let logger = legate_core::access_log::AccessLogger::compile(log).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| {
+                    e.clone()
+                        .within(&format!("admin.access_log[{i}]"))
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        logs.push(logger);
+    }
+    if let Some(path) = &admin.access_log_path {
+        logs.push(
+            legate_core::access_log::AccessLogger::default_format_file(path)
+                .map_err(|e| format!("admin.access_log_path: {e}"))?,
+        );
+    }
+    Ok(logs)
 }
 
 fn runtime_layers(layers: &[RuntimeLayer]) -> Vec<Layer> {
