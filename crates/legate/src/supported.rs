@@ -20,6 +20,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             &[
                 "node",
                 "static_resources",
+                "dynamic_resources",
                 "admin",
                 "stats_sinks",
                 "stats_flush_interval",
@@ -30,6 +31,34 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             "envoy.config.bootstrap.v3",
             "Bootstrap.StaticResources",
             &["listeners", "clusters"],
+        ),
+        (HCM, "Rds", &["config_source", "route_config_name"]),
+        (
+            "envoy.config.cluster.v3",
+            "Cluster.EdsClusterConfig",
+            &["eds_config", "service_name"],
+        ),
+        (
+            "envoy.config.bootstrap.v3",
+            "Bootstrap.DynamicResources",
+            &["lds_config", "cds_config"],
+        ),
+        (
+            CORE,
+            "ConfigSource",
+            &[
+                "path",
+                "path_config_source",
+                "resource_api_version",
+                "initial_fetch_timeout",
+            ],
+        ),
+        (CORE, "PathConfigSource", &["path", "watched_directory"]),
+        (CORE, "WatchedDirectory", &["path"]),
+        (
+            "envoy.service.discovery.v3",
+            "DiscoveryResponse",
+            &["version_info", "resources", "type_url", "nonce"],
         ),
         (
             "envoy.config.bootstrap.v3",
@@ -155,6 +184,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "codec_type",
                 "stat_prefix",
                 "route_config",
+                "rds",
                 "http_filters",
                 "http_protocol_options",
                 "http2_protocol_options",
@@ -449,6 +479,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "connect_timeout",
                 "lb_policy",
                 "load_assignment",
+                "eds_cluster_config",
                 "per_connection_buffer_limit_bytes",
                 "max_requests_per_connection",
                 "circuit_breakers",
@@ -645,6 +676,14 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
 
 /// (extension name, config message): what may stand in a `typed_config`.
 pub const EXTENSIONS: &[(&str, &str)] = &[
+    // The resources of xDS files (`DiscoveryResponse.resources`).
+    ("LDS resource", "envoy.config.listener.v3.Listener"),
+    ("CDS resource", "envoy.config.cluster.v3.Cluster"),
+    ("RDS resource", "envoy.config.route.v3.RouteConfiguration"),
+    (
+        "EDS resource",
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+    ),
     (
         "envoy.filters.network.http_connection_manager",
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
