@@ -59,11 +59,29 @@ pub enum Routes {
 }
 
 impl Routes {
-    /// The table for a request starting now; `None` while an RDS table has not arrived.
-    pub fn table(&self) -> Option<Arc<RouteTable>> {
+    /// The table for a request starting now; `None` while an RDS table has not arrived. A
+    /// static table is borrowed (no reference count shared between workers to touch).
+    pub fn table(&self) -> Option<TableRef<'_>> {
         match self {
-            Routes::Static(t) => Some(t.clone()),
-            Routes::Rds(s) => s.table(),
+            Routes::Static(t) => Some(TableRef::Static(t)),
+            Routes::Rds(s) => s.table().map(TableRef::Swapped),
+        }
+    }
+}
+
+/// A request's route table.
+pub enum TableRef<'a> {
+    Static(&'a RouteTable),
+    Swapped(Arc<RouteTable>),
+}
+
+impl std::ops::Deref for TableRef<'_> {
+    type Target = RouteTable;
+
+    fn deref(&self) -> &RouteTable {
+        match self {
+            TableRef::Static(t) => t,
+            TableRef::Swapped(t) => t,
         }
     }
 }
