@@ -90,6 +90,8 @@ enum Part {
     Timestamp(SystemTime),
     /// A string field (`version_info`).
     Str(String),
+    /// A wrapper message in a field (`active_state`).
+    Object(Box<Dump>),
     List(Vec<Dump>),
 }
 
@@ -193,11 +195,20 @@ fn configs_object(configs: Vec<Json>) -> Json {
 }
 
 impl Dump {
+    /// The dump as a top-level element of `configs`: with its `@type`.
     fn to_json(&self) -> Json {
-        let mut object = Json::object().field(
+        self.fields_json(Json::object().field(
             "@type",
             Json::str(format!("{TYPE_PREFIX}{}", self.type_name)),
-        );
+        ))
+    }
+
+    /// The dump as a field or list item of another: its type is the field's.
+    fn to_inner_json(&self) -> Json {
+        self.fields_json(Json::object())
+    }
+
+    fn fields_json(&self, mut object: crate::json::ObjectBuilder) -> Json {
         for (name, part) in &self.fields {
             object = match part {
                 Part::Message(m) => object.field(name, json::proto(m, false)),
@@ -206,9 +217,11 @@ impl Dump {
                 Part::Str(s) if s.is_empty() => object,
                 Part::Str(s) => object.field(name, Json::str(s)),
                 Part::List(items) if items.is_empty() => object,
-                Part::List(items) => {
-                    object.field(name, Json::Array(items.iter().map(Dump::to_json).collect()))
-                }
+                Part::Object(dump) => object.field(name, dump.to_inner_json()),
+                Part::List(items) => object.field(
+                    name,
+                    Json::Array(items.iter().map(Dump::to_inner_json).collect()),
+                ),
             };
         }
         object.build()
@@ -225,6 +238,7 @@ impl Dump {
                 && match part {
                     Part::Message(m) | Part::Any(m) => validates(&m.descriptor(), rest),
                     Part::Str(_) => rest.is_empty(),
+                    Part::Object(dump) => rest.is_empty() || dump.validates(rest),
                     Part::Timestamp(_) => {
                         rest.is_empty()
                             || (rest.len() == 1 && ["seconds", "nanos"].contains(&rest[0].as_str()))
@@ -251,6 +265,7 @@ impl Dump {
             match part {
                 Part::Message(m) | Part::Any(m) => trim_message(m, &sub),
                 Part::List(items) => items.iter_mut().for_each(|i| i.trim(&sub)),
+                Part::Object(dump) => dump.trim(&sub),
                 Part::Timestamp(_) | Part::Str(_) => {}
             }
         }
@@ -424,7 +439,18 @@ fn build(
             ("dynamic_warming_clusters", Part::List(Vec::new())),
         ],
     });
-
+    let endpoints = dynamic(
+        &source.dynamic_endpoints,
+        "envoy.admin.v3.EndpointsConfigDump.DynamicEndpointConfig",
+        "endpoint_config",
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+    );
+    if include_eds {
+        dumps.push(Dump {
+            type_name: "envoy.admin.v3.EndpointsConfigDump",
+            fields: vec![("dynamic_endpoint_configs", Part::List(endpoints))],
+        });
+    }
     let static_listeners = listeners
         .iter()
         .filter(|l| named(&l.name))
@@ -448,12 +474,12 @@ fn build(
                 let message = reflect_bytes(&r.bytes, "envoy.config.listener.v3.Listener")?;
                 Some((
                     field,
-                    Part::List(vec![versioned(
+                    Part::Object(Box::new(versioned(
                         "envoy.admin.v3.ListenersConfigDump.DynamicListenerState",
                         "listener",
                         r,
                         message,
-                    )]),
+                    ))),
                 ))
             };
             let mut fields = vec![("name", Part::Str(l.name.clone()))];
@@ -518,18 +544,6 @@ fn build(
             ),
         ],
     });
-    let endpoints = dynamic(
-        &source.dynamic_endpoints,
-        "envoy.admin.v3.EndpointsConfigDump.DynamicEndpointConfig",
-        "endpoint_config",
-        "envoy.config.endpoint.v3.ClusterLoadAssignment",
-    );
-    if include_eds {
-        dumps.push(Dump {
-            type_name: "envoy.admin.v3.EndpointsConfigDump",
-            fields: vec![("dynamic_endpoint_configs", Part::List(endpoints))],
-        });
-    }
     dumps.push(Dump {
         type_name: "envoy.admin.v3.SecretsConfigDump",
         fields: vec![
