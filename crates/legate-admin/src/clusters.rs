@@ -76,9 +76,8 @@ pub fn render_text(clusters: &[std::sync::Arc<Cluster>], filter: Option<&Regex>)
                 let _ = writeln!(out, "{name}::{priority}::{field}::{value}");
             }
         }
-        // Static clusters only, until CDS.
-        let _ = writeln!(out, "{name}::added_via_api::false");
-        for host in &cluster.hosts {
+        let _ = writeln!(out, "{name}::added_via_api::{}", cluster.added_via_api);
+        for host in &cluster.membership().hosts {
             let address = host.address;
             for (stat, value, _) in host_stats(host) {
                 let _ = writeln!(out, "{name}::{address}::{stat}::{value}");
@@ -143,7 +142,12 @@ pub fn render_json(clusters: &[std::sync::Arc<Cluster>], filter: Option<&Regex>)
 }
 
 fn cluster_json(cluster: &Cluster) -> Json {
-    let hosts: Vec<Json> = cluster.hosts.iter().map(|h| host_json(h)).collect();
+    let hosts: Vec<Json> = cluster
+        .membership()
+        .hosts
+        .iter()
+        .map(|h| host_json(h))
+        .collect();
     let thresholds = |limits: &CircuitBreakerLimits, high: bool| {
         let mut t = Json::object().field_if(high, "priority", Json::str("HIGH"));
         for (field, value) in limit_fields(limits) {
@@ -166,6 +170,7 @@ fn cluster_json(cluster: &Cluster) -> Json {
                 )
                 .build(),
         )
+        .field_if(cluster.added_via_api, "added_via_api", Json::Bool(true))
         .field("observability_name", Json::str(&cluster.config.stat_name))
         .build()
 }

@@ -29,7 +29,7 @@ use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Val
 use regex::Regex;
 
 use crate::json::{self, Json};
-use crate::state::ConfigDumpSource;
+use crate::state::{ConfigDumpSource, DynamicResource};
 
 const TYPE_PREFIX: &str = "type.googleapis.com/";
 const HCM: &str =
@@ -42,6 +42,8 @@ pub struct DumpParams {
     /// FieldMask paths, split on `.`.
     pub mask: Option<Vec<Vec<String>>>,
     pub name_regex: Option<Regex>,
+    /// `include_eds`: the EDS assignments too.
+    pub include_eds: bool,
 }
 
 impl DumpParams {
@@ -74,6 +76,7 @@ impl DumpParams {
                 .map(str::to_owned),
             mask,
             name_regex,
+            include_eds: query.get("include_eds").is_some(),
         })
     }
 }
@@ -85,6 +88,10 @@ enum Part {
     /// A message of the pool packed in an `Any` (`cluster`, `listener`, `route_config`).
     Any(DynamicMessage),
     Timestamp(SystemTime),
+    /// A string field (`version_info`).
+    Str(String),
+    /// A wrapper message in a field (`active_state`).
+    Object(Box<Dump>),
     List(Vec<Dump>),
 }
 
@@ -99,7 +106,7 @@ pub type Response = (StatusCode, Option<&'static str>, String);
 
 /// `GET /config_dump`.
 pub fn render(source: &ConfigDumpSource, node: &Node, params: &DumpParams) -> Response {
-    let dumps = build(source, node, params.name_regex.as_ref());
+    let dumps = build(source, node, params.name_regex.as_ref(), params.include_eds);
     match &params.resource {
         Some(resource) => render_resource(dumps, resource, params.mask.as_deref()),
         None => render_all(dumps, params.mask.as_deref()),
@@ -188,20 +195,33 @@ fn configs_object(configs: Vec<Json>) -> Json {
 }
 
 impl Dump {
+    /// The dump as a top-level element of `configs`: with its `@type`.
     fn to_json(&self) -> Json {
-        let mut object = Json::object().field(
+        self.fields_json(Json::object().field(
             "@type",
             Json::str(format!("{TYPE_PREFIX}{}", self.type_name)),
-        );
+        ))
+    }
+
+    /// The dump as a field or list item of another: its type is the field's.
+    fn to_inner_json(&self) -> Json {
+        self.fields_json(Json::object())
+    }
+
+    fn fields_json(&self, mut object: crate::json::ObjectBuilder) -> Json {
         for (name, part) in &self.fields {
             object = match part {
                 Part::Message(m) => object.field(name, json::proto(m, false)),
                 Part::Any(m) => object.field(name, json::proto(&pack(m), false)),
                 Part::Timestamp(t) => object.field(name, Json::str(timestamp(*t))),
+                Part::Str(s) if s.is_empty() => object,
+                Part::Str(s) => object.field(name, Json::str(s)),
                 Part::List(items) if items.is_empty() => object,
-                Part::List(items) => {
-                    object.field(name, Json::Array(items.iter().map(Dump::to_json).collect()))
-                }
+                Part::Object(dump) => object.field(name, dump.to_inner_json()),
+                Part::List(items) => object.field(
+                    name,
+                    Json::Array(items.iter().map(Dump::to_inner_json).collect()),
+                ),
             };
         }
         object.build()
@@ -217,6 +237,8 @@ impl Dump {
             *name == first.as_str()
                 && match part {
                     Part::Message(m) | Part::Any(m) => validates(&m.descriptor(), rest),
+                    Part::Str(_) => rest.is_empty(),
+                    Part::Object(dump) => rest.is_empty() || dump.validates(rest),
                     Part::Timestamp(_) => {
                         rest.is_empty()
                             || (rest.len() == 1 && ["seconds", "nanos"].contains(&rest[0].as_str()))
@@ -243,7 +265,8 @@ impl Dump {
             match part {
                 Part::Message(m) | Part::Any(m) => trim_message(m, &sub),
                 Part::List(items) => items.iter_mut().for_each(|i| i.trim(&sub)),
-                Part::Timestamp(_) => {}
+                Part::Object(dump) => dump.trim(&sub),
+                Part::Timestamp(_) | Part::Str(_) => {}
             }
         }
         self.fields
@@ -324,7 +347,12 @@ fn reflect_bytes(bytes: &[u8], full_name: &str) -> Option<DynamicMessage> {
 }
 
 /// The dumps Envoy prints for a static configuration, filtered by `name_regex`.
-fn build(source: &ConfigDumpSource, node: &Node, name_regex: Option<&Regex>) -> Vec<Dump> {
+fn build(
+    source: &ConfigDumpSource,
+    node: &Node,
+    name_regex: Option<&Regex>,
+    include_eds: bool,
+) -> Vec<Dump> {
     let loaded_at = source.loaded_at.unwrap_or(UNIX_EPOCH);
     let named = |name: &str| name_regex.is_none_or(|r| r.is_match(name));
     let listeners: Vec<Listener> = source
@@ -387,15 +415,42 @@ fn build(source: &ConfigDumpSource, node: &Node, name_regex: Option<&Regex>) -> 
             )
         })
         .collect();
+    let dynamic = |list: &[DynamicResource], type_name, field, full_name| -> Vec<Dump> {
+        list.iter()
+            .filter(|r| named(&r.name))
+            .filter_map(|r| Some((r, reflect_bytes(&r.bytes, full_name)?)))
+            .map(|(r, message)| versioned(type_name, field, r, message))
+            .collect()
+    };
     dumps.push(Dump {
         type_name: "envoy.admin.v3.ClustersConfigDump",
         fields: vec![
+            ("version_info", Part::Str(source.cds_version.clone())),
             ("static_clusters", Part::List(clusters)),
-            ("dynamic_active_clusters", Part::List(Vec::new())),
+            (
+                "dynamic_active_clusters",
+                Part::List(dynamic(
+                    &source.dynamic_clusters,
+                    "envoy.admin.v3.ClustersConfigDump.DynamicCluster",
+                    "cluster",
+                    "envoy.config.cluster.v3.Cluster",
+                )),
+            ),
             ("dynamic_warming_clusters", Part::List(Vec::new())),
         ],
     });
-
+    let endpoints = dynamic(
+        &source.dynamic_endpoints,
+        "envoy.admin.v3.EndpointsConfigDump.DynamicEndpointConfig",
+        "endpoint_config",
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+    );
+    if include_eds {
+        dumps.push(Dump {
+            type_name: "envoy.admin.v3.EndpointsConfigDump",
+            fields: vec![("dynamic_endpoint_configs", Part::List(endpoints))],
+        });
+    }
     let static_listeners = listeners
         .iter()
         .filter(|l| named(&l.name))
@@ -409,11 +464,39 @@ fn build(source: &ConfigDumpSource, node: &Node, name_regex: Option<&Regex>) -> 
             )
         })
         .collect();
+    let dynamic_listeners = source
+        .dynamic_listeners
+        .iter()
+        .filter(|l| named(&l.name))
+        .map(|l| {
+            let state = |field, r: &Option<DynamicResource>| {
+                let r = r.as_ref()?;
+                let message = reflect_bytes(&r.bytes, "envoy.config.listener.v3.Listener")?;
+                Some((
+                    field,
+                    Part::Object(Box::new(versioned(
+                        "envoy.admin.v3.ListenersConfigDump.DynamicListenerState",
+                        "listener",
+                        r,
+                        message,
+                    ))),
+                ))
+            };
+            let mut fields = vec![("name", Part::Str(l.name.clone()))];
+            fields.extend(state("active_state", &l.active));
+            fields.extend(state("draining_state", &l.draining));
+            Dump {
+                type_name: "envoy.admin.v3.ListenersConfigDump.DynamicListener",
+                fields,
+            }
+        })
+        .collect();
     dumps.push(Dump {
         type_name: "envoy.admin.v3.ListenersConfigDump",
         fields: vec![
+            ("version_info", Part::Str(source.lds_version.clone())),
             ("static_listeners", Part::List(static_listeners)),
-            ("dynamic_listeners", Part::List(Vec::new())),
+            ("dynamic_listeners", Part::List(dynamic_listeners)),
         ],
     });
     dumps.push(Dump {
@@ -450,7 +533,15 @@ fn build(source: &ConfigDumpSource, node: &Node, name_regex: Option<&Regex>) -> 
         type_name: "envoy.admin.v3.RoutesConfigDump",
         fields: vec![
             ("static_route_configs", Part::List(routes)),
-            ("dynamic_route_configs", Part::List(Vec::new())),
+            (
+                "dynamic_route_configs",
+                Part::List(dynamic(
+                    &source.dynamic_routes,
+                    "envoy.admin.v3.RoutesConfigDump.DynamicRouteConfig",
+                    "route_config",
+                    "envoy.config.route.v3.RouteConfiguration",
+                )),
+            ),
         ],
     });
     dumps.push(Dump {
@@ -462,6 +553,24 @@ fn build(source: &ConfigDumpSource, node: &Node, name_regex: Option<&Regex>) -> 
         ],
     });
     dumps
+}
+
+/// A resource from a dynamic source as Envoy dumps it: `version_info`, the resource,
+/// `last_updated`.
+fn versioned(
+    type_name: &'static str,
+    field: &'static str,
+    r: &DynamicResource,
+    message: DynamicMessage,
+) -> Dump {
+    Dump {
+        type_name,
+        fields: vec![
+            ("version_info", Part::Str(r.version_info.clone())),
+            (field, Part::Any(message)),
+            ("last_updated", Part::Timestamp(r.last_updated)),
+        ],
+    }
 }
 
 /// The `route_config` inlined in an HTTP connection manager filter.

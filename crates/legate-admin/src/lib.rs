@@ -43,8 +43,8 @@ pub mod state;
 pub use config::AdminConfig;
 pub use server::serve;
 pub use state::{
-    AdminControl, AdminState, ConfigDumpSource, DrainOptions, ListenerInfo, LogLevel, ServerInfo,
-    ServerState,
+    AdminControl, AdminState, ConfigDumpSource, DrainOptions, DynamicListener, DynamicResource,
+    ListenerInfo, LogLevel, ServerInfo, ServerState,
 };
 
 /// Envoy's `/help` text (also the body of a 404), for the binary's `--help`-style uses.

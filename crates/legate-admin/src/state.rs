@@ -4,7 +4,7 @@
 //! the process.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use legate_api::pb::envoy::admin::v3::CommandLineOptions;
@@ -19,11 +19,12 @@ pub struct AdminState {
     pub store: Arc<Store>,
     pub clusters: Arc<ClusterManager>,
     pub runtime: Arc<Runtime>,
-    /// The listeners, in configuration order, with the address they are bound to (port 0
-    /// already resolved), for `/listeners`.
-    pub listeners: Vec<ListenerInfo>,
+    /// The listeners in force, in configuration order, with the address they are bound to
+    /// (port 0 already resolved), for `/listeners`; the listener manager keeps it current.
+    pub listeners: Arc<Mutex<Vec<ListenerInfo>>>,
     pub server_info: ServerInfo,
-    pub config_dump: ConfigDumpSource,
+    /// Kept current by whoever changes the configuration.
+    pub config_dump: Arc<Mutex<ConfigDumpSource>>,
     pub control: Arc<dyn AdminControl>,
     /// `admin.access_log` and `admin.access_log_path`: every admin request is logged.
     pub access_logs: Vec<legate_core::access_log::AccessLogger>,
@@ -66,6 +67,34 @@ pub struct ConfigDumpSource {
     pub clusters: Vec<Vec<u8>>,
     /// `last_updated` of every static resource: when the configuration was loaded.
     pub loaded_at: Option<SystemTime>,
+    /// LDS: the `version_info` last accepted, and the listeners (a name may have an active
+    /// version and draining ones).
+    pub lds_version: String,
+    pub dynamic_listeners: Vec<DynamicListener>,
+    /// CDS.
+    pub cds_version: String,
+    pub dynamic_clusters: Vec<DynamicResource>,
+    /// RDS route tables and EDS assignments in force.
+    pub dynamic_routes: Vec<DynamicResource>,
+    pub dynamic_endpoints: Vec<DynamicResource>,
+}
+
+/// A resource received from a dynamic source.
+#[derive(Clone, Debug)]
+pub struct DynamicResource {
+    pub name: String,
+    pub version_info: String,
+    pub last_updated: SystemTime,
+    /// The resource's proto, encoded.
+    pub bytes: Vec<u8>,
+}
+
+/// A listener received from LDS: the version serving, and versions still draining.
+#[derive(Clone, Debug)]
+pub struct DynamicListener {
+    pub name: String,
+    pub active: Option<DynamicResource>,
+    pub draining: Option<DynamicResource>,
 }
 
 /// Where the server is in its life (`envoy.admin.v3.ServerInfo.State`).

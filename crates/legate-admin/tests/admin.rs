@@ -173,10 +173,10 @@ fn state(control: Arc<Control>) -> AdminState {
         store,
         clusters,
         runtime,
-        listeners: vec![ListenerInfo {
+        listeners: Arc::new(Mutex::new(vec![ListenerInfo {
             name: "web".into(),
             address: "127.0.0.1:39929".parse().unwrap(),
-        }],
+        }])),
         server_info: ServerInfo {
             version: "legate/0.1.0".into(),
             hot_restart_version: "disabled".into(),
@@ -193,7 +193,7 @@ fn state(control: Arc<Control>) -> AdminState {
                 ..Default::default()
             },
         },
-        config_dump: ConfigDumpSource {
+        config_dump: Arc::new(Mutex::new(ConfigDumpSource {
             bootstrap: Bootstrap {
                 admin: Some(Admin {
                     address: Some(socket("127.0.0.1", 19901)),
@@ -204,7 +204,8 @@ fn state(control: Arc<Control>) -> AdminState {
             listeners: vec![web_listener().encode_to_vec()],
             clusters: vec![backend().encode_to_vec()],
             loaded_at: Some(UNIX_EPOCH + Duration::from_millis(1_795_645_512_002)),
-        },
+            ..Default::default()
+        })),
         control,
         access_logs: Vec::new(),
     }

@@ -26,6 +26,7 @@ pub const TYPED_STRUCT_TYPES: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type
 /// added here (a test in the `legate` crate checks it).
 pub const POOL_ROOTS: &[&str] = &[
     "envoy.config.bootstrap.v3.Bootstrap",
+    "envoy.service.discovery.v3.DiscoveryResponse",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
     "envoy.extensions.filters.http.router.v3.Router",
     "envoy.extensions.access_loggers.file.v3.FileAccessLog",

@@ -12,6 +12,7 @@ pub mod descriptors;
 pub mod error;
 pub mod load;
 pub mod pgv;
+pub mod resources;
 pub mod stream;
 
 pub use envoy_types::pb;

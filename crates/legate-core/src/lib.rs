@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod address;
+pub mod config_source;
 pub mod extension;
 pub mod format;
 pub mod io;

@@ -12,12 +12,13 @@ use legate_api::pb::envoy::extensions::filters::network::http_connection_manager
     http_filter as hcm_filter,
 };
 use legate_core::proto::{bool_or, duration, u32_or};
-use legate_core::{Compiled, Errors};
+use legate_core::{Compiled, ConfigError, Errors};
 
 use legate_api::pb::envoy::extensions::filters::http::router::v3::Router;
 use prost::Message;
 
 use crate::filters::{self, HttpFilterKind};
+use crate::rds::RdsConfig;
 use crate::route::RouteTable;
 
 /// Envoy's default `max_request_headers_kb`.
@@ -33,7 +34,7 @@ pub const DEFAULT_DELAYED_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct HcmConfig {
     pub stat_prefix: String,
     pub codec: CodecType,
-    pub route_table: Arc<RouteTable>,
+    pub routes: RouteSource,
     pub http_filters: Vec<HttpFilterKind>,
     /// The router's `suppress_envoy_headers`: no `x-envoy-upstream-service-time` on
     /// responses, no `x-envoy-expected-rq-timeout-ms` on upstream requests.
@@ -74,6 +75,25 @@ pub struct HcmConfig {
     pub http2: legate_api::pb::envoy::config::core::v3::Http2ProtocolOptions,
 }
 
+/// Where a connection manager's routes come from.
+#[derive(Debug)]
+pub enum RouteSource {
+    /// `route_config`, compiled with the connection manager.
+    Static(Arc<RouteTable>),
+    /// `rds`: a named table from a config source, which may change while traffic flows.
+    Rds(RdsConfig),
+}
+
+impl RouteSource {
+    /// The table compiled with the connection manager, if it has one.
+    pub fn static_table(&self) -> Option<&RouteTable> {
+        match self {
+            RouteSource::Static(t) => Some(t),
+            RouteSource::Rds(_) => None,
+        }
+    }
+}
+
 /// A positive duration, or `None` for an unset or zero one (Envoy's "disabled").
 fn enabled(
     d: Option<&legate_api::pb::google::protobuf::Duration>,
@@ -83,16 +103,35 @@ fn enabled(
 }
 
 impl HcmConfig {
-    /// Compiles an HCM. `route_config` is required (RDS is not implemented yet, and the support
-    /// table refuses `rds` before this runs).
+    /// Compiles an HCM: `route_config` or `rds` (from a file source).
     pub fn compile(h: &HttpConnectionManager) -> Compiled<HcmConfig> {
         let mut errors = Errors::default();
-        let route_table = match &h.route_specifier {
-            Some(RouteSpecifier::RouteConfig(rc)) => {
-                errors.take("route_config", RouteTable::compile(rc))
+        let routes = match &h.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => errors
+                .take("route_config", RouteTable::compile(rc))
+                .map(|t| RouteSource::Static(Arc::new(t))),
+            Some(RouteSpecifier::Rds(rds)) => {
+                let source = rds
+                    .config_source
+                    .as_ref()
+                    .map(crate::rds::file_source)
+                    .unwrap_or_else(|| Err(ConfigError::new("", "config_source is required")));
+                match source {
+                    Ok(source) => Some(RouteSource::Rds(RdsConfig {
+                        route_config_name: rds.route_config_name.clone(),
+                        source,
+                    })),
+                    Err(e) => {
+                        errors.0.push(e.within("rds.config_source"));
+                        None
+                    }
+                }
             }
             _ => {
-                errors.push("route_specifier", "route_config is required (rds and scoped_routes are not supported by Legate yet)");
+                errors.push(
+                    "route_specifier",
+                    "route_config or rds is required (scoped_routes is not supported by Legate)",
+                );
                 None
             }
         };
@@ -171,13 +210,13 @@ impl HcmConfig {
         if codec == CodecType::Http3 {
             errors.push("codec_type", "HTTP3 is not supported by Legate yet");
         }
-        let Some(route_table) = route_table else {
+        let Some(routes) = routes else {
             return Err(errors.0);
         };
         errors.finish(|| HcmConfig {
             stat_prefix: h.stat_prefix.clone(),
             codec,
-            route_table: Arc::new(route_table),
+            routes,
             http_filters,
             suppress_envoy_headers,
             server_name: if h.server_name.is_empty() {

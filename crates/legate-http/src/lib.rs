@@ -10,6 +10,7 @@ pub mod header_mutation;
 pub mod headers;
 pub mod local_reply;
 pub mod path;
+pub mod rds;
 pub mod rewrite;
 pub mod route;
 pub mod route_match;

@@ -186,7 +186,7 @@ pub(crate) async fn forward(
     info: &mut StreamInfo,
 ) -> Outcome {
     let stats = &hcm.stats;
-    let Some(cluster) = hcm.context.clusters.get(f.cluster).cloned() else {
+    let Some(cluster) = hcm.context.clusters.get(f.cluster) else {
         stats.no_cluster.inc();
         return LocalReply::new(
             f.forward.cluster_not_found_status,
@@ -218,7 +218,7 @@ pub(crate) async fn forward(
     }
 
     let deadline = route_timeout(f.forward, &mut parts.headers).map(|t| (t, Instant::now() + t));
-    let Some(host) = cluster.lb.choose(fastrand::u64(..)).cloned() else {
+    let Some(host) = cluster.choose_host(fastrand::u64(..)) else {
         cluster
             .stats
             .scope
@@ -451,7 +451,10 @@ pub(crate) async fn forward(
         }
         return Outcome::Response(response.map(|_| body::empty()));
     }
-    let (parts, upstream_body) = response.into_parts();
+    let (mut parts, upstream_body) = response.into_parts();
+    // The downstream codec writes its own version: an HTTP/1.0 upstream's response goes to an
+    // HTTP/1.1 client as HTTP/1.1, as Envoy sends it.
+    parts.version = Version::HTTP_11;
     let tracked = UpstreamBody {
         inner: upstream_body,
         deadline: deadline.map(|(_, at)| Box::pin(tokio::time::sleep_until(at.into()))),

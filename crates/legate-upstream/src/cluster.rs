@@ -12,6 +12,7 @@ use legate_api::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
 use legate_core::address::socket_addr;
+use legate_core::config_source::FileSource;
 use legate_core::proto::{duration_or, u32_or};
 use legate_core::{Compiled, ConfigError, Errors};
 use prost::Message;
@@ -92,6 +93,17 @@ pub struct ClusterConfig {
     pub http2: legate_api::pb::envoy::config::core::v3::Http2ProtocolOptions,
     /// `transport_socket` `envoy.transport_sockets.tls`: TLS to the hosts.
     pub tls: Option<std::sync::Arc<crate::tls::UpstreamTls>>,
+    /// `type: EDS`: the endpoints come from this source (none until it sends them).
+    pub eds: Option<EdsConfig>,
+}
+
+/// Where an EDS cluster's endpoints come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdsConfig {
+    /// `eds_cluster_config.service_name`, or the cluster's name: the `cluster_name` of the
+    /// `ClusterLoadAssignment` to take.
+    pub service_name: String,
+    pub source: FileSource,
 }
 
 impl ClusterConfig {
@@ -99,14 +111,46 @@ impl ClusterConfig {
     #[allow(deprecated)]
     pub fn compile(c: &Cluster) -> Compiled<Self> {
         let mut errors = Errors::default();
+        let mut eds = None;
+        const EDS: i32 = cluster::DiscoveryType::Eds as i32;
         match c.cluster_discovery_type {
             None | Some(cluster::ClusterDiscoveryType::Type(0)) => {} // STATIC
+            Some(cluster::ClusterDiscoveryType::Type(EDS)) => match &c.eds_cluster_config {
+                Some(e) => {
+                    let source = e
+                        .eds_config
+                        .as_ref()
+                        .map(FileSource::from_proto)
+                        .unwrap_or_else(|| {
+                            Err(legate_core::ConfigError::new("", "eds_config is required"))
+                        });
+                    match source {
+                        Ok(source) => {
+                            eds = Some(EdsConfig {
+                                service_name: if e.service_name.is_empty() {
+                                    c.name.clone()
+                                } else {
+                                    e.service_name.clone()
+                                },
+                                source,
+                            })
+                        }
+                        Err(err) => errors.0.push(err.within("eds_cluster_config.eds_config")),
+                    }
+                }
+                None => errors.push(
+                    "eds_cluster_config",
+                    "an EDS cluster requires eds_cluster_config",
+                ),
+            },
             Some(cluster::ClusterDiscoveryType::Type(t)) => {
                 let name = cluster::DiscoveryType::try_from(t)
                     .map_or("unknown".into(), |t| t.as_str_name().to_owned());
                 errors.push(
                     "type",
-                    format!("cluster type {name} is not supported by Legate yet (STATIC is)"),
+                    format!(
+                        "cluster type {name} is not supported by Legate yet (STATIC and EDS are)"
+                    ),
                 );
             }
             Some(cluster::ClusterDiscoveryType::ClusterType(_)) => {
@@ -197,8 +241,15 @@ impl ClusterConfig {
                 crate::tls::UpstreamTls::compile_transport_socket(ts).map(std::sync::Arc::new),
             )
         });
+        if eds.is_some() && c.load_assignment.is_some() {
+            errors.push(
+                "load_assignment",
+                "an EDS cluster takes its endpoints from eds_cluster_config, not load_assignment",
+            );
+        }
         errors.finish(|| ClusterConfig {
             tls,
+            eds,
             name: c.name.clone(),
             stat_name: c.name.clone(),
             connect_timeout: duration_or(c.connect_timeout.as_ref(), Duration::from_secs(5)),
@@ -263,7 +314,9 @@ fn thresholds(t: &Thresholds) -> CircuitBreakerLimits {
     }
 }
 
-fn compile_endpoints(la: &ClusterLoadAssignment) -> Compiled<Vec<Vec<LocalityEndpoints>>> {
+/// Compiles the endpoints of a `ClusterLoadAssignment` (a cluster's `load_assignment`, or an
+/// EDS resource).
+pub fn compile_endpoints(la: &ClusterLoadAssignment) -> Compiled<Vec<Vec<LocalityEndpoints>>> {
     let mut errors = Errors::default();
     let mut priorities: Vec<Vec<LocalityEndpoints>> = Vec::new();
     for (i, locality) in la.endpoints.iter().enumerate() {

@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::pool::HostPool;
+
 /// One endpoint of a cluster, shared by all workers.
 #[derive(Debug)]
 pub struct Host {
-    /// Position in the cluster's host list: indexes the per-worker connection pools.
-    pub index: usize,
     pub address: SocketAddr,
     /// `load_balancing_weight` (1 by default).
     pub weight: u32,
@@ -28,18 +28,20 @@ pub struct Host {
     /// Cleared by active health checking or outlier ejection; no checker exists yet, so every
     /// host is healthy.
     healthy: AtomicBool,
+    /// One connection pool per worker: each worker uses only its own. A host that survives an
+    /// endpoint update keeps its pools, and so its open connections.
+    pools: Box<[HostPool]>,
 }
 
 impl Host {
     pub fn new(
-        index: usize,
         address: SocketAddr,
         weight: u32,
         priority: u32,
         locality: Option<(String, String, String)>,
+        workers: usize,
     ) -> Self {
         Host {
-            index,
             address,
             weight: weight.max(1),
             priority,
@@ -53,7 +55,27 @@ impl Host {
             cx_total: AtomicU64::new(0),
             cx_connect_fail: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            pools: (0..workers.max(1)).map(|_| HostPool::default()).collect(),
         }
+    }
+
+    /// Worker `worker`'s connection pool to this host.
+    pub fn pool(&self, worker: usize) -> &HostPool {
+        &self.pools[worker.min(self.pools.len() - 1)]
+    }
+
+    /// Whether an endpoint of a new assignment is this host, unchanged.
+    pub fn is(
+        &self,
+        address: SocketAddr,
+        weight: u32,
+        priority: u32,
+        locality: &Option<(String, String, String)>,
+    ) -> bool {
+        self.address == address
+            && self.weight == weight.max(1)
+            && self.priority == priority
+            && &self.locality == locality
     }
 
     pub fn healthy(&self) -> bool {

@@ -190,11 +190,11 @@ mod tests {
             .enumerate()
             .map(|(i, &(w, p))| {
                 Arc::new(Host::new(
-                    i,
                     format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
                     w,
                     p,
                     None,
+                    1,
                 ))
             })
             .collect()

@@ -14,4 +14,4 @@ pub mod stats;
 pub mod tls;
 
 pub use cluster::{ClusterConfig, LbPolicy, UpstreamProtocol};
-pub use manager::{Cluster, ClusterManager};
+pub use manager::{Cluster, ClusterManager, ClusterSet, ClusterUpdate, Membership};

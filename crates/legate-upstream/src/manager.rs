@@ -1,25 +1,38 @@
 //! The live clusters: each [`Cluster`] joins its compiled configuration with its hosts, load
-//! balancer, stats, circuit breakers and per-worker connection pools; the [`ClusterManager`]
-//! finds them by name and keeps `cluster_manager.*` stats.
+//! balancer, stats and circuit breakers; the [`ClusterManager`] finds them by name and keeps
+//! `cluster_manager.*` stats.
+//!
+//! Both change while traffic flows, by snapshot swap: the manager publishes an immutable
+//! [`ClusterSet`] and a request takes the cluster it needs from the set in force when it
+//! starts, so a replaced or removed cluster finishes the requests it has (on its old hosts)
+//! and is freed with the last of them. A cluster's membership (hosts and load balancer) is a
+//! snapshot of its own, replaced by endpoint updates (EDS); a host that stays keeps its
+//! connection pools.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use legate_core::stats::{Counter, Gauge, ImportMode, Store};
 
 use crate::breaker::Breakers;
-use crate::cluster::ClusterConfig;
+use crate::cluster::{ClusterConfig, LocalityEndpoints};
 use crate::host::Host;
 use crate::lb::LoadBalancer;
 use crate::pool::HostPool;
 use crate::stats::ClusterStats;
 
+/// A cluster's hosts and the load balancer over them, replaced as a whole.
+#[derive(Debug)]
+pub struct Membership {
+    pub hosts: Vec<Arc<Host>>,
+    pub lb: LoadBalancer,
+}
+
 #[derive(Debug)]
 pub struct Cluster {
     pub name: Arc<str>,
     pub config: ClusterConfig,
-    pub hosts: Vec<Arc<Host>>,
-    pub lb: LoadBalancer,
     pub stats: ClusterStats,
     /// `cluster.<name>.ssl.*`, for clusters with TLS.
     pub ssl: Option<legate_core::tls::SslStats>,
@@ -27,40 +40,20 @@ pub struct Cluster {
     /// `priority: HIGH`, which Legate does not support yet).
     pub breakers: Breakers,
     pub high_breakers: Breakers,
-    /// Connection pools, `[worker][host index]`: each worker uses only its own row.
-    pools: Vec<Vec<HostPool>>,
+    /// Added by CDS or a reload rather than the bootstrap's first reading (`/clusters`).
+    pub added_via_api: bool,
+    membership: ArcSwap<Membership>,
+    workers: usize,
 }
 
 impl Cluster {
     pub fn new(config: ClusterConfig, store: &Arc<Store>, workers: usize) -> Self {
         let scope = store.scope(&format!("cluster.{}.", config.stat_name));
-        let mut hosts = Vec::new();
-        for (priority, localities) in config.priorities.iter().enumerate() {
-            for locality in localities {
-                for e in &locality.endpoints {
-                    hosts.push(Arc::new(Host::new(
-                        hosts.len(),
-                        e.address,
-                        e.weight,
-                        priority as u32,
-                        locality.locality.clone(),
-                    )));
-                }
-            }
-        }
         let stats = ClusterStats::new(scope.clone());
-        stats.membership_total.set(hosts.len() as u64);
-        stats.membership_healthy.set(hosts.len() as u64);
-        stats
-            .max_host_weight
-            .set(hosts.iter().map(|h| h.weight as u64).max().unwrap_or(0));
-        stats.membership_change.inc();
-        let pools = (0..workers.max(1))
-            .map(|_| hosts.iter().map(|_| HostPool::default()).collect())
-            .collect();
+        let membership = build_membership(&config, &config.priorities, &[], workers);
+        count_membership(&stats, &membership);
         Cluster {
             name: config.name.as_str().into(),
-            lb: LoadBalancer::new(config.lb_policy, &hosts),
             breakers: Breakers::new(&config.default_limits, &scope, "default"),
             high_breakers: Breakers::new(&config.high_limits, &scope, "high"),
             ssl: config
@@ -68,68 +61,220 @@ impl Cluster {
                 .as_ref()
                 .map(|_| legate_core::tls::SslStats::new(&scope)),
             stats,
-            hosts,
-            pools,
+            added_via_api: false,
+            membership: ArcSwap::from_pointee(membership),
+            workers,
             config,
         }
     }
 
+    /// The hosts in force now.
+    pub fn membership(&self) -> Arc<Membership> {
+        self.membership.load_full()
+    }
+
+    /// The host for the next request (`random`: a fresh random number), or `None` when the
+    /// cluster has no host.
+    pub fn choose_host(&self, random: u64) -> Option<Arc<Host>> {
+        self.membership.load().lb.choose(random).cloned()
+    }
+
+    /// Replaces the hosts (an endpoint update). Hosts that stay, with the same weight,
+    /// priority and locality, are kept with their connections and counters; requests in
+    /// flight to removed hosts finish on them.
+    pub fn set_endpoints(&self, priorities: &[Vec<LocalityEndpoints>]) {
+        let old = self.membership.load_full();
+        let membership = build_membership(&self.config, priorities, &old.hosts, self.workers);
+        count_membership(&self.stats, &membership);
+        self.membership.store(Arc::new(membership));
+    }
+
     /// The connection pool of `host` for worker `worker`.
-    pub fn pool(&self, worker: usize, host: &Host) -> &HostPool {
-        let row = &self.pools[worker.min(self.pools.len() - 1)];
-        &row[host.index]
+    pub fn pool<'h>(&self, worker: usize, host: &'h Host) -> &'h HostPool {
+        host.pool(worker)
     }
 }
 
-#[derive(Debug)]
-pub struct ClusterManager {
-    clusters: Vec<Arc<Cluster>>,
-    by_name: HashMap<Arc<str>, usize>,
-    pub cluster_added: Counter,
-    pub active_clusters: Gauge,
+fn build_membership(
+    config: &ClusterConfig,
+    priorities: &[Vec<LocalityEndpoints>],
+    previous: &[Arc<Host>],
+    workers: usize,
+) -> Membership {
+    let mut hosts = Vec::new();
+    for (priority, localities) in priorities.iter().enumerate() {
+        for locality in localities {
+            for e in &locality.endpoints {
+                let priority = priority as u32;
+                let kept = previous
+                    .iter()
+                    .find(|h| h.is(e.address, e.weight, priority, &locality.locality));
+                hosts.push(match kept {
+                    Some(h) => h.clone(),
+                    None => Arc::new(Host::new(
+                        e.address,
+                        e.weight,
+                        priority,
+                        locality.locality.clone(),
+                        workers,
+                    )),
+                });
+            }
+        }
+    }
+    Membership {
+        lb: LoadBalancer::new(config.lb_policy, &hosts),
+        hosts,
+    }
 }
 
-impl ClusterManager {
-    pub fn new(configs: Vec<ClusterConfig>, store: &Arc<Store>, workers: usize) -> Self {
-        let scope = store.scope("cluster_manager.");
-        let cluster_added = scope.counter("cluster_added");
-        let active_clusters = scope.gauge("active_clusters", ImportMode::NeverImport);
-        // Registered so that the stat set matches Envoy's, though static clusters never change.
-        for name in [
-            "cluster_modified",
-            "cluster_removed",
-            "cluster_updated",
-            "update_merge_cancelled",
-            "update_out_of_merge_window",
-        ] {
-            scope.counter(name);
-        }
-        scope.gauge("warming_clusters", ImportMode::NeverImport);
-        let clusters: Vec<Arc<Cluster>> = configs
-            .into_iter()
-            .map(|c| Arc::new(Cluster::new(c, store, workers)))
-            .collect();
-        cluster_added.add(clusters.len() as u64);
-        active_clusters.set(clusters.len() as u64);
+fn count_membership(stats: &ClusterStats, membership: &Membership) {
+    let hosts = &membership.hosts;
+    stats.membership_total.set(hosts.len() as u64);
+    stats.membership_healthy.set(hosts.len() as u64);
+    stats
+        .max_host_weight
+        .set(hosts.iter().map(|h| h.weight as u64).max().unwrap_or(0));
+    stats.membership_change.inc();
+}
+
+/// The clusters in force at one moment, by name and in configuration order.
+#[derive(Debug, Default)]
+pub struct ClusterSet {
+    clusters: Vec<Arc<Cluster>>,
+    by_name: HashMap<Arc<str>, usize>,
+}
+
+impl ClusterSet {
+    fn new(clusters: Vec<Arc<Cluster>>) -> Self {
         let by_name = clusters
             .iter()
             .enumerate()
             .map(|(i, c)| (c.name.clone(), i))
             .collect();
-        ClusterManager {
-            clusters,
-            by_name,
-            cluster_added,
-            active_clusters,
-        }
+        ClusterSet { clusters, by_name }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.by_name.get(name).map(|&i| &self.clusters[i])
     }
 
-    /// All clusters, in configuration order.
-    pub fn clusters(&self) -> &[Arc<Cluster>] {
+    pub fn as_slice(&self) -> &[Arc<Cluster>] {
         &self.clusters
+    }
+
+    pub fn len(&self) -> usize {
+        self.clusters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clusters.is_empty()
+    }
+}
+
+/// A change to the cluster set, applied in one swap.
+#[derive(Debug, Default)]
+pub struct ClusterUpdate {
+    /// New clusters, and replacements of clusters with the same name.
+    pub upsert: Vec<ClusterConfig>,
+    pub remove: Vec<String>,
+    /// The clusters come from CDS or a reload (`added_via_api`).
+    pub via_api: bool,
+}
+
+/// What an update did, for the caller's log line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UpdateSummary {
+    pub added: usize,
+    pub modified: usize,
+    pub removed: usize,
+}
+
+#[derive(Debug)]
+pub struct ClusterManager {
+    set: ArcSwap<ClusterSet>,
+    store: Arc<Store>,
+    workers: usize,
+    pub cluster_added: Counter,
+    pub cluster_modified: Counter,
+    pub cluster_removed: Counter,
+    pub active_clusters: Gauge,
+}
+
+impl ClusterManager {
+    pub fn new(configs: Vec<ClusterConfig>, store: &Arc<Store>, workers: usize) -> Self {
+        let scope = store.scope("cluster_manager.");
+        for name in [
+            "cluster_updated",
+            "cluster_updated_via_merge",
+            "update_merge_cancelled",
+            "update_out_of_merge_window",
+        ] {
+            scope.counter(name);
+        }
+        scope.gauge("warming_clusters", ImportMode::NeverImport);
+        let manager = ClusterManager {
+            set: ArcSwap::from_pointee(ClusterSet::default()),
+            store: store.clone(),
+            workers,
+            cluster_added: scope.counter("cluster_added"),
+            cluster_modified: scope.counter("cluster_modified"),
+            cluster_removed: scope.counter("cluster_removed"),
+            active_clusters: scope.gauge("active_clusters", ImportMode::NeverImport),
+        };
+        manager.update(ClusterUpdate {
+            upsert: configs,
+            ..Default::default()
+        });
+        manager
+    }
+
+    /// The cluster named `name` in the set in force now.
+    pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.set.load().get(name).cloned()
+    }
+
+    /// The set in force now.
+    pub fn clusters(&self) -> Arc<ClusterSet> {
+        self.set.load_full()
+    }
+
+    /// Applies `update` in one swap: replaced clusters get fresh objects (new pools, the
+    /// same stats), the others are kept as they are. Callers on one control thread only.
+    pub fn update(&self, update: ClusterUpdate) -> UpdateSummary {
+        let current = self.set.load_full();
+        let mut clusters: Vec<Option<Arc<Cluster>>> =
+            current.clusters.iter().cloned().map(Some).collect();
+        let mut summary = UpdateSummary::default();
+        let mut index: HashMap<Arc<str>, usize> = current.by_name.clone();
+        for name in &update.remove {
+            if let Some(i) = index.remove(name.as_str()) {
+                clusters[i] = None;
+                summary.removed += 1;
+            }
+        }
+        for config in update.upsert {
+            let mut cluster = Cluster::new(config, &self.store, self.workers);
+            cluster.added_via_api = update.via_api;
+            let cluster = Arc::new(cluster);
+            match index.get(&cluster.name) {
+                Some(&i) => {
+                    clusters[i] = Some(cluster);
+                    summary.modified += 1;
+                }
+                None => {
+                    index.insert(cluster.name.clone(), clusters.len());
+                    clusters.push(Some(cluster));
+                    summary.added += 1;
+                }
+            }
+        }
+        let set = ClusterSet::new(clusters.into_iter().flatten().collect());
+        self.cluster_added.add(summary.added as u64);
+        self.cluster_modified.add(summary.modified as u64);
+        self.cluster_removed.add(summary.removed as u64);
+        self.active_clusters.set(set.len() as u64);
+        self.set.store(Arc::new(set));
+        summary
     }
 }

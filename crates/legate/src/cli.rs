@@ -24,7 +24,7 @@ pub enum DrainStrategy {
     Immediate,
 }
 
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(
     name = "legate",
     about = "Legate: an Envoy-compatible proxy. Reads Envoy's v3 bootstrap (YAML, JSON, .pb, .pb_text).",

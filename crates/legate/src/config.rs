@@ -10,7 +10,8 @@ use std::time::Duration;
 use legate_admin::AdminConfig;
 use legate_api::bootstrap::LoadedBootstrap;
 use legate_api::pb::envoy::config::bootstrap::v3::runtime_layer;
-use legate_api::pb::envoy::config::core::v3::{Node, address, socket_address};
+use legate_api::pb::envoy::config::core::v3::{ConfigSource, Node, address, socket_address};
+use legate_api::pb::envoy::config::listener::v3::Listener;
 use legate_api::pb::envoy::config::listener::v3::{Filter, filter};
 use legate_api::pb::envoy::config::metrics::v3::{StatsdSink, stats_sink, statsd_sink};
 use legate_api::pb::envoy::extensions::filters::network::direct_response::v3::Config as DirectResponseConfig;
@@ -18,6 +19,7 @@ use legate_api::pb::envoy::extensions::filters::network::http_connection_manager
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
 use legate_api::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use legate_core::config_source::FileSource;
 use legate_core::proto::{bool_or, duration_or};
 use legate_core::{Compiled, ConfigError, Errors};
 use legate_http::hcm::HcmConfig;
@@ -62,11 +64,27 @@ pub enum RuntimeLayer {
     },
 }
 
+/// A compiled resource with the proto it came from, encoded: equal bytes mean an unchanged
+/// resource, and `/config_dump` shows them.
+#[derive(Debug)]
+pub struct Resource<T> {
+    pub bytes: Vec<u8>,
+    pub config: T,
+}
+
+/// `dynamic_resources`: where LDS and CDS come from (files only, yet).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DynamicSources {
+    pub lds: Option<FileSource>,
+    pub cds: Option<FileSource>,
+}
+
 #[derive(Debug)]
 pub struct Config {
     pub node: Node,
-    pub listeners: Vec<ListenerConfig<NetworkFilter>>,
-    pub clusters: Vec<ClusterConfig>,
+    pub listeners: Vec<Resource<ListenerConfig<NetworkFilter>>>,
+    pub clusters: Vec<Resource<ClusterConfig>>,
+    pub dynamic: DynamicSources,
     pub admin: Option<AdminConfig>,
     pub stats_sinks: Vec<StatsdSinkConfig>,
     pub stats_flush_interval: Duration,
@@ -93,7 +111,10 @@ impl Config {
             };
             names.push(cluster.name.clone());
             if let Some(c) = errors.take(&path, ClusterConfig::compile(&cluster)) {
-                clusters.push(c);
+                clusters.push(Resource {
+                    bytes: loaded.clusters[i].clone(),
+                    config: c,
+                });
             }
         }
         if let Err(e) = check_unique_names(names.iter().map(String::as_str)) {
@@ -111,13 +132,27 @@ impl Config {
                     continue;
                 }
             };
-            let compiled =
-                ListenerConfig::compile(&listener, |f| network_filter(f, &cluster_names))
-                    .and_then(check_terminal_filters(&listener));
-            if let Some(l) = errors.take(&path, compiled) {
+            if let Some(l) = errors.take(&path, compile_listener(&listener, &cluster_names)) {
                 listeners.push((i, l));
             }
         }
+        let dynamic = b
+            .dynamic_resources
+            .as_ref()
+            .map(|d| {
+                let mut source = |name: &str, s: &Option<ConfigSource>| {
+                    let s = s.as_ref()?;
+                    errors.take(
+                        &format!("dynamic_resources.{name}"),
+                        FileSource::from_proto(s).map_err(|e| vec![e]),
+                    )
+                };
+                DynamicSources {
+                    lds: source("lds_config", &d.lds_config),
+                    cds: source("cds_config", &d.cds_config),
+                }
+            })
+            .unwrap_or_default();
         let (duplicates, ignored) = check_unique(&listeners);
         errors.0.extend(duplicates);
         listeners.retain(|(i, l)| {
@@ -179,8 +214,15 @@ impl Config {
 
         errors.finish(|| Config {
             node,
-            listeners: listeners.into_iter().map(|(_, l)| l).collect(),
+            listeners: listeners
+                .into_iter()
+                .map(|(i, config)| Resource {
+                    bytes: loaded.listeners[i].clone(),
+                    config,
+                })
+                .collect(),
             clusters,
+            dynamic,
             admin,
             stats_sinks,
             stats_flush_interval: duration_or(
@@ -190,6 +232,16 @@ impl Config {
             runtime_layers,
         })
     }
+}
+
+/// Compiles a listener (static, or from LDS). `clusters`: the names of the clusters that exist,
+/// for the routes of a `route_config` to be checked against.
+pub fn compile_listener(
+    listener: &Listener,
+    clusters: &HashSet<&str>,
+) -> Compiled<ListenerConfig<NetworkFilter>> {
+    ListenerConfig::compile(listener, |f| network_filter(f, clusters))
+        .and_then(check_terminal_filters(listener))
 }
 
 const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
@@ -318,9 +370,8 @@ fn network_filter(f: &Filter, clusters: &HashSet<&str>) -> Compiled<NetworkFilte
         Some(RouteSpecifier::RouteConfig(rc)) => bool_or(rc.validate_clusters.as_ref(), true),
         _ => false,
     };
-    if validate {
-        let unknown: Vec<ConfigError> = config
-            .route_table
+    if validate && let Some(table) = config.routes.static_table() {
+        let unknown: Vec<ConfigError> = table
             .referenced_clusters()
             .into_iter()
             .filter(|(_, c)| !clusters.contains(c))

@@ -129,6 +129,7 @@ fn serve(config: Config, loaded: LoadedBootstrap, options: &Options) -> ExitCode
         listeners: loaded.listeners,
         clusters: loaded.clusters,
         loaded_at: Some(std::time::SystemTime::now()),
+        ..Default::default()
     };
     let serve_options = ServeOptions {
         concurrency,
@@ -139,7 +140,20 @@ fn serve(config: Config, loaded: LoadedBootstrap, options: &Options) -> ExitCode
         "starting Legate {} with {concurrency} worker(s)",
         env!("CARGO_PKG_VERSION")
     );
-    match legate::server::run(config, dump, serve_options) {
+    // SIGHUP re-reads the bootstrap file (with the same `--config-yaml` overlay and flags).
+    let reload: Option<legate::server::control::Reload> =
+        options.config_path.is_some().then(|| {
+            let options = options.clone();
+            Box::new(move || {
+                load(&options)
+                    .map(|(_, config, _)| config)
+                    .map_err(|(name, errors)| {
+                        let errors: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+                        format!("configuration '{name}':\n{}", errors.join("\n"))
+                    })
+            }) as legate::server::control::Reload
+        });
+    match legate::server::run(config, dump, serve_options, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

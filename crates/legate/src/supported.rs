@@ -20,6 +20,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             &[
                 "node",
                 "static_resources",
+                "dynamic_resources",
                 "admin",
                 "stats_sinks",
                 "stats_flush_interval",
@@ -30,6 +31,34 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             "envoy.config.bootstrap.v3",
             "Bootstrap.StaticResources",
             &["listeners", "clusters"],
+        ),
+        (HCM, "Rds", &["config_source", "route_config_name"]),
+        (
+            "envoy.config.cluster.v3",
+            "Cluster.EdsClusterConfig",
+            &["eds_config", "service_name"],
+        ),
+        (
+            "envoy.config.bootstrap.v3",
+            "Bootstrap.DynamicResources",
+            &["lds_config", "cds_config"],
+        ),
+        (
+            CORE,
+            "ConfigSource",
+            &[
+                "path",
+                "path_config_source",
+                "resource_api_version",
+                "initial_fetch_timeout",
+            ],
+        ),
+        (CORE, "PathConfigSource", &["path", "watched_directory"]),
+        (CORE, "WatchedDirectory", &["path"]),
+        (
+            "envoy.service.discovery.v3",
+            "DiscoveryResponse",
+            &["version_info", "resources", "type_url", "nonce"],
         ),
         (
             "envoy.config.bootstrap.v3",
@@ -155,6 +184,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "codec_type",
                 "stat_prefix",
                 "route_config",
+                "rds",
                 "http_filters",
                 "http_protocol_options",
                 "http2_protocol_options",
@@ -449,6 +479,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "connect_timeout",
                 "lb_policy",
                 "load_assignment",
+                "eds_cluster_config",
                 "per_connection_buffer_limit_bytes",
                 "max_requests_per_connection",
                 "circuit_breakers",
@@ -645,6 +676,14 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
 
 /// (extension name, config message): what may stand in a `typed_config`.
 pub const EXTENSIONS: &[(&str, &str)] = &[
+    // The resources of xDS files (`DiscoveryResponse.resources`).
+    ("LDS resource", "envoy.config.listener.v3.Listener"),
+    ("CDS resource", "envoy.config.cluster.v3.Cluster"),
+    ("RDS resource", "envoy.config.route.v3.RouteConfiguration"),
+    (
+        "EDS resource",
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+    ),
     (
         "envoy.filters.network.http_connection_manager",
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -748,7 +787,10 @@ const NOTES: &str = "
 | `Http2ProtocolOptions.max_outbound_frames`, `max_outbound_control_frames`, `max_consecutive_inbound_frames_with_empty_payload`, `max_inbound_priority_frames_per_stream`, `max_inbound_window_update_frames_per_data_frame_sent` | Validated, not applied: Legate's HTTP/2 codec (h2) enforces its own flood limits (reset-stream, CONTINUATION, SETTINGS and PING floods end in GOAWAY). |
 | `Http2ProtocolOptions.hpack_table_size` | Applied to upstream connections; downstream connections use the 4 KiB default. |
 | `Listener.per_connection_buffer_limit_bytes`, `Cluster.per_connection_buffer_limit_bytes` | Validated, not applied as a byte count: bodies stream frame by frame with back-pressure, so a connection never buffers more than a frame or two. |
-| `HttpConnectionManager.drain_timeout`, `delayed_close_timeout` | Validated; connections drain with GOAWAY (HTTP/2) or `connection: close` (HTTP/1.1) without these extra delays. |
+| `HttpConnectionManager.drain_timeout` | When a listener drains, HTTP/2 connections get GOAWAY at once (without Envoy's two-step GOAWAY); HTTP/1.1 connections get `connection: close` on their next response, and one still idle `drain_timeout` after the drain began is closed. |
+| `HttpConnectionManager.delayed_close_timeout` | Validated, not applied: a connection closes as soon as its last response is written. |
+| `ConfigSource.initial_fetch_timeout` | Validated, not applied: a file source is read at once; a listener whose RDS file is missing or invalid starts without a table (404 until one arrives) rather than warming. |
+| `PathConfigSource` (LDS, CDS, RDS, EDS files) | Files are watched for renames onto them (inotify), as Envoy does; writes in place are not seen. Beyond Envoy: SIGHUP re-reads the bootstrap and applies the difference in its static listeners and clusters (changes to `dynamic_resources`, `admin` and stats sinks need a restart). |
 | `TlsInspector.initial_read_buffer_size` | Validated, not applied: Legate peeks up to the hello's size bound (`max_client_hello_size`) at once. |
 | `TlsInspector.enable_ja3_fingerprinting`, `enable_ja4_fingerprinting` | Only `false` is accepted; fingerprinting is not implemented. |
 | `TlsParameters.tls_minimum_protocol_version` | TLS 1.2 and 1.3 only (rustls): a minimum of `TLSv1_0` or `TLSv1_1` means TLS 1.2. |

@@ -236,8 +236,9 @@ fn tempdir(name: &str) -> PathBuf {
 #[test]
 fn examples_validate_or_name_what_is_missing() {
     let root = repo_root();
-    let examples: [(&str, Option<&str>); 4] = [
+    let examples: [(&str, Option<&str>); 5] = [
         ("examples/front-proxy.yaml", None),
+        ("examples/dynamic-config-fs/bootstrap.yaml", None),
         ("examples/tcp-proxy.yaml", None),
         ("examples/tls-edge.yaml", None),
         ("crates/legate/src/default.yaml", None),

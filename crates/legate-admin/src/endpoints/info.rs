@@ -74,17 +74,17 @@ pub fn clusters(state: &AdminState, query: &Query) -> Reply {
     let all = state.clusters.clusters();
     // Envoy answers any format other than `json` with text.
     if query.get("format") == Some("json") {
-        Reply::json(clusters::render_json(all, filter.as_ref()))
+        Reply::json(clusters::render_json(all.as_slice(), filter.as_ref()))
     } else {
-        Reply::text(clusters::render_text(all, filter.as_ref()))
+        Reply::text(clusters::render_text(all.as_slice(), filter.as_ref()))
     }
 }
 
 pub fn listeners(state: &AdminState, query: &Query) -> Reply {
     if query.get("format") == Some("json") {
-        Reply::json(listeners::render_json(&state.listeners))
+        Reply::json(listeners::render_json(&lock(&state.listeners)))
     } else {
-        Reply::text(listeners::render_text(&state.listeners))
+        Reply::text(listeners::render_text(&lock(&state.listeners)))
     }
 }
 
@@ -96,7 +96,7 @@ pub fn config_dump(state: &AdminState, query: &Query) -> Reply {
         }
     };
     let (status, content_type, body) =
-        config_dump::render(&state.config_dump, &state.server_info.node, &params);
+        config_dump::render(&lock(&state.config_dump), &state.server_info.node, &params);
     Reply {
         status,
         content_type,
@@ -154,4 +154,8 @@ pub fn init_dump(_: &AdminState, _: &Query) -> Reply {
 
 pub fn hot_restart_version(state: &AdminState, _: &Query) -> Reply {
     Reply::text(state.server_info.hot_restart_version.clone())
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -98,6 +98,7 @@ impl HttpConnectionManager {
             last_active_ms: AtomicU64::new(0),
             codec: AtomicU32::new(0),
             close: tokio::sync::Notify::new(),
+            drain_close: Default::default(),
         });
         let hcm = self.clone();
         let conn_state = state.clone();
@@ -190,6 +191,12 @@ impl HttpConnectionManager {
             }));
         idle_check.tick().await;
         let mut closing = false;
+        // An HTTP/1 connection of a draining listener closes after its next response, or
+        // when it is found idle `drain_timeout` after the drain began.
+        let drain_timeout = self.config.drain_timeout;
+        let idle_drain = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(idle_drain);
+        let mut draining = false;
         loop {
             tokio::select! {
                 result = conn.as_mut() => {
@@ -222,11 +229,26 @@ impl HttpConnectionManager {
                     shutdown(conn.as_mut());
                     closing = true;
                 }
-                changed = drain.changed(), if !closing => {
+                changed = drain.changed(), if !closing && !draining => {
                     if changed.is_err() || *drain.borrow() {
                         stats.downstream_cx_drain_close.inc();
+                        if state.codec.load(Ordering::Relaxed) == 2 {
+                            // HTTP/2: GOAWAY, then the streams in flight finish.
+                            shutdown(conn.as_mut());
+                            closing = true;
+                        } else {
+                            state.drain_close.store(true, Ordering::Relaxed);
+                            draining = true;
+                            idle_drain.as_mut().reset(tokio::time::Instant::now() + drain_timeout);
+                        }
+                    }
+                }
+                _ = &mut idle_drain, if draining && !closing => {
+                    if state.active_streams.load(Ordering::Relaxed) == 0 {
                         shutdown(conn.as_mut());
                         closing = true;
+                    } else {
+                        idle_drain.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(100));
                     }
                 }
             }

@@ -34,17 +34,56 @@ use request::{append_via, forwarded_proto};
 pub(crate) use stream::RequestBodyState;
 use stream::{CountingBody, StreamBody, StreamEnd};
 
-use crate::hcm::HcmConfig;
+use crate::hcm::{HcmConfig, RouteSource};
 use crate::local_reply::LocalReply;
+use crate::rds::{RdsRegistry, RdsSubscription};
+use crate::route::RouteTable;
 use crate::route_match::{ClusterName, RouteRequest, SelectedAction};
 use crate::stats::HcmStats;
 
-/// What every connection manager of a configuration snapshot shares.
+/// What every connection manager shares: the clusters, the runtime, the stats store and the
+/// RDS subscriptions (each of which changes by snapshot swap).
 #[derive(Debug)]
 pub struct ProxyContext {
     pub clusters: Arc<ClusterManager>,
     pub runtime: Arc<Runtime>,
     pub store: Arc<Store>,
+    pub rds: Arc<RdsRegistry>,
+}
+
+/// The route table a connection manager serves with: its own, or an RDS subscription's.
+#[derive(Clone, Debug)]
+pub enum Routes {
+    Static(Arc<RouteTable>),
+    Rds(Arc<RdsSubscription>),
+}
+
+impl Routes {
+    /// The table for a request starting now; `None` while an RDS table has not arrived. A
+    /// static table is borrowed (no reference count shared between workers to touch).
+    pub fn table(&self) -> Option<TableRef<'_>> {
+        match self {
+            Routes::Static(t) => Some(TableRef::Static(t)),
+            Routes::Rds(s) => s.table().map(TableRef::Swapped),
+        }
+    }
+}
+
+/// A request's route table.
+pub enum TableRef<'a> {
+    Static(&'a RouteTable),
+    Swapped(Arc<RouteTable>),
+}
+
+impl std::ops::Deref for TableRef<'_> {
+    type Target = RouteTable;
+
+    fn deref(&self) -> &RouteTable {
+        match self {
+            TableRef::Static(t) => t,
+            TableRef::Swapped(t) => t,
+        }
+    }
 }
 
 /// One downstream connection.
@@ -72,6 +111,7 @@ impl Downstream {
 #[derive(Debug)]
 pub struct HttpConnectionManager {
     pub config: Arc<HcmConfig>,
+    pub routes: Routes,
     pub stats: HcmStats,
     pub access_logs: Vec<AccessLogger>,
     pub context: Arc<ProxyContext>,
@@ -91,6 +131,8 @@ struct ConnectionState {
     /// Asks the connection to close gracefully (HTTP/2 GOAWAY after
     /// `max_requests_per_connection`; HTTP/1.1 uses `connection: close` instead).
     close: tokio::sync::Notify,
+    /// The listener is draining: HTTP/1 responses carry `connection: close` from now on.
+    drain_close: std::sync::atomic::AtomicBool,
 }
 
 impl HttpConnectionManager {
@@ -110,8 +152,18 @@ impl HttpConnectionManager {
             }
         }
         let stats = HcmStats::new(&context.store, &config.stat_prefix, listener_stat_prefix);
+        let routes = match &config.routes {
+            RouteSource::Static(table) => Routes::Static(table.clone()),
+            RouteSource::Rds(rds) => {
+                let scope = context
+                    .store
+                    .scope(&format!("http.{}.", config.stat_prefix));
+                Routes::Rds(context.rds.subscribe(rds, &scope))
+            }
+        };
         errors.finish(|| HttpConnectionManager {
             config,
+            routes,
             stats,
             access_logs,
             context,
@@ -183,10 +235,13 @@ impl HttpConnectionManager {
             drop_trailers: info.protocol != Protocol::Http2,
         });
 
-        let outcome = match self.prepare(&mut parts, &mut info, conn) {
+        // The route table in force when the request starts serves it to the end.
+        let table = self.routes.table();
+        let outcome = match self.prepare(&mut parts, &mut info, conn, table.as_deref()) {
             Err(reply) => Outcome::Local(reply),
             Ok(()) => {
                 let routed = self.route(
+                    table.as_deref(),
                     parts,
                     request_body,
                     &received,
@@ -227,7 +282,8 @@ impl HttpConnectionManager {
             }
             Outcome::Response(r) => r,
         };
-        self.finish_response_headers(&mut response, &info, last_request || close);
+        let drain_close = conn.drain_close.load(Ordering::Relaxed);
+        self.finish_response_headers(&mut response, &info, last_request || close || drain_close);
         if last_request {
             stats.downstream_cx_max_requests_reached.inc();
             if info.protocol == Protocol::Http2 {
@@ -256,8 +312,10 @@ impl HttpConnectionManager {
         Response::from_parts(parts, body::boxed(tracked))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn route(
         &self,
+        table: Option<&RouteTable>,
         parts: http::request::Parts,
         body: Body,
         body_state: &RequestBodyState,
@@ -280,12 +338,10 @@ impl HttpConnectionManager {
         );
         // The runtime snapshot is a short-lived guard: taken for matching, dropped before any
         // await.
-        let selected = {
+        let selected = table.and_then(|table| {
             let runtime = self.context.runtime.snapshot();
-            self.config
-                .route_table
-                .route(&request, &runtime, fastrand::u64(..))
-        };
+            table.route(&request, &runtime, fastrand::u64(..))
+        });
         let Some(selected) = selected else {
             self.stats.no_route.inc();
             return Outcome::Local(LocalReply::new(

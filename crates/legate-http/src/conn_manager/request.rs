@@ -3,6 +3,7 @@
 //! size limits, `x-forwarded-for` and the downstream address, internal requests and their
 //! `x-envoy-*` headers, `x-forwarded-proto`, `x-request-id`, `via`.
 
+use crate::route::RouteTable;
 use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Version, header};
@@ -82,8 +83,9 @@ impl HttpConnectionManager {
         parts: &mut http::request::Parts,
         info: &mut StreamInfo,
         conn: &ConnectionState,
+        table: Option<&RouteTable>,
     ) -> Result<(), LocalReply> {
-        let prepared = self.check_and_mutate(parts, info, conn);
+        let prepared = self.check_and_mutate(parts, info, conn, table);
         // A request the codec refuses outright (426 for HTTP/1.0) is logged without its
         // headers, as Envoy's codec never parsed them.
         if prepared.as_ref().is_err_and(|r| r.details != "low_version") {
@@ -112,6 +114,7 @@ impl HttpConnectionManager {
         parts: &mut http::request::Parts,
         info: &mut StreamInfo,
         conn: &ConnectionState,
+        table: Option<&RouteTable>,
     ) -> Result<(), LocalReply> {
         let config = &self.config;
         if parts.version != Version::HTTP_2 && !is_known_http1_method(parts.method.as_str()) {
@@ -290,8 +293,8 @@ impl HttpConnectionManager {
         if config.generate_request_id && (regenerate || !parts.headers.contains_key(X_REQUEST_ID)) {
             parts.headers.insert(X_REQUEST_ID, uuid_v4());
         }
-        if !internal {
-            for name in &config.route_table.internal_only_headers {
+        if !internal && let Some(table) = table {
+            for name in &table.internal_only_headers {
                 parts.headers.remove(name);
             }
         }

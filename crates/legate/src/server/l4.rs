@@ -154,7 +154,7 @@ impl TcpProxy {
         // from the start.
         for name in config.cluster.names() {
             if let Some(c) = context.clusters.get(name) {
-                ClusterL4Stats::of(c);
+                ClusterL4Stats::of(&c);
             }
         }
         Ok(TcpProxy {
@@ -196,19 +196,19 @@ impl TcpProxy {
             return;
         };
         info.upstream_cluster = Some(cluster.name.clone());
-        let l4 = ClusterL4Stats::of(cluster);
+        let l4 = ClusterL4Stats::of(&cluster);
         // Connect, trying again (another host if the load balancer picks one) up to
         // `max_connect_attempts` times.
         let mut upstream = None;
         for _ in 0..self.config.max_connect_attempts {
-            let Some(host) = cluster.lb.choose(fastrand::u64(..)) else {
+            let Some(host) = cluster.choose_host(fastrand::u64(..)) else {
                 l4.none_healthy.inc();
                 info.response_flags.set(flags::NO_HEALTHY_UPSTREAM);
                 return;
             };
             info.upstream_host = Some(host.address);
             info.attempt_count += 1;
-            match legate_upstream::pool::connect(cluster, host, None).await {
+            match legate_upstream::pool::connect(&cluster, &host, None).await {
                 Ok((stream, guard)) => {
                     upstream = Some((stream, guard, host.clone()));
                     break;

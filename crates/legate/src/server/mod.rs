@@ -10,24 +10,26 @@
 //! The main thread runs the control side (admin, signals, stats flush) on its own runtime, so
 //! that a slow admin request never stalls a worker.
 
+pub mod control;
 pub mod l4;
 pub mod listener;
+pub mod listener_manager;
 pub mod worker;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use legate_core::runtime::{Layer, Runtime};
 use legate_core::stats::{ImportMode, Store};
 use legate_http::conn_manager::ProxyContext;
-use legate_net::listener_filter::ListenerFilterStats;
 use legate_upstream::ClusterManager;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, RuntimeLayer};
-use l4::ChainFilter;
-use worker::{ListenerStats, ServingListener, WorkerShared};
+use control::{Control, Reload};
+use listener_manager::ListenerManager;
+use worker::WorkerShared;
 
 /// How the process was asked to run.
 #[derive(Clone, Debug)]
@@ -41,18 +43,11 @@ pub struct ServeOptions {
 /// The lifecycle state the admin server and signals change.
 pub struct Lifecycle {
     shutdown: watch::Sender<bool>,
-    stop_accepting: watch::Sender<bool>,
-    drain: watch::Sender<bool>,
+    /// Asks the control loop to stop the listeners (`/drain_listeners`): `true` drains their
+    /// connections too.
+    drain_listeners: mpsc::UnboundedSender<bool>,
     health_check_failed: AtomicBool,
     draining: AtomicBool,
-}
-
-impl Lifecycle {
-    fn begin_drain(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-        let _ = self.stop_accepting.send(true);
-        let _ = self.drain.send(true);
-    }
 }
 
 impl legate_admin::AdminControl for Lifecycle {
@@ -64,10 +59,7 @@ impl legate_admin::AdminControl for Lifecycle {
         // As Envoy's `/drain_listeners`: the listeners stop accepting; connections already
         // open go on being served unless `graceful` drains them too. Readiness is unchanged
         // (only `/healthcheck/fail` turns `/ready` to DRAINING).
-        let _ = self.stop_accepting.send(true);
-        if options.graceful {
-            let _ = self.drain.send(true);
-        }
+        let _ = self.drain_listeners.send(options.graceful);
     }
 
     fn set_health_check_failed(&self, failed: bool) {
@@ -114,98 +106,76 @@ impl Lifecycle {
     }
 }
 
-/// Builds everything and serves until shutdown. Returns the process exit status.
+/// Builds everything and serves until shutdown. `reload` re-reads the bootstrap on SIGHUP
+/// (`None` when it came from the command line).
 pub fn run(
-    config: Config,
+    mut config: Config,
     dump: legate_admin::ConfigDumpSource,
     options: ServeOptions,
+    reload: Option<Reload>,
 ) -> Result<(), String> {
     let workers = options.concurrency.max(1);
     let store = Arc::new(Store::new());
     let runtime = Arc::new(Runtime::new(runtime_layers(&config.runtime_layers)));
-    let clusters = Arc::new(ClusterManager::new(config.clusters, &store, workers));
+    let clusters = Arc::new(ClusterManager::new(Vec::new(), &store, workers));
     let context = Arc::new(ProxyContext {
         clusters: clusters.clone(),
         runtime: runtime.clone(),
         store: store.clone(),
+        rds: Arc::default(),
     });
 
-    // Bind every listener on every worker before serving anything: a bind failure is fatal, as
-    // in Envoy ("cannot bind ...").
-    let listener_manager = store.scope("listener_manager.");
-    let mut running = Vec::new();
-    let root_scope = store.scope("");
-    for l in config.listeners {
-        let mut chains = Vec::with_capacity(l.filter_chains.len());
-        for chain in &l.filter_chains {
-            chains.push(
-                ChainFilter::new(&chain.filters, &context, &l.stat_prefix)
-                    .map_err(|e| format!("listener '{}': {e}", l.name))?,
-            );
-        }
-        let (sockets, address) = listener::bind(l.address, l.ipv4_compat, workers)
-            .map_err(|e| format!("cannot bind '{}' for listener '{}': {e}", l.address, l.name))?;
-        let kinds: Vec<&str> = chains.iter().map(ChainFilter::kind).collect();
-        tracing::info!(
-            "listener '{}' listening on {address} ({} filter chain(s): {})",
-            l.name,
-            chains.len(),
-            kinds.join(", ")
-        );
-        listener_manager.counter("listener_added").inc();
-        listener_manager
-            .counter("listener_create_success")
-            .add(workers as u64);
-        let listener_scope = store.scope(&format!("listener.{}.", l.stat_prefix));
-        running.push(worker::RunningListener {
-            name: l.name.clone(),
-            address,
-            sockets,
-            serving: Arc::new(ServingListener {
-                stats: ListenerStats::new(&store, &l.stat_prefix, workers),
-                filter_stats: ListenerFilterStats::new(
-                    &root_scope,
-                    &listener_scope,
-                    &l.listener_filters,
-                ),
-                chains,
-                ssl: l
-                    .filter_chains
-                    .iter()
-                    .any(|c| c.tls.is_some())
-                    .then(|| legate_core::tls::SslStats::new(&listener_scope)),
-                config: l,
-            }),
-        });
-    }
-    listener_manager
-        .gauge("total_listeners_active", ImportMode::NeverImport)
-        .set(running.len() as u64);
-    for name in [
-        "listener_modified",
-        "listener_removed",
-        "listener_stopped",
-        "listener_create_failure",
-        "listener_in_place_updated",
-    ] {
-        listener_manager.counter(name);
-    }
-    for name in [
-        "total_listeners_warming",
-        "total_listeners_draining",
-        "workers_started",
-        "total_filter_chains_draining",
-    ] {
-        listener_manager.gauge(name, ImportMode::NeverImport);
-    }
-
-    let control = tokio::runtime::Builder::new_current_thread()
+    let control_runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the control runtime: {e}"))?;
-    let admin_listener = match config.admin.as_ref().and_then(|a| a.address) {
+    let server = store.scope("server.");
+    let shared = Arc::new(WorkerShared {
+        next_connection_id: AtomicU64::new(0),
+        open_connections: AtomicUsize::new(0),
+        total_connections: server.counter("total_connections"),
+    });
+    let mut senders = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        threads.push(
+            worker::spawn(index, rx, shared.clone())
+                .map_err(|e| format!("cannot start worker {index}: {e}"))?,
+        );
+    }
+
+    // Clusters, then listeners, each bound on every worker before serving anything: a bind
+    // failure of a static listener is fatal, as in Envoy ("cannot bind ...").
+    let dump = Arc::new(Mutex::new(dump));
+    let listener_manager =
+        ListenerManager::new(senders, context.clone(), options.drain_time, dump.clone());
+    let admin_listeners = listener_manager.admin_listeners();
+    // xDS files (LDS, CDS, and the RDS and EDS sources any resource names) are watched.
+    let (watcher, mut changes) = match legate_xds::FileWatcher::start() {
+        Ok((w, rx)) => (Some(w), Some(rx)),
+        Err(e) => {
+            tracing::error!("cannot watch configuration files: {e}");
+            (None, None)
+        }
+    };
+    let sources = std::mem::take(&mut config.dynamic);
+    let mut control = Control::new(
+        context.clone(),
+        listener_manager,
+        dump.clone(),
+        watcher.map(|w| (w, sources)),
+        reload,
+    );
+    let admin_config = config.admin.take();
+    let sinks = std::mem::take(&mut config.stats_sinks);
+    let flush_interval = config.stats_flush_interval;
+    control_runtime.block_on(async { control.start(config) })?;
+
+    let admin_listener = match admin_config.as_ref().and_then(|a| a.address) {
         Some(addr) => {
-            let socket = control
+            let socket = control_runtime
                 .block_on(tokio::net::TcpListener::bind(addr))
                 .map_err(|e| format!("cannot bind the admin address {addr}: {e}"))?;
             let bound = socket.local_addr().map_err(|e| e.to_string())?;
@@ -216,70 +186,35 @@ pub fn run(
     };
 
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (drain_tx, drain_rx) = watch::channel(false);
+    let (drain_tx, mut drain_requests) = mpsc::unbounded_channel();
     let lifecycle = Arc::new(Lifecycle {
         shutdown: shutdown_tx,
-        stop_accepting: stop_tx,
-        drain: drain_tx,
+        drain_listeners: drain_tx,
         health_check_failed: AtomicBool::new(false),
         draining: AtomicBool::new(false),
     });
-    let server = store.scope("server.");
-    let shared = Arc::new(WorkerShared {
-        next_connection_id: AtomicU64::new(0),
-        open_connections: AtomicUsize::new(0),
-        total_connections: server.counter("total_connections"),
-        stop_accepting: stop_rx,
-        drain: drain_rx,
-    });
-
-    let listener_infos: Vec<legate_admin::ListenerInfo> = running
-        .iter()
-        .map(|l| legate_admin::ListenerInfo {
-            name: l.name.clone(),
-            address: l.address,
-        })
-        .collect();
-    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
-    for l in running {
-        for (w, socket) in l.sockets.into_iter().enumerate() {
-            per_worker[w].push((socket, l.serving.clone()));
-        }
-    }
-    let mut threads = Vec::new();
-    for (index, listeners) in per_worker.into_iter().enumerate() {
-        threads.push(
-            worker::spawn(index, listeners, shared.clone())
-                .map_err(|e| format!("cannot start worker {index}: {e}"))?,
-        );
-    }
-    listener_manager
-        .gauge("workers_started", ImportMode::NeverImport)
-        .set(1);
 
     let started = Instant::now();
     let server_stats = ServerStats::new(&store, workers);
-    let admin_access_logs = admin_access_logs(config.admin.as_ref())?;
+    let admin_access_logs = admin_access_logs(admin_config.as_ref())?;
     let admin_state = Arc::new(legate_admin::AdminState {
         store: store.clone(),
         clusters: clusters.clone(),
         runtime: runtime.clone(),
-        listeners: listener_infos,
+        listeners: admin_listeners,
         server_info: options.info.clone(),
         config_dump: dump,
         control: lifecycle.clone(),
         access_logs: admin_access_logs,
     });
-    let sinks = config.stats_sinks;
-    let flush_interval = config.stats_flush_interval;
     let drain_time = options.drain_time;
-    control.block_on(async move {
+    control_runtime.block_on(async move {
         if let Some(socket) = admin_listener {
             tokio::spawn(legate_admin::serve(socket, admin_state));
         }
         tokio::spawn(flush_stats(store.clone(), sinks, flush_interval));
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
         let signals = Signals::new();
         let mut signals = match signals {
             Ok(s) => s,
@@ -291,6 +226,9 @@ pub fn run(
         loop {
             tokio::select! {
                 _ = tick.tick() => server_stats.update(started, &lifecycle),
+                _ = drain_tick.tick() => control.tick(),
+                Some(what) = next_change(&mut changes) => control.changed(what),
+                Some(graceful) = drain_requests.recv() => control.listeners.drain_all(graceful),
                 signal = signals.next() => match signal {
                     Signal::Terminate(name) => {
                         tracing::info!("caught {name}: draining listeners for up to {}s, then exiting", drain_time.as_secs());
@@ -300,7 +238,10 @@ pub fn run(
                         tracing::info!("caught SIGUSR1: reopening access logs");
                         legate_core::access_log::reopen_all();
                     }
-                    Signal::Hangup => tracing::warn!("caught SIGHUP: configuration reload is not implemented yet; ignoring"),
+                    Signal::Hangup => {
+                        tracing::info!("caught SIGHUP: reloading the configuration");
+                        control.reload();
+                    }
                 },
                 changed = shutdown_rx.changed() => {
                     if changed.is_err() || *shutdown_rx.borrow() {
@@ -312,7 +253,8 @@ pub fn run(
                 }
             }
         }
-        lifecycle.begin_drain();
+        lifecycle.draining.store(true, Ordering::Relaxed);
+        control.listeners.drain_all(true);
         server_stats.update(started, &lifecycle);
         let deadline = Instant::now() + drain_time;
         while shared.open_connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
@@ -332,6 +274,14 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// The next file change, or never when nothing is watched.
+async fn next_change(changes: &mut Option<control::Changes>) -> Option<control::Watched> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The admin server's access logs: `admin.access_log`, and the deprecated

@@ -11,7 +11,7 @@ use legate_http::conn_manager::Downstream;
 use legate_net::filter_chain::ConnectionFacts;
 use legate_net::listener::ListenerConfig;
 use legate_net::listener_filter::{Detected, ListenerFilterStats};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use legate_core::tls::SslStats;
 use legate_net::tls::HandshakeError;
@@ -70,13 +70,46 @@ impl ListenerStats {
     }
 }
 
-/// One listener as the workers run it.
-pub struct RunningListener {
-    pub name: String,
-    pub address: std::net::SocketAddr,
-    /// One socket per worker.
-    pub sockets: Vec<std::net::TcpListener>,
-    pub serving: Arc<ServingListener>,
+/// The life of one version of a listener on every worker: accepting, then (replaced,
+/// removed or shutting down) not accepting and draining its connections, then closing what is
+/// left when the drain time is over.
+#[derive(Debug, Default)]
+pub struct ListenerInstance {
+    stop: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
+    close: watch::Sender<bool>,
+    /// Connections accepted by this version and still open.
+    open: AtomicUsize,
+}
+
+impl ListenerInstance {
+    /// Stops accepting; with `drain`, open connections close gracefully too (HTTP/1.1 with
+    /// `connection: close` on their next response, HTTP/2 with GOAWAY).
+    pub fn stop(&self, drain: bool) {
+        self.stop.send_replace(true);
+        if drain {
+            self.drain.send_replace(true);
+        }
+    }
+
+    /// Closes the connections still open.
+    pub fn close(&self) {
+        self.close.send_replace(true);
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// What the control thread asks a worker to do.
+pub enum WorkerCommand {
+    /// Accept on `socket` (this worker's own) for `instance` until it stops.
+    Listen {
+        socket: std::net::TcpListener,
+        serving: Arc<ServingListener>,
+        instance: Arc<ListenerInstance>,
+    },
 }
 
 /// What every worker shares of a listener: its compiled config (chain matching, listener
@@ -106,20 +139,19 @@ impl ServingListener {
     }
 }
 
-/// What all workers share: connection ids, the count of open connections (for draining),
-/// and the signals to stop accepting and to drain open connections.
+/// What all workers share: connection ids and the count of open connections (for the
+/// shutdown drain).
 pub struct WorkerShared {
     pub next_connection_id: AtomicU64,
     pub open_connections: AtomicUsize,
     pub total_connections: Counter,
-    pub stop_accepting: watch::Receiver<bool>,
-    pub drain: watch::Receiver<bool>,
 }
 
-/// Starts worker `index` on its own thread.
+/// Starts worker `index` on its own thread; it serves the listeners `commands` give it, and
+/// ends when the channel closes and its connections are gone.
 pub fn spawn(
     index: usize,
-    listeners: Vec<(std::net::TcpListener, Arc<ServingListener>)>,
+    commands: mpsc::UnboundedReceiver<WorkerCommand>,
     shared: Arc<WorkerShared>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -136,31 +168,36 @@ pub fn spawn(
                 }
             };
             WORKER_INDEX.set(index);
-            runtime.block_on(run(index, listeners, shared));
+            runtime.block_on(run(index, commands, shared));
         })
 }
 
 async fn run(
     index: usize,
-    listeners: Vec<(std::net::TcpListener, Arc<ServingListener>)>,
+    mut commands: mpsc::UnboundedReceiver<WorkerCommand>,
     shared: Arc<WorkerShared>,
 ) {
-    let mut accepting = Vec::new();
-    for (socket, serving) in listeners {
-        match tokio::net::TcpListener::from_std(socket) {
-            Ok(listener) => accepting.push(tokio::spawn(accept_loop(
-                index,
-                listener,
+    while let Some(command) = commands.recv().await {
+        match command {
+            WorkerCommand::Listen {
+                socket,
                 serving,
-                shared.clone(),
-            ))),
-            Err(e) => tracing::error!("worker {index}: cannot use a listener socket: {e}"),
+                instance,
+            } => match tokio::net::TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    tokio::spawn(accept_loop(
+                        index,
+                        listener,
+                        serving,
+                        instance,
+                        shared.clone(),
+                    ));
+                }
+                Err(e) => tracing::error!("worker {index}: cannot use a listener socket: {e}"),
+            },
         }
     }
-    for task in accepting {
-        let _ = task.await;
-    }
-    // Accepting stopped: stay until this worker's connections are gone.
+    // The control side is gone: stay until this worker's connections are gone.
     while shared.open_connections.load(Ordering::Relaxed) > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -170,17 +207,17 @@ async fn accept_loop(
     worker: usize,
     listener: tokio::net::TcpListener,
     serving: Arc<ServingListener>,
+    instance: Arc<ListenerInstance>,
     shared: Arc<WorkerShared>,
 ) {
-    let mut stop = shared.stop_accepting.clone();
+    let mut stop = instance.stop.subscribe();
+    let drain = instance.drain.subscribe();
     let local = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => accepted,
-            _ = stop.changed() => {
-                if *stop.borrow() { break; }
-                continue;
-            }
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -193,6 +230,7 @@ async fn accept_loop(
         };
         let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
+        instance.open.fetch_add(1, Ordering::Relaxed);
         let downstream = Downstream {
             id,
             peer,
@@ -203,24 +241,36 @@ async fn accept_loop(
         };
         let serving = serving.clone();
         let shared = shared.clone();
+        let instance = instance.clone();
+        let drain = drain.clone();
         if let Some(ChainFilter::Http(hcm)) = serving.fast_chain() {
             // The plain HTTP listener: no inspection, no matching.
             let hcm = hcm.clone();
             established(&serving.stats, &shared);
-            let drain = shared.drain.clone();
             tokio::spawn(async move {
                 let opened = Instant::now();
                 let _ = stream.set_nodelay(true);
-                hcm.serve(stream, downstream, drain).await;
+                until_closed(&instance, hcm.serve(stream, downstream, drain)).await;
                 closed(&serving.stats, opened);
                 shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                instance.open.fetch_sub(1, Ordering::Relaxed);
             });
         } else {
             tokio::spawn(async move {
-                serve_matched(stream, downstream, &serving, &shared).await;
+                serve_matched(stream, downstream, &serving, &shared, &instance, drain).await;
                 shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                instance.open.fetch_sub(1, Ordering::Relaxed);
             });
         }
+    }
+}
+
+/// Runs `serving` until it ends or the listener instance closes its connections.
+async fn until_closed(instance: &ListenerInstance, serving: impl std::future::Future<Output = ()>) {
+    let mut close = instance.close.subscribe();
+    tokio::select! {
+        _ = serving => {}
+        _ = close.wait_for(|close| *close) => {}
     }
 }
 
@@ -258,6 +308,8 @@ async fn serve_matched(
     mut downstream: Downstream,
     serving: &ServingListener,
     shared: &Arc<WorkerShared>,
+    instance: &ListenerInstance,
+    drain: watch::Receiver<bool>,
 ) {
     let config = &serving.config;
     let detected = if config.listener_filters.is_empty() {
@@ -333,14 +385,8 @@ async fn serve_matched(
         _ => Some(Conn::Plain(stream)),
     };
     if let Some(conn) = conn {
-        serving.chains[chain]
-            .serve(
-                conn,
-                downstream,
-                &detected.server_name,
-                shared.drain.clone(),
-            )
-            .await;
+        let serve = serving.chains[chain].serve(conn, downstream, &detected.server_name, drain);
+        until_closed(instance, serve).await;
     }
     closed(&serving.stats, opened);
 }

@@ -1,0 +1,782 @@
+//! The configuration in force, and every way it changes while the process runs: the
+//! bootstrap's static resources (at start-up and on SIGHUP) and the file-based xDS
+//! subscriptions (LDS, CDS, RDS, EDS). Each change is checked and built whole before it is put
+//! in force by snapshot swaps (`ClusterManager`, `ListenerManager`, RDS subscriptions); a bad
+//! one is rejected, counted and logged, and changes nothing.
+//!
+//! Runs on the control thread. Envoy's order holds: clusters (and their endpoints) are in
+//! force before the listeners that use them start, and a new listener's RDS tables are loaded
+//! before it accepts.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use legate_admin::{ConfigDumpSource, DynamicResource};
+use legate_api::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
+use legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use legate_api::pb::envoy::config::listener::v3::Listener;
+use legate_api::pb::envoy::config::route::v3::RouteConfiguration;
+use legate_api::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use legate_core::config_source::{FileSource, SubscriptionStats};
+use legate_core::proto::bool_or;
+use legate_http::conn_manager::ProxyContext;
+use legate_http::rds::{Accepted, RdsSubscription};
+use legate_http::route::RouteTable;
+use legate_upstream::cluster::{EdsConfig, LocalityEndpoints, compile_endpoints};
+use legate_upstream::{ClusterConfig, ClusterUpdate};
+use legate_xds::FileWatcher;
+use prost::Message;
+use tokio::sync::mpsc;
+
+use super::listener_manager::{ListenerManager, ListenerSpec, Origin};
+use crate::config::{Config, DynamicSources, compile_listener};
+
+const LISTENER: &str = "envoy.config.listener.v3.Listener";
+const CLUSTER: &str = "envoy.config.cluster.v3.Cluster";
+const ROUTE_CONFIGURATION: &str = "envoy.config.route.v3.RouteConfiguration";
+const CLUSTER_LOAD_ASSIGNMENT: &str = "envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// What a file change is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watched {
+    Lds,
+    Cds,
+    Rds(FileSource),
+    Eds(FileSource),
+}
+
+/// Re-reads the bootstrap (SIGHUP).
+pub type Reload = Box<dyn Fn() -> Result<Config, String>>;
+
+/// An EDS cluster's subscription.
+struct Eds {
+    config: EdsConfig,
+    stats: SubscriptionStats,
+}
+
+pub struct Control {
+    context: Arc<ProxyContext>,
+    pub listeners: ListenerManager,
+    dump: Arc<Mutex<ConfigDumpSource>>,
+    watcher: Option<FileWatcher<Watched>>,
+    sources: DynamicSources,
+    lds: SubscriptionStats,
+    cds: SubscriptionStats,
+    /// The resources of the clusters in force, by origin: equal bytes mean unchanged.
+    static_clusters: HashMap<String, Vec<u8>>,
+    dynamic_clusters: HashMap<String, DynamicResource>,
+    eds: HashMap<String, Eds>,
+    /// Sources already watched.
+    watching: HashSet<FileSourceKey>,
+    reload: Option<Reload>,
+}
+
+type FileSourceKey = (bool, FileSource);
+
+impl Control {
+    pub fn new(
+        context: Arc<ProxyContext>,
+        listeners: ListenerManager,
+        dump: Arc<Mutex<ConfigDumpSource>>,
+        watcher: Option<(FileWatcher<Watched>, DynamicSources)>,
+        reload: Option<Reload>,
+    ) -> Control {
+        let store = &context.store;
+        let (watcher, sources) = match watcher {
+            Some((w, s)) => (Some(w), s),
+            None => (None, DynamicSources::default()),
+        };
+        Control {
+            lds: SubscriptionStats::new(&store.scope("listener_manager.lds.")),
+            cds: SubscriptionStats::new(&store.scope("cluster_manager.cds.")),
+            context,
+            listeners,
+            dump,
+            watcher,
+            sources,
+            static_clusters: HashMap::new(),
+            dynamic_clusters: HashMap::new(),
+            eds: HashMap::new(),
+            watching: HashSet::new(),
+            reload,
+        }
+    }
+
+    /// Puts the bootstrap in force: static clusters (with their EDS endpoints), CDS, static
+    /// listeners, LDS. A static listener that cannot start is fatal, as in Envoy.
+    pub fn start(&mut self, config: Config) -> Result<(), String> {
+        self.apply_static_clusters(
+            config
+                .clusters
+                .iter()
+                .map(|c| (c.bytes.clone(), c.config.clone()))
+                .collect(),
+        );
+        if self.sources.cds.is_some() {
+            self.watch(Watched::Cds);
+            self.load_cds();
+        }
+        let specs = config
+            .listeners
+            .into_iter()
+            .map(|l| ListenerSpec {
+                resource: l.bytes,
+                config: l.config,
+            })
+            .collect();
+        let mut fed = Vec::new();
+        let context = self.context.clone();
+        self.listeners.apply(Origin::Static, specs, "", &mut || {
+            fed = unfed_subscriptions(&context)
+        })?;
+        self.feed_rds(fed);
+        if self.sources.lds.is_some() {
+            self.watch(Watched::Lds);
+            self.load_lds();
+        }
+        Ok(())
+    }
+
+    /// A watched file changed.
+    pub fn changed(&mut self, what: Watched) {
+        match what {
+            Watched::Lds => self.load_lds(),
+            Watched::Cds => self.load_cds(),
+            Watched::Rds(source) => {
+                let subs = self
+                    .context
+                    .rds
+                    .live()
+                    .into_iter()
+                    .filter(|s| s.config.source == source)
+                    .collect();
+                self.load_rds(&source, subs);
+            }
+            Watched::Eds(source) => {
+                let clusters: Vec<String> = self
+                    .eds
+                    .iter()
+                    .filter(|(_, e)| e.config.source == source)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                self.load_eds(&source, &clusters);
+            }
+        }
+    }
+
+    /// SIGHUP: re-reads the bootstrap and applies the difference in its static resources.
+    pub fn reload(&mut self) {
+        let Some(reload) = &self.reload else {
+            tracing::warn!(
+                "caught SIGHUP: the configuration came from the command line, not a file; nothing to reload"
+            );
+            return;
+        };
+        let config = match reload() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    "caught SIGHUP: the new configuration is rejected, the running one stays:\n{e}"
+                );
+                return;
+            }
+        };
+        if config.dynamic != self.sources {
+            tracing::warn!(
+                "caught SIGHUP: changes to dynamic_resources take effect at the next restart"
+            );
+        }
+        let clusters: Vec<(Vec<u8>, ClusterConfig)> = config
+            .clusters
+            .into_iter()
+            .map(|c| (c.bytes, c.config))
+            .collect();
+        let specs = config
+            .listeners
+            .into_iter()
+            .map(|l| ListenerSpec {
+                resource: l.bytes,
+                config: l.config,
+            })
+            .collect();
+        // The clusters change only once every listener is built: a listener that cannot
+        // start rejects the whole reload.
+        let mut pending = Some(clusters);
+        let mut fed = Vec::new();
+        let context = self.context.clone();
+        let mut cluster_summary = None;
+        let result = {
+            let static_clusters = &mut self.static_clusters;
+            let eds = &mut self.eds;
+            let watching = &mut self.watching;
+            let watcher = &self.watcher;
+            self.listeners.apply(Origin::Static, specs, "", &mut || {
+                if let Some(clusters) = pending.take() {
+                    cluster_summary = Some(apply_static_clusters(
+                        &context,
+                        static_clusters,
+                        eds,
+                        watching,
+                        watcher.as_ref(),
+                        clusters,
+                    ));
+                }
+                fed = unfed_subscriptions(&context);
+            })
+        };
+        match result {
+            Ok(applied) => {
+                self.feed_rds(fed);
+                self.refresh_cluster_dump();
+                let (added, modified, removed) = cluster_summary.unwrap_or_default();
+                tracing::info!(
+                    "caught SIGHUP: configuration reloaded (listeners {applied}; clusters added: {added}, modified: {modified}, removed: {removed})"
+                );
+            }
+            Err(e) => tracing::error!(
+                "caught SIGHUP: the new configuration is rejected, the running one stays: {e}"
+            ),
+        }
+    }
+
+    /// Ends listener drains that are over.
+    pub fn tick(&mut self) {
+        self.listeners.tick();
+    }
+
+    fn apply_static_clusters(&mut self, clusters: Vec<(Vec<u8>, ClusterConfig)>) {
+        apply_static_clusters(
+            &self.context,
+            &mut self.static_clusters,
+            &mut self.eds,
+            &mut self.watching,
+            self.watcher.as_ref(),
+            clusters,
+        );
+        self.refresh_cluster_dump();
+    }
+
+    fn watch(&mut self, what: Watched) {
+        let source = match &what {
+            Watched::Lds => self.sources.lds.clone(),
+            Watched::Cds => self.sources.cds.clone(),
+            Watched::Rds(s) | Watched::Eds(s) => Some(s.clone()),
+        };
+        if let (Some(watcher), Some(source)) = (&self.watcher, source) {
+            watch_source(watcher, &mut self.watching, &source, what);
+        }
+    }
+
+    fn load_lds(&mut self) {
+        let Some(source) = self.sources.lds.clone() else {
+            return;
+        };
+        self.lds.update_attempt.inc();
+        let outcome = (|| {
+            let response = read(&source, LISTENER)?;
+            let clusters = self.context.clusters.clusters();
+            let names: HashSet<&str> = clusters.as_slice().iter().map(|c| &*c.name).collect();
+            let mut specs = Vec::with_capacity(response.resources.len());
+            let mut seen = HashSet::new();
+            for (i, any) in response.resources.iter().enumerate() {
+                let listener = Listener::decode(any.value.as_slice())
+                    .map_err(|e| format!("resources[{i}]: unable to decode: {e}"))?;
+                if !seen.insert(listener.name.clone()) {
+                    return Err(format!("duplicate listener {} found", listener.name));
+                }
+                let config = compile_listener(&listener, &names).map_err(|errors| {
+                    join(
+                        errors
+                            .into_iter()
+                            .map(|e| e.within(&format!("resources[{i}]"))),
+                    )
+                })?;
+                specs.push(ListenerSpec {
+                    resource: any.value.clone(),
+                    config,
+                });
+            }
+            drop(clusters);
+            let mut fed = Vec::new();
+            let context = self.context.clone();
+            let applied = self.listeners.apply(
+                Origin::Dynamic,
+                specs,
+                &response.version_info,
+                &mut || fed = unfed_subscriptions(&context),
+            )?;
+            self.feed_rds(fed);
+            Ok((response.version_info, applied))
+        })();
+        match outcome {
+            Ok((version, applied)) => {
+                self.lds.accepted(&version);
+                lock(&self.dump).lds_version = version.clone();
+                if !applied.is_empty() {
+                    tracing::info!("lds: version '{version}' applied ({applied})");
+                }
+            }
+            Err(e) => {
+                self.lds.update_rejected.inc();
+                tracing::warn!(
+                    "lds: update from '{}' rejected, the listeners in force stay: {e}",
+                    source.path
+                );
+            }
+        }
+    }
+
+    fn load_cds(&mut self) {
+        let Some(source) = self.sources.cds.clone() else {
+            return;
+        };
+        self.cds.update_attempt.inc();
+        match self.read_cds(&source) {
+            Ok(version) => {
+                self.cds.accepted(&version);
+                self.refresh_cluster_dump();
+                lock(&self.dump).cds_version = version;
+            }
+            Err(e) => {
+                self.cds.update_rejected.inc();
+                tracing::warn!(
+                    "cds: update from '{}' rejected, the clusters in force stay: {e}",
+                    source.path
+                );
+            }
+        }
+    }
+
+    fn read_cds(&mut self, source: &FileSource) -> Result<String, String> {
+        let response = read(source, CLUSTER)?;
+        let mut upsert = Vec::new();
+        let mut names = HashSet::new();
+        let mut records = HashMap::new();
+        for (i, any) in response.resources.iter().enumerate() {
+            let path = format!("resources[{i}]");
+            let cluster = ClusterProto::decode(any.value.as_slice())
+                .map_err(|e| format!("{path}: unable to decode: {e}"))?;
+            if !names.insert(cluster.name.clone()) {
+                return Err(format!("duplicate cluster {} found", cluster.name));
+            }
+            if self.static_clusters.contains_key(&cluster.name) {
+                return Err(format!(
+                    "{path}: cluster '{}' is a static cluster and cannot be changed by CDS",
+                    cluster.name
+                ));
+            }
+            let record = DynamicResource {
+                name: cluster.name.clone(),
+                version_info: response.version_info.clone(),
+                last_updated: SystemTime::now(),
+                bytes: any.value.clone(),
+            };
+            if let Some(current) = self.dynamic_clusters.get(&cluster.name)
+                && current.bytes == record.bytes
+            {
+                records.insert(cluster.name.clone(), current.clone());
+                continue;
+            }
+            let mut config = ClusterConfig::compile(&cluster)
+                .map_err(|errors| join(errors.into_iter().map(|e| e.within(&path))))?;
+            if let Some(eds) = &config.eds {
+                config.priorities = initial_endpoints(eds);
+            }
+            records.insert(cluster.name.clone(), record);
+            upsert.push(config);
+        }
+        let remove: Vec<String> = self
+            .dynamic_clusters
+            .keys()
+            .filter(|name| !names.contains(*name))
+            .cloned()
+            .collect();
+        for name in &remove {
+            self.eds.remove(name);
+        }
+        let eds_clusters: Vec<(String, EdsConfig)> = upsert
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), c.eds.clone()?)))
+            .collect();
+        let summary = self.context.clusters.update(ClusterUpdate {
+            upsert,
+            remove,
+            via_api: true,
+        });
+        for (name, eds) in eds_clusters {
+            self.subscribe_eds(name, eds);
+        }
+        self.dynamic_clusters = records;
+        if summary.added + summary.modified + summary.removed > 0 {
+            tracing::info!(
+                "cds: version '{}' applied (clusters added: {}, modified: {}, removed: {})",
+                response.version_info,
+                summary.added,
+                summary.modified,
+                summary.removed
+            );
+        }
+        Ok(response.version_info)
+    }
+
+    fn subscribe_eds(&mut self, cluster: String, config: EdsConfig) {
+        subscribe_eds(
+            &self.context,
+            &mut self.eds,
+            &mut self.watching,
+            self.watcher.as_ref(),
+            cluster,
+            config,
+        );
+    }
+
+    fn load_eds(&mut self, source: &FileSource, clusters: &[String]) {
+        let response = read(source, CLUSTER_LOAD_ASSIGNMENT);
+        for name in clusters {
+            let Some(eds) = self.eds.get(name) else {
+                continue;
+            };
+            let Some(cluster) = self.context.clusters.get(name) else {
+                continue;
+            };
+            eds.stats.update_attempt.inc();
+            match response
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|r| assignment(r, &eds.config.service_name))
+            {
+                Ok((version, priorities)) => {
+                    cluster.set_endpoints(&priorities);
+                    eds.stats.accepted(&version);
+                }
+                Err(e) => {
+                    eds.stats.update_rejected.inc();
+                    tracing::warn!(
+                        "eds: update of cluster '{name}' from '{}' rejected, its endpoints stay: {e}",
+                        source.path
+                    );
+                }
+            }
+        }
+        self.refresh_endpoint_dump(response.ok().as_ref(), source);
+    }
+
+    /// Loads the tables of RDS subscriptions that have none yet (new listeners'), and
+    /// watches their sources.
+    fn feed_rds(&mut self, subs: Vec<Arc<RdsSubscription>>) {
+        let mut by_source: HashMap<FileSource, Vec<Arc<RdsSubscription>>> = HashMap::new();
+        for s in subs {
+            by_source
+                .entry(s.config.source.clone())
+                .or_default()
+                .push(s);
+        }
+        for (source, subs) in by_source {
+            self.watch(Watched::Rds(source.clone()));
+            self.load_rds(&source, subs);
+        }
+    }
+
+    fn load_rds(&mut self, source: &FileSource, subs: Vec<Arc<RdsSubscription>>) {
+        if subs.is_empty() {
+            return;
+        }
+        let response = read(source, ROUTE_CONFIGURATION);
+        for sub in subs {
+            sub.stats.update_attempt.inc();
+            let name = &sub.config.route_config_name;
+            let table = response.as_ref().map_err(Clone::clone).and_then(|r| {
+                let (i, any) = r
+                    .resources
+                    .iter()
+                    .enumerate()
+                    .find(|(_, any)| {
+                        RouteConfiguration::decode(any.value.as_slice())
+                            .is_ok_and(|rc| &rc.name == name)
+                    })
+                    .ok_or_else(|| format!("no route configuration named '{name}'"))?;
+                let rc = RouteConfiguration::decode(any.value.as_slice())
+                    .map_err(|e| format!("resources[{i}]: unable to decode: {e}"))?;
+                let table = RouteTable::compile(&rc).map_err(|errors| {
+                    join(
+                        errors
+                            .into_iter()
+                            .map(|e| e.within(&format!("resources[{i}]"))),
+                    )
+                })?;
+                // RDS tables are checked against the clusters only when they ask for it.
+                if bool_or(rc.validate_clusters.as_ref(), false) {
+                    let unknown: Vec<String> = table
+                        .referenced_clusters()
+                        .into_iter()
+                        .filter(|(_, c)| self.context.clusters.get(c).is_none())
+                        .map(|(path, c)| {
+                            format!("resources[{i}].{path}: route: unknown cluster '{c}'")
+                        })
+                        .collect();
+                    if !unknown.is_empty() {
+                        return Err(unknown.join("\n"));
+                    }
+                }
+                Ok((table, any.value.clone(), r.version_info.clone()))
+            });
+            match table {
+                Ok((table, bytes, version_info)) => {
+                    if sub.accepted().is_some_and(|a| a.resource == bytes) {
+                        // Unchanged: counted as a success, nothing swapped.
+                        sub.stats.update_success.inc();
+                        continue;
+                    }
+                    sub.install(
+                        table,
+                        Accepted {
+                            version_info,
+                            last_updated: SystemTime::now(),
+                            resource: bytes,
+                        },
+                    );
+                }
+                Err(e) => {
+                    sub.stats.update_rejected.inc();
+                    tracing::warn!(
+                        "rds: update of route configuration '{name}' from '{}' rejected{}: {e}",
+                        source.path,
+                        if sub.table().is_some() {
+                            ", the table in force stays"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        self.refresh_route_dump();
+    }
+
+    fn refresh_cluster_dump(&self) {
+        let mut dump = lock(&self.dump);
+        let mut clusters: Vec<DynamicResource> = self.dynamic_clusters.values().cloned().collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        dump.dynamic_clusters = clusters;
+        let statics = self.context.clusters.clusters();
+        dump.clusters = statics
+            .as_slice()
+            .iter()
+            .filter_map(|c| self.static_clusters.get(&*c.name).cloned())
+            .collect();
+    }
+
+    fn refresh_route_dump(&self) {
+        let mut routes: Vec<DynamicResource> = self
+            .context
+            .rds
+            .live()
+            .iter()
+            .filter_map(|s| {
+                let a = s.accepted()?;
+                Some(DynamicResource {
+                    name: s.config.route_config_name.clone(),
+                    version_info: a.version_info,
+                    last_updated: a.last_updated,
+                    bytes: a.resource,
+                })
+            })
+            .collect();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        routes.dedup_by(|a, b| a.name == b.name && a.bytes == b.bytes);
+        lock(&self.dump).dynamic_routes = routes;
+    }
+
+    fn refresh_endpoint_dump(&self, response: Option<&DiscoveryResponse>, source: &FileSource) {
+        let Some(response) = response else { return };
+        let services: HashSet<&str> = self
+            .eds
+            .values()
+            .filter(|e| &e.config.source == source)
+            .map(|e| e.config.service_name.as_str())
+            .collect();
+        let mut dump = lock(&self.dump);
+        for any in &response.resources {
+            let Ok(la) = ClusterLoadAssignment::decode(any.value.as_slice()) else {
+                continue;
+            };
+            if !services.contains(la.cluster_name.as_str()) {
+                continue;
+            }
+            dump.dynamic_endpoints.retain(|r| r.name != la.cluster_name);
+            dump.dynamic_endpoints.push(DynamicResource {
+                name: la.cluster_name.clone(),
+                version_info: response.version_info.clone(),
+                last_updated: SystemTime::now(),
+                bytes: any.value.clone(),
+            });
+        }
+    }
+}
+
+/// Applies the bootstrap's clusters: new and changed ones in, missing ones out (static only).
+fn apply_static_clusters(
+    context: &ProxyContext,
+    current: &mut HashMap<String, Vec<u8>>,
+    eds: &mut HashMap<String, Eds>,
+    watching: &mut HashSet<FileSourceKey>,
+    watcher: Option<&FileWatcher<Watched>>,
+    clusters: Vec<(Vec<u8>, ClusterConfig)>,
+) -> (usize, usize, usize) {
+    let names: HashSet<String> = clusters.iter().map(|(_, c)| c.name.clone()).collect();
+    let remove: Vec<String> = current
+        .keys()
+        .filter(|n| !names.contains(*n))
+        .cloned()
+        .collect();
+    let mut upsert = Vec::new();
+    let mut records = HashMap::new();
+    for (bytes, mut config) in clusters {
+        let unchanged = current.get(&config.name) == Some(&bytes);
+        records.insert(config.name.clone(), bytes);
+        if unchanged {
+            continue;
+        }
+        if let Some(e) = &config.eds {
+            config.priorities = initial_endpoints(e);
+        }
+        upsert.push(config);
+    }
+    for name in &remove {
+        eds.remove(name);
+    }
+    let eds_clusters: Vec<(String, EdsConfig)> = upsert
+        .iter()
+        .filter_map(|c| Some((c.name.clone(), c.eds.clone()?)))
+        .collect();
+    let summary = context.clusters.update(ClusterUpdate {
+        upsert,
+        remove,
+        via_api: false,
+    });
+    for (name, config) in eds_clusters {
+        subscribe_eds(context, eds, watching, watcher, name, config);
+    }
+    *current = records;
+    (summary.added, summary.modified, summary.removed)
+}
+
+/// Records an EDS cluster's subscription (its stats count the first fetch, made when the
+/// cluster was built) and watches its source.
+fn subscribe_eds(
+    context: &ProxyContext,
+    eds: &mut HashMap<String, Eds>,
+    watching: &mut HashSet<FileSourceKey>,
+    watcher: Option<&FileWatcher<Watched>>,
+    cluster: String,
+    config: EdsConfig,
+) {
+    let stats = SubscriptionStats::new(&context.store.scope(&format!("cluster.{cluster}.")));
+    stats.update_attempt.inc();
+    match read(&config.source, CLUSTER_LOAD_ASSIGNMENT)
+        .and_then(|r| assignment(&r, &config.service_name))
+    {
+        Ok((version, _)) => stats.accepted(&version),
+        Err(_) => stats.update_rejected.inc(),
+    }
+    if let Some(w) = watcher {
+        watch_source(
+            w,
+            watching,
+            &config.source,
+            Watched::Eds(config.source.clone()),
+        );
+    }
+    eds.insert(cluster, Eds { config, stats });
+}
+
+/// A new EDS cluster's endpoints, read before the cluster is put in force (Envoy warms an EDS
+/// cluster until its first assignment).
+fn initial_endpoints(eds: &EdsConfig) -> Vec<Vec<LocalityEndpoints>> {
+    match read(&eds.source, CLUSTER_LOAD_ASSIGNMENT).and_then(|r| assignment(&r, &eds.service_name))
+    {
+        Ok((_, priorities)) => priorities,
+        Err(e) => {
+            tracing::warn!(
+                "eds: no endpoints for '{}' from '{}' yet: {e}",
+                eds.service_name,
+                eds.source.path
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// The endpoints for `service_name` in an EDS response, with the response's version.
+fn assignment(
+    response: &DiscoveryResponse,
+    service_name: &str,
+) -> Result<(String, Vec<Vec<LocalityEndpoints>>), String> {
+    for (i, any) in response.resources.iter().enumerate() {
+        let la = ClusterLoadAssignment::decode(any.value.as_slice())
+            .map_err(|e| format!("resources[{i}]: unable to decode: {e}"))?;
+        if la.cluster_name == service_name {
+            let priorities = compile_endpoints(&la).map_err(|errors| {
+                join(
+                    errors
+                        .into_iter()
+                        .map(|e| e.within(&format!("resources[{i}]"))),
+                )
+            })?;
+            return Ok((response.version_info.clone(), priorities));
+        }
+    }
+    Err(format!("no ClusterLoadAssignment for '{service_name}'"))
+}
+
+/// The RDS subscriptions that have no table yet.
+fn unfed_subscriptions(context: &ProxyContext) -> Vec<Arc<RdsSubscription>> {
+    context
+        .rds
+        .live()
+        .into_iter()
+        .filter(|s| s.accepted().is_none())
+        .collect()
+}
+
+fn watch_source(
+    watcher: &FileWatcher<Watched>,
+    watching: &mut HashSet<FileSourceKey>,
+    source: &FileSource,
+    what: Watched,
+) {
+    let key = (matches!(what, Watched::Eds(_)), source.clone());
+    if !watching.insert(key) {
+        return;
+    }
+    let watched = match &source.watched_directory {
+        Some(dir) => watcher.watch_directory(Path::new(dir), what),
+        None => watcher.watch_file(Path::new(&source.path), what),
+    };
+    if let Err(e) = watched {
+        tracing::error!("cannot watch '{}' for changes: {e}", source.path);
+    }
+}
+
+/// Reads and checks a `DiscoveryResponse` file.
+fn read(source: &FileSource, resource_type: &str) -> Result<DiscoveryResponse, String> {
+    legate_api::resources::load_file(
+        Path::new(&source.path),
+        resource_type,
+        crate::supported::support(),
+    )
+    .map_err(|errors| join(errors.into_iter()))
+}
+
+fn join(errors: impl Iterator<Item = legate_api::ConfigError>) -> String {
+    errors.map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The channel end on which the watcher reports changes.
+pub type Changes = mpsc::UnboundedReceiver<Watched>;

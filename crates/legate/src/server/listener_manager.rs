@@ -1,0 +1,511 @@
+//! The listener manager: the set of listeners in force, changed by whole updates (the
+//! bootstrap's static listeners at start-up and on SIGHUP, LDS) with Envoy's semantics:
+//!
+//! * an unchanged listener (the same proto, byte for byte) keeps its sockets and connections;
+//! * a new or changed listener is built (filter chains, access logs, sockets) before anything
+//!   changes; a changed listener on the same address takes over the old one's sockets (the
+//!   same kernel sockets, so no connection waiting in the backlog is lost), and the old
+//!   version stops accepting and drains its connections for `--drain-time-s`;
+//! * a removed listener closes its sockets and drains;
+//! * an update that cannot be built (a bad filter, an address that cannot be bound) changes
+//!   nothing.
+//!
+//! It runs on the control thread; workers get their part through their command channels.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use legate_admin::{ConfigDumpSource, DynamicListener, DynamicResource, ListenerInfo};
+use legate_core::stats::{Counter, Gauge, ImportMode, Store};
+use legate_http::conn_manager::ProxyContext;
+use legate_net::listener::ListenerConfig;
+use legate_net::listener_filter::ListenerFilterStats;
+use tokio::sync::mpsc;
+
+use super::l4::ChainFilter;
+use super::listener;
+use super::worker::{ListenerInstance, ListenerStats, ServingListener, WorkerCommand};
+use crate::config::NetworkFilter;
+
+/// Where a listener comes from: each source replaces only its own listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The bootstrap's `static_resources` (at start-up, and again on SIGHUP).
+    Static,
+    /// LDS.
+    Dynamic,
+}
+
+/// One listener of an update.
+pub struct ListenerSpec {
+    /// The `Listener` proto, encoded: equal bytes mean an unchanged listener.
+    pub resource: Vec<u8>,
+    pub config: ListenerConfig<NetworkFilter>,
+}
+
+/// A listener as `/config_dump` and `/listeners` show it.
+#[derive(Clone, Debug)]
+pub struct ListenerView {
+    pub name: String,
+    pub address: SocketAddr,
+    pub origin: Origin,
+    pub resource: Vec<u8>,
+    pub version_info: String,
+    pub last_updated: SystemTime,
+    pub draining: bool,
+}
+
+struct Active {
+    view: ListenerView,
+    /// The configured address (port 0 stays 0): a change of it means new sockets.
+    configured: SocketAddr,
+    ipv4_compat: bool,
+    /// One socket per worker; each worker accepts on a duplicate of its own.
+    sockets: Vec<std::net::TcpListener>,
+    instance: Arc<ListenerInstance>,
+    serving: Arc<ServingListener>,
+}
+
+struct Draining {
+    view: ListenerView,
+    instance: Arc<ListenerInstance>,
+    deadline: Instant,
+}
+
+/// What an update did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub added: Vec<String>,
+    pub modified: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.modified.is_empty() && self.removed.is_empty()
+    }
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |names: &[String]| {
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        };
+        write!(
+            f,
+            "added: {}; modified: {}; removed: {}",
+            list(&self.added),
+            list(&self.modified),
+            list(&self.removed)
+        )
+    }
+}
+
+struct ManagerStats {
+    listener_added: Counter,
+    listener_modified: Counter,
+    listener_removed: Counter,
+    listener_create_success: Counter,
+    listener_create_failure: Counter,
+    total_listeners_active: Gauge,
+    total_listeners_warming: Gauge,
+    total_listeners_draining: Gauge,
+}
+
+impl ManagerStats {
+    fn new(store: &Arc<Store>) -> Self {
+        let s = store.scope("listener_manager.");
+        s.counter("listener_stopped");
+        s.counter("listener_in_place_updated");
+        s.gauge("total_filter_chains_draining", ImportMode::NeverImport);
+        s.gauge("workers_started", ImportMode::NeverImport).set(1);
+        let g = |n: &str| s.gauge(n, ImportMode::NeverImport);
+        ManagerStats {
+            listener_added: s.counter("listener_added"),
+            listener_modified: s.counter("listener_modified"),
+            listener_removed: s.counter("listener_removed"),
+            listener_create_success: s.counter("listener_create_success"),
+            listener_create_failure: s.counter("listener_create_failure"),
+            total_listeners_active: g("total_listeners_active"),
+            total_listeners_warming: g("total_listeners_warming"),
+            total_listeners_draining: g("total_listeners_draining"),
+        }
+    }
+}
+
+pub struct ListenerManager {
+    workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
+    context: Arc<ProxyContext>,
+    store: Arc<Store>,
+    drain_time: Duration,
+    active: Vec<Active>,
+    draining: Vec<Draining>,
+    stats: ManagerStats,
+    /// What the admin server shows (`/listeners`, `/config_dump`), refreshed after every
+    /// change.
+    admin_listeners: Arc<Mutex<Vec<ListenerInfo>>>,
+    dump: Arc<Mutex<ConfigDumpSource>>,
+}
+
+impl ListenerManager {
+    pub fn new(
+        workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
+        context: Arc<ProxyContext>,
+        drain_time: Duration,
+        dump: Arc<Mutex<ConfigDumpSource>>,
+    ) -> Self {
+        let store = context.store.clone();
+        ListenerManager {
+            workers,
+            stats: ManagerStats::new(&store),
+            store,
+            context,
+            drain_time,
+            active: Vec::new(),
+            draining: Vec::new(),
+            admin_listeners: Arc::default(),
+            dump,
+        }
+    }
+
+    /// The listeners in force, as `/listeners` shows them.
+    pub fn admin_listeners(&self) -> Arc<Mutex<Vec<ListenerInfo>>> {
+        self.admin_listeners.clone()
+    }
+
+    /// Makes `origin`'s listeners those of `specs`: everything is built first, and nothing
+    /// changes if any of it fails. `warm` runs once all is built and before any listener
+    /// starts: what the new listeners need (their clusters, their RDS tables) is put in force
+    /// there.
+    pub fn apply(
+        &mut self,
+        origin: Origin,
+        specs: Vec<ListenerSpec>,
+        version_info: &str,
+        warm: &mut dyn FnMut(),
+    ) -> Result<Applied, String> {
+        let names: HashSet<String> = specs.iter().map(|s| s.config.name.clone()).collect();
+        for spec in &specs {
+            if let Some(other) = self
+                .active
+                .iter()
+                .find(|a| a.view.name == spec.config.name && a.view.origin != origin)
+            {
+                return Err(format!(
+                    "listener '{}' already exists as a {} listener",
+                    other.view.name,
+                    if other.view.origin == Origin::Static {
+                        "static"
+                    } else {
+                        "dynamic"
+                    }
+                ));
+            }
+        }
+        // Build every new and changed listener; keep the unchanged ones as they are.
+        let mut built = Vec::new();
+        for spec in specs {
+            let current = self
+                .active
+                .iter()
+                .position(|a| a.view.name == spec.config.name && a.view.origin == origin);
+            if let Some(i) = current
+                && self.active[i].view.resource == spec.resource
+            {
+                continue;
+            }
+            match self.build(origin, spec, current, version_info) {
+                Ok(b) => built.push((current, b)),
+                Err(e) => {
+                    self.stats.listener_create_failure.inc();
+                    return Err(e);
+                }
+            }
+        }
+        // Addresses must not collide with a listener that stays (Envoy refuses two listeners
+        // on one address).
+        let staying: Vec<&Active> = self
+            .active
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| {
+                let replaced = built.iter().any(|(c, _)| *c == Some(*i));
+                let removed = a.view.origin == origin && !names.contains(&a.view.name);
+                !replaced && !removed
+            })
+            .map(|(_, a)| a)
+            .collect();
+        for (_, b) in &built {
+            if b.configured.port() != 0
+                && let Some(clash) = staying
+                    .iter()
+                    .find(|a| a.configured == b.configured && a.view.name != b.view.name)
+            {
+                return Err(format!(
+                    "error adding listener '{}': listener '{}' has duplicate address '{}' as existing listener",
+                    b.view.name, clash.view.name, b.configured
+                ));
+            }
+        }
+
+        warm();
+
+        // Commit.
+        let mut applied = Applied::default();
+        let now = Instant::now();
+        let mut removed_indexes: Vec<usize> = self
+            .active
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.view.origin == origin && !names.contains(&a.view.name))
+            .map(|(i, _)| i)
+            .collect();
+        for (current, new) in built {
+            self.start(&new);
+            match current {
+                Some(i) => {
+                    let old = std::mem::replace(&mut self.active[i], new);
+                    applied.modified.push(old.view.name.clone());
+                    self.stats.listener_modified.inc();
+                    self.retire(old, now);
+                }
+                None => {
+                    applied.added.push(new.view.name.clone());
+                    self.stats.listener_added.inc();
+                    self.active.push(new);
+                }
+            }
+        }
+        removed_indexes.sort_unstable();
+        for i in removed_indexes.into_iter().rev() {
+            let old = self.active.remove(i);
+            applied.removed.push(old.view.name.clone());
+            self.stats.listener_removed.inc();
+            self.retire(old, now);
+        }
+        self.publish();
+        Ok(applied)
+    }
+
+    /// Builds a listener: its filter chains, and its sockets (the current version's, when the
+    /// address is the same).
+    fn build(
+        &self,
+        origin: Origin,
+        spec: ListenerSpec,
+        current: Option<usize>,
+        version_info: &str,
+    ) -> Result<Active, String> {
+        let l = spec.config;
+        let mut chains = Vec::with_capacity(l.filter_chains.len());
+        for chain in &l.filter_chains {
+            chains.push(
+                ChainFilter::new(&chain.filters, &self.context, &l.stat_prefix)
+                    .map_err(|e| format!("listener '{}': {e}", l.name))?,
+            );
+        }
+        let workers = self.workers.len();
+        let same_address = current
+            .map(|i| &self.active[i])
+            .filter(|a| a.configured == l.address && a.ipv4_compat == l.ipv4_compat);
+        let (sockets, address) = match same_address {
+            Some(a) => {
+                let sockets = a
+                    .sockets
+                    .iter()
+                    .map(|s| s.try_clone())
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(|e| format!("listener '{}': cannot share its socket: {e}", l.name))?;
+                (sockets, a.view.address)
+            }
+            None => listener::bind(l.address, l.ipv4_compat, workers).map_err(|e| {
+                format!("cannot bind '{}' for listener '{}': {e}", l.address, l.name)
+            })?,
+        };
+        let kinds: Vec<&str> = chains.iter().map(ChainFilter::kind).collect();
+        tracing::info!(
+            "listener '{}' listening on {address} ({} filter chain(s): {})",
+            l.name,
+            chains.len(),
+            kinds.join(", ")
+        );
+        let listener_scope = self.store.scope(&format!("listener.{}.", l.stat_prefix));
+        let root_scope = self.store.scope("");
+        let serving = Arc::new(ServingListener {
+            stats: ListenerStats::new(&self.store, &l.stat_prefix, workers),
+            filter_stats: ListenerFilterStats::new(
+                &root_scope,
+                &listener_scope,
+                &l.listener_filters,
+            ),
+            chains,
+            ssl: l
+                .filter_chains
+                .iter()
+                .any(|c| c.tls.is_some())
+                .then(|| legate_core::tls::SslStats::new(&listener_scope)),
+            config: l,
+        });
+        let config = &serving.config;
+        Ok(Active {
+            view: ListenerView {
+                name: config.name.clone(),
+                address,
+                origin,
+                resource: spec.resource,
+                version_info: version_info.to_owned(),
+                last_updated: SystemTime::now(),
+                draining: false,
+            },
+            configured: config.address,
+            ipv4_compat: config.ipv4_compat,
+            sockets,
+            instance: Arc::default(),
+            serving,
+        })
+    }
+
+    /// Hands a built listener to every worker.
+    fn start(&self, listener: &Active) {
+        for (worker, socket) in self.workers.iter().zip(&listener.sockets) {
+            let socket = match socket.try_clone() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(
+                        "listener '{}': cannot share its socket: {e}",
+                        listener.view.name
+                    );
+                    continue;
+                }
+            };
+            let _ = worker.send(WorkerCommand::Listen {
+                socket,
+                serving: listener.serving.clone(),
+                instance: listener.instance.clone(),
+            });
+        }
+        self.stats
+            .listener_create_success
+            .add(self.workers.len() as u64);
+    }
+
+    /// Stops a replaced or removed listener and lets its connections drain.
+    fn retire(&mut self, old: Active, now: Instant) {
+        old.instance.stop(true);
+        let mut view = old.view;
+        view.draining = true;
+        tracing::info!(
+            "listener '{}' on {}: draining {} connection(s) for up to {}s",
+            view.name,
+            view.address,
+            old.instance.open_connections(),
+            self.drain_time.as_secs()
+        );
+        self.draining.push(Draining {
+            view,
+            instance: old.instance,
+            deadline: now + self.drain_time,
+        });
+        // `old.sockets` close here; a replacement on the same address holds duplicates.
+    }
+
+    /// Ends the drains that are over: every connection closed, or the drain time passed
+    /// (then the connections left are closed). Called periodically.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        let before = self.draining.len();
+        self.draining.retain(|d| {
+            let open = d.instance.open_connections();
+            if open == 0 {
+                return false;
+            }
+            if now >= d.deadline {
+                tracing::info!(
+                    "listener '{}': drain time over, closing {open} connection(s)",
+                    d.view.name
+                );
+                d.instance.close();
+                return false;
+            }
+            true
+        });
+        if self.draining.len() != before {
+            self.publish();
+        }
+    }
+
+    /// Stops every listener and drains all connections (shutdown).
+    pub fn drain_all(&mut self, graceful: bool) {
+        for a in &self.active {
+            a.instance.stop(graceful);
+        }
+    }
+
+    fn publish(&self) {
+        self.stats
+            .total_listeners_active
+            .set(self.active.len() as u64);
+        self.stats.total_listeners_warming.set(0);
+        self.stats
+            .total_listeners_draining
+            .set(self.draining.len() as u64);
+        *lock(&self.admin_listeners) = self
+            .active
+            .iter()
+            .map(|a| ListenerInfo {
+                name: a.view.name.clone(),
+                address: a.view.address,
+            })
+            .collect();
+        let resource = |v: &ListenerView| DynamicResource {
+            name: v.name.clone(),
+            version_info: v.version_info.clone(),
+            last_updated: v.last_updated,
+            bytes: v.resource.clone(),
+        };
+        let mut dynamic: Vec<DynamicListener> = Vec::new();
+        for a in self
+            .active
+            .iter()
+            .filter(|a| a.view.origin == Origin::Dynamic)
+        {
+            dynamic.push(DynamicListener {
+                name: a.view.name.clone(),
+                active: Some(resource(&a.view)),
+                draining: None,
+            });
+        }
+        for d in self
+            .draining
+            .iter()
+            .filter(|d| d.view.origin == Origin::Dynamic)
+        {
+            match dynamic.iter_mut().find(|l| l.name == d.view.name) {
+                Some(l) => l.draining = Some(resource(&d.view)),
+                None => dynamic.push(DynamicListener {
+                    name: d.view.name.clone(),
+                    active: None,
+                    draining: Some(resource(&d.view)),
+                }),
+            }
+        }
+        let mut dump = lock(&self.dump);
+        dump.dynamic_listeners = dynamic;
+        dump.listeners = self
+            .active
+            .iter()
+            .filter(|a| a.view.origin == Origin::Static)
+            .map(|a| a.view.resource.clone())
+            .collect();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
