@@ -12,7 +12,12 @@
 //!   `update_failure`, `version` (a hash of `version_info`; the same `version_info` gives the
 //!   same hash in every subscription), and the text readout `version_text` (the
 //!   `version_info` itself, shown quoted in `/stats`). Also `config_reload` (CDS, RDS),
-//!   `update_time`, `init_fetch_timeout`, `update_empty` (RDS, EDS), `update_no_rebuild` (EDS).
+//!   `update_time`, `init_fetch_timeout`, `update_empty` (RDS, EDS), `update_no_rebuild` and
+//!   `assignment_stale` / `assignment_timeout_received` / `assignment_use_cached` (EDS),
+//!   `config_reload_time_ms` (CDS, RDS), the histogram `update_duration`; no `config_reload` or
+//!   `update_empty` for LDS, no `update_empty` for CDS. The `version` value is
+//!   xxHash64(version_info, seed 0): 13237225503670494420 for "1", 6927017134761466251 for "2"
+//!   (only its changes are checked here).
 //! * A file that does not parse (invalid YAML) counts `update_failure`, not `update_rejected`.
 //!   A file that parses but breaks a `validate.rules` constraint (a negative duration, an empty
 //!   `domains`, a port above 65535) is rejected whole: `update_rejected`, nothing applied.
@@ -231,6 +236,107 @@ fn file_updates_take_effect_and_are_reported() {
     ] {
         assert_eq!(p.text_stat(name).as_deref(), Some("1"), "{name} at start");
     }
+    // The subscriptions' stats are Envoy's, name for name (histograms included).
+    let stats = p.admin_get("/stats").body;
+    let mut got: Vec<&str> = stats
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|(n, _)| n))
+        .filter(|n| {
+            [
+                "listener_manager.lds.",
+                "cluster_manager.cds.",
+                "http.ingress.rds.r.",
+            ]
+            .iter()
+            .any(|p| n.starts_with(p))
+                || n.strip_prefix("cluster.eds_b.").is_some_and(|rest| {
+                    [
+                        "update_",
+                        "version",
+                        "config_reload",
+                        "init_fetch",
+                        "assignment_",
+                    ]
+                    .iter()
+                    .any(|p| rest.starts_with(p))
+                })
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = Vec::new();
+    for (scope, names) in [
+        (
+            "listener_manager.lds",
+            &[
+                "init_fetch_timeout",
+                "update_attempt",
+                "update_duration",
+                "update_failure",
+                "update_rejected",
+                "update_success",
+                "update_time",
+                "version",
+                "version_text",
+            ][..],
+        ),
+        (
+            "cluster_manager.cds",
+            &[
+                "config_reload",
+                "config_reload_time_ms",
+                "init_fetch_timeout",
+                "update_attempt",
+                "update_duration",
+                "update_failure",
+                "update_rejected",
+                "update_success",
+                "update_time",
+                "version",
+                "version_text",
+            ][..],
+        ),
+        (
+            "http.ingress.rds.r",
+            &[
+                "config_reload",
+                "config_reload_time_ms",
+                "init_fetch_timeout",
+                "update_attempt",
+                "update_duration",
+                "update_empty",
+                "update_failure",
+                "update_rejected",
+                "update_success",
+                "update_time",
+                "version",
+                "version_text",
+            ][..],
+        ),
+        (
+            "cluster.eds_b",
+            &[
+                "assignment_stale",
+                "assignment_timeout_received",
+                "assignment_use_cached",
+                "init_fetch_timeout",
+                "update_attempt",
+                "update_duration",
+                "update_empty",
+                "update_failure",
+                "update_no_rebuild",
+                "update_rejected",
+                "update_success",
+                "update_time",
+                "version",
+                "version_text",
+            ][..],
+        ),
+    ] {
+        want.extend(names.iter().map(|n| format!("{scope}.{n}")));
+    }
+    want.sort();
+    assert_eq!(got, want, "the subscription stats");
+
     let lds_hash = p.must_stat("listener_manager.lds.version");
     let cds_hash = p.must_stat("cluster_manager.cds.version");
     let rds_hash = p.must_stat("http.ingress.rds.r.version");
