@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod dynamic;
 mod extra;
 #[allow(unused_imports)]
 pub use extra::*;
