@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
+use legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use legate_upstream::Cluster;
 use legate_upstream::cluster::CircuitBreakerLimits;
 use legate_upstream::host::Host;
@@ -215,4 +216,61 @@ fn host_json(host: &Host) -> Json {
         )
         .field_if(host.priority != 0, "priority", Json::num(host.priority))
         .build()
+}
+
+/// A cluster's hosts as the `ClusterLoadAssignment` `/config_dump?include_eds` shows.
+pub fn load_assignment(cluster: &Cluster) -> ClusterLoadAssignment {
+    use legate_api::pb::envoy::config::core::v3::{
+        Address, HealthStatus, Locality, SocketAddress, address, socket_address,
+    };
+    use legate_api::pb::envoy::config::endpoint::v3::{
+        Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    };
+    let mut groups: Vec<LocalityLbEndpoints> = Vec::new();
+    for host in &cluster.membership().hosts {
+        let locality = host
+            .locality
+            .as_ref()
+            .map(|(region, zone, sub_zone)| Locality {
+                region: region.clone(),
+                zone: zone.clone(),
+                sub_zone: sub_zone.clone(),
+            });
+        let endpoint = LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: host.address.ip().to_string(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(
+                            host.address.port() as u32,
+                        )),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            health_status: HealthStatus::Healthy as i32,
+            load_balancing_weight: Some(legate_api::pb::google::protobuf::UInt32Value {
+                value: host.weight,
+            }),
+            ..Default::default()
+        };
+        match groups
+            .iter_mut()
+            .find(|g| g.priority == host.priority && g.locality == locality)
+        {
+            Some(g) => g.lb_endpoints.push(endpoint),
+            None => groups.push(LocalityLbEndpoints {
+                locality,
+                priority: host.priority,
+                lb_endpoints: vec![endpoint],
+                ..Default::default()
+            }),
+        }
+    }
+    ClusterLoadAssignment {
+        cluster_name: cluster.name.to_string(),
+        endpoints: groups,
+        ..Default::default()
+    }
 }

@@ -105,8 +105,14 @@ struct Dump {
 pub type Response = (StatusCode, Option<&'static str>, String);
 
 /// `GET /config_dump`.
-pub fn render(source: &ConfigDumpSource, node: &Node, params: &DumpParams) -> Response {
-    let dumps = build(source, node, params.name_regex.as_ref(), params.include_eds);
+/// `endpoints`: every cluster's assignment, for `include_eds`.
+pub fn render(
+    source: &ConfigDumpSource,
+    node: &Node,
+    params: &DumpParams,
+    endpoints: &[DynamicResource],
+) -> Response {
+    let dumps = build(source, node, params.name_regex.as_ref(), endpoints);
     match &params.resource {
         Some(resource) => render_resource(dumps, resource, params.mask.as_deref()),
         None => render_all(dumps, params.mask.as_deref()),
@@ -351,7 +357,7 @@ fn build(
     source: &ConfigDumpSource,
     node: &Node,
     name_regex: Option<&Regex>,
-    include_eds: bool,
+    endpoints: &[DynamicResource],
 ) -> Vec<Dump> {
     let loaded_at = source.loaded_at.unwrap_or(UNIX_EPOCH);
     let named = |name: &str| name_regex.is_none_or(|r| r.is_match(name));
@@ -440,12 +446,12 @@ fn build(
         ],
     });
     let endpoints = dynamic(
-        &source.dynamic_endpoints,
+        endpoints,
         "envoy.admin.v3.EndpointsConfigDump.DynamicEndpointConfig",
         "endpoint_config",
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
     );
-    if include_eds {
+    if !endpoints.is_empty() {
         dumps.push(Dump {
             type_name: "envoy.admin.v3.EndpointsConfigDump",
             fields: vec![("dynamic_endpoint_configs", Part::List(endpoints))],

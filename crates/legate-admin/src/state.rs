@@ -74,9 +74,8 @@ pub struct ConfigDumpSource {
     /// CDS.
     pub cds_version: String,
     pub dynamic_clusters: Vec<DynamicResource>,
-    /// RDS route tables and EDS assignments in force.
+    /// RDS route tables in force.
     pub dynamic_routes: Vec<DynamicResource>,
-    pub dynamic_endpoints: Vec<DynamicResource>,
 }
 
 /// A resource received from a dynamic source.

@@ -60,6 +60,19 @@ pub fn parse(
     parse_streaming(desc, format, bytes, &[], None).map(|parsed| parsed.message)
 }
 
+/// Parses `bytes` as a `desc` message, skipping fields the message does not have (Envoy reads
+/// dynamic resources so, counting them in `server.dynamic_unknown_fields`).
+pub fn parse_ignoring_unknown_fields(
+    desc: &MessageDescriptor,
+    format: Format,
+    bytes: &[u8],
+) -> Result<DynamicMessage, ConfigError> {
+    LENIENT.with(|l| l.set(true));
+    let parsed = parse(desc, format, bytes);
+    LENIENT.with(|l| l.set(false));
+    parsed
+}
+
 /// A parsed message, with the elements of its streamed fields kept apart, encoded.
 pub struct Parsed {
     pub message: DynamicMessage,
@@ -198,6 +211,8 @@ pub fn yaml_to_json(bytes: &[u8]) -> Result<serde_json::Value, ConfigError> {
 // around one parse.
 thread_local! {
     static TARGET: RefCell<Option<Target>> = const { RefCell::new(None) };
+    /// Unknown fields are skipped rather than refused ([`parse_ignoring_unknown_fields`]).
+    static LENIENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static ERROR_PATH: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
@@ -237,6 +252,12 @@ impl<'de> Deserialize<'de> for Seeded {
             }
             .deserialize(tracked)
             .map(Seeded::Split),
+            _ if LENIENT.with(|l| l.get()) => DynamicMessage::deserialize_with_options(
+                desc,
+                tracked,
+                &prost_reflect::DeserializeOptions::new().deny_unknown_fields(false),
+            )
+            .map(Seeded::Whole),
             _ => DynamicMessage::deserialize(desc, tracked).map(Seeded::Whole),
         };
         result.map_err(|e| {

@@ -21,14 +21,65 @@ fn descriptor() -> MessageDescriptor {
         .expect("DiscoveryResponse is in the pool")
 }
 
+/// Why a resource file was not taken, in the two ways Envoy counts: `update_failure` for a
+/// file that cannot be read or parsed, `update_rejected` for one that parses into resources
+/// that are not valid.
+#[derive(Debug)]
+pub enum LoadError {
+    Unreadable(ConfigError),
+    Invalid(Vec<ConfigError>),
+}
+
+/// A resource file as read.
+#[derive(Debug)]
+pub struct Loaded {
+    pub response: DiscoveryResponse,
+    /// Fields the resources have that Envoy's API does not: skipped, as Envoy skips them in
+    /// dynamic resources (with a warning, and `server.dynamic_unknown_fields`). The first
+    /// one found, with its path.
+    pub unknown_field: Option<ConfigError>,
+}
+
 /// Reads and checks the `DiscoveryResponse` at `path`; every resource must be of
 /// `resource_type` (a full message name such as `envoy.config.cluster.v3.Cluster`).
 pub fn load_file(
     path: &Path,
     resource_type: &str,
     support: &'static Support,
+) -> Result<Loaded, LoadError> {
+    let desc = descriptor();
+    let (parsed, unknown_field) = match read_file(path, &desc, &[], Some(support)) {
+        Ok(parsed) => (parsed, None),
+        Err(e) if is_unknown_field(&e) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| LoadError::Unreadable(ConfigError::new("", e.to_string())))?;
+            let message = crate::load::parse_ignoring_unknown_fields(
+                &desc,
+                crate::load::Format::from_path(path),
+                &bytes,
+            )
+            .map_err(LoadError::Unreadable)?;
+            let parsed = crate::load::Parsed {
+                message,
+                streamed: Vec::new(),
+                errors: Vec::new(),
+            };
+            (parsed, Some(e))
+        }
+        Err(e) => return Err(LoadError::Unreadable(e)),
+    };
+    let response = load_parsed(parsed, resource_type, support).map_err(LoadError::Invalid)?;
+    Ok(Loaded {
+        response,
+        unknown_field,
+    })
+}
+
+fn load_parsed(
+    parsed: crate::load::Parsed,
+    resource_type: &str,
+    support: &'static Support,
 ) -> Result<DiscoveryResponse, Vec<ConfigError>> {
-    let parsed = read_file(path, &descriptor(), &[], Some(support)).map_err(|e| vec![e])?;
     let mut message = parsed.message;
     let mut errors = parsed.errors;
     match crate::any::expand_typed_structs(&mut message, "") {
@@ -63,4 +114,8 @@ pub fn load_file(
         return Err(wrong);
     }
     Ok(response)
+}
+
+fn is_unknown_field(e: &ConfigError) -> bool {
+    e.message.starts_with("unrecognized field name") || e.message.starts_with("unknown field")
 }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use legate_api::ConfigError;
 use legate_api::pb::envoy::config::core::v3::{ConfigSource, config_source};
 
-use crate::stats::{Counter, Gauge, ImportMode, Scope};
+use crate::stats::{Counter, Gauge, ImportMode, Scope, TextReadout};
 
 /// A file source: `path_config_source` (or the deprecated `path`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -52,6 +52,15 @@ impl FileSource {
     }
 }
 
+/// Which xDS subscription a set of stats belongs to: each has Envoy's own set of names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscriptionKind {
+    Lds,
+    Cds,
+    Rds,
+    Eds,
+}
+
 /// A subscription's stats, with Envoy's names: `listener_manager.lds.*`, `cluster_manager.cds.*`,
 /// `http.<stat_prefix>.rds.<route_config_name>.*`, and `cluster.<name>.*` for EDS.
 #[derive(Debug)]
@@ -59,49 +68,78 @@ pub struct SubscriptionStats {
     pub update_attempt: Counter,
     pub update_success: Counter,
     pub update_rejected: Counter,
+    /// The source could not be read or parsed.
     pub update_failure: Counter,
-    pub update_empty: Counter,
     pub update_time: Gauge,
     pub version: Gauge,
-    pub config_reload: Counter,
+    pub version_text: TextReadout,
+    /// CDS and RDS: a change put in force.
+    config_reload: Option<(Counter, Gauge)>,
 }
 
 impl SubscriptionStats {
-    /// The subscription stats under `scope` (`lds.`, `cds.`, `rds.<name>.`, a cluster's scope
-    /// for EDS).
-    pub fn new(scope: &Scope) -> Self {
+    pub fn new(scope: &Scope, kind: SubscriptionKind) -> Self {
+        use SubscriptionKind::*;
         scope.counter("init_fetch_timeout");
         scope.histogram("update_duration", crate::stats::Unit::Milliseconds);
+        if matches!(kind, Rds | Eds) {
+            scope.counter("update_empty");
+        }
+        if kind == Eds {
+            for name in [
+                "update_no_rebuild",
+                "assignment_stale",
+                "assignment_timeout_received",
+                "assignment_use_cached",
+            ] {
+                scope.counter(name);
+            }
+        }
         SubscriptionStats {
             update_attempt: scope.counter("update_attempt"),
             update_success: scope.counter("update_success"),
             update_rejected: scope.counter("update_rejected"),
             update_failure: scope.counter("update_failure"),
-            update_empty: scope.counter("update_empty"),
             update_time: scope.gauge("update_time", ImportMode::NeverImport),
             version: scope.gauge("version", ImportMode::NeverImport),
-            config_reload: scope.counter("config_reload"),
+            version_text: scope.text_readout("version_text"),
+            config_reload: matches!(kind, Cds | Rds).then(|| {
+                (
+                    scope.counter("config_reload"),
+                    scope.gauge("config_reload_time_ms", ImportMode::NeverImport),
+                )
+            }),
         }
     }
 
-    /// Counts an accepted update: Envoy's `version` gauge is a hash of `version_info`, and
-    /// `update_time` the time of the update in milliseconds since the epoch.
+    /// Counts an accepted update: `version` is Envoy's hash of `version_info` (xxHash64),
+    /// `version_text` the text itself, `update_time` the time in milliseconds since the epoch.
     pub fn accepted(&self, version_info: &str) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         self.update_success.inc();
-        self.config_reload.inc();
         self.version.set(version_hash(version_info));
-        self.update_time.set(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-        );
+        self.version_text.set(version_info);
+        self.update_time.set(now);
+        if let Some((reload, time)) = &self.config_reload {
+            reload.inc();
+            time.set(now);
+        }
     }
 }
 
-/// A stable 64-bit hash of a `version_info` (FNV-1a; Envoy uses xxHash, and nobody reads the
-/// value except to see that it changed).
+/// Envoy's `version` stat: xxHash64 of `version_info`, seed 0.
 pub fn version_hash(version_info: &str) -> u64 {
-    version_info.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    xxhash_rust::xxh64::xxh64(version_info.as_bytes(), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_hash_is_envoys() {
+        // Envoy 1.40's `version` stat for version_info "1" and "2".
+        assert_eq!(super::version_hash("1"), 13237225503670494420);
+        assert_eq!(super::version_hash("2"), 6927017134761466251);
+    }
 }

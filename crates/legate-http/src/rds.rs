@@ -17,7 +17,7 @@ use arc_swap::ArcSwapOption;
 use legate_api::pb::envoy::config::core::v3::ConfigSource;
 use legate_core::ConfigError;
 use legate_core::config_source::FileSource;
-use legate_core::config_source::SubscriptionStats;
+use legate_core::config_source::{SubscriptionKind, SubscriptionStats};
 use legate_core::stats::Scope;
 
 use crate::route::RouteTable;
@@ -98,7 +98,7 @@ impl RdsRegistry {
         let scope = hcm_scope.scope(&format!("rds.{}.", config.route_config_name));
         let sub = Arc::new(RdsSubscription {
             config: config.clone(),
-            stats: SubscriptionStats::new(&scope),
+            stats: SubscriptionStats::new(&scope, SubscriptionKind::Rds),
             table: ArcSwapOption::empty(),
             accepted: Mutex::new(None),
         });

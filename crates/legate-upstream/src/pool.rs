@@ -287,25 +287,29 @@ fn os_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Runs a connection to its end, then accounts for it.
+/// Runs a connection to its end, then accounts for it. The task holds the stats it updates
+/// and only a weak reference to the host: the host's pool holds the connection's sender, so a
+/// strong one would keep both alive forever once the cluster is replaced or the host removed
+/// (dropping the pool is what closes its idle connections).
 fn drive<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, guard: ResourceGuard, conn: F)
 where
     F: std::future::Future + Send + 'static,
 {
-    let cluster = cluster.clone();
-    let host = host.clone();
+    let active = cluster.stats.upstream_cx_active.clone();
+    let destroy = cluster.stats.upstream_cx_destroy.clone();
+    let length = cluster.stats.upstream_cx_length_ms.clone();
+    let host = Arc::downgrade(host);
     let opened = Instant::now();
     tokio::spawn(async move {
         let _ = conn.await;
         drop(guard);
-        let stats = &cluster.stats;
-        stats.upstream_cx_active.dec();
-        stats.upstream_cx_destroy.inc();
-        stats
-            .upstream_cx_length_ms
-            .record(opened.elapsed().as_millis() as u64);
-        host.active_connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        active.dec();
+        destroy.inc();
+        length.record(opened.elapsed().as_millis() as u64);
+        if let Some(host) = host.upgrade() {
+            host.active_connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     });
 }
 

@@ -95,8 +95,28 @@ pub fn config_dump(state: &AdminState, query: &Query) -> Reply {
             return Reply::new(StatusCode::BAD_REQUEST, "text/plain", message);
         }
     };
-    let (status, content_type, body) =
-        config_dump::render(&lock(&state.config_dump), &state.server_info.node, &params);
+    // Every cluster's assignment (STATIC ones too, as Envoy dumps them), built when asked for.
+    let endpoints: Vec<crate::DynamicResource> = if params.include_eds {
+        let clusters = state.clusters.clusters();
+        clusters
+            .as_slice()
+            .iter()
+            .map(|c| crate::DynamicResource {
+                name: c.name.to_string(),
+                version_info: String::new(),
+                last_updated: std::time::SystemTime::now(),
+                bytes: prost::Message::encode_to_vec(&clusters::load_assignment(c)),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let (status, content_type, body) = config_dump::render(
+        &lock(&state.config_dump),
+        &state.server_info.node,
+        &params,
+        &endpoints,
+    );
     Reply {
         status,
         content_type,

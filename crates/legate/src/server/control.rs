@@ -19,7 +19,7 @@ use legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use legate_api::pb::envoy::config::listener::v3::Listener;
 use legate_api::pb::envoy::config::route::v3::RouteConfiguration;
 use legate_api::pb::envoy::service::discovery::v3::DiscoveryResponse;
-use legate_core::config_source::{FileSource, SubscriptionStats};
+use legate_core::config_source::{FileSource, SubscriptionKind, SubscriptionStats};
 use legate_core::proto::bool_or;
 use legate_http::conn_manager::ProxyContext;
 use legate_http::rds::{Accepted, RdsSubscription};
@@ -30,7 +30,7 @@ use legate_xds::FileWatcher;
 use prost::Message;
 use tokio::sync::mpsc;
 
-use super::listener_manager::{ListenerManager, ListenerSpec, Origin};
+use super::listener_manager::{ListenerManager, ListenerSpec, Origin, Update};
 use crate::config::{Config, DynamicSources, compile_listener};
 
 const LISTENER: &str = "envoy.config.listener.v3.Listener";
@@ -89,8 +89,14 @@ impl Control {
             None => (None, DynamicSources::default()),
         };
         Control {
-            lds: SubscriptionStats::new(&store.scope("listener_manager.lds.")),
-            cds: SubscriptionStats::new(&store.scope("cluster_manager.cds.")),
+            lds: SubscriptionStats::new(
+                &store.scope("listener_manager.lds."),
+                SubscriptionKind::Lds,
+            ),
+            cds: SubscriptionStats::new(
+                &store.scope("cluster_manager.cds."),
+                SubscriptionKind::Cds,
+            ),
             context,
             listeners,
             dump,
@@ -128,7 +134,7 @@ impl Control {
             .collect();
         let mut fed = Vec::new();
         let context = self.context.clone();
-        self.listeners.apply(Origin::Static, specs, "", &mut || {
+        self.listeners.apply(static_update(specs), &mut || {
             fed = unfed_subscriptions(&context)
         })?;
         self.feed_rds(fed);
@@ -212,7 +218,7 @@ impl Control {
             let eds = &mut self.eds;
             let watching = &mut self.watching;
             let watcher = &self.watcher;
-            self.listeners.apply(Origin::Static, specs, "", &mut || {
+            self.listeners.apply(static_update(specs), &mut || {
                 if let Some(clusters) = pending.take() {
                     cluster_summary = Some(apply_static_clusters(
                         &context,
@@ -274,57 +280,83 @@ impl Control {
             return;
         };
         self.lds.update_attempt.inc();
-        let outcome = (|| {
-            let response = read(&source, LISTENER)?;
-            let clusters = self.context.clusters.clusters();
-            let names: HashSet<&str> = clusters.as_slice().iter().map(|c| &*c.name).collect();
-            let mut specs = Vec::with_capacity(response.resources.len());
-            let mut seen = HashSet::new();
-            for (i, any) in response.resources.iter().enumerate() {
-                let listener = Listener::decode(any.value.as_slice())
-                    .map_err(|e| format!("resources[{i}]: unable to decode: {e}"))?;
-                if !seen.insert(listener.name.clone()) {
-                    return Err(format!("duplicate listener {} found", listener.name));
+        let response = match read(&self.context, &source, LISTENER) {
+            Ok(r) => r,
+            Err(failed) => return failed.count("lds", &source, &self.lds),
+        };
+        let clusters = self.context.clusters.clusters();
+        let names: HashSet<&str> = clusters.as_slice().iter().map(|c| &*c.name).collect();
+        let mut specs = Vec::with_capacity(response.resources.len());
+        let mut seen = HashSet::new();
+        let mut keep = HashSet::new();
+        let mut errors = Vec::new();
+        for (i, any) in response.resources.iter().enumerate() {
+            let listener = match Listener::decode(any.value.as_slice()) {
+                Ok(l) => l,
+                Err(e) => {
+                    errors.push(format!("resources[{i}]: unable to decode: {e}"));
+                    continue;
                 }
-                let config = compile_listener(&listener, &names).map_err(|errors| {
-                    join(
-                        errors
-                            .into_iter()
-                            .map(|e| e.within(&format!("resources[{i}]"))),
-                    )
-                })?;
-                specs.push(ListenerSpec {
+            };
+            if !seen.insert(listener.name.clone()) {
+                // Envoy refuses the whole update for a duplicate name.
+                self.lds.update_rejected.inc();
+                tracing::warn!(
+                    "lds: update from '{}' rejected, the listeners in force stay: duplicate listener {} found",
+                    source.path,
+                    listener.name
+                );
+                return;
+            }
+            match compile_listener(&listener, &names) {
+                Ok(config) => specs.push(ListenerSpec {
                     resource: any.value.clone(),
                     config,
-                });
+                }),
+                Err(e) => {
+                    keep.insert(listener.name.clone());
+                    errors.push(join(
+                        e.into_iter().map(|e| e.within(&format!("resources[{i}]"))),
+                    ));
+                }
             }
-            drop(clusters);
-            let mut fed = Vec::new();
-            let context = self.context.clone();
-            let applied = self.listeners.apply(
-                Origin::Dynamic,
-                specs,
-                &response.version_info,
-                &mut || fed = unfed_subscriptions(&context),
-            )?;
-            self.feed_rds(fed);
-            Ok((response.version_info, applied))
-        })();
-        match outcome {
-            Ok((version, applied)) => {
-                self.lds.accepted(&version);
-                lock(&self.dump).lds_version = version.clone();
+        }
+        drop(clusters);
+        let mut fed = Vec::new();
+        let context = self.context.clone();
+        let update = Update {
+            origin: Origin::Dynamic,
+            specs,
+            version_info: response.version_info.clone(),
+            keep,
+            atomic: false,
+        };
+        let applied = self
+            .listeners
+            .apply(update, &mut || fed = unfed_subscriptions(&context));
+        self.feed_rds(fed);
+        let version = response.version_info;
+        match applied {
+            Ok(applied) => {
+                errors.extend(applied.errors.iter().cloned());
                 if !applied.is_empty() {
                     tracing::info!("lds: version '{version}' applied ({applied})");
                 }
             }
-            Err(e) => {
-                self.lds.update_rejected.inc();
-                tracing::warn!(
-                    "lds: update from '{}' rejected, the listeners in force stay: {e}",
-                    source.path
-                );
-            }
+            Err(e) => errors.push(e),
+        }
+        if errors.is_empty() {
+            self.lds.accepted(&version);
+            lock(&self.dump).lds_version = version;
+        } else {
+            // As Envoy: the listeners that could be built are in force, and the update counts
+            // as rejected (its version is not taken).
+            self.lds.update_rejected.inc();
+            tracing::warn!(
+                "lds: update '{version}' from '{}' rejected (listeners that failed keep their current version):\n{}",
+                source.path,
+                errors.join("\n")
+            );
         }
     }
 
@@ -333,64 +365,88 @@ impl Control {
             return;
         };
         self.cds.update_attempt.inc();
-        match self.read_cds(&source) {
-            Ok(version) => {
-                self.cds.accepted(&version);
-                self.refresh_cluster_dump();
-                lock(&self.dump).cds_version = version;
+        let response = match read(&self.context, &source, CLUSTER) {
+            Ok(r) => r,
+            Err(failed) => return failed.count("cds", &source, &self.cds),
+        };
+        match self.apply_cds(&response) {
+            Ok(()) => {
+                self.cds.accepted(&response.version_info);
+                lock(&self.dump).cds_version = response.version_info.clone();
             }
             Err(e) => {
                 self.cds.update_rejected.inc();
                 tracing::warn!(
-                    "cds: update from '{}' rejected, the clusters in force stay: {e}",
+                    "cds: update '{}' from '{}' rejected (clusters that failed keep their current version):\n{e}",
+                    response.version_info,
                     source.path
                 );
             }
         }
+        self.refresh_cluster_dump();
     }
 
-    fn read_cds(&mut self, source: &FileSource) -> Result<String, String> {
-        let response = read(source, CLUSTER)?;
+    /// Applies a CDS response. A cluster that cannot be compiled keeps its current version
+    /// (if any) and the others apply, as in Envoy; the errors are returned.
+    fn apply_cds(&mut self, response: &DiscoveryResponse) -> Result<(), String> {
         let mut upsert = Vec::new();
         let mut names = HashSet::new();
         let mut records = HashMap::new();
+        let mut errors = Vec::new();
         for (i, any) in response.resources.iter().enumerate() {
             let path = format!("resources[{i}]");
-            let cluster = ClusterProto::decode(any.value.as_slice())
-                .map_err(|e| format!("{path}: unable to decode: {e}"))?;
+            let cluster = match ClusterProto::decode(any.value.as_slice()) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(format!("{path}: unable to decode: {e}"));
+                    continue;
+                }
+            };
             if !names.insert(cluster.name.clone()) {
                 return Err(format!("duplicate cluster {} found", cluster.name));
             }
             if self.static_clusters.contains_key(&cluster.name) {
-                return Err(format!(
+                errors.push(format!(
                     "{path}: cluster '{}' is a static cluster and cannot be changed by CDS",
                     cluster.name
                 ));
+                continue;
             }
-            let record = DynamicResource {
-                name: cluster.name.clone(),
-                version_info: response.version_info.clone(),
-                last_updated: SystemTime::now(),
-                bytes: any.value.clone(),
-            };
-            if let Some(current) = self.dynamic_clusters.get(&cluster.name)
-                && current.bytes == record.bytes
+            let current = self.dynamic_clusters.get(&cluster.name);
+            if let Some(current) = current
+                && current.bytes == any.value
             {
                 records.insert(cluster.name.clone(), current.clone());
                 continue;
             }
-            let mut config = ClusterConfig::compile(&cluster)
-                .map_err(|errors| join(errors.into_iter().map(|e| e.within(&path))))?;
-            if let Some(eds) = &config.eds {
-                config.priorities = initial_endpoints(eds);
+            match ClusterConfig::compile(&cluster) {
+                Ok(mut config) => {
+                    if let Some(eds) = &config.eds {
+                        config.priorities = initial_endpoints(&self.context, eds);
+                    }
+                    records.insert(
+                        cluster.name.clone(),
+                        DynamicResource {
+                            name: cluster.name.clone(),
+                            version_info: response.version_info.clone(),
+                            last_updated: SystemTime::now(),
+                            bytes: any.value.clone(),
+                        },
+                    );
+                    upsert.push(config);
+                }
+                Err(e) => {
+                    if let Some(current) = current {
+                        records.insert(cluster.name.clone(), current.clone());
+                    }
+                    errors.push(join(e.into_iter().map(|e| e.within(&path))));
+                }
             }
-            records.insert(cluster.name.clone(), record);
-            upsert.push(config);
         }
         let remove: Vec<String> = self
             .dynamic_clusters
             .keys()
-            .filter(|name| !names.contains(*name))
+            .filter(|name| !records.contains_key(*name))
             .cloned()
             .collect();
         for name in &remove {
@@ -418,7 +474,11 @@ impl Control {
                 summary.removed
             );
         }
-        Ok(response.version_info)
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
     }
 
     fn subscribe_eds(&mut self, cluster: String, config: EdsConfig) {
@@ -433,7 +493,7 @@ impl Control {
     }
 
     fn load_eds(&mut self, source: &FileSource, clusters: &[String]) {
-        let response = read(source, CLUSTER_LOAD_ASSIGNMENT);
+        let response = read(&self.context, source, CLUSTER_LOAD_ASSIGNMENT);
         for name in clusters {
             let Some(eds) = self.eds.get(name) else {
                 continue;
@@ -442,11 +502,14 @@ impl Control {
                 continue;
             };
             eds.stats.update_attempt.inc();
-            match response
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|r| assignment(r, &eds.config.service_name))
-            {
+            let response = match &response {
+                Ok(r) => r,
+                Err(failed) => {
+                    failed.count(&format!("eds (cluster '{name}')"), source, &eds.stats);
+                    continue;
+                }
+            };
+            match assignment(response, &eds.config.service_name) {
                 Ok((version, priorities)) => {
                     cluster.set_endpoints(&priorities);
                     eds.stats.accepted(&version);
@@ -460,7 +523,6 @@ impl Control {
                 }
             }
         }
-        self.refresh_endpoint_dump(response.ok().as_ref(), source);
     }
 
     /// Loads the tables of RDS subscriptions that have none yet (new listeners'), and
@@ -483,11 +545,22 @@ impl Control {
         if subs.is_empty() {
             return;
         }
-        let response = read(source, ROUTE_CONFIGURATION);
+        let response = read(&self.context, source, ROUTE_CONFIGURATION);
         for sub in subs {
             sub.stats.update_attempt.inc();
             let name = &sub.config.route_config_name;
-            let table = response.as_ref().map_err(Clone::clone).and_then(|r| {
+            let response = match &response {
+                Ok(r) => r,
+                Err(failed) => {
+                    failed.count(
+                        &format!("rds (route configuration '{name}')"),
+                        source,
+                        &sub.stats,
+                    );
+                    continue;
+                }
+            };
+            let table = Ok(response).and_then(|r| {
                 let (i, any) = r
                     .resources
                     .iter()
@@ -588,32 +661,6 @@ impl Control {
         routes.dedup_by(|a, b| a.name == b.name && a.bytes == b.bytes);
         lock(&self.dump).dynamic_routes = routes;
     }
-
-    fn refresh_endpoint_dump(&self, response: Option<&DiscoveryResponse>, source: &FileSource) {
-        let Some(response) = response else { return };
-        let services: HashSet<&str> = self
-            .eds
-            .values()
-            .filter(|e| &e.config.source == source)
-            .map(|e| e.config.service_name.as_str())
-            .collect();
-        let mut dump = lock(&self.dump);
-        for any in &response.resources {
-            let Ok(la) = ClusterLoadAssignment::decode(any.value.as_slice()) else {
-                continue;
-            };
-            if !services.contains(la.cluster_name.as_str()) {
-                continue;
-            }
-            dump.dynamic_endpoints.retain(|r| r.name != la.cluster_name);
-            dump.dynamic_endpoints.push(DynamicResource {
-                name: la.cluster_name.clone(),
-                version_info: response.version_info.clone(),
-                last_updated: SystemTime::now(),
-                bytes: any.value.clone(),
-            });
-        }
-    }
 }
 
 /// Applies the bootstrap's clusters: new and changed ones in, missing ones out (static only).
@@ -640,7 +687,7 @@ fn apply_static_clusters(
             continue;
         }
         if let Some(e) = &config.eds {
-            config.priorities = initial_endpoints(e);
+            config.priorities = initial_endpoints(context, e);
         }
         upsert.push(config);
     }
@@ -673,13 +720,18 @@ fn subscribe_eds(
     cluster: String,
     config: EdsConfig,
 ) {
-    let stats = SubscriptionStats::new(&context.store.scope(&format!("cluster.{cluster}.")));
+    let stats = SubscriptionStats::new(
+        &context.store.scope(&format!("cluster.{cluster}.")),
+        SubscriptionKind::Eds,
+    );
     stats.update_attempt.inc();
-    match read(&config.source, CLUSTER_LOAD_ASSIGNMENT)
-        .and_then(|r| assignment(&r, &config.service_name))
-    {
-        Ok((version, _)) => stats.accepted(&version),
-        Err(_) => stats.update_rejected.inc(),
+    match read(context, &config.source, CLUSTER_LOAD_ASSIGNMENT) {
+        Ok(r) => match assignment(&r, &config.service_name) {
+            Ok((version, _)) => stats.accepted(&version),
+            Err(_) => stats.update_rejected.inc(),
+        },
+        Err(Failed::Unreadable(_)) => stats.update_failure.inc(),
+        Err(Failed::Invalid(_)) => stats.update_rejected.inc(),
     }
     if let Some(w) = watcher {
         watch_source(
@@ -694,9 +746,9 @@ fn subscribe_eds(
 
 /// A new EDS cluster's endpoints, read before the cluster is put in force (Envoy warms an EDS
 /// cluster until its first assignment).
-fn initial_endpoints(eds: &EdsConfig) -> Vec<Vec<LocalityEndpoints>> {
-    match read(&eds.source, CLUSTER_LOAD_ASSIGNMENT).and_then(|r| assignment(&r, &eds.service_name))
-    {
+fn initial_endpoints(context: &ProxyContext, eds: &EdsConfig) -> Vec<Vec<LocalityEndpoints>> {
+    let read = read(context, &eds.source, CLUSTER_LOAD_ASSIGNMENT).map_err(|f| f.to_string());
+    match read.and_then(|r| assignment(&r, &eds.service_name)) {
         Ok((_, priorities)) => priorities,
         Err(e) => {
             tracing::warn!(
@@ -760,14 +812,75 @@ fn watch_source(
     }
 }
 
-/// Reads and checks a `DiscoveryResponse` file.
-fn read(source: &FileSource, resource_type: &str) -> Result<DiscoveryResponse, String> {
-    legate_api::resources::load_file(
+/// A resource file not taken: Envoy counts `update_failure` for one that cannot be read or
+/// parsed, `update_rejected` for one whose resources are invalid.
+#[derive(Debug)]
+enum Failed {
+    Unreadable(String),
+    Invalid(String),
+}
+
+impl Failed {
+    fn count(&self, what: &str, source: &FileSource, stats: &SubscriptionStats) {
+        match self {
+            Failed::Unreadable(_) => stats.update_failure.inc(),
+            Failed::Invalid(_) => stats.update_rejected.inc(),
+        }
+        tracing::warn!(
+            "{what}: update from '{}' not taken, the configuration in force stays: {self}",
+            source.path
+        );
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Unreadable(e) | Failed::Invalid(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Reads and checks a `DiscoveryResponse` file. Fields Envoy's API does not have are skipped
+/// with a warning and counted in `server.dynamic_unknown_fields`, as Envoy does.
+fn read(
+    context: &ProxyContext,
+    source: &FileSource,
+    resource_type: &str,
+) -> Result<DiscoveryResponse, Failed> {
+    use legate_api::resources::LoadError;
+    let loaded = legate_api::resources::load_file(
         Path::new(&source.path),
         resource_type,
         crate::supported::support(),
     )
-    .map_err(|errors| join(errors.into_iter()))
+    .map_err(|e| match e {
+        LoadError::Unreadable(e) => Failed::Unreadable(e.to_string()),
+        LoadError::Invalid(errors) => Failed::Invalid(join(errors.into_iter())),
+    })?;
+    if let Some(unknown) = loaded.unknown_field {
+        context
+            .store
+            .scope("server.")
+            .counter("dynamic_unknown_fields")
+            .inc();
+        tracing::warn!(
+            "'{}': {unknown} (ignored, as Envoy ignores unknown fields in dynamic resources)",
+            source.path
+        );
+    }
+    Ok(loaded.response)
+}
+
+/// A bootstrap's listeners, applied whole or not at all.
+fn static_update(specs: Vec<ListenerSpec>) -> Update {
+    Update {
+        origin: Origin::Static,
+        specs,
+        version_info: String::new(),
+        keep: HashSet::new(),
+        atomic: true,
+    }
 }
 
 fn join(errors: impl Iterator<Item = legate_api::ConfigError>) -> String {

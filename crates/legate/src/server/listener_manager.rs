@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use legate_admin::{ConfigDumpSource, DynamicListener, DynamicResource, ListenerInfo};
+use legate_api::pb::envoy::config::listener::v3::Listener;
 use legate_core::stats::{Counter, Gauge, ImportMode, Store};
 use legate_http::conn_manager::ProxyContext;
 use legate_net::listener::ListenerConfig;
@@ -74,12 +75,25 @@ struct Draining {
     deadline: Instant,
 }
 
+/// An update of one origin's listeners.
+pub struct Update {
+    pub origin: Origin,
+    pub specs: Vec<ListenerSpec>,
+    pub version_info: String,
+    /// Listeners whose new version could not even be compiled: they stay as they are.
+    pub keep: HashSet<String>,
+    /// Any failure rejects the whole update.
+    pub atomic: bool,
+}
+
 /// What an update did.
 #[derive(Debug, Default)]
 pub struct Applied {
     pub added: Vec<String>,
     pub modified: Vec<String>,
     pub removed: Vec<String>,
+    /// The listeners that could not be built (a non-atomic update applies the others).
+    pub errors: Vec<String>,
 }
 
 impl Applied {
@@ -110,6 +124,7 @@ impl std::fmt::Display for Applied {
 struct ManagerStats {
     listener_added: Counter,
     listener_modified: Counter,
+    listener_in_place_updated: Counter,
     listener_removed: Counter,
     listener_create_success: Counter,
     listener_create_failure: Counter,
@@ -122,13 +137,13 @@ impl ManagerStats {
     fn new(store: &Arc<Store>) -> Self {
         let s = store.scope("listener_manager.");
         s.counter("listener_stopped");
-        s.counter("listener_in_place_updated");
         s.gauge("total_filter_chains_draining", ImportMode::NeverImport);
         s.gauge("workers_started", ImportMode::NeverImport).set(1);
         let g = |n: &str| s.gauge(n, ImportMode::NeverImport);
         ManagerStats {
             listener_added: s.counter("listener_added"),
             listener_modified: s.counter("listener_modified"),
+            listener_in_place_updated: s.counter("listener_in_place_updated"),
             listener_removed: s.counter("listener_removed"),
             listener_create_success: s.counter("listener_create_success"),
             listener_create_failure: s.counter("listener_create_failure"),
@@ -179,79 +194,102 @@ impl ListenerManager {
         self.admin_listeners.clone()
     }
 
-    /// Makes `origin`'s listeners those of `specs`: everything is built first, and nothing
-    /// changes if any of it fails. `warm` runs once all is built and before any listener
-    /// starts: what the new listeners need (their clusters, their RDS tables) is put in force
-    /// there.
-    pub fn apply(
-        &mut self,
-        origin: Origin,
-        specs: Vec<ListenerSpec>,
-        version_info: &str,
-        warm: &mut dyn FnMut(),
-    ) -> Result<Applied, String> {
+    /// Makes `update.origin`'s listeners those of `update.specs`. Everything is built before
+    /// anything changes; `warm` runs then, before any listener starts: what the new listeners
+    /// need (their clusters, their RDS tables) is put in force there. A listener that cannot
+    /// be built fails the whole update when it is `atomic` (SIGHUP); otherwise (LDS, as Envoy)
+    /// it keeps its current version, the others apply, and its error is reported.
+    pub fn apply(&mut self, update: Update, warm: &mut dyn FnMut()) -> Result<Applied, String> {
+        let Update {
+            origin,
+            specs,
+            version_info,
+            mut keep,
+            atomic,
+        } = update;
+        let mut errors = Vec::new();
+        let mut fail = |keep: &mut HashSet<String>, name: &str, error: String| {
+            keep.insert(name.to_owned());
+            errors.push(error);
+        };
         let names: HashSet<String> = specs.iter().map(|s| s.config.name.clone()).collect();
-        for spec in &specs {
+        // Build every new and changed listener; keep the unchanged ones as they are.
+        let mut built: Vec<(Option<usize>, Active)> = Vec::new();
+        for spec in specs {
+            let name = spec.config.name.clone();
             if let Some(other) = self
                 .active
                 .iter()
-                .find(|a| a.view.name == spec.config.name && a.view.origin != origin)
+                .find(|a| a.view.name == name && a.view.origin != origin)
             {
-                return Err(format!(
-                    "listener '{}' already exists as a {} listener",
-                    other.view.name,
-                    if other.view.origin == Origin::Static {
-                        "static"
-                    } else {
-                        "dynamic"
-                    }
-                ));
+                let kind = match other.view.origin {
+                    Origin::Static => "static",
+                    Origin::Dynamic => "dynamic",
+                };
+                fail(
+                    &mut keep,
+                    &name,
+                    format!("listener '{name}' already exists as a {kind} listener"),
+                );
+                continue;
             }
-        }
-        // Build every new and changed listener; keep the unchanged ones as they are.
-        let mut built = Vec::new();
-        for spec in specs {
             let current = self
                 .active
                 .iter()
-                .position(|a| a.view.name == spec.config.name && a.view.origin == origin);
+                .position(|a| a.view.name == name && a.view.origin == origin);
             if let Some(i) = current
                 && self.active[i].view.resource == spec.resource
             {
                 continue;
             }
-            match self.build(origin, spec, current, version_info) {
+            match self.build(origin, spec, current, &version_info) {
                 Ok(b) => built.push((current, b)),
                 Err(e) => {
                     self.stats.listener_create_failure.inc();
-                    return Err(e);
+                    fail(&mut keep, &name, e);
                 }
             }
         }
         // Addresses must not collide with a listener that stays (Envoy refuses two listeners
         // on one address).
-        let staying: Vec<&Active> = self
-            .active
-            .iter()
-            .enumerate()
-            .filter(|(i, a)| {
-                let replaced = built.iter().any(|(c, _)| *c == Some(*i));
-                let removed = a.view.origin == origin && !names.contains(&a.view.name);
-                !replaced && !removed
-            })
-            .map(|(_, a)| a)
-            .collect();
-        for (_, b) in &built {
-            if b.configured.port() != 0
-                && let Some(clash) = staying
-                    .iter()
-                    .find(|a| a.configured == b.configured && a.view.name != b.view.name)
-            {
-                return Err(format!(
-                    "error adding listener '{}': listener '{}' has duplicate address '{}' as existing listener",
-                    b.view.name, clash.view.name, b.configured
+        let stays = |i: usize, a: &Active, built: &[(Option<usize>, Active)]| {
+            let replaced = built.iter().any(|(c, _)| *c == Some(i));
+            let removed = a.view.origin == origin
+                && !names.contains(&a.view.name)
+                && !keep.contains(&a.view.name);
+            !replaced && !removed
+        };
+        let mut clashes = Vec::new();
+        for (k, (_, b)) in built.iter().enumerate() {
+            if b.configured.port() == 0 {
+                continue;
+            }
+            let clash = self
+                .active
+                .iter()
+                .enumerate()
+                .find(|(i, a)| {
+                    stays(*i, a, &built)
+                        && a.configured == b.configured
+                        && a.view.name != b.view.name
+                })
+                .map(|(_, a)| a.view.name.clone());
+            if let Some(other) = clash {
+                clashes.push((
+                    k,
+                    format!(
+                        "error adding listener '{}': listener '{other}' has duplicate address '{}' as existing listener",
+                        b.view.name, b.configured
+                    ),
                 ));
             }
+        }
+        for (k, error) in clashes.into_iter().rev() {
+            let (_, b) = built.remove(k);
+            fail(&mut keep, &b.view.name, error);
+        }
+        if atomic && !errors.is_empty() {
+            return Err(errors.join("\n"));
         }
 
         warm();
@@ -263,19 +301,31 @@ impl ListenerManager {
             .active
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.view.origin == origin && !names.contains(&a.view.name))
+            .filter(|(_, a)| {
+                a.view.origin == origin
+                    && !names.contains(&a.view.name)
+                    && !keep.contains(&a.view.name)
+            })
             .map(|(i, _)| i)
             .collect();
-        for (current, new) in built {
-            self.start(&new);
+        for (current, mut new) in built {
             match current {
                 Some(i) => {
+                    self.stats.listener_modified.inc();
+                    if only_filter_chains_differ(&self.active[i].view.resource, &new.view.resource)
+                    {
+                        // Envoy updates such a listener in place, and the listener keeps the
+                        // version it had.
+                        self.stats.listener_in_place_updated.inc();
+                        new.view.version_info = self.active[i].view.version_info.clone();
+                    }
+                    self.start(&new);
                     let old = std::mem::replace(&mut self.active[i], new);
                     applied.modified.push(old.view.name.clone());
-                    self.stats.listener_modified.inc();
                     self.retire(old, now);
                 }
                 None => {
+                    self.start(&new);
                     applied.added.push(new.view.name.clone());
                     self.stats.listener_added.inc();
                     self.active.push(new);
@@ -290,6 +340,7 @@ impl ListenerManager {
             self.retire(old, now);
         }
         self.publish();
+        applied.errors = errors;
         Ok(applied)
     }
 
@@ -508,4 +559,17 @@ impl ListenerManager {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether two encoded listeners differ only in their filter chains (Envoy's in-place update).
+fn only_filter_chains_differ(old: &[u8], new: &[u8]) -> bool {
+    use prost::Message;
+    let strip = |bytes: &[u8]| {
+        Listener::decode(bytes).ok().map(|mut l| {
+            l.filter_chains.clear();
+            l.default_filter_chain = None;
+            l.encode_to_vec()
+        })
+    };
+    matches!((strip(old), strip(new)), (Some(a), Some(b)) if a == b)
 }
