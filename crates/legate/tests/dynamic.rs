@@ -1490,3 +1490,60 @@ fn listener_drain_lets_requests_in_flight_finish() {
     );
     assert_eq!(http_get(addr, "/", &[]).status, 200);
 }
+
+/// The proxy's open file descriptors (Linux).
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// A cluster replaced by CDS while requests use it lets go of its upstream connections once
+/// its requests are done (a regression: the connection tasks once kept replaced clusters, and
+/// their connections, alive forever).
+#[test]
+fn replaced_clusters_close_their_upstream_connections() {
+    let a = Upstream::start();
+    let b = Upstream::start();
+    let port = free_port();
+    let p = start_base(port, &a, &b, 1);
+    let addr = local(port);
+    let mut client = KeepAlive::new(addr);
+    for _ in 0..5 {
+        assert!(matches!(
+            client.get("/", &[]),
+            Outcome::Response { status: 200, .. }
+        ));
+    }
+    let before = open_fds(p.pid());
+    for i in 0..20u32 {
+        let mut cluster = static_cluster("static_a", &[a.addr]);
+        cluster["connect_timeout"] = json!(format!("{}s", 1 + i % 2 + 1));
+        p.apply(
+            "cds.yaml",
+            &cds(
+                &format!("r{i}"),
+                &[cluster, eds_cluster("eds_b", "eds.yaml")],
+            ),
+            CDS_OK,
+        );
+        // Requests through the new cluster open its connections (the old one's are idle).
+        for _ in 0..3 {
+            assert!(matches!(
+                client.get("/", &[]),
+                Outcome::Response { status: 200, .. }
+            ));
+        }
+    }
+    // Each replaced cluster's connections close when it is freed: the count comes back to
+    // about where it was, not 20 connections more.
+    let deadline = Instant::now() + 5 * SECOND;
+    let mut after = open_fds(p.pid());
+    while after > before + 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        after = open_fds(p.pid());
+    }
+    eprintln!("open descriptors: {before} before 20 replacements, {after} after");
+    assert!(
+        after <= before + 5,
+        "open descriptors grew from {before} to {after} over 20 cluster replacements"
+    );
+}
