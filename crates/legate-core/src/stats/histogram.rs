@@ -299,11 +299,11 @@ impl Histogram {
     }
 
     pub fn tag_extracted_name(&self) -> &str {
-        &self.0.meta.tag_extracted_name
+        self.0.meta.tag_extracted_name()
     }
 
     pub fn tags(&self) -> &[Tag] {
-        &self.0.meta.tags
+        self.0.meta.tags()
     }
 
     pub fn unit(&self) -> Unit {

@@ -14,35 +14,57 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use super::histogram::{Histogram, Unit};
 use super::tags::{Tag, TagProducer};
 
-/// A stat's name and what tag extraction made of it, computed once at registration.
-#[derive(Debug)]
+/// A stat's name and what tag extraction makes of it (computed on first use).
 pub(crate) struct StatMeta {
-    pub(crate) name: String,
-    pub(crate) tag_extracted_name: String,
-    pub(crate) tags: Vec<Tag>,
+    pub(crate) name: Box<str>,
+    /// Tags are extracted the first time an output needs them (Prometheus, tagged statsd):
+    /// at 10,000 clusters, extracting them for every stat up front was a fifth of the time
+    /// to apply them and much of their memory.
+    producer: Arc<TagProducer>,
+    tagged: OnceLock<(String, Vec<Tag>)>,
+}
+
+impl std::fmt::Debug for StatMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatMeta")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StatMeta {
-    fn new(name: &str, producer: &TagProducer) -> Self {
-        let (tag_extracted_name, tags) = producer.produce_tags(name);
+    fn new(name: &str, producer: &Arc<TagProducer>) -> Self {
         StatMeta {
-            name: name.to_string(),
-            tag_extracted_name,
-            tags,
+            name: name.into(),
+            producer: producer.clone(),
+            tagged: OnceLock::new(),
         }
+    }
+
+    fn tagged(&self) -> &(String, Vec<Tag>) {
+        self.tagged
+            .get_or_init(|| self.producer.produce_tags(&self.name))
+    }
+
+    pub(crate) fn tag_extracted_name(&self) -> &str {
+        &self.tagged().0
+    }
+
+    pub(crate) fn tags(&self) -> &[Tag] {
+        &self.tagged().1
     }
 
     #[cfg(test)]
     pub(crate) fn untagged(name: &str) -> Self {
         StatMeta {
-            name: name.to_string(),
-            tag_extracted_name: name.to_string(),
-            tags: Vec::new(),
+            name: name.into(),
+            producer: Arc::default(),
+            tagged: OnceLock::from((name.to_string(), Vec::new())),
         }
     }
 }
@@ -111,11 +133,11 @@ impl Counter {
     }
 
     pub fn tag_extracted_name(&self) -> &str {
-        &self.0.meta.tag_extracted_name
+        self.0.meta.tag_extracted_name()
     }
 
     pub fn tags(&self) -> &[Tag] {
-        &self.0.meta.tags
+        self.0.meta.tags()
     }
 
     /// Zero, as `POST /reset_counters` does (`Counter::reset`); the stat stays "used".
@@ -200,11 +222,11 @@ impl Gauge {
     }
 
     pub fn tag_extracted_name(&self) -> &str {
-        &self.0.meta.tag_extracted_name
+        self.0.meta.tag_extracted_name()
     }
 
     pub fn tags(&self) -> &[Tag] {
-        &self.0.meta.tags
+        self.0.meta.tags()
     }
 }
 
@@ -250,11 +272,11 @@ impl TextReadout {
     }
 
     pub fn tag_extracted_name(&self) -> &str {
-        &self.0.meta.tag_extracted_name
+        self.0.meta.tag_extracted_name()
     }
 
     pub fn tags(&self) -> &[Tag] {
-        &self.0.meta.tags
+        self.0.meta.tags()
     }
 }
 
@@ -269,12 +291,14 @@ macro_rules! debug_by_name {
 }
 debug_by_name!(Counter, Gauge, TextReadout);
 
-/// One map of stats of one type.
-struct Registry<T>(RwLock<HashMap<String, T>>);
+/// One map of stats of one type. Names come from the configuration, not from clients, so a
+/// fast non-keyed hash is safe here (SipHash was an eighth of the time to register 10,000
+/// clusters' stats).
+struct Registry<T>(RwLock<HashMap<String, T, rustc_hash::FxBuildHasher>>);
 
 impl<T: Clone> Registry<T> {
     fn new() -> Self {
-        Registry(RwLock::new(HashMap::new()))
+        Registry(RwLock::new(HashMap::default()))
     }
 
     fn get_or_insert(&self, name: &str, make: impl FnOnce() -> T) -> T {
@@ -307,7 +331,7 @@ impl<T: Clone> Registry<T> {
 /// The process-wide stats store (Envoy's `ThreadLocalStoreImpl`, without the thread-local
 /// caches: the handles are the cache).
 pub struct Store {
-    tag_producer: TagProducer,
+    tag_producer: Arc<TagProducer>,
     counters: Registry<Counter>,
     gauges: Registry<Gauge>,
     histograms: Registry<Histogram>,
@@ -335,7 +359,7 @@ impl Store {
     /// A store with the tag extraction of `stats_config` (see [`TagProducer::new`]).
     pub fn with_tag_producer(tag_producer: TagProducer) -> Self {
         Store {
-            tag_producer,
+            tag_producer: Arc::new(tag_producer),
             counters: Registry::new(),
             gauges: Registry::new(),
             histograms: Registry::new(),
