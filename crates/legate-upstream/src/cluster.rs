@@ -269,6 +269,19 @@ impl ClusterConfig {
         })
     }
 
+    /// Whether connections made for `self` can serve `other` as they are: no TLS on either
+    /// side, the same protocol and codec settings. A cluster replaced by one it shares this
+    /// with keeps its hosts' connection pools.
+    pub fn connections_compatible(&self, other: &ClusterConfig) -> bool {
+        self.tls.is_none()
+            && other.tls.is_none()
+            && self.protocol == other.protocol
+            && self.http2 == other.http2
+            && self.max_headers_count == other.max_headers_count
+            && self.max_requests_per_connection == other.max_requests_per_connection
+            && self.idle_timeout == other.idle_timeout
+    }
+
     /// All endpoints of every priority and locality.
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.priorities

@@ -48,9 +48,25 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(config: ClusterConfig, store: &Arc<Store>, workers: usize) -> Self {
+        Cluster::replacing(config, None, store, workers)
+    }
+
+    /// A cluster that replaces `previous`: when their connections are compatible, hosts that
+    /// stay keep their pools (a change of, say, `connect_timeout` or the load-balancing policy
+    /// does not reopen every upstream connection).
+    fn replacing(
+        config: ClusterConfig,
+        previous: Option<&Cluster>,
+        store: &Arc<Store>,
+        workers: usize,
+    ) -> Self {
         let scope = store.scope(&format!("cluster.{}.", config.stat_name));
         let stats = ClusterStats::new(scope.clone());
-        let membership = build_membership(&config, &config.priorities, &[], workers);
+        let kept = previous
+            .filter(|p| p.config.connections_compatible(&config))
+            .map(|p| p.membership());
+        let kept_hosts = kept.as_ref().map_or(&[][..], |m| &m.hosts[..]);
+        let membership = build_membership(&config, &config.priorities, kept_hosts, workers);
         count_membership(&stats, &membership);
         Cluster {
             name: config.name.as_str().into(),
@@ -254,7 +270,9 @@ impl ClusterManager {
             }
         }
         for config in update.upsert {
-            let mut cluster = Cluster::new(config, &self.store, self.workers);
+            let previous = current.get(&config.name);
+            let mut cluster =
+                Cluster::replacing(config, previous.map(|c| &**c), &self.store, self.workers);
             cluster.added_via_api = update.via_api;
             let cluster = Arc::new(cluster);
             match index.get(&cluster.name) {

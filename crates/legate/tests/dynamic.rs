@@ -1515,8 +1515,9 @@ fn replaced_clusters_close_their_upstream_connections() {
     }
     let before = open_fds(p.pid());
     for i in 0..20u32 {
+        // A change of the connections' settings: the cluster's connections cannot be kept.
         let mut cluster = static_cluster("static_a", &[a.addr]);
-        cluster["connect_timeout"] = json!(format!("{}s", 1 + i % 2 + 1));
+        cluster["common_http_protocol_options"] = json!({"max_headers_count": 100 + i % 2});
         p.apply(
             "cds.yaml",
             &cds(
@@ -1545,5 +1546,50 @@ fn replaced_clusters_close_their_upstream_connections() {
     assert!(
         after <= before + 5,
         "open descriptors grew from {before} to {after} over 20 cluster replacements"
+    );
+}
+
+/// Beyond Envoy (which reopens them): a cluster replaced by one whose connections would be the
+/// same (here only `connect_timeout` changes) keeps its hosts' pooled connections.
+#[test]
+fn compatible_cluster_changes_keep_upstream_connections() {
+    if target_is_envoy() {
+        return;
+    }
+    let a = Upstream::start();
+    let b = Upstream::start();
+    let port = free_port();
+    let p = start_base(port, &a, &b, 1);
+    let mut client = KeepAlive::new(local(port));
+    let get = |client: &mut KeepAlive| {
+        assert!(matches!(
+            client.get("/", &[]),
+            Outcome::Response { status: 200, .. }
+        ));
+    };
+    get(&mut client);
+    let opened = a.connection_count();
+    for i in 0..20u32 {
+        let mut cluster = static_cluster("static_a", &[a.addr]);
+        cluster["connect_timeout"] = json!(format!("{}s", 2 + i % 2));
+        p.apply(
+            "cds.yaml",
+            &cds(
+                &format!("t{i}"),
+                &[cluster, eds_cluster("eds_b", "eds.yaml")],
+            ),
+            CDS_OK,
+        );
+        get(&mut client);
+    }
+    assert_eq!(
+        p.must_stat("cluster_manager.cluster_modified"),
+        20,
+        "every update replaced the cluster"
+    );
+    assert_eq!(
+        a.connection_count(),
+        opened,
+        "the upstream saw new connections although the cluster's connections were compatible"
     );
 }
