@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Legate's test command: installs what the tests need on a fresh Debian machine, then runs
 # every test. Usage: scripts/test.sh
-#   LEGATE_FUZZ_SECONDS=N   how long the config-loader fuzz target runs (default 60; 0 skips)
+#   LEGATE_FUZZ_SECONDS=N   how long the config-loader fuzz target runs, the xDS one half as long
+#                           (default 60; 0 skips)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,29 +29,38 @@ export ENVOY="$PWD/.venv/bin/envoy"
 cargo test --workspace --locked
 
 fuzz_seconds="${LEGATE_FUZZ_SECONDS:-60}"
-if [ "$fuzz_seconds" -gt 0 ]; then
-  step "fuzz the configuration loader for ${fuzz_seconds}s"
-  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
-  # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP enables them on the stable toolchain.
-  # No sanitizer: Rust is memory-safe here, and the target hunts panics, overflows and hangs.
-  mkdir -p fuzz/corpus/config_loader
-  # Seeds: the good corpus, each behind the selector byte 0 (YAML).
-  for f in tests/corpus/good/*.yaml; do
-    { printf '\0'; cat "$f"; } >"fuzz/corpus/config_loader/$(basename "$f")"
-  done
-  log=target/fuzz-config_loader.log
+# Runs fuzz target $1 for $2 seconds from the seeds in fuzz/corpus/$1.
+fuzz() {
+  local target=$1 seconds=$2 log=target/fuzz-$1.log status=0
   mkdir -p target
-  status=0
-  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --fuzz-dir fuzz config_loader \
-    fuzz/corpus/config_loader -- -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=4096 \
+  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --fuzz-dir fuzz "$target" \
+    "fuzz/corpus/$target" -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
     >"$log" 2>&1 || status=$?
   grep -E '^#[0-9]+ +(INITED|DONE)|^Done [0-9]+ runs' "$log" || true
   if [ "$status" -ne 0 ]; then
     tail -40 "$log" >&2
-    echo "fuzzing failed (exit $status): see $log and fuzz/artifacts/config_loader/" >&2
+    echo "fuzzing $target failed (exit $status): see $log and fuzz/artifacts/$target/" >&2
     exit 1
   fi
-  echo "fuzz: no crash in ${fuzz_seconds}s"
+  echo "fuzz: $target, no crash in ${seconds}s"
+}
+if [ "$fuzz_seconds" -gt 0 ]; then
+  step "fuzz the configuration loader for ${fuzz_seconds}s and the xDS file loader for $((fuzz_seconds / 2))s"
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+  # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP enables them on the stable toolchain.
+  # No sanitizer: Rust is memory-safe here, and the targets hunt panics, overflows and hangs.
+  mkdir -p fuzz/corpus/config_loader fuzz/corpus/xds_resources
+  # Seeds: the good corpus and the example xDS files, each behind its selector byte (YAML;
+  # for xDS files the byte also names the resource type).
+  for f in tests/corpus/good/*.yaml; do
+    { printf '\0'; cat "$f"; } >"fuzz/corpus/config_loader/$(basename "$f")"
+  done
+  for kind in lds:0 cds:4 rds:8 eds:12; do
+    f="examples/dynamic-config-fs/${kind%%:*}.yaml"
+    { printf "\\$(printf '%03o' "${kind##*:}")"; cat "$f"; } >"fuzz/corpus/xds_resources/$(basename "$f")"
+  done
+  fuzz config_loader "$fuzz_seconds"
+  fuzz xds_resources "$((fuzz_seconds / 2))"
 fi
 
 step "done"

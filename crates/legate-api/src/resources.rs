@@ -7,10 +7,10 @@ use std::path::Path;
 use prost::Message;
 use prost_reflect::MessageDescriptor;
 
-use crate::bootstrap::read_file;
 use crate::check::{Support, check};
 use crate::descriptors::pool;
 use crate::error::ConfigError;
+use crate::load::{Format, parse_streaming};
 use crate::pb::envoy::service::discovery::v3::DiscoveryResponse;
 
 pub const DISCOVERY_RESPONSE: &str = "envoy.service.discovery.v3.DiscoveryResponse";
@@ -47,18 +47,28 @@ pub fn load_file(
     resource_type: &str,
     support: &'static Support,
 ) -> Result<Loaded, LoadError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        LoadError::Unreadable(ConfigError::new(
+            "",
+            format!("unable to read '{}': {e}", path.display()),
+        ))
+    })?;
+    load_bytes(&bytes, Format::from_path(path), resource_type, support)
+}
+
+/// [`load_file`] on bytes already read.
+pub fn load_bytes(
+    bytes: &[u8],
+    format: Format,
+    resource_type: &str,
+    support: &'static Support,
+) -> Result<Loaded, LoadError> {
     let desc = descriptor();
-    let (parsed, unknown_field) = match read_file(path, &desc, &[], Some(support)) {
+    let (parsed, unknown_field) = match parse_streaming(&desc, format, bytes, &[], Some(support)) {
         Ok(parsed) => (parsed, None),
         Err(e) if is_unknown_field(&e) => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| LoadError::Unreadable(ConfigError::new("", e.to_string())))?;
-            let message = crate::load::parse_ignoring_unknown_fields(
-                &desc,
-                crate::load::Format::from_path(path),
-                &bytes,
-            )
-            .map_err(LoadError::Unreadable)?;
+            let message = crate::load::parse_ignoring_unknown_fields(&desc, format, bytes)
+                .map_err(LoadError::Unreadable)?;
             let parsed = crate::load::Parsed {
                 message,
                 streamed: Vec::new(),
