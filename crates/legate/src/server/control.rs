@@ -24,6 +24,7 @@ use legate_core::proto::bool_or;
 use legate_http::conn_manager::ProxyContext;
 use legate_http::rds::{Accepted, RdsSubscription};
 use legate_http::route::RouteTable;
+use legate_net::listener::ListenerConfig;
 use legate_upstream::cluster::{EdsConfig, LocalityEndpoints, compile_endpoints};
 use legate_upstream::{ClusterConfig, ClusterUpdate};
 use legate_xds::FileWatcher;
@@ -31,7 +32,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use super::listener_manager::{ListenerManager, ListenerSpec, Origin, Update};
-use crate::config::{Config, DynamicSources, compile_listener};
+use crate::config::{Config, DynamicSources, NetworkFilter, Resource, compile_listener};
 
 const LISTENER: &str = "envoy.config.listener.v3.Listener";
 const CLUSTER: &str = "envoy.config.cluster.v3.Cluster";
@@ -113,30 +114,17 @@ impl Control {
     /// Puts the bootstrap in force: static clusters (with their EDS endpoints), CDS, static
     /// listeners, LDS. A static listener that cannot start is fatal, as in Envoy.
     pub fn start(&mut self, config: Config) -> Result<(), String> {
-        self.apply_static_clusters(
-            config
-                .clusters
-                .iter()
-                .map(|c| (c.bytes.clone(), c.config.clone()))
-                .collect(),
-        );
+        self.apply_static_clusters(config.clusters);
         if self.sources.cds.is_some() {
             self.watch(Watched::Cds);
             self.load_cds();
         }
-        let specs = config
-            .listeners
-            .into_iter()
-            .map(|l| ListenerSpec {
-                resource: l.bytes,
-                config: l.config,
-            })
-            .collect();
         let mut fed = Vec::new();
         let context = self.context.clone();
-        self.listeners.apply(static_update(specs), &mut || {
-            fed = unfed_subscriptions(&context)
-        })?;
+        self.listeners
+            .apply(static_update(config.listeners), &mut || {
+                fed = unfed_subscriptions(&context)
+            })?;
         self.feed_rds(fed);
         if self.sources.lds.is_some() {
             self.watch(Watched::Lds);
@@ -194,22 +182,9 @@ impl Control {
                 "caught SIGHUP: changes to dynamic_resources take effect at the next restart"
             );
         }
-        let clusters: Vec<(Vec<u8>, ClusterConfig)> = config
-            .clusters
-            .into_iter()
-            .map(|c| (c.bytes, c.config))
-            .collect();
-        let specs = config
-            .listeners
-            .into_iter()
-            .map(|l| ListenerSpec {
-                resource: l.bytes,
-                config: l.config,
-            })
-            .collect();
         // The clusters change only once every listener is built: a listener that cannot
         // start rejects the whole reload.
-        let mut pending = Some(clusters);
+        let mut pending = Some(config.clusters);
         let mut fed = Vec::new();
         let context = self.context.clone();
         let mut cluster_summary = None;
@@ -218,19 +193,20 @@ impl Control {
             let eds = &mut self.eds;
             let watching = &mut self.watching;
             let watcher = &self.watcher;
-            self.listeners.apply(static_update(specs), &mut || {
-                if let Some(clusters) = pending.take() {
-                    cluster_summary = Some(apply_static_clusters(
-                        &context,
-                        static_clusters,
-                        eds,
-                        watching,
-                        watcher.as_ref(),
-                        clusters,
-                    ));
-                }
-                fed = unfed_subscriptions(&context);
-            })
+            self.listeners
+                .apply(static_update(config.listeners), &mut || {
+                    if let Some(clusters) = pending.take() {
+                        cluster_summary = Some(apply_static_clusters(
+                            &context,
+                            static_clusters,
+                            eds,
+                            watching,
+                            watcher.as_ref(),
+                            clusters,
+                        ));
+                    }
+                    fed = unfed_subscriptions(&context);
+                })
         };
         match result {
             Ok(applied) => {
@@ -252,7 +228,7 @@ impl Control {
         self.listeners.tick();
     }
 
-    fn apply_static_clusters(&mut self, clusters: Vec<(Vec<u8>, ClusterConfig)>) {
+    fn apply_static_clusters(&mut self, clusters: Vec<Resource<ClusterConfig>>) {
         apply_static_clusters(
             &self.context,
             &mut self.static_clusters,
@@ -670,9 +646,9 @@ fn apply_static_clusters(
     eds: &mut HashMap<String, Eds>,
     watching: &mut HashSet<FileSourceKey>,
     watcher: Option<&FileWatcher<Watched>>,
-    clusters: Vec<(Vec<u8>, ClusterConfig)>,
+    clusters: Vec<Resource<ClusterConfig>>,
 ) -> (usize, usize, usize) {
-    let names: HashSet<String> = clusters.iter().map(|(_, c)| c.name.clone()).collect();
+    let names: HashSet<String> = clusters.iter().map(|c| c.config.name.clone()).collect();
     let remove: Vec<String> = current
         .keys()
         .filter(|n| !names.contains(*n))
@@ -680,7 +656,7 @@ fn apply_static_clusters(
         .collect();
     let mut upsert = Vec::new();
     let mut records = HashMap::new();
-    for (bytes, mut config) in clusters {
+    for Resource { bytes, mut config } in clusters {
         let unchanged = current.get(&config.name) == Some(&bytes);
         records.insert(config.name.clone(), bytes);
         if unchanged {
@@ -873,10 +849,16 @@ fn read(
 }
 
 /// A bootstrap's listeners, applied whole or not at all.
-fn static_update(specs: Vec<ListenerSpec>) -> Update {
+fn static_update(listeners: Vec<Resource<ListenerConfig<NetworkFilter>>>) -> Update {
     Update {
         origin: Origin::Static,
-        specs,
+        specs: listeners
+            .into_iter()
+            .map(|l| ListenerSpec {
+                resource: l.bytes,
+                config: l.config,
+            })
+            .collect(),
         version_info: String::new(),
         keep: HashSet::new(),
         atomic: true,
