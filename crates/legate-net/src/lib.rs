@@ -4,7 +4,7 @@
 //! filter-chain matching ([`filter_chain`]), the listener filters that inspect a new
 //! connection ([`listener_filter`], [`tls_inspector`], [`http_inspector`]), and the L4 network
 //! filters' configuration and byte moving ([`tcp_proxy`], [`pump`], [`direct_response`]), and
-//! downstream TLS termination ([`tls`]).
+//! downstream TLS termination ([`tls`]) with certificates from SDS files ([`sds`]).
 
 pub mod direct_response;
 pub mod filter_chain;
@@ -12,6 +12,7 @@ pub mod http_inspector;
 pub mod listener;
 pub mod listener_filter;
 pub mod pump;
+pub mod sds;
 pub mod tcp_proxy;
 pub mod tls;
 pub mod tls_inspector;

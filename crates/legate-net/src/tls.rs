@@ -19,6 +19,8 @@ use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
     DownstreamTlsContext, common_tls_context::ValidationContextType,
 };
 use legate_core::tls::{self, Side, SslStats, Validation};
+
+use crate::sds::CertificateSecret;
 use legate_core::{Compiled, ConfigError, Errors};
 use prost::Message;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -37,6 +39,7 @@ const UPSTREAM_TLS_CONTEXT: &str = "envoy.extensions.transport_sockets.tls.v3.Up
 
 /// A compiled `DownstreamTlsContext`.
 pub struct DownstreamTls {
+    uses_sds: bool,
     config: Arc<ServerConfig>,
     /// `config` without ALPN, for hellos that offer none of `alpn_protocols`.
     without_alpn: Arc<ServerConfig>,
@@ -117,7 +120,18 @@ impl DownstreamTls {
                 keys.push(k);
             }
         }
-        if common.tls_certificates.is_empty() {
+        let mut secrets = Vec::new();
+        for (i, c) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
+            match CertificateSecret::subscribe(c, &params.provider) {
+                Ok(s) => secrets.push(s),
+                Err(e) => errors.0.push(e.within(&format!(
+                    "common_tls_context.tls_certificate_sds_secret_configs[{i}]"
+                ))),
+            }
+        }
+        if common.tls_certificates.is_empty()
+            && common.tls_certificate_sds_secret_configs.is_empty()
+        {
             errors.push(
                 "common_tls_context.tls_certificates",
                 "No TLS certificates found for server context",
@@ -182,7 +196,8 @@ impl DownstreamTls {
             }
             _ => builder.with_no_client_auth(),
         };
-        let mut config = builder.with_cert_resolver(Arc::new(CertSelector { keys }));
+        let uses_sds = !secrets.is_empty();
+        let mut config = builder.with_cert_resolver(Arc::new(CertSelector { keys, secrets }));
         // BoringSSL's default, and Envoy's unless `prefer_client_ciphers`: the server's order.
         config.ignore_client_order = true;
         config.alpn_protocols = common
@@ -193,9 +208,15 @@ impl DownstreamTls {
         let mut without_alpn = config.clone();
         without_alpn.alpn_protocols.clear();
         Ok(DownstreamTls {
+            uses_sds,
             config: Arc::new(config),
             without_alpn: Arc::new(without_alpn),
         })
+    }
+
+    /// Whether some certificate comes from an SDS secret.
+    pub fn uses_sds(&self) -> bool {
+        self.uses_sds
     }
 
     /// The TLS handshake on an accepted connection, counted in `stats`, within `timeout`
@@ -244,21 +265,27 @@ impl DownstreamTls {
     }
 }
 
-/// Picks the certificate of a handshake among a context's `tls_certificates`.
+/// Picks the certificate of a handshake among a context's `tls_certificates` and the
+/// certificates its SDS secrets hold now.
 #[derive(Debug)]
 struct CertSelector {
     keys: Vec<Arc<CertifiedKey>>,
+    secrets: Vec<Arc<CertificateSecret>>,
 }
 
 impl ResolvesServerCert for CertSelector {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let [only] = self.keys.as_slice() {
+        if self.secrets.is_empty()
+            && let [only] = self.keys.as_slice()
+        {
             return Some(only.clone());
         }
+        let current: Vec<Arc<CertifiedKey>> = self.secrets.iter().filter_map(|s| s.key()).collect();
         let schemes = hello.signature_schemes();
         let usable: Vec<&Arc<CertifiedKey>> = self
             .keys
             .iter()
+            .chain(current.iter())
             .filter(|k| k.key.choose_scheme(schemes).is_some())
             .collect();
         // Envoy: a certificate whose names match the SNI first, then ECDSA over RSA when the

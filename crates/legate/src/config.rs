@@ -211,6 +211,32 @@ impl Config {
         if let Some(zone) = &overrides.service_zone {
             node.locality.get_or_insert_with(Default::default).zone = zone.clone();
         }
+        // Envoy refuses any xDS subscription, file-based ones too, without a node identity.
+        if node.id.is_empty() || node.cluster.is_empty() {
+            // In the order Envoy creates the subscriptions: static clusters (EDS), CDS,
+            // static listeners (RDS, SDS), LDS.
+            let subscription = if clusters.iter().any(|c| c.config.eds.is_some()) {
+                Some("type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment")
+            } else if dynamic.cds.is_some() {
+                Some("type.googleapis.com/envoy.config.cluster.v3.Cluster")
+            } else if listeners.iter().any(|(_, l)| uses_rds(l)) {
+                Some("type.googleapis.com/envoy.config.route.v3.RouteConfiguration")
+            } else if listeners.iter().any(|(_, l)| uses_sds(l)) {
+                Some("TlsCertificateSdsApi")
+            } else if dynamic.lds.is_some() {
+                Some("type.googleapis.com/envoy.config.listener.v3.Listener")
+            } else {
+                None
+            };
+            if let Some(what) = subscription {
+                errors.push(
+                    "",
+                    format!(
+                        "{what}: node 'id' and 'cluster' are required. Set it either in 'node' config or via --service-node and --service-cluster options."
+                    ),
+                );
+            }
+        }
 
         errors.finish(|| Config {
             node,
@@ -232,6 +258,20 @@ impl Config {
             runtime_layers,
         })
     }
+}
+
+/// Whether a listener's routes come from RDS.
+fn uses_rds(l: &ListenerConfig<NetworkFilter>) -> bool {
+    l.filter_chains.iter().flat_map(|c| &c.filters).any(|f| {
+        matches!(f, NetworkFilter::HttpConnectionManager(h) if h.routes.static_table().is_none())
+    })
+}
+
+/// Whether a listener's certificates come from SDS.
+fn uses_sds(l: &ListenerConfig<NetworkFilter>) -> bool {
+    l.filter_chains
+        .iter()
+        .any(|c| c.tls.as_ref().is_some_and(|t| t.uses_sds()))
 }
 
 /// Compiles a listener (static, or from LDS). `clusters`: the names of the clusters that exist,

@@ -636,11 +636,14 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             &[
                 "tls_params",
                 "tls_certificates",
+                "tls_certificate_sds_secret_configs",
                 "alpn_protocols",
                 "validation_context",
             ],
         ),
         (TLS, "TlsCertificate", &["certificate_chain", "private_key"]),
+        (TLS, "SdsSecretConfig", &["name", "sds_config"]),
+        (TLS, "Secret", &["name", "tls_certificate"]),
         (
             TLS,
             "TlsParameters",
@@ -683,6 +686,10 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
     (
         "EDS resource",
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
+    ),
+    (
+        "SDS resource",
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
     ),
     (
         "envoy.filters.network.http_connection_manager",

@@ -921,3 +921,95 @@ fn tls_config_errors_name_the_field() {
         "{text}"
     );
 }
+
+/// Replaces `to` by `from`'s content the way rotations are done: a new file renamed over it.
+fn rename_into_place(from: &Path, to: &Path) {
+    let staged = to.with_extension("staged");
+    std::fs::copy(from, &staged).unwrap();
+    std::fs::rename(&staged, to).unwrap();
+}
+
+/// The certificate a server presents to a new handshake.
+fn presented(addr: SocketAddr, ca: &Ca) -> Option<CertificateDer<'static>> {
+    let s = handshake(
+        addr,
+        client(ca.roots(), BOTH, &[], None),
+        "edge.example.com",
+    )
+    .ok()?;
+    s.conn
+        .peer_certificates()?
+        .first()
+        .map(|c| c.clone().into_owned())
+}
+
+/// SDS from a file (`tls_certificate_sds_secret_configs` with a `path_config_source`): the
+/// certificate is served, and replacing the certificate files (or the secrets file) changes
+/// it for new handshakes without a restart, while open connections go on.
+#[test]
+fn certificates_from_sds_files_rotate_while_connections_stay_open() {
+    let ca = Ca::new("sds");
+    let one = ca.leaf("one", &["edge.example.com"]);
+    let two = ca.leaf("two", &["edge.example.com"]);
+    let current = Leaf {
+        cert: ca.dir.join("current.crt"),
+        key: ca.dir.join("current.key"),
+    };
+    rename_into_place(&one.cert, &current.cert);
+    rename_into_place(&one.key, &current.key);
+    let secret = |leaf: &Leaf, version: &str| {
+        format!(
+            "version_info: \"{version}\"\nresources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: edge\n  tls_certificate:\n    certificate_chain: {{filename: {}}}\n    private_key: {{filename: {}}}\n",
+            leaf.cert.display(),
+            leaf.key.display()
+        )
+    };
+    let sds = ca.dir.join("sds.yaml");
+    std::fs::write(&sds, secret(&current, "1")).unwrap();
+    let tls = format!(
+        "      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          common_tls_context:\n            tls_certificate_sds_secret_configs:\n            - name: edge\n              sds_config: {{path_config_source: {{path: {}}}, resource_api_version: V3}}\n",
+        sds.display()
+    );
+    let upstream = Upstream::start();
+    // Envoy requires a node identity for any xDS subscription, SDS from a file too.
+    let config = format!(
+        "node: {{id: edge, cluster: edge}}\n{}",
+        bootstrap(
+            &listener("https", "", &chain(&[&tls, &hcm("app")])),
+            &cluster("app", upstream.addr, ""),
+        )
+    );
+    let proxy = start_proxy(&config);
+    let addr = proxy.addr("https");
+    let der = |leaf: &Leaf| read_certs(&leaf.cert).remove(0);
+    assert_eq!(presented(addr, &ca), Some(der(&one)));
+    let mut open = handshake(
+        addr,
+        client(ca.roots(), BOTH, &[], None),
+        "edge.example.com",
+    )
+    .expect("a handshake with the first certificate");
+
+    // Rotation of the files the secret names.
+    rename_into_place(&two.key, &current.key);
+    rename_into_place(&two.cert, &current.cert);
+    eventually("the rotated certificate", || {
+        presented(addr, &ca) == Some(der(&two))
+    });
+    let r = https_get(&mut open, "/", "edge.example.com").unwrap();
+    assert_eq!(r.status, 200, "the connection opened before the rotation");
+
+    // A new secrets file pointing elsewhere.
+    let staged = ca.dir.join("sds.staged");
+    std::fs::write(&staged, secret(&one, "2")).unwrap();
+    std::fs::rename(&staged, &sds).unwrap();
+    eventually("the certificate of the new secrets file", || {
+        presented(addr, &ca) == Some(der(&one))
+    });
+    // A broken secrets file changes nothing.
+    std::fs::write(&staged, "resources: [ {").unwrap();
+    std::fs::rename(&staged, &sds).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(presented(addr, &ca), Some(der(&one)));
+    assert!(proxy.addr("https") == addr);
+}

@@ -18,6 +18,7 @@ use legate_api::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use legate_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use legate_api::pb::envoy::config::listener::v3::Listener;
 use legate_api::pb::envoy::config::route::v3::RouteConfiguration;
+use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use legate_api::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use legate_core::config_source::{FileSource, SubscriptionKind, SubscriptionStats};
 use legate_core::proto::bool_or;
@@ -25,6 +26,7 @@ use legate_http::conn_manager::ProxyContext;
 use legate_http::rds::{Accepted, RdsSubscription};
 use legate_http::route::RouteTable;
 use legate_net::listener::ListenerConfig;
+use legate_net::sds::{CertificateSecret, tls_certificate};
 use legate_upstream::cluster::{EdsConfig, LocalityEndpoints, compile_endpoints};
 use legate_upstream::{ClusterConfig, ClusterUpdate};
 use legate_xds::FileWatcher;
@@ -38,6 +40,7 @@ const LISTENER: &str = "envoy.config.listener.v3.Listener";
 const CLUSTER: &str = "envoy.config.cluster.v3.Cluster";
 const ROUTE_CONFIGURATION: &str = "envoy.config.route.v3.RouteConfiguration";
 const CLUSTER_LOAD_ASSIGNMENT: &str = "envoy.config.endpoint.v3.ClusterLoadAssignment";
+const SECRET: &str = "envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// What a file change is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +49,7 @@ pub enum Watched {
     Cds,
     Rds(FileSource),
     Eds(FileSource),
+    Sds(FileSource),
 }
 
 /// Re-reads the bootstrap (SIGHUP).
@@ -74,7 +78,9 @@ pub struct Control {
     reload: Option<Reload>,
 }
 
-type FileSourceKey = (bool, FileSource);
+/// A watched file: what watches it (0 LDS/CDS/RDS, 1 EDS, 2 a certificate file, 3 SDS) and
+/// the source.
+type FileSourceKey = (u8, FileSource);
 
 impl Control {
     pub fn new(
@@ -119,13 +125,9 @@ impl Control {
             self.watch(Watched::Cds);
             self.load_cds();
         }
-        let mut fed = Vec::new();
-        let context = self.context.clone();
-        self.listeners
-            .apply(static_update(config.listeners), &mut || {
-                fed = unfed_subscriptions(&context)
-            })?;
-        self.feed_rds(fed);
+        let prepared = self.listeners.prepare(static_update(config.listeners))?;
+        self.warm();
+        self.listeners.commit(prepared);
         if self.sources.lds.is_some() {
             self.watch(Watched::Lds);
             self.load_lds();
@@ -147,6 +149,13 @@ impl Control {
                     .filter(|s| s.config.source == source)
                     .collect();
                 self.load_rds(&source, subs);
+            }
+            Watched::Sds(source) => {
+                let secrets = CertificateSecret::live()
+                    .into_iter()
+                    .filter(|s| s.source == source)
+                    .collect();
+                self.load_secrets(&source, secrets);
             }
             Watched::Eds(source) => {
                 let clusters: Vec<String> = self
@@ -184,43 +193,21 @@ impl Control {
         }
         // The clusters change only once every listener is built: a listener that cannot
         // start rejects the whole reload.
-        let mut pending = Some(config.clusters);
-        let mut fed = Vec::new();
-        let context = self.context.clone();
-        let mut cluster_summary = None;
-        let result = {
-            let static_clusters = &mut self.static_clusters;
-            let eds = &mut self.eds;
-            let watching = &mut self.watching;
-            let watcher = &self.watcher;
-            self.listeners
-                .apply(static_update(config.listeners), &mut || {
-                    if let Some(clusters) = pending.take() {
-                        cluster_summary = Some(apply_static_clusters(
-                            &context,
-                            static_clusters,
-                            eds,
-                            watching,
-                            watcher.as_ref(),
-                            clusters,
-                        ));
-                    }
-                    fed = unfed_subscriptions(&context);
-                })
-        };
-        match result {
-            Ok(applied) => {
-                self.feed_rds(fed);
-                self.refresh_cluster_dump();
-                let (added, modified, removed) = cluster_summary.unwrap_or_default();
-                tracing::info!(
-                    "caught SIGHUP: configuration reloaded (listeners {applied}; clusters added: {added}, modified: {modified}, removed: {removed})"
+        let prepared = match self.listeners.prepare(static_update(config.listeners)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(
+                    "caught SIGHUP: the new configuration is rejected, the running one stays: {e}"
                 );
+                return;
             }
-            Err(e) => tracing::error!(
-                "caught SIGHUP: the new configuration is rejected, the running one stays: {e}"
-            ),
-        }
+        };
+        let (added, modified, removed) = self.apply_static_clusters(config.clusters);
+        self.warm();
+        let applied = self.listeners.commit(prepared);
+        tracing::info!(
+            "caught SIGHUP: configuration reloaded (listeners {applied}; clusters added: {added}, modified: {modified}, removed: {removed})"
+        );
     }
 
     /// Ends listener drains that are over.
@@ -228,8 +215,13 @@ impl Control {
         self.listeners.tick();
     }
 
-    fn apply_static_clusters(&mut self, clusters: Vec<Resource<ClusterConfig>>) {
-        apply_static_clusters(
+    /// Puts the bootstrap's clusters in force; returns how many were added, modified and
+    /// removed.
+    fn apply_static_clusters(
+        &mut self,
+        clusters: Vec<Resource<ClusterConfig>>,
+    ) -> (usize, usize, usize) {
+        let summary = apply_static_clusters(
             &self.context,
             &mut self.static_clusters,
             &mut self.eds,
@@ -238,13 +230,14 @@ impl Control {
             clusters,
         );
         self.refresh_cluster_dump();
+        summary
     }
 
     fn watch(&mut self, what: Watched) {
         let source = match &what {
             Watched::Lds => self.sources.lds.clone(),
             Watched::Cds => self.sources.cds.clone(),
-            Watched::Rds(s) | Watched::Eds(s) => Some(s.clone()),
+            Watched::Rds(s) | Watched::Eds(s) | Watched::Sds(s) => Some(s.clone()),
         };
         if let (Some(watcher), Some(source)) = (&self.watcher, source) {
             watch_source(watcher, &mut self.watching, &source, what);
@@ -298,8 +291,6 @@ impl Control {
             }
         }
         drop(clusters);
-        let mut fed = Vec::new();
-        let context = self.context.clone();
         let update = Update {
             origin: Origin::Dynamic,
             specs,
@@ -307,13 +298,11 @@ impl Control {
             keep,
             atomic: false,
         };
-        let applied = self
-            .listeners
-            .apply(update, &mut || fed = unfed_subscriptions(&context));
-        self.feed_rds(fed);
         let version = response.version_info;
-        match applied {
-            Ok(applied) => {
+        match self.listeners.prepare(update) {
+            Ok(prepared) => {
+                self.warm();
+                let applied = self.listeners.commit(prepared);
                 errors.extend(applied.errors.iter().cloned());
                 if !applied.is_empty() {
                     tracing::info!("lds: version '{version}' applied ({applied})");
@@ -495,6 +484,91 @@ impl Control {
                     tracing::warn!(
                         "eds: update of cluster '{name}' from '{}' rejected, its endpoints stay: {e}",
                         source.path
+                    );
+                }
+            }
+        }
+    }
+
+    /// Puts in force what listeners about to start need and nobody has fed yet: their RDS
+    /// tables and SDS certificates (their clusters are in force already).
+    fn warm(&mut self) {
+        self.feed_rds(unfed_subscriptions(&self.context));
+        self.feed_secrets();
+    }
+
+    /// Loads the certificates of SDS secrets that have none yet, and watches their files.
+    fn feed_secrets(&mut self) {
+        let mut by_source: HashMap<FileSource, Vec<Arc<CertificateSecret>>> = HashMap::new();
+        for s in CertificateSecret::live()
+            .into_iter()
+            .filter(|s| s.key().is_none())
+        {
+            by_source.entry(s.source.clone()).or_default().push(s);
+        }
+        for (source, secrets) in by_source {
+            self.watch(Watched::Sds(source.clone()));
+            self.load_secrets(&source, secrets);
+        }
+    }
+
+    /// Reads `source` and installs the certificate of each of `secrets`.
+    fn load_secrets(&mut self, source: &FileSource, secrets: Vec<Arc<CertificateSecret>>) {
+        let response = read(&self.context, source, SECRET);
+        for secret in secrets {
+            let stats = SubscriptionStats::new(
+                &self.context.store.scope(&format!("sds.{}.", secret.name)),
+                SubscriptionKind::Lds,
+            );
+            stats.update_attempt.inc();
+            let response = match &response {
+                Ok(r) => r,
+                Err(failed) => {
+                    failed.count(&format!("sds (secret '{}')", secret.name), source, &stats);
+                    continue;
+                }
+            };
+            let certificate = response
+                .resources
+                .iter()
+                .filter_map(|any| Secret::decode(any.value.as_slice()).ok())
+                .find(|s| s.name == secret.name)
+                .ok_or_else(|| format!("no secret named '{}'", secret.name))
+                .and_then(|s| {
+                    tls_certificate(s)
+                        .ok_or_else(|| format!("secret '{}' is not a tls_certificate", secret.name))
+                })
+                .and_then(|c| secret.install(&c));
+            match certificate {
+                Ok(()) => {
+                    stats.accepted(&response.version_info);
+                    // A certificate file replaced by rename reloads the secret too.
+                    for file in secret.files() {
+                        if let Some(watcher) = &self.watcher
+                            && self.watching.insert((
+                                2,
+                                FileSource {
+                                    path: file.display().to_string(),
+                                    watched_directory: None,
+                                },
+                            ))
+                            && let Err(e) = watcher.watch_file(&file, Watched::Sds(source.clone()))
+                        {
+                            tracing::error!("cannot watch '{}' for changes: {e}", file.display());
+                        }
+                    }
+                }
+                Err(e) => {
+                    stats.update_rejected.inc();
+                    tracing::warn!(
+                        "sds: secret '{}' from '{}' rejected{}: {e}",
+                        secret.name,
+                        source.path,
+                        if secret.key().is_some() {
+                            ", the certificate in force stays"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }
@@ -775,7 +849,12 @@ fn watch_source(
     source: &FileSource,
     what: Watched,
 ) {
-    let key = (matches!(what, Watched::Eds(_)), source.clone());
+    let kind = match what {
+        Watched::Eds(_) => 1,
+        Watched::Sds(_) => 3,
+        _ => 0,
+    };
+    let key = (kind, source.clone());
     if !watching.insert(key) {
         return;
     }

@@ -86,6 +86,16 @@ pub struct Update {
     pub atomic: bool,
 }
 
+/// An update built and checked, not yet in force.
+pub struct Prepared {
+    origin: Origin,
+    names: HashSet<String>,
+    keep: HashSet<String>,
+    /// New and changed listeners, each with the index of the version it replaces.
+    built: Vec<(Option<usize>, Active)>,
+    errors: Vec<String>,
+}
+
 /// What an update did.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -194,12 +204,13 @@ impl ListenerManager {
         self.admin_listeners.clone()
     }
 
-    /// Makes `update.origin`'s listeners those of `update.specs`. Everything is built before
-    /// anything changes; `warm` runs then, before any listener starts: what the new listeners
-    /// need (their clusters, their RDS tables) is put in force there. A listener that cannot
-    /// be built fails the whole update when it is `atomic` (SIGHUP); otherwise (LDS, as Envoy)
-    /// it keeps its current version, the others apply, and its error is reported.
-    pub fn apply(&mut self, update: Update, warm: &mut dyn FnMut()) -> Result<Applied, String> {
+    /// The first half of making `update.origin`'s listeners those of `update.specs`: builds
+    /// every new and changed listener (filter chains, sockets) and changes nothing. Between
+    /// this and [`ListenerManager::commit`] the caller puts in force what the new listeners
+    /// need (their clusters, RDS tables, certificates). A listener that cannot be built fails
+    /// the whole update when it is `atomic` (SIGHUP); otherwise (LDS, as Envoy) it keeps its
+    /// current version, the others apply, and its error is reported.
+    pub fn prepare(&mut self, update: Update) -> Result<Prepared, String> {
         let Update {
             origin,
             specs,
@@ -291,10 +302,25 @@ impl ListenerManager {
         if atomic && !errors.is_empty() {
             return Err(errors.join("\n"));
         }
+        Ok(Prepared {
+            origin,
+            names,
+            keep,
+            built,
+            errors,
+        })
+    }
 
-        warm();
-
-        // Commit.
+    /// Starts the listeners `prepare` built, and drains those they replace or that the
+    /// update removed.
+    pub fn commit(&mut self, prepared: Prepared) -> Applied {
+        let Prepared {
+            origin,
+            names,
+            keep,
+            built,
+            errors,
+        } = prepared;
         let mut applied = Applied::default();
         let now = Instant::now();
         let mut removed_indexes: Vec<usize> = self
@@ -341,7 +367,7 @@ impl ListenerManager {
         }
         self.publish();
         applied.errors = errors;
-        Ok(applied)
+        applied
     }
 
     /// Builds a listener: its filter chains, and its sockets (the current version's, when the

