@@ -67,10 +67,16 @@ pub fn parse_ignoring_unknown_fields(
     format: Format,
     bytes: &[u8],
 ) -> Result<DynamicMessage, ConfigError> {
+    /// Turns leniency off again however the parse ends (a panic included).
+    struct Lenient;
+    impl Drop for Lenient {
+        fn drop(&mut self) {
+            LENIENT.with(|l| l.set(false));
+        }
+    }
     LENIENT.with(|l| l.set(true));
-    let parsed = parse(desc, format, bytes);
-    LENIENT.with(|l| l.set(false));
-    parsed
+    let _lenient = Lenient;
+    parse(desc, format, bytes)
 }
 
 /// A parsed message, with the elements of its streamed fields kept apart, encoded.

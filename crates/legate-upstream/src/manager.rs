@@ -40,7 +40,7 @@ pub struct Cluster {
     /// `priority: HIGH`, which Legate does not support yet).
     pub breakers: Breakers,
     pub high_breakers: Breakers,
-    /// Added by CDS or a reload rather than the bootstrap's first reading (`/clusters`).
+    /// Added by CDS (`/clusters` shows `added_via_api`).
     pub added_via_api: bool,
     membership: ArcSwap<Membership>,
     workers: usize,

@@ -73,14 +73,8 @@ pub struct Control {
     static_clusters: HashMap<String, Vec<u8>>,
     dynamic_clusters: HashMap<String, DynamicResource>,
     eds: HashMap<String, Eds>,
-    /// Sources already watched.
-    watching: HashSet<FileSourceKey>,
     reload: Option<Reload>,
 }
-
-/// A watched file: what watches it (0 LDS/CDS/RDS, 1 EDS, 2 a certificate file, 3 SDS) and
-/// the source.
-type FileSourceKey = (u8, FileSource);
 
 impl Control {
     pub fn new(
@@ -112,7 +106,6 @@ impl Control {
             static_clusters: HashMap::new(),
             dynamic_clusters: HashMap::new(),
             eds: HashMap::new(),
-            watching: HashSet::new(),
             reload,
         }
     }
@@ -215,22 +208,85 @@ impl Control {
         self.listeners.tick();
     }
 
-    /// Puts the bootstrap's clusters in force; returns how many were added, modified and
-    /// removed.
+    /// Puts the bootstrap's clusters in force: new and changed ones in, missing ones out
+    /// (static ones only); returns how many were added, modified and removed. A name CDS
+    /// held becomes static.
     fn apply_static_clusters(
         &mut self,
         clusters: Vec<Resource<ClusterConfig>>,
     ) -> (usize, usize, usize) {
-        let summary = apply_static_clusters(
-            &self.context,
-            &mut self.static_clusters,
-            &mut self.eds,
-            &mut self.watching,
-            self.watcher.as_ref(),
-            clusters,
-        );
+        let names: HashSet<String> = clusters.iter().map(|c| c.config.name.clone()).collect();
+        let remove: Vec<String> = self
+            .static_clusters
+            .keys()
+            .filter(|n| !names.contains(*n))
+            .cloned()
+            .collect();
+        let mut upsert = Vec::new();
+        let mut records = HashMap::new();
+        for Resource { bytes, config } in clusters {
+            let unchanged = self.static_clusters.get(&config.name) == Some(&bytes);
+            records.insert(config.name.clone(), bytes);
+            self.dynamic_clusters.remove(&config.name);
+            if !unchanged {
+                upsert.push(config);
+            }
+        }
+        let summary = self.update_clusters(upsert, remove, false);
+        self.static_clusters = records;
         self.refresh_cluster_dump();
         summary
+    }
+
+    /// Replaces and removes clusters in one swap, EDS clusters with their endpoints read
+    /// first (each EDS file once).
+    fn update_clusters(
+        &mut self,
+        mut upsert: Vec<ClusterConfig>,
+        remove: Vec<String>,
+        via_api: bool,
+    ) -> (usize, usize, usize) {
+        let mut files = EdsFiles::new(&self.context);
+        let mut fetched = Vec::new();
+        for config in &mut upsert {
+            // A replaced cluster's EDS subscription ends with it (a new one starts below).
+            self.eds.remove(&config.name);
+            if let Some(eds) = &config.eds {
+                let outcome = files.fetch(eds);
+                match &outcome {
+                    Ok((_, priorities)) => config.priorities = priorities.clone(),
+                    Err((_, e)) => tracing::warn!(
+                        "eds: no endpoints for cluster '{}' from '{}' yet: {e}",
+                        config.name,
+                        eds.source.path
+                    ),
+                }
+                fetched.push((config.name.clone(), eds.clone(), outcome));
+            }
+        }
+        for name in &remove {
+            self.eds.remove(name);
+        }
+        let summary = self.context.clusters.update(ClusterUpdate {
+            upsert,
+            remove,
+            via_api,
+        });
+        for (cluster, config, outcome) in fetched {
+            let stats = SubscriptionStats::new(
+                &self.context.store.scope(&format!("cluster.{cluster}.")),
+                SubscriptionKind::Eds,
+            );
+            stats.update_attempt.inc();
+            match outcome {
+                Ok((version, _)) => stats.accepted(&version),
+                Err((unreadable, _)) if unreadable => stats.update_failure.inc(),
+                Err(_) => stats.update_rejected.inc(),
+            }
+            self.watch(Watched::Eds(config.source.clone()));
+            self.eds.insert(cluster, Eds { config, stats });
+        }
+        (summary.added, summary.modified, summary.removed)
     }
 
     fn watch(&mut self, what: Watched) {
@@ -240,7 +296,7 @@ impl Control {
             Watched::Rds(s) | Watched::Eds(s) | Watched::Sds(s) => Some(s.clone()),
         };
         if let (Some(watcher), Some(source)) = (&self.watcher, source) {
-            watch_source(watcher, &mut self.watching, &source, what);
+            watch_source(watcher, &source, what);
         }
     }
 
@@ -371,10 +427,11 @@ impl Control {
                 return Err(format!("duplicate cluster {} found", cluster.name));
             }
             if self.static_clusters.contains_key(&cluster.name) {
-                errors.push(format!(
-                    "{path}: cluster '{}' is a static cluster and cannot be changed by CDS",
+                // As Envoy: skipped, the update goes on.
+                tracing::warn!(
+                    "cds: {path}: cluster '{}' is a static cluster and cannot be changed by CDS; skipped",
                     cluster.name
-                ));
+                );
                 continue;
             }
             let current = self.dynamic_clusters.get(&cluster.name);
@@ -385,10 +442,7 @@ impl Control {
                 continue;
             }
             match ClusterConfig::compile(&cluster) {
-                Ok(mut config) => {
-                    if let Some(eds) = &config.eds {
-                        config.priorities = initial_endpoints(&self.context, eds);
-                    }
+                Ok(config) => {
                     records.insert(
                         cluster.name.clone(),
                         DynamicResource {
@@ -414,29 +468,12 @@ impl Control {
             .filter(|name| !records.contains_key(*name))
             .cloned()
             .collect();
-        for name in &remove {
-            self.eds.remove(name);
-        }
-        let eds_clusters: Vec<(String, EdsConfig)> = upsert
-            .iter()
-            .filter_map(|c| Some((c.name.clone(), c.eds.clone()?)))
-            .collect();
-        let summary = self.context.clusters.update(ClusterUpdate {
-            upsert,
-            remove,
-            via_api: true,
-        });
-        for (name, eds) in eds_clusters {
-            self.subscribe_eds(name, eds);
-        }
+        let (added, modified, removed) = self.update_clusters(upsert, remove, true);
         self.dynamic_clusters = records;
-        if summary.added + summary.modified + summary.removed > 0 {
+        if added + modified + removed > 0 {
             tracing::info!(
-                "cds: version '{}' applied (clusters added: {}, modified: {}, removed: {})",
-                response.version_info,
-                summary.added,
-                summary.modified,
-                summary.removed
+                "cds: version '{}' applied (clusters added: {added}, modified: {modified}, removed: {removed})",
+                response.version_info
             );
         }
         if errors.is_empty() {
@@ -446,19 +483,8 @@ impl Control {
         }
     }
 
-    fn subscribe_eds(&mut self, cluster: String, config: EdsConfig) {
-        subscribe_eds(
-            &self.context,
-            &mut self.eds,
-            &mut self.watching,
-            self.watcher.as_ref(),
-            cluster,
-            config,
-        );
-    }
-
     fn load_eds(&mut self, source: &FileSource, clusters: &[String]) {
-        let response = read(&self.context, source, CLUSTER_LOAD_ASSIGNMENT);
+        let mut files = EdsFiles::new(&self.context);
         for name in clusters {
             let Some(eds) = self.eds.get(name) else {
                 continue;
@@ -467,22 +493,19 @@ impl Control {
                 continue;
             };
             eds.stats.update_attempt.inc();
-            let response = match &response {
-                Ok(r) => r,
-                Err(failed) => {
-                    failed.count(&format!("eds (cluster '{name}')"), source, &eds.stats);
-                    continue;
-                }
-            };
-            match assignment(response, &eds.config.service_name) {
+            match files.fetch(&eds.config) {
                 Ok((version, priorities)) => {
                     cluster.set_endpoints(&priorities);
                     eds.stats.accepted(&version);
                 }
-                Err(e) => {
-                    eds.stats.update_rejected.inc();
+                Err((unreadable, e)) => {
+                    if unreadable {
+                        eds.stats.update_failure.inc();
+                    } else {
+                        eds.stats.update_rejected.inc();
+                    }
                     tracing::warn!(
-                        "eds: update of cluster '{name}' from '{}' rejected, its endpoints stay: {e}",
+                        "eds: update of cluster '{name}' from '{}' not taken, its endpoints stay: {e}",
                         source.path
                     );
                 }
@@ -545,13 +568,6 @@ impl Control {
                     // A certificate file replaced by rename reloads the secret too.
                     for file in secret.files() {
                         if let Some(watcher) = &self.watcher
-                            && self.watching.insert((
-                                2,
-                                FileSource {
-                                    path: file.display().to_string(),
-                                    watched_directory: None,
-                                },
-                            ))
                             && let Err(e) = watcher.watch_file(&file, Watched::Sds(source.clone()))
                         {
                             tracing::error!("cannot watch '{}' for changes: {e}", file.display());
@@ -713,124 +729,71 @@ impl Control {
     }
 }
 
-/// Applies the bootstrap's clusters: new and changed ones in, missing ones out (static only).
-fn apply_static_clusters(
-    context: &ProxyContext,
-    current: &mut HashMap<String, Vec<u8>>,
-    eds: &mut HashMap<String, Eds>,
-    watching: &mut HashSet<FileSourceKey>,
-    watcher: Option<&FileWatcher<Watched>>,
-    clusters: Vec<Resource<ClusterConfig>>,
-) -> (usize, usize, usize) {
-    let names: HashSet<String> = clusters.iter().map(|c| c.config.name.clone()).collect();
-    let remove: Vec<String> = current
-        .keys()
-        .filter(|n| !names.contains(*n))
-        .cloned()
-        .collect();
-    let mut upsert = Vec::new();
-    let mut records = HashMap::new();
-    for Resource { bytes, mut config } in clusters {
-        let unchanged = current.get(&config.name) == Some(&bytes);
-        records.insert(config.name.clone(), bytes);
-        if unchanged {
-            continue;
-        }
-        if let Some(e) = &config.eds {
-            config.priorities = initial_endpoints(context, e);
-        }
-        upsert.push(config);
-    }
-    for name in &remove {
-        eds.remove(name);
-    }
-    let eds_clusters: Vec<(String, EdsConfig)> = upsert
-        .iter()
-        .filter_map(|c| Some((c.name.clone(), c.eds.clone()?)))
-        .collect();
-    let summary = context.clusters.update(ClusterUpdate {
-        upsert,
-        remove,
-        via_api: false,
-    });
-    for (name, config) in eds_clusters {
-        subscribe_eds(context, eds, watching, watcher, name, config);
-    }
-    *current = records;
-    (summary.added, summary.modified, summary.removed)
+/// EDS files read for one change: each file once, its assignments indexed by cluster name.
+struct EdsFiles<'a> {
+    context: &'a ProxyContext,
+    read: HashMap<FileSource, Result<Arc<Assignments>, (bool, String)>>,
 }
 
-/// Records an EDS cluster's subscription (its stats count the first fetch, made when the
-/// cluster was built) and watches its source.
-fn subscribe_eds(
-    context: &ProxyContext,
-    eds: &mut HashMap<String, Eds>,
-    watching: &mut HashSet<FileSourceKey>,
-    watcher: Option<&FileWatcher<Watched>>,
-    cluster: String,
-    config: EdsConfig,
-) {
-    let stats = SubscriptionStats::new(
-        &context.store.scope(&format!("cluster.{cluster}.")),
-        SubscriptionKind::Eds,
-    );
-    stats.update_attempt.inc();
-    match read(context, &config.source, CLUSTER_LOAD_ASSIGNMENT) {
-        Ok(r) => match assignment(&r, &config.service_name) {
-            Ok((version, _)) => stats.accepted(&version),
-            Err(_) => stats.update_rejected.inc(),
-        },
-        Err(Failed::Unreadable(_)) => stats.update_failure.inc(),
-        Err(Failed::Invalid(_)) => stats.update_rejected.inc(),
-    }
-    if let Some(w) = watcher {
-        watch_source(
-            w,
-            watching,
-            &config.source,
-            Watched::Eds(config.source.clone()),
-        );
-    }
-    eds.insert(cluster, Eds { config, stats });
+/// The assignments of one EDS file.
+struct Assignments {
+    version_info: String,
+    by_name: HashMap<String, (usize, ClusterLoadAssignment)>,
 }
 
-/// A new EDS cluster's endpoints, read before the cluster is put in force (Envoy warms an EDS
-/// cluster until its first assignment).
-fn initial_endpoints(context: &ProxyContext, eds: &EdsConfig) -> Vec<Vec<LocalityEndpoints>> {
-    let read = read(context, &eds.source, CLUSTER_LOAD_ASSIGNMENT).map_err(|f| f.to_string());
-    match read.and_then(|r| assignment(&r, &eds.service_name)) {
-        Ok((_, priorities)) => priorities,
-        Err(e) => {
-            tracing::warn!(
-                "eds: no endpoints for '{}' from '{}' yet: {e}",
-                eds.service_name,
-                eds.source.path
-            );
-            Vec::new()
+/// Why an EDS fetch gave no endpoints: (the file could not be read or parsed, why).
+type FetchError = (bool, String);
+
+impl<'a> EdsFiles<'a> {
+    fn new(context: &'a ProxyContext) -> Self {
+        EdsFiles {
+            context,
+            read: HashMap::new(),
         }
     }
-}
 
-/// The endpoints for `service_name` in an EDS response, with the response's version.
-fn assignment(
-    response: &DiscoveryResponse,
-    service_name: &str,
-) -> Result<(String, Vec<Vec<LocalityEndpoints>>), String> {
-    for (i, any) in response.resources.iter().enumerate() {
-        let la = ClusterLoadAssignment::decode(any.value.as_slice())
-            .map_err(|e| format!("resources[{i}]: unable to decode: {e}"))?;
-        if la.cluster_name == service_name {
-            let priorities = compile_endpoints(&la).map_err(|errors| {
+    /// The endpoints `eds` names, with the file's version.
+    fn fetch(
+        &mut self,
+        eds: &EdsConfig,
+    ) -> Result<(String, Vec<Vec<LocalityEndpoints>>), FetchError> {
+        let context = self.context;
+        let file = self
+            .read
+            .entry(eds.source.clone())
+            .or_insert_with(|| {
+                let response = read(context, &eds.source, CLUSTER_LOAD_ASSIGNMENT)
+                    .map_err(|f| (matches!(f, Failed::Unreadable(_)), f.to_string()))?;
+                let mut by_name = HashMap::new();
+                for (i, any) in response.resources.iter().enumerate() {
+                    let la = ClusterLoadAssignment::decode(any.value.as_slice())
+                        .map_err(|e| (false, format!("resources[{i}]: unable to decode: {e}")))?;
+                    by_name.entry(la.cluster_name.clone()).or_insert((i, la));
+                }
+                Ok(Arc::new(Assignments {
+                    version_info: response.version_info,
+                    by_name,
+                }))
+            })
+            .clone()?;
+        let (i, la) = file.by_name.get(&eds.service_name).ok_or_else(|| {
+            (
+                false,
+                format!("no ClusterLoadAssignment for '{}'", eds.service_name),
+            )
+        })?;
+        let priorities = compile_endpoints(la).map_err(|errors| {
+            (
+                false,
                 join(
                     errors
                         .into_iter()
                         .map(|e| e.within(&format!("resources[{i}]"))),
-                )
-            })?;
-            return Ok((response.version_info.clone(), priorities));
-        }
+                ),
+            )
+        })?;
+        Ok((file.version_info.clone(), priorities))
     }
-    Err(format!("no ClusterLoadAssignment for '{service_name}'"))
 }
 
 /// The RDS subscriptions that have no table yet.
@@ -843,21 +806,9 @@ fn unfed_subscriptions(context: &ProxyContext) -> Vec<Arc<RdsSubscription>> {
         .collect()
 }
 
-fn watch_source(
-    watcher: &FileWatcher<Watched>,
-    watching: &mut HashSet<FileSourceKey>,
-    source: &FileSource,
-    what: Watched,
-) {
-    let kind = match what {
-        Watched::Eds(_) => 1,
-        Watched::Sds(_) => 3,
-        _ => 0,
-    };
-    let key = (kind, source.clone());
-    if !watching.insert(key) {
-        return;
-    }
+/// Watches `source` for `what` (the watcher ignores a registration it already has, and a
+/// failed one is tried again the next time).
+fn watch_source(watcher: &FileWatcher<Watched>, source: &FileSource, what: Watched) {
     let watched = match &source.watched_directory {
         Some(dir) => watcher.watch_directory(Path::new(dir), what),
         None => watcher.watch_file(Path::new(&source.path), what),

@@ -65,6 +65,8 @@ struct Active {
     ipv4_compat: bool,
     /// One socket per worker; each worker accepts on a duplicate of its own.
     sockets: Vec<std::net::TcpListener>,
+    /// The duplicates the workers take when the listener starts.
+    handoff: Vec<std::net::TcpListener>,
     instance: Arc<ListenerInstance>,
     serving: Arc<ServingListener>,
 }
@@ -80,7 +82,8 @@ pub struct Update {
     pub origin: Origin,
     pub specs: Vec<ListenerSpec>,
     pub version_info: String,
-    /// Listeners whose new version could not even be compiled: they stay as they are.
+    /// Listeners whose new version could not be compiled: they stay as they are (those that
+    /// fail to build are added to it).
     pub keep: HashSet<String>,
     /// Any failure rejects the whole update.
     pub atomic: bool,
@@ -176,6 +179,8 @@ pub struct ListenerManager {
     /// change.
     admin_listeners: Arc<Mutex<Vec<ListenerInfo>>>,
     dump: Arc<Mutex<ConfigDumpSource>>,
+    /// `drain_all` ran.
+    stopped: bool,
 }
 
 impl ListenerManager {
@@ -196,6 +201,7 @@ impl ListenerManager {
             draining: Vec::new(),
             admin_listeners: Arc::default(),
             dump,
+            stopped: false,
         }
     }
 
@@ -211,6 +217,12 @@ impl ListenerManager {
     /// the whole update when it is `atomic` (SIGHUP); otherwise (LDS, as Envoy) it keeps its
     /// current version, the others apply, and its error is reported.
     pub fn prepare(&mut self, update: Update) -> Result<Prepared, String> {
+        if self.stopped {
+            return Err(
+                "the listeners are stopped (/drain_listeners or shutdown): no listener can be added or changed"
+                    .into(),
+            );
+        }
         let Update {
             origin,
             specs,
@@ -275,6 +287,7 @@ impl ListenerManager {
             if b.configured.port() == 0 {
                 continue;
             }
+            // Against the listeners that stay, and the update's own earlier ones.
             let clash = self
                 .active
                 .iter()
@@ -284,7 +297,13 @@ impl ListenerManager {
                         && a.configured == b.configured
                         && a.view.name != b.view.name
                 })
-                .map(|(_, a)| a.view.name.clone());
+                .map(|(_, a)| a.view.name.clone())
+                .or_else(|| {
+                    built[..k]
+                        .iter()
+                        .find(|(_, earlier)| earlier.configured == b.configured)
+                        .map(|(_, earlier)| earlier.view.name.clone())
+                });
             if let Some(other) = clash {
                 clashes.push((
                     k,
@@ -345,13 +364,13 @@ impl ListenerManager {
                         self.stats.listener_in_place_updated.inc();
                         new.view.version_info = self.active[i].view.version_info.clone();
                     }
-                    self.start(&new);
+                    self.start(&mut new);
                     let old = std::mem::replace(&mut self.active[i], new);
                     applied.modified.push(old.view.name.clone());
                     self.retire(old, now);
                 }
                 None => {
-                    self.start(&new);
+                    self.start(&mut new);
                     applied.added.push(new.view.name.clone());
                     self.stats.listener_added.inc();
                     self.active.push(new);
@@ -405,13 +424,13 @@ impl ListenerManager {
                 format!("cannot bind '{}' for listener '{}': {e}", l.address, l.name)
             })?,
         };
-        let kinds: Vec<&str> = chains.iter().map(ChainFilter::kind).collect();
-        tracing::info!(
-            "listener '{}' listening on {address} ({} filter chain(s): {})",
-            l.name,
-            chains.len(),
-            kinds.join(", ")
-        );
+        // Each worker accepts on a duplicate of its socket, made here so that a failure (out
+        // of descriptors) fails the build rather than leave a socket no worker accepts on.
+        let handoff = sockets
+            .iter()
+            .map(|s| s.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| format!("listener '{}': cannot share its socket: {e}", l.name))?;
         let listener_scope = self.store.scope(&format!("listener.{}.", l.stat_prefix));
         let root_scope = self.store.scope("");
         let serving = Arc::new(ServingListener {
@@ -443,24 +462,32 @@ impl ListenerManager {
             configured: config.address,
             ipv4_compat: config.ipv4_compat,
             sockets,
+            handoff,
             instance: Arc::default(),
             serving,
         })
     }
 
     /// Hands a built listener to every worker.
-    fn start(&self, listener: &Active) {
-        for (worker, socket) in self.workers.iter().zip(&listener.sockets) {
-            let socket = match socket.try_clone() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(
-                        "listener '{}': cannot share its socket: {e}",
-                        listener.view.name
-                    );
-                    continue;
-                }
-            };
+    fn start(&self, listener: &mut Active) {
+        let kinds: Vec<&str> = listener
+            .serving
+            .chains
+            .iter()
+            .map(ChainFilter::kind)
+            .collect();
+        tracing::info!(
+            "listener '{}' listening on {} ({} filter chain(s): {})",
+            listener.view.name,
+            listener.view.address,
+            kinds.len(),
+            kinds.join(", ")
+        );
+        for (worker, socket) in self
+            .workers
+            .iter()
+            .zip(std::mem::take(&mut listener.handoff))
+        {
             let _ = worker.send(WorkerCommand::Listen {
                 socket,
                 serving: listener.serving.clone(),
@@ -487,7 +514,9 @@ impl ListenerManager {
         self.draining.push(Draining {
             view,
             instance: old.instance,
-            deadline: now + self.drain_time,
+            deadline: now
+                .checked_add(self.drain_time)
+                .unwrap_or(now + Duration::from_secs(365 * 24 * 3600)),
         });
         // `old.sockets` close here; a replacement on the same address holds duplicates.
     }
@@ -517,10 +546,14 @@ impl ListenerManager {
         }
     }
 
-    /// Stops every listener and drains all connections (shutdown).
+    /// Stops every listener (shutdown, `/drain_listeners`): their sockets close, so new
+    /// clients are refused at once, as in Envoy; with `graceful` open connections drain too.
+    /// No listener starts after this.
     pub fn drain_all(&mut self, graceful: bool) {
-        for a in &self.active {
+        self.stopped = true;
+        for a in &mut self.active {
             a.instance.stop(graceful);
+            a.sockets.clear();
         }
     }
 
