@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import RESULTS, ROOT, print_row, print_table_head
 
 
 def generate(path: Path, n: int) -> None:
@@ -90,9 +90,8 @@ def main() -> int:
         if not binary.exists():
             print(f"missing {binary} ({hint})", file=sys.stderr)
             return 2
-    results_dir = ROOT / "bench/results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    config = results_dir / f"bootstrap_{args.clusters}.yaml"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    config = RESULTS / f"bootstrap_{args.clusters}.yaml"
     generate(config, args.clusters)
     size = config.stat().st_size / 1e6
     print(f"bootstrap: {args.clusters} clusters, {args.clusters} routes, {size:.1f} MB -> {config}")
@@ -114,14 +113,14 @@ def main() -> int:
         name: {k: statistics.median(s[k] for s in runs) for k in ("wall_s", "peak_rss_mib")}
         for name, runs in samples.items()
     }
-    print("\n| | wall time (median) | peak RSS (median) |")
-    print("|---|---|---|")
+    print()
+    print_table_head(["wall time (median)", "peak RSS (median)"])
     for name in peers:
-        print(f"| {name} | {med[name]['wall_s']:.3f} s | {med[name]['peak_rss_mib']:.1f} MiB |")
+        print_row(name, [f"{med[name]['wall_s']:.3f} s", f"{med[name]['peak_rss_mib']:.1f} MiB"])
     speed = med["envoy"]["wall_s"] / med["legate"]["wall_s"]
     memory = med["envoy"]["peak_rss_mib"] / med["legate"]["peak_rss_mib"]
-    print(f"| Legate vs Envoy | {speed:.1f}x faster | {memory:.1f}x less memory |")
-    out = results_dir / "validate_10k.json"
+    print_row("Legate vs Envoy", [f"{speed:.1f}x faster", f"{memory:.1f}x less memory"])
+    out = RESULTS / "validate_10k.json"
     out.write_text(json.dumps({"clusters": args.clusters, "rounds": args.rounds, "samples": samples, "median": med}, indent=2))
     print(f"\nraw results: {out}")
     return 0
