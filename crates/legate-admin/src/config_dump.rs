@@ -105,12 +105,12 @@ struct Dump {
 pub type Response = (StatusCode, Option<&'static str>, String);
 
 /// `GET /config_dump`.
-/// `endpoints`: every cluster's assignment, for `include_eds`.
+/// `endpoints`: every cluster's assignment (and whether it came from CDS), for `include_eds`.
 pub fn render(
     source: &ConfigDumpSource,
     node: &Node,
     params: &DumpParams,
-    endpoints: &[DynamicResource],
+    endpoints: Option<&[(bool, DynamicResource)]>,
 ) -> Response {
     let dumps = build(source, node, params.name_regex.as_ref(), endpoints);
     match &params.resource {
@@ -357,7 +357,7 @@ fn build(
     source: &ConfigDumpSource,
     node: &Node,
     name_regex: Option<&Regex>,
-    endpoints: &[DynamicResource],
+    endpoints: Option<&[(bool, DynamicResource)]>,
 ) -> Vec<Dump> {
     let loaded_at = source.loaded_at.unwrap_or(UNIX_EPOCH);
     let named = |name: &str| name_regex.is_none_or(|r| r.is_match(name));
@@ -445,16 +445,41 @@ fn build(
             ("dynamic_warming_clusters", Part::List(Vec::new())),
         ],
     });
-    let endpoints = dynamic(
-        endpoints,
-        "envoy.admin.v3.EndpointsConfigDump.DynamicEndpointConfig",
-        "endpoint_config",
-        "envoy.config.endpoint.v3.ClusterLoadAssignment",
-    );
-    if !endpoints.is_empty() {
+    if let Some(endpoints) = endpoints {
+        // The bootstrap's clusters' assignments are static, CDS clusters' dynamic.
+        let assignments = |via_api: bool, type_name| {
+            endpoints
+                .iter()
+                .filter(|(api, _)| *api == via_api)
+                .filter(|(_, r)| named(&r.name))
+                .filter_map(|(_, r)| {
+                    let message =
+                        reflect_bytes(&r.bytes, "envoy.config.endpoint.v3.ClusterLoadAssignment")?;
+                    Some(Dump {
+                        type_name,
+                        fields: vec![("endpoint_config", Part::Any(message))],
+                    })
+                })
+                .collect()
+        };
         dumps.push(Dump {
             type_name: "envoy.admin.v3.EndpointsConfigDump",
-            fields: vec![("dynamic_endpoint_configs", Part::List(endpoints))],
+            fields: vec![
+                (
+                    "static_endpoint_configs",
+                    Part::List(assignments(
+                        false,
+                        "envoy.admin.v3.EndpointsConfigDump.StaticEndpointConfig",
+                    )),
+                ),
+                (
+                    "dynamic_endpoint_configs",
+                    Part::List(assignments(
+                        true,
+                        "envoy.admin.v3.EndpointsConfigDump.DynamicEndpointConfig",
+                    )),
+                ),
+            ],
         });
     }
     let static_listeners = listeners

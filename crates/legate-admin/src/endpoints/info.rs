@@ -96,26 +96,29 @@ pub fn config_dump(state: &AdminState, query: &Query) -> Reply {
         }
     };
     // Every cluster's assignment (STATIC ones too, as Envoy dumps them), built when asked for.
-    let endpoints: Vec<crate::DynamicResource> = if params.include_eds {
+    let endpoints: Option<Vec<(bool, crate::DynamicResource)>> = params.include_eds.then(|| {
         let clusters = state.clusters.clusters();
         clusters
             .as_slice()
             .iter()
-            .map(|c| crate::DynamicResource {
-                name: c.name.to_string(),
-                version_info: String::new(),
-                last_updated: std::time::SystemTime::now(),
-                bytes: prost::Message::encode_to_vec(&clusters::load_assignment(c)),
+            .map(|c| {
+                (
+                    c.added_via_api,
+                    crate::DynamicResource {
+                        name: c.name.to_string(),
+                        version_info: String::new(),
+                        last_updated: std::time::SystemTime::now(),
+                        bytes: prost::Message::encode_to_vec(&clusters::load_assignment(c)),
+                    },
+                )
             })
             .collect()
-    } else {
-        Vec::new()
-    };
+    });
     let (status, content_type, body) = config_dump::render(
         &lock(&state.config_dump),
         &state.server_info.node,
         &params,
-        &endpoints,
+        endpoints.as_deref(),
     );
     Reply {
         status,

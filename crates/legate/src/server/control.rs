@@ -359,6 +359,8 @@ impl Control {
             Ok(prepared) => {
                 self.warm();
                 let applied = self.listeners.commit(prepared);
+                // A removed listener's route tables leave the dump with it.
+                self.refresh_route_dump();
                 errors.extend(applied.errors.iter().cloned());
                 if !applied.is_empty() {
                     tracing::info!("lds: version '{version}' applied ({applied})");
