@@ -318,9 +318,11 @@ end
 """
 
 
-def wrk(port, seconds, connections, lua):
-    out = run_load(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua),
-                    f"http://127.0.0.1:{port}/"], timeout=seconds + 30)
+def wrk(port, seconds, connections, lua, path="/", headers=()):
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua)]
+    for h in headers:
+        cmd += ["-H", h]
+    out = run_load(cmd + [f"http://127.0.0.1:{port}{path}"], timeout=seconds + 30)
     line = next((l for l in out.splitlines() if l.startswith("JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out[-2000:]}")
@@ -330,6 +332,7 @@ def wrk(port, seconds, connections, lua):
         "requests": r["requests"],
         "errors": errors,
         "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "mib_per_s": r["bytes"] / (r["duration_us"] / 1e6) / (1024 * 1024),
         "p50_ms": r["p50_us"] / 1000.0,
         "p99_ms": r["p99_us"] / 1000.0,
         "mean_ms": r["mean_us"] / 1000.0,
