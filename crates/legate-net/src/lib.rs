@@ -2,7 +2,8 @@
 //! compiled model of a listener ([`listener::ListenerConfig`], generic over the network filter
 //! it runs, so that the crates above plug their filters in without this crate knowing them),
 //! filter-chain matching ([`filter_chain`]), the listener filters that inspect a new
-//! connection ([`listener_filter`], [`tls_inspector`], [`http_inspector`]), and the L4 network
+//! connection ([`listener_filter`], [`tls_inspector`], [`http_inspector`], [`proxy_protocol`]),
+//! and the L4 network
 //! filters' configuration and byte moving ([`tcp_proxy`], [`pump`], [`direct_response`]), and
 //! downstream TLS termination ([`tls`]) with certificates from SDS files ([`sds`]).
 
@@ -11,6 +12,7 @@ pub mod filter_chain;
 pub mod http_inspector;
 pub mod listener;
 pub mod listener_filter;
+pub mod proxy_protocol;
 pub mod pump;
 pub mod sds;
 pub mod tcp_proxy;

@@ -16,6 +16,7 @@ use std::io;
 use std::time::Duration;
 
 use legate_api::pb::envoy::config::listener::v3::{Listener, ListenerFilter, listener_filter};
+use legate_api::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol;
 use legate_api::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use legate_core::proto::{duration_or, u32_or};
 use legate_core::stats::{Counter, Gauge, ImportMode, Scope};
@@ -25,12 +26,16 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::http_inspector::{self, HttpInspectorStats};
+use crate::proxy_protocol::{self, ProxyProtocolConfig, ProxyProtocolStats};
 use crate::tls_inspector::{
     self, DEFAULT_MAX_CLIENT_HELLO_SIZE, TlsInspectorConfig, TlsInspectorStats,
 };
 
 pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+pub const PROXY_PROTOCOL: &str = "envoy.filters.listener.proxy_protocol";
+const PROXY_PROTOCOL_TYPE: &str =
+    "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol";
 const TLS_INSPECTOR_TYPE: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 const HTTP_INSPECTOR_TYPE: &str =
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
@@ -42,6 +47,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum ListenerFilterKind {
     TlsInspector(TlsInspectorConfig),
     HttpInspector,
+    ProxyProtocol(ProxyProtocolConfig),
 }
 
 /// A listener's filters, in order, with their timeout.
@@ -81,6 +87,7 @@ impl ListenerFilters {
             .map(|f| match f {
                 ListenerFilterKind::TlsInspector(c) => c.peek_limit(),
                 ListenerFilterKind::HttpInspector => http_inspector::MAX_INSPECT_SIZE,
+                ListenerFilterKind::ProxyProtocol(_) => proxy_protocol::PEEK_LIMIT,
             })
             .max()
             .unwrap_or(0)
@@ -102,6 +109,9 @@ fn compile_filter(f: &ListenerFilter) -> Compiled<ListenerFilterKind> {
             return Ok(ListenerFilterKind::TlsInspector(Default::default()));
         }
         None if f.name == HTTP_INSPECTOR => return Ok(ListenerFilterKind::HttpInspector),
+        None if f.name == PROXY_PROTOCOL => {
+            return Ok(ListenerFilterKind::ProxyProtocol(Default::default()));
+        }
         None => {
             return err(
                 "",
@@ -137,6 +147,24 @@ fn compile_filter(f: &ListenerFilter) -> Compiled<ListenerFilterKind> {
             }))
         }
         HTTP_INSPECTOR_TYPE => Ok(ListenerFilterKind::HttpInspector),
+        PROXY_PROTOCOL_TYPE => {
+            let c = ProxyProtocol::decode(any.value.as_slice()).map_err(|e| {
+                vec![ConfigError::new(
+                    "typed_config",
+                    format!("unable to decode ProxyProtocol: {e}"),
+                )]
+            })?;
+            Ok(ListenerFilterKind::ProxyProtocol(ProxyProtocolConfig {
+                allow_without: c.allow_requests_without_proxy_protocol,
+                // Version enum: V1 = 0, V2 = 1.
+                disallowed: c
+                    .disallowed_versions
+                    .iter()
+                    .map(|v| (*v + 1) as u8)
+                    .collect(),
+                stat_prefix: c.stat_prefix,
+            }))
+        }
         other => err(
             "typed_config",
             format!(
@@ -150,6 +178,8 @@ fn compile_filter(f: &ListenerFilter) -> Compiled<ListenerFilterKind> {
 /// What the listener filters found out about a connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Detected {
+    /// The original source and destination a PROXY header gave.
+    pub proxied: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// SNI, lower-cased; empty if none.
     pub server_name: String,
     /// `tls` when the tls_inspector found a ClientHello; `None` is `raw_buffer`.
@@ -172,24 +202,31 @@ pub struct ListenerFilterStats {
     pub filter_error: Counter,
     tls: Option<TlsInspectorStats>,
     http: Option<HttpInspectorStats>,
+    proxy: Option<ProxyProtocolStats>,
 }
 
 impl ListenerFilterStats {
     /// `root`: the store's root scope (inspector stats); `listener`: `listener.<addr>.`.
     pub fn new(root: &Scope, listener: &Scope, filters: &ListenerFilters) -> Self {
-        let has = |tls: bool| {
-            filters
-                .filters
-                .iter()
-                .any(|f| matches!(f, ListenerFilterKind::TlsInspector(_)) == tls)
-        };
         ListenerFilterStats {
             pre_cx_timeout: listener.counter("downstream_pre_cx_timeout"),
             pre_cx_active: listener.gauge("downstream_pre_cx_active", ImportMode::Accumulate),
             remote_close: listener.counter("downstream_listener_filter_remote_close"),
             filter_error: listener.counter("downstream_listener_filter_error"),
-            tls: has(true).then(|| TlsInspectorStats::new(root)),
-            http: has(false).then(|| HttpInspectorStats::new(root)),
+            tls: filters
+                .filters
+                .iter()
+                .any(|f| matches!(f, ListenerFilterKind::TlsInspector(_)))
+                .then(|| TlsInspectorStats::new(root)),
+            http: filters
+                .filters
+                .iter()
+                .any(|f| matches!(f, ListenerFilterKind::HttpInspector))
+                .then(|| HttpInspectorStats::new(root)),
+            proxy: filters.filters.iter().find_map(|f| match f {
+                ListenerFilterKind::ProxyProtocol(c) => Some(ProxyProtocolStats::new(root, c)),
+                _ => None,
+            }),
         }
     }
 }
@@ -384,8 +421,71 @@ impl ListenerFilters {
                         detected.application_protocols = vec![v.alpn().to_owned()];
                     }
                 }
+                ListenerFilterKind::ProxyProtocol(config) => {
+                    let Some(s) = &stats.proxy else { continue };
+                    let limit = proxy_protocol::PEEK_LIMIT.min(buf.len());
+                    let verdict = peek_until(stream, &peeker, &mut buf[..limit], |data| {
+                        match proxy_protocol::parse(data) {
+                            proxy_protocol::Parse::NeedMore => None,
+                            p => Some(p),
+                        }
+                    })
+                    .await;
+                    match verdict {
+                        Ok(proxy_protocol::Parse::Header(header)) => {
+                            let (found, disallowed, _) = s.version(header.version);
+                            if config.disallowed.contains(&header.version) {
+                                disallowed.inc();
+                                return Err(Rejection::FilterError);
+                            }
+                            // The header is the proxy's, not the client's: remove it. It
+                            // counts as found once it is all there (as in Envoy).
+                            consume(stream, header.length).await?;
+                            found.inc();
+                            detected.proxied = header.addresses;
+                        }
+                        Ok(proxy_protocol::Parse::Malformed(version)) => {
+                            s.version(version).2.inc();
+                            return Err(Rejection::FilterError);
+                        }
+                        Ok(proxy_protocol::Parse::NotProxy) | Err(PeekEnd::Full) => {
+                            if config.allow_without {
+                                s.not_found_allowed.inc();
+                            } else {
+                                s.not_found_disallowed.inc();
+                                return Err(Rejection::FilterError);
+                            }
+                        }
+                        Ok(proxy_protocol::Parse::NeedMore) | Err(PeekEnd::Closed) => {
+                            return Err(Rejection::RemoteClose);
+                        }
+                        Err(PeekEnd::Io(e)) => {
+                            tracing::debug!("proxy_protocol: cannot peek: {e}");
+                            return Err(Rejection::FilterError);
+                        }
+                    }
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Reads and drops the first `length` bytes of the stream (a PROXY header): within the
+/// filters' timeout, so a header that claims more than it sends ends in a timeout.
+async fn consume(stream: &TcpStream, mut length: usize) -> Result<(), Rejection> {
+    let mut sink = [0u8; 4096];
+    while length > 0 {
+        stream
+            .readable()
+            .await
+            .map_err(|_| Rejection::FilterError)?;
+        match stream.try_read(&mut sink[..length.min(4096)]) {
+            Ok(0) => return Err(Rejection::RemoteClose),
+            Ok(n) => length -= n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(Rejection::FilterError),
+        }
+    }
+    Ok(())
 }

@@ -142,6 +142,15 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             "HttpInspector",
             &[],
         ),
+        (
+            "envoy.extensions.filters.listener.proxy_protocol.v3",
+            "ProxyProtocol",
+            &[
+                "allow_requests_without_proxy_protocol",
+                "disallowed_versions",
+                "stat_prefix",
+            ],
+        ),
         // L4 network filters
         (
             "envoy.extensions.filters.network.tcp_proxy.v3",
@@ -714,6 +723,10 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
     (
         "envoy.filters.listener.http_inspector",
         "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+    ),
+    (
+        "envoy.filters.listener.proxy_protocol",
+        "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
     ),
     (
         "envoy.filters.http.router",

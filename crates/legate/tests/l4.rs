@@ -759,3 +759,129 @@ impl Drop for EnvoyProcess {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A listener with the `proxy_protocol` listener filter in front of an HTTP connection
+/// manager whose direct response echoes the addresses it sees.
+fn proxy_protocol_bootstrap() -> String {
+    let hcm = |prefix: &str| {
+        format!(
+            r#"      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {prefix}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 200, body: {{inline_string: "ok"}}}}
+                response_headers_to_add:
+                - header: {{key: x-remote, value: "%DOWNSTREAM_REMOTE_ADDRESS%"}}
+                - header: {{key: x-direct, value: "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%"}}
+                - header: {{key: x-local, value: "%DOWNSTREAM_LOCAL_ADDRESS%"}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+        )
+    };
+    let listener = |name: &str, config: &str| {
+        format!(
+            "  - name: {name}\n    stat_prefix: {name}\n    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\n    listener_filters_timeout: 1s\n    listener_filters:\n    - name: envoy.filters.listener.proxy_protocol\n      typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol{config}}}\n    filter_chains:\n    - filters:\n{}",
+            hcm(name)
+        )
+    };
+    format!(
+        "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}\nstatic_resources:\n  listeners:\n{}{}",
+        listener("strict", ""),
+        listener(
+            "optional",
+            ", allow_requests_without_proxy_protocol: true, stat_prefix: optional"
+        )
+    )
+}
+
+/// A PROXY version 2 header for a TCP over IPv4 connection, with `extra` bytes of TLVs (or a
+/// lie: `declared` overrides the length field).
+fn proxy_v2(src: [u8; 4], dst: [u8; 4], ports: (u16, u16), declared: Option<u16>) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11]);
+    h.extend_from_slice(&declared.unwrap_or(12 + 4).to_be_bytes());
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(&ports.0.to_be_bytes());
+    h.extend_from_slice(&ports.1.to_be_bytes());
+    h.extend_from_slice(&[0x04, 0x00, 0x01, 0xAA]); // a NOOP TLV, skipped
+    h
+}
+
+/// What a request sent after `prefix` gets: (status, x-remote, x-local), or None if the
+/// connection was closed without a response.
+fn through_proxy_header(addr: SocketAddr, prefix: &[u8]) -> Option<(u16, String, String, String)> {
+    let request = [
+        prefix,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    ]
+    .concat();
+    let raw = e2e::raw_exchange(addr, &request, Duration::from_secs(3));
+    let r = e2e::parse_response(&raw)?;
+    let h = |n: &str| r.header(n).unwrap_or("").to_owned();
+    Some((r.status, h("x-remote"), h("x-direct"), h("x-local")))
+}
+
+/// The PROXY protocol listener filter, checked against Envoy: versions 1 and 2 restore the
+/// client's addresses (the direct peer stays the proxy's), a missing header closes the
+/// connection unless allowed, a malformed one closes it, and one that claims more bytes than
+/// it sends runs into `listener_filters_timeout`.
+#[test]
+fn proxy_protocol_restores_addresses_like_envoy() {
+    let proxy = e2e::start_proxy(&proxy_protocol_bootstrap());
+    let strict = proxy.addr("strict");
+    let optional = proxy.addr("optional");
+
+    let (status, remote, direct, local) =
+        through_proxy_header(strict, b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n")
+            .expect("a response after a v1 header");
+    assert_eq!(status, 200);
+    assert_eq!(remote, "192.0.2.1:56324");
+    assert!(direct.starts_with("127.0.0.1:"), "{direct}");
+    assert_eq!(local, "198.51.100.2:443");
+
+    let v2 = proxy_v2([203, 0, 113, 7], [198, 51, 100, 9], (40000, 8443), None);
+    let (status, remote, _, local) =
+        through_proxy_header(strict, &v2).expect("a response after a v2 header");
+    assert_eq!(status, 200);
+    assert_eq!(remote, "203.0.113.7:40000");
+    assert_eq!(local, "198.51.100.9:8443");
+
+    // No header: closed on the strict listener, served on the one that allows it.
+    assert_eq!(through_proxy_header(strict, b""), None);
+    let (status, remote, _, _) = through_proxy_header(optional, b"").expect("served");
+    assert_eq!(status, 200);
+    assert!(remote.starts_with("127.0.0.1:"), "{remote}");
+    // Malformed: a port out of range.
+    assert_eq!(
+        through_proxy_header(strict, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n"),
+        None
+    );
+    // A header that claims 60,000 bytes and sends 16: the filters' 1 s timeout closes it.
+    let lying = proxy_v2([1, 2, 3, 4], [5, 6, 7, 8], (1, 2), Some(60000));
+    let started = Instant::now();
+    assert_eq!(through_proxy_header(strict, &lying), None);
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    eventually("the proxy_proto stats", || {
+        proxy.stat("proxy_proto.versions.v1.found") == Some(1)
+            && proxy.stat("proxy_proto.versions.v2.found") == Some(1)
+            && proxy.stat("proxy_proto.not_found_disallowed") == Some(1)
+            && proxy.stat("proxy_proto.versions.v1.error") == Some(1)
+            && proxy.stat("proxy_proto.optional.not_found_allowed") == Some(1)
+            && proxy.stat("listener.strict.downstream_pre_cx_timeout") == Some(1)
+    });
+    proxy_still_serves(optional);
+}
+
+fn proxy_still_serves(addr: SocketAddr) {
+    assert_eq!(through_proxy_header(addr, b"").map(|r| r.0), Some(200));
+}

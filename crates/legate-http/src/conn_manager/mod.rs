@@ -90,7 +90,10 @@ impl std::ops::Deref for TableRef<'_> {
 #[derive(Clone, Debug)]
 pub struct Downstream {
     pub id: u64,
+    /// The client: the socket's peer, or the source a PROXY header restored.
     pub peer: SocketAddr,
+    /// The socket's peer (the proxy in front, with the PROXY protocol).
+    pub direct_peer: SocketAddr,
     pub local: SocketAddr,
     /// The worker serving it, which picks the worker's upstream connection pools.
     pub worker: usize,
@@ -194,7 +197,7 @@ impl HttpConnectionManager {
         let config = &self.config;
         let mut info = StreamInfo::new(conn.downstream.id);
         info.downstream_local_address = Some(conn.downstream.local);
-        info.downstream_direct_remote_address = Some(conn.downstream.peer);
+        info.downstream_direct_remote_address = Some(conn.downstream.direct_peer);
         info.requested_server_name = conn.downstream.requested_server_name.clone();
         info.protocol = match req.version() {
             Version::HTTP_10 => Protocol::Http10,

@@ -171,7 +171,7 @@ impl TcpProxy {
         let mut info = StreamInfo::new(conn.id);
         info.protocol = Protocol::Tcp;
         info.downstream_remote_address = Some(conn.peer);
-        info.downstream_direct_remote_address = Some(conn.peer);
+        info.downstream_direct_remote_address = Some(conn.direct_peer);
         info.downstream_local_address = Some(conn.local);
         if !server_name.is_empty() {
             info.requested_server_name = Some(server_name.into());

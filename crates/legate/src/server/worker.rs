@@ -234,6 +234,7 @@ async fn accept_loop(
         let downstream = Downstream {
             id,
             peer,
+            direct_peer: peer,
             local: stream.local_addr().ok().or(local).unwrap_or(peer),
             worker,
             tls: false,
@@ -331,10 +332,16 @@ async fn serve_matched(
             }
         }
     };
+    // A PROXY header gives the connection its original addresses; the direct peer (the
+    // proxy in front) stays for `direct_source_prefix_ranges` and the logs.
+    if let Some((source, destination)) = detected.proxied {
+        downstream.peer = source;
+        downstream.local = destination;
+    }
     let facts = ConnectionFacts {
         local: downstream.local,
         remote: downstream.peer,
-        direct_remote: downstream.peer,
+        direct_remote: downstream.direct_peer,
         server_name: &detected.server_name,
         transport_protocol: detected.transport_protocol(),
         application_protocols: &detected.application_protocols,
