@@ -45,6 +45,9 @@ pub enum NetworkFilter {
     Echo,
     /// `envoy.filters.network.direct_response`: the bytes to write before closing.
     DirectResponse(Arc<[u8]>),
+    /// `envoy.filters.network.sni_cluster`: the tcp_proxy after it connects to the cluster
+    /// named by the connection's SNI. The one filter that is not terminal.
+    SniCluster,
 }
 
 #[derive(Debug)]
@@ -290,6 +293,8 @@ const HCM_TYPE: &str =
 const TCP_PROXY_TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const ECHO_TYPE: &str = "envoy.extensions.filters.network.echo.v3.Echo";
 const DIRECT_RESPONSE_TYPE: &str = "envoy.extensions.filters.network.direct_response.v3.Config";
+const SNI_CLUSTER_TYPE: &str = "envoy.extensions.filters.network.sni_cluster.v3.SniCluster";
+const SNI_CLUSTER_NAME: &str = "envoy.filters.network.sni_cluster";
 
 /// The extension name Envoy reports for a network filter's config type.
 fn network_filter_extension(type_name: &str) -> Option<&'static str> {
@@ -309,6 +314,18 @@ fn check_terminal_filters<F>(
 ) -> impl FnOnce(ListenerConfig<F>) -> Compiled<ListenerConfig<F>> + '_ {
     move |compiled| {
         for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+            if let Some(last) = chain.filters.last()
+                && let Some(filter::ConfigType::TypedConfig(any)) = &last.config_type
+                && legate_api::any::type_name(&any.type_url) == SNI_CLUSTER_TYPE
+            {
+                return Err(vec![ConfigError::new(
+                    "filter_chains",
+                    format!(
+                        "Error: non-terminal filter named {} of type {SNI_CLUSTER_NAME} is the last filter in a network filter chain.",
+                        last.name
+                    ),
+                )]);
+            }
             let n = chain.filters.len();
             for f in chain.filters.iter().take(n.saturating_sub(1)) {
                 if let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type
@@ -377,6 +394,7 @@ fn network_filter(f: &Filter, clusters: &HashSet<&str>) -> Compiled<NetworkFilte
             return Ok(NetworkFilter::TcpProxy(Arc::new(config)));
         }
         ECHO_TYPE => return Ok(NetworkFilter::Echo),
+        SNI_CLUSTER_TYPE => return Ok(NetworkFilter::SniCluster),
         DIRECT_RESPONSE_TYPE => {
             let c = DirectResponseConfig::decode(any.value.as_slice())
                 .map_err(|e| decode_error("direct_response Config", e))?;

@@ -176,6 +176,11 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
         ),
         ("envoy.extensions.filters.network.echo.v3", "Echo", &[]),
         (
+            "envoy.extensions.filters.network.sni_cluster.v3",
+            "SniCluster",
+            &[],
+        ),
+        (
             "envoy.extensions.filters.network.direct_response.v3",
             "Config",
             &["response"],
@@ -711,6 +716,10 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
     (
         "envoy.filters.network.echo",
         "envoy.extensions.filters.network.echo.v3.Echo",
+    ),
+    (
+        "envoy.filters.network.sni_cluster",
+        "envoy.extensions.filters.network.sni_cluster.v3.SniCluster",
     ),
     (
         "envoy.filters.network.direct_response",

@@ -885,3 +885,91 @@ fn proxy_protocol_restores_addresses_like_envoy() {
 fn proxy_still_serves(addr: SocketAddr) {
     assert_eq!(through_proxy_header(addr, b"").map(|r| r.0), Some(200));
 }
+
+/// `sni_cluster` before `tcp_proxy`: the connection goes to the cluster its SNI names, to the
+/// tcp_proxy's own cluster without SNI, and nowhere (closed, `downstream_cx_no_route`) when no
+/// cluster has that name. Checked against Envoy too.
+#[test]
+fn sni_cluster_routes_by_server_name_like_envoy() {
+    let a = TcpUpstream::start(b"A", true);
+    let b = TcpUpstream::start(b"B", true);
+    let fallback = TcpUpstream::start(b"F", true);
+    let filters = format!(
+        "      filters:\n      - name: envoy.filters.network.sni_cluster\n        typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.sni_cluster.v3.SniCluster}}\n{}",
+        tcp_proxy("sni", "fallback", "").replacen("      filters:\n", "", 1)
+    );
+    let config = bootstrap(
+        &[listener(
+            "sni",
+            0,
+            &format!("    listener_filters:\n{TLS_INSPECTOR}"),
+            &chain("", &filters),
+        )],
+        &format!(
+            "{}{}{}",
+            cluster("a.example.com", a.addr, ""),
+            cluster("b.example.com", b.addr, ""),
+            cluster("fallback", fallback.addr, "")
+        ),
+    );
+    let proxy = e2e::start_proxy(&config);
+    let addr = proxy.addr("sni");
+    // The client keeps its side open (Envoy closes a connection whose peer half-closes while
+    // the listener filters run) and reads the upstream's tag and echo.
+    let talk = |data: &[u8]| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(data).unwrap();
+        let mut out = vec![0u8; data.len() + 1];
+        let mut got = 0;
+        while got < out.len() {
+            match s.read(&mut out[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        out.truncate(got);
+        out
+    };
+    for (sni, tag) in [("a.example.com", b'A'), ("b.example.com", b'B')] {
+        let hello = client_hello(sni, &[]);
+        let reply = talk(&hello);
+        assert_eq!(reply.first(), Some(&tag), "{sni}");
+        assert_eq!(&reply[1..], &hello[..], "{sni}");
+    }
+    let reply = talk(b"no tls here, a plain stream");
+    assert_eq!(
+        reply.first(),
+        Some(&b'F'),
+        "no SNI: the tcp_proxy's cluster"
+    );
+    let reply = talk(&client_hello("c.example.com", &[]));
+    assert!(reply.is_empty(), "no cluster named c.example.com");
+    eventually("tcp.sni.downstream_cx_no_route", || {
+        proxy.stat("tcp.sni.downstream_cx_no_route") == Some(1)
+    });
+}
+
+/// `sni_cluster` alone cannot end a chain, as in Envoy.
+#[test]
+fn sni_cluster_must_not_end_a_chain() {
+    let config = bootstrap(
+        &[listener(
+            "sni",
+            0,
+            "",
+            &chain(
+                "",
+                "      filters:\n      - name: envoy.filters.network.sni_cluster\n        typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.network.sni_cluster.v3.SniCluster}\n",
+            ),
+        )],
+        "",
+    );
+    let Err(err) = Legate::try_start_args(&config, &[]) else {
+        panic!("a chain ending with sni_cluster was accepted");
+    };
+    assert!(
+        err.contains("non-terminal filter named envoy.filters.network.sni_cluster"),
+        "{err}"
+    );
+}

@@ -50,8 +50,17 @@ impl ChainFilter {
                     })?,
             )),
             Some(NetworkFilter::TcpProxy(c)) => {
-                ChainFilter::TcpProxy(Arc::new(TcpProxy::new(c.clone(), context.clone())?))
+                let cluster_from_sni = filters
+                    .iter()
+                    .any(|f| matches!(f, NetworkFilter::SniCluster));
+                ChainFilter::TcpProxy(Arc::new(TcpProxy::new(
+                    c.clone(),
+                    context.clone(),
+                    cluster_from_sni,
+                )?))
             }
+            // Checked at compile time: a chain cannot end with it.
+            Some(NetworkFilter::SniCluster) => ChainFilter::Close,
             Some(NetworkFilter::Echo) => ChainFilter::Echo,
             Some(NetworkFilter::DirectResponse(bytes)) => {
                 ChainFilter::DirectResponse(bytes.clone())
@@ -111,6 +120,8 @@ pub type Conn = legate_core::io::MaybeTls<TlsStream<TcpStream>>;
 /// A running tcp_proxy filter.
 pub struct TcpProxy {
     config: Arc<TcpProxyConfig>,
+    /// The cluster is the connection's SNI when it has one (`sni_cluster`).
+    cluster_from_sni: bool,
     stats: TcpProxyStats,
     access_logs: Vec<AccessLogger>,
     context: Arc<ProxyContext>,
@@ -137,7 +148,12 @@ impl ClusterL4Stats {
 }
 
 impl TcpProxy {
-    pub fn new(config: Arc<TcpProxyConfig>, context: Arc<ProxyContext>) -> Result<Self, String> {
+    /// `cluster_from_sni`: an `sni_cluster` filter runs before it.
+    pub fn new(
+        config: Arc<TcpProxyConfig>,
+        context: Arc<ProxyContext>,
+        cluster_from_sni: bool,
+    ) -> Result<Self, String> {
         let mut access_logs = Vec::with_capacity(config.access_log.len());
         for (i, log) in config.access_log.iter().enumerate() {
             let l = AccessLogger::compile(log).map_err(|errors| {
@@ -158,6 +174,7 @@ impl TcpProxy {
             }
         }
         Ok(TcpProxy {
+            cluster_from_sni,
             stats: TcpProxyStats::new(&root, &config.stat_prefix),
             config,
             access_logs,
@@ -189,7 +206,14 @@ impl TcpProxy {
     async fn proxy(&self, downstream: Conn, info: &mut StreamInfo) {
         use legate_core::stream_info::ResponseFlags as flags;
         let stats = &self.stats;
-        let name = self.config.cluster.pick(fastrand::u64(..));
+        let sni = info
+            .requested_server_name
+            .clone()
+            .filter(|_| self.cluster_from_sni);
+        let name = match &sni {
+            Some(sni) => sni,
+            None => self.config.cluster.pick(fastrand::u64(..)),
+        };
         let Some(cluster) = self.context.clusters.get(name) else {
             stats.downstream_cx_no_route.inc();
             info.response_flags.set(flags::NO_CLUSTER_FOUND);
