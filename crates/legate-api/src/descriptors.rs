@@ -35,6 +35,7 @@ pub const POOL_ROOTS: &[&str] = &[
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
     "envoy.extensions.filters.network.echo.v3.Echo",
     "envoy.extensions.filters.network.sni_cluster.v3.SniCluster",
+    "envoy.extensions.filters.network.rbac.v3.RBAC",
     "envoy.extensions.filters.network.direct_response.v3.Config",
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",

@@ -4,7 +4,8 @@
 //! filter-chain matching ([`filter_chain`]), the listener filters that inspect a new
 //! connection ([`listener_filter`], [`tls_inspector`], [`http_inspector`], [`proxy_protocol`]),
 //! and the L4 network
-//! filters' configuration and byte moving ([`tcp_proxy`], [`pump`], [`direct_response`]), and
+//! filters' configuration and byte moving ([`tcp_proxy`], [`pump`], [`direct_response`],
+//! [`rbac`]), and
 //! downstream TLS termination ([`tls`]) with certificates from SDS files ([`sds`]).
 
 pub mod direct_response;
@@ -14,6 +15,7 @@ pub mod listener;
 pub mod listener_filter;
 pub mod proxy_protocol;
 pub mod pump;
+pub mod rbac;
 pub mod sds;
 pub mod tcp_proxy;
 pub mod tls;

@@ -18,12 +18,14 @@ use legate_api::pb::envoy::extensions::filters::network::direct_response::v3::Co
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
+use legate_api::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbacProto;
 use legate_api::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use legate_core::config_source::FileSource;
 use legate_core::proto::{bool_or, duration_or};
 use legate_core::{Compiled, ConfigError, Errors};
 use legate_http::hcm::HcmConfig;
 use legate_net::listener::{ListenerConfig, check_unique};
+use legate_net::rbac::NetworkRbacConfig;
 use legate_net::tcp_proxy::TcpProxyConfig;
 use legate_upstream::ClusterConfig;
 use legate_upstream::cluster::check_unique_names;
@@ -46,8 +48,10 @@ pub enum NetworkFilter {
     /// `envoy.filters.network.direct_response`: the bytes to write before closing.
     DirectResponse(Arc<[u8]>),
     /// `envoy.filters.network.sni_cluster`: the tcp_proxy after it connects to the cluster
-    /// named by the connection's SNI. The one filter that is not terminal.
+    /// named by the connection's SNI. Not terminal.
     SniCluster,
+    /// `envoy.filters.network.rbac`: allows or denies the connection. Not terminal.
+    Rbac(Arc<NetworkRbacConfig>),
 }
 
 #[derive(Debug)]
@@ -295,6 +299,7 @@ const ECHO_TYPE: &str = "envoy.extensions.filters.network.echo.v3.Echo";
 const DIRECT_RESPONSE_TYPE: &str = "envoy.extensions.filters.network.direct_response.v3.Config";
 const SNI_CLUSTER_TYPE: &str = "envoy.extensions.filters.network.sni_cluster.v3.SniCluster";
 const SNI_CLUSTER_NAME: &str = "envoy.filters.network.sni_cluster";
+const RBAC_TYPE: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
 
 /// The extension name Envoy reports for a network filter's config type.
 fn network_filter_extension(type_name: &str) -> Option<&'static str> {
@@ -316,12 +321,16 @@ fn check_terminal_filters<F>(
         for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
             if let Some(last) = chain.filters.last()
                 && let Some(filter::ConfigType::TypedConfig(any)) = &last.config_type
-                && legate_api::any::type_name(&any.type_url) == SNI_CLUSTER_TYPE
+                && let Some(kind) = match legate_api::any::type_name(&any.type_url) {
+                    SNI_CLUSTER_TYPE => Some(SNI_CLUSTER_NAME),
+                    RBAC_TYPE => Some("envoy.filters.network.rbac"),
+                    _ => None,
+                }
             {
                 return Err(vec![ConfigError::new(
                     "filter_chains",
                     format!(
-                        "Error: non-terminal filter named {} of type {SNI_CLUSTER_NAME} is the last filter in a network filter chain.",
+                        "Error: non-terminal filter named {} of type {kind} is the last filter in a network filter chain.",
                         last.name
                     ),
                 )]);
@@ -395,6 +404,12 @@ fn network_filter(f: &Filter, clusters: &HashSet<&str>) -> Compiled<NetworkFilte
         }
         ECHO_TYPE => return Ok(NetworkFilter::Echo),
         SNI_CLUSTER_TYPE => return Ok(NetworkFilter::SniCluster),
+        RBAC_TYPE => {
+            let r = NetworkRbacProto::decode(any.value.as_slice())
+                .map_err(|e| decode_error("RBAC", e))?;
+            let config = NetworkRbacConfig::compile(&r).map_err(within)?;
+            return Ok(NetworkFilter::Rbac(Arc::new(config)));
+        }
         DIRECT_RESPONSE_TYPE => {
             let c = DirectResponseConfig::decode(any.value.as_slice())
                 .map_err(|e| decode_error("direct_response Config", e))?;

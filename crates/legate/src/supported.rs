@@ -181,6 +181,53 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             &[],
         ),
         (
+            "envoy.extensions.filters.network.rbac.v3",
+            "RBAC",
+            &[
+                "stat_prefix",
+                "rules",
+                "shadow_rules",
+                "shadow_rules_stat_prefix",
+                "enforcement_type",
+            ],
+        ),
+        ("envoy.config.rbac.v3", "RBAC", &["action", "policies"]),
+        (
+            "envoy.config.rbac.v3",
+            "Policy",
+            &["permissions", "principals"],
+        ),
+        (
+            "envoy.config.rbac.v3",
+            "Permission",
+            &[
+                "and_rules",
+                "or_rules",
+                "any",
+                "destination_ip",
+                "destination_port",
+                "destination_port_range",
+                "not_rule",
+                "requested_server_name",
+            ],
+        ),
+        ("envoy.config.rbac.v3", "Permission.Set", &["rules"]),
+        (
+            "envoy.config.rbac.v3",
+            "Principal",
+            &[
+                "and_ids",
+                "or_ids",
+                "any",
+                "source_ip",
+                "direct_remote_ip",
+                "remote_ip",
+                "not_id",
+            ],
+        ),
+        ("envoy.config.rbac.v3", "Principal.Set", &["ids"]),
+        ("envoy.type.v3", "Int32Range", &["start", "end"]),
+        (
             "envoy.extensions.filters.network.direct_response.v3",
             "Config",
             &["response"],
@@ -720,6 +767,10 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
     (
         "envoy.filters.network.sni_cluster",
         "envoy.extensions.filters.network.sni_cluster.v3.SniCluster",
+    ),
+    (
+        "envoy.filters.network.rbac",
+        "envoy.extensions.filters.network.rbac.v3.RBAC",
     ),
     (
         "envoy.filters.network.direct_response",

@@ -973,3 +973,73 @@ fn sni_cluster_must_not_end_a_chain() {
         "{err}"
     );
 }
+
+/// The network RBAC filter, checked against Envoy: an ALLOW policy on the remote IP lets
+/// 127.0.0.2 through and closes 127.0.0.1's connection; a DENY policy on the SNI (found by
+/// tls_inspector) refuses one name and lets the others through; the decisions are counted in
+/// `<stat_prefix>rbac.*`, and shadow rules only count.
+#[test]
+fn network_rbac_allows_and_denies_like_envoy() {
+    let tls_up = TcpUpstream::start(b"T", true);
+    let rbac = |prefix: &str, rules: &str| {
+        format!(
+            "      - name: envoy.filters.network.rbac\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC\n          stat_prefix: {prefix}\n{rules}"
+        )
+    };
+    let by_ip = rbac(
+        "by_ip.",
+        "          rules:\n            action: ALLOW\n            policies:\n              two:\n                permissions: [{any: true}]\n                principals: [{remote_ip: {address_prefix: 127.0.0.2, prefix_len: 32}}]\n          shadow_rules:\n            action: DENY\n            policies:\n              all:\n                permissions: [{destination_port_range: {start: 1, end: 65535}}]\n                principals: [{any: true}]\n",
+    );
+    let by_sni = rbac(
+        "by_sni.",
+        "          rules:\n            action: DENY\n            policies:\n              blocked:\n                permissions: [{requested_server_name: {exact: blocked.example.com}}]\n                principals: [{any: true}]\n",
+    );
+    let echo = "      - name: envoy.filters.network.echo\n        typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo}\n";
+    let config = bootstrap(
+        &[
+            listener("ip", 0, "", &format!("    - filters:\n{by_ip}{echo}")),
+            listener(
+                "sni",
+                0,
+                &format!("    listener_filters:\n{TLS_INSPECTOR}"),
+                &format!(
+                    "    - filters:\n{by_sni}{}",
+                    tcp_proxy("sni", "tls_up", "").replacen("      filters:\n", "", 1)
+                ),
+            ),
+        ],
+        &cluster("tls_up", tls_up.addr, ""),
+    );
+    let proxy = e2e::start_proxy(&config);
+    // The client keeps its side open until it has its answer (or the proxy closes).
+    let talk = |source: &str, addr: SocketAddr, data: &[u8], expect: usize| {
+        let mut s = connect_from(Some(source), addr);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(data).unwrap();
+        let mut out = vec![0u8; expect];
+        let mut got = 0;
+        while got < expect {
+            match s.read(&mut out[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        out.truncate(got);
+        out
+    };
+    let ip = proxy.addr("ip");
+    assert_eq!(talk("127.0.0.2", ip, b"hello", 5), b"hello");
+    assert_eq!(talk("127.0.0.1", ip, b"hello", 5), b"");
+    let sni = proxy.addr("sni");
+    let hello = client_hello("fine.example.com", &[]);
+    assert_eq!(talk("127.0.0.1", sni, &hello, 1), b"T");
+    let hello = client_hello("blocked.example.com", &[]);
+    assert_eq!(talk("127.0.0.1", sni, &hello, 1), b"");
+    eventually("the rbac stats", || {
+        proxy.stat("by_ip.rbac.allowed") == Some(1)
+            && proxy.stat("by_ip.rbac.denied") == Some(1)
+            && proxy.stat("by_ip.rbac.shadow_denied") == Some(2)
+            && proxy.stat("by_sni.rbac.allowed") == Some(1)
+            && proxy.stat("by_sni.rbac.denied") == Some(1)
+    });
+}

@@ -59,8 +59,8 @@ impl ChainFilter {
                     cluster_from_sni,
                 )?))
             }
-            // Checked at compile time: a chain cannot end with it.
-            Some(NetworkFilter::SniCluster) => ChainFilter::Close,
+            // Checked at compile time: a chain cannot end with these.
+            Some(NetworkFilter::SniCluster | NetworkFilter::Rbac(_)) => ChainFilter::Close,
             Some(NetworkFilter::Echo) => ChainFilter::Echo,
             Some(NetworkFilter::DirectResponse(bytes)) => {
                 ChainFilter::DirectResponse(bytes.clone())

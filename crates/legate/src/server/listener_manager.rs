@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 
 use super::l4::ChainFilter;
 use super::listener;
+use legate_net::rbac::NetworkRbac;
+
 use super::worker::{ListenerInstance, ListenerStats, ServingListener, WorkerCommand};
 use crate::config::NetworkFilter;
 
@@ -400,10 +402,22 @@ impl ListenerManager {
     ) -> Result<Active, String> {
         let l = spec.config;
         let mut chains = Vec::with_capacity(l.filter_chains.len());
+        let mut rbac = Vec::with_capacity(l.filter_chains.len());
+        let root = self.store.scope("");
         for chain in &l.filter_chains {
             chains.push(
                 ChainFilter::new(&chain.filters, &self.context, &l.stat_prefix)
                     .map_err(|e| format!("listener '{}': {e}", l.name))?,
+            );
+            rbac.push(
+                chain
+                    .filters
+                    .iter()
+                    .filter_map(|f| match f {
+                        NetworkFilter::Rbac(c) => Some(NetworkRbac::new(c.clone(), &root)),
+                        _ => None,
+                    })
+                    .collect(),
             );
         }
         let workers = self.workers.len();
@@ -441,6 +455,7 @@ impl ListenerManager {
                 &l.listener_filters,
             ),
             chains,
+            rbac,
             ssl: l
                 .filter_chains
                 .iter()

@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, watch};
 use legate_core::tls::SslStats;
 use legate_net::tls::HandshakeError;
 
+use legate_net::rbac::{Connection as RbacConnection, NetworkRbac};
+
 use super::l4::{ChainFilter, Conn};
 use crate::config::NetworkFilter;
 
@@ -118,6 +120,8 @@ pub struct ServingListener {
     pub config: ListenerConfig<NetworkFilter>,
     /// One per `config.filter_chains`.
     pub chains: Vec<ChainFilter>,
+    /// The RBAC filters of each chain, which a connection must pass first.
+    pub rbac: Vec<Vec<NetworkRbac>>,
     pub stats: ListenerStats,
     pub filter_stats: ListenerFilterStats,
     /// `listener.<prefix>.ssl.*`, when a chain terminates TLS.
@@ -131,7 +135,7 @@ impl ServingListener {
         if self.config.listener_filters.is_empty() {
             self.config
                 .only_chain
-                .filter(|&i| self.config.filter_chains[i].tls.is_none())
+                .filter(|&i| self.config.filter_chains[i].tls.is_none() && self.rbac[i].is_empty())
                 .map(|i| &self.chains[i])
         } else {
             None
@@ -391,7 +395,26 @@ async fn serve_matched(
         }
         _ => Some(Conn::Plain(stream)),
     };
-    if let Some(conn) = conn {
+    let server_name = match &downstream.requested_server_name {
+        Some(sni) if detected.server_name.is_empty() => sni.to_string(),
+        _ => detected.server_name.clone(),
+    };
+    let denied = conn.is_some()
+        && serving.rbac[chain].iter().any(|rbac| {
+            !rbac.allows(&RbacConnection {
+                remote: downstream.peer,
+                direct_remote: downstream.direct_peer,
+                local: downstream.local,
+                server_name: &server_name,
+            })
+        });
+    if denied {
+        tracing::debug!(
+            "connection {} from {}: denied by RBAC",
+            downstream.id,
+            downstream.peer
+        );
+    } else if let Some(conn) = conn {
         let serve = serving.chains[chain].serve(conn, downstream, &detected.server_name, drain);
         until_closed(instance, serve).await;
     }
