@@ -141,6 +141,7 @@ struct ManagerStats {
     listener_modified: Counter,
     listener_in_place_updated: Counter,
     listener_removed: Counter,
+    listener_stopped: Counter,
     listener_create_success: Counter,
     listener_create_failure: Counter,
     total_listeners_active: Gauge,
@@ -151,7 +152,6 @@ struct ManagerStats {
 impl ManagerStats {
     fn new(store: &Arc<Store>) -> Self {
         let s = store.scope("listener_manager.");
-        s.counter("listener_stopped");
         s.gauge("total_filter_chains_draining", ImportMode::NeverImport);
         s.gauge("workers_started", ImportMode::NeverImport).set(1);
         let g = |n: &str| s.gauge(n, ImportMode::NeverImport);
@@ -160,6 +160,7 @@ impl ManagerStats {
             listener_modified: s.counter("listener_modified"),
             listener_in_place_updated: s.counter("listener_in_place_updated"),
             listener_removed: s.counter("listener_removed"),
+            listener_stopped: s.counter("listener_stopped"),
             listener_create_success: s.counter("listener_create_success"),
             listener_create_failure: s.counter("listener_create_failure"),
             total_listeners_active: g("total_listeners_active"),
@@ -565,10 +566,14 @@ impl ListenerManager {
     /// clients are refused at once, as in Envoy; with `graceful` open connections drain too.
     /// No listener starts after this.
     pub fn drain_all(&mut self, graceful: bool) {
+        if self.stopped {
+            return;
+        }
         self.stopped = true;
         for a in &mut self.active {
             a.instance.stop(graceful);
             a.sockets.clear();
+            self.stats.listener_stopped.inc();
         }
     }
 

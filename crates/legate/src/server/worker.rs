@@ -415,7 +415,8 @@ async fn serve_matched(
             downstream.peer
         );
     } else if let Some(conn) = conn {
-        let serve = serving.chains[chain].serve(conn, downstream, &detected.server_name, drain);
+        // The SNI: the tls_inspector's, or the terminated handshake's.
+        let serve = serving.chains[chain].serve(conn, downstream, &server_name, drain);
         until_closed(instance, serve).await;
     }
     closed(&serving.stats, opened);
