@@ -129,12 +129,4 @@ impl<K: Clone + PartialEq + Send + 'static> FileWatcher<K> {
         }
         Ok(())
     }
-
-    /// Stops reporting `key` (its subscription is gone).
-    pub fn forget(&self, key: &K) {
-        let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-        for interests in watches.by_descriptor.values_mut() {
-            interests.retain(|i| &i.key != key);
-        }
-    }
 }

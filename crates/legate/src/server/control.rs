@@ -629,17 +629,18 @@ impl Control {
                 }
             };
             let table = Ok(response).and_then(|r| {
-                let (i, any) = r
+                // Decoded once: the one named `name` is kept.
+                let (i, any, rc) = r
                     .resources
                     .iter()
                     .enumerate()
-                    .find(|(_, any)| {
+                    .find_map(|(i, any)| {
                         RouteConfiguration::decode(any.value.as_slice())
-                            .is_ok_and(|rc| &rc.name == name)
+                            .ok()
+                            .filter(|rc| &rc.name == name)
+                            .map(|rc| (i, any, rc))
                     })
                     .ok_or_else(|| format!("no route configuration named '{name}'"))?;
-                let rc = RouteConfiguration::decode(any.value.as_slice())
-                    .map_err(|e| format!("resources[{i}]: unable to decode: {e}"))?;
                 let table = RouteTable::compile(&rc).map_err(|errors| {
                     join(
                         errors

@@ -395,9 +395,11 @@ async fn serve_matched(
         }
         _ => Some(Conn::Plain(stream)),
     };
-    let server_name = match &downstream.requested_server_name {
-        Some(sni) if detected.server_name.is_empty() => sni.to_string(),
-        _ => detected.server_name.clone(),
+    // The SNI: the tls_inspector's, or the terminated handshake's.
+    let handshake_sni = downstream.requested_server_name.clone();
+    let server_name: &str = match &handshake_sni {
+        Some(sni) if detected.server_name.is_empty() => sni,
+        _ => &detected.server_name,
     };
     let denied = conn.is_some()
         && serving.rbac[chain].iter().any(|rbac| {
@@ -405,7 +407,7 @@ async fn serve_matched(
                 remote: downstream.peer,
                 direct_remote: downstream.direct_peer,
                 local: downstream.local,
-                server_name: &server_name,
+                server_name,
             })
         });
     if denied {
@@ -415,8 +417,7 @@ async fn serve_matched(
             downstream.peer
         );
     } else if let Some(conn) = conn {
-        // The SNI: the tls_inspector's, or the terminated handshake's.
-        let serve = serving.chains[chain].serve(conn, downstream, &server_name, drain);
+        let serve = serving.chains[chain].serve(conn, downstream, server_name, drain);
         until_closed(instance, serve).await;
     }
     closed(&serving.stats, opened);
