@@ -879,6 +879,7 @@ const NOTES: &str = "
 | `CertificateValidationContext.match_typed_subject_alt_names` | `san_type: DNS` with an `exact` matcher only (wildcard certificate names match as in Envoy); other SAN types and matchers are refused. Requires `trusted_ca`. |
 | `DownstreamTlsContext.require_client_certificate` | Requires `validation_context.trusted_ca`. |
 | `ssl.sigalgs.*` stats | Not counted (rustls does not report the negotiated signature scheme). |
+| `RBAC.enforcement_type` (network filter) | Both values accepted: the rules (addresses, SNI) cannot change during a connection, so Legate decides once, when the connection is set up (after the TLS handshake, if any); Envoy decides at the first byte, so a denied client that sends nothing is closed at once by Legate and only when it sends by Envoy. |
 | Content-Length together with Transfer-Encoding | Envoy answers 400; Legate follows RFC 9112 §6.3 (the chunked framing alone counts, the connection closes after the response). |
 ";
 
