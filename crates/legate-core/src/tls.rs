@@ -613,3 +613,37 @@ mod tests {
         );
     }
 }
+
+/// The TLS context of an `envoy.transport_sockets.tls` transport socket: its `typed_config`
+/// must be `context` (the message's short name, e.g. `UpstreamTlsContext`; `article` is "a" or
+/// "an" for the messages); `wrong_type` says why another type is refused. The context is
+/// compiled by `compile`, its errors placed under `typed_config`.
+pub fn transport_socket_context<M: prost::Message + Default, T>(
+    ts: &legate_api::pb::envoy::config::core::v3::TransportSocket,
+    article: &str,
+    context: &str,
+    wrong_type: impl FnOnce(&str) -> String,
+    compile: impl FnOnce(&M) -> Compiled<T>,
+) -> Compiled<T> {
+    use legate_api::pb::envoy::config::core::v3::transport_socket;
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Err(vec![ConfigError::new(
+            "",
+            format!(
+                "transport socket '{}' needs a typed_config (Legate supports envoy.transport_sockets.tls with {article} {context})",
+                ts.name
+            ),
+        )]);
+    };
+    let ty = legate_api::any::type_name(&any.type_url);
+    if ty != format!("envoy.extensions.transport_sockets.tls.v3.{context}") {
+        return Err(vec![ConfigError::new("typed_config", wrong_type(ty))]);
+    }
+    let message = M::decode(any.value.as_slice()).map_err(|e| {
+        vec![ConfigError::new(
+            "typed_config",
+            format!("unable to decode {context}: {e}"),
+        )]
+    })?;
+    compile(&message).map_err(|e| e.into_iter().map(|e| e.within("typed_config")).collect())
+}

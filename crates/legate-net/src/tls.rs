@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use legate_api::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+use legate_api::pb::envoy::config::core::v3::TransportSocket;
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
     DownstreamTlsContext, common_tls_context::ValidationContextType,
 };
@@ -22,7 +22,6 @@ use legate_core::tls::{self, Side, SslStats, Validation};
 
 use crate::sds::CertificateSecret;
 use legate_core::{Compiled, ConfigError, Errors};
-use prost::Message;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -33,8 +32,6 @@ use tokio_rustls::LazyConfigAcceptor;
 pub use tokio_rustls::server::TlsStream;
 
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
-const DOWNSTREAM_TLS_CONTEXT: &str =
-    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const UPSTREAM_TLS_CONTEXT: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 
 /// A compiled `DownstreamTlsContext`.
@@ -64,41 +61,18 @@ pub enum HandshakeError {
 impl DownstreamTls {
     /// Compiles a filter chain's `transport_socket` (paths relative to it).
     pub fn compile_transport_socket(ts: &TransportSocket) -> Compiled<DownstreamTls> {
-        let any = match &ts.config_type {
-            Some(transport_socket::ConfigType::TypedConfig(any)) => any,
-            None => {
-                return Err(vec![ConfigError::new(
-                    "",
-                    format!(
-                        "transport socket '{}' needs a typed_config (Legate supports {TLS_TRANSPORT_SOCKET} with a DownstreamTlsContext)",
-                        ts.name
-                    ),
-                )]);
+        tls::transport_socket_context(
+            ts,
+            "a",
+            "DownstreamTlsContext",
+            |ty| {
+                match ty {
+                UPSTREAM_TLS_CONTEXT => "a listener's TLS transport socket takes a DownstreamTlsContext, not an UpstreamTlsContext".into(),
+                other => format!("{other} is not supported by Legate"),
             }
-        };
-        match legate_api::any::type_name(&any.type_url) {
-            DOWNSTREAM_TLS_CONTEXT => {}
-            UPSTREAM_TLS_CONTEXT => {
-                return Err(vec![ConfigError::new(
-                    "typed_config",
-                    "a listener's TLS transport socket takes a DownstreamTlsContext, not an UpstreamTlsContext",
-                )]);
-            }
-            other => {
-                return Err(vec![ConfigError::new(
-                    "typed_config",
-                    format!("{other} is not supported by Legate"),
-                )]);
-            }
-        }
-        let ctx = DownstreamTlsContext::decode(any.value.as_slice()).map_err(|e| {
-            vec![ConfigError::new(
-                "typed_config",
-                format!("unable to decode DownstreamTlsContext: {e}"),
-            )]
-        })?;
-        DownstreamTls::compile(&ctx)
-            .map_err(|e| e.into_iter().map(|e| e.within("typed_config")).collect())
+            },
+            DownstreamTls::compile,
+        )
     }
 
     pub fn compile(ctx: &DownstreamTlsContext) -> Compiled<DownstreamTls> {

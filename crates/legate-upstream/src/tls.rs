@@ -11,21 +11,18 @@
 use std::io;
 use std::sync::Arc;
 
-use legate_api::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+use legate_api::pb::envoy::config::core::v3::TransportSocket;
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
     UpstreamTlsContext, common_tls_context::ValidationContextType,
 };
 use legate_core::tls::{self, Side, Validation};
 use legate_core::{Compiled, ConfigError, Errors};
-use prost::Message;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
-
-const UPSTREAM_TLS_CONTEXT: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 
 /// A compiled `UpstreamTlsContext`.
 pub struct UpstreamTls {
@@ -50,30 +47,13 @@ impl std::fmt::Debug for UpstreamTls {
 impl UpstreamTls {
     /// Compiles a cluster's `transport_socket` (paths relative to it).
     pub fn compile_transport_socket(ts: &TransportSocket) -> Compiled<UpstreamTls> {
-        let Some(transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
-            return Err(vec![ConfigError::new(
-                "",
-                format!(
-                    "transport socket '{}' needs a typed_config (Legate supports envoy.transport_sockets.tls with an UpstreamTlsContext)",
-                    ts.name
-                ),
-            )]);
-        };
-        let ty = legate_api::any::type_name(&any.type_url);
-        if ty != UPSTREAM_TLS_CONTEXT {
-            return Err(vec![ConfigError::new(
-                "typed_config",
-                format!("{ty} is not supported by Legate as a cluster transport socket"),
-            )]);
-        }
-        let ctx = UpstreamTlsContext::decode(any.value.as_slice()).map_err(|e| {
-            vec![ConfigError::new(
-                "typed_config",
-                format!("unable to decode UpstreamTlsContext: {e}"),
-            )]
-        })?;
-        UpstreamTls::compile(&ctx)
-            .map_err(|e| e.into_iter().map(|e| e.within("typed_config")).collect())
+        tls::transport_socket_context(
+            ts,
+            "an",
+            "UpstreamTlsContext",
+            |ty| format!("{ty} is not supported by Legate as a cluster transport socket"),
+            UpstreamTls::compile,
+        )
     }
 
     pub fn compile(ctx: &UpstreamTlsContext) -> Compiled<UpstreamTls> {
