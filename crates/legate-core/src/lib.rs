@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod stats;
 pub mod stream_info;
 pub mod tls;
+pub mod x509;
 
 pub use legate_api::ConfigError;
 

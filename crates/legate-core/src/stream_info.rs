@@ -191,6 +191,9 @@ pub struct StreamInfo {
     pub local_reply_body: Option<String>,
     /// The SNI of the downstream connection (`%REQUESTED_SERVER_NAME%`).
     pub requested_server_name: Option<Arc<str>>,
+    /// The downstream connection's TLS facts, when TLS was terminated on it
+    /// (`%DOWNSTREAM_PEER_*%`, `%DOWNSTREAM_TLS_*%`).
+    pub downstream_tls: Option<Arc<crate::x509::TlsInfo>>,
 }
 
 impl StreamInfo {
@@ -230,6 +233,7 @@ impl StreamInfo {
             attempt_count: 0,
             local_reply_body: None,
             requested_server_name: None,
+            downstream_tls: None,
         }
     }
 

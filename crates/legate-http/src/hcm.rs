@@ -73,6 +73,21 @@ pub struct HcmConfig {
     pub internal_cidrs: Vec<(std::net::IpAddr, u32)>,
     pub internal_unix_sockets: bool,
     pub http2: legate_api::pb::envoy::config::core::v3::Http2ProtocolOptions,
+    /// `forward_client_cert_details` (x-forwarded-client-cert).
+    pub forward_client_cert: hcm::ForwardClientCertDetails,
+    /// `set_current_client_cert_details`.
+    pub client_cert_details: ClientCertDetails,
+}
+
+/// `set_current_client_cert_details`: what an `APPEND_FORWARD` / `SANITIZE_SET` element
+/// carries besides `By` and `Hash`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientCertDetails {
+    pub subject: bool,
+    pub cert: bool,
+    pub chain: bool,
+    pub dns: bool,
+    pub uri: bool,
 }
 
 /// Where a connection manager's routes come from.
@@ -228,6 +243,21 @@ impl HcmConfig {
                 h.server_header_transformation,
             )
             .unwrap_or(hcm::ServerHeaderTransformation::Overwrite),
+            forward_client_cert: hcm::ForwardClientCertDetails::try_from(
+                h.forward_client_cert_details,
+            )
+            .unwrap_or(hcm::ForwardClientCertDetails::Sanitize),
+            client_cert_details: h
+                .set_current_client_cert_details
+                .as_ref()
+                .map(|d| ClientCertDetails {
+                    subject: bool_or(d.subject.as_ref(), false),
+                    cert: d.cert,
+                    chain: d.chain,
+                    dns: d.dns,
+                    uri: d.uri,
+                })
+                .unwrap_or_default(),
             use_remote_address: bool_or(h.use_remote_address.as_ref(), false),
             xff_num_trusted_hops: h.xff_num_trusted_hops,
             skip_xff_append: h.skip_xff_append,

@@ -19,6 +19,7 @@ use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
     DownstreamTlsContext, common_tls_context::ValidationContextType,
 };
 use legate_core::tls::{self, Side, SslStats, Validation};
+use legate_core::x509::TlsInfo;
 
 use crate::sds::CertificateSecret;
 use legate_core::{Compiled, ConfigError, Errors};
@@ -200,10 +201,14 @@ impl DownstreamTls {
         stream: TcpStream,
         stats: &SslStats,
         timeout: Option<Duration>,
-    ) -> Result<TlsStream<TcpStream>, HandshakeError> {
+    ) -> Result<(TlsStream<TcpStream>, TlsInfo), HandshakeError> {
+        let mut local = None;
         let handshake = async {
             let start =
                 LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+            // The certificate this hello gets, for `%DOWNSTREAM_LOCAL_*%` and `By=` in
+            // x-forwarded-client-cert: rustls does not say which one it served.
+            local = self.config.cert_resolver.resolve(start.client_hello());
             let hello = start.client_hello();
             let ours = &self.config.alpn_protocols;
             let offered_ours = match hello.alpn() {
@@ -228,8 +233,18 @@ impl DownstreamTls {
         };
         match result {
             Ok(s) => {
-                stats.handshake_done(s.get_ref().1);
-                Ok(s)
+                let conn = s.get_ref().1;
+                stats.handshake_done(conn);
+                let info = TlsInfo::new(
+                    conn.protocol_version().map_or("", tls::version_name),
+                    conn.negotiated_cipher_suite()
+                        .map_or("", |c| tls::cipher_name(c.suite())),
+                    conn.peer_certificates()
+                        .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
+                        .unwrap_or_default(),
+                    local,
+                );
+                Ok((s, info))
             }
             Err(e) => {
                 stats.handshake_failed(&e);

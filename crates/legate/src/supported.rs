@@ -274,7 +274,14 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "strip_any_host_port",
                 "local_reply_config",
                 "internal_address_config",
+                "forward_client_cert_details",
+                "set_current_client_cert_details",
             ],
+        ),
+        (
+            HCM,
+            "HttpConnectionManager.SetCurrentClientCertDetails",
+            &["subject", "cert", "chain", "dns", "uri"],
         ),
         (
             HCM,

@@ -114,6 +114,117 @@ pub(crate) enum Operator {
     /// Read once when the format is compiled, as Envoy does.
     Hostname(Option<String>),
     RequestedServerName,
+    /// `%DOWNSTREAM_PEER_*%`, `%DOWNSTREAM_LOCAL_*%`, `%DOWNSTREAM_TLS_*%`.
+    DownstreamTls(TlsField),
+    /// `%DOWNSTREAM_PEER_CERT_V_START(FORMAT)%` (`end` false) and `..._V_END(FORMAT)%`.
+    DownstreamPeerCertValidity {
+        end: bool,
+        format: TimeFormat,
+    },
+}
+
+/// What a downstream TLS operator prints (Envoy's `Ssl::ConnectionInfo` accessors). Each is
+/// unset on a plaintext connection and when empty (no client certificate, no such SAN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TlsField {
+    PeerUriSan,
+    PeerDnsSan,
+    PeerIpSan,
+    PeerEmailSan,
+    LocalUriSan,
+    LocalDnsSan,
+    LocalIpSan,
+    LocalEmailSan,
+    PeerSubject,
+    LocalSubject,
+    PeerIssuer,
+    Version,
+    Cipher,
+    PeerFingerprint256,
+    PeerFingerprint1,
+    PeerSerial,
+    PeerChainFingerprints256,
+    PeerChainFingerprints1,
+    PeerChainSerials,
+    PeerCert,
+}
+
+impl TlsField {
+    fn by_name(command: &str) -> Option<TlsField> {
+        use TlsField::*;
+        Some(match command {
+            "DOWNSTREAM_PEER_URI_SAN" => PeerUriSan,
+            "DOWNSTREAM_PEER_DNS_SAN" => PeerDnsSan,
+            "DOWNSTREAM_PEER_IP_SAN" => PeerIpSan,
+            "DOWNSTREAM_PEER_EMAIL_SAN" => PeerEmailSan,
+            "DOWNSTREAM_LOCAL_URI_SAN" => LocalUriSan,
+            "DOWNSTREAM_LOCAL_DNS_SAN" => LocalDnsSan,
+            "DOWNSTREAM_LOCAL_IP_SAN" => LocalIpSan,
+            "DOWNSTREAM_LOCAL_EMAIL_SAN" => LocalEmailSan,
+            "DOWNSTREAM_PEER_SUBJECT" => PeerSubject,
+            "DOWNSTREAM_LOCAL_SUBJECT" => LocalSubject,
+            "DOWNSTREAM_PEER_ISSUER" => PeerIssuer,
+            "DOWNSTREAM_TLS_VERSION" => Version,
+            "DOWNSTREAM_TLS_CIPHER" => Cipher,
+            "DOWNSTREAM_PEER_FINGERPRINT_256" => PeerFingerprint256,
+            "DOWNSTREAM_PEER_FINGERPRINT_1" => PeerFingerprint1,
+            "DOWNSTREAM_PEER_SERIAL" => PeerSerial,
+            "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256" => PeerChainFingerprints256,
+            "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1" => PeerChainFingerprints1,
+            "DOWNSTREAM_PEER_CHAIN_SERIALS" => PeerChainSerials,
+            "DOWNSTREAM_PEER_CERT" => PeerCert,
+            _ => return None,
+        })
+    }
+
+    /// The value for a TLS connection; empty means unset, as Envoy's
+    /// `sslConnectionInfoStringHandler` treats an empty string. Lists are joined with `,`.
+    fn value(self, tls: &crate::x509::TlsInfo) -> Cow<'_, str> {
+        fn borrow(v: Option<&String>) -> Cow<'_, str> {
+            v.map_or(Cow::Borrowed(""), |s| Cow::Borrowed(s.as_str()))
+        }
+        use TlsField::*;
+        let peer = || tls.peer();
+        let local = || tls.local();
+        let join = |v: Option<&Vec<String>>| Cow::Owned(v.map(|v| v.join(",")).unwrap_or_default());
+        match self {
+            PeerUriSan => join(peer().map(|c| &c.uri_sans)),
+            PeerDnsSan => join(peer().map(|c| &c.dns_sans)),
+            PeerIpSan => join(peer().map(|c| &c.ip_sans)),
+            PeerEmailSan => join(peer().map(|c| &c.email_sans)),
+            LocalUriSan => join(local().map(|c| &c.uri_sans)),
+            LocalDnsSan => join(local().map(|c| &c.dns_sans)),
+            LocalIpSan => join(local().map(|c| &c.ip_sans)),
+            LocalEmailSan => join(local().map(|c| &c.email_sans)),
+            PeerSubject => borrow(peer().map(|c| &c.subject)),
+            LocalSubject => borrow(local().map(|c| &c.subject)),
+            PeerIssuer => borrow(peer().map(|c| &c.issuer)),
+            Version => Cow::Borrowed(tls.version),
+            Cipher => Cow::Borrowed(tls.cipher),
+            PeerFingerprint256 => borrow(peer().map(|c| &c.sha256)),
+            PeerFingerprint1 => borrow(peer().map(|c| &c.sha1)),
+            PeerSerial => borrow(peer().map(|c| &c.serial)),
+            PeerChainFingerprints256 => Cow::Owned(
+                tls.peer_chain()
+                    .map(|c| c.sha256.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            PeerChainFingerprints1 => Cow::Owned(
+                tls.peer_chain()
+                    .map(|c| c.sha1.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            PeerChainSerials => Cow::Owned(
+                tls.peer_chain()
+                    .map(|c| c.serial.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            PeerCert => Cow::Owned(peer().map(|c| c.url_encoded_pem()).unwrap_or_default()),
+        }
+    }
 }
 
 /// How an operator may be written (Envoy's `CommandSyntaxChecker` flags).
@@ -216,7 +327,19 @@ pub(crate) fn parse(
         }
         "HOSTNAME" => (Syntax::CommandOnly, Operator::Hostname(hostname())),
         "REQUESTED_SERVER_NAME" => (Syntax::CommandOnly, Operator::RequestedServerName),
-        _ => return Ok(None),
+        "DOWNSTREAM_PEER_CERT_V_START" | "DOWNSTREAM_PEER_CERT_V_END" => {
+            verify(Syntax::ParamsOptional, command, argument, max_length)?;
+            return TimeFormat::parse(argument).map(|format| {
+                Some(Operator::DownstreamPeerCertValidity {
+                    end: command.ends_with("END"),
+                    format,
+                })
+            });
+        }
+        _ => match TlsField::by_name(command) {
+            Some(field) => (Syntax::CommandOnly, Operator::DownstreamTls(field)),
+            None => return Ok(None),
+        },
     };
     verify(syntax, command, argument, max_length)?;
     Ok(Some(op))
@@ -380,6 +503,19 @@ impl Operator {
             Operator::RequestedServerName => {
                 info.requested_server_name.as_deref().and_then(non_empty)
             }
+            Operator::DownstreamTls(field) => {
+                let value = field.value(info.downstream_tls.as_deref()?);
+                (!value.is_empty()).then_some(Value::Str(value))
+            }
+            Operator::DownstreamPeerCertValidity { end, format } => {
+                let peer = info.downstream_tls.as_deref()?.peer()?;
+                let at = if *end {
+                    peer.not_after
+                } else {
+                    peer.not_before
+                };
+                Some(Value::Str(Cow::Owned(format.format(at))))
+            }
         }
     }
 }
@@ -508,31 +644,9 @@ pub(crate) const ENVOY_ONLY_OPERATORS: &[&str] = &[
     "DOWNSTREAM_DIRECT_LOCAL_ADDRESS",
     "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_WITHOUT_PORT",
     "DOWNSTREAM_DIRECT_LOCAL_PORT",
-    "DOWNSTREAM_PEER_URI_SAN",
-    "DOWNSTREAM_PEER_DNS_SAN",
-    "DOWNSTREAM_PEER_IP_SAN",
-    "DOWNSTREAM_PEER_EMAIL_SAN",
     "DOWNSTREAM_PEER_OTHERNAME_SAN",
-    "DOWNSTREAM_LOCAL_URI_SAN",
-    "DOWNSTREAM_LOCAL_DNS_SAN",
-    "DOWNSTREAM_LOCAL_IP_SAN",
-    "DOWNSTREAM_LOCAL_EMAIL_SAN",
     "DOWNSTREAM_LOCAL_OTHERNAME_SAN",
-    "DOWNSTREAM_PEER_SUBJECT",
-    "DOWNSTREAM_LOCAL_SUBJECT",
     "DOWNSTREAM_TLS_SESSION_ID",
-    "DOWNSTREAM_TLS_CIPHER",
-    "DOWNSTREAM_TLS_VERSION",
-    "DOWNSTREAM_PEER_FINGERPRINT_256",
-    "DOWNSTREAM_PEER_FINGERPRINT_1",
-    "DOWNSTREAM_PEER_SERIAL",
-    "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256",
-    "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1",
-    "DOWNSTREAM_PEER_CHAIN_SERIALS",
-    "DOWNSTREAM_PEER_ISSUER",
-    "DOWNSTREAM_PEER_CERT",
-    "DOWNSTREAM_PEER_CERT_V_START",
-    "DOWNSTREAM_PEER_CERT_V_END",
     "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
     "FILTER_CHAIN_NAME",
     "VIRTUAL_CLUSTER_NAME",

@@ -29,6 +29,7 @@ use legate_upstream::body::{self, Body};
 mod codec;
 mod request;
 mod stream;
+mod xfcc;
 
 use request::{append_via, forwarded_proto};
 pub(crate) use stream::RequestBodyState;
@@ -101,6 +102,8 @@ pub struct Downstream {
     pub tls: bool,
     /// The SNI the client sent, if any (`%REQUESTED_SERVER_NAME%`).
     pub requested_server_name: Option<Arc<str>>,
+    /// What the TLS handshake established (`%DOWNSTREAM_PEER_*%`, x-forwarded-client-cert).
+    pub tls_info: Option<Arc<legate_core::x509::TlsInfo>>,
 }
 
 impl Downstream {
@@ -199,6 +202,7 @@ impl HttpConnectionManager {
         info.downstream_local_address = Some(conn.downstream.local);
         info.downstream_direct_remote_address = Some(conn.downstream.direct_peer);
         info.requested_server_name = conn.downstream.requested_server_name.clone();
+        info.downstream_tls = conn.downstream.tls_info.clone();
         info.protocol = match req.version() {
             Version::HTTP_10 => Protocol::Http10,
             Version::HTTP_2 => Protocol::Http2,

@@ -301,6 +301,12 @@ impl HttpConnectionManager {
         if !config.via.is_empty() {
             append_via(&mut parts.headers, &config.via);
         }
+        super::xfcc::mutate(
+            &mut parts.headers,
+            conn.downstream.tls_info.as_deref(),
+            config.forward_client_cert,
+            &config.client_cert_details,
+        );
 
         info.request.method = parts.method.as_str().to_owned();
         info.request.path = path;

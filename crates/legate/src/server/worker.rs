@@ -243,6 +243,7 @@ async fn accept_loop(
             worker,
             tls: false,
             requested_server_name: None,
+            tls_info: None,
         };
         let serving = serving.clone();
         let shared = shared.clone();
@@ -371,8 +372,9 @@ async fn serve_matched(
                 .accept(stream, ssl, fc.transport_socket_connect_timeout)
                 .await
             {
-                Ok(s) => {
+                Ok((s, tls_info)) => {
                     downstream.tls = true;
+                    downstream.tls_info = Some(Arc::new(tls_info));
                     downstream.requested_server_name = s.get_ref().1.server_name().map(Arc::from);
                     Some(Conn::Tls(Box::new(s)))
                 }

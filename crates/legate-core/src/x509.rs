@@ -1,0 +1,490 @@
+//! What Envoy exposes of an X.509 certificate, in Envoy's spelling: the subject and issuer as
+//! BoringSSL's `X509_NAME_print_ex(.., XN_FLAG_RFC2253)` prints them, the serial number as
+//! `BN_bn2hex` does (lower-case hex, no leading zero bytes), SHA-256 and SHA-1 fingerprints
+//! of the DER (lower-case hex), the subject alternative names by type (as Envoy's
+//! `Utility::getSubjectAltNames` / `generalNameAsString` render them), the validity period and
+//! the PEM form, URL-encoded as `Http::Utility::PercentEncoding::urlEncode` does.
+//!
+//! These feed the `%DOWNSTREAM_PEER_*%` operators, `x-forwarded-client-cert` and `/certs`.
+//! Parsing is `x509-parser`'s; the RFC 2253 rendering is written here because no crate prints
+//! names byte-for-byte as BoringSSL does.
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::sign::CertifiedKey;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use x509_parser::der_parser::asn1_rs::{Any, Tag};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
+
+/// The details of one certificate, computed once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// RFC 2253, most significant RDN last (`CN=client,O=Legate,C=US`).
+    pub subject: String,
+    pub issuer: String,
+    /// `BN_bn2hex` of the serial number, lower case (`0a1b...`, `-01` if negative).
+    pub serial: String,
+    pub sha256: String,
+    pub sha1: String,
+    pub uri_sans: Vec<String>,
+    pub dns_sans: Vec<String>,
+    /// `127.0.0.1`, `::1`; an address of another length is an empty string, as Envoy.
+    pub ip_sans: Vec<String>,
+    pub email_sans: Vec<String>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// `-----BEGIN CERTIFICATE-----` ... as `PEM_write_bio_X509` writes it (64-column lines).
+    pub pem: String,
+}
+
+impl CertificateInfo {
+    /// The details of a DER certificate; `None` if it does not parse.
+    pub fn parse(der: &[u8]) -> Option<CertificateInfo> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let mut info = CertificateInfo {
+            uri_sans: Vec::new(),
+            dns_sans: Vec::new(),
+            ip_sans: Vec::new(),
+            email_sans: Vec::new(),
+            subject: rfc2253(cert.subject()),
+            issuer: rfc2253(cert.issuer()),
+            serial: bn2hex(cert.raw_serial()),
+            sha256: hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()),
+            sha1: hex(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref()),
+            not_before: system_time(cert.validity().not_before.timestamp()),
+            not_after: system_time(cert.validity().not_after.timestamp()),
+            pem: pem(der),
+        };
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(s) => info.dns_sans.push((*s).to_owned()),
+                    GeneralName::URI(s) => info.uri_sans.push((*s).to_owned()),
+                    GeneralName::RFC822Name(s) => info.email_sans.push((*s).to_owned()),
+                    GeneralName::IPAddress(bytes) => info.ip_sans.push(ip_string(bytes)),
+                    _ => {}
+                }
+            }
+        }
+        Some(info)
+    }
+
+    /// The PEM, percent-encoded for `%DOWNSTREAM_PEER_CERT%` and `x-forwarded-client-cert`.
+    pub fn url_encoded_pem(&self) -> String {
+        url_encode(&self.pem)
+    }
+
+    /// Whole days from `now` to the end of validity, as Envoy's `getDaysUntilExpiration`
+    /// (`ASN1_TIME_diff`); `None` once expired (Envoy then reports 0 in `/certs`).
+    pub fn days_until_expiration(&self, now: SystemTime) -> Option<u64> {
+        let left = self.not_after.duration_since(now).ok()?;
+        Some(left.as_secs() / 86_400)
+    }
+}
+
+/// What a completed downstream TLS handshake tells about the connection: Envoy's
+/// `Ssl::ConnectionInfo`. Taken once when the handshake completes; the certificate details are
+/// parsed the first time something (a format operator, `x-forwarded-client-cert`) asks, and
+/// kept for the connection's other requests, as Envoy caches them.
+#[derive(Debug, Default)]
+pub struct TlsInfo {
+    /// `TLSv1.2`, `TLSv1.3` (`SSL_get_version`).
+    pub version: &'static str,
+    /// The BoringSSL name of the suite (`ECDHE-RSA-AES128-GCM-SHA256`, `TLS_AES_128_GCM_SHA256`).
+    pub cipher: &'static str,
+    /// The client's chain as sent, leaf first (empty without a client certificate).
+    peer_chain: Vec<Vec<u8>>,
+    /// The certificate this side presented (shared with the context, not copied).
+    local: Option<Arc<CertifiedKey>>,
+    peer_details: OnceLock<Vec<Option<CertificateInfo>>>,
+    local_details: OnceLock<Option<CertificateInfo>>,
+}
+
+impl TlsInfo {
+    pub fn new(
+        version: &'static str,
+        cipher: &'static str,
+        peer_chain: Vec<Vec<u8>>,
+        local: Option<Arc<CertifiedKey>>,
+    ) -> TlsInfo {
+        TlsInfo {
+            version,
+            cipher,
+            peer_chain,
+            local,
+            ..TlsInfo::default()
+        }
+    }
+
+    /// The peer sent a certificate (`peerCertificatePresented`): the connection is mutual TLS.
+    pub fn peer_certificate_presented(&self) -> bool {
+        !self.peer_chain.is_empty()
+    }
+
+    fn peer_details(&self) -> &[Option<CertificateInfo>] {
+        self.peer_details.get_or_init(|| {
+            self.peer_chain
+                .iter()
+                .map(|der| CertificateInfo::parse(der))
+                .collect()
+        })
+    }
+
+    /// The client's leaf certificate, parsed.
+    pub fn peer(&self) -> Option<&CertificateInfo> {
+        self.peer_details().first()?.as_ref()
+    }
+
+    /// Every certificate of the client's chain that parses, leaf first
+    /// (`SSL_get_peer_full_cert_chain`).
+    pub fn peer_chain(&self) -> impl Iterator<Item = &CertificateInfo> {
+        self.peer_details().iter().flatten()
+    }
+
+    /// The certificate this side presented, parsed.
+    pub fn local(&self) -> Option<&CertificateInfo> {
+        self.local_details
+            .get_or_init(|| {
+                let key = self.local.as_ref()?;
+                CertificateInfo::parse(key.end_entity_cert().ok()?)
+            })
+            .as_ref()
+    }
+}
+
+fn system_time(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+/// Lower-case hex, as Envoy's `Hex::encode`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    out
+}
+
+/// BoringSSL's `BN_bn2hex` of a DER INTEGER's content: lower case, leading zero bytes
+/// dropped, `0` for zero, `-` and the magnitude when negative.
+fn bn2hex(content: &[u8]) -> String {
+    let negative = content.first().is_some_and(|b| b & 0x80 != 0);
+    let magnitude: Vec<u8> = if negative {
+        // Two's complement: invert and add one.
+        let mut m: Vec<u8> = content.iter().map(|b| !b).collect();
+        for b in m.iter_mut().rev() {
+            let (v, carry) = b.overflowing_add(1);
+            *b = v;
+            if !carry {
+                break;
+            }
+        }
+        m
+    } else {
+        content.to_vec()
+    };
+    let start = magnitude
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(magnitude.len());
+    let digits = hex(&magnitude[start..]);
+    match (negative, digits.is_empty()) {
+        (_, true) => "0".to_owned(),
+        (true, false) => format!("-{digits}"),
+        (false, false) => digits,
+    }
+}
+
+/// An IP SAN as Envoy prints it: `inet_ntop` of a 4- or 16-byte address, empty otherwise.
+fn ip_string(bytes: &[u8]) -> String {
+    match bytes.len() {
+        4 => std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string(),
+        16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(bytes);
+            std::net::Ipv6Addr::from(a).to_string()
+        }
+        _ => String::new(),
+    }
+}
+
+/// The PEM block `PEM_write_bio_X509` writes: 64 base64 characters a line, each line and the
+/// footer ended by a newline.
+pub fn pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 64);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // Base64 output is ASCII.
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Envoy's `PercentEncoding::urlEncode`: every byte but ALPHA, DIGIT, `*`, `-`, `.` and `_`
+/// becomes `%XX` (upper-case hex); a space is `%20`.
+pub fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + value.len() / 8);
+    for &b in value.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The short names BoringSSL prints for attribute types (`OBJ_nid2sn`); other types print as
+/// their dotted OID with the value dumped in hex (`XN_FLAG_DUMP_UNKNOWN_FIELDS`).
+fn short_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.4" => "SN",
+        "2.5.4.5" => "serialNumber",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "street",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.12" => "title",
+        "2.5.4.13" => "description",
+        "2.5.4.15" => "businessCategory",
+        "2.5.4.17" => "postalCode",
+        "2.5.4.41" => "name",
+        "2.5.4.42" => "GN",
+        "2.5.4.43" => "initials",
+        "2.5.4.44" => "generationQualifier",
+        "2.5.4.46" => "dnQualifier",
+        "2.5.4.65" => "pseudonym",
+        "2.5.4.97" => "organizationIdentifier",
+        "1.2.840.113549.1.9.1" => "emailAddress",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "1.3.6.1.4.1.311.60.2.1.1" => "jurisdictionL",
+        "1.3.6.1.4.1.311.60.2.1.2" => "jurisdictionST",
+        "1.3.6.1.4.1.311.60.2.1.3" => "jurisdictionC",
+        _ => return None,
+    })
+}
+
+/// `X509_NAME_print_ex(name, XN_FLAG_RFC2253)`: attributes last to first, `,` between RDNs
+/// and `+` inside one, `type=value` with RFC 2253 escaping, bytes above 0x7F and control
+/// characters as `\XX`.
+pub fn rfc2253(name: &X509Name<'_>) -> String {
+    let mut attributes = Vec::new();
+    for (rdn, set) in name.iter_rdn().enumerate() {
+        for atv in set.iter() {
+            attributes.push((rdn, atv));
+        }
+    }
+    let mut out = String::new();
+    let mut previous: Option<usize> = None;
+    for (rdn, atv) in attributes.into_iter().rev() {
+        if let Some(p) = previous {
+            out.push(if p == rdn { '+' } else { ',' });
+        }
+        previous = Some(rdn);
+        let oid = atv.attr_type().to_id_string();
+        match short_name(&oid) {
+            Some(sn) => {
+                out.push_str(sn);
+                out.push('=');
+                push_value(&mut out, atv.attr_value());
+            }
+            None => {
+                out.push_str(&oid);
+                out.push('=');
+                push_der_dump(&mut out, atv.attr_value());
+            }
+        }
+    }
+    out
+}
+
+/// `#` and the value's DER in upper-case hex (`ASN1_STRFLGS_DUMP_DER`).
+fn push_der_dump(out: &mut String, value: &Any<'_>) {
+    let data = value.data;
+    let mut der = Vec::with_capacity(data.len() + 6);
+    der.push(
+        value.tag().0 as u8
+            | if value.header.is_constructed() {
+                0x20
+            } else {
+                0
+            },
+    );
+    let len = data.len();
+    if len < 0x80 {
+        der.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(bytes.len() - 1);
+        der.push(0x80 | (bytes.len() - skip) as u8);
+        der.extend_from_slice(&bytes[skip..]);
+    }
+    der.extend_from_slice(data);
+    out.push('#');
+    out.push_str(&hex(&der).to_ascii_uppercase());
+}
+
+/// The value's characters (decoded by string type, then UTF-8 encoded), each byte escaped as
+/// BoringSSL's `do_esc_char` does with `ASN1_STRFLGS_RFC2253`.
+fn push_value(out: &mut String, value: &Any<'_>) {
+    let data = value.data;
+    let chars: Vec<char> = match value.tag() {
+        Tag::Utf8String => match std::str::from_utf8(data) {
+            Ok(s) => s.chars().collect(),
+            Err(_) => return push_der_dump(out, value),
+        },
+        // One byte a character (T61String read as Latin-1, as BoringSSL does).
+        Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::T61String
+        | Tag::NumericString
+        | Tag::VisibleString
+        | Tag::GeneralString
+        | Tag::GraphicString
+        | Tag::VideotexString => data.iter().map(|&b| b as char).collect(),
+        Tag::BmpString => {
+            if data.len() % 2 != 0 {
+                return push_der_dump(out, value);
+            }
+            data.chunks(2)
+                .map(|c| char::from_u32(u32::from(c[0]) << 8 | u32::from(c[1])).unwrap_or('?'))
+                .collect()
+        }
+        Tag::UniversalString => {
+            if data.len() % 4 != 0 {
+                return push_der_dump(out, value);
+            }
+            data.chunks(4)
+                .map(|c| {
+                    char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])).unwrap_or('?')
+                })
+                .collect()
+        }
+        _ => return push_der_dump(out, value),
+    };
+    let count = chars.len();
+    for (i, c) in chars.into_iter().enumerate() {
+        let mut utf8 = [0u8; 4];
+        let bytes = c.encode_utf8(&mut utf8).as_bytes();
+        let n = bytes.len();
+        for (j, &b) in bytes.iter().enumerate() {
+            let first = i == 0 && j == 0;
+            let last = i + 1 == count && j + 1 == n;
+            escape_byte(out, b, first, last);
+        }
+    }
+}
+
+fn escape_byte(out: &mut String, b: u8, first: bool, last: bool) {
+    if b > 0x7f || b < 0x20 || b == 0x7f {
+        out.push_str(&format!("\\{b:02X}"));
+    } else if matches!(b, b'\\' | b'"' | b',' | b'+' | b'<' | b'>' | b';')
+        || (first && (b == b' ' || b == b'#'))
+        || (last && b == b' ')
+    {
+        out.push('\\');
+        out.push(b as char);
+    } else {
+        out.push(b as char);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(params: rcgen::CertificateParams) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn names_sans_serial_and_fingerprints() {
+        let mut p = rcgen::CertificateParams::new(vec!["client.example.com".into()]).unwrap();
+        p.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://legate/client".try_into().unwrap(),
+        ));
+        p.subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        p.subject_alt_names
+            .push(rcgen::SanType::IpAddress("::1".parse().unwrap()));
+        p.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+            "ops@example.com".try_into().unwrap(),
+        ));
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CountryName, "US");
+        dn.push(rcgen::DnType::OrganizationName, "Lyft, Inc.");
+        dn.push(rcgen::DnType::CommonName, " Test #Client ");
+        p.distinguished_name = dn;
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x00, 0x0a, 0xbc]));
+        let der = cert(p);
+        let info = CertificateInfo::parse(&der).unwrap();
+        assert_eq!(info.subject, r"CN=\ Test #Client\ ,O=Lyft\, Inc.,C=US");
+        assert_eq!(info.issuer, info.subject);
+        assert_eq!(info.serial, "0abc");
+        assert_eq!(info.dns_sans, ["client.example.com"]);
+        assert_eq!(info.uri_sans, ["spiffe://legate/client"]);
+        assert_eq!(info.ip_sans, ["127.0.0.1", "::1"]);
+        assert_eq!(info.email_sans, ["ops@example.com"]);
+        assert_eq!(info.sha256.len(), 64);
+        assert_eq!(info.sha1.len(), 40);
+        assert!(info.pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(info.pem.ends_with("\n-----END CERTIFICATE-----\n"));
+        assert!(info.pem.lines().skip(1).all(|l| l.len() <= 64));
+        let encoded = info.url_encoded_pem();
+        assert!(encoded.starts_with("-----BEGIN%20CERTIFICATE-----%0A"));
+        assert!(!encoded.contains('+') && !encoded.contains('/') && !encoded.contains('='));
+    }
+
+    #[test]
+    fn non_ascii_and_multivalued_names() {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, "caf\u{e9}");
+        p.distinguished_name = dn;
+        let info = CertificateInfo::parse(&cert(p)).unwrap();
+        assert_eq!(info.subject, r"CN=caf\C3\A9");
+        assert!(info.dns_sans.is_empty());
+    }
+
+    #[test]
+    fn serials_as_bn2hex() {
+        assert_eq!(bn2hex(&[0x00]), "0");
+        assert_eq!(bn2hex(&[0x01, 0x02]), "0102");
+        assert_eq!(bn2hex(&[0x00, 0x80]), "80");
+        assert_eq!(bn2hex(&[0xff]), "-01");
+        assert_eq!(bn2hex(&[0x80, 0x00]), "-8000");
+    }
+
+    #[test]
+    fn url_encoding_matches_envoy() {
+        assert_eq!(
+            url_encode("a+b/c=d e\n*-._~"),
+            "a%2Bb%2Fc%3Dd%20e%0A*-._%7E"
+        );
+    }
+
+    #[test]
+    fn garbage_is_not_a_certificate() {
+        assert!(CertificateInfo::parse(b"not a certificate").is_none());
+    }
+}
