@@ -9,6 +9,7 @@ pub mod extension;
 pub mod format;
 pub mod io;
 pub mod matcher;
+pub mod ocsp;
 pub mod proto;
 pub mod runtime;
 pub mod stats;

@@ -17,7 +17,7 @@ use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
 use legate_api::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use rustls::crypto::{CryptoProvider, SupportedKxGroup, ring};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, NamedGroup, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
 
@@ -367,22 +367,35 @@ pub fn certified_key(c: &TlsCertificate, provider: &CryptoProvider) -> Compiled<
     }
 }
 
-/// `CertificateValidationContext`, compiled: the trusted CAs and the DNS names the peer's
-/// certificate must carry (`match_typed_subject_alt_names` with `san_type: DNS` and an
-/// `exact` matcher; any one of them matching suffices, as in Envoy).
+/// `CertificateValidationContext`, compiled: the trusted CAs, the certificate revocation
+/// lists, and the DNS names the peer's certificate must carry (`match_typed_subject_alt_names`
+/// with `san_type: DNS` and an `exact` matcher; any one of them matching suffices, as in Envoy).
 #[derive(Debug, Clone, Default)]
 pub struct Validation {
     pub roots: Option<Arc<RootCertStore>>,
+    /// From `crl` and from CRL blocks in the `trusted_ca` PEM (Envoy loads both). As
+    /// BoringSSL's `X509_V_FLAG_CRL_CHECK_ALL`, which Envoy sets once any CRL is loaded: every
+    /// certificate of the chain needs its issuer's CRL (unknown status fails), and an expired
+    /// CRL fails verification.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// `only_verify_leaf_cert_crl`: only the end-entity certificate is checked (`CRL_CHECK`).
+    pub only_leaf_crl: bool,
     pub dns_names: Vec<ServerName<'static>>,
 }
 
 impl Validation {
     pub fn compile(v: &CertificateValidationContext) -> Compiled<Validation> {
         let mut errors = Errors::default();
+        let mut crls = Vec::new();
         let roots = match &v.trusted_ca {
             Some(ca) => errors
                 .take("", certificates(ca, "trusted_ca"))
                 .map(|certs| {
+                    if let Ok((pem, _)) = read_data_source(ca) {
+                        crls.extend(
+                            CertificateRevocationListDer::pem_slice_iter(&pem).filter_map(Result::ok),
+                        );
+                    }
                     let mut store = RootCertStore::empty();
                     let (_, bad) = store.add_parsable_certificates(certs);
                     if bad > 0 || store.is_empty() {
@@ -392,6 +405,22 @@ impl Validation {
                 }),
             None => None,
         };
+        if let Some(crl) = &v.crl {
+            match read_data_source(crl) {
+                Ok((pem, name)) => {
+                    let loaded: Result<Vec<_>, _> =
+                        CertificateRevocationListDer::pem_slice_iter(&pem).collect();
+                    match loaded {
+                        Ok(loaded) if !loaded.is_empty() => crls.extend(loaded),
+                        _ => errors.push("crl", format!("Failed to load CRL from {name}")),
+                    }
+                }
+                Err(e) => errors.0.extend(within(e, "crl")),
+            }
+            if roots.is_none() {
+                errors.push("crl", "a CRL without trusted_ca is not supported by Legate");
+            }
+        }
         let mut dns_names = Vec::new();
         for (i, m) in v.match_typed_subject_alt_names.iter().enumerate() {
             let path = format!("match_typed_subject_alt_names[{i}]");
@@ -420,7 +449,12 @@ impl Validation {
                 "subject alt name matching without trusted_ca is not supported by Legate",
             );
         }
-        errors.finish(|| Validation { roots, dns_names })
+        errors.finish(|| Validation {
+            roots,
+            crls,
+            only_leaf_crl: v.only_verify_leaf_cert_crl,
+            dns_names,
+        })
     }
 
     /// Whether `end_entity` carries one of the configured names (true when none are).
@@ -469,20 +503,17 @@ pub struct SslStats {
     pub fail_verify_no_cert: Counter,
     pub fail_verify_error: Counter,
     pub fail_verify_san: Counter,
+    pub ocsp_staple_requests: Counter,
+    pub ocsp_staple_responses: Counter,
+    pub ocsp_staple_omitted: Counter,
+    pub ocsp_staple_failed: Counter,
 }
 
 impl SslStats {
     /// `parent` is the listener's or cluster's scope; the stats go under its `ssl.`.
     pub fn new(parent: &Scope) -> SslStats {
         let scope = parent.scope("ssl");
-        for name in [
-            "fail_verify_cert_hash",
-            "ocsp_staple_failed",
-            "ocsp_staple_omitted",
-            "ocsp_staple_responses",
-            "ocsp_staple_requests",
-            "was_key_usage_invalid",
-        ] {
+        for name in ["fail_verify_cert_hash", "was_key_usage_invalid"] {
             scope.counter(name);
         }
         SslStats {
@@ -493,6 +524,10 @@ impl SslStats {
             fail_verify_no_cert: scope.counter("fail_verify_no_cert"),
             fail_verify_error: scope.counter("fail_verify_error"),
             fail_verify_san: scope.counter("fail_verify_san"),
+            ocsp_staple_requests: scope.counter("ocsp_staple_requests"),
+            ocsp_staple_responses: scope.counter("ocsp_staple_responses"),
+            ocsp_staple_omitted: scope.counter("ocsp_staple_omitted"),
+            ocsp_staple_failed: scope.counter("ocsp_staple_failed"),
             scope,
         }
     }

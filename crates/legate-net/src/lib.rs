@@ -5,9 +5,11 @@
 //! connection ([`listener_filter`], [`tls_inspector`], [`http_inspector`], [`proxy_protocol`]),
 //! and the L4 network
 //! filters' configuration and byte moving ([`tcp_proxy`], [`pump`], [`direct_response`],
-//! [`rbac`]), and
-//! downstream TLS termination ([`tls`]) with certificates from SDS files ([`sds`]).
+//! [`rbac`]), the UDP proxy of UDP listeners ([`udp_proxy`]), and
+//! downstream TLS termination ([`tls`]): the certificate a handshake gets ([`cert_select`]),
+//! certificates from SDS files ([`sds`]), session resumption ([`session_ticket`]).
 
+pub mod cert_select;
 pub mod direct_response;
 pub mod filter_chain;
 pub mod http_inspector;
@@ -17,6 +19,7 @@ pub mod proxy_protocol;
 pub mod pump;
 pub mod rbac;
 pub mod sds;
+pub mod session_ticket;
 pub mod tcp_proxy;
 pub mod tls;
 pub mod tls_inspector;

@@ -239,7 +239,7 @@ pub enum Rejection {
     FilterError,
 }
 
-enum PeekEnd {
+pub(crate) enum PeekEnd {
     /// The peer closed (FIN) with these many bytes unread.
     Closed,
     /// The buffer filled up without a decision.
@@ -248,7 +248,7 @@ enum PeekEnd {
 }
 
 /// Peeks until `decide` gives a verdict on the bytes so far.
-async fn peek_until<T>(
+pub(crate) async fn peek_until<T>(
     stream: &TcpStream,
     peeker: &std::net::TcpStream,
     buf: &mut [u8],

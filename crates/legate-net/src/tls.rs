@@ -2,9 +2,11 @@
 //! `DownstreamTlsContext`, compiled into rustls server configurations, and the handshake that
 //! turns an accepted TCP connection into a TLS stream.
 //!
-//! * Several `tls_certificates` per context: the one served is chosen per handshake from the
-//!   client's signature schemes (an ECDSA certificate when the client can verify one, else the
-//!   first usable), and among those a certificate whose names match the SNI, as Envoy selects.
+//! * Several `tls_certificates` per context: the one served (and its OCSP staple) is chosen per
+//!   handshake by [`cert_select`](crate::cert_select), before rustls sees the hello.
+//! * Session resumption: tickets ([`session_ticket`](crate::session_ticket)) and a session
+//!   cache, as `session_ticket_keys` and the `disable_*_session_resumption` fields say.
+//! * Revocation: `crl` (and CRLs in `trusted_ca`) for client certificates.
 //! * ALPN: the server picks from `alpn_protocols`. A client that offers none of them gets no
 //!   ALPN (BoringSSL's behaviour), not rustls's `no_application_protocol` alert: such hellos
 //!   are served with a second configuration without ALPN.
@@ -12,22 +14,28 @@
 //!   given; `require_client_certificate` refuses a handshake without one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use legate_api::pb::envoy::config::core::v3::TransportSocket;
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
-    DownstreamTlsContext, common_tls_context::ValidationContextType,
+    DownstreamTlsContext, TlsCertificate, common_tls_context::ValidationContextType,
+    downstream_tls_context::{OcspStaplePolicy, SessionTicketKeysType},
 };
+use legate_core::ocsp::{self, OcspResponse};
 use legate_core::tls::{self, Side, SslStats, Validation};
 use legate_core::x509::TlsInfo;
 
+use crate::cert_select::{CertSelector, Chosen, ServedCert, StapleAction};
+use crate::listener_filter::peek_until;
 use crate::sds::CertificateSecret;
+use crate::session_ticket::{self, TicketKeys};
+use crate::tls_inspector::{self, DEFAULT_MAX_CLIENT_HELLO_SIZE, Inspection};
 use legate_core::{Compiled, ConfigError, Errors};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DistinguishedName, ServerConfig, SignatureAlgorithm};
+use rustls::{DistinguishedName, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 pub use tokio_rustls::server::TlsStream;
@@ -38,6 +46,7 @@ const UPSTREAM_TLS_CONTEXT: &str = "envoy.extensions.transport_sockets.tls.v3.Up
 /// A compiled `DownstreamTlsContext`.
 pub struct DownstreamTls {
     uses_sds: bool,
+    selector: CertSelector,
     config: Arc<ServerConfig>,
     /// `config` without ALPN, for hellos that offer none of `alpn_protocols`.
     without_alpn: Arc<ServerConfig>,
@@ -86,13 +95,16 @@ impl DownstreamTls {
         let Some(params) = params else {
             return Err(errors.0);
         };
-        let mut keys = Vec::new();
+        let policy = OcspStaplePolicy::try_from(ctx.ocsp_staple_policy)
+            .unwrap_or(OcspStaplePolicy::LenientStapling);
+        let mut certs = Vec::new();
         for (i, c) in common.tls_certificates.iter().enumerate() {
-            if let Some(k) = errors.take(
-                &format!("common_tls_context.tls_certificates[{i}]"),
-                tls::certified_key(c, &params.provider),
-            ) {
-                keys.push(k);
+            let path = format!("common_tls_context.tls_certificates[{i}]");
+            if let Some(key) = errors.take(&path, tls::certified_key(c, &params.provider)) {
+                match served_cert(key, c, policy) {
+                    Ok(served) => certs.push(served),
+                    Err(e) => errors.0.push(e.within(&path)),
+                }
             }
         }
         let mut secrets = Vec::new();
@@ -131,6 +143,23 @@ impl DownstreamTls {
             .as_ref()
             .is_some_and(|v| v.value);
         let roots = validation.as_ref().and_then(|v| v.roots.clone());
+        let roots_for_context = roots.clone();
+        if !common.tls_certificate_sds_secret_configs.is_empty()
+            && policy == OcspStaplePolicy::MustStaple
+        {
+            errors.push(
+                "ocsp_staple_policy",
+                "MUST_STAPLE with certificates from SDS is not supported by Legate",
+            );
+        }
+        if !common.tls_certificates.is_empty()
+            && !common.tls_certificate_sds_secret_configs.is_empty()
+        {
+            errors.push(
+                "common_tls_context",
+                "SDS and non-SDS TLS certificates may not be mixed in server contexts",
+            );
+        }
         if require && roots.is_none() {
             errors.push(
                 "require_client_certificate",
@@ -158,6 +187,14 @@ impl DownstreamTls {
                 if !require {
                     v = v.allow_unauthenticated();
                 }
+                if !validation.crls.is_empty() {
+                    v = v
+                        .with_crls(validation.crls.iter().cloned())
+                        .enforce_revocation_expiration();
+                    if validation.only_leaf_crl {
+                        v = v.only_check_end_entity_revocation();
+                    }
+                }
                 match v.build() {
                     Ok(inner) => builder
                         .with_client_cert_verifier(Arc::new(ClientVerifier { inner, validation })),
@@ -172,9 +209,32 @@ impl DownstreamTls {
             _ => builder.with_no_client_auth(),
         };
         let uses_sds = !secrets.is_empty();
-        let mut config = builder.with_cert_resolver(Arc::new(CertSelector { keys, secrets }));
+        let context = session_ticket::context_id(
+            certs
+                .iter()
+                .flat_map(|c| c.key.cert.iter().map(|c| c.as_ref()))
+                .chain(secrets.iter().map(|s| s.name.as_bytes()))
+                .chain(
+                    roots_for_context
+                        .iter()
+                        .flat_map(|r| r.roots.iter().map(|ta| ta.subject.as_ref())),
+                ),
+        );
+        let resumption = Resumption::compile(ctx, context)?;
+        let selector = CertSelector {
+            certs,
+            secrets,
+            policy,
+            full_scan_on_sni_mismatch: ctx
+                .full_scan_certs_on_sni_mismatch
+                .is_some_and(|v| v.value),
+        };
+        // The certificate is chosen before rustls sees the hello (`accept`); each handshake's
+        // configuration then carries it.
+        let mut config = builder.with_cert_resolver(Arc::new(Chosen(None)));
+        resumption.apply(&mut config);
         // BoringSSL's default, and Envoy's unless `prefer_client_ciphers`: the server's order.
-        config.ignore_client_order = true;
+        config.ignore_client_order = !ctx.prefer_client_ciphers;
         config.alpn_protocols = common
             .alpn_protocols
             .iter()
@@ -184,6 +244,7 @@ impl DownstreamTls {
         without_alpn.alpn_protocols.clear();
         Ok(DownstreamTls {
             uses_sds,
+            selector,
             config: Arc::new(config),
             without_alpn: Arc::new(without_alpn),
         })
@@ -204,12 +265,19 @@ impl DownstreamTls {
     ) -> Result<(TlsStream<TcpStream>, TlsInfo), HandshakeError> {
         let mut local = None;
         let handshake = async {
+            // rustls does not tell whether the client asked for an OCSP staple: the hello is
+            // read (peeked) first.
+            let ocsp_requested = client_asks_for_staple(&stream).await;
             let start =
                 LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-            // The certificate this hello gets, for `%DOWNSTREAM_LOCAL_*%` and `By=` in
-            // x-forwarded-client-cert: rustls does not say which one it served.
-            local = self.config.cert_resolver.resolve(start.client_hello());
             let hello = start.client_hello();
+            let selection = self
+                .selector
+                .select(&hello, ocsp_requested, SystemTime::now());
+            count_staple(stats, ocsp_requested, selection.action);
+            // The certificate served, also for `%DOWNSTREAM_LOCAL_*%` and `By=` in
+            // x-forwarded-client-cert.
+            local = selection.key.clone();
             let ours = &self.config.alpn_protocols;
             let offered_ours = match hello.alpn() {
                 Some(mut offered) => {
@@ -217,12 +285,14 @@ impl DownstreamTls {
                 }
                 None => true,
             };
-            let config = if offered_ours {
-                self.config.clone()
+            let base = if offered_ours {
+                &self.config
             } else {
-                self.without_alpn.clone()
+                &self.without_alpn
             };
-            start.into_stream(config).await
+            let mut config = ServerConfig::clone(base);
+            config.cert_resolver = Arc::new(Chosen(selection.key));
+            start.into_stream(Arc::new(config)).await
         };
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t, handshake).await {
@@ -254,53 +324,154 @@ impl DownstreamTls {
     }
 }
 
-/// Picks the certificate of a handshake among a context's `tls_certificates` and the
-/// certificates its SDS secrets hold now.
-#[derive(Debug)]
-struct CertSelector {
-    keys: Vec<Arc<CertifiedKey>>,
-    secrets: Vec<Arc<CertificateSecret>>,
+/// Session resumption as a `DownstreamTlsContext` configures it. Envoy (BoringSSL) resumes
+/// both ways by default: stateless, with tickets sealed under `session_ticket_keys` or a random
+/// key of the context's own; stateful (TLS 1.2 session ids), from a per-context cache.
+struct Resumption {
+    /// `None`: `disable_stateless_session_resumption` (no tickets: TLS 1.3 sessions are not
+    /// resumed, as BoringSSL resumes TLS 1.3 only from tickets).
+    tickets: Option<Arc<TicketKeys>>,
+    /// `disable_stateful_session_resumption`.
+    stateful: bool,
 }
 
-impl ResolvesServerCert for CertSelector {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if self.secrets.is_empty()
-            && let [only] = self.keys.as_slice()
-        {
-            return Some(only.clone());
-        }
-        let current: Vec<Arc<CertifiedKey>> = self.secrets.iter().filter_map(|s| s.key()).collect();
-        let schemes = hello.signature_schemes();
-        let usable: Vec<&Arc<CertifiedKey>> = self
-            .keys
-            .iter()
-            .chain(current.iter())
-            .filter(|k| k.key.choose_scheme(schemes).is_some())
-            .collect();
-        // Envoy: a certificate whose names match the SNI first, then ECDSA over RSA when the
-        // client supports it, then the first one.
-        let sni = hello
-            .server_name()
-            .and_then(|n| ServerName::try_from(n.to_owned()).ok());
-        let named = |k: &&&Arc<CertifiedKey>| {
-            sni.as_ref().is_some_and(|n| {
-                k.end_entity_cert()
-                    .ok()
-                    .and_then(|c| rustls::server::ParsedCertificate::try_from(c).ok())
-                    .is_some_and(|c| rustls::client::verify_server_name(&c, n).is_ok())
-            })
+/// BoringSSL's default session lifetime (`SSL_DEFAULT_SESSION_TIMEOUT`), Envoy's without
+/// `session_timeout`.
+const DEFAULT_SESSION_TIMEOUT_SECS: u32 = 7200;
+/// BoringSSL's number of TLS 1.3 tickets per handshake.
+const TLS13_TICKETS: usize = 2;
+/// BoringSSL's default session cache size (`SSL_SESSION_CACHE_MAX_SIZE_DEFAULT`).
+const SESSION_CACHE_SIZE: usize = 20 * 1024;
+
+impl Resumption {
+    fn compile(ctx: &DownstreamTlsContext, context: [u8; 32]) -> Compiled<Resumption> {
+        let lifetime = match &ctx.session_timeout {
+            None => DEFAULT_SESSION_TIMEOUT_SECS,
+            // rustls refuses tickets living longer than TLS 1.3's 7 days.
+            Some(d) => d.seconds.clamp(0, 7 * 24 * 3600) as u32,
         };
-        let ecdsa = |k: &&&Arc<CertifiedKey>| k.key.algorithm() == SignatureAlgorithm::ECDSA;
-        let candidates: Vec<&Arc<CertifiedKey>> = if usable.iter().any(|k| named(&k)) {
-            usable.iter().filter(named).copied().collect()
+        let tickets = match &ctx.session_ticket_keys_type {
+            Some(SessionTicketKeysType::DisableStatelessSessionResumption(true)) => None,
+            Some(SessionTicketKeysType::SessionTicketKeys(k)) => {
+                let mut data = Vec::new();
+                for (i, source) in k.keys.iter().enumerate() {
+                    let path = format!("session_ticket_keys.keys[{i}]");
+                    let (bytes, _) =
+                        tls::read_data_source(source).map_err(|e| within(e, &path))?;
+                    data.push(bytes);
+                }
+                let keys = TicketKeys::from_key_data(data.iter().map(|d| &d[..]), context, lifetime)
+                    .map_err(|e| vec![ConfigError::new("session_ticket_keys", e)])?;
+                Some(keys)
+            }
+            Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(_)) => {
+                return Err(vec![ConfigError::new(
+                    "session_ticket_keys_sds_secret_config",
+                    "session ticket keys from SDS are not supported by Legate",
+                )]);
+            }
+            _ => Some(
+                TicketKeys::random(context, lifetime)
+                    .map_err(|e| vec![ConfigError::new("session_ticket_keys", e)])?,
+            ),
+        };
+        Ok(Resumption {
+            tickets: tickets.map(Arc::new),
+            stateful: !ctx.disable_stateful_session_resumption,
+        })
+    }
+
+    fn apply(&self, config: &mut ServerConfig) {
+        config.session_storage = if self.stateful {
+            ServerSessionMemoryCache::new(SESSION_CACHE_SIZE)
         } else {
-            usable
+            Arc::new(NoServerSessionStorage {})
         };
-        candidates
-            .iter()
-            .find(ecdsa)
-            .or(candidates.first())
-            .map(|k| (*k).clone())
+        match &self.tickets {
+            Some(keys) => {
+                config.ticketer = keys.clone();
+                config.send_tls13_tickets = TLS13_TICKETS;
+            }
+            None => config.send_tls13_tickets = 0,
+        }
+    }
+}
+
+fn within(errors: Vec<ConfigError>, path: &str) -> Vec<ConfigError> {
+    errors.into_iter().map(|e| e.within(path)).collect()
+}
+
+/// A `TlsCertificate` with its `ocsp_staple`, checked as Envoy checks it.
+fn served_cert(
+    key: Arc<CertifiedKey>,
+    c: &TlsCertificate,
+    policy: OcspStaplePolicy,
+) -> Result<ServedCert, ConfigError> {
+    let leaf = key.cert.first().map(|c| c.as_ref()).unwrap_or_default();
+    let must_staple = ocsp::is_must_staple(leaf);
+    let Some(source) = &c.ocsp_staple else {
+        if must_staple {
+            return Err(ConfigError::new(
+                "ocsp_staple",
+                "OCSP response is required for must-staple certificate",
+            ));
+        }
+        if policy == OcspStaplePolicy::MustStaple {
+            return Err(ConfigError::new(
+                "ocsp_staple",
+                "Required OCSP response is missing from TLS context",
+            ));
+        }
+        return Ok(ServedCert::plain(key));
+    };
+    let (der, _) = tls::read_data_source(source).map_err(|mut e| e.remove(0).within("ocsp_staple"))?;
+    let response = OcspResponse::parse(&der).map_err(|e| ConfigError::new("ocsp_staple", e))?;
+    if !response.matches(leaf) {
+        return Err(ConfigError::new(
+            "ocsp_staple",
+            "OCSP response does not match its TLS certificate",
+        ));
+    }
+    let mut stapled = CertifiedKey::clone(&key);
+    stapled.ocsp = Some(der);
+    Ok(ServedCert {
+        key,
+        stapled: Some((Arc::new(stapled), Arc::new(response))),
+        must_staple,
+    })
+}
+
+/// Whether the connection's ClientHello carries `status_request`; false if it cannot be read
+/// (rustls then reports what is wrong with it).
+async fn client_asks_for_staple(stream: &TcpStream) -> bool {
+    let Ok(peeker) = std::os::fd::AsFd::as_fd(stream)
+        .try_clone_to_owned()
+        .map(std::net::TcpStream::from)
+    else {
+        return false;
+    };
+    let mut buf = vec![0u8; DEFAULT_MAX_CLIENT_HELLO_SIZE + 5];
+    let verdict = peek_until(stream, &peeker, &mut buf, |data| {
+        match tls_inspector::inspect(data, DEFAULT_MAX_CLIENT_HELLO_SIZE) {
+            Inspection::NeedMore => None,
+            Inspection::Tls(hello) => Some(hello.status_request),
+            Inspection::NotTls { .. } | Inspection::TooLarge => Some(false),
+        }
+    })
+    .await;
+    verdict.unwrap_or(false)
+}
+
+/// Envoy's `ssl.ocsp_staple_*` counts for one handshake.
+fn count_staple(stats: &SslStats, requested: bool, action: StapleAction) {
+    if requested {
+        stats.ocsp_staple_requests.inc();
+    }
+    match action {
+        StapleAction::Staple => stats.ocsp_staple_responses.inc(),
+        StapleAction::NoStaple => stats.ocsp_staple_omitted.inc(),
+        StapleAction::Fail => stats.ocsp_staple_failed.inc(),
+        StapleAction::ClientNotCapable => {}
     }
 }
 

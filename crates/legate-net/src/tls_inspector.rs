@@ -21,6 +21,7 @@ const CONTENT_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const EXT_SERVER_NAME: u16 = 0;
 const EXT_ALPN: u16 = 16;
+const EXT_STATUS_REQUEST: u16 = 5;
 
 #[derive(Clone, Debug)]
 pub struct TlsInspectorConfig {
@@ -57,6 +58,8 @@ pub struct ClientHello {
     pub alpn: Vec<String>,
     /// Bytes of the records holding the hello.
     pub bytes: usize,
+    /// The client asks for an OCSP staple (`status_request`).
+    pub status_request: bool,
 }
 
 /// The verdict on the bytes seen so far.
@@ -221,6 +224,7 @@ fn parse_hello(body: &[u8]) -> Option<ClientHello> {
                     hello.alpn.push(String::from_utf8_lossy(p).into_owned());
                 }
             }
+            EXT_STATUS_REQUEST => hello.status_request = true,
             // A repeated extension is a decode error (RFC 8446 §4.2).
             EXT_SERVER_NAME | EXT_ALPN => return None,
             _ => {}

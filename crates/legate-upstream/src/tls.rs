@@ -106,12 +106,19 @@ impl UpstreamTls {
         }
         let verifier: Arc<dyn ServerCertVerifier> = match &validation.roots {
             Some(roots) => {
-                match WebPkiServerVerifier::builder_with_provider(
+                let mut builder = WebPkiServerVerifier::builder_with_provider(
                     roots.clone(),
                     params.provider.clone(),
-                )
-                .build()
-                {
+                );
+                if !validation.crls.is_empty() {
+                    builder = builder
+                        .with_crls(validation.crls.iter().cloned())
+                        .enforce_revocation_expiration();
+                    if validation.only_leaf_crl {
+                        builder = builder.only_check_end_entity_revocation();
+                    }
+                }
+                match builder.build() {
                     Ok(inner) => Arc::new(Verifier {
                         inner: Some(inner),
                         validation,

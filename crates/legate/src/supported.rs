@@ -695,7 +695,17 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
         (
             TLS,
             "DownstreamTlsContext",
-            &["common_tls_context", "require_client_certificate"],
+            &[
+                "common_tls_context",
+                "require_client_certificate",
+                "session_ticket_keys",
+                "disable_stateless_session_resumption",
+                "disable_stateful_session_resumption",
+                "session_timeout",
+                "prefer_client_ciphers",
+                "ocsp_staple_policy",
+                "full_scan_certs_on_sni_mismatch",
+            ],
         ),
         (TLS, "UpstreamTlsContext", &["common_tls_context", "sni"]),
         (
@@ -709,7 +719,11 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "validation_context",
             ],
         ),
-        (TLS, "TlsCertificate", &["certificate_chain", "private_key"]),
+        (
+            TLS,
+            "TlsCertificate",
+            &["certificate_chain", "private_key", "ocsp_staple"],
+        ),
         (TLS, "SdsSecretConfig", &["name", "sds_config"]),
         (TLS, "Secret", &["name", "tls_certificate"]),
         (
@@ -725,7 +739,12 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
         (
             TLS,
             "CertificateValidationContext",
-            &["trusted_ca", "match_typed_subject_alt_names"],
+            &[
+                "trusted_ca",
+                "match_typed_subject_alt_names",
+                "crl",
+                "only_verify_leaf_cert_crl",
+            ],
         ),
         (TLS, "SubjectAltNameMatcher", &["san_type", "matcher"]),
         // Stats
@@ -794,6 +813,7 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
     (
         "envoy.filters.listener.proxy_protocol",
         "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+        (TLS, "TlsSessionTicketKeys", &["keys"]),
     ),
     (
         "envoy.filters.http.router",
@@ -923,3 +943,5 @@ mod tests {
         );
     }
 }
+| `DownstreamTlsContext.session_ticket_keys` | Keys are 80 bytes as in Envoy; the first seals new tickets (AES-256-GCM under the key's last 32 bytes) and all open them. Tickets are shared between Legate listeners and processes with the same keys, not with Envoy (its ticket format is BoringSSL's). |
+| `CertificateValidationContext.crl` | Requires `trusted_ca`. As Envoy (BoringSSL `CRL_CHECK_ALL`), once a CRL is loaded every certificate of the peer's chain needs its issuer's CRL, and an expired CRL fails verification; CRLs inside the `trusted_ca` file are used too. |

@@ -79,6 +79,52 @@ impl Ca {
         self.leaf_with(file, names, KeyPair::generate().unwrap())
     }
 
+    /// An ECDSA P-256 leaf with a chosen serial number (for revocation lists).
+    fn leaf_serial(&self, file: &str, names: &[&str], serial: u64) -> Leaf {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.serial_number = Some(serial.into());
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let leaf = Leaf {
+            cert: self.dir.join(format!("{file}.crt")),
+            key: self.dir.join(format!("{file}.key")),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        leaf
+    }
+
+    /// A CRL revoking `serials`, valid from `this_update` to `next_update`, written to `file`.
+    fn crl(
+        &self,
+        file: &str,
+        serials: &[u64],
+        this_update: (i32, u8, u8),
+        next_update: (i32, u8, u8),
+    ) -> PathBuf {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(this_update.0, this_update.1, this_update.2),
+            next_update: rcgen::date_time_ymd(next_update.0, next_update.1, next_update.2),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: (*s).into(),
+                    revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let path = self.dir.join(file);
+        std::fs::write(&path, params.signed_by(&self.issuer).unwrap().pem().unwrap()).unwrap();
+        path
+    }
+
     fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()) {
@@ -1011,4 +1057,353 @@ fn certificates_from_sds_files_rotate_while_connections_stay_open() {
     std::fs::rename(&staged, &sds).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(presented(addr, &ca), Some(der(&one)));
+}
+
+/// A listener requiring client certificates from `ca`, with `validation` added to its
+/// `validation_context` and `extra` to its `DownstreamTlsContext`.
+fn mtls_listener(name: &str, ca: &Ca, server: &Leaf, validation: &str, extra: &str) -> String {
+    let tls = tls_socket(&[server], extra).replace(
+        "          common_tls_context:\n",
+        &format!(
+            "          common_tls_context:\n            validation_context:\n              trusted_ca: {{filename: {}}}\n{validation}",
+            ca.ca_file().display()
+        ),
+    );
+    listener(name, "", &chain(&[&tls, &hcm("app")]))
+}
+
+#[test]
+fn revoked_client_certificates_are_refused_by_crl() {
+    let ca = Ca::new("crl");
+    let server = ca.leaf("server", &["crl.example.com"]);
+    let good = ca.leaf_serial("good", &["good.example.com"], 10);
+    let revoked = ca.leaf_serial("revoked", &["revoked.example.com"], 11);
+    let current = ca.crl("current.crl", &[11], (2020, 1, 1), (2099, 1, 1));
+    let expired = ca.crl("expired.crl", &[11], (2020, 1, 1), (2020, 2, 1));
+    // The CRL may also sit in the trusted_ca file, as Envoy reads it there too.
+    let bundle = ca.dir.join("ca-and-crl.pem");
+    std::fs::write(
+        &bundle,
+        ca.cert_pem.clone() + &std::fs::read_to_string(&current).unwrap(),
+    )
+    .unwrap();
+    let require = "          require_client_certificate: true\n";
+    let crl = |path: &Path| format!("              crl: {{filename: {}}}\n", path.display());
+    let in_bundle = mtls_listener("bundle", &ca, &server, "", require).replace(
+        &format!("trusted_ca: {{filename: {}}}", ca.ca_file().display()),
+        &format!("trusted_ca: {{filename: {}}}", bundle.display()),
+    );
+    let upstream = Upstream::start();
+    let listeners = [
+        mtls_listener("current", &ca, &server, &crl(&current), require),
+        mtls_listener("expired", &ca, &server, &crl(&expired), require),
+        in_bundle,
+    ]
+    .concat();
+    let proxy = start_proxy(&bootstrap(&listeners, &cluster("app", upstream.addr, "")));
+    let name = "crl.example.com";
+    let get = |listener: &str, cert: &Leaf| {
+        handshake(
+            proxy.addr(listener),
+            client(ca.roots(), &[&rustls::version::TLS13], &[], Some(cert)),
+            name,
+        )
+        .and_then(|mut s| https_get(&mut s, "/", name))
+        .map(|r| r.status)
+    };
+    for listener in ["current", "bundle"] {
+        assert_eq!(get(listener, &good), Ok(200), "{listener}");
+        assert!(get(listener, &revoked).is_err(), "{listener}: revoked");
+    }
+    // An expired CRL fails every verification (BoringSSL's X509_V_ERR_CRL_HAS_EXPIRED).
+    assert!(get("expired", &good).is_err(), "expired CRL");
+    let stat = |l: &str, n: &str| proxy.stat(&format!("listener.{l}.ssl.{n}")).unwrap_or(0);
+    eventually("revocations counted", || {
+        stat("current", "fail_verify_error") == 1
+            && stat("bundle", "fail_verify_error") == 1
+            && stat("expired", "fail_verify_error") == 1
+    });
+    assert_eq!(stat("current", "handshake"), 1);
+    assert_eq!(stat("current", "connection_error"), 0);
+}
+
+/// A client that keeps its sessions in `store`.
+fn resuming_client(
+    ca: &Ca,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    store: &Arc<rustls::client::ClientSessionMemoryCache>,
+) -> Arc<ClientConfig> {
+    let mut config = Arc::unwrap_or_clone(client(ca.roots(), versions, &[], None));
+    config.resumption = rustls::client::Resumption::store(store.clone());
+    Arc::new(config)
+}
+
+/// Connects, makes one request (which also delivers TLS 1.3 tickets) and says whether the
+/// session was resumed.
+fn resumed(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> bool {
+    let mut s = handshake(addr, config, name).unwrap();
+    let kind = s.conn.handshake_kind();
+    assert_eq!(https_get(&mut s, "/", name).unwrap().status, 200);
+    kind == Some(rustls::HandshakeKind::Resumed)
+}
+
+#[test]
+fn sessions_resume_across_listeners_sharing_ticket_keys() {
+    let ca = Ca::new("tickets");
+    let server = ca.leaf("server", &["tickets.example.com"]);
+    let key = |file: &str, fill: u8| {
+        let path = ca.dir.join(file);
+        std::fs::write(&path, (0..80u8).map(|i| i.wrapping_mul(31) ^ fill).collect::<Vec<_>>())
+            .unwrap();
+        path
+    };
+    let (shared, other) = (key("shared.key", 1), key("other.key", 2));
+    let keys = |path: &Path| {
+        format!("          session_ticket_keys:\n            keys:\n            - filename: {}\n", path.display())
+    };
+    let tls = |extra: &str| tls_socket(&[&server], extra);
+    let listeners = [
+        listener("a", "", &chain(&[&tls(&keys(&shared)), &hcm("app")])),
+        listener("b", "", &chain(&[&tls(&keys(&shared)), &hcm("app")])),
+        listener("c", "", &chain(&[&tls(&keys(&other)), &hcm("app")])),
+        listener(
+            "nostateless",
+            "",
+            &chain(&[&tls("          disable_stateless_session_resumption: true\n"), &hcm("app")]),
+        ),
+        listener("default", "", &chain(&[&tls(""), &hcm("app")])),
+    ]
+    .concat();
+    let upstream = Upstream::start();
+    let proxy = start_proxy(&bootstrap(&listeners, &cluster("app", upstream.addr, "")));
+    let name = "tickets.example.com";
+    // (rustls resumes only with the configuration that made the session: one per scenario.)
+    let fresh = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+        let store = Arc::new(rustls::client::ClientSessionMemoryCache::new(32));
+        resuming_client(&ca, versions, &store)
+    };
+    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+        // A session from listener a resumes at b (same keys), not at c (other keys).
+        let client = fresh(versions);
+        assert!(!resumed(proxy.addr("a"), client.clone(), name));
+        assert!(resumed(proxy.addr("b"), client, name));
+        let client = fresh(versions);
+        assert!(!resumed(proxy.addr("a"), client.clone(), name));
+        assert!(!resumed(proxy.addr("c"), client, name));
+        // Without configured keys, the context's own random key.
+        let client = fresh(versions);
+        assert!(!resumed(proxy.addr("default"), client.clone(), name));
+        assert!(resumed(proxy.addr("default"), client, name));
+    }
+    // Without tickets: TLS 1.2 resumes by session id (stateful), TLS 1.3 does not resume.
+    let tls12 = fresh(&[&rustls::version::TLS12]);
+    assert!(!resumed(proxy.addr("nostateless"), tls12.clone(), name));
+    assert!(resumed(proxy.addr("nostateless"), tls12, name));
+    let tls13 = fresh(&[&rustls::version::TLS13]);
+    assert!(!resumed(proxy.addr("nostateless"), tls13.clone(), name));
+    assert!(!resumed(proxy.addr("nostateless"), tls13, name));
+    let stat = |l: &str| proxy.stat(&format!("listener.{l}.ssl.session_reused")).unwrap_or(0);
+    eventually("reuse counted", || {
+        stat("b") == 2 && stat("default") == 2 && stat("nostateless") == 1
+    });
+    assert_eq!(stat("a") + stat("c"), 0);
+}
+
+#[test]
+fn bad_session_ticket_keys_are_refused_with_envoys_message() {
+    let ca = Ca::new("badkeys");
+    let server = ca.leaf("server", &["badkeys.example.com"]);
+    let short = ca.dir.join("short.key");
+    std::fs::write(&short, [7u8; 79]).unwrap();
+    let extra = format!(
+        "          session_ticket_keys:\n            keys:\n            - filename: {}\n",
+        short.display()
+    );
+    let file = ca.dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        bootstrap(
+            &listener("bad", "", &chain(&[&tls_socket(&[&server], &extra), &hcm("app")])),
+            &cluster("app", "127.0.0.1:1".parse().unwrap(), ""),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_legate"))
+        .args(["--mode", "validate", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("transport_socket.typed_config.session_ticket_keys: Incorrect TLS session ticket key length. Length 79, expected length 80."),
+        "{text}"
+    );
+}
+
+/// OCSP fixtures made with the openssl CLI (its responder mode writes real responses): a CA,
+/// leaves with serials 0x1234 (plain) and 0x1235 (must-staple extension), and DER responses.
+struct OcspFixture {
+    dir: PathBuf,
+}
+
+impl OcspFixture {
+    fn new() -> OcspFixture {
+        let dir = temp_dir("ocsp");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl (the test command installs it)");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=ocsp test CA", "-days", "3"]].concat());
+        std::fs::write(dir.join("must.ext"), "tlsfeature = status_request\nsubjectAltName = DNS:ocsp.example.com\n").unwrap();
+        std::fs::write(dir.join("plain.ext"), "subjectAltName = DNS:ocsp.example.com\n").unwrap();
+        let mut index = String::new();
+        for (name, serial, ext) in [("leaf", "0x1234", "plain.ext"), ("must", "0x1235", "must.ext")] {
+            run(&[&["req"][..], &ec, &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", "/CN=ocsp.example.com"]].concat());
+            run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", serial, "-extfile", ext, "-out", &format!("{name}.pem"), "-days", "2"]);
+            index += &format!("V\t301231000000Z\t\t{}\tunknown\t/CN=ocsp.example.com\n", &serial[2..]);
+        }
+        std::fs::write(dir.join("index.txt"), index).unwrap();
+        std::fs::write(dir.join("index.txt.attr"), "unique_subject = no\n").unwrap();
+        for (name, cert, days) in [("good", "leaf", Some("1")), ("nonext", "leaf", None), ("must", "must", Some("1"))] {
+            run(&["ocsp", "-issuer", "ca.pem", "-cert", &format!("{cert}.pem"), "-no_nonce", "-reqout", &format!("{name}.req")]);
+            let mut args = vec!["ocsp", "-index", "index.txt", "-rsigner", "ca.pem", "-rkey", "ca.key", "-CA", "ca.pem"];
+            let (reqin, respout) = (format!("{name}.req"), format!("{name}.der"));
+            args.extend(["-reqin", &reqin, "-respout", &respout]);
+            if let Some(d) = days {
+                args.extend(["-ndays", d]);
+            }
+            run(&args);
+        }
+        OcspFixture { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// A TLS chain serving `cert` with the staple `response` (if any) under `policy`.
+    fn chain(&self, cert: &str, response: Option<&str>, policy: &str) -> String {
+        let staple = response.map_or(String::new(), |r| {
+            format!("              ocsp_staple: {{filename: {}}}\n", self.path(r))
+        });
+        let policy = if policy.is_empty() { String::new() } else { format!("          ocsp_staple_policy: {policy}\n") };
+        format!(
+            "      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n{policy}          common_tls_context:\n            tls_certificates:\n            - certificate_chain: {{filename: {}}}\n              private_key: {{filename: {}}}\n{staple}",
+            self.path(&format!("{cert}.pem")),
+            self.path(&format!("{cert}.key")),
+        )
+    }
+}
+
+impl Drop for OcspFixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What `openssl s_client` saw: whether the handshake completed, and whether a staple came.
+fn s_client(addr: SocketAddr, status: bool) -> (bool, bool) {
+    let mut args = vec!["s_client".to_string(), "-connect".into(), addr.to_string(), "-servername".into(), "ocsp.example.com".into()];
+    if status {
+        args.push("-status".into());
+    }
+    let out = std::process::Command::new("openssl")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    (
+        text.contains("Server certificate"),
+        text.contains("OCSP Response Status: successful"),
+    )
+}
+
+#[test]
+fn ocsp_responses_are_stapled_by_policy() {
+    let f = OcspFixture::new();
+    let upstream = Upstream::start();
+    let listeners = [
+        ("lenient", f.chain("leaf", Some("good.der"), "")),
+        ("lenient_nonext", f.chain("leaf", Some("nonext.der"), "")),
+        ("strict_nonext", f.chain("leaf", Some("nonext.der"), "STRICT_STAPLING")),
+        ("strict_none", f.chain("leaf", None, "STRICT_STAPLING")),
+        ("must", f.chain("leaf", Some("good.der"), "MUST_STAPLE")),
+        ("must_ext", f.chain("must", Some("must.der"), "")),
+    ]
+    .iter()
+    .map(|(name, tls)| listener(name, "", &chain(&[tls, &hcm("app")])))
+    .collect::<String>();
+    let proxy = start_proxy(&bootstrap(&listeners, &cluster("app", upstream.addr, "")));
+    // (listener, with -status: handshake ok, stapled)
+    let expected = [
+        ("lenient", (true, true)),
+        // A response without nextUpdate counts as expired: omitted, or fatal when strict.
+        ("lenient_nonext", (true, false)),
+        ("strict_nonext", (false, false)),
+        ("strict_none", (true, false)),
+        ("must", (true, true)),
+        ("must_ext", (true, true)),
+    ];
+    for (name, outcome) in expected {
+        assert_eq!(s_client(proxy.addr(name), true), outcome, "{name} with -status");
+        // A client that does not ask gets no staple, whatever the policy.
+        assert_eq!(s_client(proxy.addr(name), false), (true, false), "{name} without -status");
+    }
+    let stat = |l: &str, n: &str| proxy.stat(&format!("listener.{l}.ssl.ocsp_staple_{n}")).unwrap_or(0);
+    eventually("staple stats", || stat("must_ext", "requests") == 1);
+    for (name, [requests, responses, omitted, failed]) in [
+        ("lenient", [1, 1, 0, 0]),
+        ("lenient_nonext", [1, 0, 1, 0]),
+        ("strict_nonext", [1, 0, 0, 1]),
+        ("strict_none", [1, 0, 1, 0]),
+        ("must", [1, 1, 0, 0]),
+        ("must_ext", [1, 1, 0, 0]),
+    ] {
+        assert_eq!(
+            [stat(name, "requests"), stat(name, "responses"), stat(name, "omitted"), stat(name, "failed")],
+            [requests, responses, omitted, failed],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn ocsp_config_errors_are_envoys() {
+    let f = OcspFixture::new();
+    let cases = [
+        (f.chain("leaf", None, "MUST_STAPLE"), "Required OCSP response is missing from TLS context"),
+        (f.chain("leaf", Some("must.der"), ""), "OCSP response does not match its TLS certificate"),
+        (f.chain("must", None, ""), "OCSP response is required for must-staple certificate"),
+        (f.chain("leaf", Some("good.req"), ""), "OCSP response"),
+    ];
+    for (tls, message) in cases {
+        let file = f.dir.join("bad.yaml");
+        std::fs::write(
+            &file,
+            bootstrap(
+                &listener("bad", "", &chain(&[&tls, &hcm("app")])),
+                &cluster("app", "127.0.0.1:1".parse().unwrap(), ""),
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_legate"))
+            .args(["--mode", "validate", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{message}");
+        assert!(
+            text.contains("transport_socket.typed_config.common_tls_context.tls_certificates[0].ocsp_staple: ")
+                && text.contains(message),
+            "{message}: {text}"
+        );
+    }
 }
