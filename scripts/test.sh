@@ -20,6 +20,22 @@ if [ ! -x .venv/bin/envoy ]; then
 fi
 .venv/bin/envoy --version | tr -s ' ' | head -1
 
+# tests/addresses.rs redirects connections with nftables inside a network namespace of its own
+# (the original_dst listener filter and ORIGINAL_DST clusters).
+step "nftables (for the original_dst tests)"
+if ! command -v nft >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && apt-get install -y -qq nftables >/dev/null
+fi
+export LEGATE_REQUIRE_NFT=1
+
+# The TLS tests drive openssl (s_client, and its OCSP responder for stapling fixtures) and curl.
+step "openssl and curl (TLS test clients)"
+for tool in openssl curl; do
+  if ! command -v "$tool" >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null
+  fi
+done
+
 step "cargo build"
 cargo build --workspace --all-targets --locked
 

@@ -886,6 +886,20 @@ fn garbage_and_truncated_handshakes_do_not_hang() {
         proxy.stat("listener.hostile.downstream_cx_transport_socket_connect_timeout") == Some(2)
     });
     assert_eq!(proxy.stat("listener.hostile.ssl.connection_error"), Some(1));
+    // A ClientHello announcing 16 MB, streamed in full-size records: refused long before the
+    // 16 MB arrive (the writer sees the connection reset), and nothing is buffered for it.
+    assert!(
+        refused_before(addr, &huge_hello(), 16 << 20),
+        "16 MB ClientHello"
+    );
+    // A record header claiming 65,535 bytes, beyond TLS's 16 KiB + 256 ciphertext limit.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff]).unwrap();
+    let _ = s.write_all(&[0u8; 4096]);
+    assert!(closed_within(s, Duration::from_secs(3)), "oversized record");
+    eventually("oversized handshakes counted", || {
+        proxy.stat("listener.hostile.ssl.connection_error") == Some(3)
+    });
     // Still serving.
     let mut s = handshake(
         addr,
@@ -1406,4 +1420,32 @@ fn ocsp_config_errors_are_envoys() {
             "{message}: {text}"
         );
     }
+}
+
+/// The first record of a ClientHello whose handshake header announces 16 MB (2^24 - 1 bytes).
+fn huge_hello() -> Vec<u8> {
+    let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
+    record.resize(5 + 0x4000, 0);
+    record
+}
+
+/// Sends `first`, then full-size handshake records of zeros, up to `total` bytes; true if the
+/// server closed the connection before all of it was sent (and within 10 s).
+fn refused_before(addr: SocketAddr, first: &[u8], total: usize) -> bool {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    if s.write_all(first).is_err() {
+        return true;
+    }
+    let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+    record.resize(5 + 0x4000, 0);
+    let mut sent = first.len();
+    let started = Instant::now();
+    while sent < total {
+        if s.write_all(&record).is_err() {
+            return started.elapsed() < Duration::from_secs(10);
+        }
+        sent += record.len();
+    }
+    false
 }
