@@ -1,6 +1,7 @@
-"""Pieces shared by the benchmark scripts in bench/ (http_bench.py, xds_apply.py, validate_10k.py):
-starting and stopping processes by PID, CPU time and RSS from /proc, CPU pinning, the nginx
-upstream, wrk and its summary, medians and Markdown tables.
+"""Pieces shared by the benchmark scripts in bench/ (http_bench.py, tls_bench.py, memory.py,
+xds_apply.py, validate_10k.py): starting and stopping processes by PID, CPU time and RSS from
+/proc, CPU pinning, the descriptor limit, the nginx upstream, wrk and h2load and their
+summaries, medians and Markdown tables.
 
 Not a script: the scripts import it as `common` (run by path, their directory is on sys.path).
 """
@@ -8,8 +9,10 @@ Not a script: the scripts import it as `common` (run by path, their directory is
 import json
 import os
 import re
+import resource
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -198,12 +201,22 @@ def port_free(port):
             return False
 
 
-def get(port, path, timeout=2.0):
-    """One HTTP/1.1 GET on a fresh connection; returns (status, body) or None. Reads exactly
-    Content-Length bytes of body and closes: Envoy, after a `connection: close` response, waits
-    up to its delayed_close_timeout (1 s) for the client to close first."""
+def insecure_tls_client():
+    """A TLS client context that accepts any certificate (the benchmarks' are self-signed)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def get(port, path, timeout=2.0, tls=None):
+    """One HTTP/1.1 GET on a fresh connection (over TLS with the client context `tls`); returns
+    (status, body) or None. Reads exactly Content-Length bytes of body and closes: Envoy, after a
+    `connection: close` response, waits up to its delayed_close_timeout (1 s) for the client to
+    close first."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
+                (tls.wrap_socket(raw) if tls else raw) as s:
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
             data, length = b"", None
             while True:
@@ -217,13 +230,24 @@ def get(port, path, timeout=2.0):
                 if not chunk:
                     break
                 data += chunk
-    except OSError:
+    except (OSError, ssl.SSLError):
         return None
     head, _, body = data.partition(b"\r\n\r\n")
     try:
         return int(head.split(b" ", 2)[1]), body
     except (IndexError, ValueError):
         return None
+
+
+def raise_nofile(want):
+    """Raises this process's soft RLIMIT_NOFILE towards `want` (never above the hard limit: only
+    a privileged process may raise that); the processes it starts inherit it. Returns the new
+    soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
 
 
 def busy_ports(ports):
@@ -318,11 +342,13 @@ end
 """
 
 
-def wrk(port, seconds, connections, lua, path="/", headers=()):
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua)]
+def wrk(port, seconds, connections, lua, path="/", headers=(), scheme="http", timeout_s=5):
+    """`wrk -t1` for `seconds`; `timeout_s` is wrk's per-request timeout (a response that takes
+    longer counts as a timeout error)."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", f"{timeout_s}s", "-s", str(lua)]
     for h in headers:
         cmd += ["-H", h]
-    out = run_load(cmd + [f"http://127.0.0.1:{port}{path}"], timeout=seconds + 30)
+    out = run_load(cmd + [f"{scheme}://127.0.0.1:{port}{path}"], timeout=seconds + timeout_s + 30)
     line = next((l for l in out.splitlines() if l.startswith("JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out[-2000:]}")
@@ -338,6 +364,45 @@ def wrk(port, seconds, connections, lua, path="/", headers=()):
         "mean_ms": r["mean_us"] / 1000.0,
         "raw": r,
     }
+
+
+def h2load_summary(out):
+    """The totals h2load prints: {"requests": succeeded, "errors": failed, errored, timed out or
+    not 2xx, "rps", "wall_s", "summary": its lines}, and the mean `time for connect` and `time
+    to 1st byte` in ms when printed. Raises RuntimeError if they cannot be read."""
+    lines = out.splitlines()
+
+    def line(prefix):
+        return next((l for l in lines if l.startswith(prefix)), "")
+
+    req_line, fin_line, codes_line = line("requests:"), line("finished in"), line("status codes:")
+    try:
+        nums = [int(w) for w in req_line.replace(",", " ").split() if w.isdigit()]
+        _total, _started, _done, succeeded, failed, errored, timeouts = nums[:7]
+        rps = float(fin_line.split(",")[1].split()[0])
+        wall_s = float(fin_line.split()[2].rstrip("s,"))
+        ok2xx = int(codes_line.split(":")[1].split()[0])
+    except (IndexError, ValueError) as e:
+        raise RuntimeError(f"could not parse h2load output ({e}):\n{out[-2000:]}") from None
+    result = {
+        "requests": succeeded,
+        "errors": failed + errored + timeouts + (succeeded - ok2xx),
+        "rps": rps,
+        "wall_s": wall_s,
+        "summary": [fin_line, req_line, codes_line],
+    }
+    # "time for connect:    42.99ms       2.28s       1.34s ..." (min, max, mean, sd, +/- sd).
+    for prefix, key in (("time for connect:", "connect_mean_ms"), ("time to 1st byte:", "ttfb_mean_ms")):
+        cols = line(prefix)[len(prefix):].split()
+        if len(cols) >= 3:
+            v = cols[2]
+            scale = 1e-3 if v.endswith("us") else 1e3 if v.endswith("s") and not v.endswith("ms") else 1.0
+            try:
+                result[key] = float(v.rstrip("usm")) * scale
+            except ValueError:
+                pass
+        result["summary"].append(line(prefix))
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

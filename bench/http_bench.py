@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 
 from common import (LOAD_CPU, PROXY_CPU, RESULTS, ROOT, WRK_DONE_LUA, RssSampler, busy_ports, cpu_seconds, fmt, get,
-                    guarded, loadavg, median, missing_binaries, print_row, print_table_head, read_load_before,
-                    record_usage, rss_mib, run_load, run_main, spawn, start_nginx, stop, tail, tool_versions, wrk,
-                    write_nginx_conf)
+                    guarded, h2load_summary, loadavg, median, missing_binaries, print_row, print_table_head,
+                    read_load_before, record_usage, rss_mib, run_load, run_main, spawn, start_nginx, stop, tail,
+                    tool_versions, wrk, write_nginx_conf)
 
 TARGETS = ("nginx", "legate", "envoy", "haproxy")
 PROXIES = ("legate", "envoy", "haproxy")
@@ -175,22 +175,9 @@ def h2load(port, seconds, connections, streams, log_file):
     if log_file:
         cmd.insert(-1, f"--log-file={log_file}")
     out = run_load(cmd, timeout=seconds + 30)
-    req_line = next((l for l in out.splitlines() if l.startswith("requests:")), "")
-    fin_line = next((l for l in out.splitlines() if l.startswith("finished in")), "")
-    codes_line = next((l for l in out.splitlines() if l.startswith("status codes:")), "")
-    try:
-        nums = [int(w) for w in req_line.replace(",", " ").split() if w.isdigit()]
-        total, _started, _done, succeeded, failed, errored, timeouts = nums[:7]
-        rps = float(fin_line.split(",")[1].split()[0])
-        ok2xx = int(codes_line.split(":")[1].split()[0])
-    except (IndexError, ValueError) as e:
-        raise RuntimeError(f"could not parse h2load output ({e}):\n{out[-2000:]}") from None
-    result = {
-        "requests": succeeded,
-        "errors": failed + errored + timeouts + (succeeded - ok2xx),
-        "rps": rps,
-        "raw": {"summary": [fin_line, req_line, codes_line]},
-    }
+    summary = h2load_summary(out)
+    result = {"requests": summary["requests"], "errors": summary["errors"], "rps": summary["rps"],
+              "raw": {"summary": summary["summary"][:3]}}
     if log_file:
         lat = []
         with open(log_file) as f:

@@ -20,7 +20,6 @@ PID, also on errors and Ctrl-C. Loopback only.
 import argparse
 import json
 import os
-import resource
 import shutil
 import socket
 import sys
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 from common import (PROXY_CPU, RESULTS, ROOT, fmt, get, guarded, median, print_row, print_table_head,
-                    rss_mib, run_main, spawn, stop, tail)
+                    raise_nofile, rss_mib, run_main, spawn, stop, tail)
 
 PROXIES = ("legate", "envoy", "haproxy")
 
@@ -149,10 +148,7 @@ def main() -> int:
         if not binaries.get(t) or not Path(binaries[t]).exists():
             print(f"missing {t}", file=sys.stderr)
             return 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = args.connections + 1000
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    raise_nofile(args.connections + 1000)
     work = RESULTS / "memory"
     work.mkdir(parents=True, exist_ok=True)
     port = args.base_port

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Installs what bench/http_bench.py needs on a Debian machine, if missing: haproxy, nginx-light,
-# wrk and h2load (nghttp2-client). Envoy comes from the project virtualenv (scripts/test.sh);
-# Legate from `cargo build --release`. Installs only; starts no service.
+# Installs what bench/http_bench.py and bench/tls_bench.py need on a Debian machine, if missing:
+# haproxy, nginx-light, wrk, h2load (nghttp2-client) and openssl (tls_bench.py's certificates).
+# Envoy comes from the project virtualenv (scripts/test.sh); Legate from `cargo build --release`.
+# Installs only; starts no service.
 set -euo pipefail
 
-declare -A want=([haproxy]=haproxy [nginx]=nginx-light [wrk]=wrk [h2load]=nghttp2-client)
+declare -A want=([haproxy]=haproxy [nginx]=nginx-light [wrk]=wrk [h2load]=nghttp2-client [openssl]=openssl)
 missing=()
 for bin in "${!want[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("${want[$bin]}")
 done
 if ((${#missing[@]} == 0)); then
-    echo "bench/setup.sh: haproxy, nginx, wrk and h2load are installed"
+    echo "bench/setup.sh: haproxy, nginx, wrk, h2load and openssl are installed"
     exit 0
 fi
 SUDO=""
