@@ -328,9 +328,11 @@ class TlsCounters:
         if self.name == "haproxy":
             info = haproxy_info(self.sock)
             # CumSslConns counts the TLS connections of all front ends (the probe's too);
-            # HAProxy has no count of resumed ones, only SslCacheLookups (session-ID lookups).
+            # HAProxy has no count of resumed ones, only of session-cache lookups and misses
+            # (a TLS 1.2 client offering no session still makes a lookup that misses).
             return {"handshake": int(info.get("CumSslConns", 0)),
-                    "session_cache_lookups": int(info.get("SslCacheLookups", 0))}
+                    "session_cache_lookups": int(info.get("SslCacheLookups", 0)),
+                    "session_cache_misses": int(info.get("SslCacheMisses", 0))}
         stats = admin_stats(self.admin)
         prefix = f"listener.127.0.0.1_{self.listen}.ssl."
         return {k: stats.get(prefix + k, 0) for k in ("handshake", "session_reused", "connection_error")}
