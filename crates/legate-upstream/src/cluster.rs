@@ -193,6 +193,7 @@ impl ClusterConfig {
             UpstreamProtocol::Http1
         };
         let mut common = c.common_http_protocol_options.clone();
+        let mut upstream_http = c.upstream_http_protocol_options.clone();
         let mut max_requests = c.max_requests_per_connection.as_ref().map(|v| v.value);
         for (key, any) in &c.typed_extension_protocol_options {
             let path = format!("typed_extension_protocol_options[\"{key}\"]");
@@ -226,6 +227,9 @@ impl ClusterConfig {
             if options.common_http_protocol_options.is_some() {
                 common = options.common_http_protocol_options.clone();
             }
+            if options.upstream_http_protocol_options.is_some() {
+                upstream_http = options.upstream_http_protocol_options.clone();
+            }
         }
         let common = common.unwrap_or_default();
         max_requests = common
@@ -238,7 +242,8 @@ impl ClusterConfig {
         let tls = c.transport_socket.as_ref().and_then(|ts| {
             errors.take(
                 "transport_socket",
-                crate::tls::UpstreamTls::compile_transport_socket(ts).map(std::sync::Arc::new),
+                crate::tls::UpstreamTls::compile_transport_socket(ts)
+                    .map(|t| std::sync::Arc::new(t.with_auto_name(upstream_http.as_ref()))),
             )
         });
         if eds.is_some() && c.load_assignment.is_some() {

@@ -8,6 +8,7 @@
 //! sent again on a fresh connection: this is the keep-alive race behind Envoy's intermittent
 //! "503 UC" (Envoy issues #6190, #9747, #14981); Legate does not surface it.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -26,6 +27,7 @@ use crate::breaker::ResourceGuard;
 use crate::host::Host;
 use crate::manager::Cluster;
 pub use crate::tls::UpstreamStream;
+use crate::tls::ConnectionName;
 
 /// The protocol a request is sent upstream with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +89,50 @@ struct Idle {
 pub struct HostPool {
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// The pools of connections made for names taken from requests (`auto_sni`,
+    /// `auto_san_validation`), one per name.
+    named: Mutex<HashMap<ConnectionName, Arc<HostPool>>>,
+}
+
+impl HostPool {
+    /// The pool for connections made for `name` (`None`: this one). Making a pool for a new
+    /// name first drops the per-name pools left without connections or users, so that
+    /// requests naming ever new hosts do not grow the map.
+    fn for_name(&self, name: Option<&ConnectionName>) -> PoolRef<'_> {
+        let Some(name) = name else {
+            return PoolRef::Own(self);
+        };
+        let mut named = lock(&self.named);
+        if let Some(pool) = named.get(name) {
+            return PoolRef::Named(pool.clone());
+        }
+        named.retain(|_, p| Arc::strong_count(p) > 1 || !p.is_unused());
+        let pool = Arc::new(HostPool::default());
+        named.insert(name.clone(), pool.clone());
+        PoolRef::Named(pool)
+    }
+
+    fn is_unused(&self) -> bool {
+        lock(&self.idle).iter().all(|i| i.sender.is_closed())
+            && lock(&self.h2).as_ref().is_none_or(|s| s.is_closed())
+    }
+}
+
+/// A host's pool, or one of its per-name pools.
+enum PoolRef<'a> {
+    Own(&'a HostPool),
+    Named(Arc<HostPool>),
+}
+
+impl std::ops::Deref for PoolRef<'_> {
+    type Target = HostPool;
+
+    fn deref(&self) -> &HostPool {
+        match self {
+            PoolRef::Own(p) => p,
+            PoolRef::Named(p) => p,
+        }
+    }
 }
 
 impl std::fmt::Debug for HostPool {
@@ -108,9 +154,10 @@ pub async fn send(
     protocol: Protocol,
     req: Request<Body>,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
+    let name = cluster.config.tls.as_ref().and_then(|t| t.name_for(&req));
     match protocol {
-        Protocol::Http1 => send_http1(cluster, host, worker, req).await,
-        Protocol::Http2 => send_http2(cluster, host, worker, req).await,
+        Protocol::Http1 => send_http1(cluster, host, worker, req, name).await,
+        Protocol::Http2 => send_http2(cluster, host, worker, req, name).await,
     }
 }
 
@@ -119,15 +166,16 @@ async fn send_http1(
     host: &Arc<Host>,
     worker: usize,
     mut req: Request<Body>,
+    name: Option<ConnectionName>,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
-    let pool = cluster.pool(worker, host);
+    let pool = cluster.pool(worker, host).for_name(name.as_ref());
     loop {
-        let (mut sender, uses, reused) = match checkout(pool, cluster.config.idle_timeout) {
+        let (mut sender, uses, reused) = match checkout(&pool, cluster.config.idle_timeout) {
             Some((sender, uses)) => (sender, uses, true),
             None => {
                 // Envoy counts a request that waits for a new connection as pending.
                 cluster.stats.upstream_rq_pending_total.inc();
-                (connect_http1(cluster, host).await?, 0, false)
+                (connect_http1(cluster, host, name.as_ref()).await?, 0, false)
             }
         };
         if sender.ready().await.is_err() {
@@ -151,6 +199,7 @@ async fn send_http1(
                     cluster: cluster.clone(),
                     host: host.clone(),
                     worker,
+                    name: name.clone(),
                 });
                 return Ok(response.map(|inner| ResponseBody { inner, release }));
             }
@@ -183,14 +232,15 @@ async fn send_http2(
     host: &Arc<Host>,
     worker: usize,
     req: Request<Body>,
+    name: Option<ConnectionName>,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
-    let pool = cluster.pool(worker, host);
+    let pool = cluster.pool(worker, host).for_name(name.as_ref());
     let existing = lock(&pool.h2).as_ref().filter(|s| !s.is_closed()).cloned();
     let mut sender = match existing {
         Some(s) => s,
         None => {
             cluster.stats.upstream_rq_pending_total.inc();
-            let s = connect_http2(cluster, host).await?;
+            let s = connect_http2(cluster, host, name.as_ref()).await?;
             *lock(&pool.h2) = Some(s.clone());
             s
         }
@@ -215,6 +265,16 @@ pub async fn connect(
     host: &Host,
     protocol: Option<Protocol>,
 ) -> Result<(UpstreamStream, ResourceGuard), UpstreamError> {
+    connect_named(cluster, host, protocol, None).await
+}
+
+/// [`connect`], made for `name` (`auto_sni`, `auto_san_validation`).
+async fn connect_named(
+    cluster: &Cluster,
+    host: &Host,
+    protocol: Option<Protocol>,
+    name: Option<&ConnectionName>,
+) -> Result<(UpstreamStream, ResourceGuard), UpstreamError> {
     let stats = &cluster.stats;
     let Some(guard) = cluster.breakers.connections.try_acquire() else {
         cluster.stats.scope.counter("upstream_cx_overflow").inc();
@@ -232,7 +292,7 @@ pub async fn connect(
         let Some(tls) = &cluster.config.tls else {
             return Ok(UpstreamStream::Plain(tcp));
         };
-        match tls.connect(tcp, protocol).await {
+        match tls.connect(tcp, protocol, name).await {
             Ok(s) => {
                 if let Some(ssl) = &cluster.ssl {
                     ssl.handshake_done(s.get_ref().1);
@@ -316,8 +376,9 @@ where
 async fn connect_http1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
+    name: Option<&ConnectionName>,
 ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-    let (stream, guard) = connect(cluster, host, Some(Protocol::Http1)).await?;
+    let (stream, guard) = connect_named(cluster, host, Some(Protocol::Http1), name).await?;
     let (sender, conn) = http1::Builder::new()
         .max_headers(cluster.config.max_headers_count as usize)
         .handshake(TokioIo::new(stream))
@@ -331,8 +392,9 @@ async fn connect_http1(
 async fn connect_http2(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
+    name: Option<&ConnectionName>,
 ) -> Result<http2::SendRequest<Body>, UpstreamError> {
-    let (stream, guard) = connect(cluster, host, Some(Protocol::Http2)).await?;
+    let (stream, guard) = connect_named(cluster, host, Some(Protocol::Http2), name).await?;
     let o = &cluster.config.http2;
     // Envoy's defaults: 256 MiB windows, a 4 KiB HPACK table.
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -381,6 +443,7 @@ struct Release {
     cluster: Arc<Cluster>,
     host: Arc<Host>,
     worker: usize,
+    name: Option<ConnectionName>,
 }
 
 /// An upstream response body. Reading it to the end returns its HTTP/1.1 connection to the
@@ -393,7 +456,7 @@ pub struct ResponseBody {
 impl ResponseBody {
     fn finish(&mut self) {
         if let Some(r) = self.release.take() {
-            let pool = r.cluster.pool(r.worker, &r.host);
+            let pool = r.cluster.pool(r.worker, &r.host).for_name(r.name.as_ref());
             lock(&pool.idle).push(Idle {
                 sender: r.sender,
                 since: Instant::now(),

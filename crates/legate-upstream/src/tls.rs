@@ -11,7 +11,7 @@
 use std::io;
 use std::sync::Arc;
 
-use legate_api::pb::envoy::config::core::v3::TransportSocket;
+use legate_api::pb::envoy::config::core::v3::{TransportSocket, UpstreamHttpProtocolOptions};
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
     UpstreamTlsContext, common_tls_context::ValidationContextType,
 };
@@ -24,8 +24,36 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 
+/// `upstream_http_protocol_options`: the name a connection is made for, taken from each
+/// request (Envoy's router sets it from the request's host, or `override_auto_sni_header`).
+#[derive(Clone, Debug)]
+struct AutoName {
+    /// `auto_sni`: sent as the SNI (not for an IP address).
+    sni: bool,
+    /// `auto_san_validation`: the host's certificate must carry it (it replaces
+    /// `match_typed_subject_alt_names`).
+    san_validation: bool,
+    /// `override_auto_sni_header`, when not empty.
+    header: Option<http::HeaderName>,
+}
+
+/// The name a connection is made for, from a request (see [`UpstreamTls::name_for`]).
+/// Connections made for different names are pooled apart, as Envoy hashes its pools by the
+/// transport socket options these set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionName {
+    /// The SNI to send instead of `sni`.
+    sni: Option<ServerName<'static>>,
+    /// The name the certificate must carry.
+    san: Option<ServerName<'static>>,
+}
+
 /// A compiled `UpstreamTlsContext`.
 pub struct UpstreamTls {
+    auto_name: Option<AutoName>,
+    /// The verification settings, for connections whose names come from requests.
+    validation: Validation,
+    roots_verifier: Option<Arc<WebPkiServerVerifier>>,
     /// For raw TCP connections (tcp_proxy).
     config: Arc<ClientConfig>,
     /// For HTTP/1.1 connections (`http/1.1` offered when `alpn_protocols` is empty).
@@ -104,7 +132,7 @@ impl UpstreamTls {
         if !errors.0.is_empty() {
             return Err(errors.0);
         }
-        let verifier: Arc<dyn ServerCertVerifier> = match &validation.roots {
+        let roots_verifier = match &validation.roots {
             Some(roots) => {
                 let mut builder = WebPkiServerVerifier::builder_with_provider(
                     roots.clone(),
@@ -119,11 +147,7 @@ impl UpstreamTls {
                     }
                 }
                 match builder.build() {
-                    Ok(inner) => Arc::new(Verifier {
-                        inner: Some(inner),
-                        validation,
-                        provider: params.provider.clone(),
-                    }),
+                    Ok(inner) => Some(inner),
                     Err(e) => {
                         return Err(vec![ConfigError::new(
                             "common_tls_context.validation_context.trusted_ca",
@@ -132,12 +156,14 @@ impl UpstreamTls {
                     }
                 }
             }
-            None => Arc::new(Verifier {
-                inner: None,
-                validation,
-                provider: params.provider.clone(),
-            }),
+            None => None,
         };
+        let verifier: Arc<dyn ServerCertVerifier> = Arc::new(Verifier {
+            inner: roots_verifier.clone(),
+            validation: validation.clone(),
+            san_override: None,
+            provider: params.provider.clone(),
+        });
         let builder = match ClientConfig::builder_with_provider(params.provider.clone())
             .with_protocol_versions(&params.versions)
         {
@@ -167,6 +193,9 @@ impl UpstreamTls {
             h2_config.alpn_protocols = vec![b"h2".to_vec()];
         }
         Ok(UpstreamTls {
+            auto_name: None,
+            validation,
+            roots_verifier,
             config: Arc::new(config),
             h1_config: Arc::new(h1_config),
             h2_config: Arc::new(h2_config),
@@ -176,19 +205,86 @@ impl UpstreamTls {
         })
     }
 
-    /// The TLS handshake on a new upstream connection for `protocol` (`None`: raw TCP).
+    /// Takes a cluster's `upstream_http_protocol_options` (`auto_sni`, `auto_san_validation`,
+    /// `override_auto_sni_header`).
+    pub fn with_auto_name(mut self, options: Option<&UpstreamHttpProtocolOptions>) -> UpstreamTls {
+        self.auto_name = options
+            .filter(|o| o.auto_sni || o.auto_san_validation)
+            .map(|o| AutoName {
+                sni: o.auto_sni,
+                san_validation: o.auto_san_validation,
+                header: (!o.override_auto_sni_header.is_empty())
+                    .then(|| http::HeaderName::from_bytes(o.override_auto_sni_header.to_ascii_lowercase().as_bytes()).ok())
+                    .flatten(),
+            });
+        self
+    }
+
+    /// The name a request's connection is made for, if the cluster takes it from requests:
+    /// the host of `override_auto_sni_header` (when the request has it, not empty), else of
+    /// the request's authority, without its port. An IP address is not sent as SNI but is
+    /// what the certificate must carry under `auto_san_validation`, as in Envoy.
+    pub fn name_for<B>(&self, req: &http::Request<B>) -> Option<ConnectionName> {
+        let auto = self.auto_name.as_ref()?;
+        let overridden = auto
+            .header
+            .as_ref()
+            .and_then(|h| req.headers().get(h))
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty());
+        let authority = overridden.or_else(|| {
+            req.uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok())
+        })?;
+        let host = host_of(authority);
+        let name = ServerName::try_from(host.to_owned()).ok()?;
+        let is_ip = matches!(name, ServerName::IpAddress(_));
+        Some(ConnectionName {
+            sni: (auto.sni && !is_ip).then(|| name.clone()),
+            san: auto.san_validation.then_some(name),
+        })
+    }
+
+    /// The TLS handshake on a new upstream connection for `protocol` (`None`: raw TCP), made
+    /// for `name` if the cluster takes names from requests.
     pub async fn connect(
         &self,
         stream: TcpStream,
         protocol: Option<crate::pool::Protocol>,
+        name: Option<&ConnectionName>,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let config = match protocol {
             None => &self.config,
             Some(crate::pool::Protocol::Http1) => &self.h1_config,
             Some(crate::pool::Protocol::Http2) => &self.h2_config,
         };
-        tokio_rustls::TlsConnector::from(config.clone())
-            .connect(self.server_name.clone(), stream)
+        let Some(name) = name else {
+            return tokio_rustls::TlsConnector::from(config.clone())
+                .connect(self.server_name.clone(), stream)
+                .await;
+        };
+        // A configuration for this connection: its SNI, and the name its verifier checks.
+        let mut named = ClientConfig::clone(config);
+        let provider = named.crypto_provider().clone();
+        named
+            .dangerous()
+            .set_certificate_verifier(Arc::new(Verifier {
+                inner: self.roots_verifier.clone(),
+                validation: self.validation.clone(),
+                san_override: name.san.clone(),
+                provider,
+            }));
+        let server_name = match &name.sni {
+            Some(sni) => {
+                named.enable_sni = true;
+                sni.clone()
+            }
+            None => self.server_name.clone(),
+        };
+        tokio_rustls::TlsConnector::from(Arc::new(named))
+            .connect(server_name, stream)
             .await
     }
 }
@@ -223,6 +319,8 @@ impl ResolvesClientCert for ClientCerts {
 struct Verifier {
     inner: Option<Arc<WebPkiServerVerifier>>,
     validation: Validation,
+    /// `auto_san_validation`'s name, checked instead of `match_typed_subject_alt_names`.
+    san_override: Option<ServerName<'static>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -252,7 +350,12 @@ impl ServerCertVerifier for Verifier {
                 Err(e) => return Err(e),
             }
         }
-        if !self.validation.matches_names(end_entity) {
+        let names_match = match &self.san_override {
+            Some(name) => rustls::server::ParsedCertificate::try_from(end_entity)
+                .is_ok_and(|c| rustls::client::verify_server_name(&c, name).is_ok()),
+            None => self.validation.matches_names(end_entity),
+        };
+        if !names_match {
             return Err(rustls::Error::InvalidCertificate(C::NotValidForName));
         }
         Ok(ServerCertVerified::assertion())
@@ -290,6 +393,17 @@ impl ServerCertVerifier for Verifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// The host part of an authority: without its port, an IPv6 address without brackets.
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
     }
 }
 

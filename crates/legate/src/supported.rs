@@ -555,6 +555,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "http_protocol_options",
                 "http2_protocol_options",
                 "common_http_protocol_options",
+                "upstream_http_protocol_options",
                 "transport_socket",
             ],
         ),
@@ -600,9 +601,15 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             "HttpProtocolOptions",
             &[
                 "common_http_protocol_options",
+                "upstream_http_protocol_options",
                 "explicit_http_config",
                 "use_downstream_protocol_config",
             ],
+        ),
+        (
+            CORE,
+            "UpstreamHttpProtocolOptions",
+            &["auto_sni", "auto_san_validation", "override_auto_sni_header"],
         ),
         (
             "envoy.extensions.upstreams.http.v3",
@@ -707,6 +714,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "full_scan_certs_on_sni_mismatch",
             ],
         ),
+        (TLS, "TlsSessionTicketKeys", &["keys"]),
         (TLS, "UpstreamTlsContext", &["common_tls_context", "sni"]),
         (
             TLS,
@@ -813,7 +821,6 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
     (
         "envoy.filters.listener.proxy_protocol",
         "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
-        (TLS, "TlsSessionTicketKeys", &["keys"]),
     ),
     (
         "envoy.filters.http.router",
@@ -905,6 +912,8 @@ const NOTES: &str = "
 | `TlsParameters.ecdh_curves` | `X25519`, `P-256` and `P-384`; other curves are refused. |
 | `CertificateValidationContext.match_typed_subject_alt_names` | `san_type: DNS` with an `exact` matcher only (wildcard certificate names match as in Envoy); other SAN types and matchers are refused. Requires `trusted_ca`. |
 | `DownstreamTlsContext.require_client_certificate` | Requires `validation_context.trusted_ca`. |
+| `DownstreamTlsContext.session_ticket_keys` | Keys are 80 bytes as in Envoy; the first seals new tickets (AES-256-GCM under the key's last 32 bytes) and all open them. Tickets are shared between Legate listeners and processes with the same keys, not with Envoy (its ticket format is BoringSSL's). |
+| `CertificateValidationContext.crl` | Requires `trusted_ca`. As Envoy (BoringSSL `CRL_CHECK_ALL`), once a CRL is loaded every certificate of the peer's chain needs its issuer's CRL, and an expired CRL fails verification; CRLs inside the `trusted_ca` file are used too. |
 | `ssl.sigalgs.*` stats | Not counted (rustls does not report the negotiated signature scheme). |
 | `RBAC.enforcement_type` (network filter) | Both values accepted: the rules (addresses, SNI) cannot change during a connection, so Legate decides once, when the connection is set up (after the TLS handshake, if any); Envoy decides at the first byte, so a denied client that sends nothing is closed at once by Legate and only when it sends by Envoy. |
 | Content-Length together with Transfer-Encoding | Envoy answers 400; Legate follows RFC 9112 §6.3 (the chunked framing alone counts, the connection closes after the response). |
@@ -943,5 +952,3 @@ mod tests {
         );
     }
 }
-| `DownstreamTlsContext.session_ticket_keys` | Keys are 80 bytes as in Envoy; the first seals new tickets (AES-256-GCM under the key's last 32 bytes) and all open them. Tickets are shared between Legate listeners and processes with the same keys, not with Envoy (its ticket format is BoringSSL's). |
-| `CertificateValidationContext.crl` | Requires `trusted_ca`. As Envoy (BoringSSL `CRL_CHECK_ALL`), once a CRL is loaded every certificate of the peer's chain needs its issuer's CRL, and an expired CRL fails verification; CRLs inside the `trusted_ca` file are used too. |

@@ -1449,3 +1449,61 @@ fn refused_before(addr: SocketAddr, first: &[u8], total: usize) -> bool {
     }
     false
 }
+
+#[test]
+fn auto_sni_and_san_validation_take_the_name_from_each_request() {
+    let ca = Ca::new("autosni");
+    let server = ca.leaf("upstream", &["a.example.com"]);
+    let backend = TlsUpstream::start(&server, None, &[]);
+    let options = |fields: &str| {
+        format!(
+            "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        upstream_http_protocol_options: {{{fields}}}\n        explicit_http_config: {{http_protocol_options: {{}}}}\n"
+        )
+    };
+    let trusted = format!(
+        "        common_tls_context:\n          validation_context:\n            trusted_ca: {{filename: {}}}\n",
+        ca.ca_file().display()
+    );
+    let clusters = [
+        cluster(
+            "validated",
+            backend.addr,
+            &(options("auto_sni: true, auto_san_validation: true") + &upstream_tls(&trusted)),
+        ),
+        cluster(
+            "overridden",
+            backend.addr,
+            &(options("auto_sni: true, override_auto_sni_header: x-sni")
+                + &upstream_tls("        sni: configured.example.com\n")),
+        ),
+    ]
+    .concat();
+    let routes: String = ["validated", "overridden"]
+        .iter()
+        .map(|c| format!("              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n"))
+        .collect();
+    let hcm = hcm("validated").replace(
+        "              - match: { prefix: \"/\" }\n                route: { cluster: validated }\n",
+        &routes,
+    );
+    let proxy = start_proxy(&bootstrap(&listener("plain", "", &chain(&[&hcm])), &clusters));
+    let addr = proxy.addr("plain");
+    let get = |path: &str, headers: &[(&str, &str)]| e2e::http_get(addr, path, headers);
+
+    // The request's host (without its port) is the SNI, and the name the certificate must have.
+    let r = get("/validated", &[("host", "a.example.com:8443")]);
+    assert_eq!((r.status, r.body.as_str()), (200, "sni=a.example.com alpn="));
+    let r = get("/validated", &[("host", "b.example.com")]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let stat = |c: &str, n: &str| proxy.stat(&format!("cluster.{c}.ssl.{n}")).unwrap_or(0);
+    eventually("SAN failure counted", || stat("validated", "fail_verify_san") == 1);
+    // override_auto_sni_header wins when the request has it; without it, the host; an IP
+    // address is not sent as SNI (the configured `sni` is, as without auto_sni).
+    let r = get("/overridden", &[("host", "a.example.com"), ("x-sni", "c.example.com")]);
+    assert_eq!((r.status, r.body.as_str()), (200, "sni=c.example.com alpn="));
+    let r = get("/overridden", &[("host", "d.example.com")]);
+    assert_eq!((r.status, r.body.as_str()), (200, "sni=d.example.com alpn="));
+    let r = get("/overridden", &[("host", "127.0.0.1:80")]);
+    assert_eq!((r.status, r.body.as_str()), (200, "sni=configured.example.com alpn="));
+    assert_eq!(stat("overridden", "handshake"), 3);
+}
