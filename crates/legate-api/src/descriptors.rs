@@ -43,6 +43,8 @@ pub const POOL_ROOTS: &[&str] = &[
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
 ];
+    "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
+    "envoy.extensions.filters.udp.udp_proxy.v3.Route",
 
 fn envoy_descriptors() -> FileDescriptorSet {
     FileDescriptorSet::decode(ENVOY_DESCRIPTORS)

@@ -15,6 +15,16 @@ pub fn stat_name(addr: &SocketAddr) -> String {
 /// Reads a TCP socket address with a literal IP, as listeners and STATIC endpoints require.
 /// Envoy refuses host names here (`malformed IP address`), named ports and resolvers.
 pub fn socket_addr(address: &Address) -> Compiled<SocketAddr> {
+    socket_addr_of(address, false).map(|(a, _)| a)
+}
+
+/// A listener's address: TCP, or UDP (`protocol: UDP`, served by the UDP proxy); the flag
+/// says UDP.
+pub fn listener_socket_addr(address: &Address) -> Compiled<(SocketAddr, bool)> {
+    socket_addr_of(address, true)
+}
+
+fn socket_addr_of(address: &Address, udp_allowed: bool) -> Compiled<(SocketAddr, bool)> {
     let err = |path: &str, msg: String| Err(vec![ConfigError::new(path, msg)]);
     let Some(kind) = &address.address else {
         return err("", "an address is required".into());
@@ -34,10 +44,11 @@ pub fn socket_addr(address: &Address) -> Compiled<SocketAddr> {
             );
         }
     };
-    if sa.protocol != socket_address::Protocol::Tcp as i32 {
+    let udp = sa.protocol == socket_address::Protocol::Udp as i32;
+    if sa.protocol != socket_address::Protocol::Tcp as i32 && !(udp && udp_allowed) {
         return err(
             "socket_address.protocol",
-            "only TCP is supported by Legate yet".into(),
+            "only TCP is supported by Legate here".into(),
         );
     }
     let port = match &sa.port_specifier {
@@ -65,5 +76,5 @@ pub fn socket_addr(address: &Address) -> Compiled<SocketAddr> {
             );
         }
     };
-    Ok(SocketAddr::new(ip, port))
+    Ok((SocketAddr::new(ip, port), udp))
 }

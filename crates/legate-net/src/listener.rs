@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use legate_api::pb::envoy::config::listener::v3::{Filter, FilterChainMatch, Listener};
-use legate_core::address::{socket_addr, stat_name};
+use legate_core::address::{listener_socket_addr, stat_name};
 use legate_core::proto::{duration_or, u32_or};
 use legate_core::{Compiled, ConfigError, Errors};
 
 use crate::filter_chain::{ConnectionFacts, FilterChainIndex};
 use crate::listener_filter::ListenerFilters;
 use crate::tls::DownstreamTls;
+use crate::udp_proxy::{self, UdpListenerConfig};
+use legate_api::pb::envoy::config::listener::v3::listener_filter::ConfigType;
 
 /// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB).
 pub const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
@@ -35,6 +37,9 @@ pub struct ListenerConfig<F> {
     pub per_connection_buffer_limit_bytes: u32,
     /// `socket_address.ipv4_compat`: an IPv6 listener also accepts IPv4 (mapped) clients.
     pub ipv4_compat: bool,
+    /// A UDP listener (`socket_address.protocol: UDP`): its UDP proxy. It has no filter
+    /// chains.
+    pub udp: Option<UdpListenerConfig>,
 }
 
 impl<F> ListenerConfig<F> {
@@ -60,15 +65,31 @@ impl<F> ListenerConfig<F> {
     /// Compiles a listener; `filter` compiles one network filter of a chain.
     pub fn compile(l: &Listener, mut filter: impl FnMut(&Filter) -> Compiled<F>) -> Compiled<Self> {
         let mut errors = Errors::default();
-        let address = match &l.address {
-            Some(a) => errors.take("address", socket_addr(a)),
+        let (address, is_udp) = match &l.address {
+            Some(a) => errors
+                .take("address", listener_socket_addr(a))
+                .map_or((None, false), |(a, udp)| (Some(a), udp)),
             None => {
                 errors.push("address", "error adding listener: address is necessary");
-                None
+                (None, false)
             }
         };
+        // A UDP listener runs the UDP proxy (a listener filter) and no filter chain.
+        let udp = if is_udp {
+            errors.take("", UdpListenerConfig::compile(l))
+        } else {
+            for (i, f) in l.listener_filters.iter().enumerate() {
+                if let Some(ConfigType::TypedConfig(any)) = &f.config_type
+                    && udp_proxy::is_udp_proxy_type(&any.type_url)
+                {
+                    let path = format!("listener_filters[{i}]");
+                    errors.0.push(udp_proxy::on_tcp_listener_error(&path));
+                }
+            }
+            None
+        };
         let mut chains = Vec::new();
-        if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+        if !is_udp && l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
             errors.push(
                 "filter_chains",
                 format!(
@@ -102,7 +123,11 @@ impl<F> ListenerConfig<F> {
                 .as_ref()
                 .is_none_or(|m| *m == FilterChainMatch::default()))
         .then_some(0);
-        let listener_filters = errors.take("", ListenerFilters::compile(l));
+        let listener_filters = if is_udp {
+            Some(ListenerFilters::default())
+        } else {
+            errors.take("", ListenerFilters::compile(l))
+        };
         for (i, chain) in l
             .filter_chains
             .iter()
@@ -146,6 +171,7 @@ impl<F> ListenerConfig<F> {
         );
         errors.finish(|| ListenerConfig {
             ipv4_compat,
+            udp,
             name: if l.name.is_empty() {
                 address.to_string()
             } else {
@@ -181,7 +207,8 @@ fn display(l: &Listener, address: Option<SocketAddr>) -> String {
     }
 }
 
-/// Envoy refuses two listeners bound to one address. Of two static listeners with one name it
+/// Envoy refuses two listeners bound to one address (of one protocol: a TCP and a UDP
+/// listener may share it). Of two static listeners with one name it
 /// keeps the first and ignores the second, and so does Legate (with a warning): the index of
 /// each ignored listener is returned.
 pub fn check_unique<F>(listeners: &[(usize, ListenerConfig<F>)]) -> (Vec<ConfigError>, Vec<usize>) {
@@ -192,7 +219,7 @@ pub fn check_unique<F>(listeners: &[(usize, ListenerConfig<F>)]) -> (Vec<ConfigE
         let path = format!("static_resources.listeners[{i}]");
         if !names.insert(l.name.as_str()) {
             ignored.push(*i);
-        } else if l.address.port() != 0 && !addresses.insert(l.address) {
+        } else if l.address.port() != 0 && !addresses.insert((l.address, l.udp.is_some())) {
             errors.push(ConfigError::new(
                 &path,
                 format!(

@@ -93,6 +93,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "listener_filters",
                 "listener_filters_timeout",
                 "continue_on_listener_filters_timeout",
+                "udp_listener_config",
             ],
         ),
         (
@@ -151,6 +152,32 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "stat_prefix",
             ],
         ),
+        // UDP listeners and the UDP proxy
+        (
+            "envoy.config.listener.v3",
+            "UdpListenerConfig",
+            &["downstream_socket_config"],
+        ),
+        (
+            CORE,
+            "UdpSocketConfig",
+            &["max_rx_datagram_size", "prefer_gro"],
+        ),
+        (
+            "envoy.extensions.filters.udp.udp_proxy.v3",
+            "UdpProxyConfig",
+            &[
+                "stat_prefix",
+                "cluster",
+                "matcher",
+                "idle_timeout",
+                "upstream_socket_config",
+            ],
+        ),
+        ("envoy.extensions.filters.udp.udp_proxy.v3", "Route", &["cluster"]),
+        ("xds.type.matcher.v3", "Matcher", &["on_no_match"]),
+        ("xds.type.matcher.v3", "Matcher.OnMatch", &["action"]),
+        ("xds.core.v3", "TypedExtensionConfig", &["name", "typed_config"]),
         // L4 network filters
         (
             "envoy.extensions.filters.network.tcp_proxy.v3",
@@ -823,6 +850,14 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
         "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
     ),
     (
+        "envoy.filters.udp_listener.udp_proxy",
+        "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
+    ),
+    (
+        "udp_proxy route action",
+        "envoy.extensions.filters.udp.udp_proxy.v3.Route",
+    ),
+    (
         "envoy.filters.http.router",
         "envoy.extensions.filters.http.router.v3.Router",
     ),
@@ -914,6 +949,8 @@ const NOTES: &str = "
 | `DownstreamTlsContext.require_client_certificate` | Requires `validation_context.trusted_ca`. |
 | `DownstreamTlsContext.session_ticket_keys` | Keys are 80 bytes as in Envoy; the first seals new tickets (AES-256-GCM under the key's last 32 bytes) and all open them. Tickets are shared between Legate listeners and processes with the same keys, not with Envoy (its ticket format is BoringSSL's). |
 | `CertificateValidationContext.crl` | Requires `trusted_ca`. As Envoy (BoringSSL `CRL_CHECK_ALL`), once a CRL is loaded every certificate of the peer's chain needs its issuer's CRL, and an expired CRL fails verification; CRLs inside the `trusted_ca` file are used too. |
+| `UdpSocketConfig.prefer_gro` | Legate reads one datagram at a time (no GRO); as with Envoy's GRO buffer, `prefer_gro: true` (the default of `UdpProxyConfig.upstream_socket_config`) reads datagrams of any size, so `max_rx_datagram_size` limits only sockets with `prefer_gro: false` (the default of `udp_listener_config.downstream_socket_config`). |
+| UDP listeners | Legate serves them with one `envoy.filters.udp_listener.udp_proxy` listener filter and no filter chains (QUIC is not supported). |
 | `ssl.sigalgs.*` stats | Not counted (rustls does not report the negotiated signature scheme). |
 | `RBAC.enforcement_type` (network filter) | Both values accepted: the rules (addresses, SNI) cannot change during a connection, so Legate decides once, when the connection is set up (after the TLS handshake, if any); Envoy decides at the first byte, so a denied client that sends nothing is closed at once by Legate and only when it sends by Envoy. |
 | Content-Length together with Transfer-Encoding | Envoy answers 400; Legate follows RFC 9112 §6.3 (the chunked framing alone counts, the connection closes after the response). |

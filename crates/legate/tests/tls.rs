@@ -335,6 +335,11 @@ fn terminates_tls_12_and_13_with_alpn_and_https_scheme() {
     assert_eq!(stat("no_certificate"), 4);
     assert_eq!(stat("connection_error"), 0);
     assert_eq!(stat("ciphers.ECDHE-ECDSA-AES128-GCM-SHA256"), 1);
+    // The connection manager counts its TLS connections; the last two are still open.
+    eventually("connection manager TLS stats", || {
+        proxy.stat("http.ingress.downstream_cx_ssl_total") == Some(4)
+            && proxy.stat("http.ingress.downstream_cx_ssl_active") == Some(2)
+    });
 
     // curl over HTTP/2, and openssl s_client, where installed.
     if let Ok(out) = std::process::Command::new("curl")

@@ -89,6 +89,11 @@ impl HttpConnectionManager {
         let stats = &self.stats;
         stats.downstream_cx_total.inc();
         stats.downstream_cx_active.inc();
+        let tls = downstream.tls;
+        if tls {
+            stats.downstream_cx_ssl_total.inc();
+            stats.downstream_cx_ssl_active.inc();
+        }
         let opened = Instant::now();
         let state = Arc::new(ConnectionState {
             downstream,
@@ -157,6 +162,9 @@ impl HttpConnectionManager {
             stats.downstream_cx_destroy_active_rq.inc();
         }
         stats.downstream_cx_active.dec();
+        if tls {
+            stats.downstream_cx_ssl_active.dec();
+        }
         stats.downstream_cx_destroy.inc();
         stats
             .downstream_cx_length_ms

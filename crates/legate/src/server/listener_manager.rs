@@ -28,6 +28,9 @@ use tokio::sync::mpsc;
 use super::l4::ChainFilter;
 use super::listener;
 use legate_net::rbac::NetworkRbac;
+use legate_net::udp_proxy::{UdpProxy, UdpProxyStats};
+
+use super::udp::ClusterUpstreams;
 
 use super::worker::{ListenerInstance, ListenerStats, ServingListener, WorkerCommand};
 use crate::config::NetworkFilter;
@@ -69,6 +72,12 @@ struct Active {
     sockets: Vec<std::net::TcpListener>,
     /// The duplicates the workers take when the listener starts.
     handoff: Vec<std::net::TcpListener>,
+    /// A UDP listener's sockets (one per worker) and their duplicates for the workers, in
+    /// place of `sockets` and `handoff`.
+    udp_sockets: Vec<std::net::UdpSocket>,
+    udp_handoff: Vec<std::net::UdpSocket>,
+    /// A UDP listener's proxy.
+    udp: Option<Arc<UdpProxy>>,
     instance: Arc<ListenerInstance>,
     serving: Arc<ServingListener>,
 }
@@ -298,13 +307,17 @@ impl ListenerManager {
                 .find(|(i, a)| {
                     stays(*i, a, &built)
                         && a.configured == b.configured
+                        && a.udp.is_some() == b.udp.is_some()
                         && a.view.name != b.view.name
                 })
                 .map(|(_, a)| a.view.name.clone())
                 .or_else(|| {
                     built[..k]
                         .iter()
-                        .find(|(_, earlier)| earlier.configured == b.configured)
+                        .find(|(_, earlier)| {
+                            earlier.configured == b.configured
+                                && earlier.udp.is_some() == b.udp.is_some()
+                        })
                         .map(|(_, earlier)| earlier.view.name.clone())
                 });
             if let Some(other) = clash {
@@ -422,11 +435,39 @@ impl ListenerManager {
             );
         }
         let workers = self.workers.len();
-        let same_address = current
-            .map(|i| &self.active[i])
-            .filter(|a| a.configured == l.address && a.ipv4_compat == l.ipv4_compat);
-        let (sockets, address) = match same_address {
-            Some(a) => {
+        let same_address = current.map(|i| &self.active[i]).filter(|a| {
+            a.configured == l.address
+                && a.ipv4_compat == l.ipv4_compat
+                && a.udp.is_some() == l.udp.is_some()
+        });
+        let share_error =
+            |e: std::io::Error| format!("listener '{}': cannot share its socket: {e}", l.name);
+        let (udp_sockets, udp_address) = match (&l.udp, same_address) {
+            (None, _) => (Vec::new(), None),
+            (Some(_), Some(a)) => (
+                a.udp_sockets
+                    .iter()
+                    .map(|s| s.try_clone())
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(share_error)?,
+                Some(a.view.address),
+            ),
+            (Some(_), None) => {
+                let (sockets, bound) = listener::bind_udp(l.address, l.ipv4_compat, workers)
+                    .map_err(|e| {
+                        format!("cannot bind '{}' for listener '{}': {e}", l.address, l.name)
+                    })?;
+                (sockets, Some(bound))
+            }
+        };
+        let udp_handoff = udp_sockets
+            .iter()
+            .map(|s| s.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(share_error)?;
+        let (sockets, address) = match (udp_address, same_address) {
+            (Some(bound), _) => (Vec::new(), bound),
+            (None, Some(a)) => {
                 let sockets = a
                     .sockets
                     .iter()
@@ -435,7 +476,7 @@ impl ListenerManager {
                     .map_err(|e| format!("listener '{}': cannot share its socket: {e}", l.name))?;
                 (sockets, a.view.address)
             }
-            None => listener::bind(l.address, l.ipv4_compat, workers).map_err(|e| {
+            (None, None) => listener::bind(l.address, l.ipv4_compat, workers).map_err(|e| {
                 format!("cannot bind '{}' for listener '{}': {e}", l.address, l.name)
             })?,
         };
@@ -465,7 +506,20 @@ impl ListenerManager {
             config: l,
         });
         let config = &serving.config;
+        let udp = config.udp.as_ref().map(|u| {
+            let upstreams = ClusterUpstreams(self.context.clone());
+            upstreams.register(&u.proxy.cluster);
+            Arc::new(UdpProxy {
+                config: u.clone(),
+                stats: UdpProxyStats::new(&root_scope, &u.proxy.stat_prefix),
+                datagrams_dropped: listener_scope.counter("udp.downstream_rx_datagram_dropped"),
+                upstreams: Arc::new(upstreams),
+            })
+        });
         Ok(Active {
+            udp,
+            udp_sockets,
+            udp_handoff,
             view: ListenerView {
                 name: config.name.clone(),
                 address,
@@ -492,13 +546,34 @@ impl ListenerManager {
             .iter()
             .map(ChainFilter::kind)
             .collect();
-        tracing::info!(
-            "listener '{}' listening on {} ({} filter chain(s): {})",
-            listener.view.name,
-            listener.view.address,
-            kinds.len(),
-            kinds.join(", ")
-        );
+        if listener.udp.is_some() {
+            tracing::info!(
+                "listener '{}' listening on {} (UDP: udp_proxy)",
+                listener.view.name,
+                listener.view.address
+            );
+        } else {
+            tracing::info!(
+                "listener '{}' listening on {} ({} filter chain(s): {})",
+                listener.view.name,
+                listener.view.address,
+                kinds.len(),
+                kinds.join(", ")
+            );
+        }
+        if let Some(proxy) = &listener.udp {
+            for (worker, socket) in self
+                .workers
+                .iter()
+                .zip(std::mem::take(&mut listener.udp_handoff))
+            {
+                let _ = worker.send(WorkerCommand::ListenUdp {
+                    socket,
+                    proxy: proxy.clone(),
+                    instance: listener.instance.clone(),
+                });
+            }
+        }
         for (worker, socket) in self
             .workers
             .iter()
@@ -573,6 +648,7 @@ impl ListenerManager {
         for a in &mut self.active {
             a.instance.stop(graceful);
             a.sockets.clear();
+            a.udp_sockets.clear();
             self.stats.listener_stopped.inc();
         }
     }

@@ -112,6 +112,12 @@ pub enum WorkerCommand {
         serving: Arc<ServingListener>,
         instance: Arc<ListenerInstance>,
     },
+    /// Serve the UDP proxy on `socket` (this worker's own) for `instance` until it stops.
+    ListenUdp {
+        socket: std::net::UdpSocket,
+        proxy: Arc<legate_net::udp_proxy::UdpProxy>,
+        instance: Arc<ListenerInstance>,
+    },
 }
 
 /// What every worker shares of a listener: its compiled config (chain matching, listener
@@ -199,6 +205,15 @@ async fn run(
                 }
                 Err(e) => tracing::error!("worker {index}: cannot use a listener socket: {e}"),
             },
+            WorkerCommand::ListenUdp {
+                socket,
+                proxy,
+                instance,
+            } => {
+                // The sessions end with the listener: nothing to drain, so `instance.open`
+                // stays 0.
+                tokio::spawn(proxy.serve(socket, instance.stop.subscribe()));
+            }
         }
     }
     // The control side is gone: stay until this worker's connections are gone.

@@ -89,7 +89,9 @@ impl Legate {
             .spawn()
             .expect("start envoy");
         let log = collect_output(&mut child);
-        let expected = yaml.matches("filter_chains:").count();
+        // A UDP listener has no filter chain: tests give each one a `udp_listener_config`.
+        let expected =
+            yaml.matches("filter_chains:").count() + yaml.matches("udp_listener_config:").count();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut admin: Option<SocketAddr> = None;
         let mut listeners = std::collections::HashMap::new();

@@ -392,7 +392,9 @@ impl Legate {
             });
         }
         drop(tx);
-        let expected = yaml.matches("filter_chains:").count();
+        // A UDP listener has no filter chain: tests give each one a `udp_listener_config`.
+        let expected =
+            yaml.matches("filter_chains:").count() + yaml.matches("udp_listener_config:").count();
         let wants_admin = yaml.contains("admin:");
         let mut listeners = HashMap::new();
         let mut admin = None;

@@ -1,0 +1,42 @@
+//! The UDP proxy's view of the clusters: the host of a new session, picked by the cluster's
+//! load balancer, and the cluster's `udp.*` stats (the proxy itself is
+//! [`legate_net::udp_proxy`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use legate_http::conn_manager::ProxyContext;
+use legate_net::udp_proxy::{NoUpstream, UdpClusterStats, UdpUpstreams};
+
+/// The clusters of the proxy context, as the UDP proxy asks for them.
+pub struct ClusterUpstreams(pub Arc<ProxyContext>);
+
+impl ClusterUpstreams {
+    /// Registers `cluster.<name>.udp.*` for a cluster a UDP proxy routes to, as Envoy has
+    /// them from the filter's creation.
+    pub fn register(&self, cluster: &str) {
+        if let Some(c) = self.0.clusters.get(cluster) {
+            UdpClusterStats::new(&c.stats.scope);
+            c.stats.scope.counter("upstream_cx_none_healthy");
+        }
+    }
+}
+
+impl UdpUpstreams for ClusterUpstreams {
+    fn session_host(
+        &self,
+        cluster: &str,
+        _downstream: SocketAddr,
+    ) -> Result<(SocketAddr, Arc<UdpClusterStats>), NoUpstream> {
+        // The cluster in force when the session opens (CDS may add or replace it later).
+        let Some(c) = self.0.clusters.get(cluster) else {
+            return Err(NoUpstream::NoCluster);
+        };
+        let Some(host) = c.choose_host(fastrand::u64(..)) else {
+            c.stats.scope.counter("upstream_cx_none_healthy").inc();
+            return Err(NoUpstream::NoHost);
+        };
+        // Looked up once per session, not per datagram.
+        Ok((host.address, Arc::new(UdpClusterStats::new(&c.stats.scope))))
+    }
+}

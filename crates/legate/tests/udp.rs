@@ -1,0 +1,473 @@
+//! End-to-end tests of UDP listeners and the UDP proxy (`envoy.filters.udp_listener.udp_proxy`)
+//! with real UDP echo upstreams on loopback: datagrams both ways, one session (and one
+//! upstream source port) per client, the idle timeout, datagram size limits, and the stat
+//! values after a fixed exchange. They run against Envoy 1.40 too (`LEGATE_E2E_PROXY=envoy`),
+//! except where a test's comment says it is Legate-only.
+
+mod e2e;
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e::{Legate, start_proxy, target_is_envoy};
+
+/// A UDP upstream that sends every datagram back to its sender and remembers the senders.
+struct UdpEcho {
+    addr: SocketAddr,
+    sources: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl UdpEcho {
+    fn start() -> UdpEcho {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let sources: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+        let seen = sources.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                seen.lock().unwrap().push(from);
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        });
+        UdpEcho { addr, sources }
+    }
+
+    /// The distinct source addresses (one per proxy session) seen so far.
+    fn distinct_sources(&self) -> BTreeSet<SocketAddr> {
+        self.sources.lock().unwrap().iter().copied().collect()
+    }
+}
+
+fn client() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+/// Sends `data` to `to` and waits for the answer (`None`: none within the timeout).
+fn round_trip(s: &UdpSocket, to: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
+    s.send_to(data, to).unwrap();
+    let mut buf = vec![0u8; 65536];
+    match s.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// The `on_no_match` route form of Envoy's examples.
+fn matcher_route(cluster: &str) -> String {
+    format!(
+        r#"        matcher:
+          on_no_match:
+            action:
+              name: route
+              typed_config:
+                '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route
+                cluster: {cluster}
+"#
+    )
+}
+
+/// A bootstrap with one UDP listener `udp_in` whose proxy has `proxy` (route and options,
+/// indented for the UdpProxyConfig) and listener options `udp_listener_config`.
+fn bootstrap(udp_listener_config: &str, proxy: &str, clusters: &str) -> String {
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: udp_in
+    address:
+      socket_address: {{protocol: UDP, address: 127.0.0.1, port_value: 0}}
+    udp_listener_config: {udp_listener_config}
+    listener_filters:
+    - name: envoy.filters.udp_listener.udp_proxy
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig
+        stat_prefix: svc
+{proxy}  clusters:
+{clusters}"#
+    )
+}
+
+fn cluster(name: &str, addr: SocketAddr) -> String {
+    e2e::cluster(name, addr, "")
+}
+
+/// Polls a stat until it has `want` (or 5 s pass); returns the last value.
+fn settle(proxy: &Legate, name: &str, want: u64) -> Option<u64> {
+    proxy.wait_stat(name, Duration::from_secs(5), |v| v == want)
+}
+
+#[test]
+fn datagrams_round_trip_with_a_session_per_client_and_envoys_stats() {
+    let echo = UdpEcho::start();
+    let proxy = start_proxy(&bootstrap(
+        "{}",
+        &matcher_route("udp_up"),
+        &cluster("udp_up", echo.addr),
+    ));
+    let to = proxy.addr("udp_in");
+    let a = client();
+    let b = client();
+    assert_eq!(round_trip(&a, to, b"hello").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(
+        round_trip(&a, to, b"world!").as_deref(),
+        Some(&b"world!"[..])
+    );
+    assert_eq!(round_trip(&b, to, b"abc").as_deref(), Some(&b"abc"[..]));
+    // One upstream socket per client: the upstream sees two source ports.
+    assert_eq!(echo.distinct_sources().len(), 2, "{:?}", echo.sources);
+
+    // The values Envoy 1.40 shows after this exchange (14 bytes each way, 3 datagrams, two
+    // sessions still open); UDP sessions count no upstream connection.
+    let expected: &[(&str, u64)] = &[
+        ("udp.svc.downstream_sess_total", 2),
+        ("udp.svc.downstream_sess_active", 2),
+        ("udp.svc.downstream_sess_rx_bytes", 14),
+        ("udp.svc.downstream_sess_rx_datagrams", 3),
+        ("udp.svc.downstream_sess_tx_bytes", 14),
+        ("udp.svc.downstream_sess_tx_datagrams", 3),
+        ("udp.svc.downstream_sess_rx_errors", 0),
+        ("udp.svc.downstream_sess_tx_errors", 0),
+        ("udp.svc.downstream_sess_no_route", 0),
+        ("udp.svc.idle_timeout", 0),
+        ("cluster.udp_up.udp.sess_rx_datagrams", 3),
+        ("cluster.udp_up.udp.sess_tx_datagrams", 3),
+        ("cluster.udp_up.udp.sess_rx_errors", 0),
+        ("cluster.udp_up.udp.sess_tx_errors", 0),
+        ("cluster.udp_up.udp.sess_rx_datagrams_dropped", 0),
+        ("cluster.udp_up.upstream_cx_tx_bytes_total", 14),
+        ("cluster.udp_up.upstream_cx_rx_bytes_total", 14),
+        ("cluster.udp_up.upstream_cx_total", 0),
+        ("cluster.udp_up.upstream_cx_active", 0),
+        ("cluster.udp_up.upstream_cx_none_healthy", 0),
+        ("listener.127.0.0.1_0.udp.downstream_rx_datagram_dropped", 0),
+        ("listener.127.0.0.1_0.downstream_cx_total", 0),
+    ];
+    let mut wrong = Vec::new();
+    for (name, want) in expected {
+        let got = settle(&proxy, name, *want);
+        if got != Some(*want) {
+            wrong.push(format!("{name}: {got:?}, expected {want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // /listeners shows the UDP listener as a TCP one: name and bound address.
+    let listeners = e2e::http_get(proxy.admin.unwrap(), "/listeners", &[]).body;
+    assert_eq!(listeners.trim(), format!("udp_in::{to}"));
+    // And /config_dump as configured.
+    let dump = e2e::http_get(proxy.admin.unwrap(), "/config_dump", &[]).body;
+    assert!(
+        dump.contains(r#""protocol": "UDP""#) && dump.contains("UdpProxyConfig"),
+        "{dump}"
+    );
+}
+
+#[test]
+fn an_idle_session_ends_and_the_next_datagram_opens_a_new_one() {
+    let echo = UdpEcho::start();
+    // The deprecated `cluster` form, with a short idle timeout.
+    let proxy = start_proxy(&bootstrap(
+        "{}",
+        "        cluster: udp_up\n        idle_timeout: 1s\n",
+        &cluster("udp_up", echo.addr),
+    ));
+    let to = proxy.addr("udp_in");
+    let a = client();
+    assert_eq!(round_trip(&a, to, b"one").as_deref(), Some(&b"one"[..]));
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 1), Some(1));
+    // Activity within the timeout keeps the session.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(round_trip(&a, to, b"two").as_deref(), Some(&b"two"[..]));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(proxy.stat("udp.svc.idle_timeout"), Some(0));
+    assert_eq!(echo.distinct_sources().len(), 1);
+    // Then silence ends it.
+    let started = Instant::now();
+    assert_eq!(settle(&proxy, "udp.svc.idle_timeout", 1), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 0), Some(0));
+    // The same client's next datagram opens a new session, on a new upstream socket.
+    assert_eq!(round_trip(&a, to, b"three").as_deref(), Some(&b"three"[..]));
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_total", 2), Some(2));
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 1), Some(1));
+    assert_eq!(echo.distinct_sources().len(), 2);
+}
+
+#[test]
+fn datagrams_up_to_max_rx_datagram_size_pass_and_larger_ones_are_dropped() {
+    let echo = UdpEcho::start();
+    // Downstream up to 9000 bytes; upstream (GRO off, so the limit applies) up to 4000.
+    let proxy = start_proxy(&bootstrap(
+        "{downstream_socket_config: {max_rx_datagram_size: 9000}}",
+        &format!(
+            "        upstream_socket_config: {{max_rx_datagram_size: 4000, prefer_gro: false}}\n{}",
+            matcher_route("udp_up")
+        ),
+        &cluster("udp_up", echo.addr),
+    ));
+    let to = proxy.addr("udp_in");
+    let a = client();
+    let small = vec![b'x'; 4000];
+    assert_eq!(round_trip(&a, to, &small).map(|d| d.len()), Some(4000));
+    // 9000 bytes reach the upstream, but its 9000-byte answer is over the upstream limit.
+    let b = client();
+    b.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert_eq!(round_trip(&b, to, &vec![b'y'; 9000]), None);
+    assert_eq!(
+        settle(&proxy, "cluster.udp_up.udp.sess_rx_datagrams_dropped", 1),
+        Some(1)
+    );
+    // 9001 bytes do not pass the listener: dropped before any session.
+    let c = client();
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert_eq!(round_trip(&c, to, &vec![b'z'; 9001]), None);
+    assert_eq!(
+        settle(
+            &proxy,
+            "listener.127.0.0.1_0.udp.downstream_rx_datagram_dropped",
+            1
+        ),
+        Some(1)
+    );
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_total", 2), Some(2));
+    assert_eq!(
+        settle(&proxy, "udp.svc.downstream_sess_rx_bytes", 13000),
+        Some(13000)
+    );
+    assert_eq!(
+        settle(&proxy, "cluster.udp_up.udp.sess_rx_datagrams", 1),
+        Some(1)
+    );
+}
+
+#[test]
+fn the_default_upstream_reads_any_size_and_the_default_listener_limit_is_1500() {
+    let echo = UdpEcho::start();
+    // No limits set: the listener takes up to 1500 bytes; upstream sockets prefer GRO, so
+    // an answer of any size comes back (Envoy's defaults).
+    let proxy = start_proxy(&bootstrap(
+        "{}",
+        &matcher_route("udp_up"),
+        &cluster("udp_up", echo.addr),
+    ));
+    let to = proxy.addr("udp_in");
+    let a = client();
+    assert_eq!(
+        round_trip(&a, to, &[7u8; 1500]).map(|d| d.len()),
+        Some(1500)
+    );
+    a.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert_eq!(round_trip(&a, to, &[7u8; 1501]), None);
+    assert_eq!(
+        settle(
+            &proxy,
+            "listener.127.0.0.1_0.udp.downstream_rx_datagram_dropped",
+            1
+        ),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_missing_cluster_counts_no_route_and_an_empty_one_none_healthy() {
+    let echo = UdpEcho::start();
+    let empty = r#"  - name: empty
+    connect_timeout: 1s
+    type: STATIC
+    load_assignment:
+      cluster_name: empty
+      endpoints: []
+"#;
+    let config = format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: to_missing
+    address:
+      socket_address: {{protocol: UDP, address: 127.0.0.1, port_value: 0}}
+    udp_listener_config: {{}}
+    listener_filters:
+    - name: envoy.filters.udp_listener.udp_proxy
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig
+        stat_prefix: missing
+{missing}  - name: to_empty
+    address:
+      socket_address: {{protocol: UDP, address: 127.0.0.1, port_value: 0}}
+    udp_listener_config: {{}}
+    listener_filters:
+    - name: envoy.filters.udp_listener.udp_proxy
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig
+        stat_prefix: empty
+{empty_route}  clusters:
+{up}{empty}"#,
+        missing = matcher_route("nowhere"),
+        empty_route = matcher_route("empty"),
+        up = cluster("udp_up", echo.addr),
+    );
+    let proxy = start_proxy(&config);
+    let a = client();
+    a.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(round_trip(&a, proxy.addr("to_missing"), b"x"), None);
+        assert_eq!(round_trip(&a, proxy.addr("to_empty"), b"y"), None);
+    }
+    assert_eq!(
+        settle(&proxy, "udp.missing.downstream_sess_no_route", 2),
+        Some(2)
+    );
+    assert_eq!(
+        settle(&proxy, "cluster.empty.upstream_cx_none_healthy", 2),
+        Some(2)
+    );
+    for name in [
+        "udp.missing.downstream_sess_total",
+        "udp.missing.downstream_sess_rx_datagrams",
+        "udp.empty.downstream_sess_total",
+        "udp.empty.downstream_sess_rx_datagrams",
+        "udp.empty.downstream_sess_no_route",
+    ] {
+        assert_eq!(proxy.stat(name), Some(0), "{name}");
+    }
+    assert!(echo.sources.lock().unwrap().is_empty());
+}
+
+/// Legate-only: what Legate does not implement of a UDP listener is refused with its path
+/// (Envoy accepts these).
+#[test]
+fn unimplemented_udp_fields_are_refused_with_their_path() {
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "{}",
+            "        cluster: udp_up\n        use_original_src_ip: true\n",
+            "static_resources.listeners[0].listener_filters[0].typed_config.use_original_src_ip",
+        ),
+        (
+            "{}",
+            "        cluster: udp_up\n        use_per_packet_load_balancing: true\n",
+            "static_resources.listeners[0].listener_filters[0].typed_config.use_per_packet_load_balancing",
+        ),
+        (
+            "{}",
+            "        cluster: udp_up\n        access_log:\n        - name: envoy.access_loggers.stdout\n          typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}\n",
+            "static_resources.listeners[0].listener_filters[0].typed_config.access_log",
+        ),
+        (
+            "{}",
+            "        cluster: udp_up\n        hash_policies: [{source_ip: true}]\n",
+            "static_resources.listeners[0].listener_filters[0].typed_config.hash_policies",
+        ),
+        (
+            "{quic_options: {}}",
+            "        cluster: udp_up\n",
+            "static_resources.listeners[0].udp_listener_config.quic_options",
+        ),
+        (
+            "{}",
+            "        matcher:\n          matcher_list:\n            matchers: []\n",
+            "static_resources.listeners[0].listener_filters[0].typed_config.matcher.matcher_list",
+        ),
+    ];
+    for (listener_config, proxy, path) in cases {
+        let yaml = bootstrap(listener_config, proxy, &cluster("udp_up", up));
+        let out = validate(&yaml);
+        assert!(out.contains(path), "expected {path} in:\n{out}");
+    }
+    // Filter chains on a UDP listener (QUIC).
+    let yaml = bootstrap("{}", "        cluster: udp_up\n", &cluster("udp_up", up)).replace(
+        "    udp_listener_config: {}\n",
+        "    udp_listener_config: {}\n    filter_chains: [{filters: []}]\n",
+    );
+    let out = validate(&yaml);
+    assert!(
+        out.contains("static_resources.listeners[0].filter_chains"),
+        "{out}"
+    );
+    // The same config, fixed, is valid.
+    let out = validate(&bootstrap(
+        "{downstream_socket_config: {max_rx_datagram_size: 9000, prefer_gro: false}}",
+        "        cluster: udp_up\n        idle_timeout: 5s\n        upstream_socket_config: {max_rx_datagram_size: 9000}\n",
+        &cluster("udp_up", up),
+    ));
+    assert!(out.is_empty(), "{out}");
+}
+
+/// `legate --mode validate`: its output when the config is refused, else "".
+fn validate(yaml: &str) -> String {
+    let dir = e2e::temp_dir("udp-validate");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_legate"))
+        .args(["--mode", "validate", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    if out.status.success() {
+        String::new()
+    } else {
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+    }
+}
+
+/// Legate-only (SIGHUP reload is Legate's): a UDP listener removed from the bootstrap closes
+/// its socket and its sessions end; one added starts serving.
+#[test]
+fn a_removed_udp_listener_ends_its_sessions() {
+    if target_is_envoy() {
+        return;
+    }
+    let echo = UdpEcho::start();
+    let config = bootstrap(
+        "{}",
+        &matcher_route("udp_up"),
+        &cluster("udp_up", echo.addr),
+    );
+    let proxy = Legate::start(&config);
+    let to = proxy.addr("udp_in");
+    let a = client();
+    assert_eq!(
+        round_trip(&a, to, b"before").as_deref(),
+        Some(&b"before"[..])
+    );
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 1), Some(1));
+    // The same bootstrap without the listener.
+    let without = format!(
+        "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\nstatic_resources:\n  clusters:\n{}",
+        cluster("udp_up", echo.addr)
+    );
+    std::fs::write(proxy.dir.join("config.yaml"), without).unwrap();
+    proxy.signal(1);
+    assert_eq!(
+        settle(&proxy, "listener_manager.listener_removed", 1),
+        Some(1)
+    );
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 0), Some(0));
+    let listeners = e2e::http_get(proxy.admin.unwrap(), "/listeners", &[]).body;
+    assert_eq!(listeners.trim(), "");
+    // Nothing answers on the port any more.
+    a.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert_eq!(round_trip(&a, to, b"after"), None);
+    assert_eq!(proxy.stat("udp.svc.downstream_sess_total"), Some(1));
+    // Put back (on a new port): it serves again.
+    std::fs::write(proxy.dir.join("config.yaml"), &config).unwrap();
+    proxy.signal(1);
+    assert_eq!(
+        settle(&proxy, "listener_manager.listener_added", 2),
+        Some(2)
+    );
+}
