@@ -9,12 +9,15 @@
 //! Parsing is `x509-parser`'s; the RFC 2253 rendering is written here because no crate prints
 //! names byte-for-byte as BoringSSL does.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rustls::sign::CertifiedKey;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use legate_api::pb::envoy::config::core::v3::DataSource;
+use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext;
+use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use x509_parser::der_parser::asn1_rs::{Any, Tag};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
@@ -152,6 +155,67 @@ impl TlsInfo {
                 CertificateInfo::parse(key.end_entity_cert().ok()?)
             })
             .as_ref()
+    }
+}
+
+/// The certificates of one TLS context as the admin `/certs` lists them (Envoy's
+/// `Ssl::Context::getCaCertInformation` and `getCertChainInformation`): the first certificate
+/// of `trusted_ca`, and the leaf of each `tls_certificates` entry, each with the file it came
+/// from (`<inline>` for inline data). Certificates from SDS secrets are not listed.
+#[derive(Debug)]
+pub struct ContextCertificates {
+    pub ca_cert: Option<CertificateFile>,
+    pub cert_chain: Vec<CertificateFile>,
+}
+
+/// A certificate and the path it was read from.
+#[derive(Debug)]
+pub struct CertificateFile {
+    pub path: String,
+    pub details: CertificateInfo,
+}
+
+/// Every TLS context alive, as Envoy's `ContextManager` knows them: a context registers when
+/// it is compiled and leaves when the listener or cluster holding it is gone.
+static CONTEXTS: Mutex<Vec<Weak<ContextCertificates>>> = Mutex::new(Vec::new());
+
+impl ContextCertificates {
+    /// Reads the certificates of a compiled context (its files were read moments before, so
+    /// an error here only drops the entry from `/certs`) and registers them for as long as the
+    /// returned handle lives.
+    pub fn register(common: &CommonTlsContext) -> Arc<ContextCertificates> {
+        let first = |source: Option<&DataSource>| -> Option<CertificateFile> {
+            let source = source?;
+            let (_, path) = crate::tls::read_data_source(source).ok()?;
+            let der = crate::tls::certificates(source, "").ok()?.into_iter().next()?;
+            Some(CertificateFile {
+                path,
+                details: CertificateInfo::parse(&der)?,
+            })
+        };
+        let ca_cert = match &common.validation_context_type {
+            Some(ValidationContextType::ValidationContext(v)) => first(v.trusted_ca.as_ref()),
+            _ => None,
+        };
+        let cert_chain = common
+            .tls_certificates
+            .iter()
+            .filter_map(|c| first(c.certificate_chain.as_ref()))
+            .collect();
+        let context = Arc::new(ContextCertificates {
+            ca_cert,
+            cert_chain,
+        });
+        let mut all = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|c| c.strong_count() > 0);
+        all.push(Arc::downgrade(&context));
+        context
+    }
+
+    /// The contexts alive, in the order they were compiled.
+    pub fn all() -> Vec<Arc<ContextCertificates>> {
+        let all = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().filter_map(Weak::upgrade).collect()
     }
 }
 

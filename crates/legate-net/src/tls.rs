@@ -50,6 +50,8 @@ pub struct DownstreamTls {
     config: Arc<ServerConfig>,
     /// `config` without ALPN, for hellos that offer none of `alpn_protocols`.
     without_alpn: Arc<ServerConfig>,
+    /// Listed by the admin `/certs` while this context lives.
+    _certificates: Arc<legate_core::x509::ContextCertificates>,
 }
 
 impl std::fmt::Debug for DownstreamTls {
@@ -247,6 +249,7 @@ impl DownstreamTls {
             selector,
             config: Arc::new(config),
             without_alpn: Arc::new(without_alpn),
+            _certificates: legate_core::x509::ContextCertificates::register(&common),
         })
     }
 

@@ -62,6 +62,8 @@ pub struct UpstreamTls {
     h2_config: Arc<ClientConfig>,
     /// `sni`; without one, no SNI is sent (rustls needs a name: the host's IP, not sent).
     server_name: ServerName<'static>,
+    /// Listed by the admin `/certs` while this context lives.
+    _certificates: Arc<legate_core::x509::ContextCertificates>,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -202,6 +204,7 @@ impl UpstreamTls {
             server_name: server_name.unwrap_or(ServerName::IpAddress(
                 std::net::Ipv4Addr::UNSPECIFIED.into(),
             )),
+            _certificates: legate_core::x509::ContextCertificates::register(&common),
         })
     }
 

@@ -558,3 +558,216 @@ fn x_forwarded_client_cert_modes() {
         Some(this_hop.as_str())
     );
 }
+
+/// What `/certs` shows of one certificate, as Envoy's `CertificateDetails` (DNS, URI, then IP
+/// SANs; days until expiration from now; RFC 3339 validity).
+fn cert_details(file: &CertFile, path: &str, sans: &[(&str, &str)]) -> serde_json::Value {
+    let serial = file
+        .openssl(&["-noout", "-serial"])
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    let date = |flag: &str| {
+        let out = file.openssl(&["-noout", flag, "-dateopt", "iso_8601"]);
+        // `notAfter=2030-06-07 00:00:00Z`
+        let value = out.trim().split('=').nth(1).unwrap().to_owned();
+        value.replace(' ', "T")
+    };
+    let not_after = date("-enddate");
+    let expires = Command::new("date")
+        .args(["-u", "-d", &not_after, "+%s"])
+        .output()
+        .unwrap();
+    let expires: u64 = String::from_utf8(expires.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let days = expires.saturating_sub(now) / 86_400;
+    serde_json::json!({
+        "path": path,
+        "serial_number": serial,
+        "subject_alt_names": sans
+            .iter()
+            .map(|(k, v)| serde_json::json!({ *k: v }))
+            .collect::<Vec<_>>(),
+        "days_until_expiration": days.to_string(),
+        "valid_from": date("-startdate"),
+        "expiration_time": not_after,
+    })
+}
+
+/// Envoy's pretty JSON (one-space indent, `"key": value`, fields in proto order, `[]` for an
+/// empty list), for a byte-for-byte comparison.
+fn envoy_pretty(v: &serde_json::Value) -> String {
+    const PROTO_ORDER: &[&str] = &[
+        "certificates",
+        "ca_cert",
+        "cert_chain",
+        "path",
+        "serial_number",
+        "subject_alt_names",
+        "days_until_expiration",
+        "valid_from",
+        "expiration_time",
+        "dns",
+        "uri",
+        "ip_address",
+    ];
+    fn write(v: &serde_json::Value, depth: usize, out: &mut String) {
+        let pad = |d: usize| " ".repeat(d);
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort_by_key(|k| PROTO_ORDER.iter().position(|o| o == k));
+                out.push_str("{\n");
+                for (i, k) in keys.iter().enumerate() {
+                    out.push_str(&format!("{}\"{k}\": ", pad(depth + 1)));
+                    write(&map[k.as_str()], depth + 1, out);
+                    out.push_str(if i + 1 < keys.len() { ",\n" } else { "\n" });
+                }
+                out.push_str(&format!("{}}}", pad(depth)));
+            }
+            serde_json::Value::Array(items) if !items.is_empty() => {
+                out.push_str("[\n");
+                for (i, v) in items.iter().enumerate() {
+                    out.push_str(&pad(depth + 1));
+                    write(v, depth + 1, out);
+                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+                }
+                out.push_str(&format!("{}]", pad(depth)));
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, 0, &mut out);
+    out.push('\n');
+    out
+}
+
+/// `/certs` with one listener context (exact bytes), then with a cluster's context too (the
+/// same entries; Envoy lists its contexts in hash-set order, so the order is not compared).
+#[test]
+fn admin_certs_lists_every_context() {
+    let pki = pki();
+    let upstream = Upstream::start();
+    let hcm = hcm("", "");
+    let listener_ctx = listener("mtls", &format!("{}{hcm}", tls_socket(&pki)));
+    let proxy = start_proxy(&bootstrap(
+        std::slice::from_ref(&listener_ctx),
+        upstream.addr,
+    ));
+    let ca_entry = cert_details(&pki.ca, pki.ca.cert.to_str().unwrap(), &[]);
+    let proxy_entry = cert_details(
+        &pki.proxy,
+        pki.proxy.cert.to_str().unwrap(),
+        &[
+            ("dns", "proxy.example.com"),
+            ("uri", "spiffe://legate/proxy"),
+            ("ip_address", "127.0.0.1"),
+        ],
+    );
+    let listener_context = serde_json::json!({
+        "ca_cert": [ca_entry.clone()],
+        "cert_chain": [proxy_entry],
+    });
+    let response = e2e::http_get(proxy.admin.unwrap(), "/certs", &[]);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(
+        response.body,
+        envoy_pretty(&serde_json::json!({ "certificates": [listener_context.clone()] }))
+    );
+    drop(proxy);
+
+    // A cluster with a client certificate and an inline CA.
+    let ca_pem = std::fs::read_to_string(&pki.ca.cert).unwrap();
+    let upstream_tls = format!(
+        r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          tls_certificates:
+          - certificate_chain: {{filename: {cert}}}
+            private_key: {{filename: {key}}}
+          validation_context:
+            trusted_ca: {{inline_string: {ca:?}}}
+"#,
+        cert = pki.plain_client.cert.display(),
+        key = pki.plain_client.key.display(),
+        ca = ca_pem,
+    );
+    let config = format!(
+        "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\nstatic_resources:\n  listeners:\n{listener_ctx}  clusters:\n{}",
+        cluster("app", upstream.addr, &upstream_tls)
+    );
+    let proxy = start_proxy(&config);
+    let response = e2e::http_get(proxy.admin.unwrap(), "/certs", &[]);
+    assert_eq!(response.status, 200);
+    let shown = response.json();
+    let mut contexts: Vec<serde_json::Value> = shown["certificates"].as_array().unwrap().clone();
+    contexts.sort_by_key(|c| c.to_string());
+    let cluster_context = serde_json::json!({
+        "ca_cert": [cert_details(&pki.ca, "<inline>", &[])],
+        "cert_chain": [cert_details(
+            &pki.plain_client,
+            pki.plain_client.cert.to_str().unwrap(),
+            &[("dns", "plain.example.com")],
+        )],
+    });
+    let mut expected = vec![listener_context, cluster_context];
+    expected.sort_by_key(|c| c.to_string());
+    assert_eq!(contexts, expected);
+}
+
+/// The operators in a tcp_proxy's access log (written when the connection closes).
+#[test]
+fn tls_operators_in_a_tcp_proxy_access_log() {
+    let pki = pki();
+    let upstream = Upstream::start();
+    let tcp_proxy = r#"      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: app
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: "{dir}/tcp.log"
+              log_format:
+                text_format_source:
+                  inline_string: "%DOWNSTREAM_PEER_SUBJECT%|%DOWNSTREAM_PEER_URI_SAN%|%DOWNSTREAM_LOCAL_DNS_SAN%|%DOWNSTREAM_TLS_VERSION%\n"
+"#;
+    let config = bootstrap(
+        &[listener("tcp", &format!("{}{tcp_proxy}", tls_socket(&pki)))],
+        upstream.addr,
+    );
+    let proxy = start_proxy(&config);
+    let chain = [&pki.client];
+    let response = https_get(
+        proxy.addr("tcp"),
+        client(&pki, false, Some((&chain, &pki.client))),
+        "",
+    );
+    assert_eq!(response.status, 200);
+    let response = https_get(proxy.addr("tcp"), client(&pki, false, None), "");
+    assert_eq!(response.status, 200);
+    let mut lines = access_log_lines(&proxy.dir.join("tcp.log"), 2);
+    // Both connections close at about the same time: either may be logged first.
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "-|-|proxy.example.com|TLSv1.3".to_owned(),
+            format!("{CLIENT_SUBJECT}|spiffe://legate/client|proxy.example.com|TLSv1.3"),
+        ]
+    );
+}

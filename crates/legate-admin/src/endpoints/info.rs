@@ -158,10 +158,62 @@ pub fn memory(_: &AdminState, _: &Query) -> Reply {
     Reply::json(body.to_pretty())
 }
 
-/// `/certs`: no TLS contexts yet.
+/// `/certs`: every TLS context alive (listener filter chains, clusters), as Envoy's
+/// `envoy.admin.v3.Certificates` printed with `always_print_primitive_fields` (empty lists
+/// shown). Envoy's order is its context set's (a hash set); Legate's is compilation order.
 pub fn certs(_: &AdminState, _: &Query) -> Reply {
+    let now = std::time::SystemTime::now();
+    let details = |c: &legate_core::x509::CertificateFile| {
+        let d = &c.details;
+        let mut sans = Vec::new();
+        // Envoy's `Utility::certificateDetails`: DNS names, then URIs, then IP addresses.
+        for (kind, names) in [
+            ("dns", &d.dns_sans),
+            ("uri", &d.uri_sans),
+            ("ip_address", &d.ip_sans),
+        ] {
+            sans.extend(
+                names
+                    .iter()
+                    .map(|n| Json::object().field(kind, Json::str(n.clone())).build()),
+            );
+        }
+        Json::object()
+            .field("path", Json::str(c.path.clone()))
+            .field("serial_number", Json::str(d.serial.clone()))
+            .field("subject_alt_names", Json::Array(sans))
+            // `getDaysUntilExpiration(...).value_or(0)`: 0 once expired.
+            .field(
+                "days_until_expiration",
+                Json::int64(d.days_until_expiration(now).unwrap_or(0)),
+            )
+            .field(
+                "valid_from",
+                Json::str(config_dump::timestamp(d.not_before)),
+            )
+            .field(
+                "expiration_time",
+                Json::str(config_dump::timestamp(d.not_after)),
+            )
+            .build()
+    };
+    let certificates = legate_core::x509::ContextCertificates::all()
+        .iter()
+        .map(|context| {
+            Json::object()
+                .field(
+                    "ca_cert",
+                    Json::Array(context.ca_cert.iter().map(details).collect()),
+                )
+                .field(
+                    "cert_chain",
+                    Json::Array(context.cert_chain.iter().map(details).collect()),
+                )
+                .build()
+        })
+        .collect();
     let body = Json::object()
-        .field("certificates", Json::Array(Vec::new()))
+        .field("certificates", Json::Array(certificates))
         .build();
     Reply::json(body.to_pretty())
 }

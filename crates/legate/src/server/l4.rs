@@ -193,6 +193,7 @@ impl TcpProxy {
         if !server_name.is_empty() {
             info.requested_server_name = Some(server_name.into());
         }
+        info.downstream_tls = conn.tls_info.clone();
         self.proxy(downstream, &mut info).await;
         info.duration = Some(info.elapsed());
         if !self.access_logs.is_empty() {
