@@ -89,11 +89,15 @@ async fn one_way(
     total: &AtomicU64,
     activity: &Activity,
 ) -> io::Result<()> {
-    let mut buf: Option<Box<[u8]>> = None;
+    // Allocated when bytes are there to read and released when the socket runs dry, so that
+    // an idle connection holds no buffer; filled without being zeroed first (`try_read_buf`
+    // reads into the spare capacity).
+    let mut buf: Option<Vec<u8>> = None;
     loop {
         src.readable().await?;
-        let b = buf.get_or_insert_with(|| vec![0; CHUNK].into_boxed_slice());
-        match src.try_read(b) {
+        let b = buf.get_or_insert_with(|| Vec::with_capacity(CHUNK));
+        b.clear();
+        match src.try_read_buf(b) {
             Ok(0) => {
                 shutdown_write(dst);
                 return Ok(());

@@ -88,11 +88,15 @@ impl ChainFilter {
         drain: watch::Receiver<bool>,
     ) {
         let _ = conn.tcp().set_nodelay(true);
+        // The connection manager's future is boxed: held inline, it would size every
+        // connection's task for HTTP, tcp_proxy ones too (14 KiB per idle connection).
         match (self, conn) {
             (ChainFilter::Http(hcm), Conn::Plain(s)) => {
-                hcm.clone().serve(s, downstream, drain).await
+                Box::pin(hcm.clone().serve(s, downstream, drain)).await
             }
-            (ChainFilter::Http(hcm), Conn::Tls(s)) => hcm.clone().serve(s, downstream, drain).await,
+            (ChainFilter::Http(hcm), Conn::Tls(s)) => {
+                Box::pin(hcm.clone().serve(s, downstream, drain)).await
+            }
             (ChainFilter::TcpProxy(p), conn) => p.serve(conn, downstream, server_name).await,
             (ChainFilter::Echo, Conn::Plain(s)) => {
                 let _ = pump::echo(&s, ByteCounters::default()).await;

@@ -336,11 +336,9 @@ async fn serve_matched(
     let detected = if config.listener_filters.is_empty() {
         Detected::default()
     } else {
-        match config
-            .listener_filters
-            .run(&stream, &serving.filter_stats)
-            .await
-        {
+        // Boxed, as the handshake below: a connection's task keeps only what lives for the
+        // whole connection.
+        match Box::pin(config.listener_filters.run(&stream, &serving.filter_stats)).await {
             Ok(d) => d,
             Err(why) => {
                 tracing::debug!(
@@ -383,10 +381,7 @@ async fn serve_matched(
     let fc = &config.filter_chains[chain];
     let conn = match (&fc.tls, &serving.ssl) {
         (Some(tls), Some(ssl)) => {
-            match tls
-                .accept(stream, ssl, fc.transport_socket_connect_timeout)
-                .await
-            {
+            match Box::pin(tls.accept(stream, ssl, fc.transport_socket_connect_timeout)).await {
                 Ok((s, tls_info)) => {
                     downstream.tls = true;
                     downstream.tls_info = Some(Arc::new(tls_info));
