@@ -40,11 +40,12 @@ pub const POOL_ROOTS: &[&str] = &[
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-];
     "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
     "envoy.extensions.filters.udp.udp_proxy.v3.Route",
+];
 
 fn envoy_descriptors() -> FileDescriptorSet {
     FileDescriptorSet::decode(ENVOY_DESCRIPTORS)

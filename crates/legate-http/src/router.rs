@@ -40,6 +40,8 @@ pub(crate) struct Forwarding<'a> {
     pub cluster: &'a str,
     pub body_state: &'a RequestBodyState,
     pub worker: usize,
+    /// The connection's local address when a listener filter restored it (ORIGINAL_DST).
+    pub restored_local: Option<std::net::SocketAddr>,
     /// The `Upgrade` type the client asked for (lowercase), if any.
     pub upgrade: Option<String>,
     pub downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -218,7 +220,11 @@ pub(crate) async fn forward(
     }
 
     let deadline = route_timeout(f.forward, &mut parts.headers).map(|t| (t, Instant::now() + t));
-    let Some(host) = cluster.choose_host(fastrand::u64(..)) else {
+    let lb_context = legate_upstream::original_dst::LbContext {
+        restored_local: f.restored_local,
+        headers: Some(&parts.headers),
+    };
+    let Some(host) = cluster.choose_host_for(fastrand::u64(..), &lb_context) else {
         cluster
             .stats
             .scope

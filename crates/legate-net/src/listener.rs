@@ -40,6 +40,9 @@ pub struct ListenerConfig<F> {
     /// A UDP listener (`socket_address.protocol: UDP`): its UDP proxy. It has no filter
     /// chains.
     pub udp: Option<UdpListenerConfig>,
+    /// `use_original_dst`: a connection whose local address a listener filter restored is
+    /// handed to the listener bound to that address, if there is one.
+    pub use_original_dst: bool,
 }
 
 impl<F> ListenerConfig<F> {
@@ -172,6 +175,7 @@ impl<F> ListenerConfig<F> {
         errors.finish(|| ListenerConfig {
             ipv4_compat,
             udp,
+            use_original_dst: l.use_original_dst.is_some_and(|v| v.value),
             name: if l.name.is_empty() {
                 address.to_string()
             } else {

@@ -34,6 +34,8 @@ use crate::tls_inspector::{
 pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
 pub const PROXY_PROTOCOL: &str = "envoy.filters.listener.proxy_protocol";
+pub const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
+const ORIGINAL_DST_TYPE: &str = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 const PROXY_PROTOCOL_TYPE: &str =
     "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol";
 const TLS_INSPECTOR_TYPE: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
@@ -48,6 +50,9 @@ pub enum ListenerFilterKind {
     TlsInspector(TlsInspectorConfig),
     HttpInspector,
     ProxyProtocol(ProxyProtocolConfig),
+    /// `envoy.filters.listener.original_dst`: the destination before an iptables/nftables
+    /// REDIRECT or DNAT becomes the connection's local address.
+    OriginalDst,
 }
 
 /// A listener's filters, in order, with their timeout.
@@ -88,6 +93,7 @@ impl ListenerFilters {
                 ListenerFilterKind::TlsInspector(c) => c.peek_limit(),
                 ListenerFilterKind::HttpInspector => http_inspector::MAX_INSPECT_SIZE,
                 ListenerFilterKind::ProxyProtocol(_) => proxy_protocol::PEEK_LIMIT,
+                ListenerFilterKind::OriginalDst => 0,
             })
             .max()
             .unwrap_or(0)
@@ -112,6 +118,7 @@ fn compile_filter(f: &ListenerFilter) -> Compiled<ListenerFilterKind> {
         None if f.name == PROXY_PROTOCOL => {
             return Ok(ListenerFilterKind::ProxyProtocol(Default::default()));
         }
+        None if f.name == ORIGINAL_DST => return Ok(ListenerFilterKind::OriginalDst),
         None => {
             return err(
                 "",
@@ -147,6 +154,8 @@ fn compile_filter(f: &ListenerFilter) -> Compiled<ListenerFilterKind> {
             }))
         }
         HTTP_INSPECTOR_TYPE => Ok(ListenerFilterKind::HttpInspector),
+        // `OriginalDst` has no field this version of the API can set.
+        ORIGINAL_DST_TYPE => Ok(ListenerFilterKind::OriginalDst),
         PROXY_PROTOCOL_TYPE => {
             let c = ProxyProtocol::decode(any.value.as_slice()).map_err(|e| {
                 vec![ConfigError::new(
@@ -180,6 +189,11 @@ fn compile_filter(f: &ListenerFilter) -> Compiled<ListenerFilterKind> {
 pub struct Detected {
     /// The original source and destination a PROXY header gave.
     pub proxied: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// The local address as a listener filter restored it (Envoy's `restoreLocalAddress`):
+    /// `original_dst`'s `SO_ORIGINAL_DST`, or a PROXY header's destination, the last filter to
+    /// set it winning. Filter-chain matching, `use_original_dst` and ORIGINAL_DST clusters use
+    /// it.
+    pub restored_local: Option<std::net::SocketAddr>,
     /// SNI, lower-cased; empty if none.
     pub server_name: String,
     /// `tls` when the tls_inspector found a ClientHello; `None` is `raw_buffer`.
@@ -421,6 +435,13 @@ impl ListenerFilters {
                         detected.application_protocols = vec![v.alpn().to_owned()];
                     }
                 }
+                ListenerFilterKind::OriginalDst => {
+                    // Envoy leaves the local address as it is when the kernel has no original
+                    // destination for the socket (no conntrack entry): not an error.
+                    if let Some(original) = original_destination(stream) {
+                        detected.restored_local = Some(original);
+                    }
+                }
                 ListenerFilterKind::ProxyProtocol(config) => {
                     let Some(s) = &stats.proxy else { continue };
                     let limit = proxy_protocol::PEEK_LIMIT.min(buf.len());
@@ -443,6 +464,9 @@ impl ListenerFilters {
                             consume(stream, header.length).await?;
                             found.inc();
                             detected.proxied = header.addresses;
+                            if let Some((_, destination)) = header.addresses {
+                                detected.restored_local = Some(destination);
+                            }
                         }
                         Ok(proxy_protocol::Parse::Malformed(version)) => {
                             s.version(version).2.inc();
@@ -488,4 +512,24 @@ async fn consume(stream: &TcpStream, mut length: usize) -> Result<(), Rejection>
         }
     }
     Ok(())
+}
+
+/// The destination of `stream` before NAT: `SO_ORIGINAL_DST` for IPv4 sockets,
+/// `IP6T_SO_ORIGINAL_DST` for IPv6 ones (Envoy's `getOriginalDst`), or `None` when the kernel
+/// has none (the connection is not tracked, or not IP).
+pub fn original_destination(stream: &TcpStream) -> Option<std::net::SocketAddr> {
+    let socket = socket2::SockRef::from(stream);
+    let local = stream.local_addr().ok()?;
+    let original = if local.is_ipv4() {
+        socket.original_dst_v4()
+    } else {
+        socket.original_dst_v6()
+    };
+    match original {
+        Ok(addr) => addr.as_socket(),
+        Err(e) => {
+            tracing::trace!("original_dst: no original destination: {e}");
+            None
+        }
+    }
 }

@@ -95,6 +95,8 @@ pub struct ClusterConfig {
     pub tls: Option<std::sync::Arc<crate::tls::UpstreamTls>>,
     /// `type: EDS`: the endpoints come from this source (none until it sends them).
     pub eds: Option<EdsConfig>,
+    /// `type: ORIGINAL_DST`: a host per destination the requests name.
+    pub original_dst: Option<crate::original_dst::OriginalDstConfig>,
 }
 
 /// Where an EDS cluster's endpoints come from.
@@ -112,9 +114,14 @@ impl ClusterConfig {
     pub fn compile(c: &Cluster) -> Compiled<Self> {
         let mut errors = Errors::default();
         let mut eds = None;
+        let mut original_dst = None;
         const EDS: i32 = cluster::DiscoveryType::Eds as i32;
+        const ORIGINAL_DST: i32 = cluster::DiscoveryType::OriginalDst as i32;
         match c.cluster_discovery_type {
             None | Some(cluster::ClusterDiscoveryType::Type(0)) => {} // STATIC
+            Some(cluster::ClusterDiscoveryType::Type(ORIGINAL_DST)) => {
+                original_dst = errors.take("", original_dst_config(c));
+            }
             Some(cluster::ClusterDiscoveryType::Type(EDS)) => match &c.eds_cluster_config {
                 Some(e) => {
                     let source = e
@@ -161,6 +168,18 @@ impl ClusterConfig {
             }
         }
         let lb_policy = match cluster::LbPolicy::try_from(c.lb_policy) {
+            // ORIGINAL_DST clusters choose their host themselves (checked above).
+            _ if original_dst.is_some() => LbPolicy::RoundRobin,
+            Ok(cluster::LbPolicy::ClusterProvided) => {
+                errors.push(
+                    "lb_policy",
+                    format!(
+                        "cluster manager: cluster provided LB specified but cluster '{}' did not provide one. Check cluster documentation.",
+                        c.name
+                    ),
+                );
+                LbPolicy::RoundRobin
+            }
             Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
             Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
             Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
@@ -255,6 +274,7 @@ impl ClusterConfig {
         errors.finish(|| ClusterConfig {
             tls,
             eds,
+            original_dst,
             name: c.name.clone(),
             stat_name: c.name.clone(),
             connect_timeout: duration_or(c.connect_timeout.as_ref(), Duration::from_secs(5)),
@@ -294,6 +314,78 @@ impl ClusterConfig {
             .flatten()
             .flat_map(|l| l.endpoints.iter())
     }
+}
+
+/// `type: ORIGINAL_DST`: its `original_dst_lb_config` and `cleanup_interval`, with Envoy's
+/// checks (and messages).
+fn original_dst_config(c: &Cluster) -> Compiled<crate::original_dst::OriginalDstConfig> {
+    use crate::original_dst::{DEFAULT_CLEANUP_INTERVAL, DEFAULT_HEADER, OriginalDstConfig};
+    let mut errors = Errors::default();
+    if c.lb_policy != cluster::LbPolicy::ClusterProvided as i32 {
+        let policy = cluster::LbPolicy::try_from(c.lb_policy)
+            .map_or("unknown".into(), |p| p.as_str_name().to_owned());
+        errors.push(
+            "lb_policy",
+            format!(
+                "cluster: LB policy {policy} is not valid for Cluster type ORIGINAL_DST. Only 'CLUSTER_PROVIDED' is allowed with cluster type 'ORIGINAL_DST'"
+            ),
+        );
+    }
+    if c.load_assignment.is_some() {
+        errors.push(
+            "load_assignment",
+            "ORIGINAL_DST clusters must have no load assignment configured",
+        );
+    }
+    let lb = match &c.lb_config {
+        Some(cluster::LbConfig::OriginalDstLbConfig(lb)) => lb.clone(),
+        _ => Default::default(),
+    };
+    if !lb.use_http_header && !lb.http_header_name.is_empty() {
+        errors.push(
+            "original_dst_lb_config.http_header_name",
+            format!(
+                "ORIGINAL_DST cluster: invalid config http_header_name={} and use_http_header is false. Set use_http_header to true if http_header_name is desired.",
+                lb.http_header_name
+            ),
+        );
+    }
+    let http_header = if !lb.use_http_header {
+        None
+    } else if lb.http_header_name.is_empty() {
+        Some(http::HeaderName::from_static(DEFAULT_HEADER))
+    } else {
+        match http::HeaderName::from_bytes(lb.http_header_name.to_ascii_lowercase().as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                // `:authority` and the other pseudo-headers are not names the header map
+                // holds: refused rather than never matched.
+                errors.push(
+                    "original_dst_lb_config.http_header_name",
+                    format!(
+                        "'{}' is not a header name Legate can read",
+                        lb.http_header_name
+                    ),
+                );
+                None
+            }
+        }
+    };
+    let port_override = match lb.upstream_port_override.map(|v| v.value) {
+        Some(p) if p > 65535 => {
+            errors.push(
+                "original_dst_lb_config.upstream_port_override",
+                format!("invalid port {p}"),
+            );
+            None
+        }
+        p => p.map(|p| p as u16),
+    };
+    errors.finish(|| OriginalDstConfig {
+        http_header,
+        port_override,
+        cleanup_interval: duration_or(c.cleanup_interval.as_ref(), DEFAULT_CLEANUP_INTERVAL),
+    })
 }
 
 /// Envoy's upstream idle timeout: one hour unless set; zero disables it.

@@ -1,7 +1,7 @@
 //! Upstream clusters: the compiled model of a cluster (`cluster`), the live cluster with its
 //! hosts, stats and circuit breakers (`manager`), load balancers (`lb`), and the per-worker
 //! connection pools that carry requests to hosts (`pool`), over TLS when the cluster says so
-//! (`tls`).
+//! (`tls`); `original_dst` makes the hosts of `ORIGINAL_DST` clusters as requests name them.
 
 pub mod body;
 pub mod breaker;
@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod host;
 pub mod lb;
 pub mod manager;
+pub mod original_dst;
 pub mod pool;
 pub mod stats;
 pub mod tls;

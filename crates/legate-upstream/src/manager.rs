@@ -19,6 +19,7 @@ use crate::breaker::Breakers;
 use crate::cluster::{ClusterConfig, LocalityEndpoints};
 use crate::host::Host;
 use crate::lb::LoadBalancer;
+use crate::original_dst::{LbContext, OriginalDstHosts};
 use crate::pool::HostPool;
 use crate::stats::ClusterStats;
 
@@ -44,6 +45,8 @@ pub struct Cluster {
     pub added_via_api: bool,
     membership: ArcSwap<Membership>,
     workers: usize,
+    /// `type: ORIGINAL_DST`: the hosts made for the destinations seen.
+    original_dst: Option<OriginalDstHosts>,
 }
 
 impl Cluster {
@@ -67,7 +70,11 @@ impl Cluster {
             .map(|p| p.membership());
         let kept_hosts = kept.as_ref().map_or(&[][..], |m| &m.hosts[..]);
         let membership = build_membership(&config, &config.priorities, kept_hosts, workers);
-        count_membership(&stats, &membership);
+        // Envoy's ORIGINAL_DST cluster starts without a host set: its first membership change
+        // is its first host.
+        count_membership(&stats, &membership, config.original_dst.is_none());
+        // Every cluster has it in Envoy (a cluster stat), whatever its type.
+        let host_invalid = scope.counter("original_dst_host_invalid");
         Cluster {
             name: config.name.as_str().into(),
             breakers: Breakers::new(&config.default_limits, &scope, "default"),
@@ -80,6 +87,10 @@ impl Cluster {
             added_via_api: false,
             membership: ArcSwap::from_pointee(membership),
             workers,
+            original_dst: config
+                .original_dst
+                .clone()
+                .map(|c| OriginalDstHosts::new(c, host_invalid)),
             config,
         }
     }
@@ -95,13 +106,53 @@ impl Cluster {
         self.membership.load().lb.choose(random).cloned()
     }
 
+    /// The host for a request or connection: [`Cluster::choose_host`], except in
+    /// `ORIGINAL_DST` clusters, where `ctx` names it (and `None` when it does not).
+    pub fn choose_host_for(&self, random: u64, ctx: &LbContext<'_>) -> Option<Arc<Host>> {
+        let Some(od) = &self.original_dst else {
+            return self.choose_host(random);
+        };
+        let Some(dst) = od.destination(ctx) else {
+            tracing::debug!(
+                "original_dst_load_balancer: no downstream connection or no original_dst (cluster '{}')",
+                self.name
+            );
+            return None;
+        };
+        Some(od.host(dst, self.workers, |hosts| self.set_hosts(hosts)))
+    }
+
+    /// `ORIGINAL_DST`: removes the hosts unused since the last sweep (every
+    /// `cleanup_interval`).
+    pub fn sweep_original_dst(&self) {
+        if let Some(od) = &self.original_dst {
+            od.sweep(|hosts| self.set_hosts(hosts));
+        }
+    }
+
+    /// The sweep interval of an `ORIGINAL_DST` cluster.
+    pub fn original_dst_cleanup_interval(&self) -> Option<std::time::Duration> {
+        self.original_dst
+            .as_ref()
+            .map(|od| od.config.cleanup_interval)
+    }
+
+    fn set_hosts(&self, hosts: Vec<Arc<Host>>) {
+        let membership = Membership {
+            lb: LoadBalancer::new(self.config.lb_policy, &hosts),
+            hosts,
+        };
+        count_membership(&self.stats, &membership, true);
+        self.membership.store(Arc::new(membership));
+    }
+
     /// Replaces the hosts (an endpoint update). Hosts that stay, with the same weight,
     /// priority and locality, are kept with their connections and counters; requests in
     /// flight to removed hosts finish on them.
     pub fn set_endpoints(&self, priorities: &[Vec<LocalityEndpoints>]) {
         let old = self.membership.load_full();
         let membership = build_membership(&self.config, priorities, &old.hosts, self.workers);
-        count_membership(&self.stats, &membership);
+        count_membership(&self.stats, &membership, true);
         self.membership.store(Arc::new(membership));
     }
 
@@ -144,14 +195,17 @@ fn build_membership(
     }
 }
 
-fn count_membership(stats: &ClusterStats, membership: &Membership) {
+/// Sets the membership gauges; `changed` counts a `membership_change`.
+fn count_membership(stats: &ClusterStats, membership: &Membership, changed: bool) {
     let hosts = &membership.hosts;
     stats.membership_total.set(hosts.len() as u64);
     stats.membership_healthy.set(hosts.len() as u64);
     stats
         .max_host_weight
         .set(hosts.iter().map(|h| h.weight as u64).max().unwrap_or(0));
-    stats.membership_change.inc();
+    if changed {
+        stats.membership_change.inc();
+    }
 }
 
 /// The clusters in force at one moment, by name and in configuration order.
@@ -275,6 +329,7 @@ impl ClusterManager {
                 Cluster::replacing(config, previous.map(|c| &**c), &self.store, self.workers);
             cluster.added_via_api = update.via_api;
             let cluster = Arc::new(cluster);
+            spawn_original_dst_sweep(&cluster);
             match index.get(&cluster.name) {
                 Some(&i) => {
                     clusters[i] = Some(cluster);
@@ -295,4 +350,27 @@ impl ClusterManager {
         self.set.store(Arc::new(set));
         summary
     }
+}
+
+/// Sweeps an `ORIGINAL_DST` cluster's hosts every `cleanup_interval` on the control runtime,
+/// for as long as the cluster lives.
+fn spawn_original_dst_sweep(cluster: &Arc<Cluster>) {
+    let Some(interval) = cluster.original_dst_cleanup_interval() else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            "cluster '{}': no runtime to sweep its original destination hosts",
+            cluster.name
+        );
+        return;
+    };
+    let weak = Arc::downgrade(cluster);
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(cluster) = weak.upgrade() else { break };
+            cluster.sweep_original_dst();
+        }
+    });
 }

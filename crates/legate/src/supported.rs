@@ -94,6 +94,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "listener_filters_timeout",
                 "continue_on_listener_filters_timeout",
                 "udp_listener_config",
+                "use_original_dst",
             ],
         ),
         (
@@ -202,6 +203,11 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             &["name", "weight"],
         ),
         ("envoy.extensions.filters.network.echo.v3", "Echo", &[]),
+        (
+            "envoy.extensions.filters.listener.original_dst.v3",
+            "OriginalDst",
+            &[],
+        ),
         (
             "envoy.extensions.filters.network.sni_cluster.v3",
             "SniCluster",
@@ -584,6 +590,17 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "common_http_protocol_options",
                 "upstream_http_protocol_options",
                 "transport_socket",
+                "original_dst_lb_config",
+                "cleanup_interval",
+            ],
+        ),
+        (
+            "envoy.config.cluster.v3",
+            "Cluster.OriginalDstLbConfig",
+            &[
+                "use_http_header",
+                "http_header_name",
+                "upstream_port_override",
             ],
         ),
         (
@@ -848,6 +865,10 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
     (
         "envoy.filters.listener.proxy_protocol",
         "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+    ),
+    (
+        "envoy.filters.listener.original_dst",
+        "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
     ),
     (
         "envoy.filters.udp_listener.udp_proxy",

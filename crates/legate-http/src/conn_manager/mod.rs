@@ -96,6 +96,9 @@ pub struct Downstream {
     /// The socket's peer (the proxy in front, with the PROXY protocol).
     pub direct_peer: SocketAddr,
     pub local: SocketAddr,
+    /// `local` was restored by a listener filter (`original_dst`, `proxy_protocol`): Envoy's
+    /// `localAddressRestored`, which ORIGINAL_DST clusters and `use_original_dst` go by.
+    pub local_restored: bool,
     /// The worker serving it, which picks the worker's upstream connection pools.
     pub worker: usize,
     /// TLS was terminated on this connection (`x-forwarded-proto` and `:scheme` are `https`).
@@ -415,6 +418,10 @@ impl HttpConnectionManager {
                     cluster: &cluster,
                     body_state,
                     worker: conn.downstream.worker,
+                    restored_local: conn
+                        .downstream
+                        .local_restored
+                        .then_some(conn.downstream.local),
                     upgrade,
                     downstream_upgrade,
                 };

@@ -198,7 +198,8 @@ impl TcpProxy {
             info.requested_server_name = Some(server_name.into());
         }
         info.downstream_tls = conn.tls_info.clone();
-        self.proxy(downstream, &mut info).await;
+        let restored_local = conn.local_restored.then_some(conn.local);
+        self.proxy(downstream, restored_local, &mut info).await;
         info.duration = Some(info.elapsed());
         if !self.access_logs.is_empty() {
             let runtime = self.context.runtime.snapshot();
@@ -208,7 +209,12 @@ impl TcpProxy {
         }
     }
 
-    async fn proxy(&self, downstream: Conn, info: &mut StreamInfo) {
+    async fn proxy(
+        &self,
+        downstream: Conn,
+        restored_local: Option<std::net::SocketAddr>,
+        info: &mut StreamInfo,
+    ) {
         use legate_core::stream_info::ResponseFlags as flags;
         let stats = &self.stats;
         let sni = info
@@ -230,7 +236,11 @@ impl TcpProxy {
         // `max_connect_attempts` times.
         let mut upstream = None;
         for _ in 0..self.config.max_connect_attempts {
-            let Some(host) = cluster.choose_host(fastrand::u64(..)) else {
+            let lb_context = legate_upstream::original_dst::LbContext {
+                restored_local,
+                headers: None,
+            };
+            let Some(host) = cluster.choose_host_for(fastrand::u64(..), &lb_context) else {
                 l4.none_healthy.inc();
                 info.response_flags.set(flags::NO_HEALTHY_UPSTREAM);
                 return;

@@ -232,6 +232,15 @@ async fn accept_loop(
     let mut stop = instance.stop.subscribe();
     let drain = instance.drain.subscribe();
     let local = listener.local_addr().ok();
+    if let Some(address) = local {
+        LISTENING.with_borrow_mut(|l| {
+            l.push(Listening {
+                address,
+                serving: serving.clone(),
+                instance: instance.clone(),
+            })
+        });
+    }
     loop {
         let accepted = tokio::select! {
             biased;
@@ -255,6 +264,7 @@ async fn accept_loop(
             peer,
             direct_peer: peer,
             local: stream.local_addr().ok().or(local).unwrap_or(peer),
+            local_restored: false,
             worker,
             tls: false,
             requested_server_name: None,
@@ -278,12 +288,16 @@ async fn accept_loop(
             });
         } else {
             tokio::spawn(async move {
-                serve_matched(stream, downstream, &serving, &shared, &instance, drain).await;
+                serve_matched(
+                    stream, downstream, &serving, &shared, &instance, drain, true,
+                )
+                .await;
                 shared.open_connections.fetch_sub(1, Ordering::Relaxed);
                 instance.open.fetch_sub(1, Ordering::Relaxed);
             });
         }
     }
+    LISTENING.with_borrow_mut(|l| l.retain(|l| !Arc::ptr_eq(&l.instance, &instance)));
 }
 
 /// Runs `serving` until it ends or the listener instance closes its connections.
@@ -298,6 +312,42 @@ async fn until_closed(instance: &ListenerInstance, serving: impl std::future::Fu
 thread_local! {
     /// This worker thread's index, for the per-worker listener stats.
     static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The listeners this worker accepts on now, by bound address: where `use_original_dst`
+    /// hands connections.
+    static LISTENING: std::cell::RefCell<Vec<Listening>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A listener a worker accepts on.
+struct Listening {
+    address: std::net::SocketAddr,
+    serving: Arc<ServingListener>,
+    instance: Arc<ListenerInstance>,
+}
+
+/// The listener `use_original_dst` hands a connection restored to `destination` to (Envoy's
+/// `getBalancedHandlerByAddress`): the one bound to exactly that address, else the one bound
+/// to the wildcard address of its family on its port. Stopped listeners are not candidates.
+fn listener_for(
+    destination: std::net::SocketAddr,
+) -> Option<(Arc<ServingListener>, Arc<ListenerInstance>)> {
+    let wildcard = std::net::SocketAddr::new(
+        if destination.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        },
+        destination.port(),
+    );
+    LISTENING.with_borrow(|listening| {
+        let live = |want: std::net::SocketAddr| {
+            listening
+                .iter()
+                .find(|l| l.address == want && !*l.instance.stop.borrow())
+        };
+        live(destination)
+            .or_else(|| live(wildcard))
+            .map(|l| (l.serving.clone(), l.instance.clone()))
+    })
 }
 
 /// Counts a connection that got its filter chain. Envoy counts `downstream_cx_total` only
@@ -324,6 +374,8 @@ fn closed(stats: &ListenerStats, opened: Instant) {
 }
 
 /// Runs the listener filters, matches a filter chain and serves the connection with it.
+/// `hand_off`: `use_original_dst` may give the connection to another listener (not once it
+/// has been handed, as in Envoy).
 async fn serve_matched(
     stream: tokio::net::TcpStream,
     mut downstream: Downstream,
@@ -331,6 +383,7 @@ async fn serve_matched(
     shared: &Arc<WorkerShared>,
     instance: &ListenerInstance,
     drain: watch::Receiver<bool>,
+    hand_off: bool,
 ) {
     let config = &serving.config;
     let detected = if config.listener_filters.is_empty() {
@@ -352,9 +405,39 @@ async fn serve_matched(
     };
     // A PROXY header gives the connection its original addresses; the direct peer (the
     // proxy in front) stays for `direct_source_prefix_ranges` and the logs.
-    if let Some((source, destination)) = detected.proxied {
+    if let Some((source, _)) = detected.proxied {
         downstream.peer = source;
-        downstream.local = destination;
+    }
+    if let Some(local) = detected.restored_local {
+        downstream.local = local;
+        downstream.local_restored = true;
+    }
+    // `use_original_dst`: a restored connection goes to the listener of its original
+    // destination when there is one (which runs its own listener filters and chain
+    // matching); otherwise this listener serves it.
+    if hand_off && config.use_original_dst && downstream.local_restored {
+        if let Some((target, target_instance)) = listener_for(downstream.local) {
+            tracing::debug!(
+                "connection {} to {}: handed to listener '{}'",
+                downstream.id,
+                downstream.local,
+                target.config.name
+            );
+            let drain = target_instance.drain.subscribe();
+            target_instance.open.fetch_add(1, Ordering::Relaxed);
+            Box::pin(serve_matched(
+                stream,
+                downstream,
+                &target,
+                shared,
+                &target_instance,
+                drain,
+                false,
+            ))
+            .await;
+            target_instance.open.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
     }
     let facts = ConnectionFacts {
         local: downstream.local,
