@@ -207,6 +207,8 @@ pub struct Forward {
     pub upgrades: Vec<(String, bool)>,
     /// `cluster_not_found_response_code`: 503 by default, 404 or 500.
     pub cluster_not_found_status: u16,
+    /// `hash_policy`: the key RING_HASH and MAGLEV clusters balance on.
+    pub hash_policy: Option<crate::hash_policy::HashPolicy>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -648,7 +650,7 @@ fn within(prefix: &str, errors: Vec<legate_core::ConfigError>) -> Vec<legate_cor
     errors.into_iter().map(|e| e.within(prefix)).collect()
 }
 
-fn rewrite(
+pub(crate) fn rewrite(
     r: &legate_api::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute,
 ) -> Compiled<(Regex, String)> {
     let pattern = r
@@ -796,7 +798,11 @@ fn forward(a: &rp::RouteAction, route_name: &str) -> Compiled<Forward> {
             )
         })
         .collect();
+    let hash_policy = errors
+        .take("", crate::hash_policy::HashPolicy::compile(&a.hash_policy))
+        .flatten();
     errors.finish(|| Forward {
+        hash_policy,
         target,
         prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
         matched: MatchedPart::default(),

@@ -23,6 +23,7 @@ use legate_upstream::pool::{self, Protocol, ResponseBody, UpstreamError};
 use legate_upstream::{Cluster, UpstreamProtocol};
 
 use crate::conn_manager::{HttpConnectionManager, Outcome, RequestBodyState};
+use crate::hash_policy::HashInput;
 use crate::headers::{
     KEEP_ALIVE, PROXY_CONNECTION, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_INTERNAL,
     X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS, X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
@@ -220,11 +221,33 @@ pub(crate) async fn forward(
     }
 
     let deadline = route_timeout(f.forward, &mut parts.headers).map(|t| (t, Instant::now() + t));
+    // The route's `hash_policy`, evaluated (as Envoy's `computeHashKey`) only when the
+    // cluster balances on a hash; the key takes the place of the random number in the host
+    // choice. A generated cookie goes out with the upstream's response.
+    let mut set_cookies = Vec::new();
+    let hash = match &f.forward.hash_policy {
+        Some(policy) if cluster.uses_hash() => policy.generate(
+            &HashInput {
+                headers: &parts.headers,
+                method: parts.method.as_str(),
+                path: &info.request.path,
+                authority: &info.request.authority,
+                scheme: &info.request.scheme,
+                remote: info.downstream_remote_address,
+                connection: info
+                    .downstream_direct_remote_address
+                    .zip(info.downstream_local_address),
+            },
+            &mut set_cookies,
+        ),
+        _ => None,
+    };
+    let pick = hash.unwrap_or_else(|| fastrand::u64(..));
     let lb_context = legate_upstream::original_dst::LbContext {
         restored_local: f.restored_local,
         headers: Some(&parts.headers),
     };
-    let Some(host) = cluster.choose_host_for(fastrand::u64(..), &lb_context) else {
+    let Some(host) = cluster.choose_host_for(pick, &lb_context) else {
         cluster
             .stats
             .scope
@@ -442,6 +465,9 @@ pub(crate) async fn forward(
         info.response_headers = Some(response.headers().clone());
     }
     apply_response_mutations(f.selected, response.headers_mut(), info);
+    for cookie in set_cookies {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
 
     if switching {
         if let Some(downstream) = f.downstream_upgrade {

@@ -8,6 +8,7 @@ use legate_api::pb::envoy::config::accesslog::v3::AccessLog;
 use legate_api::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier,
 };
+use legate_api::pb::envoy::r#type::v3::hash_policy;
 use legate_core::access_log::AccessLogger;
 use legate_core::proto::{duration_or, u32_or};
 use legate_core::stats::{Counter, Gauge, ImportMode, Scope};
@@ -62,6 +63,10 @@ pub struct TcpProxyConfig {
     pub idle_timeout: Option<Duration>,
     pub max_connect_attempts: u32,
     pub access_log: Vec<AccessLog>,
+    /// `hash_policy` `source_ip`: RING_HASH and MAGLEV clusters balance on the xxHash64 of the
+    /// downstream IP (Envoy's `Network::HashPolicyImpl`; `filter_state` is refused by the
+    /// support table).
+    pub hash_source_ip: bool,
 }
 
 impl TcpProxyConfig {
@@ -88,8 +93,27 @@ impl TcpProxyConfig {
         for (i, log) in p.access_log.iter().enumerate() {
             errors.take(&format!("access_log[{i}]"), AccessLogger::check(log));
         }
+        // The proto allows one policy (`max_items: 1`).
+        if p.hash_policy.len() > 1 {
+            errors.push("hash_policy", "value must contain no more than 1 item(s)");
+        }
+        let mut hash_source_ip = false;
+        for (i, h) in p.hash_policy.iter().enumerate() {
+            match &h.policy_specifier {
+                Some(hash_policy::PolicySpecifier::SourceIp(_)) => hash_source_ip = true,
+                Some(hash_policy::PolicySpecifier::FilterState(_)) => errors.push(
+                    &format!("hash_policy[{i}].filter_state"),
+                    "filter_state hash policies are not supported by Legate",
+                ),
+                None => errors.push(
+                    &format!("hash_policy[{i}].policy_specifier"),
+                    "value is required",
+                ),
+            }
+        }
         let idle = duration_or(p.idle_timeout.as_ref(), DEFAULT_IDLE_TIMEOUT);
         errors.finish(|| TcpProxyConfig {
+            hash_source_ip,
             stat_prefix: p.stat_prefix.clone(),
             cluster,
             idle_timeout: (!idle.is_zero()).then_some(idle),

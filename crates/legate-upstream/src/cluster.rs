@@ -25,6 +25,10 @@ pub enum LbPolicy {
     RoundRobin,
     LeastRequest,
     Random,
+    /// `RING_HASH` with its `ring_hash_lb_config`.
+    RingHash(crate::hashing::RingHashConfig),
+    /// `MAGLEV` with its `maglev_lb_config`.
+    Maglev(crate::hashing::MaglevConfig),
 }
 
 /// Which protocol the cluster speaks to its hosts.
@@ -183,6 +187,8 @@ impl ClusterConfig {
             Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
             Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
             Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+            Ok(cluster::LbPolicy::RingHash) => LbPolicy::RingHash(ring_hash_config(c, &mut errors)),
+            Ok(cluster::LbPolicy::Maglev) => LbPolicy::Maglev(maglev_config(c, &mut errors)),
             Ok(other) => {
                 errors.push(
                     "lb_policy",
@@ -386,6 +392,79 @@ fn original_dst_config(c: &Cluster) -> Compiled<crate::original_dst::OriginalDst
         port_override,
         cleanup_interval: duration_or(c.cleanup_interval.as_ref(), DEFAULT_CLEANUP_INTERVAL),
     })
+}
+
+/// `ring_hash_lb_config`, with Envoy's defaults and its checks (the proto's 8M bounds, and
+/// `RingHashLoadBalancer`'s minimum-over-maximum error).
+fn ring_hash_config(c: &Cluster, errors: &mut Errors) -> crate::hashing::RingHashConfig {
+    use crate::hashing::{HashFunction, RING_SIZE_LIMIT, RingHashConfig};
+    use legate_api::pb::envoy::config::cluster::v3::cluster::ring_hash_lb_config;
+    let mut config = RingHashConfig::default();
+    let Some(cluster::LbConfig::RingHashLbConfig(r)) = &c.lb_config else {
+        return config;
+    };
+    if let Some(v) = &r.minimum_ring_size {
+        config.minimum_ring_size = v.value;
+        if v.value > RING_SIZE_LIMIT {
+            errors.push(
+                "ring_hash_lb_config.minimum_ring_size",
+                format!("value must be less than or equal to {RING_SIZE_LIMIT}"),
+            );
+        }
+    }
+    if let Some(v) = &r.maximum_ring_size {
+        config.maximum_ring_size = v.value;
+        if v.value > RING_SIZE_LIMIT {
+            errors.push(
+                "ring_hash_lb_config.maximum_ring_size",
+                format!("value must be less than or equal to {RING_SIZE_LIMIT}"),
+            );
+        }
+    }
+    config.hash_function = match ring_hash_lb_config::HashFunction::try_from(r.hash_function) {
+        Ok(ring_hash_lb_config::HashFunction::XxHash) => HashFunction::XxHash,
+        Ok(ring_hash_lb_config::HashFunction::MurmurHash2) => HashFunction::MurmurHash2,
+        Err(_) => {
+            errors.push(
+                "ring_hash_lb_config.hash_function",
+                "value must be one of the defined enum values",
+            );
+            HashFunction::XxHash
+        }
+    };
+    if config.minimum_ring_size > config.maximum_ring_size {
+        errors.push(
+            "ring_hash_lb_config",
+            format!(
+                "ring hash: minimum_ring_size ({}) > maximum_ring_size ({})",
+                config.minimum_ring_size, config.maximum_ring_size
+            ),
+        );
+    }
+    config
+}
+
+/// `maglev_lb_config`: Envoy requires a prime `table_size` (at most 5000011 by the proto).
+fn maglev_config(c: &Cluster, errors: &mut Errors) -> crate::hashing::MaglevConfig {
+    use crate::hashing::{MAGLEV_TABLE_SIZE_LIMIT, MaglevConfig, is_prime};
+    let mut config = MaglevConfig::default();
+    if let Some(cluster::LbConfig::MaglevLbConfig(m)) = &c.lb_config
+        && let Some(size) = &m.table_size
+    {
+        config.table_size = size.value;
+        if size.value > MAGLEV_TABLE_SIZE_LIMIT {
+            errors.push(
+                "maglev_lb_config.table_size",
+                format!("value must be less than or equal to {MAGLEV_TABLE_SIZE_LIMIT}"),
+            );
+        } else if !is_prime(size.value) {
+            errors.push(
+                "maglev_lb_config.table_size",
+                "The table size of maglev must be prime number",
+            );
+        }
+    }
+    config
 }
 
 /// Envoy's upstream idle timeout: one hour unless set; zero disables it.

@@ -100,10 +100,19 @@ impl Cluster {
         self.membership.load_full()
     }
 
-    /// The host for the next request (`random`: a fresh random number), or `None` when the
-    /// cluster has no host.
+    /// The host for the next request (`random`: a fresh random number, or for RING_HASH and
+    /// MAGLEV the request's hash key when it has one), or `None` when the cluster has no host.
     pub fn choose_host(&self, random: u64) -> Option<Arc<Host>> {
         self.membership.load().lb.choose(random).cloned()
+    }
+
+    /// Whether the load balancer uses a request's hash key (RING_HASH, MAGLEV): only then is
+    /// a `hash_policy` evaluated, as in Envoy (where a cookie policy's `Set-Cookie` follows).
+    pub fn uses_hash(&self) -> bool {
+        matches!(
+            self.config.lb_policy,
+            crate::LbPolicy::RingHash(_) | crate::LbPolicy::Maglev(_)
+        )
     }
 
     /// The host for a request or connection: [`Cluster::choose_host`], except in
@@ -198,6 +207,7 @@ fn build_membership(
 /// Sets the membership gauges; `changed` counts a `membership_change`.
 fn count_membership(stats: &ClusterStats, membership: &Membership, changed: bool) {
     let hosts = &membership.hosts;
+    count_hash_tables(stats, membership);
     stats.membership_total.set(hosts.len() as u64);
     stats.membership_healthy.set(hosts.len() as u64);
     stats
@@ -205,6 +215,32 @@ fn count_membership(stats: &ClusterStats, membership: &Membership, changed: bool
         .set(hosts.iter().map(|h| h.weight as u64).max().unwrap_or(0));
     if changed {
         stats.membership_change.inc();
+    }
+}
+
+/// `ring_hash_lb.*` and `maglev_lb.*`: the sizes of the rings or tables just built, as Envoy
+/// reports them (it leaves the gauges as they were when there are no hosts to build from).
+fn count_hash_tables(stats: &ClusterStats, membership: &Membership) {
+    let names: &[&str] = match membership.lb.policy() {
+        crate::LbPolicy::RingHash(_) => &[
+            "ring_hash_lb.size",
+            "ring_hash_lb.min_hashes_per_host",
+            "ring_hash_lb.max_hashes_per_host",
+        ],
+        crate::LbPolicy::Maglev(_) => &[
+            "",
+            "maglev_lb.min_entries_per_host",
+            "maglev_lb.max_entries_per_host",
+        ],
+        _ => return,
+    };
+    let table = membership.lb.table_stats();
+    let values = table.map(|t| [t.size, t.min_per_host, t.max_per_host]);
+    for (i, name) in names.iter().enumerate().filter(|(_, n)| !n.is_empty()) {
+        let gauge = stats.scope.gauge(name, ImportMode::Accumulate);
+        if let Some(v) = values {
+            gauge.set(v[i]);
+        }
     }
 }
 

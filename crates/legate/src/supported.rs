@@ -190,8 +190,11 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "idle_timeout",
                 "max_connect_attempts",
                 "access_log",
+                "hash_policy",
             ],
         ),
+        ("envoy.type.v3", "HashPolicy", &["source_ip"]),
+        ("envoy.type.v3", "HashPolicy.SourceIp", &[]),
         (
             "envoy.extensions.filters.network.tcp_proxy.v3",
             "TcpProxy.WeightedCluster",
@@ -472,8 +475,41 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "idle_timeout",
                 "upgrade_configs",
                 "cluster_not_found_response_code",
+                "hash_policy",
             ],
         ),
+        (
+            ROUTE,
+            "RouteAction.HashPolicy",
+            &[
+                "header",
+                "cookie",
+                "connection_properties",
+                "query_parameter",
+                "terminal",
+            ],
+        ),
+        (
+            ROUTE,
+            "RouteAction.HashPolicy.Header",
+            &["header_name", "regex_rewrite"],
+        ),
+        (
+            ROUTE,
+            "RouteAction.HashPolicy.Cookie",
+            &["name", "ttl", "path", "attributes"],
+        ),
+        (
+            ROUTE,
+            "RouteAction.HashPolicy.CookieAttribute",
+            &["name", "value"],
+        ),
+        (
+            ROUTE,
+            "RouteAction.HashPolicy.ConnectionProperties",
+            &["source_ip"],
+        ),
+        (ROUTE, "RouteAction.HashPolicy.QueryParameter", &["name"]),
         (
             ROUTE,
             "RouteAction.UpgradeConfig",
@@ -590,6 +626,9 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "common_http_protocol_options",
                 "upstream_http_protocol_options",
                 "transport_socket",
+                "ring_hash_lb_config",
+                "maglev_lb_config",
+                "common_lb_config",
                 "original_dst_lb_config",
                 "cleanup_interval",
             ],
@@ -602,6 +641,28 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "http_header_name",
                 "upstream_port_override",
             ],
+        ),
+        (
+            "envoy.config.cluster.v3",
+            "Cluster.RingHashLbConfig",
+            &["minimum_ring_size", "maximum_ring_size", "hash_function"],
+        ),
+        (
+            "envoy.config.cluster.v3",
+            "Cluster.MaglevLbConfig",
+            &["table_size"],
+        ),
+        // Only so that use_hostname_for_hashing (hosts have no hostname in Legate) and
+        // hash_balance_factor (bounded loads) are refused with their own path.
+        (
+            "envoy.config.cluster.v3",
+            "Cluster.CommonLbConfig",
+            &["consistent_hashing_lb_config"],
+        ),
+        (
+            "envoy.config.cluster.v3",
+            "Cluster.CommonLbConfig.ConsistentHashingLbConfig",
+            &[],
         ),
         (
             "envoy.config.cluster.v3",

@@ -232,6 +232,13 @@ impl TcpProxy {
         };
         info.upstream_cluster = Some(cluster.name.clone());
         let l4 = ClusterL4Stats::of(&cluster);
+        // `hash_policy: source_ip`, for clusters that balance on a hash (Envoy computes the key
+        // only for those): it takes the place of the random number in the host choice.
+        let hash = (self.config.hash_source_ip && cluster.uses_hash())
+            .then_some(info.downstream_remote_address)
+            .flatten()
+            .map(|a| legate_upstream::hashing::xxhash64(a.ip().to_string().as_bytes()));
+        let pick = || hash.unwrap_or_else(|| fastrand::u64(..));
         // Connect, trying again (another host if the load balancer picks one) up to
         // `max_connect_attempts` times.
         let mut upstream = None;
@@ -240,7 +247,7 @@ impl TcpProxy {
                 restored_local,
                 headers: None,
             };
-            let Some(host) = cluster.choose_host_for(fastrand::u64(..), &lb_context) else {
+            let Some(host) = cluster.choose_host_for(pick(), &lb_context) else {
                 l4.none_healthy.inc();
                 info.response_flags.set(flags::NO_HEALTHY_UPSTREAM);
                 return;
