@@ -22,6 +22,10 @@
 //!   `*_rx_errors`, `*_tx_errors`).
 //! * When the listener stops (removed, replaced, `/drain_listeners`, shutdown) its sessions
 //!   end at once: UDP has no connection to drain.
+//! * A session that ends writes one line to each `access_log`: its addresses (client,
+//!   listener, host, the session socket), `%BYTES_RECEIVED%` from the client and
+//!   `%BYTES_SENT%` to it, its `%START_TIME%` and `%DURATION%`; Envoy 1.40 leaves
+//!   `%UPSTREAM_CLUSTER%` unset (`-`) and `%CONNECTION_ID%` 0 in these lines, and so does Legate.
 //!
 //! Datagrams larger than the receive limit are dropped, not truncated: on the listener socket
 //! `udp_listener_config.downstream_socket_config.max_rx_datagram_size` (1500 unless set;
@@ -42,14 +46,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use legate_api::pb::envoy::config::accesslog::v3::AccessLog;
 use legate_api::pb::envoy::config::core::v3::UdpSocketConfig;
 use legate_api::pb::envoy::config::listener::v3::{Listener, listener_filter};
 use legate_api::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
     Route, UdpProxyConfig as UdpProxyProto, udp_proxy_config::RouteSpecifier,
 };
 use legate_api::pb::xds::r#type::matcher::v3::matcher::on_match;
+use legate_core::access_log::AccessLogger;
 use legate_core::proto::{bool_or, duration_or};
+use legate_core::runtime::Runtime;
 use legate_core::stats::{Counter, Gauge, ImportMode, Scope};
+use legate_core::stream_info::{Protocol, StreamInfo};
 use legate_core::{Compiled, ConfigError, Errors};
 use prost::Message;
 use tokio::net::UdpSocket;
@@ -113,6 +121,8 @@ pub struct UdpProxyConfig {
     pub cluster: String,
     pub idle_timeout: Duration,
     pub upstream: UdpReceive,
+    /// `access_log`: one line per session, when it ends.
+    pub access_log: Vec<AccessLog>,
 }
 
 impl UdpProxyConfig {
@@ -167,7 +177,11 @@ impl UdpProxyConfig {
                 String::new()
             }
         };
+        for (i, log) in p.access_log.iter().enumerate() {
+            errors.take(&format!("access_log[{i}]"), AccessLogger::check(log));
+        }
         errors.finish(|| UdpProxyConfig {
+            access_log: p.access_log.clone(),
             stat_prefix: p.stat_prefix.clone(),
             cluster,
             idle_timeout: duration_or(p.idle_timeout.as_ref(), DEFAULT_IDLE_TIMEOUT),
@@ -269,6 +283,7 @@ impl UdpListenerConfig {
                 cluster: String::new(),
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 upstream: UdpReceive::compile(None, true),
+                access_log: Vec::new(),
             })),
             downstream,
         })
@@ -375,6 +390,9 @@ pub struct UdpProxy {
     /// `listener.<prefix>.udp.downstream_rx_datagram_dropped`.
     pub datagrams_dropped: Counter,
     pub upstreams: Arc<dyn UdpUpstreams>,
+    /// `access_log`, compiled, and the runtime their filters read.
+    pub access_logs: Vec<AccessLogger>,
+    pub runtime: Arc<Runtime>,
 }
 
 struct Session {
@@ -385,6 +403,11 @@ struct Session {
     /// The last datagram either way, in nanoseconds after the loop's start.
     last_active: Arc<AtomicU64>,
     relay: tokio::task::JoinHandle<()>,
+    /// For the access log: what is known of the session from its start (only with logs).
+    info: Option<Box<StreamInfo>>,
+    /// Bytes from the client, and (counted by the relay) to it.
+    rx_bytes: u64,
+    tx_bytes: Arc<AtomicU64>,
 }
 
 thread_local! {
@@ -418,6 +441,7 @@ impl UdpProxy {
             }
         };
         let start = Instant::now();
+        let local = socket.local_addr().ok();
         let mut buffer = vec![0u8; self.config.downstream.buffer_len()];
         let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
         // (when to look at the session's idle time again, its address, its id): one entry per
@@ -452,16 +476,17 @@ impl UdpProxy {
                 continue;
             }
             if !sessions.contains_key(&peer) {
-                let Some(session) = self.open(peer, &sender, start, next_id) else {
+                let Some(session) = self.open(peer, local, &sender, start, next_id) else {
                     continue;
                 };
                 next_id += 1;
                 timers.push(Reverse((Instant::now() + idle, peer, session.id)));
                 sessions.insert(peer, session);
             }
-            let Some(session) = sessions.get(&peer) else {
+            let Some(session) = sessions.get_mut(&peer) else {
                 continue;
             };
+            session.rx_bytes += len as u64;
             session
                 .last_active
                 .store(nanos_since(start), Ordering::Relaxed);
@@ -489,6 +514,7 @@ impl UdpProxy {
     fn open(
         &self,
         peer: SocketAddr,
+        local: Option<SocketAddr>,
         downstream: &Arc<std::net::UdpSocket>,
         start: Instant,
         id: u64,
@@ -515,6 +541,19 @@ impl UdpProxy {
         self.stats.downstream_sess_total.inc();
         self.stats.downstream_sess_active.inc();
         let last_active = Arc::new(AtomicU64::new(nanos_since(start)));
+        let tx_bytes = Arc::new(AtomicU64::new(0));
+        // What Envoy's UDP session log shows: the addresses on both sides; no cluster
+        // (`%UPSTREAM_CLUSTER%` is `-`) and connection id 0, as Envoy 1.40 prints them.
+        let info = (!self.access_logs.is_empty()).then(|| {
+            let mut info = StreamInfo::new(0);
+            info.protocol = Protocol::Tcp;
+            info.downstream_remote_address = Some(peer);
+            info.downstream_direct_remote_address = Some(peer);
+            info.downstream_local_address = local;
+            info.upstream_host = Some(host);
+            info.upstream_local_address = sender.local_addr().ok();
+            Box::new(info)
+        });
         let relay = tokio::spawn(relay_upstream(
             upstream,
             downstream.clone(),
@@ -527,6 +566,7 @@ impl UdpProxy {
                 tx_errors: self.stats.downstream_sess_tx_errors.clone(),
             },
             last_active.clone(),
+            tx_bytes.clone(),
             start,
         ));
         Some(Session {
@@ -535,6 +575,9 @@ impl UdpProxy {
             cluster,
             last_active,
             relay,
+            info,
+            rx_bytes: 0,
+            tx_bytes,
         })
     }
 
@@ -571,6 +614,15 @@ impl UdpProxy {
     fn close(&self, session: Session) {
         session.relay.abort();
         self.stats.downstream_sess_active.dec();
+        if let Some(mut info) = session.info {
+            info.bytes_received = session.rx_bytes;
+            info.bytes_sent = session.tx_bytes.load(Ordering::Relaxed);
+            info.duration = Some(info.elapsed());
+            let runtime = self.runtime.snapshot();
+            for log in &self.access_logs {
+                log.log(&info, &runtime);
+            }
+        }
     }
 }
 
@@ -592,6 +644,7 @@ async fn relay_upstream(
     cluster: Arc<UdpClusterStats>,
     stats: StatsHandle,
     last_active: Arc<AtomicU64>,
+    tx_bytes: Arc<AtomicU64>,
     start: Instant,
 ) {
     loop {
@@ -626,6 +679,7 @@ async fn relay_upstream(
                     Ok(_) => {
                         stats.tx_datagrams.inc();
                         stats.tx_bytes.add(len as u64);
+                        tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
                     }
                     Err(e) => {
                         stats.tx_errors.inc();

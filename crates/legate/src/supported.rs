@@ -173,6 +173,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "matcher",
                 "idle_timeout",
                 "upstream_socket_config",
+                "access_log",
             ],
         ),
         ("envoy.extensions.filters.udp.udp_proxy.v3", "Route", &["cluster"]),

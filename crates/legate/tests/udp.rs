@@ -362,8 +362,8 @@ fn unimplemented_udp_fields_are_refused_with_their_path() {
         ),
         (
             "{}",
-            "        cluster: udp_up\n        access_log:\n        - name: envoy.access_loggers.stdout\n          typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}\n",
-            "static_resources.listeners[0].listener_filters[0].typed_config.access_log",
+            "        cluster: udp_up\n        proxy_access_log:\n        - name: envoy.access_loggers.stdout\n          typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}\n",
+            "static_resources.listeners[0].listener_filters[0].typed_config.proxy_access_log",
         ),
         (
             "{}",
@@ -470,4 +470,74 @@ fn a_removed_udp_listener_ends_its_sessions() {
         settle(&proxy, "listener_manager.listener_added", 2),
         Some(2)
     );
+}
+
+#[test]
+fn a_session_that_ends_writes_its_access_log_line() {
+    let echo = UdpEcho::start();
+    // A format of the fields a UDP session has, and Envoy's default format.
+    let proxy = start_proxy(&bootstrap(
+        "{}",
+        &format!(
+            r#"        idle_timeout: 1s
+        access_log:
+        - name: envoy.access_loggers.file
+          typed_config:
+            '@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+            path: "{{dir}}/udp.log"
+            log_format:
+              text_format_source:
+                inline_string: "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %UPSTREAM_HOST% %UPSTREAM_LOCAL_ADDRESS% %UPSTREAM_CLUSTER% rx=%BYTES_RECEIVED% tx=%BYTES_SENT% flags=%RESPONSE_FLAGS% protocol=%PROTOCOL% id=%CONNECTION_ID% code=%RESPONSE_CODE%\n"
+        - name: envoy.access_loggers.file
+          typed_config:
+            '@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+            path: "{{dir}}/default.log"
+{}"#,
+            matcher_route("udp_up")
+        ),
+        &cluster("udp_up", echo.addr),
+    ));
+    let to = proxy.addr("udp_in");
+    let a = client();
+    assert_eq!(round_trip(&a, to, b"hello").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(
+        round_trip(&a, to, b"world!").as_deref(),
+        Some(&b"world!"[..])
+    );
+    // Nothing is logged before the session ends (idle after 1 s).
+    assert_eq!(settle(&proxy, "udp.svc.idle_timeout", 1), Some(1));
+    let read = |name: &str| {
+        let path = proxy.dir.join(name);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.ends_with('\n') || Instant::now() >= deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let session_socket = *echo.distinct_sources().iter().next().unwrap();
+    assert_eq!(
+        read("udp.log"),
+        format!(
+            "{} {to} {} {session_socket} - rx=11 tx=11 flags=- protocol=- id=0 code=0\n",
+            a.local_addr().unwrap(),
+            echo.addr
+        )
+    );
+    // `[start] "- - -" 0 - 11 11 <duration> - "-" "-" "-" "-" "<host>"`, the session lasting
+    // its idle timeout.
+    let line = read("default.log");
+    let (_, rest) = line.split_once("] ").expect("a start time");
+    let fields: Vec<&str> = rest.trim_end().split(' ').collect();
+    assert_eq!(fields.len(), 14, "{line}");
+    let duration: u64 = fields[7].parse().expect("a duration");
+    assert!((900..2000).contains(&duration), "{line}");
+    let host = format!("\"{}\"", echo.addr);
+    let expected = [
+        "\"-", "-", "-\"", "0", "-", "11", "11", fields[7], "-", "\"-\"", "\"-\"", "\"-\"",
+        "\"-\"", &host,
+    ];
+    assert_eq!(fields, expected, "{line}");
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use legate_admin::{ConfigDumpSource, DynamicListener, DynamicResource, ListenerInfo};
 use legate_api::pb::envoy::config::listener::v3::Listener;
-use legate_core::stats::{Counter, Gauge, ImportMode, Store};
+use legate_core::stats::{Counter, Gauge, ImportMode, Scope, Store};
 use legate_http::conn_manager::ProxyContext;
 use legate_net::listener::ListenerConfig;
 use legate_net::listener_filter::ListenerFilterStats;
@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use super::l4::ChainFilter;
 use super::listener;
 use legate_net::rbac::NetworkRbac;
-use legate_net::udp_proxy::{UdpProxy, UdpProxyStats};
+use legate_core::access_log::AccessLogger;
+use legate_net::udp_proxy::{UdpListenerConfig, UdpProxy, UdpProxyStats};
 
 use super::udp::ClusterUpstreams;
 
@@ -506,16 +507,10 @@ impl ListenerManager {
             config: l,
         });
         let config = &serving.config;
-        let udp = config.udp.as_ref().map(|u| {
-            let upstreams = ClusterUpstreams(self.context.clone());
-            upstreams.register(&u.proxy.cluster);
-            Arc::new(UdpProxy {
-                config: u.clone(),
-                stats: UdpProxyStats::new(&root_scope, &u.proxy.stat_prefix),
-                datagrams_dropped: listener_scope.counter("udp.downstream_rx_datagram_dropped"),
-                upstreams: Arc::new(upstreams),
-            })
-        });
+        let udp = match &config.udp {
+            Some(u) => Some(self.udp_proxy(u, &config.name, &root_scope, &listener_scope)?),
+            None => None,
+        };
         Ok(Active {
             udp,
             udp_sockets,
@@ -536,6 +531,36 @@ impl ListenerManager {
             instance: Arc::default(),
             serving,
         })
+    }
+
+    /// The UDP proxy of a UDP listener, with its access logs opened.
+    fn udp_proxy(
+        &self,
+        u: &UdpListenerConfig,
+        name: &str,
+        root: &Scope,
+        listener_scope: &Scope,
+    ) -> Result<Arc<UdpProxy>, String> {
+        let mut access_logs = Vec::with_capacity(u.proxy.access_log.len());
+        for (i, log) in u.proxy.access_log.iter().enumerate() {
+            access_logs.push(AccessLogger::compile(log).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|e| format!("listener '{name}': udp_proxy access_log[{i}]: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?);
+        }
+        let upstreams = ClusterUpstreams(self.context.clone());
+        upstreams.register(&u.proxy.cluster);
+        Ok(Arc::new(UdpProxy {
+            config: u.clone(),
+            stats: UdpProxyStats::new(root, &u.proxy.stat_prefix),
+            datagrams_dropped: listener_scope.counter("udp.downstream_rx_datagram_dropped"),
+            upstreams: Arc::new(upstreams),
+            access_logs,
+            runtime: self.context.runtime.clone(),
+        }))
     }
 
     /// Hands a built listener to every worker.
