@@ -102,9 +102,38 @@ fn newline(out: &mut String, depth: usize) {
     out.extend(std::iter::repeat_n(' ', depth));
 }
 
-/// A JSON string literal.
+/// A JSON string literal, escaped as protobuf's printer escapes it (see
+/// [`protobuf_escapes`]).
 pub fn quote(value: &str) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_owned())
+    let json = serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_owned());
+    // serde_json leaves these characters as they are, so none is part of an escape sequence.
+    if json.contains(['<', '>', '\u{7f}', '\u{2028}', '\u{2029}']) {
+        let mut out = Vec::with_capacity(json.len() + 12);
+        let _ = protobuf_escapes(&mut out, &json);
+        String::from_utf8(out).unwrap_or(json)
+    } else {
+        json
+    }
+}
+
+/// protobuf's JSON printer escapes `<`, `>`, DEL, U+2028 and U+2029 besides what JSON
+/// requires: Envoy's `/certs` shows an inline certificate's path as `\u003cinline\u003e`.
+fn protobuf_escapes<W: ?Sized + io::Write>(w: &mut W, fragment: &str) -> io::Result<()> {
+    let mut start = 0;
+    for (i, c) in fragment.char_indices() {
+        let escaped = match c {
+            '<' => "\\u003c",
+            '>' => "\\u003e",
+            '\u{7f}' => "\\u007f",
+            '\u{2028}' => "\\u2028",
+            '\u{2029}' => "\\u2029",
+            _ => continue,
+        };
+        w.write_all(fragment[start..i].as_bytes())?;
+        w.write_all(escaped.as_bytes())?;
+        start = i + c.len_utf8();
+    }
+    w.write_all(fragment[start..].as_bytes())
 }
 
 /// Builds a [`Json::Object`] field by field, in order.
@@ -171,6 +200,14 @@ impl Default for EnvoyFormatter {
 }
 
 impl serde_json::ser::Formatter for EnvoyFormatter {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        protobuf_escapes(w, fragment)
+    }
+
     fn write_f64<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
         writer.write_all(format_double(value).as_bytes())
     }
@@ -255,6 +292,14 @@ mod tests {
         assert_eq!(
             json.to_pretty(),
             "{\n \"a\": 1,\n \"b\": [\n  \"x\",\n  {}\n ],\n \"c\": [],\n \"d\": {\n  \"k\": \"v\"\n }\n}\n"
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_as_protobuf_does() {
+        assert_eq!(
+            quote("<inline>&'\u{7f}\u{2028}\u{e9}\"\n"),
+            "\"\\u003cinline\\u003e&'\\u007f\\u2028\u{e9}\\\"\\n\""
         );
     }
 

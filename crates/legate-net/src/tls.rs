@@ -223,6 +223,13 @@ impl DownstreamTls {
                 ),
         );
         let resumption = Resumption::compile(ctx, context)?;
+        let sds_certificates = secrets
+            .iter()
+            .map(|s| {
+                let s = s.clone();
+                Box::new(move || s.key()) as legate_core::x509::SecretCertificate
+            })
+            .collect();
         let selector = CertSelector {
             certs,
             secrets,
@@ -249,7 +256,10 @@ impl DownstreamTls {
             selector,
             config: Arc::new(config),
             without_alpn: Arc::new(without_alpn),
-            _certificates: legate_core::x509::ContextCertificates::register(&common),
+            _certificates: legate_core::x509::ContextCertificates::register(
+                &common,
+                sds_certificates,
+            ),
         })
     }
 

@@ -204,7 +204,7 @@ impl UpstreamTls {
             server_name: server_name.unwrap_or(ServerName::IpAddress(
                 std::net::Ipv4Addr::UNSPECIFIED.into(),
             )),
-            _certificates: legate_core::x509::ContextCertificates::register(&common),
+            _certificates: legate_core::x509::ContextCertificates::register(&common, Vec::new()),
         })
     }
 

@@ -641,7 +641,13 @@ fn envoy_pretty(v: &serde_json::Value) -> String {
                 }
                 out.push_str(&format!("{}]", pad(depth)));
             }
-            other => out.push_str(&other.to_string()),
+            // protobuf escapes `<` and `>` (`\u003cinline\u003e`).
+            other => out.push_str(
+                &other
+                    .to_string()
+                    .replace('<', "\\u003c")
+                    .replace('>', "\\u003e"),
+            ),
         }
     }
     let mut out = String::new();
@@ -770,4 +776,62 @@ fn tls_operators_in_a_tcp_proxy_access_log() {
             format!("{CLIENT_SUBJECT}|spiffe://legate/client|proxy.example.com|TLSv1.3"),
         ]
     );
+}
+
+/// `/certs` for a context whose certificate comes from an SDS secret (a file source): the
+/// secret's certificate, with the path its `certificate_chain` names.
+#[test]
+fn admin_certs_shows_sds_certificates() {
+    let pki = pki();
+    let upstream = Upstream::start();
+    let sds = pki.dir.join("sds.yaml");
+    std::fs::write(
+        &sds,
+        format!(
+            "version_info: \"1\"\nresources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: proxy\n  tls_certificate:\n    certificate_chain: {{filename: {}}}\n    private_key: {{filename: {}}}\n",
+            pki.proxy.cert.display(),
+            pki.proxy.key.display()
+        ),
+    )
+    .unwrap();
+    let tls = format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs:
+            - name: proxy
+              sds_config: {{path_config_source: {{path: {sds}}}, resource_api_version: V3}}
+            validation_context:
+              trusted_ca: {{filename: {ca}}}
+"#,
+        sds = sds.display(),
+        ca = pki.ca.cert.display(),
+    );
+    // Envoy requires a node identity for any xDS subscription, SDS from a file too.
+    let config = format!(
+        "node: {{id: edge, cluster: edge}}\n{}",
+        bootstrap(
+            &[listener("sds", &format!("{tls}{}", hcm("", "")))],
+            upstream.addr
+        )
+    );
+    let proxy = start_proxy(&config);
+    let expected = serde_json::json!({ "certificates": [{
+        "ca_cert": [cert_details(&pki.ca, pki.ca.cert.to_str().unwrap(), &[])],
+        // Envoy reads the secret's files into inline data.
+        "cert_chain": [cert_details(
+            &pki.proxy,
+            "<inline>",
+            &[
+                ("dns", "proxy.example.com"),
+                ("uri", "spiffe://legate/proxy"),
+                ("ip_address", "127.0.0.1"),
+            ],
+        )],
+    }]});
+    let response = e2e::http_get(proxy.admin.unwrap(), "/certs", &[]);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, envoy_pretty(&expected));
 }

@@ -207,7 +207,7 @@ pub fn certs(_: &AdminState, _: &Query) -> Reply {
                 )
                 .field(
                     "cert_chain",
-                    Json::Array(context.cert_chain.iter().map(details).collect()),
+                    Json::Array(context.cert_chain().iter().map(details).collect()),
                 )
                 .build()
         })
