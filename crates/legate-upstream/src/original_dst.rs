@@ -152,3 +152,93 @@ impl OriginalDstHosts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legate_core::stats::Store;
+
+    fn hosts(
+        header: Option<&'static str>,
+        port_override: Option<u16>,
+    ) -> (OriginalDstHosts, Counter) {
+        let store = Store::new();
+        let invalid = store.counter("original_dst_host_invalid");
+        let config = OriginalDstConfig {
+            http_header: header.map(http::HeaderName::from_static),
+            port_override,
+            cleanup_interval: DEFAULT_CLEANUP_INTERVAL,
+        };
+        (OriginalDstHosts::new(config, invalid.clone()), invalid)
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_header_wins_over_the_connection_and_an_invalid_one_falls_back() {
+        let (od, invalid) = hosts(Some(DEFAULT_HEADER), None);
+        let local: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let h = headers(&[
+            (DEFAULT_HEADER, "[::1]:8443"),
+            (DEFAULT_HEADER, "1.2.3.4:1"),
+        ]);
+        let ctx = LbContext {
+            restored_local: Some(local),
+            headers: Some(&h),
+        };
+        // Only the first value counts.
+        assert_eq!(od.destination(&ctx), "[::1]:8443".parse().ok());
+        let h = headers(&[(DEFAULT_HEADER, "a.b.c.d")]);
+        let ctx = LbContext {
+            restored_local: Some(local),
+            headers: Some(&h),
+        };
+        assert_eq!(od.destination(&ctx), Some(local));
+        assert_eq!(invalid.value(), 1);
+        // Neither a header nor a restored address: no destination.
+        let ctx = LbContext {
+            restored_local: None,
+            headers: Some(&h),
+        };
+        assert_eq!(od.destination(&ctx), None);
+    }
+
+    #[test]
+    fn the_header_is_ignored_without_use_http_header_and_the_port_is_overridden() {
+        let (od, _) = hosts(None, Some(9000));
+        let h = headers(&[(DEFAULT_HEADER, "1.2.3.4:1")]);
+        let ctx = LbContext {
+            restored_local: Some("10.0.0.1:80".parse().unwrap()),
+            headers: Some(&h),
+        };
+        assert_eq!(od.destination(&ctx), "10.0.0.1:9000".parse().ok());
+    }
+
+    #[test]
+    fn hosts_are_made_once_and_swept_when_unused() {
+        let (od, _) = hosts(None, None);
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let mut added = 0;
+        let h1 = od.host(a, 1, |_| added += 1);
+        let h2 = od.host(a, 1, |_| added += 1);
+        assert!(std::sync::Arc::ptr_eq(&h1, &h2));
+        assert_eq!(added, 1);
+        // Chosen since the last sweep: kept, then removed by the next.
+        let mut left = None;
+        od.sweep(|hosts| left = Some(hosts.len()));
+        assert_eq!(left, None);
+        // An open connection keeps it.
+        h1.active_connections.store(1, Ordering::Relaxed);
+        od.sweep(|hosts| left = Some(hosts.len()));
+        assert_eq!(left, None);
+        h1.active_connections.store(0, Ordering::Relaxed);
+        od.sweep(|hosts| left = Some(hosts.len()));
+        assert_eq!(left, Some(0));
+    }
+}
