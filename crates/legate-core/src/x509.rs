@@ -37,6 +37,8 @@ pub struct CertificateInfo {
     /// `127.0.0.1`, `::1`; an address of another length is an empty string, as Envoy.
     pub ip_sans: Vec<String>,
     pub email_sans: Vec<String>,
+    /// otherName values rendered by type as Envoy's `generalNameAsString` does.
+    pub othername_sans: Vec<String>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// `-----BEGIN CERTIFICATE-----` ... as `PEM_write_bio_X509` writes it (64-column lines).
@@ -52,6 +54,7 @@ impl CertificateInfo {
             dns_sans: Vec::new(),
             ip_sans: Vec::new(),
             email_sans: Vec::new(),
+            othername_sans: Vec::new(),
             subject: rfc2253(cert.subject()),
             issuer: rfc2253(cert.issuer()),
             serial: bn2hex(cert.raw_serial()),
@@ -68,6 +71,9 @@ impl CertificateInfo {
                     GeneralName::URI(s) => info.uri_sans.push((*s).to_owned()),
                     GeneralName::RFC822Name(s) => info.email_sans.push((*s).to_owned()),
                     GeneralName::IPAddress(bytes) => info.ip_sans.push(ip_string(bytes)),
+                    GeneralName::OtherName(_, value) => {
+                        info.othername_sans.push(othername_string(value))
+                    }
                     _ => {}
                 }
             }
@@ -316,6 +322,92 @@ fn ip_string(bytes: &[u8]) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// An otherName's value (`[0] EXPLICIT` and the value's DER) as Envoy renders it: strings
+/// and times as their bytes, BMP and Universal strings converted to UTF-8, booleans as
+/// `true`/`false`, integers in decimal, object identifiers dotted, SETs and SEQUENCEs as their
+/// encoding; other types (and NULL) as an empty string.
+fn othername_string(explicit: &[u8]) -> String {
+    let Ok((_, outer)) = Any::from_der(explicit) else {
+        return String::new();
+    };
+    let Ok((_, value)) = Any::from_der(outer.data) else {
+        return String::new();
+    };
+    let data = value.data;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match value.tag() {
+        Tag::Boolean => {
+            if data.first().is_some_and(|&b| b != 0) {
+                "true".to_owned()
+            } else {
+                "false".to_owned()
+            }
+        }
+        Tag::Integer | Tag::Enumerated => bn2dec(data),
+        Tag::Oid => x509_parser::der_parser::oid::Oid::new(data.into()).to_id_string(),
+        // The bit string's bits, without the unused-bits count.
+        Tag::BitString => text(data.get(1..).unwrap_or_default()),
+        Tag::OctetString
+        | Tag::PrintableString
+        | Tag::T61String
+        | Tag::Ia5String
+        | Tag::GeneralString
+        | Tag::UtcTime
+        | Tag::GeneralizedTime
+        | Tag::VisibleString
+        | Tag::Utf8String => text(data),
+        Tag::BmpString => data
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .filter_map(|c| char::from_u32(u32::from(c[0]) << 8 | u32::from(c[1])))
+            .collect(),
+        Tag::UniversalString => data
+            .chunks(4)
+            .filter(|c| c.len() == 4)
+            .filter_map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        // The whole encoding, as BoringSSL keeps a SET or SEQUENCE.
+        Tag::Set | Tag::Sequence => text(outer.data),
+        _ => String::new(),
+    }
+}
+
+/// `BN_bn2dec` of a DER INTEGER's content (two's complement, big-endian).
+fn bn2dec(content: &[u8]) -> String {
+    let negative = content.first().is_some_and(|b| b & 0x80 != 0);
+    let mut magnitude: Vec<u8> = if negative {
+        let mut m: Vec<u8> = content.iter().map(|b| !b).collect();
+        for b in m.iter_mut().rev() {
+            let (v, carry) = b.overflowing_add(1);
+            *b = v;
+            if !carry {
+                break;
+            }
+        }
+        m
+    } else {
+        content.to_vec()
+    };
+    let mut digits = Vec::new();
+    while magnitude.iter().any(|&b| b != 0) {
+        let mut rem = 0u32;
+        for b in magnitude.iter_mut() {
+            let cur = rem * 256 + u32::from(*b);
+            *b = (cur / 10) as u8;
+            rem = cur % 10;
+        }
+        digits.push(b'0' + rem as u8);
+    }
+    if digits.is_empty() {
+        return "0".to_owned();
+    }
+    if negative {
+        digits.push(b'-');
+    }
+    digits.reverse();
+    String::from_utf8(digits).unwrap_or_default()
 }
 
 /// The PEM block `PEM_write_bio_X509` writes: 64 base64 characters a line, each line and the
@@ -574,6 +666,30 @@ mod tests {
         assert_eq!(bn2hex(&[0x00, 0x80]), "80");
         assert_eq!(bn2hex(&[0xff]), "-01");
         assert_eq!(bn2hex(&[0x80, 0x00]), "-8000");
+    }
+
+    #[test]
+    fn othername_values_by_type() {
+        let explicit = |inner: &[u8]| {
+            let mut v = vec![0xa0, inner.len() as u8];
+            v.extend_from_slice(inner);
+            v
+        };
+        assert_eq!(othername_string(&explicit(&[0x0c, 2, b'h', b'i'])), "hi");
+        assert_eq!(othername_string(&explicit(&[0x01, 1, 0xff])), "true");
+        assert_eq!(othername_string(&explicit(&[0x02, 2, 0x01, 0x00])), "256");
+        assert_eq!(othername_string(&explicit(&[0x02, 1, 0xff])), "-1");
+        assert_eq!(
+            othername_string(&explicit(&[0x06, 3, 0x2a, 0x03, 0x04])),
+            "1.2.3.4"
+        );
+        assert_eq!(othername_string(&explicit(&[0x05, 0])), "");
+        assert_eq!(othername_string(b"junk"), "");
+        assert_eq!(bn2dec(&[0x00]), "0");
+        assert_eq!(
+            bn2dec(&[0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            "340282366920938463463374607431768211456"
+        );
     }
 
     #[test]

@@ -130,6 +130,8 @@ fn pki() -> Pki {
         .push(SanType::URI("spiffe://legate/proxy".try_into().unwrap()));
     p.subject_alt_names
         .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    p.subject_alt_names
+        .push(SanType::OtherName((UPN.to_vec(), "proxy@legate".into())));
     p.distinguished_name = dn(&[
         (DnType::OrganizationName, "Legate"),
         (DnType::CommonName, "proxy.example.com"),
@@ -149,6 +151,8 @@ fn pki() -> Pki {
         .push(SanType::IpAddress("::1".parse().unwrap()));
     p.subject_alt_names
         .push(SanType::Rfc822Name("ops@example.com".try_into().unwrap()));
+    p.subject_alt_names
+        .push(SanType::OtherName((UPN.to_vec(), "client@legate".into())));
     p.distinguished_name = dn(&[
         (DnType::CountryName, "US"),
         (DnType::OrganizationName, "Legate, Inc."),
@@ -172,6 +176,9 @@ fn pki() -> Pki {
         plain_client,
     }
 }
+
+/// The Microsoft UPN otherName type, with a UTF8String value.
+const UPN: &[u64] = &[1, 3, 6, 1, 4, 1, 311, 20, 2, 3];
 
 const CA_SUBJECT: &str = "CN=identity test CA,O=Legate";
 const CLIENT_SUBJECT: &str = r"CN=client,OU=Eng,O=Legate\, Inc.,C=US";
@@ -312,6 +319,8 @@ const OPERATORS: &[&str] = &[
     "DOWNSTREAM_LOCAL_EMAIL_SAN",
     "DOWNSTREAM_TLS_VERSION",
     "DOWNSTREAM_TLS_CIPHER",
+    "DOWNSTREAM_PEER_OTHERNAME_SAN",
+    "DOWNSTREAM_LOCAL_OTHERNAME_SAN",
 ];
 
 /// What each operator prints for the client with every SAN (`None`: unset).
@@ -355,6 +364,8 @@ fn expected_with_client_cert(pki: &Pki, tls12: bool) -> Vec<Option<String>> {
         } else {
             "TLS_AES_128_GCM_SHA256"
         }),
+        s("client@legate"),
+        s("proxy@legate"),
     ]
 }
 
@@ -367,6 +378,7 @@ fn expected_without_client_cert() -> Vec<Option<String>> {
     v[20] = Some("127.0.0.1".to_owned());
     v[22] = Some("TLSv1.3".to_owned());
     v[23] = Some("TLS_AES_128_GCM_SHA256".to_owned());
+    v[25] = Some("proxy@legate".to_owned());
     v
 }
 
