@@ -8,9 +8,10 @@
 //! * A datagram from a downstream source address (IP and port) that has no session opens one:
 //!   the route's cluster is looked up (none: `downstream_sess_no_route`, the datagram is
 //!   dropped), its load balancer picks a host (none: `cluster.<c>.upstream_cx_none_healthy`,
-//!   dropped), and a new UDP socket, bound to an ephemeral port and connected to that host,
-//!   becomes the session's upstream (`downstream_sess_total`, `downstream_sess_active`). So the
-//!   upstream sees one source port per downstream client.
+//!   dropped; with `hash_policies`, a RING_HASH or MAGLEV cluster picks it by the client's IP
+//!   or a fixed key, as Envoy does), and a new UDP socket, bound to an ephemeral port and
+//!   connected to that host, becomes the session's upstream (`downstream_sess_total`,
+//!   `downstream_sess_active`). So the upstream sees one source port per downstream client.
 //! * Datagrams from that client go out on the session's socket; datagrams the host sends back
 //!   go to the client from the listener's socket. Both directions are counted
 //!   (`udp.<prefix>.downstream_sess_{rx,tx}_{bytes,datagrams}`,
@@ -49,6 +50,7 @@ use std::time::Duration;
 use legate_api::pb::envoy::config::accesslog::v3::AccessLog;
 use legate_api::pb::envoy::config::core::v3::UdpSocketConfig;
 use legate_api::pb::envoy::config::listener::v3::{Listener, listener_filter};
+use legate_api::pb::envoy::extensions::filters::udp::udp_proxy::v3::udp_proxy_config::hash_policy::PolicySpecifier;
 use legate_api::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
     Route, UdpProxyConfig as UdpProxyProto, udp_proxy_config::RouteSpecifier,
 };
@@ -123,6 +125,17 @@ pub struct UdpProxyConfig {
     pub upstream: UdpReceive,
     /// `access_log`: one line per session, when it ends.
     pub access_log: Vec<AccessLog>,
+    /// `hash_policies` (at most one): the key a RING_HASH or MAGLEV cluster picks a new
+    /// session's host by.
+    pub hash_policy: Option<UdpHashPolicy>,
+}
+
+/// `UdpProxyConfig.HashPolicy`: Envoy hashes (xxHash64) the client's IP as text, or a fixed
+/// key, so that all of one client's (or all) sessions go to one host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UdpHashPolicy {
+    SourceIp,
+    Key(String),
 }
 
 impl UdpProxyConfig {
@@ -180,7 +193,17 @@ impl UdpProxyConfig {
         for (i, log) in p.access_log.iter().enumerate() {
             errors.take(&format!("access_log[{i}]"), AccessLogger::check(log));
         }
+        // `validate.rules` allow one policy and require its specifier.
+        let hash_policy = p
+            .hash_policies
+            .first()
+            .and_then(|h| h.policy_specifier.as_ref())
+            .map(|h| match h {
+                PolicySpecifier::SourceIp(_) => UdpHashPolicy::SourceIp,
+                PolicySpecifier::Key(k) => UdpHashPolicy::Key(k.clone()),
+            });
         errors.finish(|| UdpProxyConfig {
+            hash_policy,
             access_log: p.access_log.clone(),
             stat_prefix: p.stat_prefix.clone(),
             cluster,
@@ -284,6 +307,7 @@ impl UdpListenerConfig {
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 upstream: UdpReceive::compile(None, true),
                 access_log: Vec::new(),
+                hash_policy: None,
             })),
             downstream,
         })
@@ -375,11 +399,13 @@ pub enum NoUpstream {
 
 /// The clusters, as the UDP proxy needs them.
 pub trait UdpUpstreams: Send + Sync + 'static {
-    /// The host of a new session from `downstream`, on `cluster`, with the cluster's stats.
+    /// The host of a new session from `downstream`, on `cluster`, with the cluster's stats;
+    /// `hash` is the proxy's hash policy, which a hashing load balancer uses.
     fn session_host(
         &self,
         cluster: &str,
         downstream: SocketAddr,
+        hash: Option<&UdpHashPolicy>,
     ) -> Result<(SocketAddr, Arc<UdpClusterStats>), NoUpstream>;
 }
 
@@ -519,10 +545,11 @@ impl UdpProxy {
         start: Instant,
         id: u64,
     ) -> Option<Session> {
-        let (host, cluster) = match self
-            .upstreams
-            .session_host(&self.config.proxy.cluster, peer)
-        {
+        let (host, cluster) = match self.upstreams.session_host(
+            &self.config.proxy.cluster,
+            peer,
+            self.config.proxy.hash_policy.as_ref(),
+        ) {
             Ok(h) => h,
             Err(NoUpstream::NoCluster) => {
                 self.stats.downstream_sess_no_route.inc();

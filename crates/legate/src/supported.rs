@@ -174,7 +174,13 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "idle_timeout",
                 "upstream_socket_config",
                 "access_log",
+                "hash_policies",
             ],
+        ),
+        (
+            "envoy.extensions.filters.udp.udp_proxy.v3",
+            "UdpProxyConfig.HashPolicy",
+            &["source_ip", "key"],
         ),
         ("envoy.extensions.filters.udp.udp_proxy.v3", "Route", &["cluster"]),
         ("xds.type.matcher.v3", "Matcher", &["on_no_match"]),

@@ -19,6 +19,20 @@ struct UdpEcho {
     sources: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
+/// A UDP upstream that answers every datagram with its `tag` (to tell which host a session
+/// reached).
+fn tagged_echo(tag: &'static [u8]) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((_, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(tag, from);
+        }
+    });
+    addr
+}
+
 impl UdpEcho {
     fn start() -> UdpEcho {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -367,8 +381,8 @@ fn unimplemented_udp_fields_are_refused_with_their_path() {
         ),
         (
             "{}",
-            "        cluster: udp_up\n        hash_policies: [{source_ip: true}]\n",
-            "static_resources.listeners[0].listener_filters[0].typed_config.hash_policies",
+            "        cluster: udp_up\n        session_filters: [{name: x}]\n",
+            "static_resources.listeners[0].listener_filters[0].typed_config.session_filters",
         ),
         (
             "{quic_options: {}}",
@@ -540,4 +554,64 @@ fn a_session_that_ends_writes_its_access_log_line() {
         "\"-\"", &host,
     ];
     assert_eq!(fields, expected, "{line}");
+}
+
+/// Which host answers a session from each of 30 loopback source IPs.
+fn host_by_source(to: SocketAddr) -> Vec<(String, String)> {
+    (2..32)
+        .map(|i| {
+            let ip = format!("127.0.0.{i}");
+            let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let answer = round_trip(&s, to, b"which").unwrap_or_default();
+            (ip, String::from_utf8_lossy(&answer).into_owned())
+        })
+        .collect()
+}
+
+/// `hash_policies`: `source_ip` sends each client IP to one host of a RING_HASH or MAGLEV
+/// cluster, the same host as Envoy picks; a fixed `key` sends every session to one host. Runs
+/// Legate and Envoy side by side.
+#[test]
+fn hash_policies_pick_the_hosts_envoy_picks() {
+    let hosts: Vec<(SocketAddr, u32, u32)> = [&b"u0"[..], b"u1", b"u2", b"u3"]
+        .into_iter()
+        .zip([1, 2, 3, 4])
+        .map(|(tag, weight)| (tagged_echo(tag), weight, 0))
+        .collect();
+    for (lb, policy) in [
+        ("RING_HASH", "{source_ip: true}"),
+        ("MAGLEV", "{source_ip: true}"),
+        ("MAGLEV", "{key: fixed}"),
+    ] {
+        let yaml = bootstrap(
+            "{}",
+            &format!(
+                "        hash_policies: [{policy}]\n{}",
+                matcher_route("udp_up")
+            ),
+            &e2e::cluster_hosts("udp_up", &hosts, &format!("    lb_policy: {lb}")),
+        );
+        let legate = Legate::start(&yaml);
+        let ours = host_by_source(legate.addr("udp_in"));
+        drop(legate);
+        let distinct: BTreeSet<&str> = ours.iter().map(|(_, h)| h.as_str()).collect();
+        assert!(!distinct.contains(""), "{lb} {policy}: {ours:?}");
+        if policy.contains("key") {
+            assert_eq!(distinct.len(), 1, "{lb} {policy}: {ours:?}");
+        } else {
+            assert!(distinct.len() >= 3, "{lb} {policy}: {ours:?}");
+        }
+        if !e2e::envoy_binary().exists() {
+            assert!(
+                std::env::var("LEGATE_REQUIRE_ENVOY").as_deref() != Ok("1"),
+                "Envoy is required (LEGATE_REQUIRE_ENVOY=1) but is not installed"
+            );
+            eprintln!("skipping the comparison with Envoy: not installed");
+            continue;
+        }
+        let envoy = Legate::start_envoy(&yaml);
+        let theirs = host_by_source(envoy.addr("udp_in"));
+        assert_eq!(ours, theirs, "{lb} {policy}: Legate left, Envoy right");
+    }
 }

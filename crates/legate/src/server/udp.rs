@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use legate_http::conn_manager::ProxyContext;
-use legate_net::udp_proxy::{NoUpstream, UdpClusterStats, UdpUpstreams};
+use legate_net::udp_proxy::{NoUpstream, UdpClusterStats, UdpHashPolicy, UdpUpstreams};
+use legate_upstream::hashing::xxhash64;
+use legate_upstream::original_dst::LbContext;
 
 /// The clusters of the proxy context, as the UDP proxy asks for them.
 pub struct ClusterUpstreams(pub Arc<ProxyContext>);
@@ -26,13 +28,26 @@ impl UdpUpstreams for ClusterUpstreams {
     fn session_host(
         &self,
         cluster: &str,
-        _downstream: SocketAddr,
+        downstream: SocketAddr,
+        hash: Option<&UdpHashPolicy>,
     ) -> Result<(SocketAddr, Arc<UdpClusterStats>), NoUpstream> {
         // The cluster in force when the session opens (CDS may add or replace it later).
         let Some(c) = self.0.clusters.get(cluster) else {
             return Err(NoUpstream::NoCluster);
         };
-        let Some(host) = c.choose_host(fastrand::u64(..)) else {
+        // Envoy computes the key only for a balancer that hashes: the client's IP as text, or
+        // the fixed key, through xxHash64 (udp_proxy's `HashPolicyImpl`).
+        let key = hash.filter(|_| c.uses_hash()).map(|h| match h {
+            UdpHashPolicy::SourceIp => xxhash64(downstream.ip().to_string().as_bytes()),
+            UdpHashPolicy::Key(k) => xxhash64(k.as_bytes()),
+        });
+        // No original destination is restored for UDP: an ORIGINAL_DST cluster finds no host.
+        let context = LbContext {
+            restored_local: None,
+            headers: None,
+        };
+        let Some(host) = c.choose_host_for(key.unwrap_or_else(|| fastrand::u64(..)), &context)
+        else {
             c.stats.scope.counter("upstream_cx_none_healthy").inc();
             return Err(NoUpstream::NoHost);
         };
