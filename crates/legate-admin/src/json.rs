@@ -129,11 +129,11 @@ fn protobuf_escapes<W: ?Sized + io::Write>(w: &mut W, fragment: &str) -> io::Res
             '\u{2029}' => "\\u2029",
             _ => continue,
         };
-        w.write_all(fragment[start..i].as_bytes())?;
+        w.write_all(&fragment.as_bytes()[start..i])?;
         w.write_all(escaped.as_bytes())?;
         start = i + c.len_utf8();
     }
-    w.write_all(fragment[start..].as_bytes())
+    w.write_all(&fragment.as_bytes()[start..])
 }
 
 /// Builds a [`Json::Object`] field by field, in order.

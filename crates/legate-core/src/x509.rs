@@ -555,7 +555,7 @@ fn push_value(out: &mut String, value: &Any<'_>) {
         | Tag::GraphicString
         | Tag::VideotexString => data.iter().map(|&b| b as char).collect(),
         Tag::BmpString => {
-            if data.len() % 2 != 0 {
+            if !data.len().is_multiple_of(2) {
                 return push_der_dump(out, value);
             }
             data.chunks(2)
@@ -563,7 +563,7 @@ fn push_value(out: &mut String, value: &Any<'_>) {
                 .collect()
         }
         Tag::UniversalString => {
-            if data.len() % 4 != 0 {
+            if !data.len().is_multiple_of(4) {
                 return push_der_dump(out, value);
             }
             data.chunks(4)
@@ -588,7 +588,8 @@ fn push_value(out: &mut String, value: &Any<'_>) {
 }
 
 fn escape_byte(out: &mut String, b: u8, first: bool, last: bool) {
-    if b > 0x7f || b < 0x20 || b == 0x7f {
+    // Bytes above 0x7F (`ASN1_STRFLGS_ESC_MSB`) and control characters (`ESC_CTRL`).
+    if !(0x20..0x7f).contains(&b) {
         out.push_str(&format!("\\{b:02X}"));
     } else if matches!(b, b'\\' | b'"' | b',' | b'+' | b'<' | b'>' | b';')
         || (first && (b == b' ' || b == b'#'))
