@@ -40,6 +40,7 @@
 //! port to one socket, so a client's datagrams reach the worker that holds its session.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -501,16 +502,16 @@ impl UdpProxy {
                 self.datagrams_dropped.inc();
                 continue;
             }
-            if !sessions.contains_key(&peer) {
-                let Some(session) = self.open(peer, local, &sender, start, next_id) else {
-                    continue;
-                };
-                next_id += 1;
-                timers.push(Reverse((Instant::now() + idle, peer, session.id)));
-                sessions.insert(peer, session);
-            }
-            let Some(session) = sessions.get_mut(&peer) else {
-                continue;
+            let session = match sessions.entry(peer) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => {
+                    let Some(session) = self.open(peer, local, &sender, start, next_id) else {
+                        continue;
+                    };
+                    next_id += 1;
+                    timers.push(Reverse((Instant::now() + idle, peer, session.id)));
+                    v.insert(session)
+                }
             };
             session.rx_bytes += len as u64;
             session
