@@ -63,6 +63,7 @@ use legate_core::stats::{Counter, Gauge, ImportMode, Scope};
 use legate_core::stream_info::{Protocol, StreamInfo};
 use legate_core::{Compiled, ConfigError, Errors};
 use prost::Message;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -558,7 +559,7 @@ impl UdpProxy {
             }
             Err(NoUpstream::NoHost) => return None,
         };
-        let (upstream, sender) = match connect(host) {
+        let (upstream, sender, receiver) = match connect(host) {
             Ok(pair) => pair,
             Err(e) => {
                 cluster.sess_tx_errors.inc();
@@ -584,6 +585,7 @@ impl UdpProxy {
         });
         let relay = tokio::spawn(relay_upstream(
             upstream,
+            receiver,
             downstream.clone(),
             peer,
             self.config.proxy.upstream,
@@ -666,6 +668,7 @@ struct StatsHandle {
 #[allow(clippy::too_many_arguments)]
 async fn relay_upstream(
     upstream: UdpSocket,
+    receiver: std::net::UdpSocket,
     downstream: Arc<std::net::UdpSocket>,
     peer: SocketAddr,
     receive: UdpReceive,
@@ -675,53 +678,53 @@ async fn relay_upstream(
     tx_bytes: Arc<AtomicU64>,
     start: Instant,
 ) {
+    // Woken by a datagram or by an error: an ICMP error (port unreachable) on the connected
+    // socket is reported by the next receive, which Envoy counts in `sess_rx_errors` (the
+    // session stays). `tokio`'s own `try_recv` would not run on error readiness alone, so the
+    // receive is a plain one on a duplicate of the socket; `async_io` waits again on
+    // `WouldBlock`.
+    let interest = Interest::READABLE | Interest::ERROR;
     loop {
-        if upstream.readable().await.is_err() {
-            return;
+        let received = upstream
+            .async_io(interest, || {
+                SESSION_BUFFER.with_borrow_mut(|buffer| {
+                    if buffer.len() < receive.buffer_len() {
+                        buffer.resize(receive.buffer_len(), 0);
+                    }
+                    let buffer = &mut buffer[..receive.buffer_len()];
+                    let len = receiver.recv(buffer)?;
+                    if receive.too_large(len) {
+                        cluster.sess_rx_datagrams_dropped.inc();
+                        return Ok(());
+                    }
+                    last_active.store(nanos_since(start), Ordering::Relaxed);
+                    cluster.sess_rx_datagrams.inc();
+                    cluster.upstream_cx_rx_bytes_total.add(len as u64);
+                    match downstream.send_to(&buffer[..len], peer) {
+                        Ok(_) => {
+                            stats.tx_datagrams.inc();
+                            stats.tx_bytes.add(len as u64);
+                            tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            stats.tx_errors.inc();
+                            tracing::debug!("udp_proxy session {peer}: send to the client: {e}");
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .await;
+        if let Err(e) = received {
+            cluster.sess_rx_errors.inc();
+            tracing::debug!("udp_proxy session {peer}: upstream receive: {e}");
         }
-        SESSION_BUFFER.with_borrow_mut(|buffer| {
-            if buffer.len() < receive.buffer_len() {
-                buffer.resize(receive.buffer_len(), 0);
-            }
-            let buffer = &mut buffer[..receive.buffer_len()];
-            loop {
-                let len = match upstream.try_recv(buffer) {
-                    Ok(len) => len,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    Err(e) => {
-                        // An ICMP error (port unreachable) on the connected socket; the
-                        // session stays, as in Envoy.
-                        cluster.sess_rx_errors.inc();
-                        tracing::debug!("udp_proxy session {peer}: upstream receive: {e}");
-                        continue;
-                    }
-                };
-                if receive.too_large(len) {
-                    cluster.sess_rx_datagrams_dropped.inc();
-                    continue;
-                }
-                last_active.store(nanos_since(start), Ordering::Relaxed);
-                cluster.sess_rx_datagrams.inc();
-                cluster.upstream_cx_rx_bytes_total.add(len as u64);
-                match downstream.send_to(&buffer[..len], peer) {
-                    Ok(_) => {
-                        stats.tx_datagrams.inc();
-                        stats.tx_bytes.add(len as u64);
-                        tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        stats.tx_errors.inc();
-                        tracing::debug!("udp_proxy session {peer}: send to the client: {e}");
-                    }
-                }
-            }
-        });
     }
 }
 
-/// A socket on an ephemeral port, connected to `host`: only `host`'s datagrams reach it. Two
-/// handles: one to receive with tokio, one to send.
-fn connect(host: SocketAddr) -> io::Result<(UdpSocket, std::net::UdpSocket)> {
+/// A socket on an ephemeral port, connected to `host`: only `host`'s datagrams reach it.
+/// Three handles: tokio's (readiness), one to send, one to receive.
+fn connect(host: SocketAddr) -> io::Result<(UdpSocket, std::net::UdpSocket, std::net::UdpSocket)> {
     let local: SocketAddr = if host.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -731,7 +734,8 @@ fn connect(host: SocketAddr) -> io::Result<(UdpSocket, std::net::UdpSocket)> {
     socket.connect(host)?;
     socket.set_nonblocking(true)?;
     let sender = socket.try_clone()?;
-    Ok((UdpSocket::from_std(socket)?, sender))
+    let receiver = socket.try_clone()?;
+    Ok((UdpSocket::from_std(socket)?, sender, receiver))
 }
 
 async fn sleep_until(at: Option<Instant>) {

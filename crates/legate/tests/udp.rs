@@ -615,3 +615,40 @@ fn hash_policies_pick_the_hosts_envoy_picks() {
         assert_eq!(ours, theirs, "{lb} {policy}: Legate left, Envoy right");
     }
 }
+
+/// A host with nothing listening answers with ICMP port unreachable: the session stays and
+/// the errors are counted as Envoy counts them.
+#[test]
+fn an_unreachable_host_counts_errors_and_keeps_the_session() {
+    let closed = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = start_proxy(&bootstrap(
+        "{}",
+        &matcher_route("udp_up"),
+        &cluster("udp_up", closed),
+    ));
+    let to = proxy.addr("udp_in");
+    let a = client();
+    a.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(round_trip(&a, to, b"anyone?"), None);
+    }
+    // Envoy 1.40's values: every datagram goes out, each ICMP error is read as a receive
+    // error, and the one session stays.
+    let expected: &[(&str, u64)] = &[
+        ("udp.svc.downstream_sess_total", 1),
+        ("udp.svc.downstream_sess_active", 1),
+        ("udp.svc.downstream_sess_rx_datagrams", 3),
+        ("udp.svc.downstream_sess_tx_datagrams", 0),
+        ("udp.svc.downstream_sess_tx_errors", 0),
+        ("cluster.udp_up.udp.sess_tx_datagrams", 3),
+        ("cluster.udp_up.udp.sess_tx_errors", 0),
+        ("cluster.udp_up.udp.sess_rx_errors", 3),
+    ];
+    for (name, want) in expected {
+        assert_eq!(settle(&proxy, name, *want), Some(*want), "{name}");
+    }
+}
