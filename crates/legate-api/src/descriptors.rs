@@ -8,7 +8,7 @@
 //! the whole API decodes to ~50 MB and 45 ms, the pruned pool to a third of both.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use prost::Message;
 use prost_reflect::DescriptorPool;
@@ -83,18 +83,54 @@ pub fn is_envoy_message(name: &str) -> bool {
     })
 }
 
-/// The process-wide pool, decoded on first use.
-pub fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let mut pool = DescriptorPool::decode(pruned_descriptors().as_slice())
-            .expect("the pruned descriptor set is complete");
-        for name in TYPED_STRUCT_TYPES {
-            pool.add_file_descriptor_proto(typed_struct_file(name))
-                .expect("TypedStruct descriptor is well formed");
+/// The process's pool while it is kept (see [`release`]).
+static POOL: Mutex<Option<DescriptorPool>> = Mutex::new(None);
+
+/// The process-wide pool (a cheap handle), decoded on first use and again after [`release`].
+pub fn pool() -> DescriptorPool {
+    POOL.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(decode_pool)
+        .clone()
+}
+
+/// Drops the process's handle on the pool: a server that reads no more configuration until
+/// it is told to (a reload, an admin dump) need not keep the ~16 MB of reflection data. What
+/// still holds a descriptor keeps the pool alive; the next [`pool`] decodes it again (~15 ms).
+pub fn release() {
+    POOL.lock().unwrap_or_else(|p| p.into_inner()).take();
+    release_embedded_pages();
+}
+
+/// The embedded descriptor set (3.4 MB, read whole to build the pool) stays resident in the
+/// process's image once read; its pages are dropped too. They are file-backed and read-only,
+/// so a later read faults them in again from the executable.
+fn release_embedded_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = ENVOY_DESCRIPTORS.as_ptr() as usize;
+        let end = start + ENVOY_DESCRIPTORS.len();
+        let (first, last) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+        if last > first {
+            // SAFETY: the range lies inside an immutable static of the executable's read-only
+            // image; MADV_DONTNEED on it only drops resident pages, which reads fault back in
+            // unchanged.
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED);
+            }
         }
-        pool
-    })
+    }
+}
+
+fn decode_pool() -> DescriptorPool {
+    let mut pool = DescriptorPool::decode(pruned_descriptors().as_slice())
+        .expect("the pruned descriptor set is complete");
+    for name in TYPED_STRUCT_TYPES {
+        pool.add_file_descriptor_proto(typed_struct_file(name))
+            .expect("TypedStruct descriptor is well formed");
+    }
+    pool
 }
 
 /// The encoded descriptor set, reduced to the files [`POOL_ROOTS`] need. Files are copied as

@@ -108,6 +108,16 @@ impl<K: Clone + PartialEq + Send + 'static> FileWatcher<K> {
         self.add(directory, None, key)
     }
 
+    /// Whether anything is watched.
+    pub fn is_watching(&self) -> bool {
+        !self
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_descriptor
+            .is_empty()
+    }
+
     fn add(&self, directory: &Path, name: Option<OsString>, key: K) -> io::Result<()> {
         let directory = std::fs::canonicalize(directory)?;
         let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());

@@ -129,6 +129,11 @@ impl Control {
     }
 
     /// A watched file changed.
+    /// Whether some xDS file is watched (and will be read again when it changes).
+    pub fn watches_files(&self) -> bool {
+        self.watcher.as_ref().is_some_and(|w| w.is_watching())
+    }
+
     pub fn changed(&mut self, what: Watched) {
         match what {
             Watched::Lds => self.load_lds(),

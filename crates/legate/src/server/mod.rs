@@ -173,6 +173,9 @@ pub fn run(
     let sinks = std::mem::take(&mut config.stats_sinks);
     let flush_interval = config.stats_flush_interval;
     control_runtime.block_on(async { control.start(config) })?;
+    if !control.watches_files() {
+        shed_startup_memory();
+    }
 
     let admin_listener = match admin_config.as_ref().and_then(|a| a.address) {
         Some(addr) => {
@@ -242,6 +245,9 @@ pub fn run(
                     Signal::Hangup => {
                         tracing::info!("caught SIGHUP: reloading the configuration");
                         control.reload();
+                        if !control.watches_files() {
+                            shed_startup_memory();
+                        }
                     }
                 },
                 changed = shutdown_rx.changed() => {
@@ -278,6 +284,18 @@ pub fn run(
 }
 
 /// The next file change, or never when nothing is watched.
+/// Once the configuration is in force and no xDS file will be read again, the reflection data
+/// that read it (~16 MB of descriptors) is released and the freed heap returned to the OS: the
+/// idle process keeps what serving needs. A reload or an admin dump decodes it again.
+fn shed_startup_memory() {
+    legate_api::descriptors::release();
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only gives free heap pages back to the OS; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 async fn next_change(changes: &mut Option<control::Changes>) -> Option<control::Watched> {
     match changes {
         Some(rx) => rx.recv().await,
