@@ -652,3 +652,36 @@ fn an_unreachable_host_counts_errors_and_keeps_the_session() {
         assert_eq!(settle(&proxy, name, *want), Some(*want), "{name}");
     }
 }
+
+/// Legate-only (SIGHUP reload is Legate's): a changed UDP listener takes over its sockets, so
+/// it keeps its port; the old version's sessions end and the client's next datagram opens a
+/// session on the new one.
+#[test]
+fn a_changed_udp_listener_keeps_its_port() {
+    if target_is_envoy() {
+        return;
+    }
+    let echo = UdpEcho::start();
+    let config = |idle: &str| {
+        bootstrap(
+            "{}",
+            &format!("        idle_timeout: {idle}\n{}", matcher_route("udp_up")),
+            &cluster("udp_up", echo.addr),
+        )
+    };
+    let proxy = Legate::start(&config("30s"));
+    let to = proxy.addr("udp_in");
+    let a = client();
+    assert_eq!(round_trip(&a, to, b"v1").as_deref(), Some(&b"v1"[..]));
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 1), Some(1));
+    std::fs::write(proxy.dir.join("config.yaml"), config("20s")).unwrap();
+    proxy.signal(1);
+    assert_eq!(
+        settle(&proxy, "listener_manager.listener_modified", 1),
+        Some(1)
+    );
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 0), Some(0));
+    assert_eq!(round_trip(&a, to, b"v2").as_deref(), Some(&b"v2"[..]));
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_total", 2), Some(2));
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 1), Some(1));
+}
