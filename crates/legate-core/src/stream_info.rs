@@ -194,6 +194,16 @@ pub struct StreamInfo {
     /// The downstream connection's TLS facts, when TLS was terminated on it
     /// (`%DOWNSTREAM_PEER_*%`, `%DOWNSTREAM_TLS_*%`).
     pub downstream_tls: Option<Arc<crate::x509::TlsInfo>>,
+    /// The ClientHello's fingerprints, when the tls_inspector computed them.
+    pub tls_fingerprints: Option<Arc<TlsFingerprints>>,
+}
+
+/// The JA3 and JA4 fingerprints of a connection's ClientHello (`%TLS_JA3_FINGERPRINT%`,
+/// `%TLS_JA4_FINGERPRINT%`), those the tls_inspector was asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFingerprints {
+    pub ja3: Option<String>,
+    pub ja4: Option<String>,
 }
 
 impl StreamInfo {
@@ -234,6 +244,7 @@ impl StreamInfo {
             local_reply_body: None,
             requested_server_name: None,
             downstream_tls: None,
+            tls_fingerprints: None,
         }
     }
 

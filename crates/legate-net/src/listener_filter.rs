@@ -137,15 +137,9 @@ fn compile_filter(f: &ListenerFilter) -> Compiled<ListenerFilterKind> {
                     format!("unable to decode TlsInspector: {e}"),
                 )]
             })?;
-            if c.enable_ja3_fingerprinting.is_some_and(|v| v.value)
-                || c.enable_ja4_fingerprinting.is_some_and(|v| v.value)
-            {
-                return err(
-                    "typed_config",
-                    "JA3/JA4 fingerprinting is not supported by Legate".into(),
-                );
-            }
             Ok(ListenerFilterKind::TlsInspector(TlsInspectorConfig {
+                ja3: c.enable_ja3_fingerprinting.is_some_and(|v| v.value),
+                ja4: c.enable_ja4_fingerprinting.is_some_and(|v| v.value),
                 max_client_hello_size: u32_or(
                     c.max_client_hello_size.as_ref(),
                     DEFAULT_MAX_CLIENT_HELLO_SIZE as u32,
@@ -199,6 +193,8 @@ pub struct Detected {
     /// `tls` when the tls_inspector found a ClientHello; `None` is `raw_buffer`.
     pub tls: bool,
     pub application_protocols: Vec<String>,
+    /// The ClientHello's JA3/JA4 fingerprints, when the tls_inspector is asked for them.
+    pub fingerprints: Option<std::sync::Arc<legate_core::stream_info::TlsFingerprints>>,
 }
 
 impl Detected {
@@ -374,6 +370,16 @@ impl ListenerFilters {
                                 s.alpn_not_found.inc();
                             } else {
                                 s.alpn_found.inc();
+                            }
+                            if config.ja3 || config.ja4 {
+                                let (ja3, ja4) = tls_inspector::fingerprints(
+                                    &buf[..hello.bytes.min(limit)],
+                                    config.ja3,
+                                    config.ja4,
+                                );
+                                detected.fingerprints = Some(std::sync::Arc::new(
+                                    legate_core::stream_info::TlsFingerprints { ja3, ja4 },
+                                ));
                             }
                             detected.tls = true;
                             detected.server_name = hello.server_name;

@@ -28,6 +28,9 @@ pub struct TlsInspectorConfig {
     pub max_client_hello_size: usize,
     /// `close_connection_on_client_hello_parsing_errors`.
     pub close_on_parse_error: bool,
+    /// `enable_ja3_fingerprinting`, `enable_ja4_fingerprinting`.
+    pub ja3: bool,
+    pub ja4: bool,
 }
 
 impl Default for TlsInspectorConfig {
@@ -35,6 +38,8 @@ impl Default for TlsInspectorConfig {
         TlsInspectorConfig {
             max_client_hello_size: DEFAULT_MAX_CLIENT_HELLO_SIZE,
             close_on_parse_error: false,
+            ja3: false,
+            ja4: false,
         }
     }
 }
@@ -78,6 +83,33 @@ pub enum Inspection {
 
 /// Inspects the first bytes of a connection.
 pub fn inspect(data: &[u8], max_hello: usize) -> Inspection {
+    match gather(data, max_hello) {
+        Ok((body, end)) => match parse_hello(&body) {
+            Some(mut hello) => {
+                hello.bytes = end;
+                Inspection::Tls(hello)
+            }
+            None => Inspection::NotTls { malformed: true },
+        },
+        Err(verdict) => verdict,
+    }
+}
+
+/// The JA3 and JA4 fingerprints of the ClientHello at the start of `data` (which
+/// [`inspect`] found complete), those asked for.
+pub fn fingerprints(data: &[u8], ja3: bool, ja4: bool) -> (Option<String>, Option<String>) {
+    let Ok((body, _)) = gather(data, usize::MAX) else {
+        return (None, None);
+    };
+    let Some(fields) = fingerprint::HelloFields::parse(&body) else {
+        return (None, None);
+    };
+    (ja3.then(|| fields.ja3()), ja4.then(|| fields.ja4()))
+}
+
+/// The ClientHello body (after its handshake header) from the handshake records at the start
+/// of `data`, and the bytes those records take; or the verdict when there is no complete one.
+fn gather(data: &[u8], max_hello: usize) -> Result<(std::borrow::Cow<'_, [u8]>, usize), Inspection> {
     // Gather the handshake bytes from consecutive handshake records. Most hellos fit in the
     // first record and are read in place; only a fragmented one is copied.
     let mut offset = 0;
@@ -85,15 +117,15 @@ pub fn inspect(data: &[u8], max_hello: usize) -> Inspection {
     let mut joined: Vec<u8> = Vec::new();
     loop {
         let Some(header) = data.get(offset..offset + RECORD_HEADER) else {
-            return Inspection::NeedMore;
+            return Err(Inspection::NeedMore);
         };
         let length = u16::from_be_bytes([header[3], header[4]]) as usize;
         // A record of another type, a major version other than 3 (SSLv2 hellos are not
         // accepted, as in BoringSSL), or an empty or oversized record: not a ClientHello.
         if header[0] != CONTENT_HANDSHAKE || header[1] != 3 || length == 0 || length > 1 << 14 {
-            return Inspection::NotTls {
+            return Err(Inspection::NotTls {
                 malformed: offset > 0,
-            };
+            });
         }
         let start = offset + RECORD_HEADER;
         let available = &data[start..data.len().min(start + length)];
@@ -113,26 +145,25 @@ pub fn inspect(data: &[u8], max_hello: usize) -> Inspection {
         };
         if handshake.len() >= 4 {
             if handshake[0] != HANDSHAKE_CLIENT_HELLO {
-                return Inspection::NotTls { malformed: false };
+                return Err(Inspection::NotTls { malformed: false });
             }
             let hello_len =
                 u32::from_be_bytes([0, handshake[1], handshake[2], handshake[3]]) as usize;
             if hello_len > max_hello {
-                return Inspection::TooLarge;
+                return Err(Inspection::TooLarge);
             }
             if handshake.len() >= 4 + hello_len {
                 let end = start + available.len();
-                return match parse_hello(&handshake[4..4 + hello_len]) {
-                    Some(mut hello) => {
-                        hello.bytes = end;
-                        Inspection::Tls(hello)
-                    }
-                    None => Inspection::NotTls { malformed: true },
+                let body = if joined.is_empty() {
+                    std::borrow::Cow::Borrowed(&first.unwrap_or_default()[4..4 + hello_len])
+                } else {
+                    std::borrow::Cow::Owned(joined[4..4 + hello_len].to_vec())
                 };
+                return Ok((body, end));
             }
         }
         if available.len() < length {
-            return Inspection::NeedMore;
+            return Err(Inspection::NeedMore);
         }
         offset = start + length;
     }
@@ -262,5 +293,6 @@ impl TlsInspectorStats {
     }
 }
 
+mod fingerprint;
 #[cfg(test)]
 mod tests;

@@ -114,6 +114,8 @@ pub(crate) enum Operator {
     /// Read once when the format is compiled, as Envoy does.
     Hostname(Option<String>),
     RequestedServerName,
+    TlsJa3Fingerprint,
+    TlsJa4Fingerprint,
     /// `%DOWNSTREAM_PEER_*%`, `%DOWNSTREAM_LOCAL_*%`, `%DOWNSTREAM_TLS_*%`.
     DownstreamTls(TlsField),
     /// `%DOWNSTREAM_PEER_CERT_V_START(FORMAT)%` (`end` false) and `..._V_END(FORMAT)%`.
@@ -333,6 +335,8 @@ pub(crate) fn parse(
         }
         "HOSTNAME" => (Syntax::CommandOnly, Operator::Hostname(hostname())),
         "REQUESTED_SERVER_NAME" => (Syntax::CommandOnly, Operator::RequestedServerName),
+        "TLS_JA3_FINGERPRINT" => (Syntax::CommandOnly, Operator::TlsJa3Fingerprint),
+        "TLS_JA4_FINGERPRINT" => (Syntax::CommandOnly, Operator::TlsJa4Fingerprint),
         "DOWNSTREAM_PEER_CERT_V_START" | "DOWNSTREAM_PEER_CERT_V_END" => {
             verify(Syntax::ParamsOptional, command, argument, max_length)?;
             return TimeFormat::parse(argument).map(|format| {
@@ -509,6 +513,12 @@ impl Operator {
             Operator::RequestedServerName => {
                 info.requested_server_name.as_deref().and_then(non_empty)
             }
+            Operator::TlsJa3Fingerprint => {
+                info.tls_fingerprints.as_ref()?.ja3.as_deref().and_then(non_empty)
+            }
+            Operator::TlsJa4Fingerprint => {
+                info.tls_fingerprints.as_ref()?.ja4.as_deref().and_then(non_empty)
+            }
             Operator::DownstreamTls(field) => {
                 let value = field.value(info.downstream_tls.as_deref()?);
                 (!value.is_empty()).then_some(Value::Str(value))
@@ -654,8 +664,6 @@ pub(crate) const ENVOY_ONLY_OPERATORS: &[&str] = &[
     "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
     "FILTER_CHAIN_NAME",
     "VIRTUAL_CLUSTER_NAME",
-    "TLS_JA3_FINGERPRINT",
-    "TLS_JA4_FINGERPRINT",
     "UNIQUE_ID",
     "STREAM_ID",
     "START_TIME_LOCAL",

@@ -107,6 +107,8 @@ pub struct Downstream {
     pub requested_server_name: Option<Arc<str>>,
     /// What the TLS handshake established (`%DOWNSTREAM_PEER_*%`, x-forwarded-client-cert).
     pub tls_info: Option<Arc<legate_core::x509::TlsInfo>>,
+    /// The ClientHello's JA3/JA4 fingerprints, if the tls_inspector computed them.
+    pub tls_fingerprints: Option<Arc<legate_core::stream_info::TlsFingerprints>>,
 }
 
 impl Downstream {
@@ -206,6 +208,7 @@ impl HttpConnectionManager {
         info.downstream_direct_remote_address = Some(conn.downstream.direct_peer);
         info.requested_server_name = conn.downstream.requested_server_name.clone();
         info.downstream_tls = conn.downstream.tls_info.clone();
+        info.tls_fingerprints = conn.downstream.tls_fingerprints.clone();
         info.protocol = match req.version() {
             Version::HTTP_10 => Protocol::Http10,
             Version::HTTP_2 => Protocol::Http2,

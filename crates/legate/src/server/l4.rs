@@ -198,6 +198,7 @@ impl TcpProxy {
             info.requested_server_name = Some(server_name.into());
         }
         info.downstream_tls = conn.tls_info.clone();
+        info.tls_fingerprints = conn.tls_fingerprints.clone();
         let restored_local = conn.local_restored.then_some(conn.local);
         self.proxy(downstream, restored_local, &mut info).await;
         info.duration = Some(info.elapsed());

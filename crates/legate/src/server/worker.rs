@@ -269,6 +269,7 @@ async fn accept_loop(
             tls: false,
             requested_server_name: None,
             tls_info: None,
+            tls_fingerprints: None,
         };
         let serving = serving.clone();
         let shared = shared.clone();
@@ -408,6 +409,7 @@ async fn serve_matched(
     if let Some((source, _)) = detected.proxied {
         downstream.peer = source;
     }
+    downstream.tls_fingerprints = detected.fingerprints.clone();
     if let Some(local) = detected.restored_local {
         downstream.local = local;
         downstream.local_restored = true;
