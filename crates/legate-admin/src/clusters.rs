@@ -79,7 +79,7 @@ pub fn render_text(clusters: &[std::sync::Arc<Cluster>], filter: Option<&Regex>)
         }
         let _ = writeln!(out, "{name}::added_via_api::{}", cluster.added_via_api);
         for host in &cluster.membership().hosts {
-            let address = host.address;
+            let address = host.shown();
             for (stat, value, _) in host_stats(host) {
                 let _ = writeln!(out, "{name}::{address}::{stat}::{value}");
             }
@@ -110,6 +110,19 @@ fn limit_fields(limits: &CircuitBreakerLimits) -> [(&'static str, u32); 4] {
         ("max_requests", limits.max_requests),
         ("max_retries", limits.max_retries),
     ]
+}
+
+/// A host's `envoy.config.core.v3.Address`: its socket address, or its `pipe`.
+fn host_address_json(host: &legate_upstream::host::Host) -> Json {
+    match &host.pipe {
+        Some(path) => Json::object()
+            .field(
+                "pipe",
+                Json::object().field("path", Json::str(&**path)).build(),
+            )
+            .build(),
+        None => address_json(host.address),
+    }
 }
 
 /// An `envoy.config.core.v3.Address` with a socket address.
@@ -202,7 +215,7 @@ fn host_json(host: &Host) -> Json {
         .field("eds_health_status", Json::str("HEALTHY"))
         .build();
     Json::object()
-        .field("address", address_json(host.address))
+        .field("address", host_address_json(host))
         .field("stats", Json::Array(metrics))
         .field("health_status", health)
         .field("weight", Json::num(host.weight))
@@ -239,13 +252,21 @@ pub fn load_assignment(cluster: &Cluster) -> ClusterLoadAssignment {
         let endpoint = LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
                 address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: host.address.ip().to_string(),
-                        port_specifier: Some(socket_address::PortSpecifier::PortValue(
-                            host.address.port() as u32,
-                        )),
-                        ..Default::default()
-                    })),
+                    address: Some(match &host.pipe {
+                        Some(path) => {
+                            address::Address::Pipe(legate_api::pb::envoy::config::core::v3::Pipe {
+                                path: path.to_string(),
+                                mode: 0,
+                            })
+                        }
+                        None => address::Address::SocketAddress(SocketAddress {
+                            address: host.address.ip().to_string(),
+                            port_specifier: Some(socket_address::PortSpecifier::PortValue(
+                                host.address.port() as u32,
+                            )),
+                            ..Default::default()
+                        }),
+                    }),
                 }),
                 ..Default::default()
             })),

@@ -9,7 +9,10 @@ use crate::state::ListenerInfo;
 pub fn render_text(listeners: &[ListenerInfo]) -> String {
     listeners
         .iter()
-        .map(|l| format!("{}::{}\n", l.name, l.address))
+        .map(|l| match &l.pipe {
+            Some(path) => format!("{}::{path}\n", l.name),
+            None => format!("{}::{}\n", l.name, l.address),
+        })
         .collect()
 }
 
@@ -19,7 +22,19 @@ pub fn render_json(listeners: &[ListenerInfo]) -> String {
         .map(|l| {
             Json::object()
                 .field("name", Json::str(&l.name))
-                .field("local_address", address_json(l.address))
+                .field(
+                    "local_address",
+                    match &l.pipe {
+                        // Envoy's `envoy.config.core.v3.Address` with its `pipe` set.
+                        Some(path) => Json::object()
+                            .field(
+                                "pipe",
+                                Json::object().field("path", Json::str(path)).build(),
+                            )
+                            .build(),
+                        None => address_json(l.address),
+                    },
+                )
                 .build()
         })
         .collect();

@@ -35,6 +35,8 @@ pub struct AdminState {
 pub struct ListenerInfo {
     pub name: String,
     pub address: SocketAddr,
+    /// A unix domain socket listener's path, shown in place of `address`.
+    pub pipe: Option<String>,
 }
 
 /// The facts of `/server_info` that do not change while the process runs.

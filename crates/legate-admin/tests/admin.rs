@@ -176,6 +176,7 @@ fn state(control: Arc<Control>) -> AdminState {
         listeners: Arc::new(Mutex::new(vec![ListenerInfo {
             name: "web".into(),
             address: "127.0.0.1:39929".parse().unwrap(),
+            pipe: None,
         }])),
         server_info: ServerInfo {
             version: "legate/0.1.0".into(),

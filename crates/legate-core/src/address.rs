@@ -12,6 +12,55 @@ pub fn stat_name(addr: &SocketAddr) -> String {
     addr.to_string().replace(':', "_")
 }
 
+/// A unix domain socket address (`pipe`): a file path, or, when the path starts with '@', a
+/// name in Linux's abstract namespace (Envoy's convention: the '@' stands for the leading NUL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pipe {
+    /// As configured, '@' included: how Envoy prints the address (logs, stats, `/listeners`).
+    pub path: String,
+    /// `mode`: the permissions set on the socket file after binding (0: left to the umask).
+    pub mode: u32,
+}
+
+impl Pipe {
+    pub fn is_abstract(&self) -> bool {
+        self.path.starts_with('@')
+    }
+
+    /// The socket address to bind or connect to.
+    pub fn socket_addr(&self) -> std::io::Result<std::os::unix::net::SocketAddr> {
+        match self.path.strip_prefix('@') {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            }
+            None => std::os::unix::net::SocketAddr::from_pathname(&self.path),
+        }
+    }
+}
+
+/// The unix domain socket of `address`, if it is a `pipe`; `None` for other kinds.
+pub fn pipe(address: &Address) -> Option<Compiled<Pipe>> {
+    let Some(address::Address::Pipe(p)) = &address.address else {
+        return None;
+    };
+    let err = |path: &str, msg: &str| Some(Err(vec![ConfigError::new(path, msg)]));
+    if p.path.is_empty() {
+        return err("pipe.path", "value length must be at least 1 characters");
+    }
+    if p.mode > 0o777 {
+        return err("pipe.mode", "value must be less than or equal to 511");
+    }
+    if p.path.starts_with('@') && p.mode != 0 {
+        // Envoy's words: an abstract socket has no file to set the mode of.
+        return err("pipe.mode", "Cannot set mode for Abstract AF_UNIX sockets");
+    }
+    Some(Ok(Pipe {
+        path: p.path.clone(),
+        mode: p.mode,
+    }))
+}
+
 /// Reads a TCP socket address with a literal IP, as listeners and STATIC endpoints require.
 /// Envoy refuses host names here (`malformed IP address`), named ports and resolvers.
 pub fn socket_addr(address: &Address) -> Compiled<SocketAddr> {
@@ -34,7 +83,7 @@ fn socket_addr_of(address: &Address, udp_allowed: bool) -> Compiled<(SocketAddr,
         address::Address::Pipe(_) => {
             return err(
                 "pipe",
-                "unix domain socket addresses are not supported by Legate yet".into(),
+                "unix domain socket addresses are not supported by Legate here".into(),
             );
         }
         address::Address::EnvoyInternalAddress(_) => {

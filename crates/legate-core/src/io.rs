@@ -1,19 +1,20 @@
-//! A connection that is plain TCP or TLS over TCP, for code that handles both (tcp_proxy,
-//! upstream pools): one `AsyncRead`/`AsyncWrite` that forwards to whichever it holds,
-//! vectored writes included.
+//! A connection that is plain TCP, TLS over TCP or a unix domain socket, for code that handles
+//! all (tcp_proxy, upstream pools): one `AsyncRead`/`AsyncWrite` that forwards to whichever it
+//! holds, vectored writes included.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
-/// Plain TCP, or a TLS stream (`T`) over TCP. The TLS stream is boxed: it is large, and most
-/// connections are plain.
+/// Plain TCP, a TLS stream (`T`) over TCP, or a unix domain socket (`pipe` addresses). The
+/// TLS stream is boxed: it is large, and most connections are plain.
 pub enum MaybeTls<T> {
     Plain(TcpStream),
     Tls(Box<T>),
+    Unix(UnixStream),
 }
 
 /// A TLS stream over TCP that can give back its socket.
@@ -34,11 +35,12 @@ impl OverTcp for tokio_rustls::server::TlsStream<TcpStream> {
 }
 
 impl<T: OverTcp> MaybeTls<T> {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP socket underneath; none for a unix domain socket.
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            MaybeTls::Plain(s) => s,
-            MaybeTls::Tls(s) => s.tcp(),
+            MaybeTls::Plain(s) => Some(s),
+            MaybeTls::Tls(s) => Some(s.tcp()),
+            MaybeTls::Unix(_) => None,
         }
     }
 }
@@ -52,6 +54,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -65,6 +68,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -72,6 +76,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -79,6 +84,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 
@@ -90,6 +96,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            MaybeTls::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -97,6 +104,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         match self {
             MaybeTls::Plain(s) => s.is_write_vectored(),
             MaybeTls::Tls(s) => s.is_write_vectored(),
+            MaybeTls::Unix(s) => s.is_write_vectored(),
         }
     }
 }

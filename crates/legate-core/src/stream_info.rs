@@ -151,6 +151,11 @@ pub struct StreamInfo {
     /// The downstream peer of the TCP connection.
     pub downstream_direct_remote_address: Option<SocketAddr>,
     pub downstream_local_address: Option<SocketAddr>,
+    /// The listener's path when the connection came over a unix domain socket (`pipe`): Envoy
+    /// gives such a connection the listener's address as both its local and remote address,
+    /// and the three downstream addresses above stay unset (unless `x-forwarded-for` gave the
+    /// remote one).
+    pub downstream_pipe: Option<Arc<str>>,
     /// Envoy's connection id (`%CONNECTION_ID%`).
     pub connection_id: u64,
     /// The request as received (before route rewrites), headers without pseudo-headers.
@@ -171,6 +176,9 @@ pub struct StreamInfo {
     pub upstream_cluster: Option<Arc<str>>,
     pub upstream_host: Option<SocketAddr>,
     pub upstream_local_address: Option<SocketAddr>,
+    /// The upstream host's path when it is a unix domain socket (`upstream_host` then unset):
+    /// `%UPSTREAM_HOST%` prints it; `%UPSTREAM_LOCAL_ADDRESS%` stays `-`, as in Envoy.
+    pub upstream_pipe: Option<Arc<str>>,
     pub upstream_transport_failure_reason: Option<String>,
     /// Offsets from `start`, for `%REQUEST_DURATION%`, `%RESPONSE_DURATION%`,
     /// `%RESPONSE_TX_DURATION%` and `%DURATION%`.
@@ -215,6 +223,7 @@ impl StreamInfo {
             downstream_remote_address: None,
             downstream_direct_remote_address: None,
             downstream_local_address: None,
+            downstream_pipe: None,
             connection_id,
             request: RequestLine::default(),
             request_headers: HeaderMap::new(),
@@ -230,6 +239,7 @@ impl StreamInfo {
             upstream_cluster: None,
             upstream_host: None,
             upstream_local_address: None,
+            upstream_pipe: None,
             upstream_transport_failure_reason: None,
             last_downstream_rx_byte: None,
             first_upstream_tx_byte: None,

@@ -261,7 +261,11 @@ pub(crate) async fn forward(
         )
         .into();
     };
-    info.upstream_host = Some(host.address);
+    if host.pipe.is_some() {
+        info.upstream_pipe = host.pipe.clone();
+    } else {
+        info.upstream_host = Some(host.address);
+    }
     let Some(rq_guard) = cluster.breakers.requests.try_acquire() else {
         cluster.stats.upstream_rq_active_overflow.inc();
         return reset_reply(&UpstreamError::Overflow).into();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use legate_api::pb::envoy::config::listener::v3::{Filter, FilterChainMatch, Listener};
-use legate_core::address::{listener_socket_addr, stat_name};
+use legate_core::address::{Pipe, listener_socket_addr, pipe, stat_name};
 use legate_core::proto::{duration_or, u32_or};
 use legate_core::{Compiled, ConfigError, Errors};
 
@@ -22,8 +22,13 @@ pub const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
 #[derive(Debug)]
 pub struct ListenerConfig<F> {
     pub name: String,
+    /// The TCP/UDP address; for a `pipe` listener, the unspecified address with port 0, which
+    /// nothing binds (`pipe` says where it listens).
     pub address: SocketAddr,
-    /// `stat_prefix`, or the address in Envoy's stat form (`127.0.0.1_10000`).
+    /// `address.pipe`: a listener on a unix domain socket.
+    pub pipe: Option<Pipe>,
+    /// `stat_prefix`, or the address in Envoy's stat form (`127.0.0.1_10000`; a pipe's path
+    /// verbatim).
     pub stat_prefix: String,
     /// `filter_chains`, then `default_filter_chain` if set.
     pub filter_chains: Vec<FilterChain<F>>,
@@ -68,7 +73,17 @@ impl<F> ListenerConfig<F> {
     /// Compiles a listener; `filter` compiles one network filter of a chain.
     pub fn compile(l: &Listener, mut filter: impl FnMut(&Filter) -> Compiled<F>) -> Compiled<Self> {
         let mut errors = Errors::default();
+        let pipe = l
+            .address
+            .as_ref()
+            .and_then(pipe)
+            .map(|p| errors.take("address", p));
         let (address, is_udp) = match &l.address {
+            // A unix domain socket: no IP address (see `ListenerConfig::address`).
+            Some(_) if pipe.is_some() => (
+                Some(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)),
+                false,
+            ),
             Some(a) => errors
                 .take("address", listener_socket_addr(a))
                 .map_or((None, false), |(a, udp)| (Some(a), udp)),
@@ -126,6 +141,12 @@ impl<F> ListenerConfig<F> {
                 .as_ref()
                 .is_none_or(|m| *m == FilterChainMatch::default()))
         .then_some(0);
+        if pipe.is_some() && !l.listener_filters.is_empty() {
+            errors.push(
+                "listener_filters",
+                "listener filters on a unix domain socket (pipe) listener are not supported by Legate",
+            );
+        }
         let listener_filters = if is_udp {
             Some(ListenerFilters::default())
         } else {
@@ -148,6 +169,15 @@ impl<F> ListenerConfig<F> {
                     filters.push(f);
                 }
             }
+            if pipe.is_some() {
+                pipe_chain_errors(chain, &path, &mut errors);
+            }
+            if pipe.is_some() && chain.transport_socket.is_some() {
+                errors.push(
+                    &format!("{path}.transport_socket"),
+                    "TLS on a unix domain socket (pipe) listener is not supported by Legate",
+                );
+            }
             let tls = chain.transport_socket.as_ref().and_then(|ts| {
                 errors.take(
                     &format!("{path}.transport_socket"),
@@ -168,6 +198,11 @@ impl<F> ListenerConfig<F> {
         let Some(address) = address else {
             return Err(errors.0);
         };
+        let pipe = pipe.flatten();
+        // Envoy names a pipe listener, and its stats, by the path as written.
+        let shown = pipe
+            .as_ref()
+            .map_or_else(|| address.to_string(), |p| p.path.clone());
         let ipv4_compat = matches!(
             l.address.as_ref().and_then(|a| a.address.as_ref()),
             Some(legate_api::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) if sa.ipv4_compat
@@ -177,16 +212,19 @@ impl<F> ListenerConfig<F> {
             udp,
             use_original_dst: l.use_original_dst.is_some_and(|v| v.value),
             name: if l.name.is_empty() {
-                address.to_string()
+                shown
             } else {
                 l.name.clone()
             },
             address,
-            stat_prefix: if l.stat_prefix.is_empty() {
-                stat_name(&address)
-            } else {
+            stat_prefix: if !l.stat_prefix.is_empty() {
                 l.stat_prefix.clone()
+            } else if let Some(p) = &pipe {
+                p.path.clone()
+            } else {
+                stat_name(&address)
             },
+            pipe,
             default_filter_chain: l
                 .default_filter_chain
                 .as_ref()
@@ -200,6 +238,49 @@ impl<F> ListenerConfig<F> {
                 DEFAULT_BUFFER_LIMIT,
             ),
         })
+    }
+}
+
+/// What a chain of a unix domain socket (`pipe`) listener may not ask for in Legate: its
+/// connections have no IP address or port, so chain matching on them and the network RBAC
+/// filter (whose rules are about addresses) are refused rather than decided on a stand-in.
+fn pipe_chain_errors(
+    chain: &legate_api::pb::envoy::config::listener::v3::FilterChain,
+    path: &str,
+    errors: &mut Errors,
+) {
+    if let Some(m) = &chain.filter_chain_match {
+        for (field, set) in [
+            ("destination_port", m.destination_port.is_some()),
+            ("prefix_ranges", !m.prefix_ranges.is_empty()),
+            ("source_type", m.source_type != 0),
+            ("source_prefix_ranges", !m.source_prefix_ranges.is_empty()),
+            (
+                "direct_source_prefix_ranges",
+                !m.direct_source_prefix_ranges.is_empty(),
+            ),
+            ("source_ports", !m.source_ports.is_empty()),
+        ] {
+            if set {
+                errors.push(
+                    &format!("{path}.filter_chain_match.{field}"),
+                    "matching on addresses or ports on a unix domain socket (pipe) listener is not supported by Legate",
+                );
+            }
+        }
+    }
+    for (j, f) in chain.filters.iter().enumerate() {
+        if let Some(legate_api::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
+            any,
+        )) = &f.config_type
+            && legate_api::any::type_name(&any.type_url)
+                == "envoy.extensions.filters.network.rbac.v3.RBAC"
+        {
+            errors.push(
+                &format!("{path}.filters[{j}]"),
+                "the network RBAC filter on a unix domain socket (pipe) listener is not supported by Legate",
+            );
+        }
     }
 }
 

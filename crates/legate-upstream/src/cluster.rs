@@ -11,7 +11,7 @@ use legate_api::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endp
 use legate_api::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
-use legate_core::address::socket_addr;
+use legate_core::address::{pipe, socket_addr};
 use legate_core::config_source::FileSource;
 use legate_core::proto::{duration_or, u32_or};
 use legate_core::{Compiled, ConfigError, Errors};
@@ -62,7 +62,11 @@ impl Default for CircuitBreakerLimits {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
+    /// For a unix domain socket endpoint, the unspecified address with port 0 (`pipe` says
+    /// where it is).
     pub address: SocketAddr,
+    /// `address.pipe`: the path of a unix domain socket ('@' first: abstract namespace).
+    pub pipe: Option<std::sync::Arc<str>>,
     /// `load_balancing_weight`, default 1.
     pub weight: u32,
 }
@@ -271,6 +275,14 @@ impl ClusterConfig {
                     .map(|t| std::sync::Arc::new(t.with_auto_name(upstream_http.as_ref()))),
             )
         });
+        if tls.is_some()
+            && let Some(path) = c.load_assignment.as_ref().and_then(first_pipe)
+        {
+            errors.push(
+                &path,
+                "TLS to a unix domain socket (pipe) endpoint is not supported by Legate",
+            );
+        }
         if eds.is_some() && c.load_assignment.is_some() {
             errors.push(
                 "load_assignment",
@@ -534,11 +546,20 @@ pub fn compile_endpoints(la: &ClusterLoadAssignment) -> Compiled<Vec<Vec<Localit
                 );
                 continue;
             };
-            if let Some(address) =
-                errors.take(&format!("{path}.endpoint.address"), socket_addr(address))
-            {
+            let path = format!("{path}.endpoint.address");
+            let endpoint = match pipe(address) {
+                Some(p) => errors.take(&path, p).map(|p| {
+                    (
+                        SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+                        Some(std::sync::Arc::from(p.path)),
+                    )
+                }),
+                None => errors.take(&path, socket_addr(address)).map(|a| (a, None)),
+            };
+            if let Some((address, pipe)) = endpoint {
                 endpoints.push(Endpoint {
                     address,
+                    pipe,
                     weight: u32_or(lb.load_balancing_weight.as_ref(), 1),
                 });
             }
@@ -557,6 +578,33 @@ pub fn compile_endpoints(la: &ClusterLoadAssignment) -> Compiled<Vec<Vec<Localit
         });
     }
     errors.finish(|| priorities)
+}
+
+/// The path (from `load_assignment`) of the first endpoint on a unix domain socket, if any.
+fn first_pipe(la: &ClusterLoadAssignment) -> Option<String> {
+    la.endpoints.iter().enumerate().find_map(|(i, locality)| {
+        locality
+            .lb_endpoints
+            .iter()
+            .enumerate()
+            .find_map(|(j, lb)| match &lb.host_identifier {
+                Some(lb_endpoint::HostIdentifier::Endpoint(e))
+                    if e.address.as_ref().is_some_and(|a| {
+                        matches!(
+                            a.address,
+                            Some(
+                                legate_api::pb::envoy::config::core::v3::address::Address::Pipe(_)
+                            )
+                        )
+                    }) =>
+                {
+                    Some(format!(
+                        "load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address.pipe"
+                    ))
+                }
+                _ => None,
+            })
+    })
 }
 
 /// Fails if two clusters share a name, as Envoy's cluster manager does.

@@ -152,7 +152,7 @@ impl HashTable {
             return None;
         }
         let weights = normalized_weights(hosts);
-        let keys: Vec<String> = hosts.iter().map(|h| h.address.to_string()).collect();
+        let keys: Vec<String> = hosts.iter().map(|h| h.shown()).collect();
         match policy {
             crate::LbPolicy::RingHash(c) => {
                 let (ring, stats) = build_ring(&keys, &weights, &c);

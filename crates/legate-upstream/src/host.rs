@@ -2,6 +2,7 @@
 //! `/clusters` and (later) health checking read and write from every worker.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::pool::HostPool;
@@ -9,7 +10,10 @@ use crate::pool::HostPool;
 /// One endpoint of a cluster, shared by all workers.
 #[derive(Debug)]
 pub struct Host {
+    /// The unspecified address with port 0 for a unix domain socket host (see `pipe`).
     pub address: SocketAddr,
+    /// The path of a unix domain socket host (`address.pipe`; '@' first: abstract namespace).
+    pub pipe: Option<Arc<str>>,
     /// `load_balancing_weight` (1 by default).
     pub weight: u32,
     pub priority: u32,
@@ -43,6 +47,7 @@ impl Host {
     ) -> Self {
         Host {
             address,
+            pipe: None,
             weight: weight.max(1),
             priority,
             locality,
@@ -56,6 +61,21 @@ impl Host {
             cx_connect_fail: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             pools: (0..workers.max(1)).map(|_| HostPool::default()).collect(),
+        }
+    }
+
+    /// A host on a unix domain socket at `pipe` (a path).
+    pub fn with_pipe(mut self, pipe: Option<Arc<str>>) -> Self {
+        self.pipe = pipe;
+        self
+    }
+
+    /// The address as Envoy prints it (`/clusters`, `%UPSTREAM_HOST%`, hash keys): the pipe's
+    /// path, or `ip:port`.
+    pub fn shown(&self) -> String {
+        match &self.pipe {
+            Some(path) => path.to_string(),
+            None => self.address.to_string(),
         }
     }
 

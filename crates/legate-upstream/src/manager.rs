@@ -182,18 +182,21 @@ fn build_membership(
         for locality in localities {
             for e in &locality.endpoints {
                 let priority = priority as u32;
-                let kept = previous
-                    .iter()
-                    .find(|h| h.is(e.address, e.weight, priority, &locality.locality));
+                let kept = previous.iter().find(|h| {
+                    h.is(e.address, e.weight, priority, &locality.locality) && h.pipe == e.pipe
+                });
                 hosts.push(match kept {
                     Some(h) => h.clone(),
-                    None => Arc::new(Host::new(
-                        e.address,
-                        e.weight,
-                        priority,
-                        locality.locality.clone(),
-                        workers,
-                    )),
+                    None => Arc::new(
+                        Host::new(
+                            e.address,
+                            e.weight,
+                            priority,
+                            locality.locality.clone(),
+                            workers,
+                        )
+                        .with_pipe(e.pipe.clone()),
+                    ),
                 });
             }
         }

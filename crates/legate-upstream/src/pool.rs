@@ -285,6 +285,17 @@ async fn connect_named(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     let result = tokio::time::timeout(cluster.config.connect_timeout, async {
+        if let Some(path) = &host.pipe {
+            // A unix domain socket host (plain only: a static cluster with TLS and a pipe
+            // endpoint is refused; one from EDS fails here).
+            if cluster.config.tls.is_some() {
+                return Err("TLS to a unix domain socket is not supported".to_owned());
+            }
+            let unix = connect_unix(path)
+                .await
+                .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
+            return Ok(UpstreamStream::Unix(unix));
+        }
         let tcp = TcpStream::connect(host.address)
             .await
             .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
@@ -336,6 +347,20 @@ async fn connect_named(
             Ok((stream, guard))
         }
     }
+}
+
+/// Connects to a unix domain socket: a path, or ('@' first) a name in the abstract namespace.
+async fn connect_unix(path: &str) -> std::io::Result<tokio::net::UnixStream> {
+    let pipe = legate_core::address::Pipe {
+        path: path.to_owned(),
+        mode: 0,
+    };
+    let addr = pipe.socket_addr()?;
+    // Tokio connects by path only: an abstract name is connected on a blocking-free std
+    // socket (a local connect completes at once or fails) and handed over.
+    let std = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+    std.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(std)
 }
 
 /// An I/O error as the OS names it, without Rust's "(os error N)" suffix.

@@ -73,7 +73,8 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
         ),
         (CORE, "Node", &["id", "cluster", "metadata", "locality"]),
         (CORE, "Locality", &["region", "zone", "sub_zone"]),
-        (CORE, "Address", &["socket_address"]),
+        (CORE, "Address", &["socket_address", "pipe"]),
+        (CORE, "Pipe", &["path", "mode"]),
         (
             CORE,
             "SocketAddress",
@@ -1037,6 +1038,7 @@ const NOTES: &str = "
 | UDP listeners | Legate serves them with one `envoy.filters.udp_listener.udp_proxy` listener filter and no filter chains (QUIC is not supported). |
 | `ssl.sigalgs.*` stats | Not counted (rustls does not report the negotiated signature scheme). |
 | `RBAC.enforcement_type` (network filter) | Both values accepted: the rules (addresses, SNI) cannot change during a connection, so Legate decides once, when the connection is set up (after the TLS handshake, if any); Envoy decides at the first byte, so a denied client that sends nothing is closed at once by Legate and only when it sends by Envoy. |
+| `Address.pipe` (unix domain sockets) | Listeners serve the HTTP connection manager, tcp_proxy, echo and direct_response on a pipe; listener filters, TLS termination, chain matching on addresses or ports and the network RBAC filter on a pipe listener are refused with their paths (`listener_filters`, `filter_chains[i].transport_socket`, `filter_chains[i].filter_chain_match.source_prefix_ranges`, ...). Cluster endpoints may be pipes for HTTP/1.1, HTTP/2 and tcp_proxy, in plain text only: a STATIC cluster with a `transport_socket` and a pipe endpoint is refused (`load_assignment...endpoint.address.pipe`), and an EDS one fails to connect; a UDP proxy finds no host on a pipe. `mode` is refused for an abstract ('@') path, as Envoy does. Pipes elsewhere (admin, stats sinks) are refused with their path. |
 | Content-Length together with Transfer-Encoding | Envoy answers 400; Legate follows RFC 9112 §6.3 (the chunked framing alone counts, the connection closes after the response). |
 ";
 

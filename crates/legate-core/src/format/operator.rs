@@ -428,6 +428,23 @@ fn address(addr: Option<SocketAddr>, part: AddressPart) -> Option<Value<'static>
     })
 }
 
+/// An address, which is a path on a unix domain socket (the listener's for the downstream
+/// addresses, the host's upstream): Envoy prints the path for the address and for the
+/// address without port, and an empty port.
+fn address_or_pipe<'a>(
+    addr: Option<SocketAddr>,
+    pipe: &'a Option<std::sync::Arc<str>>,
+    part: AddressPart,
+) -> Option<Value<'a>> {
+    match (addr, pipe) {
+        (None, Some(path)) => Some(Value::Str(match part {
+            AddressPart::Full | AddressPart::Ip => Cow::Borrowed(&**path),
+            AddressPart::Port => Cow::Borrowed(""),
+        })),
+        _ => address(addr, part),
+    }
+}
+
 fn non_empty(s: &str) -> Option<Value<'_>> {
     (!s.is_empty()).then_some(Value::Str(Cow::Borrowed(s)))
 }
@@ -479,10 +496,14 @@ impl Operator {
                 let nanos = downstream.as_nanos() as i128 - upstream.as_nanos() as i128;
                 Some(Value::Int(nanos / 1_000_000))
             }
-            Operator::UpstreamHost => address(info.upstream_host, AddressPart::Full),
+            Operator::UpstreamHost => {
+                address_or_pipe(info.upstream_host, &info.upstream_pipe, AddressPart::Full)
+            }
             Operator::UpstreamCluster => info.upstream_cluster.as_deref().and_then(non_empty),
             Operator::UpstreamLocalAddress(part) => address(info.upstream_local_address, *part),
-            Operator::UpstreamRemoteAddress(part) => address(info.upstream_host, *part),
+            Operator::UpstreamRemoteAddress(part) => {
+                address_or_pipe(info.upstream_host, &info.upstream_pipe, *part)
+            }
             Operator::UpstreamTransportFailureReason => {
                 let reason = info.upstream_transport_failure_reason.as_deref()?;
                 if reason.is_empty() {
@@ -492,12 +513,16 @@ impl Operator {
                 }
             }
             Operator::DownstreamRemoteAddress(part) => {
-                address(info.downstream_remote_address, *part)
+                address_or_pipe(info.downstream_remote_address, &info.downstream_pipe, *part)
             }
-            Operator::DownstreamDirectRemoteAddress(part) => {
-                address(info.downstream_direct_remote_address, *part)
+            Operator::DownstreamDirectRemoteAddress(part) => address_or_pipe(
+                info.downstream_direct_remote_address,
+                &info.downstream_pipe,
+                *part,
+            ),
+            Operator::DownstreamLocalAddress(part) => {
+                address_or_pipe(info.downstream_local_address, &info.downstream_pipe, *part)
             }
-            Operator::DownstreamLocalAddress(part) => address(info.downstream_local_address, *part),
             Operator::ConnectionId => Some(Value::Int(info.connection_id.into())),
             Operator::Protocol => match info.protocol {
                 crate::stream_info::Protocol::Tcp => None,

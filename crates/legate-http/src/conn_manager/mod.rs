@@ -109,6 +109,10 @@ pub struct Downstream {
     pub tls_info: Option<Arc<legate_core::x509::TlsInfo>>,
     /// The ClientHello's JA3/JA4 fingerprints, if the tls_inspector computed them.
     pub tls_fingerprints: Option<Arc<legate_core::stream_info::TlsFingerprints>>,
+    /// The listener's path, for a connection to a unix domain socket (`pipe`) listener: then
+    /// `peer`, `direct_peer` and `local` hold no real address (there is no IP), and Envoy
+    /// shows the path for all three.
+    pub pipe: Option<Arc<str>>,
 }
 
 impl Downstream {
@@ -204,8 +208,11 @@ impl HttpConnectionManager {
         conn.active_streams.fetch_add(1, Ordering::Relaxed);
         let config = &self.config;
         let mut info = StreamInfo::new(conn.downstream.id);
-        info.downstream_local_address = Some(conn.downstream.local);
-        info.downstream_direct_remote_address = Some(conn.downstream.direct_peer);
+        if conn.downstream.pipe.is_none() {
+            info.downstream_local_address = Some(conn.downstream.local);
+            info.downstream_direct_remote_address = Some(conn.downstream.direct_peer);
+        }
+        info.downstream_pipe = conn.downstream.pipe.clone();
         info.requested_server_name = conn.downstream.requested_server_name.clone();
         info.downstream_tls = conn.downstream.tls_info.clone();
         info.tls_fingerprints = conn.downstream.tls_fingerprints.clone();

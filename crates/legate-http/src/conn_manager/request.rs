@@ -240,25 +240,36 @@ impl HttpConnectionManager {
         // The downstream address (Envoy's `mutateRequestHeaders`): on the edge, the peer — or,
         // with `xff_num_trusted_hops` N, the N-th address from the right of the incoming
         // `x-forwarded-for`; behind a proxy, the address N+1 from the right.
-        let peer = conn.downstream.peer;
+        // On a unix domain socket (`pipe`) the peer has no IP address (`None`): Envoy appends
+        // nothing to `x-forwarded-for` for it, and an address without IP is neither internal
+        // nor an external address to report.
+        let peer = conn
+            .downstream
+            .pipe
+            .is_none()
+            .then_some(conn.downstream.peer);
         let hops = config.xff_num_trusted_hops;
         let from_xff =
             |skip: u32| xff_address(&parts.headers, skip).map(|ip| SocketAddr::new(ip, 0));
         let remote = if config.use_remote_address {
             if hops > 0 {
-                from_xff(hops - 1).unwrap_or(peer)
+                from_xff(hops - 1).or(peer)
             } else {
                 peer
             }
         } else {
-            from_xff(hops).unwrap_or(peer)
+            from_xff(hops).or(peer)
         };
-        info.downstream_remote_address = Some(remote);
-        if config.use_remote_address && !config.skip_xff_append {
+        info.downstream_remote_address = remote;
+        if config.use_remote_address
+            && !config.skip_xff_append
+            && let Some(peer) = peer
+        {
             append_xff(&mut parts.headers, peer.ip());
         }
         // Internal: one hop only (a single `x-forwarded-for` address) from an internal address.
-        let internal = xff_count(&parts.headers) == 1 && self.is_internal(remote.ip());
+        let internal = xff_count(&parts.headers) == 1
+            && remote.is_some_and(|remote| self.is_internal(remote.ip()));
         if internal {
             parts
                 .headers
@@ -279,7 +290,9 @@ impl HttpConnectionManager {
             if config.use_remote_address {
                 // On the edge, a client may not claim an original path either.
                 parts.headers.remove(X_ENVOY_ORIGINAL_PATH);
-                if let Ok(v) = HeaderValue::from_str(&remote.ip().to_string()) {
+                if let Some(remote) = remote
+                    && let Ok(v) = HeaderValue::from_str(&remote.ip().to_string())
+                {
                     parts.headers.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
                 }
             }

@@ -87,7 +87,9 @@ impl ChainFilter {
         server_name: &str,
         drain: watch::Receiver<bool>,
     ) {
-        let _ = conn.tcp().set_nodelay(true);
+        if let Some(tcp) = conn.tcp() {
+            let _ = tcp.set_nodelay(true);
+        }
         // The connection manager's future is boxed: held inline, it would size every
         // connection's task for HTTP, tcp_proxy ones too (14 KiB per idle connection).
         match (self, conn) {
@@ -97,11 +99,17 @@ impl ChainFilter {
             (ChainFilter::Http(hcm), Conn::Tls(s)) => {
                 Box::pin(hcm.clone().serve(s, downstream, drain)).await
             }
+            (ChainFilter::Http(hcm), Conn::Unix(s)) => {
+                Box::pin(hcm.clone().serve(s, downstream, drain)).await
+            }
             (ChainFilter::TcpProxy(p), conn) => p.serve(conn, downstream, server_name).await,
             (ChainFilter::Echo, Conn::Plain(s)) => {
                 let _ = pump::echo(&s, ByteCounters::default()).await;
             }
             (ChainFilter::Echo, Conn::Tls(s)) => {
+                let _ = pump::echo_io(s, ByteCounters::default()).await;
+            }
+            (ChainFilter::Echo, Conn::Unix(s)) => {
                 let _ = pump::echo_io(s, ByteCounters::default()).await;
             }
             (ChainFilter::DirectResponse(bytes), Conn::Plain(s)) => {
@@ -112,13 +120,16 @@ impl ChainFilter {
             (ChainFilter::DirectResponse(bytes), Conn::Tls(s)) => {
                 pump::respond_io(s, bytes, Duration::from_secs(1)).await;
             }
+            (ChainFilter::DirectResponse(bytes), Conn::Unix(s)) => {
+                pump::respond_io(s, bytes, Duration::from_secs(1)).await;
+            }
             (ChainFilter::Close, _) => {}
         }
     }
 }
 
-/// A downstream connection once its transport socket is set up: plain TCP, or TLS terminated
-/// on it.
+/// A downstream connection once its transport socket is set up: plain TCP, TLS terminated on
+/// it, or a unix domain socket (a `pipe` listener).
 pub type Conn = legate_core::io::MaybeTls<TlsStream<TcpStream>>;
 
 /// A running tcp_proxy filter.
@@ -191,9 +202,12 @@ impl TcpProxy {
         stats.downstream_cx_total.inc();
         let mut info = StreamInfo::new(conn.id);
         info.protocol = Protocol::Tcp;
-        info.downstream_remote_address = Some(conn.peer);
-        info.downstream_direct_remote_address = Some(conn.direct_peer);
-        info.downstream_local_address = Some(conn.local);
+        if conn.pipe.is_none() {
+            info.downstream_remote_address = Some(conn.peer);
+            info.downstream_direct_remote_address = Some(conn.direct_peer);
+            info.downstream_local_address = Some(conn.local);
+        }
+        info.downstream_pipe = conn.pipe.clone();
         if !server_name.is_empty() {
             info.requested_server_name = Some(server_name.into());
         }
@@ -253,7 +267,11 @@ impl TcpProxy {
                 info.response_flags.set(flags::NO_HEALTHY_UPSTREAM);
                 return;
             };
-            info.upstream_host = Some(host.address);
+            if host.pipe.is_some() {
+                info.upstream_pipe = host.pipe.clone();
+            } else {
+                info.upstream_host = Some(host.address);
+            }
             info.attempt_count += 1;
             match legate_upstream::pool::connect(&cluster, &host, None).await {
                 Ok((stream, guard)) => {
@@ -275,7 +293,7 @@ impl TcpProxy {
             info.response_flags.set(flags::UPSTREAM_CONNECTION_FAILURE);
             return;
         };
-        info.upstream_local_address = upstream.tcp().local_addr().ok();
+        info.upstream_local_address = upstream.tcp().and_then(|t| t.local_addr().ok());
         let opened = std::time::Instant::now();
         let from_downstream = ByteCounters {
             counters: [

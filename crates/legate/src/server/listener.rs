@@ -78,3 +78,46 @@ pub fn bind_udp(
     }
     Ok((sockets, bound))
 }
+
+/// A stream listener's socket: TCP, or a unix domain socket (`pipe`).
+pub enum ListenSocket {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl ListenSocket {
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            ListenSocket::Tcp(s) => ListenSocket::Tcp(s.try_clone()?),
+            ListenSocket::Unix(s) => ListenSocket::Unix(s.try_clone()?),
+        })
+    }
+}
+
+/// Binds a unix domain socket listener: one socket, which every worker accepts on (a
+/// duplicate each; `SO_REUSEPORT` does not spread unix sockets). As Envoy does, whatever is
+/// at the path (a stale socket, a regular file) is replaced, `mode` is applied to the socket
+/// file, and the file is left behind when the listener closes.
+pub fn bind_pipe(
+    pipe: &legate_core::address::Pipe,
+    workers: usize,
+) -> io::Result<Vec<std::os::unix::net::UnixListener>> {
+    if !pipe.is_abstract() {
+        match std::fs::remove_file(&pipe.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let first = std::os::unix::net::UnixListener::bind_addr(&pipe.socket_addr()?)?;
+    if pipe.mode != 0 && !pipe.is_abstract() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pipe.path, std::fs::Permissions::from_mode(pipe.mode))?;
+    }
+    first.set_nonblocking(true)?;
+    let mut sockets = Vec::with_capacity(workers.max(1));
+    for _ in 1..workers {
+        sockets.push(first.try_clone()?);
+    }
+    sockets.insert(0, first);
+    Ok(sockets)
+}

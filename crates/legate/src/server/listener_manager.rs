@@ -26,7 +26,7 @@ use legate_net::listener_filter::ListenerFilterStats;
 use tokio::sync::mpsc;
 
 use super::l4::ChainFilter;
-use super::listener;
+use super::listener::{self, ListenSocket};
 use legate_net::rbac::NetworkRbac;
 use legate_core::access_log::AccessLogger;
 use legate_net::udp_proxy::{UdpListenerConfig, UdpProxy, UdpProxyStats};
@@ -57,6 +57,8 @@ pub struct ListenerSpec {
 pub struct ListenerView {
     pub name: String,
     pub address: SocketAddr,
+    /// A unix domain socket listener's path (`address` is then not bound).
+    pub pipe: Option<String>,
     pub origin: Origin,
     pub resource: Vec<u8>,
     pub version_info: String,
@@ -64,15 +66,26 @@ pub struct ListenerView {
     pub draining: bool,
 }
 
+impl ListenerView {
+    /// The address as Envoy prints it: a pipe's path, or `ip:port`.
+    pub fn shown(&self) -> String {
+        self.pipe
+            .clone()
+            .unwrap_or_else(|| self.address.to_string())
+    }
+}
+
 struct Active {
     view: ListenerView,
     /// The configured address (port 0 stays 0): a change of it means new sockets.
     configured: SocketAddr,
     ipv4_compat: bool,
+    /// The configured unix domain socket (`pipe`), if any: a change of it means new sockets.
+    pipe: Option<legate_core::address::Pipe>,
     /// One socket per worker; each worker accepts on a duplicate of its own.
-    sockets: Vec<std::net::TcpListener>,
+    sockets: Vec<ListenSocket>,
     /// The duplicates the workers take when the listener starts.
-    handoff: Vec<std::net::TcpListener>,
+    handoff: Vec<ListenSocket>,
     /// A UDP listener's sockets (one per worker) and their duplicates for the workers, in
     /// place of `sockets` and `handoff`.
     udp_sockets: Vec<std::net::UdpSocket>,
@@ -438,6 +451,7 @@ impl ListenerManager {
         let workers = self.workers.len();
         let same_address = current.map(|i| &self.active[i]).filter(|a| {
             a.configured == l.address
+                && a.pipe == l.pipe
                 && a.ipv4_compat == l.ipv4_compat
                 && a.udp.is_some() == l.udp.is_some()
         });
@@ -477,9 +491,25 @@ impl ListenerManager {
                     .map_err(|e| format!("listener '{}': cannot share its socket: {e}", l.name))?;
                 (sockets, a.view.address)
             }
-            (None, None) => listener::bind(l.address, l.ipv4_compat, workers).map_err(|e| {
-                format!("cannot bind '{}' for listener '{}': {e}", l.address, l.name)
-            })?,
+            (None, None) => match &l.pipe {
+                Some(pipe) => (
+                    listener::bind_pipe(pipe, workers)
+                        .map_err(|e| {
+                            format!("cannot bind '{}' for listener '{}': {e}", pipe.path, l.name)
+                        })?
+                        .into_iter()
+                        .map(ListenSocket::Unix)
+                        .collect(),
+                    l.address,
+                ),
+                None => {
+                    let (sockets, bound) = listener::bind(l.address, l.ipv4_compat, workers)
+                        .map_err(|e| {
+                            format!("cannot bind '{}' for listener '{}': {e}", l.address, l.name)
+                        })?;
+                    (sockets.into_iter().map(ListenSocket::Tcp).collect(), bound)
+                }
+            },
         };
         // Each worker accepts on a duplicate of its socket, made here so that a failure (out
         // of descriptors) fails the build rather than leave a socket no worker accepts on.
@@ -518,6 +548,7 @@ impl ListenerManager {
             view: ListenerView {
                 name: config.name.clone(),
                 address,
+                pipe: config.pipe.as_ref().map(|p| p.path.clone()),
                 origin,
                 resource: spec.resource,
                 version_info: version_info.to_owned(),
@@ -525,6 +556,7 @@ impl ListenerManager {
                 draining: false,
             },
             configured: config.address,
+            pipe: config.pipe.clone(),
             ipv4_compat: config.ipv4_compat,
             sockets,
             handoff,
@@ -581,7 +613,7 @@ impl ListenerManager {
             tracing::info!(
                 "listener '{}' listening on {} ({} filter chain(s): {})",
                 listener.view.name,
-                listener.view.address,
+                listener.view.shown(),
                 kinds.len(),
                 kinds.join(", ")
             );
@@ -623,7 +655,7 @@ impl ListenerManager {
         tracing::info!(
             "listener '{}' on {}: draining {} connection(s) for up to {}s",
             view.name,
-            view.address,
+            view.shown(),
             old.instance.open_connections(),
             self.drain_time.as_secs()
         );
@@ -692,6 +724,7 @@ impl ListenerManager {
             .map(|a| ListenerInfo {
                 name: a.view.name.clone(),
                 address: a.view.address,
+                pipe: a.view.pipe.clone(),
             })
             .collect();
         let resource = |v: &ListenerView| DynamicResource {

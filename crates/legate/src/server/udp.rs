@@ -51,6 +51,11 @@ impl UdpUpstreams for ClusterUpstreams {
             c.stats.scope.counter("upstream_cx_none_healthy").inc();
             return Err(NoUpstream::NoHost);
         };
+        // A unix domain socket host cannot take datagrams from the UDP proxy.
+        if host.pipe.is_some() {
+            c.stats.scope.counter("upstream_cx_none_healthy").inc();
+            return Err(NoUpstream::NoHost);
+        }
         // Looked up once per session, not per datagram.
         Ok((host.address, Arc::new(UdpClusterStats::new(&c.stats.scope))))
     }

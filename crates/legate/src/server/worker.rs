@@ -108,7 +108,7 @@ impl ListenerInstance {
 pub enum WorkerCommand {
     /// Accept on `socket` (this worker's own) for `instance` until it stops.
     Listen {
-        socket: std::net::TcpListener,
+        socket: super::listener::ListenSocket,
         serving: Arc<ServingListener>,
         instance: Arc<ListenerInstance>,
     },
@@ -193,7 +193,7 @@ async fn run(
                 socket,
                 serving,
                 instance,
-            } => match tokio::net::TcpListener::from_std(socket) {
+            } => match Acceptor::from_std(socket) {
                 Ok(listener) => {
                     tokio::spawn(accept_loop(
                         index,
@@ -222,16 +222,61 @@ async fn run(
     }
 }
 
+/// A listener socket on a worker's runtime: TCP, or a unix domain socket (`pipe`).
+enum Acceptor {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Acceptor {
+    fn from_std(socket: super::listener::ListenSocket) -> std::io::Result<Self> {
+        Ok(match socket {
+            super::listener::ListenSocket::Tcp(s) => {
+                Acceptor::Tcp(tokio::net::TcpListener::from_std(s)?)
+            }
+            super::listener::ListenSocket::Unix(s) => {
+                Acceptor::Unix(tokio::net::UnixListener::from_std(s)?)
+            }
+        })
+    }
+
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Acceptor::Tcp(l) => l.local_addr().ok(),
+            Acceptor::Unix(_) => None,
+        }
+    }
+
+    /// The next connection and its peer. A unix domain socket's peer has no IP address: it
+    /// gets the unspecified one, and the connection's `pipe` says what it is.
+    async fn accept(&self) -> std::io::Result<(Conn, std::net::SocketAddr)> {
+        match self {
+            Acceptor::Tcp(l) => l.accept().await.map(|(s, peer)| (Conn::Plain(s), peer)),
+            Acceptor::Unix(l) => l.accept().await.map(|(s, _)| {
+                (
+                    Conn::Unix(s),
+                    std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+                )
+            }),
+        }
+    }
+}
+
 async fn accept_loop(
     worker: usize,
-    listener: tokio::net::TcpListener,
+    listener: Acceptor,
     serving: Arc<ServingListener>,
     instance: Arc<ListenerInstance>,
     shared: Arc<WorkerShared>,
 ) {
     let mut stop = instance.stop.subscribe();
     let drain = instance.drain.subscribe();
-    let local = listener.local_addr().ok();
+    let local = listener.local_addr();
+    let pipe: Option<Arc<str>> = serving
+        .config
+        .pipe
+        .as_ref()
+        .map(|p| Arc::from(p.path.as_str()));
     if let Some(address) = local {
         LISTENING.with_borrow_mut(|l| {
             l.push(Listening {
@@ -263,13 +308,18 @@ async fn accept_loop(
             id,
             peer,
             direct_peer: peer,
-            local: stream.local_addr().ok().or(local).unwrap_or(peer),
+            local: stream
+                .tcp()
+                .and_then(|s| s.local_addr().ok())
+                .or(local)
+                .unwrap_or(peer),
             local_restored: false,
             worker,
             tls: false,
             requested_server_name: None,
             tls_info: None,
             tls_fingerprints: None,
+            pipe: pipe.clone(),
         };
         let serving = serving.clone();
         let shared = shared.clone();
@@ -281,8 +331,13 @@ async fn accept_loop(
             established(&serving.stats, &shared);
             tokio::spawn(async move {
                 let opened = Instant::now();
-                let _ = stream.set_nodelay(true);
-                until_closed(&instance, hcm.serve(stream, downstream, drain)).await;
+                match stream {
+                    Conn::Plain(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        until_closed(&instance, hcm.serve(stream, downstream, drain)).await;
+                    }
+                    stream => until_closed(&instance, hcm.serve(stream, downstream, drain)).await,
+                }
                 closed(&serving.stats, opened);
                 shared.open_connections.fetch_sub(1, Ordering::Relaxed);
                 instance.open.fetch_sub(1, Ordering::Relaxed);
@@ -378,7 +433,7 @@ fn closed(stats: &ListenerStats, opened: Instant) {
 /// `hand_off`: `use_original_dst` may give the connection to another listener (not once it
 /// has been handed, as in Envoy).
 async fn serve_matched(
-    stream: tokio::net::TcpStream,
+    stream: Conn,
     mut downstream: Downstream,
     serving: &ServingListener,
     shared: &Arc<WorkerShared>,
@@ -387,12 +442,11 @@ async fn serve_matched(
     hand_off: bool,
 ) {
     let config = &serving.config;
-    let detected = if config.listener_filters.is_empty() {
-        Detected::default()
-    } else {
+    // A unix domain socket listener has no listener filters (refused in its config).
+    let detected = if let (false, Some(tcp)) = (config.listener_filters.is_empty(), stream.tcp()) {
         // Boxed, as the handshake below: a connection's task keeps only what lives for the
         // whole connection.
-        match Box::pin(config.listener_filters.run(&stream, &serving.filter_stats)).await {
+        match Box::pin(config.listener_filters.run(tcp, &serving.filter_stats)).await {
             Ok(d) => d,
             Err(why) => {
                 tracing::debug!(
@@ -403,6 +457,8 @@ async fn serve_matched(
                 return;
             }
         }
+    } else {
+        Detected::default()
     };
     // A PROXY header gives the connection its original addresses; the direct peer (the
     // proxy in front) stays for `direct_source_prefix_ranges` and the logs.
@@ -464,8 +520,9 @@ async fn serve_matched(
     established(&serving.stats, shared);
     let opened = Instant::now();
     let fc = &config.filter_chains[chain];
-    let conn = match (&fc.tls, &serving.ssl) {
-        (Some(tls), Some(ssl)) => {
+    // TLS is terminated on TCP only (a `pipe` listener's config refuses it).
+    let conn = match (&fc.tls, &serving.ssl, stream) {
+        (Some(tls), Some(ssl), Conn::Plain(stream)) => {
             match Box::pin(tls.accept(stream, ssl, fc.transport_socket_connect_timeout)).await {
                 Ok((s, tls_info)) => {
                     downstream.tls = true;
@@ -490,7 +547,7 @@ async fn serve_matched(
                 }
             }
         }
-        _ => Some(Conn::Plain(stream)),
+        (_, _, stream) => Some(stream),
     };
     // The SNI: the tls_inspector's, or the terminated handshake's.
     let handshake_sni = downstream.requested_server_name.clone();

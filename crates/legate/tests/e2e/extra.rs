@@ -95,6 +95,8 @@ impl Legate {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut admin: Option<SocketAddr> = None;
         let mut listeners = std::collections::HashMap::new();
+        // Unix domain socket listeners, by name: tests know their paths.
+        let mut pipes = std::collections::HashSet::new();
         while Instant::now() < deadline {
             if admin.is_none() {
                 admin = std::fs::read_to_string(&admin_path)
@@ -110,6 +112,12 @@ impl Legate {
                 let body = parse_response(&raw).map(|r| r.body).unwrap_or_default();
                 if let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) {
                     for l in json["listener_statuses"].as_array().into_iter().flatten() {
+                        if let (Some(name), Some(_)) = (
+                            l["name"].as_str(),
+                            l["local_address"]["pipe"]["path"].as_str(),
+                        ) {
+                            pipes.insert(name.to_owned());
+                        }
                         let sa = &l["local_address"]["socket_address"];
                         if let (Some(name), Some(ip), Some(port)) = (
                             l["name"].as_str(),
@@ -122,7 +130,7 @@ impl Legate {
                         }
                     }
                 }
-                if listeners.len() >= expected {
+                if listeners.len() + pipes.len() >= expected {
                     break;
                 }
             }
@@ -134,7 +142,7 @@ impl Legate {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if listeners.len() < expected {
+        if listeners.len() + pipes.len() < expected {
             let _ = child.kill();
             panic!(
                 "envoy did not start in time; its output:\n{}",

@@ -397,6 +397,8 @@ impl Legate {
             yaml.matches("filter_chains:").count() + yaml.matches("udp_listener_config:").count();
         let wants_admin = yaml.contains("admin:");
         let mut listeners = HashMap::new();
+        // Unix domain socket listeners, by name: tests know their paths.
+        let mut pipes = std::collections::HashSet::new();
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         let fail = |child: &mut Child, why: &str| {
@@ -408,7 +410,7 @@ impl Legate {
                 log.lock().unwrap().join("\n")
             ))
         };
-        while listeners.len() < expected || (wants_admin && admin.is_none()) {
+        while listeners.len() + pipes.len() < expected || (wants_admin && admin.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -424,8 +426,12 @@ impl Legate {
             if let Some(rest) = line.split("listener '").nth(1)
                 && let Some((name, tail)) = rest.split_once("' listening on ")
             {
-                let addr = tail.split_whitespace().next().unwrap().parse().unwrap();
-                listeners.insert(name.to_owned(), addr);
+                let addr = tail.split_whitespace().next().unwrap();
+                if let Ok(addr) = addr.parse() {
+                    listeners.insert(name.to_owned(), addr);
+                } else {
+                    pipes.insert(name.to_owned());
+                }
             }
             if let Some(tail) = line.split("admin address: ").nth(1) {
                 admin = Some(tail.trim().parse().unwrap());
