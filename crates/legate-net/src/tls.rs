@@ -437,7 +437,13 @@ fn served_cert(
         }
         return Ok(ServedCert::plain(key));
     };
-    let (der, _) = tls::read_data_source(source).map_err(|mut e| e.remove(0).within("ocsp_staple"))?;
+    let (der, _) = tls::read_data_source(source).map_err(|errors| {
+        let first = errors.into_iter().next();
+        first.map_or_else(
+            || ConfigError::new("ocsp_staple", "unreadable"),
+            |e| e.within("ocsp_staple"),
+        )
+    })?;
     let response = OcspResponse::parse(&der).map_err(|e| ConfigError::new("ocsp_staple", e))?;
     if !response.matches(leaf) {
         return Err(ConfigError::new(
