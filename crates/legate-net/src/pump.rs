@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -153,21 +154,27 @@ pub async fn exchange(
         last_ms: AtomicU64::new(0),
     };
     let (a_to_b, b_to_a) = (AtomicU64::new(0), AtomicU64::new(0));
-    let forward = one_way(a, b, from_a, &a_to_b, &activity);
-    let backward = one_way(b, a, from_b, &b_to_a, &activity);
+    let forward = std::pin::pin!(one_way(a, b, from_a, &a_to_b, &activity));
+    let backward = std::pin::pin!(one_way(b, a, from_b, &b_to_a, &activity));
     both_ways(forward, backward, idle, &activity, &a_to_b, &b_to_a).await
 }
 
 /// Runs the two directions of an exchange to their end (or the idle timeout) and reports how
-/// it ended: the part [`exchange`] and [`exchange_io`] share.
-async fn both_ways(
-    forward: impl Future<Output = io::Result<()>>,
-    backward: impl Future<Output = io::Result<()>>,
+/// it ended: the part [`exchange`] and [`exchange_io`] share. The directions are pinned where
+/// the caller made them: moved in, each would be held again by every combinator here, for the
+/// whole life of the connection.
+async fn both_ways<F, B>(
+    forward: Pin<&mut F>,
+    backward: Pin<&mut B>,
     idle: Option<Duration>,
     activity: &Activity,
     a_to_b: &AtomicU64,
     b_to_a: &AtomicU64,
-) -> Outcome {
+) -> Outcome
+where
+    F: Future<Output = io::Result<()>>,
+    B: Future<Output = io::Result<()>>,
+{
     // 0: none yet, 1: A, 2: B.
     let first = AtomicU8::new(0);
     let mark = |side: u8| {
@@ -222,7 +229,9 @@ pub async fn echo(s: &TcpStream, received: ByteCounters<'_>) -> io::Result<u64> 
 /// reply.
 pub async fn drain(s: &TcpStream, linger: Duration) {
     let _ = tokio::time::timeout(linger, async {
-        let mut buf = [0u8; 4096];
+        // On the heap: inline, 4 KiB would size the future (and every connection's task that
+        // may run it) for this short epilogue.
+        let mut buf = vec![0u8; 4096];
         loop {
             if s.readable().await.is_err() {
                 return;
@@ -260,8 +269,8 @@ where
     let (a_read, a_write) = tokio::io::split(a);
     let (b_read, b_write) = tokio::io::split(b);
     let (a_to_b, b_to_a) = (AtomicU64::new(0), AtomicU64::new(0));
-    let forward = one_way_io(a_read, b_write, from_a, &a_to_b, &activity);
-    let backward = one_way_io(b_read, a_write, from_b, &b_to_a, &activity);
+    let forward = std::pin::pin!(one_way_io(a_read, b_write, from_a, &a_to_b, &activity));
+    let backward = std::pin::pin!(one_way_io(b_read, a_write, from_b, &b_to_a, &activity));
     both_ways(forward, backward, idle, &activity, &a_to_b, &b_to_a).await
 }
 
@@ -318,7 +327,7 @@ pub async fn respond_io<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     }
     let _ = tokio::time::timeout(linger, async {
-        let mut buf = [0u8; 4096];
+        let mut buf = vec![0u8; 4096]; // on the heap, as in `drain`
         while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
     })
     .await;

@@ -273,7 +273,9 @@ impl TcpProxy {
                 info.upstream_host = Some(host.address);
             }
             info.attempt_count += 1;
-            match legate_upstream::pool::connect(&cluster, &host, None).await {
+            // Boxed: the connect (and TLS handshake) future is large and lives only until the
+            // connection is up; inline it would size the connection's task for its whole life.
+            match Box::pin(legate_upstream::pool::connect(&cluster, &host, None)).await {
                 Ok((stream, guard)) => {
                     upstream = Some((stream, guard, host.clone()));
                     break;

@@ -334,9 +334,13 @@ async fn accept_loop(
                 match stream {
                     Conn::Plain(stream) => {
                         let _ = stream.set_nodelay(true);
-                        until_closed(&instance, hcm.serve(stream, downstream, drain)).await;
+                        let serve = std::pin::pin!(hcm.serve(stream, downstream, drain));
+                        until_closed(&instance, serve).await;
                     }
-                    stream => until_closed(&instance, hcm.serve(stream, downstream, drain)).await,
+                    stream => {
+                        let serve = std::pin::pin!(hcm.serve(stream, downstream, drain));
+                        until_closed(&instance, serve).await
+                    }
                 }
                 closed(&serving.stats, opened);
                 shared.open_connections.fetch_sub(1, Ordering::Relaxed);
@@ -356,8 +360,13 @@ async fn accept_loop(
     LISTENING.with_borrow_mut(|l| l.retain(|l| !Arc::ptr_eq(&l.instance, &instance)));
 }
 
-/// Runs `serving` until it ends or the listener instance closes its connections.
-async fn until_closed(instance: &ListenerInstance, serving: impl std::future::Future<Output = ()>) {
+/// Runs `serving` until it ends or the listener instance closes its connections. The caller
+/// pins the future where it lives: taken by value, it would be held twice in the connection's
+/// task (as the argument, and moved into `select!`), doubling the memory of every connection.
+async fn until_closed<F: std::future::Future<Output = ()>>(
+    instance: &ListenerInstance,
+    serving: std::pin::Pin<&mut F>,
+) {
     let mut close = instance.close.subscribe();
     tokio::select! {
         _ = serving => {}
@@ -571,7 +580,7 @@ async fn serve_matched(
             downstream.peer
         );
     } else if let Some(conn) = conn {
-        let serve = serving.chains[chain].serve(conn, downstream, server_name, drain);
+        let serve = std::pin::pin!(serving.chains[chain].serve(conn, downstream, server_name, drain));
         until_closed(instance, serve).await;
     }
     closed(&serving.stats, opened);
