@@ -199,7 +199,7 @@ impl Method {
             } => {
                 let value = cookie_value(input.headers, name);
                 match (value, ttl) {
-                    (Some(v), _) if !v.is_empty() => Some(xxhash64(v.as_bytes())),
+                    (Some(v), _) if !v.is_empty() => Some(xxhash64(v)),
                     (_, Some(ttl)) => {
                         let generated = generate_cookie(input.connection)?;
                         let header = set_cookie(name, &generated, path, *ttl, attributes);
@@ -238,19 +238,20 @@ fn header_key(name: &str) -> Result<HeaderKey, String> {
 
 /// Envoy's `Utility::parseCookieValue`: the first `name=value` among the `cookie` headers'
 /// `;`-separated pairs, leading spaces skipped, one pair of surrounding double quotes removed.
-fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// Read as bytes, as Envoy reads them: another cookie's non-ASCII value must not hide this one.
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
     for header in headers.get_all(http::header::COOKIE) {
-        let Ok(text) = header.to_str() else { continue };
-        for pair in text.split(';') {
-            let pair = pair.trim_start_matches(' ');
-            let Some((key, value)) = pair.split_once('=') else {
+        for pair in header.as_bytes().split(|b| *b == b';') {
+            let start = pair.iter().position(|b| *b != b' ').unwrap_or(pair.len());
+            let pair = &pair[start..];
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
                 continue;
             };
-            if key == name {
-                let value = if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
-                    &value[1..value.len() - 1]
-                } else {
-                    value
+            let (key, value) = (&pair[..eq], &pair[eq + 1..]);
+            if key == name.as_bytes() {
+                let value = match value {
+                    [b'"', inner @ .., b'"'] => inner,
+                    _ => value,
                 };
                 return Some(value);
             }
@@ -313,9 +314,13 @@ mod tests {
     fn cookie_and_query_parsing_follow_envoy() {
         let mut headers = HeaderMap::new();
         headers.append("cookie", HeaderValue::from_static("a=1; session=\"abc\""));
-        assert_eq!(cookie_value(&headers, "session"), Some("abc"));
-        assert_eq!(cookie_value(&headers, "a"), Some("1"));
+        assert_eq!(cookie_value(&headers, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie_value(&headers, "a"), Some(&b"1"[..]));
         assert_eq!(cookie_value(&headers, "b"), None);
+        // Another cookie's UTF-8 value does not hide this one.
+        let mut headers = HeaderMap::new();
+        headers.append("cookie", HeaderValue::from_bytes(b"x=\xc3\xa9; session=abc").unwrap());
+        assert_eq!(cookie_value(&headers, "session"), Some(&b"abc"[..]));
         assert_eq!(query_value("/p?x=1&y=2&x=3", "x"), Some("1"));
         assert_eq!(query_value("/p?flag&y=2", "flag"), Some(""));
         assert_eq!(query_value("/p", "x"), None);

@@ -299,17 +299,26 @@ fn display(l: &Listener, address: Option<SocketAddr>) -> String {
 pub fn check_unique<F>(listeners: &[(usize, ListenerConfig<F>)]) -> (Vec<ConfigError>, Vec<usize>) {
     let mut errors = Vec::new();
     let mut ignored = Vec::new();
-    let (mut names, mut addresses) = (HashSet::new(), HashSet::new());
+    let (mut names, mut addresses, mut pipes) = (HashSet::new(), HashSet::new(), HashSet::new());
     for (i, l) in listeners {
         let path = format!("static_resources.listeners[{i}]");
         if !names.insert(l.name.as_str()) {
             ignored.push(*i);
-        } else if l.address.port() != 0 && !addresses.insert((l.address, l.udp.is_some())) {
+            continue;
+        }
+        // Two listeners on one pipe path would not both listen: the second bind replaces the
+        // first one's socket file. Envoy refuses it as a duplicate address.
+        let duplicate = match &l.pipe {
+            Some(pipe) => !pipes.insert(pipe.path.as_str()),
+            None => l.address.port() != 0 && !addresses.insert((l.address, l.udp.is_some())),
+        };
+        if duplicate {
+            let shown = l.pipe.as_ref().map_or_else(|| l.address.to_string(), |p| p.path.clone());
             errors.push(ConfigError::new(
                 &path,
                 format!(
-                    "error adding listener: '{}' has duplicate address '{}' as existing listener",
-                    l.name, l.address
+                    "error adding listener: '{}' has duplicate address '{shown}' as existing listener",
+                    l.name
                 ),
             ));
         }

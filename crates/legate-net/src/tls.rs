@@ -145,7 +145,20 @@ impl DownstreamTls {
             .as_ref()
             .is_some_and(|v| v.value);
         let roots = validation.as_ref().and_then(|v| v.roots.clone());
-        let roots_for_context = roots.clone();
+        // What decides which clients this context accepts goes into its session-id context,
+        // as Envoy hashes its validation settings into it: a ticket is only resumed by a
+        // context that would have accepted the same client.
+        let mut accepts: Vec<Vec<u8>> = vec![vec![u8::from(require)]];
+        if let Some(v) = &validation {
+            for ta in v.roots.iter().flat_map(|r| r.roots.iter()) {
+                accepts.push(ta.subject.to_vec());
+                accepts.push(ta.subject_public_key_info.to_vec());
+                accepts.extend(ta.name_constraints.as_ref().map(|n| n.to_vec()));
+            }
+            accepts.extend(v.dns_names.iter().map(|n| n.to_str().as_bytes().to_vec()));
+            accepts.extend(v.crls.iter().map(|c| c.to_vec()));
+            accepts.push(vec![u8::from(v.only_leaf_crl)]);
+        }
         if !common.tls_certificate_sds_secret_configs.is_empty()
             && policy == OcspStaplePolicy::MustStaple
         {
@@ -216,13 +229,11 @@ impl DownstreamTls {
                 .iter()
                 .flat_map(|c| c.key.cert.iter().map(|c| c.as_ref()))
                 .chain(secrets.iter().map(|s| s.name.as_bytes()))
-                .chain(
-                    roots_for_context
-                        .iter()
-                        .flat_map(|r| r.roots.iter().map(|ta| ta.subject.as_ref())),
-                ),
+                .chain(accepts.iter().map(|a| a.as_slice())),
         );
-        let resumption = Resumption::compile(ctx, context)?;
+        let Some(resumption) = errors.take("", Resumption::compile(ctx, context)) else {
+            return Err(errors.0);
+        };
         let sds_certificates = secrets
             .iter()
             .map(|s| {

@@ -438,6 +438,14 @@ struct Session {
     tx_bytes: Arc<AtomicU64>,
 }
 
+impl Drop for Session {
+    /// A session dropped without `close` (its proxy's task ending some other way) still stops
+    /// its relay, which would otherwise keep the upstream socket open.
+    fn drop(&mut self) {
+        self.relay.abort();
+    }
+}
+
 thread_local! {
     /// The receive buffer the sessions of one worker share: a session reads and forwards
     /// without waiting in between, so one buffer serves them all.
@@ -641,10 +649,10 @@ impl UdpProxy {
         }
     }
 
-    fn close(&self, session: Session) {
+    fn close(&self, mut session: Session) {
         session.relay.abort();
         self.stats.downstream_sess_active.dec();
-        if let Some(mut info) = session.info {
+        if let Some(mut info) = session.info.take() {
             info.bytes_received = session.rx_bytes;
             info.bytes_sent = session.tx_bytes.load(Ordering::Relaxed);
             info.duration = Some(info.elapsed());

@@ -96,9 +96,10 @@ pub struct HostPool {
 
 impl HostPool {
     /// The pool for connections made for `name` (`None`: this one). Making a pool for a new
-    /// name first drops the per-name pools left without connections or users, so that
-    /// requests naming ever new hosts do not grow the map.
-    fn for_name(&self, name: Option<&ConnectionName>) -> PoolRef<'_> {
+    /// name first drops the per-name pools left without connections or users (idle
+    /// connections past the cluster's `idle_timeout` closed), so that requests naming ever new
+    /// hosts do not grow the map.
+    fn for_name(&self, name: Option<&ConnectionName>, idle_timeout: Option<Duration>) -> PoolRef<'_> {
         let Some(name) = name else {
             return PoolRef::Own(self);
         };
@@ -106,15 +107,16 @@ impl HostPool {
         if let Some(pool) = named.get(name) {
             return PoolRef::Named(pool.clone());
         }
-        named.retain(|_, p| Arc::strong_count(p) > 1 || !p.is_unused());
+        named.retain(|_, p| Arc::strong_count(p) > 1 || !p.is_unused(idle_timeout));
         let pool = Arc::new(HostPool::default());
         named.insert(name.clone(), pool.clone());
         PoolRef::Named(pool)
     }
 
-    fn is_unused(&self) -> bool {
-        lock(&self.idle).iter().all(|i| i.sender.is_closed())
-            && lock(&self.h2).as_ref().is_none_or(|s| s.is_closed())
+    fn is_unused(&self, idle_timeout: Option<Duration>) -> bool {
+        let mut idle = lock(&self.idle);
+        idle.retain(|i| !i.sender.is_closed() && idle_timeout.is_none_or(|t| i.since.elapsed() < t));
+        idle.is_empty() && lock(&self.h2).as_ref().is_none_or(|s| s.is_closed())
     }
 }
 
@@ -154,7 +156,16 @@ pub async fn send(
     protocol: Protocol,
     req: Request<Body>,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
-    let name = cluster.config.tls.as_ref().and_then(|t| t.name_for(&req));
+    let name = match cluster.config.tls.as_ref().map(|t| t.name_for(&req)) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(name))) => Some(name),
+        // What Envoy's check of the certificate against an unusable host ends in.
+        Some(Err(())) => {
+            return Err(UpstreamError::ConnectFailure(legate_core::tls::failure_reason(
+                &rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
+            )));
+        }
+    };
     match protocol {
         Protocol::Http1 => send_http1(cluster, host, worker, req, name).await,
         Protocol::Http2 => send_http2(cluster, host, worker, req, name).await,
@@ -168,7 +179,9 @@ async fn send_http1(
     mut req: Request<Body>,
     name: Option<ConnectionName>,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
-    let pool = cluster.pool(worker, host).for_name(name.as_ref());
+    let pool = cluster
+        .pool(worker, host)
+        .for_name(name.as_ref(), cluster.config.idle_timeout);
     loop {
         let (mut sender, uses, reused) = match checkout(&pool, cluster.config.idle_timeout) {
             Some((sender, uses)) => (sender, uses, true),
@@ -234,7 +247,9 @@ async fn send_http2(
     req: Request<Body>,
     name: Option<ConnectionName>,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
-    let pool = cluster.pool(worker, host).for_name(name.as_ref());
+    let pool = cluster
+        .pool(worker, host)
+        .for_name(name.as_ref(), cluster.config.idle_timeout);
     let existing = lock(&pool.h2).as_ref().filter(|s| !s.is_closed()).cloned();
     let mut sender = match existing {
         Some(s) => s,
@@ -481,7 +496,10 @@ pub struct ResponseBody {
 impl ResponseBody {
     fn finish(&mut self) {
         if let Some(r) = self.release.take() {
-            let pool = r.cluster.pool(r.worker, &r.host).for_name(r.name.as_ref());
+            let pool = r
+                .cluster
+                .pool(r.worker, &r.host)
+                .for_name(r.name.as_ref(), r.cluster.config.idle_timeout);
             lock(&pool.idle).push(Idle {
                 sender: r.sender,
                 since: Instant::now(),

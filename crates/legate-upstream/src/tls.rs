@@ -227,27 +227,25 @@ impl UpstreamTls {
     /// the host of `override_auto_sni_header` (when the request has it, not empty), else of
     /// the request's authority, without its port. An IP address is not sent as SNI but is
     /// what the certificate must carry under `auto_san_validation`, as in Envoy.
-    pub fn name_for<B>(&self, req: &http::Request<B>) -> Option<ConnectionName> {
-        let auto = self.auto_name.as_ref()?;
-        let overridden = auto
-            .header
-            .as_ref()
-            .and_then(|h| req.headers().get(h))
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty());
-        let authority = overridden.or_else(|| {
-            req.uri()
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok())
-        })?;
-        let host = host_of(authority);
-        let name = ServerName::try_from(host.to_owned()).ok()?;
-        let is_ip = matches!(name, ServerName::IpAddress(_));
-        Some(ConnectionName {
-            sni: (auto.sni && !is_ip).then(|| name.clone()),
-            san: auto.san_validation.then_some(name),
-        })
+    ///
+    /// `Err` when `auto_san_validation` is on but the request names no usable host: Envoy
+    /// would check the certificate against that host and fail, so the request must not fall
+    /// back to a connection checked against nothing.
+    pub fn name_for<B>(&self, req: &http::Request<B>) -> Result<Option<ConnectionName>, ()> {
+        let Some(auto) = self.auto_name.as_ref() else {
+            return Ok(None);
+        };
+        match request_host(auto, req) {
+            Some(name) => {
+                let is_ip = matches!(name, ServerName::IpAddress(_));
+                Ok(Some(ConnectionName {
+                    sni: (auto.sni && !is_ip).then(|| name.clone()),
+                    san: auto.san_validation.then_some(name),
+                }))
+            }
+            None if auto.san_validation => Err(()),
+            None => Ok(None),
+        }
     }
 
     /// The TLS handshake on a new upstream connection for `protocol` (`None`: raw TCP), made
@@ -270,6 +268,12 @@ impl UpstreamTls {
         };
         // A configuration for this connection: its SNI, and the name its verifier checks.
         let mut named = ClientConfig::clone(config);
+        if name.san.is_some() {
+            // rustls keys its session cache by the name connected to, which is not the name
+            // checked when only `auto_san_validation` is on, and it does not verify the
+            // certificate again on resumption: each such connection makes a full handshake.
+            named.resumption = rustls::client::Resumption::disabled();
+        }
         let provider = named.crypto_provider().clone();
         named
             .dangerous()
@@ -397,6 +401,24 @@ impl ServerCertVerifier for Verifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// The host a request names for its connection: `override_auto_sni_header` when present and
+/// not empty, else its authority; without the port.
+fn request_host<B>(auto: &AutoName, req: &http::Request<B>) -> Option<ServerName<'static>> {
+    let overridden = auto
+        .header
+        .as_ref()
+        .and_then(|h| req.headers().get(h))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    let authority = overridden.or_else(|| {
+        req.uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok())
+    })?;
+    ServerName::try_from(host_of(authority).to_owned()).ok()
 }
 
 /// The host part of an authority: without its port, an IPv6 address without brackets.

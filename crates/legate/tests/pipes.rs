@@ -579,6 +579,18 @@ fn bad_pipe_configs_are_refused_with_their_path() {
             out.contains("static_resources.listeners[0].listener_filters"),
             "{out}"
         );
+        // Two listeners on one path: the second bind would replace the first one's socket.
+        let one = config("{pipe: {path: \"/tmp/legate-twice.sock\"}}", "", "");
+        let second = one
+            .split_once("  listeners:\n")
+            .map(|(_, l)| l.replace("- name: l\n", "- name: l2\n"))
+            .unwrap_or_default();
+        let out = validate(&format!("{one}{second}"));
+        assert!(
+            out.contains("static_resources.listeners[1]")
+                && out.contains("has duplicate address '/tmp/legate-twice.sock'"),
+            "{out}"
+        );
         let by_source = "      filter_chain_match: {source_prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}\n";
         let out = validate(&config("{pipe: {path: \"/tmp/x.sock\"}}", by_source, ""));
         assert!(

@@ -1502,6 +1502,10 @@ fn auto_sni_and_san_validation_take_the_name_from_each_request() {
     assert_eq!(r.status, 503, "{}", r.body);
     let stat = |c: &str, n: &str| proxy.stat(&format!("cluster.{c}.ssl.{n}")).unwrap_or(0);
     eventually("SAN failure counted", || stat("validated", "fail_verify_san") == 1);
+    // A host that is no name at all fails too (it does not fall back to an unchecked
+    // connection).
+    let r = get("/validated", &[("host", "1.2.3")]);
+    assert_eq!(r.status, 503, "{}", r.body);
     // override_auto_sni_header wins when the request has it; without it, the host; an IP
     // address is not sent as SNI (the configured `sni` is, as without auto_sni).
     let r = get("/overridden", &[("host", "a.example.com"), ("x-sni", "c.example.com")]);

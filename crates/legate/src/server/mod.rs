@@ -283,7 +283,6 @@ pub fn run(
     Ok(())
 }
 
-/// The next file change, or never when nothing is watched.
 /// Once the configuration is in force and no xDS file will be read again, the reflection data
 /// that read it (~16 MB of descriptors) is released and the freed heap returned to the OS: the
 /// idle process keeps what serving needs. A reload or an admin dump decodes it again.
@@ -296,6 +295,7 @@ fn shed_startup_memory() {
     }
 }
 
+/// The next file change, or never when nothing is watched.
 async fn next_change(changes: &mut Option<control::Changes>) -> Option<control::Watched> {
     match changes {
         Some(rx) => rx.recv().await,
