@@ -117,7 +117,11 @@ fn release_embedded_pages() {
             // image; MADV_DONTNEED on it only drops resident pages, which reads fault back in
             // unchanged.
             unsafe {
-                libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED);
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                );
             }
         }
     }

@@ -82,9 +82,7 @@ impl OcspResponse {
         tbs.any().ok_or_else(|| malformed("responderID"))?;
         tbs.expect(GENERALIZED_TIME)
             .ok_or_else(|| malformed("producedAt"))?;
-        let (responses, _) = tbs
-            .expect(SEQUENCE)
-            .ok_or_else(|| malformed("responses"))?;
+        let (responses, _) = tbs.expect(SEQUENCE).ok_or_else(|| malformed("responses"))?;
         let mut responses = Der(responses);
         let single = responses
             .expect(SEQUENCE)
@@ -94,9 +92,7 @@ impl OcspResponse {
             return Err("OCSP Response must be for one certificate only".into());
         }
         let mut single = Der(single);
-        let (cert_id, _) = single
-            .expect(SEQUENCE)
-            .ok_or_else(|| malformed("certID"))?;
+        let (cert_id, _) = single.expect(SEQUENCE).ok_or_else(|| malformed("certID"))?;
         let mut cert_id = Der(cert_id);
         for what in ["hashAlgorithm", "issuerNameHash", "issuerKeyHash"] {
             cert_id.any().ok_or_else(|| malformed(what))?;
@@ -148,7 +144,9 @@ fn tbs_certificate(certificate: &[u8]) -> Option<Der<'_>> {
 }
 
 fn certificate_serial(certificate: &[u8]) -> Option<&[u8]> {
-    tbs_certificate(certificate)?.expect(INTEGER).map(|(s, _)| s)
+    tbs_certificate(certificate)?
+        .expect(INTEGER)
+        .map(|(s, _)| s)
 }
 
 /// Whether the certificate carries the TLS feature extension listing `status_request`
@@ -216,7 +214,12 @@ fn generalized_time(t: &[u8]) -> Option<SystemTime> {
     let n = |r: std::ops::Range<usize>| whole[r].parse::<i64>().ok();
     let (year, month, day) = (n(0..4)?, n(4..6)?, n(6..8)?);
     let (hour, minute, second) = (n(8..10)?, n(10..12)?, n(12..14)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
@@ -286,9 +289,15 @@ mod tests {
     #[test]
     fn generalized_times_convert_to_unix_time() {
         let t = generalized_time(b"20260101000000Z").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1_767_225_600);
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_767_225_600
+        );
         let t = generalized_time(b"19700102030405.123Z").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 86_400 + 3 * 3600 + 4 * 60 + 5);
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            86_400 + 3 * 3600 + 4 * 60 + 5
+        );
         assert!(generalized_time(b"2026010100000Z").is_none());
         assert!(generalized_time(b"20261301000000Z").is_none());
     }

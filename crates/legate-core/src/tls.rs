@@ -393,7 +393,8 @@ impl Validation {
                 .map(|certs| {
                     if let Ok((pem, _)) = read_data_source(ca) {
                         crls.extend(
-                            CertificateRevocationListDer::pem_slice_iter(&pem).filter_map(Result::ok),
+                            CertificateRevocationListDer::pem_slice_iter(&pem)
+                                .filter_map(Result::ok),
                         );
                     }
                     let mut store = RootCertStore::empty();

@@ -319,7 +319,10 @@ mod tests {
         assert_eq!(cookie_value(&headers, "b"), None);
         // Another cookie's UTF-8 value does not hide this one.
         let mut headers = HeaderMap::new();
-        headers.append("cookie", HeaderValue::from_bytes(b"x=\xc3\xa9; session=abc").unwrap());
+        headers.append(
+            "cookie",
+            HeaderValue::from_bytes(b"x=\xc3\xa9; session=abc").unwrap(),
+        );
         assert_eq!(cookie_value(&headers, "session"), Some(&b"abc"[..]));
         assert_eq!(query_value("/p?x=1&y=2&x=3", "x"), Some("1"));
         assert_eq!(query_value("/p?flag&y=2", "flag"), Some(""));

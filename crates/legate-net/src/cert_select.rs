@@ -88,7 +88,12 @@ pub struct CertSelector {
 }
 
 impl CertSelector {
-    pub fn select(&self, hello: &ClientHello<'_>, ocsp_requested: bool, now: SystemTime) -> Selection {
+    pub fn select(
+        &self,
+        hello: &ClientHello<'_>,
+        ocsp_requested: bool,
+        now: SystemTime,
+    ) -> Selection {
         let from_secrets: Vec<ServedCert>;
         let certs = if self.secrets.is_empty() {
             &self.certs

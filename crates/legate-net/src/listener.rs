@@ -313,7 +313,10 @@ pub fn check_unique<F>(listeners: &[(usize, ListenerConfig<F>)]) -> (Vec<ConfigE
             None => l.address.port() != 0 && !addresses.insert((l.address, l.udp.is_some())),
         };
         if duplicate {
-            let shown = l.pipe.as_ref().map_or_else(|| l.address.to_string(), |p| p.path.clone());
+            let shown = l
+                .pipe
+                .as_ref()
+                .map_or_else(|| l.address.to_string(), |p| p.path.clone());
             errors.push(ConfigError::new(
                 &path,
                 format!(

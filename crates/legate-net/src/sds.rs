@@ -106,7 +106,9 @@ impl CertificateSecret {
     /// certificate in force stays.
     pub fn install(&self, certificate: &TlsCertificate) -> Result<(), String> {
         if certificate.ocsp_staple.is_some() {
-            return Err("ocsp_staple: OCSP stapling of SDS certificates is not supported by Legate".into());
+            return Err(
+                "ocsp_staple: OCSP stapling of SDS certificates is not supported by Legate".into(),
+            );
         }
         let key =
             legate_core::tls::certified_key(certificate, &self.provider).map_err(|errors| {

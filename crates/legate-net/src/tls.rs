@@ -18,7 +18,8 @@ use std::time::{Duration, SystemTime};
 
 use legate_api::pb::envoy::config::core::v3::TransportSocket;
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
-    DownstreamTlsContext, TlsCertificate, common_tls_context::ValidationContextType,
+    DownstreamTlsContext, TlsCertificate,
+    common_tls_context::ValidationContextType,
     downstream_tls_context::{OcspStaplePolicy, SessionTicketKeysType},
 };
 use legate_core::ocsp::{self, OcspResponse};
@@ -245,9 +246,7 @@ impl DownstreamTls {
             certs,
             secrets,
             policy,
-            full_scan_on_sni_mismatch: ctx
-                .full_scan_certs_on_sni_mismatch
-                .is_some_and(|v| v.value),
+            full_scan_on_sni_mismatch: ctx.full_scan_certs_on_sni_mismatch.is_some_and(|v| v.value),
         };
         // The certificate is chosen before rustls sees the hello (`accept`); each handshake's
         // configuration then carries it.
@@ -380,12 +379,12 @@ impl Resumption {
                 let mut data = Vec::new();
                 for (i, source) in k.keys.iter().enumerate() {
                     let path = format!("session_ticket_keys.keys[{i}]");
-                    let (bytes, _) =
-                        tls::read_data_source(source).map_err(|e| within(e, &path))?;
+                    let (bytes, _) = tls::read_data_source(source).map_err(|e| within(e, &path))?;
                     data.push(bytes);
                 }
-                let keys = TicketKeys::from_key_data(data.iter().map(|d| &d[..]), context, lifetime)
-                    .map_err(|e| vec![ConfigError::new("session_ticket_keys", e)])?;
+                let keys =
+                    TicketKeys::from_key_data(data.iter().map(|d| &d[..]), context, lifetime)
+                        .map_err(|e| vec![ConfigError::new("session_ticket_keys", e)])?;
                 Some(keys)
             }
             Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(_)) => {
@@ -481,13 +480,16 @@ async fn client_asks_for_staple(stream: &TcpStream) -> bool {
         return false;
     };
     let mut buf = vec![0u8; DEFAULT_MAX_CLIENT_HELLO_SIZE + 5];
-    let verdict = peek_until(stream, &peeker, &mut buf, |data| {
-        match tls_inspector::inspect(data, DEFAULT_MAX_CLIENT_HELLO_SIZE) {
+    let verdict = peek_until(
+        stream,
+        &peeker,
+        &mut buf,
+        |data| match tls_inspector::inspect(data, DEFAULT_MAX_CLIENT_HELLO_SIZE) {
             Inspection::NeedMore => None,
             Inspection::Tls(hello) => Some(hello.status_request),
             Inspection::NotTls { .. } | Inspection::TooLarge => Some(false),
-        }
-    })
+        },
+    )
     .await;
     verdict.unwrap_or(false)
 }

@@ -109,7 +109,10 @@ pub fn fingerprints(data: &[u8], ja3: bool, ja4: bool) -> (Option<String>, Optio
 
 /// The ClientHello body (after its handshake header) from the handshake records at the start
 /// of `data`, and the bytes those records take; or the verdict when there is no complete one.
-fn gather(data: &[u8], max_hello: usize) -> Result<(std::borrow::Cow<'_, [u8]>, usize), Inspection> {
+fn gather(
+    data: &[u8],
+    max_hello: usize,
+) -> Result<(std::borrow::Cow<'_, [u8]>, usize), Inspection> {
     // Gather the handshake bytes from consecutive handshake records. Most hellos fit in the
     // first record and are read in place; only a fragmented one is copied.
     let mut offset = 0;

@@ -26,8 +26,8 @@ use crate::body::Body;
 use crate::breaker::ResourceGuard;
 use crate::host::Host;
 use crate::manager::Cluster;
-pub use crate::tls::UpstreamStream;
 use crate::tls::ConnectionName;
+pub use crate::tls::UpstreamStream;
 
 /// The protocol a request is sent upstream with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +99,11 @@ impl HostPool {
     /// name first drops the per-name pools left without connections or users (idle
     /// connections past the cluster's `idle_timeout` closed), so that requests naming ever new
     /// hosts do not grow the map.
-    fn for_name(&self, name: Option<&ConnectionName>, idle_timeout: Option<Duration>) -> PoolRef<'_> {
+    fn for_name(
+        &self,
+        name: Option<&ConnectionName>,
+        idle_timeout: Option<Duration>,
+    ) -> PoolRef<'_> {
         let Some(name) = name else {
             return PoolRef::Own(self);
         };
@@ -115,7 +119,9 @@ impl HostPool {
 
     fn is_unused(&self, idle_timeout: Option<Duration>) -> bool {
         let mut idle = lock(&self.idle);
-        idle.retain(|i| !i.sender.is_closed() && idle_timeout.is_none_or(|t| i.since.elapsed() < t));
+        idle.retain(|i| {
+            !i.sender.is_closed() && idle_timeout.is_none_or(|t| i.since.elapsed() < t)
+        });
         idle.is_empty() && lock(&self.h2).as_ref().is_none_or(|s| s.is_closed())
     }
 }
@@ -161,9 +167,11 @@ pub async fn send(
         Some(Ok(Some(name))) => Some(name),
         // What Envoy's check of the certificate against an unusable host ends in.
         Some(Err(())) => {
-            return Err(UpstreamError::ConnectFailure(legate_core::tls::failure_reason(
-                &rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
-            )));
+            return Err(UpstreamError::ConnectFailure(
+                legate_core::tls::failure_reason(&rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                )),
+            ));
         }
     };
     match protocol {

@@ -217,7 +217,12 @@ impl UpstreamTls {
                 sni: o.auto_sni,
                 san_validation: o.auto_san_validation,
                 header: (!o.override_auto_sni_header.is_empty())
-                    .then(|| http::HeaderName::from_bytes(o.override_auto_sni_header.to_ascii_lowercase().as_bytes()).ok())
+                    .then(|| {
+                        http::HeaderName::from_bytes(
+                            o.override_auto_sni_header.to_ascii_lowercase().as_bytes(),
+                        )
+                        .ok()
+                    })
                     .flatten(),
             });
         self

@@ -183,10 +183,18 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             "UdpProxyConfig.HashPolicy",
             &["source_ip", "key"],
         ),
-        ("envoy.extensions.filters.udp.udp_proxy.v3", "Route", &["cluster"]),
+        (
+            "envoy.extensions.filters.udp.udp_proxy.v3",
+            "Route",
+            &["cluster"],
+        ),
         ("xds.type.matcher.v3", "Matcher", &["on_no_match"]),
         ("xds.type.matcher.v3", "Matcher.OnMatch", &["action"]),
-        ("xds.core.v3", "TypedExtensionConfig", &["name", "typed_config"]),
+        (
+            "xds.core.v3",
+            "TypedExtensionConfig",
+            &["name", "typed_config"],
+        ),
         // L4 network filters
         (
             "envoy.extensions.filters.network.tcp_proxy.v3",
@@ -644,7 +652,11 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
         (
             "envoy.config.cluster.v3",
             "Cluster.OriginalDstLbConfig",
-            &["use_http_header", "http_header_name", "upstream_port_override"],
+            &[
+                "use_http_header",
+                "http_header_name",
+                "upstream_port_override",
+            ],
         ),
         (
             "envoy.config.cluster.v3",
@@ -718,7 +730,11 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
         (
             CORE,
             "UpstreamHttpProtocolOptions",
-            &["auto_sni", "auto_san_validation", "override_auto_sni_header"],
+            &[
+                "auto_sni",
+                "auto_san_validation",
+                "override_auto_sni_header",
+            ],
         ),
         (
             "envoy.extensions.upstreams.http.v3",

@@ -1106,7 +1106,12 @@ fn tls_inspector_fingerprints_client_hellos_like_envoy() {
         enable_ja4_fingerprinting: true
 "#;
     let config = bootstrap(
-        &[listener("ja", 0, inspector, &chain("", &tcp_proxy("ja", "backend", &access_log)))],
+        &[listener(
+            "ja",
+            0,
+            inspector,
+            &chain("", &tcp_proxy("ja", "backend", &access_log)),
+        )],
         &cluster("backend", upstream.addr, ""),
     );
     let legate = Legate::start(&config);
@@ -1138,7 +1143,10 @@ fn tls_inspector_fingerprints_client_hellos_like_envoy() {
     assert_eq!(fields[2][2], "t13d1011h2_61a7ad8aa9b6_3fcd1a44f3e3");
     for f in &fields[1..] {
         assert!(
-            f[1].len() == 32 && f[1].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            f[1].len() == 32
+                && f[1]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
             "JA3 {}",
             f[1]
         );

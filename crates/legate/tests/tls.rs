@@ -121,7 +121,11 @@ impl Ca {
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
         let path = self.dir.join(file);
-        std::fs::write(&path, params.signed_by(&self.issuer).unwrap().pem().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            params.signed_by(&self.issuer).unwrap().pem().unwrap(),
+        )
+        .unwrap();
         path
     }
 
@@ -1172,13 +1176,21 @@ fn sessions_resume_across_listeners_sharing_ticket_keys() {
     let server = ca.leaf("server", &["tickets.example.com"]);
     let key = |file: &str, fill: u8| {
         let path = ca.dir.join(file);
-        std::fs::write(&path, (0..80u8).map(|i| i.wrapping_mul(31) ^ fill).collect::<Vec<_>>())
-            .unwrap();
+        std::fs::write(
+            &path,
+            (0..80u8)
+                .map(|i| i.wrapping_mul(31) ^ fill)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         path
     };
     let (shared, other) = (key("shared.key", 1), key("other.key", 2));
     let keys = |path: &Path| {
-        format!("          session_ticket_keys:\n            keys:\n            - filename: {}\n", path.display())
+        format!(
+            "          session_ticket_keys:\n            keys:\n            - filename: {}\n",
+            path.display()
+        )
     };
     let tls = |extra: &str| tls_socket(&[&server], extra);
     let listeners = [
@@ -1188,7 +1200,10 @@ fn sessions_resume_across_listeners_sharing_ticket_keys() {
         listener(
             "nostateless",
             "",
-            &chain(&[&tls("          disable_stateless_session_resumption: true\n"), &hcm("app")]),
+            &chain(&[
+                &tls("          disable_stateless_session_resumption: true\n"),
+                &hcm("app"),
+            ]),
         ),
         listener("default", "", &chain(&[&tls(""), &hcm("app")])),
     ]
@@ -1201,7 +1216,10 @@ fn sessions_resume_across_listeners_sharing_ticket_keys() {
         let store = Arc::new(rustls::client::ClientSessionMemoryCache::new(32));
         resuming_client(&ca, versions, &store)
     };
-    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
         // A session from listener a resumes at b (same keys), not at c (other keys).
         let client = fresh(versions);
         assert!(!resumed(proxy.addr("a"), client.clone(), name));
@@ -1221,7 +1239,11 @@ fn sessions_resume_across_listeners_sharing_ticket_keys() {
     let tls13 = fresh(&[&rustls::version::TLS13]);
     assert!(!resumed(proxy.addr("nostateless"), tls13.clone(), name));
     assert!(!resumed(proxy.addr("nostateless"), tls13, name));
-    let stat = |l: &str| proxy.stat(&format!("listener.{l}.ssl.session_reused")).unwrap_or(0);
+    let stat = |l: &str| {
+        proxy
+            .stat(&format!("listener.{l}.ssl.session_reused"))
+            .unwrap_or(0)
+    };
     eventually("reuse counted", || {
         stat("b") == 2 && stat("default") == 2 && stat("nostateless") == 1
     });
@@ -1242,7 +1264,11 @@ fn bad_session_ticket_keys_are_refused_with_envoys_message() {
     std::fs::write(
         &file,
         bootstrap(
-            &listener("bad", "", &chain(&[&tls_socket(&[&server], &extra), &hcm("app")])),
+            &listener(
+                "bad",
+                "",
+                &chain(&[&tls_socket(&[&server], &extra), &hcm("app")]),
+            ),
             &cluster("app", "127.0.0.1:1".parse().unwrap(), ""),
         ),
     )
@@ -1275,23 +1301,113 @@ impl OcspFixture {
                 .current_dir(&dir)
                 .output()
                 .expect("openssl (the test command installs it)");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-        run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=ocsp test CA", "-days", "3"]].concat());
-        std::fs::write(dir.join("must.ext"), "tlsfeature = status_request\nsubjectAltName = DNS:ocsp.example.com\n").unwrap();
-        std::fs::write(dir.join("plain.ext"), "subjectAltName = DNS:ocsp.example.com\n").unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=ocsp test CA",
+                "-days",
+                "3",
+            ],
+        ]
+        .concat());
+        std::fs::write(
+            dir.join("must.ext"),
+            "tlsfeature = status_request\nsubjectAltName = DNS:ocsp.example.com\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("plain.ext"),
+            "subjectAltName = DNS:ocsp.example.com\n",
+        )
+        .unwrap();
         let mut index = String::new();
-        for (name, serial, ext) in [("leaf", "0x1234", "plain.ext"), ("must", "0x1235", "must.ext")] {
-            run(&[&["req"][..], &ec, &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", "/CN=ocsp.example.com"]].concat());
-            run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", serial, "-extfile", ext, "-out", &format!("{name}.pem"), "-days", "2"]);
-            index += &format!("V\t301231000000Z\t\t{}\tunknown\t/CN=ocsp.example.com\n", &serial[2..]);
+        for (name, serial, ext) in [
+            ("leaf", "0x1234", "plain.ext"),
+            ("must", "0x1235", "must.ext"),
+        ] {
+            run(&[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    "/CN=ocsp.example.com",
+                ],
+            ]
+            .concat());
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                serial,
+                "-extfile",
+                ext,
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+            ]);
+            index += &format!(
+                "V\t301231000000Z\t\t{}\tunknown\t/CN=ocsp.example.com\n",
+                &serial[2..]
+            );
         }
         std::fs::write(dir.join("index.txt"), index).unwrap();
         std::fs::write(dir.join("index.txt.attr"), "unique_subject = no\n").unwrap();
-        for (name, cert, days) in [("good", "leaf", Some("1")), ("nonext", "leaf", None), ("must", "must", Some("1"))] {
-            run(&["ocsp", "-issuer", "ca.pem", "-cert", &format!("{cert}.pem"), "-no_nonce", "-reqout", &format!("{name}.req")]);
-            let mut args = vec!["ocsp", "-index", "index.txt", "-rsigner", "ca.pem", "-rkey", "ca.key", "-CA", "ca.pem"];
+        for (name, cert, days) in [
+            ("good", "leaf", Some("1")),
+            ("nonext", "leaf", None),
+            ("must", "must", Some("1")),
+        ] {
+            run(&[
+                "ocsp",
+                "-issuer",
+                "ca.pem",
+                "-cert",
+                &format!("{cert}.pem"),
+                "-no_nonce",
+                "-reqout",
+                &format!("{name}.req"),
+            ]);
+            let mut args = vec![
+                "ocsp",
+                "-index",
+                "index.txt",
+                "-rsigner",
+                "ca.pem",
+                "-rkey",
+                "ca.key",
+                "-CA",
+                "ca.pem",
+            ];
             let (reqin, respout) = (format!("{name}.req"), format!("{name}.der"));
             args.extend(["-reqin", &reqin, "-respout", &respout]);
             if let Some(d) = days {
@@ -1309,9 +1425,16 @@ impl OcspFixture {
     /// A TLS chain serving `cert` with the staple `response` (if any) under `policy`.
     fn chain(&self, cert: &str, response: Option<&str>, policy: &str) -> String {
         let staple = response.map_or(String::new(), |r| {
-            format!("              ocsp_staple: {{filename: {}}}\n", self.path(r))
+            format!(
+                "              ocsp_staple: {{filename: {}}}\n",
+                self.path(r)
+            )
         });
-        let policy = if policy.is_empty() { String::new() } else { format!("          ocsp_staple_policy: {policy}\n") };
+        let policy = if policy.is_empty() {
+            String::new()
+        } else {
+            format!("          ocsp_staple_policy: {policy}\n")
+        };
         format!(
             "      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n{policy}          common_tls_context:\n            tls_certificates:\n            - certificate_chain: {{filename: {}}}\n              private_key: {{filename: {}}}\n{staple}",
             self.path(&format!("{cert}.pem")),
@@ -1328,7 +1451,13 @@ impl Drop for OcspFixture {
 
 /// What `openssl s_client` saw: whether the handshake completed, and whether a staple came.
 fn s_client(addr: SocketAddr, status: bool) -> (bool, bool) {
-    let mut args = vec!["s_client".to_string(), "-connect".into(), addr.to_string(), "-servername".into(), "ocsp.example.com".into()];
+    let mut args = vec![
+        "s_client".to_string(),
+        "-connect".into(),
+        addr.to_string(),
+        "-servername".into(),
+        "ocsp.example.com".into(),
+    ];
     if status {
         args.push("-status".into());
     }
@@ -1351,7 +1480,10 @@ fn ocsp_responses_are_stapled_by_policy() {
     let listeners = [
         ("lenient", f.chain("leaf", Some("good.der"), "")),
         ("lenient_nonext", f.chain("leaf", Some("nonext.der"), "")),
-        ("strict_nonext", f.chain("leaf", Some("nonext.der"), "STRICT_STAPLING")),
+        (
+            "strict_nonext",
+            f.chain("leaf", Some("nonext.der"), "STRICT_STAPLING"),
+        ),
         ("strict_none", f.chain("leaf", None, "STRICT_STAPLING")),
         ("must", f.chain("leaf", Some("good.der"), "MUST_STAPLE")),
         ("must_ext", f.chain("must", Some("must.der"), "")),
@@ -1371,11 +1503,23 @@ fn ocsp_responses_are_stapled_by_policy() {
         ("must_ext", (true, true)),
     ];
     for (name, outcome) in expected {
-        assert_eq!(s_client(proxy.addr(name), true), outcome, "{name} with -status");
+        assert_eq!(
+            s_client(proxy.addr(name), true),
+            outcome,
+            "{name} with -status"
+        );
         // A client that does not ask gets no staple, whatever the policy.
-        assert_eq!(s_client(proxy.addr(name), false), (true, false), "{name} without -status");
+        assert_eq!(
+            s_client(proxy.addr(name), false),
+            (true, false),
+            "{name} without -status"
+        );
     }
-    let stat = |l: &str, n: &str| proxy.stat(&format!("listener.{l}.ssl.ocsp_staple_{n}")).unwrap_or(0);
+    let stat = |l: &str, n: &str| {
+        proxy
+            .stat(&format!("listener.{l}.ssl.ocsp_staple_{n}"))
+            .unwrap_or(0)
+    };
     eventually("staple stats", || stat("must_ext", "requests") == 1);
     for (name, [requests, responses, omitted, failed]) in [
         ("lenient", [1, 1, 0, 0]),
@@ -1386,7 +1530,12 @@ fn ocsp_responses_are_stapled_by_policy() {
         ("must_ext", [1, 1, 0, 0]),
     ] {
         assert_eq!(
-            [stat(name, "requests"), stat(name, "responses"), stat(name, "omitted"), stat(name, "failed")],
+            [
+                stat(name, "requests"),
+                stat(name, "responses"),
+                stat(name, "omitted"),
+                stat(name, "failed")
+            ],
             [requests, responses, omitted, failed],
             "{name}"
         );
@@ -1397,9 +1546,18 @@ fn ocsp_responses_are_stapled_by_policy() {
 fn ocsp_config_errors_are_envoys() {
     let f = OcspFixture::new();
     let cases = [
-        (f.chain("leaf", None, "MUST_STAPLE"), "Required OCSP response is missing from TLS context"),
-        (f.chain("leaf", Some("must.der"), ""), "OCSP response does not match its TLS certificate"),
-        (f.chain("must", None, ""), "OCSP response is required for must-staple certificate"),
+        (
+            f.chain("leaf", None, "MUST_STAPLE"),
+            "Required OCSP response is missing from TLS context",
+        ),
+        (
+            f.chain("leaf", Some("must.der"), ""),
+            "OCSP response does not match its TLS certificate",
+        ),
+        (
+            f.chain("must", None, ""),
+            "OCSP response is required for must-staple certificate",
+        ),
         (f.chain("leaf", Some("good.req"), ""), "OCSP response"),
     ];
     for (tls, message) in cases {
@@ -1420,8 +1578,9 @@ fn ocsp_config_errors_are_envoys() {
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{message}");
         assert!(
-            text.contains("transport_socket.typed_config.common_tls_context.tls_certificates[0].ocsp_staple: ")
-                && text.contains(message),
+            text.contains(
+                "transport_socket.typed_config.common_tls_context.tls_certificates[0].ocsp_staple: "
+            ) && text.contains(message),
             "{message}: {text}"
         );
     }
@@ -1491,28 +1650,48 @@ fn auto_sni_and_san_validation_take_the_name_from_each_request() {
         "              - match: { prefix: \"/\" }\n                route: { cluster: validated }\n",
         &routes,
     );
-    let proxy = start_proxy(&bootstrap(&listener("plain", "", &chain(&[&hcm])), &clusters));
+    let proxy = start_proxy(&bootstrap(
+        &listener("plain", "", &chain(&[&hcm])),
+        &clusters,
+    ));
     let addr = proxy.addr("plain");
     let get = |path: &str, headers: &[(&str, &str)]| e2e::http_get(addr, path, headers);
 
     // The request's host (without its port) is the SNI, and the name the certificate must have.
     let r = get("/validated", &[("host", "a.example.com:8443")]);
-    assert_eq!((r.status, r.body.as_str()), (200, "sni=a.example.com alpn="));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "sni=a.example.com alpn=")
+    );
     let r = get("/validated", &[("host", "b.example.com")]);
     assert_eq!(r.status, 503, "{}", r.body);
     let stat = |c: &str, n: &str| proxy.stat(&format!("cluster.{c}.ssl.{n}")).unwrap_or(0);
-    eventually("SAN failure counted", || stat("validated", "fail_verify_san") == 1);
+    eventually("SAN failure counted", || {
+        stat("validated", "fail_verify_san") == 1
+    });
     // A host that is no name at all fails too (it does not fall back to an unchecked
     // connection).
     let r = get("/validated", &[("host", "1.2.3")]);
     assert_eq!(r.status, 503, "{}", r.body);
     // override_auto_sni_header wins when the request has it; without it, the host; an IP
     // address is not sent as SNI (the configured `sni` is, as without auto_sni).
-    let r = get("/overridden", &[("host", "a.example.com"), ("x-sni", "c.example.com")]);
-    assert_eq!((r.status, r.body.as_str()), (200, "sni=c.example.com alpn="));
+    let r = get(
+        "/overridden",
+        &[("host", "a.example.com"), ("x-sni", "c.example.com")],
+    );
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "sni=c.example.com alpn=")
+    );
     let r = get("/overridden", &[("host", "d.example.com")]);
-    assert_eq!((r.status, r.body.as_str()), (200, "sni=d.example.com alpn="));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "sni=d.example.com alpn=")
+    );
     let r = get("/overridden", &[("host", "127.0.0.1:80")]);
-    assert_eq!((r.status, r.body.as_str()), (200, "sni=configured.example.com alpn="));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "sni=configured.example.com alpn=")
+    );
     assert_eq!(stat("overridden", "handshake"), 3);
 }

@@ -538,12 +538,18 @@ impl Operator {
             Operator::RequestedServerName => {
                 info.requested_server_name.as_deref().and_then(non_empty)
             }
-            Operator::TlsJa3Fingerprint => {
-                info.tls_fingerprints.as_ref()?.ja3.as_deref().and_then(non_empty)
-            }
-            Operator::TlsJa4Fingerprint => {
-                info.tls_fingerprints.as_ref()?.ja4.as_deref().and_then(non_empty)
-            }
+            Operator::TlsJa3Fingerprint => info
+                .tls_fingerprints
+                .as_ref()?
+                .ja3
+                .as_deref()
+                .and_then(non_empty),
+            Operator::TlsJa4Fingerprint => info
+                .tls_fingerprints
+                .as_ref()?
+                .ja4
+                .as_deref()
+                .and_then(non_empty),
             Operator::DownstreamTls(field) => {
                 let value = field.value(info.downstream_tls.as_deref()?);
                 (!value.is_empty()).then_some(Value::Str(value))

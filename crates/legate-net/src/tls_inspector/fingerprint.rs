@@ -66,12 +66,15 @@ impl<'a> HelloFields<'a> {
     /// `md5(version,ciphers,extensions,groups,point_formats)`, each list dash-joined decimals.
     pub(super) fn ja3(&self) -> String {
         let join = |values: &mut dyn Iterator<Item = u32>| {
-            values
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join("-")
+            values.map(|v| v.to_string()).collect::<Vec<_>>().join("-")
         };
-        let ciphers = join(&mut self.ciphers.iter().filter(|c| !is_grease(**c)).map(|c| *c as u32));
+        let ciphers = join(
+            &mut self
+                .ciphers
+                .iter()
+                .filter(|c| !is_grease(**c))
+                .map(|c| *c as u32),
+        );
         let extensions = join(
             &mut self
                 .extensions
@@ -80,12 +83,22 @@ impl<'a> HelloFields<'a> {
                 .map(|(k, _)| *k as u32),
         );
         // After the list's length, every group as Envoy writes it (GREASE ones too).
-        let groups = self.extension(EXT_SUPPORTED_GROUPS).map_or(String::new(), |d| {
-            join(&mut d.get(2..).unwrap_or_default().chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32))
-        });
-        let formats = self.extension(EXT_EC_POINT_FORMATS).map_or(String::new(), |d| {
-            join(&mut d.get(1..).unwrap_or_default().iter().map(|f| *f as u32))
-        });
+        let groups = self
+            .extension(EXT_SUPPORTED_GROUPS)
+            .map_or(String::new(), |d| {
+                join(
+                    &mut d
+                        .get(2..)
+                        .unwrap_or_default()
+                        .chunks_exact(2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32),
+                )
+            });
+        let formats = self
+            .extension(EXT_EC_POINT_FORMATS)
+            .map_or(String::new(), |d| {
+                join(&mut d.get(1..).unwrap_or_default().iter().map(|f| *f as u32))
+            });
         let text = format!(
             "{},{ciphers},{extensions},{groups},{formats}",
             self.legacy_version
@@ -98,7 +111,10 @@ impl<'a> HelloFields<'a> {
         // The highest of `supported_versions` (a malformed list gives "00"); without any,
         // the hello's own version.
         let version = match self.extension(EXT_SUPPORTED_VERSIONS) {
-            Some(d) => match d.split_first().and_then(|(&len, list)| list.get(..len as usize)) {
+            Some(d) => match d
+                .split_first()
+                .and_then(|(&len, list)| list.get(..len as usize))
+            {
                 Some(list) => list
                     .chunks_exact(2)
                     .map(|c| u16::from_be_bytes([c[0], c[1]]))
@@ -116,9 +132,22 @@ impl<'a> HelloFields<'a> {
             0x0301 => "10",
             _ => "00",
         };
-        let sni = if self.extension(EXT_SERVER_NAME).is_some() { "d" } else { "i" };
-        let mut ciphers: Vec<u16> = self.ciphers.iter().copied().filter(|c| !is_grease(*c)).collect();
-        let extension_count = self.extensions.iter().filter(|(k, _)| !is_grease(*k)).count();
+        let sni = if self.extension(EXT_SERVER_NAME).is_some() {
+            "d"
+        } else {
+            "i"
+        };
+        let mut ciphers: Vec<u16> = self
+            .ciphers
+            .iter()
+            .copied()
+            .filter(|c| !is_grease(*c))
+            .collect();
+        let extension_count = self
+            .extensions
+            .iter()
+            .filter(|(k, _)| !is_grease(*k))
+            .count();
         let two_digits = |n: usize| format!("{:02}", n.min(99));
         let cipher_count = two_digits(ciphers.len());
         ciphers.sort_unstable();
@@ -209,7 +238,8 @@ fn md5(message: &[u8]) -> [u8; 16] {
         9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10,
         15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
     ];
-    let k: [u32; 64] = std::array::from_fn(|i| ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32);
+    let k: [u32; 64] =
+        std::array::from_fn(|i| ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32);
     let mut state: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
     let mut padded = message.to_vec();
     padded.push(0x80);
@@ -218,8 +248,14 @@ fn md5(message: &[u8]) -> [u8; 16] {
     }
     padded.extend_from_slice(&((message.len() as u64).wrapping_mul(8)).to_le_bytes());
     for block in padded.chunks_exact(64) {
-        let m: [u32; 16] =
-            std::array::from_fn(|i| u32::from_le_bytes([block[4 * i], block[4 * i + 1], block[4 * i + 2], block[4 * i + 3]]));
+        let m: [u32; 16] = std::array::from_fn(|i| {
+            u32::from_le_bytes([
+                block[4 * i],
+                block[4 * i + 1],
+                block[4 * i + 2],
+                block[4 * i + 3],
+            ])
+        });
         let [mut a, mut b, mut c, mut d] = state;
         for i in 0..64 {
             let (f, g) = match i / 16 {
@@ -263,7 +299,10 @@ mod tests {
             ("a", "0cc175b9c0f1b6a831c399e269772661"),
             ("abc", "900150983cd24fb0d6963f7d28e17f72"),
             ("message digest", "f96b697d7cb7938d525a2f31aaf161d0"),
-            ("abcdefghijklmnopqrstuvwxyz", "c3fcd3d76192e4007dfb496cca67e13b"),
+            (
+                "abcdefghijklmnopqrstuvwxyz",
+                "c3fcd3d76192e4007dfb496cca67e13b",
+            ),
             (
                 "12345678901234567890123456789012345678901234567890123456789012345678901234567890",
                 "57edf4a22be3c955ac49da2e2107b67a",

@@ -27,8 +27,8 @@ use tokio::sync::mpsc;
 
 use super::l4::ChainFilter;
 use super::listener::{self, ListenSocket};
-use legate_net::rbac::NetworkRbac;
 use legate_core::access_log::AccessLogger;
+use legate_net::rbac::NetworkRbac;
 use legate_net::udp_proxy::{UdpListenerConfig, UdpProxy, UdpProxyStats};
 
 use super::udp::ClusterUpstreams;

@@ -580,7 +580,8 @@ async fn serve_matched(
             downstream.peer
         );
     } else if let Some(conn) = conn {
-        let serve = std::pin::pin!(serving.chains[chain].serve(conn, downstream, server_name, drain));
+        let serve =
+            std::pin::pin!(serving.chains[chain].serve(conn, downstream, server_name, drain));
         until_closed(instance, serve).await;
     }
     closed(&serving.stats, opened);
