@@ -397,6 +397,18 @@ pub enum NoUpstream {
     /// The cluster has no host to pick (the implementation counts
     /// `upstream_cx_none_healthy`).
     NoHost,
+    /// The cluster's `max_connections` are taken (the implementation counts
+    /// `upstream_cx_overflow`).
+    Overflow,
+}
+
+/// The upstream of a new session.
+pub struct SessionUpstream {
+    pub host: SocketAddr,
+    pub stats: Arc<UdpClusterStats>,
+    /// The session's hold on one of the cluster's connections (`max_connections`), as Envoy
+    /// counts a UDP session; released when the session ends.
+    pub slot: Box<dyn Send + Sync>,
 }
 
 /// The clusters, as the UDP proxy needs them.
@@ -408,7 +420,7 @@ pub trait UdpUpstreams: Send + Sync + 'static {
         cluster: &str,
         downstream: SocketAddr,
         hash: Option<&UdpHashPolicy>,
-    ) -> Result<(SocketAddr, Arc<UdpClusterStats>), NoUpstream>;
+    ) -> Result<SessionUpstream, NoUpstream>;
 }
 
 /// A UDP listener's proxy as its workers run it.
@@ -436,6 +448,8 @@ struct Session {
     /// Bytes from the client, and (counted by the relay) to it.
     rx_bytes: u64,
     tx_bytes: Arc<AtomicU64>,
+    /// The cluster connection it holds (released with the session).
+    _slot: Box<dyn Send + Sync>,
 }
 
 impl Drop for Session {
@@ -555,18 +569,28 @@ impl UdpProxy {
         start: Instant,
         id: u64,
     ) -> Option<Session> {
-        let (host, cluster) = match self.upstreams.session_host(
+        let upstream = match self.upstreams.session_host(
             &self.config.proxy.cluster,
             peer,
             self.config.proxy.hash_policy.as_ref(),
         ) {
-            Ok(h) => h,
+            Ok(u) => u,
             Err(NoUpstream::NoCluster) => {
                 self.stats.downstream_sess_no_route.inc();
                 return None;
             }
             Err(NoUpstream::NoHost) => return None,
+            // Envoy makes the session, counts it, and drops it when no connection is free.
+            Err(NoUpstream::Overflow) => {
+                self.stats.downstream_sess_total.inc();
+                return None;
+            }
         };
+        let SessionUpstream {
+            host,
+            stats: cluster,
+            slot,
+        } = upstream;
         let (upstream, sender, receiver) = match connect(host) {
             Ok(pair) => pair,
             Err(e) => {
@@ -616,6 +640,7 @@ impl UdpProxy {
             info,
             rx_bytes: 0,
             tx_bytes,
+            _slot: slot,
         })
     }
 

@@ -685,3 +685,37 @@ fn a_changed_udp_listener_keeps_its_port() {
     assert_eq!(settle(&proxy, "udp.svc.downstream_sess_total", 2), Some(2));
     assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 1), Some(1));
 }
+
+#[test]
+fn sessions_take_a_connection_slot_of_the_cluster() {
+    let echo = UdpEcho::start();
+    // One connection allowed: a second client's datagrams find no slot until the first
+    // session ends.
+    let limited = e2e::cluster(
+        "udp_up",
+        echo.addr,
+        "    circuit_breakers: {thresholds: [{max_connections: 1}]}",
+    );
+    let proxy = start_proxy(&bootstrap(
+        "{}",
+        "        cluster: udp_up\n        idle_timeout: 1s\n",
+        &limited,
+    ));
+    let to = proxy.addr("udp_in");
+    let (a, b) = (client(), client());
+    assert_eq!(round_trip(&a, to, b"one").as_deref(), Some(&b"one"[..]));
+    // Refused while the first session holds the slot (the 2 s wait outlives that session).
+    assert_eq!(round_trip(&b, to, b"two"), None);
+    assert_eq!(
+        settle(&proxy, "cluster.udp_up.upstream_cx_overflow", 1),
+        Some(1)
+    );
+    // Envoy counts the session it could not open in downstream_sess_total.
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_total", 2), Some(2));
+    assert_eq!(proxy.stat("udp.svc.downstream_sess_rx_datagrams"), Some(1));
+    // The first session idled out and gave its slot back.
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 0), Some(0));
+    assert_eq!(round_trip(&b, to, b"three").as_deref(), Some(&b"three"[..]));
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_total", 3), Some(3));
+    assert_eq!(proxy.stat("cluster.udp_up.upstream_cx_overflow"), Some(1));
+}

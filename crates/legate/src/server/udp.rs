@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use legate_http::conn_manager::ProxyContext;
-use legate_net::udp_proxy::{NoUpstream, UdpClusterStats, UdpHashPolicy, UdpUpstreams};
+use legate_net::udp_proxy::{
+    NoUpstream, SessionUpstream, UdpClusterStats, UdpHashPolicy, UdpUpstreams,
+};
 use legate_upstream::hashing::xxhash64;
 use legate_upstream::original_dst::LbContext;
 
@@ -30,7 +32,7 @@ impl UdpUpstreams for ClusterUpstreams {
         cluster: &str,
         downstream: SocketAddr,
         hash: Option<&UdpHashPolicy>,
-    ) -> Result<(SocketAddr, Arc<UdpClusterStats>), NoUpstream> {
+    ) -> Result<SessionUpstream, NoUpstream> {
         // The cluster in force when the session opens (CDS may add or replace it later).
         let Some(c) = self.0.clusters.get(cluster) else {
             return Err(NoUpstream::NoCluster);
@@ -56,7 +58,16 @@ impl UdpUpstreams for ClusterUpstreams {
             c.stats.scope.counter("upstream_cx_none_healthy").inc();
             return Err(NoUpstream::NoHost);
         }
+        // A session holds one of the cluster's connections, as in Envoy (`max_connections`).
+        let Some(slot) = c.breakers.connections.try_acquire() else {
+            c.stats.scope.counter("upstream_cx_overflow").inc();
+            return Err(NoUpstream::Overflow);
+        };
         // Looked up once per session, not per datagram.
-        Ok((host.address, Arc::new(UdpClusterStats::new(&c.stats.scope))))
+        Ok(SessionUpstream {
+            host: host.address,
+            stats: Arc::new(UdpClusterStats::new(&c.stats.scope)),
+            slot: Box::new(slot),
+        })
     }
 }
