@@ -281,24 +281,28 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// A DER INTEGER's content (two's complement, big-endian) as its sign and magnitude.
+fn sign_and_magnitude(content: &[u8]) -> (bool, Vec<u8>) {
+    let negative = content.first().is_some_and(|b| b & 0x80 != 0);
+    if !negative {
+        return (false, content.to_vec());
+    }
+    // Invert and add one.
+    let mut m: Vec<u8> = content.iter().map(|b| !b).collect();
+    for b in m.iter_mut().rev() {
+        let (v, carry) = b.overflowing_add(1);
+        *b = v;
+        if !carry {
+            break;
+        }
+    }
+    (true, m)
+}
+
 /// BoringSSL's `BN_bn2hex` of a DER INTEGER's content: lower case, leading zero bytes
 /// dropped, `0` for zero, `-` and the magnitude when negative.
 fn bn2hex(content: &[u8]) -> String {
-    let negative = content.first().is_some_and(|b| b & 0x80 != 0);
-    let magnitude: Vec<u8> = if negative {
-        // Two's complement: invert and add one.
-        let mut m: Vec<u8> = content.iter().map(|b| !b).collect();
-        for b in m.iter_mut().rev() {
-            let (v, carry) = b.overflowing_add(1);
-            *b = v;
-            if !carry {
-                break;
-            }
-        }
-        m
-    } else {
-        content.to_vec()
-    };
+    let (negative, magnitude) = sign_and_magnitude(content);
     let start = magnitude
         .iter()
         .position(|&b| b != 0)
@@ -376,20 +380,7 @@ fn othername_string(explicit: &[u8]) -> String {
 
 /// `BN_bn2dec` of a DER INTEGER's content (two's complement, big-endian).
 fn bn2dec(content: &[u8]) -> String {
-    let negative = content.first().is_some_and(|b| b & 0x80 != 0);
-    let mut magnitude: Vec<u8> = if negative {
-        let mut m: Vec<u8> = content.iter().map(|b| !b).collect();
-        for b in m.iter_mut().rev() {
-            let (v, carry) = b.overflowing_add(1);
-            *b = v;
-            if !carry {
-                break;
-            }
-        }
-        m
-    } else {
-        content.to_vec()
-    };
+    let (negative, mut magnitude) = sign_and_magnitude(content);
     let mut digits = Vec::new();
     while magnitude.iter().any(|&b| b != 0) {
         let mut rem = 0u32;

@@ -5,6 +5,7 @@
 //! sorted cipher and extension lists hashed with SHA-256 and cut to 12 hex digits, SNI and
 //! ALPN left out of the extension hash, signature algorithms appended in their order).
 
+use legate_core::x509::hex;
 use ring::digest::{SHA256, digest};
 
 const EXT_SERVER_NAME: u16 = 0;
@@ -224,10 +225,6 @@ impl<'a> HelloFields<'a> {
             _ => "00".into(),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// MD5 (RFC 1321), which JA3 is defined with. Not used for anything that needs a secure hash.

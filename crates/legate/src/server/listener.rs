@@ -11,57 +11,58 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Envoy's default listen backlog (`tcp_backlog_size`).
 const BACKLOG: i32 = 1024;
 
-fn bind_one(address: SocketAddr, ipv4_compat: bool) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
+/// One socket of a listener: `SO_REUSEPORT` so that every worker binds its own on the same
+/// address (for UDP the kernel hashes a client's address and port to one of them, so each
+/// client stays on the worker that holds its session), IPv6-only for `::` unless
+/// `ipv4_compat`, as in Envoy; TCP sockets listen.
+fn bind_one(address: SocketAddr, ipv4_compat: bool, udp: bool) -> io::Result<Socket> {
+    let (kind, protocol) = if udp {
+        (Type::DGRAM, Protocol::UDP)
+    } else {
+        (Type::STREAM, Protocol::TCP)
+    };
+    let socket = Socket::new(Domain::for_address(address), kind, Some(protocol))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if address.is_ipv6() {
-        // `::` listens on IPv6 only unless `ipv4_compat`, as in Envoy.
         socket.set_only_v6(!ipv4_compat)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
+    if !udp {
+        socket.listen(BACKLOG)?;
+    }
+    Ok(socket)
 }
 
 /// Binds `workers` sockets to `address`; returns them and the address actually bound (with
-/// port 0 resolved).
+/// port 0 resolved by the first).
+fn bind_all(
+    address: SocketAddr,
+    ipv4_compat: bool,
+    workers: usize,
+    udp: bool,
+) -> io::Result<(Vec<Socket>, SocketAddr)> {
+    let first = bind_one(address, ipv4_compat, udp)?;
+    let bound = first
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("an IP listener bound a non-IP address"))?;
+    let mut sockets = vec![first];
+    for _ in 1..workers {
+        sockets.push(bind_one(bound, ipv4_compat, udp)?);
+    }
+    Ok((sockets, bound))
+}
+
+/// Binds a TCP listener's `workers` sockets.
 pub fn bind(
     address: SocketAddr,
     ipv4_compat: bool,
     workers: usize,
 ) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
-    let first = bind_one(address, ipv4_compat)?;
-    let bound = first.local_addr()?;
-    let mut sockets = vec![first];
-    for _ in 1..workers {
-        sockets.push(bind_one(bound, ipv4_compat)?);
-    }
-    Ok((sockets, bound))
-}
-
-fn bind_udp_one(address: SocketAddr, ipv4_compat: bool) -> io::Result<std::net::UdpSocket> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    socket.set_reuse_address(true)?;
-    // One socket per worker, as Envoy binds UDP listeners (`enable_reuse_port`): the kernel
-    // hashes a client's address and port to one of them, so each client stays on one worker,
-    // which holds its session.
-    socket.set_reuse_port(true)?;
-    if address.is_ipv6() {
-        socket.set_only_v6(!ipv4_compat)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    Ok(socket.into())
+    let (sockets, bound) = bind_all(address, ipv4_compat, workers, false)?;
+    Ok((sockets.into_iter().map(Into::into).collect(), bound))
 }
 
 /// [`bind`] for a UDP listener.
@@ -70,13 +71,8 @@ pub fn bind_udp(
     ipv4_compat: bool,
     workers: usize,
 ) -> io::Result<(Vec<std::net::UdpSocket>, SocketAddr)> {
-    let first = bind_udp_one(address, ipv4_compat)?;
-    let bound = first.local_addr()?;
-    let mut sockets = vec![first];
-    for _ in 1..workers {
-        sockets.push(bind_udp_one(bound, ipv4_compat)?);
-    }
-    Ok((sockets, bound))
+    let (sockets, bound) = bind_all(address, ipv4_compat, workers, true)?;
+    Ok((sockets.into_iter().map(Into::into).collect(), bound))
 }
 
 /// A stream listener's socket: TCP, or a unix domain socket (`pipe`).
