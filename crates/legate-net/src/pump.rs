@@ -12,6 +12,7 @@ use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use legate_core::stats::Counter;
@@ -82,41 +83,131 @@ pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads `src` and writes to `dst` until `src` finishes; then shuts down `dst`'s writing.
-async fn one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
-    counters: ByteCounters<'_>,
-    total: &AtomicU64,
-    activity: &Activity,
-) -> io::Result<()> {
-    // Allocated when bytes are there to read and released when the socket runs dry, so that
-    // an idle connection holds no buffer; filled without being zeroed first (`try_read_buf`
-    // reads into the spare capacity).
-    let mut buf: Option<Vec<u8>> = None;
-    loop {
-        src.readable().await?;
-        let b = buf.get_or_insert_with(|| Vec::with_capacity(CHUNK));
-        b.clear();
-        match src.try_read_buf(b) {
-            Ok(0) => {
-                shutdown_write(dst);
-                return Ok(());
+/// One direction of a plain exchange: reads `src` and writes to `dst` until `src` finishes,
+/// then shuts down `dst`'s writing. A poll-driven state machine rather than an `async fn`: an
+/// idle connection's task holds this state for the life of the connection, and the compiler's
+/// layout of the equivalent `async` code (two directions, `try_join!`, `select!`) was four
+/// times its size.
+#[derive(Default)]
+struct Direction {
+    /// Taken when bytes are there to read and released once the socket runs dry, so that an
+    /// idle connection holds no buffer; filled without being zeroed first (`try_read_buf`
+    /// reads into the spare capacity).
+    buf: Option<Vec<u8>>,
+    /// `buf[written..]` is read but not yet written to `dst`.
+    written: usize,
+    /// Bytes moved (written to `dst`).
+    total: u64,
+    done: bool,
+}
+
+impl Direction {
+    /// Moves bytes until `src` finishes (`Ready(Ok)`), a read or write fails, or neither
+    /// socket is ready (`Pending`, with wakers registered). `moved` is called with every
+    /// chunk written.
+    fn poll_move(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        mut moved: impl FnMut(u64),
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
             }
-            Ok(n) => {
-                activity.touch();
-                write_all(dst, &b[..n]).await?;
-                total.fetch_add(n as u64, Ordering::Relaxed);
-                counters.add(n as u64);
-                activity.touch();
+            if let Some(pending) = self.buf.as_ref().filter(|b| self.written < b.len()) {
+                ready!(dst.poll_write_ready(cx))?;
+                match dst.try_write(&pending[self.written..]) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.written += n;
+                        self.total += n as u64;
+                        moved(n as u64);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf = None,
-            Err(e) => return Err(e),
+            ready!(src.poll_read_ready(cx))?;
+            let b = self.buf.get_or_insert_with(|| Vec::with_capacity(CHUNK));
+            b.clear();
+            self.written = 0;
+            match src.try_read_buf(b) {
+                Ok(0) => {
+                    shutdown_write(dst);
+                    self.done = true;
+                    self.buf = None;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = None,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
     }
 }
 
-/// The time of the last byte moved, for the idle timeout.
+/// Proxies between `a` and `b` until both directions finish, one fails, or nothing moves for
+/// `idle` (`None`: no idle timeout).
+pub async fn exchange(
+    a: &TcpStream,
+    b: &TcpStream,
+    idle: Option<Duration>,
+    from_a: ByteCounters<'_>,
+    from_b: ByteCounters<'_>,
+) -> Outcome {
+    let mut ways = [Direction::default(), Direction::default()];
+    let mut first_to_close = None;
+    let mut last_activity = Instant::now();
+    // Armed only with an idle timeout; when it fires early (bytes moved since it was set) it
+    // is set again from the last activity, so moving bytes costs no timer update.
+    let mut timer = std::pin::pin!(tokio::time::sleep(idle.unwrap_or_default()));
+    let end = std::future::poll_fn(|cx| {
+        for (i, (way, src, dst, counters)) in [(a, b, from_a), (b, a, from_b)]
+            .into_iter()
+            .zip(ways.iter_mut())
+            .map(|((src, dst, counters), way)| (way, src, dst, counters))
+            .enumerate()
+        {
+            if way.done {
+                continue;
+            }
+            let r = way.poll_move(cx, src, dst, |n| {
+                counters.add(n);
+                last_activity = Instant::now();
+            });
+            if let Poll::Ready(r) = r {
+                first_to_close.get_or_insert(if i == 0 { Side::A } else { Side::B });
+                if r.is_err() {
+                    return Poll::Ready(End::Error);
+                }
+            }
+        }
+        if ways.iter().all(|w| w.done) {
+            return Poll::Ready(End::Closed);
+        }
+        if let Some(idle) = idle {
+            while timer.as_mut().poll(cx).is_ready() {
+                let due = last_activity + idle;
+                if Instant::now() >= due {
+                    return Poll::Ready(End::IdleTimeout);
+                }
+                timer.as_mut().reset(due.into());
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    Outcome {
+        end,
+        a_to_b: ways[0].total,
+        b_to_a: ways[1].total,
+        first_to_close,
+    }
+}
+
+/// The time of the last byte moved, for the idle timeout of [`exchange_io`].
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
@@ -140,27 +231,8 @@ impl Activity {
     }
 }
 
-/// Proxies between `a` and `b` until both directions finish, one fails, or nothing moves for
-/// `idle` (`None`: no idle timeout).
-pub async fn exchange(
-    a: &TcpStream,
-    b: &TcpStream,
-    idle: Option<Duration>,
-    from_a: ByteCounters<'_>,
-    from_b: ByteCounters<'_>,
-) -> Outcome {
-    let activity = Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let (a_to_b, b_to_a) = (AtomicU64::new(0), AtomicU64::new(0));
-    let forward = std::pin::pin!(one_way(a, b, from_a, &a_to_b, &activity));
-    let backward = std::pin::pin!(one_way(b, a, from_b, &b_to_a, &activity));
-    both_ways(forward, backward, idle, &activity, &a_to_b, &b_to_a).await
-}
-
-/// Runs the two directions of an exchange to their end (or the idle timeout) and reports how
-/// it ended: the part [`exchange`] and [`exchange_io`] share. The directions are pinned where
+/// Runs the two directions of an [`exchange_io`] to their end (or the idle timeout) and reports
+/// how it ended. The directions are pinned where
 /// the caller made them: moved in, each would be held again by every combinator here, for the
 /// whole life of the connection.
 async fn both_ways<F, B>(
@@ -215,13 +287,9 @@ where
 
 /// `envoy.filters.network.echo`: writes back what it reads until the peer finishes.
 pub async fn echo(s: &TcpStream, received: ByteCounters<'_>) -> io::Result<u64> {
-    let activity = Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let total = AtomicU64::new(0);
-    one_way(s, s, received, &total, &activity).await?;
-    Ok(total.load(Ordering::Relaxed))
+    let mut way = Direction::default();
+    std::future::poll_fn(|cx| way.poll_move(cx, s, s, |n| received.add(n))).await?;
+    Ok(way.total)
 }
 
 /// Reads and drops what the peer still sends after we finished, for up to `linger`, so that

@@ -238,6 +238,52 @@ fn tcp_proxy_half_close_stats_and_access_log() {
     });
 }
 
+/// `idle_timeout`: a connection that moves a byte every 200 ms outlives a 600 ms idle timeout
+/// (bytes in either direction count as activity), then closes once it goes quiet, counted in
+/// `tcp.<prefix>.idle_timeout`. Runs against Envoy too (`LEGATE_E2E_PROXY=envoy`).
+#[test]
+fn tcp_proxy_idle_timeout_spares_busy_connections() {
+    let upstream = TcpUpstream::start(b"", true);
+    let config = bootstrap(
+        &[listener(
+            "tcp",
+            0,
+            "",
+            &chain(
+                "",
+                &tcp_proxy("idle", "backend", "          idle_timeout: 0.6s\n"),
+            ),
+        )],
+        &cluster("backend", upstream.addr, ""),
+    );
+    let proxy = e2e::start_proxy(&config);
+    let mut s = TcpStream::connect(proxy.addr("tcp")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    for i in 0..8u8 {
+        s.write_all(&[b'a' + i]).unwrap();
+        let mut echoed = [0u8; 1];
+        s.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed[0], b'a' + i);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(started.elapsed() > Duration::from_millis(1600));
+    assert_eq!(proxy.stat("tcp.idle.idle_timeout"), Some(0));
+    // Quiet now: closed by the proxy within the timeout (and some slack), not before.
+    let quiet = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let waited = quiet.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        waited >= Duration::from_millis(350) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    eventually("the idle timeout to be counted", || {
+        proxy.stat("tcp.idle.idle_timeout") == Some(1)
+    });
+}
+
 #[test]
 fn tcp_proxy_streams_100_mb_both_ways() {
     let upstream = TcpUpstream::start(b"", true);

@@ -79,11 +79,12 @@ impl ChainFilter {
         }
     }
 
-    /// Serves a connection to its end.
+    /// Serves a connection to its end. `downstream` is boxed: every `async fn` layer keeps its
+    /// arguments for its whole life, and the connection's task holds them all.
     pub async fn serve(
         &self,
         conn: Conn,
-        downstream: Downstream,
+        downstream: Box<Downstream>,
         server_name: &str,
         drain: watch::Receiver<bool>,
     ) {
@@ -94,13 +95,13 @@ impl ChainFilter {
         // connection's task for HTTP, tcp_proxy ones too (14 KiB per idle connection).
         match (self, conn) {
             (ChainFilter::Http(hcm), Conn::Plain(s)) => {
-                Box::pin(hcm.clone().serve(s, downstream, drain)).await
+                Box::pin(hcm.clone().serve(s, *downstream, drain)).await
             }
             (ChainFilter::Http(hcm), Conn::Tls(s)) => {
-                Box::pin(hcm.clone().serve(s, downstream, drain)).await
+                Box::pin(hcm.clone().serve(s, *downstream, drain)).await
             }
             (ChainFilter::Http(hcm), Conn::Unix(s)) => {
-                Box::pin(hcm.clone().serve(s, downstream, drain)).await
+                Box::pin(hcm.clone().serve(s, *downstream, drain)).await
             }
             (ChainFilter::TcpProxy(p), conn) => p.serve(conn, downstream, server_name).await,
             (ChainFilter::Echo, Conn::Plain(s)) => {
@@ -197,10 +198,11 @@ impl TcpProxy {
         })
     }
 
-    async fn serve(&self, downstream: Conn, conn: Downstream, server_name: &str) {
-        let stats = &self.stats;
-        stats.downstream_cx_total.inc();
-        let mut info = StreamInfo::new(conn.id);
+    async fn serve(&self, downstream: Conn, conn: Box<Downstream>, server_name: &str) {
+        self.stats.downstream_cx_total.inc();
+        // On the heap, and dropped before the bytes flow when no access log needs it: a
+        // connection's task holds what lives across the exchange for the connection's life.
+        let mut info = Box::new(StreamInfo::new(conn.id));
         info.protocol = Protocol::Tcp;
         if conn.pipe.is_none() {
             info.downstream_remote_address = Some(conn.peer);
@@ -214,7 +216,19 @@ impl TcpProxy {
         info.downstream_tls = conn.tls_info.clone();
         info.tls_fingerprints = conn.tls_fingerprints.clone();
         let restored_local = conn.local_restored.then_some(conn.local);
-        self.proxy(downstream, restored_local, &mut info).await;
+        drop(conn);
+        let mut info = match Box::pin(self.connect(restored_local, &mut info)).await {
+            Some(upstream) => {
+                let mut logged = (!self.access_logs.is_empty()).then_some(info);
+                self.exchange(downstream, upstream, logged.as_deref_mut())
+                    .await;
+                match logged {
+                    Some(info) => info,
+                    None => return,
+                }
+            }
+            None => info,
+        };
         info.duration = Some(info.elapsed());
         if !self.access_logs.is_empty() {
             let runtime = self.context.runtime.snapshot();
@@ -224,14 +238,15 @@ impl TcpProxy {
         }
     }
 
-    async fn proxy(
+    /// Picks the cluster and a host and connects, trying again (another host if the load
+    /// balancer picks one) up to `max_connect_attempts` times. `None`: no connection (the
+    /// reason is in `info`'s response flags).
+    async fn connect(
         &self,
-        downstream: Conn,
         restored_local: Option<std::net::SocketAddr>,
         info: &mut StreamInfo,
-    ) {
+    ) -> Option<Upstream> {
         use legate_core::stream_info::ResponseFlags as flags;
-        let stats = &self.stats;
         let sni = info
             .requested_server_name
             .clone()
@@ -241,9 +256,9 @@ impl TcpProxy {
             None => self.config.cluster.pick(fastrand::u64(..)),
         };
         let Some(cluster) = self.context.clusters.get(name) else {
-            stats.downstream_cx_no_route.inc();
+            self.stats.downstream_cx_no_route.inc();
             info.response_flags.set(flags::NO_CLUSTER_FOUND);
-            return;
+            return None;
         };
         info.upstream_cluster = Some(cluster.name.clone());
         let l4 = ClusterL4Stats::of(&cluster);
@@ -254,9 +269,6 @@ impl TcpProxy {
             .flatten()
             .map(|a| legate_upstream::hashing::xxhash64(a.ip().to_string().as_bytes()));
         let pick = || hash.unwrap_or_else(|| fastrand::u64(..));
-        // Connect, trying again (another host if the load balancer picks one) up to
-        // `max_connect_attempts` times.
-        let mut upstream = None;
         for _ in 0..self.config.max_connect_attempts {
             let lb_context = legate_upstream::original_dst::LbContext {
                 restored_local,
@@ -265,7 +277,7 @@ impl TcpProxy {
             let Some(host) = cluster.choose_host_for(pick(), &lb_context) else {
                 l4.none_healthy.inc();
                 info.response_flags.set(flags::NO_HEALTHY_UPSTREAM);
-                return;
+                return None;
             };
             if host.pipe.is_some() {
                 info.upstream_pipe = host.pipe.clone();
@@ -273,16 +285,20 @@ impl TcpProxy {
                 info.upstream_host = Some(host.address);
             }
             info.attempt_count += 1;
-            // Boxed: the connect (and TLS handshake) future is large and lives only until the
-            // connection is up; inline it would size the connection's task for its whole life.
-            match Box::pin(legate_upstream::pool::connect(&cluster, &host, None)).await {
+            match legate_upstream::pool::connect(&cluster, &host, None).await {
                 Ok((stream, guard)) => {
-                    upstream = Some((stream, guard, host.clone()));
-                    break;
+                    info.upstream_local_address = stream.tcp().and_then(|t| t.local_addr().ok());
+                    return Some(Upstream {
+                        stream,
+                        guard,
+                        host,
+                        cluster,
+                        l4,
+                    });
                 }
                 Err(UpstreamError::Overflow) => {
                     info.response_flags.set(flags::UPSTREAM_OVERFLOW);
-                    return;
+                    return None;
                 }
                 Err(e) => {
                     info.upstream_transport_failure_reason =
@@ -290,54 +306,79 @@ impl TcpProxy {
                 }
             }
         }
-        let Some((upstream, guard, host)) = upstream else {
-            l4.attempts_exceeded.inc();
-            info.response_flags.set(flags::UPSTREAM_CONNECTION_FAILURE);
-            return;
-        };
-        info.upstream_local_address = upstream.tcp().and_then(|t| t.local_addr().ok());
+        l4.attempts_exceeded.inc();
+        info.response_flags.set(flags::UPSTREAM_CONNECTION_FAILURE);
+        None
+    }
+
+    /// Moves the bytes between the two connections until the exchange ends, then counts how
+    /// it ended. `info`: the access log's record, when there is an access log.
+    async fn exchange(&self, downstream: Conn, upstream: Upstream, info: Option<&mut StreamInfo>) {
+        let stats = &self.stats;
         let opened = std::time::Instant::now();
         let from_downstream = ByteCounters {
             counters: [
                 Some(&stats.downstream_cx_rx_bytes_total),
-                Some(&l4.tx_bytes),
+                Some(&upstream.l4.tx_bytes),
             ],
         };
         let from_upstream = ByteCounters {
             counters: [
                 Some(&stats.downstream_cx_tx_bytes_total),
-                Some(&l4.rx_bytes),
+                Some(&upstream.l4.rx_bytes),
             ],
         };
         let idle = self.config.idle_timeout;
-        let outcome = match (downstream, upstream) {
-            // Plain on both sides: the readiness-driven pump, which holds no buffer while idle.
-            (Conn::Plain(d), UpstreamStream::Plain(u)) => {
-                pump::exchange(&d, &u, idle, from_downstream, from_upstream).await
-            }
-            (d, u) => pump::exchange_io(d, u, idle, from_downstream, from_upstream).await,
-        };
-        info.bytes_received = outcome.a_to_b;
-        info.bytes_sent = outcome.b_to_a;
+        let outcome =
+            if let (Conn::Plain(d), UpstreamStream::Plain(u)) = (&downstream, &upstream.stream) {
+                // Plain on both sides: the readiness-driven pump, which holds no buffer while idle.
+                pump::exchange(d, u, idle, from_downstream, from_upstream).await
+            } else {
+                // Boxed: TLS connections are rarer and hold far more anyway; inline, this would
+                // size every plain connection's task for it.
+                Box::pin(pump::exchange_io(
+                    downstream,
+                    upstream.stream,
+                    idle,
+                    from_downstream,
+                    from_upstream,
+                ))
+                .await
+            };
         if outcome.end == End::IdleTimeout {
             stats.idle_timeout.inc();
         }
-        let cs = &cluster.stats;
+        let cs = &upstream.cluster.stats;
         if outcome.first_to_close == Some(Side::B) {
             cs.upstream_cx_destroy_remote.inc();
         } else {
             cs.upstream_cx_destroy_local.inc();
         }
-        if outcome.end == End::Error && outcome.first_to_close == Some(Side::B) {
-            info.response_flags
-                .set(flags::UPSTREAM_CONNECTION_TERMINATION);
+        if let Some(info) = info {
+            info.bytes_received = outcome.a_to_b;
+            info.bytes_sent = outcome.b_to_a;
+            if outcome.end == End::Error && outcome.first_to_close == Some(Side::B) {
+                info.response_flags
+                    .set(legate_core::stream_info::ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
+            }
         }
         cs.upstream_cx_active.dec();
         cs.upstream_cx_destroy.inc();
         cs.upstream_cx_length_ms
             .record(opened.elapsed().as_millis() as u64);
-        host.active_connections
+        upstream
+            .host
+            .active_connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        drop(guard);
+        drop(upstream.guard);
     }
+}
+
+/// A connected upstream and what its exchange counts into.
+struct Upstream {
+    stream: UpstreamStream,
+    guard: legate_upstream::breaker::ResourceGuard,
+    host: Arc<legate_upstream::host::Host>,
+    cluster: Arc<Cluster>,
+    l4: ClusterL4Stats,
 }

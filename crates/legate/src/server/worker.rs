@@ -347,6 +347,8 @@ async fn accept_loop(
                 instance.open.fetch_sub(1, Ordering::Relaxed);
             });
         } else {
+            // Boxed before the task captures it: an `async` block keeps what it captures.
+            let downstream = Box::new(downstream);
             tokio::spawn(async move {
                 serve_matched(
                     stream, downstream, &serving, &shared, &instance, drain, true,
@@ -443,13 +445,76 @@ fn closed(stats: &ListenerStats, opened: Instant) {
 /// has been handed, as in Envoy).
 async fn serve_matched(
     stream: Conn,
-    mut downstream: Downstream,
+    mut downstream: Box<Downstream>,
     serving: &ServingListener,
     shared: &Arc<WorkerShared>,
     instance: &ListenerInstance,
     drain: watch::Receiver<bool>,
     hand_off: bool,
 ) {
+    // What the matching needed is gone by the time the chain serves: the connection's task
+    // keeps only what lives across that last await, for the connection's whole life.
+    let (chain, conn, server_name, opened) =
+        match prepare(stream, &mut downstream, serving, shared, hand_off).await {
+            Prepared::Serve {
+                chain,
+                conn,
+                server_name,
+                opened,
+            } => (chain, conn, server_name, opened),
+            Prepared::Ended(Some(opened)) => {
+                closed(&serving.stats, opened);
+                return;
+            }
+            Prepared::Ended(None) => return,
+            Prepared::HandOff(stream, target, target_instance) => {
+                let drain = target_instance.drain.subscribe();
+                target_instance.open.fetch_add(1, Ordering::Relaxed);
+                Box::pin(serve_matched(
+                    stream,
+                    downstream,
+                    &target,
+                    shared,
+                    &target_instance,
+                    drain,
+                    false,
+                ))
+                .await;
+                target_instance.open.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        };
+    let serve = std::pin::pin!(serving.chains[chain].serve(conn, downstream, &server_name, drain));
+    until_closed(instance, serve).await;
+    closed(&serving.stats, opened);
+}
+
+/// What [`prepare`] made of a new connection.
+enum Prepared {
+    /// Serve it with filter chain `chain`; the connection was counted as established at
+    /// `opened`.
+    Serve {
+        chain: usize,
+        conn: Conn,
+        /// The SNI: the tls_inspector's, or the terminated handshake's (empty if none).
+        server_name: String,
+        opened: Instant,
+    },
+    /// `use_original_dst`: the listener of the original destination serves it.
+    HandOff(Conn, Arc<ServingListener>, Arc<ListenerInstance>),
+    /// Closed: before a chain was chosen (`None`), or after (the time it was established).
+    Ended(Option<Instant>),
+}
+
+/// The listener filters, the `use_original_dst` hand-off, filter chain matching, the TLS
+/// handshake and network RBAC: everything before a connection's chain serves it.
+async fn prepare(
+    stream: Conn,
+    downstream: &mut Downstream,
+    serving: &ServingListener,
+    shared: &Arc<WorkerShared>,
+    hand_off: bool,
+) -> Prepared {
     let config = &serving.config;
     // A unix domain socket listener has no listener filters (refused in its config).
     let detected = if let (false, Some(tcp)) = (config.listener_filters.is_empty(), stream.tcp()) {
@@ -463,7 +528,7 @@ async fn serve_matched(
                     downstream.id,
                     downstream.peer
                 );
-                return;
+                return Prepared::Ended(None);
             }
         }
     } else {
@@ -490,20 +555,7 @@ async fn serve_matched(
                 downstream.local,
                 target.config.name
             );
-            let drain = target_instance.drain.subscribe();
-            target_instance.open.fetch_add(1, Ordering::Relaxed);
-            Box::pin(serve_matched(
-                stream,
-                downstream,
-                &target,
-                shared,
-                &target_instance,
-                drain,
-                false,
-            ))
-            .await;
-            target_instance.open.fetch_sub(1, Ordering::Relaxed);
-            return;
+            return Prepared::HandOff(stream, target, target_instance);
         }
     }
     let facts = ConnectionFacts {
@@ -524,7 +576,7 @@ async fn serve_matched(
             detected.transport_protocol(),
             detected.application_protocols
         );
-        return;
+        return Prepared::Ended(None);
     };
     established(&serving.stats, shared);
     let opened = Instant::now();
@@ -537,14 +589,14 @@ async fn serve_matched(
                     downstream.tls = true;
                     downstream.tls_info = Some(Arc::new(tls_info));
                     downstream.requested_server_name = s.get_ref().1.server_name().map(Arc::from);
-                    Some(Conn::Tls(Box::new(s)))
+                    Conn::Tls(Box::new(s))
                 }
                 Err(HandshakeError::Timeout) => {
                     serving
                         .stats
                         .downstream_cx_transport_socket_connect_timeout
                         .inc();
-                    None
+                    return Prepared::Ended(Some(opened));
                 }
                 Err(HandshakeError::Failed(e)) => {
                     tracing::debug!(
@@ -552,37 +604,37 @@ async fn serve_matched(
                         downstream.id,
                         downstream.peer
                     );
-                    None
+                    return Prepared::Ended(Some(opened));
                 }
             }
         }
-        (_, _, stream) => Some(stream),
+        (_, _, stream) => stream,
     };
     // The SNI: the tls_inspector's, or the terminated handshake's.
-    let handshake_sni = downstream.requested_server_name.clone();
-    let server_name: &str = match &handshake_sni {
-        Some(sni) if detected.server_name.is_empty() => sni,
-        _ => &detected.server_name,
+    let server_name = match &downstream.requested_server_name {
+        Some(sni) if detected.server_name.is_empty() => sni.to_string(),
+        _ => detected.server_name,
     };
-    let denied = conn.is_some()
-        && serving.rbac[chain].iter().any(|rbac| {
-            !rbac.allows(&RbacConnection {
-                remote: downstream.peer,
-                direct_remote: downstream.direct_peer,
-                local: downstream.local,
-                server_name,
-            })
-        });
+    let denied = serving.rbac[chain].iter().any(|rbac| {
+        !rbac.allows(&RbacConnection {
+            remote: downstream.peer,
+            direct_remote: downstream.direct_peer,
+            local: downstream.local,
+            server_name: &server_name,
+        })
+    });
     if denied {
         tracing::debug!(
             "connection {} from {}: denied by RBAC",
             downstream.id,
             downstream.peer
         );
-    } else if let Some(conn) = conn {
-        let serve =
-            std::pin::pin!(serving.chains[chain].serve(conn, downstream, server_name, drain));
-        until_closed(instance, serve).await;
+        return Prepared::Ended(Some(opened));
     }
-    closed(&serving.stats, opened);
+    Prepared::Serve {
+        chain,
+        conn,
+        server_name,
+        opened,
+    }
 }
