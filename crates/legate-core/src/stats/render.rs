@@ -120,7 +120,7 @@ enum Value {
 /// The stats `/stats` and `/stats?format=json` show, in their order.
 struct Selection {
     scalars: Vec<(String, Value)>,
-    histograms: Vec<Histogram>,
+    histograms: Vec<(String, Histogram)>,
 }
 
 impl Store {
@@ -128,8 +128,9 @@ impl Store {
         let mut text: Vec<(String, Value)> = Vec::new();
         if params.shows_type(StatsType::TextReadouts) {
             for t in self.text_readouts() {
-                if params.shows(t.name(), t.used()) {
-                    text.push((t.name().to_string(), Value::Text(t.value())));
+                let name = t.name();
+                if params.shows(&name, t.used()) {
+                    text.push((name, Value::Text(t.value())));
                 }
             }
         }
@@ -138,15 +139,17 @@ impl Store {
         let mut numbers: Vec<(String, Value)> = Vec::new();
         if params.shows_type(StatsType::Counters) {
             for c in self.counters() {
-                if params.shows(c.name(), c.used()) {
-                    numbers.push((c.name().to_string(), Value::Number(c.value())));
+                let name = c.name();
+                if params.shows(&name, c.used()) {
+                    numbers.push((name, Value::Number(c.value())));
                 }
             }
         }
         if params.shows_type(StatsType::Gauges) {
             for g in self.gauges() {
-                if params.shows(g.name(), g.used()) {
-                    numbers.push((g.name().to_string(), Value::Number(g.value())));
+                let name = g.name();
+                if params.shows(&name, g.used()) {
+                    numbers.push((name, Value::Number(g.value())));
                 }
             }
         }
@@ -157,9 +160,10 @@ impl Store {
             histograms = self
                 .histograms()
                 .into_iter()
-                .filter(|h| params.shows(h.name(), h.used()))
+                .map(|h| (h.name(), h))
+                .filter(|(name, h)| params.shows(name, h.used()))
                 .collect();
-            histograms.sort_by(|a, b| a.name().cmp(b.name()));
+            histograms.sort_by(|a, b| a.0.cmp(&b.0));
         }
 
         text.extend(numbers);
@@ -183,8 +187,8 @@ impl Store {
                 }
             }
         }
-        for h in &selection.histograms {
-            out.push_str(h.name());
+        for (name, h) in &selection.histograms {
+            out.push_str(name);
             if !h.used() {
                 out.push_str(": No recorded values\n");
                 continue;
@@ -219,11 +223,11 @@ impl Store {
             let mut out = String::from("{\"histograms\":{\"supported_quantiles\":[");
             out.push_str(&QUANTILE_PERCENTS.join(","));
             out.push_str("],\"computed_quantiles\":[");
-            for (n, h) in selection.histograms.iter().enumerate() {
+            for (n, (name, h)) in selection.histograms.iter().enumerate() {
                 if n > 0 {
                     out.push(',');
                 }
-                let _ = write!(out, "{{\"name\":{},\"values\":[", json_string(h.name()));
+                let _ = write!(out, "{{\"name\":{},\"values\":[", json_string(name));
                 let interval = h.interval_statistics();
                 let cumulative = h.cumulative_statistics();
                 let pairs = interval.quantiles().iter().zip(cumulative.quantiles());
@@ -253,29 +257,32 @@ impl Store {
         let counters = self.counters();
         let rows = counters
             .iter()
-            .filter(|c| params.shows(c.name(), c.used()))
-            .map(|c| (c.tag_extracted_name(), c.name(), c.tags(), c.value()));
+            .map(|c| (c, c.name()))
+            .filter(|(c, name)| params.shows(name, c.used()))
+            .map(|(c, name)| (c.tag_extracted_name(), name, c.tags(), c.value()));
         render_numeric_groups(&mut out, "counter", rows.collect());
 
         let gauges = self.gauges();
         let rows = gauges
             .iter()
-            .filter(|g| params.shows(g.name(), g.used()))
-            .map(|g| (g.tag_extracted_name(), g.name(), g.tags(), g.value()));
+            .map(|g| (g, g.name()))
+            .filter(|(g, name)| params.shows(name, g.used()))
+            .map(|(g, name)| (g.tag_extracted_name(), name, g.tags(), g.value()));
         render_numeric_groups(&mut out, "gauge", rows.collect());
 
         if params.text_readouts {
             let readouts = self.text_readouts();
             let mut rows: Vec<_> = readouts
                 .iter()
-                .filter(|t| params.shows(t.name(), t.used()))
+                .map(|t| (t.name(), t))
+                .filter(|(name, t)| params.shows(name, t.used()))
                 .collect();
-            rows.sort_by(|a, b| {
+            rows.sort_by(|(a_name, a), (b_name, b)| {
                 token_cmp(a.tag_extracted_name(), b.tag_extracted_name())
-                    .then_with(|| token_cmp(a.name(), b.name()))
+                    .then_with(|| token_cmp(a_name, b_name))
             });
             let mut current = None;
-            for t in rows {
+            for (_, t) in rows {
                 let metric = prometheus_metric_name(t.tag_extracted_name());
                 type_line(&mut out, &mut current, &metric, "gauge");
                 let mut labels = prometheus_labels(t.tags());
@@ -293,14 +300,15 @@ impl Store {
         let mut histograms: Vec<_> = self
             .histograms()
             .into_iter()
-            .filter(|h| params.shows(h.name(), h.used()))
+            .map(|h| (h.name(), h))
+            .filter(|(name, h)| params.shows(name, h.used()))
             .collect();
-        histograms.sort_by(|a, b| {
+        histograms.sort_by(|(a_name, a), (b_name, b)| {
             token_cmp(a.tag_extracted_name(), b.tag_extracted_name())
-                .then_with(|| token_cmp(a.name(), b.name()))
+                .then_with(|| token_cmp(a_name, b_name))
         });
         let mut current = None;
-        for h in &histograms {
+        for (_, h) in &histograms {
             let metric = prometheus_metric_name(h.tag_extracted_name());
             type_line(&mut out, &mut current, &metric, "histogram");
             let labels = prometheus_labels(h.tags());
@@ -331,8 +339,8 @@ impl Store {
 }
 
 /// Counters or gauges: (tag-extracted name, name, tags, value).
-fn render_numeric_groups(out: &mut String, kind: &str, mut rows: Vec<(&str, &str, &[Tag], u64)>) {
-    rows.sort_by(|a, b| token_cmp(a.0, b.0).then_with(|| token_cmp(a.1, b.1)));
+fn render_numeric_groups(out: &mut String, kind: &str, mut rows: Vec<(&str, String, &[Tag], u64)>) {
+    rows.sort_by(|a, b| token_cmp(a.0, b.0).then_with(|| token_cmp(&a.1, &b.1)));
     let mut current = None;
     for (extracted, _, tags, value) in rows {
         let metric = prometheus_metric_name(extracted);

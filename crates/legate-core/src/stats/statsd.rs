@@ -16,7 +16,8 @@
 
 use std::fmt::Write as _;
 
-use super::store::Store;
+use super::histogram::Histogram;
+use super::store::{Counter, Gauge, Store};
 use super::tags::Tag;
 
 fn tag_suffix(tags: &[Tag], use_tags: bool) -> String {
@@ -46,31 +47,31 @@ impl Store {
         let mut lines = Vec::new();
 
         let mut counters = self.counters();
-        counters.sort_by(|a, b| a.name().cmp(b.name()));
+        counters.sort_by_cached_key(Counter::name);
         for c in counters.iter().filter(|c| c.used()) {
             lines.push(format!(
                 "{prefix}.{}:{}|c{}",
-                name(c.name(), c.tag_extracted_name()),
+                name(&c.name(), c.tag_extracted_name()),
                 c.latch(),
                 tag_suffix(c.tags(), use_tags)
             ));
         }
 
         let mut gauges = self.gauges();
-        gauges.sort_by(|a, b| a.name().cmp(b.name()));
+        gauges.sort_by_cached_key(Gauge::name);
         for g in gauges.iter().filter(|g| g.used()) {
             lines.push(format!(
                 "{prefix}.{}:{}|g{}",
-                name(g.name(), g.tag_extracted_name()),
+                name(&g.name(), g.tag_extracted_name()),
                 g.value(),
                 tag_suffix(g.tags(), use_tags)
             ));
         }
 
         let mut histograms = self.histograms();
-        histograms.sort_by(|a, b| a.name().cmp(b.name()));
+        histograms.sort_by_cached_key(Histogram::name);
         for h in &histograms {
-            let metric = name(h.name(), h.tag_extracted_name());
+            let metric = name(&h.name(), h.tag_extracted_name());
             let tags = tag_suffix(h.tags(), use_tags);
             for (value, count) in h.interval_bins().representative_samples() {
                 let mut line = format!("{prefix}.{metric}:{value}|ms");

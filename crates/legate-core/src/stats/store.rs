@@ -1,46 +1,99 @@
 //! The registry of stats and the handles the data path holds.
 //!
-//! [`Store`] maps full stat names to stats, one map per type as in Envoy (a counter and a gauge
-//! may share a name). Registration takes a lock and runs tag extraction once; it happens when
-//! configuration is compiled, never per request. What it returns is a handle — [`Counter`],
-//! [`Gauge`], [`Histogram`], [`TextReadout`] — an `Arc` of atomics: cloning is cheap, and
-//! `inc`/`add`/`set`/`record` are relaxed atomic operations that never see the map.
+//! [`Store`] maps full stat names to stats, one table per type as in Envoy (a counter and a
+//! gauge may share a name). Registration takes a lock and happens when configuration is
+//! compiled, never per request. What it returns is a handle — [`Counter`], [`Gauge`],
+//! [`Histogram`], [`TextReadout`] — an `Arc` of atomics: cloning is cheap, and
+//! `inc`/`add`/`set`/`record` are relaxed atomic operations that never see the table.
 //! Asking twice for the same name returns handles to the same stat.
+//!
+//! Names are not stored whole. A stat keeps its scope's prefix (`cluster.foo.`, one string
+//! shared by every stat of the scope) and the rest of its name (`upstream_rq_total`, interned:
+//! one string for every cluster's), and the tables hash the two as one name, so
+//! `cluster.foo.upstream_rq_total` is found whichever way it is split. At 10,000 clusters of
+//! ~50 stats each this is most of what the names cost (Envoy uses a symbol table for the
+//! same reason).
 //!
 //! Every stat remembers whether it was ever written ("used", Envoy's `Metric::used()`), which
 //! `usedonly` and the statsd sink read. Stats are never removed: a handle stays valid for the
 //! life of the process.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+
+use hashbrown::HashTable;
 
 use super::histogram::{Histogram, Unit};
 use super::tags::{Tag, TagProducer};
 
+/// A stat's full name: its scope's prefix followed by the rest, both shared (see the module
+/// docs).
+#[derive(Clone)]
+pub(crate) struct StatName {
+    prefix: Arc<str>,
+    rest: Arc<str>,
+}
+
+impl StatName {
+    /// Whether `prefix` + `rest` spell this name (however the two split it).
+    fn is(&self, prefix: &str, rest: &str) -> bool {
+        if self.prefix.len() == prefix.len() && self.prefix.as_ptr() == prefix.as_ptr() {
+            return *self.rest == *rest;
+        }
+        self.prefix.len() + self.rest.len() == prefix.len() + rest.len()
+            && self
+                .prefix
+                .bytes()
+                .chain(self.rest.bytes())
+                .eq(prefix.bytes().chain(rest.bytes()))
+    }
+
+    fn hash(&self) -> u64 {
+        name_hash(&self.prefix, &self.rest)
+    }
+}
+
+impl std::fmt::Display for StatName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.prefix)?;
+        f.write_str(&self.rest)
+    }
+}
+
+/// FNV-1a over the bytes of `prefix` then `rest`: the same for every split of one name. Names
+/// come from the configuration, not from clients, so an unkeyed hash is fine here.
+fn name_hash(prefix: &str, rest: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in prefix.bytes().chain(rest.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// A stat's name and what tag extraction makes of it (computed on first use).
 pub(crate) struct StatMeta {
-    pub(crate) name: Box<str>,
+    pub(crate) name: StatName,
     /// Tags are extracted the first time an output needs them (Prometheus, tagged statsd):
     /// at 10,000 clusters, extracting them for every stat up front was a fifth of the time
     /// to apply them and much of their memory.
     producer: Arc<TagProducer>,
-    tagged: OnceLock<(String, Vec<Tag>)>,
+    tagged: OnceLock<Box<(String, Vec<Tag>)>>,
 }
 
 impl std::fmt::Debug for StatMeta {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatMeta")
-            .field("name", &self.name)
+            .field("name", &self.name.to_string())
             .finish_non_exhaustive()
     }
 }
 
 impl StatMeta {
-    fn new(name: &str, producer: &Arc<TagProducer>) -> Self {
+    fn new(name: StatName, producer: &Arc<TagProducer>) -> Self {
         StatMeta {
-            name: name.into(),
+            name,
             producer: producer.clone(),
             tagged: OnceLock::new(),
         }
@@ -48,7 +101,7 @@ impl StatMeta {
 
     fn tagged(&self) -> &(String, Vec<Tag>) {
         self.tagged
-            .get_or_init(|| self.producer.produce_tags(&self.name))
+            .get_or_init(|| Box::new(self.producer.produce_tags(&self.name.to_string())))
     }
 
     pub(crate) fn tag_extracted_name(&self) -> &str {
@@ -62,9 +115,12 @@ impl StatMeta {
     #[cfg(test)]
     pub(crate) fn untagged(name: &str) -> Self {
         StatMeta {
-            name: name.into(),
+            name: StatName {
+                prefix: Arc::from(""),
+                rest: Arc::from(name),
+            },
             producer: Arc::default(),
-            tagged: OnceLock::from((name.to_string(), Vec::new())),
+            tagged: OnceLock::from(Box::new((name.to_string(), Vec::new()))),
         }
     }
 }
@@ -128,8 +184,8 @@ impl Counter {
         self.0.used.load(Ordering::Relaxed)
     }
 
-    pub fn name(&self) -> &str {
-        &self.0.meta.name
+    pub fn name(&self) -> String {
+        self.0.meta.name.to_string()
     }
 
     pub fn tag_extracted_name(&self) -> &str {
@@ -217,8 +273,8 @@ impl Gauge {
         self.0.import_mode
     }
 
-    pub fn name(&self) -> &str {
-        &self.0.meta.name
+    pub fn name(&self) -> String {
+        self.0.meta.name.to_string()
     }
 
     pub fn tag_extracted_name(&self) -> &str {
@@ -267,8 +323,8 @@ impl TextReadout {
         self.0.used.load(Ordering::Relaxed)
     }
 
-    pub fn name(&self) -> &str {
-        &self.0.meta.name
+    pub fn name(&self) -> String {
+        self.0.meta.name.to_string()
     }
 
     pub fn tag_extracted_name(&self) -> &str {
@@ -291,40 +347,91 @@ macro_rules! debug_by_name {
 }
 debug_by_name!(Counter, Gauge, TextReadout);
 
-/// One map of stats of one type. Names come from the configuration, not from clients, so a
-/// fast non-keyed hash is safe here (SipHash was an eighth of the time to register 10,000
-/// clusters' stats).
-struct Registry<T>(RwLock<HashMap<String, T, rustc_hash::FxBuildHasher>>);
+/// A registered stat of any type: what the tables need to find it by name.
+trait Named: Clone {
+    fn stat_name(&self) -> &StatName;
+}
 
-impl<T: Clone> Registry<T> {
+macro_rules! named {
+    ($($ty:ident),*) => {$(
+        impl Named for $ty {
+            fn stat_name(&self) -> &StatName {
+                &self.0.meta.name
+            }
+        }
+    )*};
+}
+named!(Counter, Gauge, TextReadout);
+
+impl Named for Histogram {
+    fn stat_name(&self) -> &StatName {
+        &self.0.meta.name
+    }
+}
+
+/// The stats of one type, by name. An entry is the handle itself (one pointer): its name is
+/// read through it.
+struct Registry<T>(RwLock<HashTable<T>>);
+
+impl<T: Named> Registry<T> {
     fn new() -> Self {
-        Registry(RwLock::new(HashMap::default()))
+        Registry(RwLock::new(HashTable::new()))
     }
 
-    fn get_or_insert(&self, name: &str, make: impl FnOnce() -> T) -> T {
+    /// The stat named `prefix` + `rest`, made by `make` (given its name, with `rest` interned
+    /// in `names`) the first time.
+    fn get_or_insert(
+        &self,
+        prefix: &Arc<str>,
+        rest: &str,
+        names: &Interner,
+        make: impl FnOnce(StatName) -> T,
+    ) -> T {
+        let hash = name_hash(prefix, rest);
+        let found = |t: &T| t.stat_name().is(prefix, rest);
         if let Some(stat) = self
             .0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
+            .find(hash, found)
         {
             return stat.clone();
         }
-        self.0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(name.to_string())
-            .or_insert_with(make)
-            .clone()
+        let mut table = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(stat) = table.find(hash, found) {
+            return stat.clone();
+        }
+        let stat = make(StatName {
+            prefix: prefix.clone(),
+            rest: names.intern(rest),
+        });
+        table.insert_unique(hash, stat.clone(), |t| t.stat_name().hash());
+        stat
     }
 
     fn all(&self) -> Vec<T> {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .values()
+            .iter()
             .cloned()
             .collect()
+    }
+}
+
+/// The strings that end stat names, one copy each (`upstream_rq_total` for every cluster).
+#[derive(Default)]
+struct Interner(Mutex<HashSet<Arc<str>, rustc_hash::FxBuildHasher>>);
+
+impl Interner {
+    fn intern(&self, s: &str) -> Arc<str> {
+        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = set.get(s) {
+            return known.clone();
+        }
+        let s: Arc<str> = Arc::from(s);
+        set.insert(s.clone());
+        s
     }
 }
 
@@ -332,6 +439,9 @@ impl<T: Clone> Registry<T> {
 /// caches: the handles are the cache).
 pub struct Store {
     tag_producer: Arc<TagProducer>,
+    /// The prefix of names registered on the store itself (empty).
+    root: Arc<str>,
+    names: Interner,
     counters: Registry<Counter>,
     gauges: Registry<Gauge>,
     histograms: Registry<Histogram>,
@@ -360,6 +470,8 @@ impl Store {
     pub fn with_tag_producer(tag_producer: TagProducer) -> Self {
         Store {
             tag_producer: Arc::new(tag_producer),
+            root: Arc::from(""),
+            names: Interner::default(),
             counters: Registry::new(),
             gauges: Registry::new(),
             histograms: Registry::new(),
@@ -373,37 +485,57 @@ impl Store {
 
     /// The counter named `name`, created at zero the first time.
     pub fn counter(&self, name: &str) -> Counter {
-        self.counters.get_or_insert(name, || {
-            Counter::new(StatMeta::new(name, &self.tag_producer))
-        })
+        self.counter_in(&self.root, name)
     }
 
     /// The gauge named `name`; `import_mode` is used only when it is created.
     pub fn gauge(&self, name: &str, import_mode: ImportMode) -> Gauge {
-        self.gauges.get_or_insert(name, || {
-            Gauge::new(StatMeta::new(name, &self.tag_producer), import_mode)
-        })
+        self.gauge_in(&self.root, name, import_mode)
     }
 
     /// The histogram named `name`; `unit` is used only when it is created.
     pub fn histogram(&self, name: &str, unit: Unit) -> Histogram {
-        self.histograms.get_or_insert(name, || {
-            Histogram::new(StatMeta::new(name, &self.tag_producer), unit)
-        })
+        self.histogram_in(&self.root, name, unit)
     }
 
     /// The text readout named `name`, created empty the first time.
     pub fn text_readout(&self, name: &str) -> TextReadout {
-        self.text_readouts.get_or_insert(name, || {
-            TextReadout::new(StatMeta::new(name, &self.tag_producer))
-        })
+        self.text_readout_in(&self.root, name)
+    }
+
+    fn counter_in(&self, prefix: &Arc<str>, rest: &str) -> Counter {
+        self.counters
+            .get_or_insert(prefix, rest, &self.names, |name| {
+                Counter::new(StatMeta::new(name, &self.tag_producer))
+            })
+    }
+
+    fn gauge_in(&self, prefix: &Arc<str>, rest: &str, import_mode: ImportMode) -> Gauge {
+        self.gauges
+            .get_or_insert(prefix, rest, &self.names, |name| {
+                Gauge::new(StatMeta::new(name, &self.tag_producer), import_mode)
+            })
+    }
+
+    fn histogram_in(&self, prefix: &Arc<str>, rest: &str, unit: Unit) -> Histogram {
+        self.histograms
+            .get_or_insert(prefix, rest, &self.names, |name| {
+                Histogram::new(StatMeta::new(name, &self.tag_producer), unit)
+            })
+    }
+
+    fn text_readout_in(&self, prefix: &Arc<str>, rest: &str) -> TextReadout {
+        self.text_readouts
+            .get_or_insert(prefix, rest, &self.names, |name| {
+                TextReadout::new(StatMeta::new(name, &self.tag_producer))
+            })
     }
 
     /// A scope that prefixes every name it registers (`Scope::createScope`).
     pub fn scope(self: &Arc<Self>, prefix: &str) -> Scope {
         Scope {
             store: Arc::clone(self),
-            prefix: scope_prefix("", prefix),
+            prefix: scope_prefix("", prefix).into(),
         }
     }
 
@@ -457,7 +589,8 @@ fn scope_prefix(parent: &str, prefix: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct Scope {
     store: Arc<Store>,
-    prefix: String,
+    /// Shared by the names of every stat registered through this scope.
+    prefix: Arc<str>,
 }
 
 impl Scope {
@@ -474,28 +607,24 @@ impl Scope {
     pub fn scope(&self, prefix: &str) -> Scope {
         Scope {
             store: Arc::clone(&self.store),
-            prefix: scope_prefix(&self.prefix, prefix),
+            prefix: scope_prefix(&self.prefix, prefix).into(),
         }
     }
 
-    fn full(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
     pub fn counter(&self, name: &str) -> Counter {
-        self.store.counter(&self.full(name))
+        self.store.counter_in(&self.prefix, name)
     }
 
     pub fn gauge(&self, name: &str, import_mode: ImportMode) -> Gauge {
-        self.store.gauge(&self.full(name), import_mode)
+        self.store.gauge_in(&self.prefix, name, import_mode)
     }
 
     pub fn histogram(&self, name: &str, unit: Unit) -> Histogram {
-        self.store.histogram(&self.full(name), unit)
+        self.store.histogram_in(&self.prefix, name, unit)
     }
 
     pub fn text_readout(&self, name: &str) -> TextReadout {
-        self.store.text_readout(&self.full(name))
+        self.store.text_readout_in(&self.prefix, name)
     }
 }
 
@@ -552,6 +681,44 @@ mod tests {
                 Tag::new("envoy.cluster_name", "foo")
             ]
         );
+    }
+
+    #[test]
+    fn a_name_is_one_stat_however_it_is_split() {
+        let store = Arc::new(Store::new());
+        let a = store
+            .scope("cluster.foo")
+            .counter("circuit_breakers.high.rq_open");
+        let b = store
+            .scope("cluster.foo.circuit_breakers")
+            .scope("high")
+            .counter("rq_open");
+        let c = store.counter("cluster.foo.circuit_breakers.high.rq_open");
+        a.inc();
+        b.inc();
+        c.inc();
+        assert_eq!(a.value(), 3);
+        assert_eq!(store.counters().len(), 1);
+        assert_eq!(b.name(), "cluster.foo.circuit_breakers.high.rq_open");
+        // Names that differ only around the split stay two stats.
+        store.scope("cluster.fo").counter("o.x").inc();
+        store.scope("cluster.foo").counter("x").inc();
+        assert_eq!(store.counter("cluster.fo.o.x").value(), 1);
+        assert_eq!(store.counter("cluster.foo.x").value(), 1);
+        assert_eq!(store.counters().len(), 3);
+        // Many names: the table grows (rehashes by name) and finds them all again.
+        let scope = store.scope("many");
+        for i in 0..2000 {
+            scope.gauge(&format!("g{i}"), ImportMode::Accumulate).set(i);
+        }
+        for i in (0..2000).step_by(7) {
+            assert_eq!(
+                store
+                    .gauge(&format!("many.g{i}"), ImportMode::Accumulate)
+                    .value(),
+                i
+            );
+        }
     }
 
     #[test]
