@@ -464,6 +464,43 @@ fn short_name(oid: &str) -> Option<&'static str> {
     })
 }
 
+/// The names a server certificate answers an SNI for, as Envoy's certificate selector indexes
+/// them (`populateServerNamesMap`): its DNS subject alternative names — or, for a certificate
+/// without the subject-alternative-name extension, its subject's first common name — with a
+/// wildcard `*.example.com` kept as `.example.com`. Empty if the DER does not parse.
+pub fn server_name_patterns(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(s) => Some((*s).to_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .filter(|cn| !cn.is_empty())
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+    };
+    names
+        .into_iter()
+        .map(|n| match n.strip_prefix('*') {
+            Some(rest) if rest.starts_with('.') => rest.to_owned(),
+            _ => n,
+        })
+        .collect()
+}
+
 /// `X509_NAME_print_ex(name, XN_FLAG_RFC2253)`: attributes last to first, `,` between RDNs
 /// and `+` inside one, `type=value` with RFC 2253 escaping, bytes above 0x7F and control
 /// characters as `\XX`.
@@ -600,6 +637,30 @@ mod tests {
     fn cert(params: rcgen::CertificateParams) -> Vec<u8> {
         let key = rcgen::KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn server_name_patterns_are_envoys() {
+        let with_cn = |sans: Vec<String>| {
+            let mut p = rcgen::CertificateParams::new(sans).unwrap();
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, "cn.example.com");
+            cert(p)
+        };
+        // DNS SANs, wildcards as `.domain`; other SAN types and the CN are not names.
+        assert_eq!(
+            server_name_patterns(&with_cn(vec![
+                "*.a.example.com".into(),
+                "b.example.com".into(),
+                "127.0.0.1".into(),
+            ])),
+            [".a.example.com", "b.example.com"]
+        );
+        // A SAN extension without DNS names: no names (the CN is not looked at).
+        assert!(server_name_patterns(&with_cn(vec!["10.0.0.1".into()])).is_empty());
+        // No SAN extension: the CN.
+        assert_eq!(server_name_patterns(&with_cn(vec![])), ["cn.example.com"]);
+        assert!(server_name_patterns(b"not a certificate").is_empty());
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! Envoy's default certificate selector (`DefaultTlsCertificateSelector::findTlsContext`) and
 //! its OCSP staple policy (`ocspStapleAction`).
 //!
-//! * With an SNI, the certificates whose names match it are considered first; among them an
-//!   ECDSA certificate is taken if the client can verify ECDSA, else the first RSA one. If no
-//!   certificate's names match, the context's first certificate is served, unless
+//! * A certificate's names are its DNS subject alternative names (its subject CN if it has no
+//!   SAN extension); `*.example.com` serves one label under `example.com`.
+//! * With an SNI, the certificates named exactly so are considered first, then those with the
+//!   wildcard of the SNI's parent domain — only the first certificate of each key type for a
+//!   name counts. Among them an ECDSA certificate is taken if the client can verify ECDSA,
+//!   else an RSA one (also the fallback of an ECDSA client): an exact RSA name thus beats an
+//!   ECDSA wildcard. If no name matches, the context's first certificate is served, unless
 //!   `full_scan_certs_on_sni_mismatch` asks for the scan below.
 //! * Without an SNI, every certificate is scanned the same way; the first one is the fallback.
 //! * A certificate whose staple policy says `Fail` is passed over; if the one finally chosen
@@ -19,7 +23,6 @@ use std::time::SystemTime;
 
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::downstream_tls_context::OcspStaplePolicy;
 use legate_core::ocsp::OcspResponse;
-use rustls::pki_types::ServerName;
 use rustls::server::ClientHello;
 use rustls::sign::CertifiedKey;
 use rustls::{SignatureAlgorithm, SignatureScheme};
@@ -34,11 +37,14 @@ pub struct ServedCert {
     pub stapled: Option<(Arc<CertifiedKey>, Arc<OcspResponse>)>,
     /// The certificate carries the TLS feature extension with `status_request`.
     pub must_staple: bool,
+    /// The names it serves ([`legate_core::x509::server_name_patterns`]), read once.
+    pub names: Vec<String>,
 }
 
 impl ServedCert {
     pub fn plain(key: Arc<CertifiedKey>) -> ServedCert {
         ServedCert {
+            names: names_of(&key),
             key,
             stapled: None,
             must_staple: false,
@@ -49,13 +55,33 @@ impl ServedCert {
         self.key.key.algorithm() == SignatureAlgorithm::ECDSA
     }
 
-    fn matches(&self, sni: &ServerName<'_>) -> bool {
-        self.key
-            .end_entity_cert()
-            .ok()
-            .and_then(|c| rustls::server::ParsedCertificate::try_from(c).ok())
-            .is_some_and(|c| rustls::client::verify_server_name(&c, sni).is_ok())
+    fn serves(&self, pattern: &str) -> bool {
+        self.names.iter().any(|n| n == pattern)
     }
+}
+
+/// The SNI patterns of a certificate's leaf.
+pub fn names_of(key: &CertifiedKey) -> Vec<String> {
+    key.end_entity_cert()
+        .map(|c| legate_core::x509::server_name_patterns(c.as_ref()))
+        .unwrap_or_default()
+}
+
+/// The wildcard pattern an SNI falls under: `.example.com` for `www.example.com` (Envoy looks
+/// from the second character for the dot, and wants something after it).
+fn parent_wildcard(sni: &str) -> Option<&str> {
+    let dot = sni.get(1..)?.find('.')? + 1;
+    (dot < sni.len() - 1).then(|| &sni[dot..])
+}
+
+/// The certificates Envoy's map holds for `pattern`: the first of each key type, in order.
+fn named<'a>(certs: &[&'a ServedCert], pattern: &str) -> impl Iterator<Item = &'a ServedCert> {
+    let (mut ecdsa, mut other) = (None, None);
+    for &c in certs.iter().filter(|c| c.serves(pattern)) {
+        let slot = if c.is_ecdsa() { &mut ecdsa } else { &mut other };
+        slot.get_or_insert(c);
+    }
+    ecdsa.into_iter().chain(other)
 }
 
 /// What happens to the OCSP response of the chosen certificate.
@@ -94,19 +120,15 @@ impl CertSelector {
         ocsp_requested: bool,
         now: SystemTime,
     ) -> Selection {
-        let from_secrets: Vec<ServedCert>;
-        let certs = if self.secrets.is_empty() {
-            &self.certs
+        let from_secrets: Vec<Arc<ServedCert>> =
+            self.secrets.iter().filter_map(|s| s.served()).collect();
+        let certs: Vec<&ServedCert> = if self.secrets.is_empty() {
+            self.certs.iter().collect()
         } else {
-            from_secrets = self
-                .secrets
-                .iter()
-                .filter_map(|s| s.key())
-                .map(ServedCert::plain)
-                .collect();
-            &from_secrets
+            from_secrets.iter().map(|s| &**s).collect()
         };
-        let Some(first) = certs.first() else {
+        let certs = &certs[..];
+        let Some(&first) = certs.first() else {
             return Selection {
                 key: None,
                 action: StapleAction::ClientNotCapable,
@@ -127,18 +149,18 @@ impl CertSelector {
             ocsp_requested,
             now,
         };
-        let sni = hello
-            .server_name()
-            .and_then(|n| ServerName::try_from(n.to_owned()).ok());
-        let chosen = match &sni {
-            Some(name) => match self.pick(certs.iter().filter(|c| c.matches(name)), &client) {
-                Some(c) => c,
-                None if self.full_scan_on_sni_mismatch => {
-                    self.pick(certs.iter(), &client).unwrap_or(first)
+        let chosen = match hello.server_name().filter(|n| !n.is_empty()) {
+            Some(sni) => {
+                let by_name = |pattern: &str| self.pick(named(certs, pattern), &client);
+                match by_name(sni).or_else(|| parent_wildcard(sni).and_then(by_name)) {
+                    Some(c) => c,
+                    None if self.full_scan_on_sni_mismatch => {
+                        self.pick(certs.iter().copied(), &client).unwrap_or(first)
+                    }
+                    None => first,
                 }
-                None => first,
-            },
-            None => self.pick(certs.iter(), &client).unwrap_or(first),
+            }
+            None => self.pick(certs.iter().copied(), &client).unwrap_or(first),
         };
         let action = self.action(chosen, &client);
         let key = match (action, &chosen.stapled) {
@@ -212,5 +234,21 @@ pub struct Chosen(pub Option<Arc<CertifiedKey>>);
 impl rustls::server::ResolvesServerCert for Chosen {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.0.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parent_wildcard;
+
+    #[test]
+    fn parent_wildcards_as_envoy_takes_them() {
+        assert_eq!(parent_wildcard("www.example.com"), Some(".example.com"));
+        assert_eq!(parent_wildcard("a.b.example.com"), Some(".b.example.com"));
+        assert_eq!(parent_wildcard("example.com"), Some(".com"));
+        assert_eq!(parent_wildcard(".example.com"), Some(".com"));
+        assert_eq!(parent_wildcard("localhost"), None);
+        assert_eq!(parent_wildcard("trailing."), None);
+        assert_eq!(parent_wildcard(""), None);
     }
 }

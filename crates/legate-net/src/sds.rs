@@ -22,12 +22,15 @@ use legate_core::config_source::FileSource;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 
+use crate::cert_select::ServedCert;
+
 /// A TLS certificate kept current from its SDS file.
 pub struct CertificateSecret {
     pub name: String,
     pub source: FileSource,
     provider: Arc<CryptoProvider>,
-    key: ArcSwapOption<CertifiedKey>,
+    /// The certificate in force, with the names it serves (read once per install).
+    served: ArcSwapOption<ServedCert>,
     /// The certificate and key files the secret names: replacing one reloads it too.
     files: Mutex<Vec<PathBuf>>,
 }
@@ -78,7 +81,7 @@ impl CertificateSecret {
             name: config.name.clone(),
             source,
             provider: provider.clone(),
-            key: ArcSwapOption::empty(),
+            served: ArcSwapOption::empty(),
             files: Mutex::default(),
         });
         live.push(Arc::downgrade(&secret));
@@ -94,7 +97,12 @@ impl CertificateSecret {
 
     /// The certificate for a handshake starting now (`None` before the first install).
     pub fn key(&self) -> Option<Arc<CertifiedKey>> {
-        self.key.load_full()
+        self.served.load().as_ref().map(|s| s.key.clone())
+    }
+
+    /// [`Self::key`] with the names it serves, for certificate selection.
+    pub fn served(&self) -> Option<Arc<ServedCert>> {
+        self.served.load_full()
     }
 
     /// The files whose replacement reloads the secret.
@@ -118,7 +126,7 @@ impl CertificateSecret {
                     .collect::<Vec<_>>()
                     .join("; ")
             })?;
-        self.key.store(Some(key));
+        self.served.store(Some(Arc::new(ServedCert::plain(key))));
         *self.files.lock().unwrap_or_else(|p| p.into_inner()) = files_of(certificate);
         Ok(())
     }

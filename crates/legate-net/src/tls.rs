@@ -464,6 +464,7 @@ fn served_cert(
     let mut stapled = CertifiedKey::clone(&key);
     stapled.ocsp = Some(der);
     Ok(ServedCert {
+        names: crate::cert_select::names_of(&key),
         key,
         stapled: Some((Arc::new(stapled), Arc::new(response))),
         must_staple,

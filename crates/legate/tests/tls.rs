@@ -474,6 +474,136 @@ fn one_context_serves_ecdsa_or_rsa_by_the_clients_signature_schemes() {
     assert_eq!(served(Arc::new(rsa_only)), rsa_cert);
 }
 
+/// Envoy's certificate selector, by name: a certificate named exactly as the SNI wins over a
+/// wildcard one even when the wildcard one has the key type the client prefers; a wildcard
+/// serves one label; a certificate without SANs is named by its subject CN; without an SNI
+/// the first usable certificate (ECDSA for an ECDSA client) is served; an unmatched SNI gets
+/// the first certificate. Runs against Envoy too (`LEGATE_E2E_PROXY=envoy`).
+#[test]
+fn exact_certificate_names_beat_wildcards_and_cn_names_count() {
+    let ca = Ca::new("names");
+    let rsa_key = ca.dir.join("rsa-gen.key");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&rsa_key)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !made {
+        eprintln!("skipped: openssl is not installed");
+        return;
+    }
+    let rsa = KeyPair::from_pem(&std::fs::read_to_string(&rsa_key).unwrap()).unwrap();
+    let exact_rsa = ca.leaf_with("exact-rsa", &["www.example.com"], rsa);
+    let wildcard_ecdsa = ca.leaf("wild-ecdsa", &["*.example.com"]);
+    let cn_only = {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cn.test");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        let leaf = Leaf {
+            cert: ca.dir.join("cn.crt"),
+            key: ca.dir.join("cn.key"),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        leaf
+    };
+    let upstream = Upstream::start();
+    let config = bootstrap(
+        &listener(
+            "names",
+            "",
+            &chain(&[
+                &tls_socket(&[&exact_rsa, &wildcard_ecdsa, &cn_only], ""),
+                &hcm("app"),
+            ]),
+        ),
+        &cluster("app", upstream.addr, ""),
+    );
+    let proxy = start_proxy(&config);
+    let addr = proxy.addr("names");
+    // A client that verifies ECDSA and RSA signatures but takes any certificate, to see which
+    // one is served.
+    let mut observer = (*client(ca.roots(), BOTH, &[], None)).clone();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(ca.roots()),
+        provider(),
+    )
+    .build()
+    .unwrap();
+    observer
+        .dangerous()
+        .set_certificate_verifier(Arc::new(AnyCertificate(verifier)));
+    let observer = Arc::new(observer);
+    let served = |sni: &str| {
+        let s = handshake(addr, observer.clone(), sni).unwrap();
+        s.conn.peer_certificates().unwrap()[0].clone().into_owned()
+    };
+    let cert = |leaf: &Leaf| read_certs(&leaf.cert)[0].clone();
+    assert!(
+        served("www.example.com") == cert(&exact_rsa),
+        "the exact RSA name"
+    );
+    assert!(
+        served("api.example.com") == cert(&wildcard_ecdsa),
+        "the wildcard"
+    );
+    assert!(served("cn.test") == cert(&cn_only), "the CN");
+    assert!(
+        served("a.b.example.com") == cert(&exact_rsa),
+        "no match: the first"
+    );
+    assert!(
+        served("127.0.0.1") == cert(&wildcard_ecdsa),
+        "no SNI: the first ECDSA"
+    );
+}
+
+/// Checks signatures as `WebPkiServerVerifier` does, accepts any certificate.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 #[derive(Debug)]
 struct RsaOnly(Arc<rustls::client::WebPkiServerVerifier>);
 
