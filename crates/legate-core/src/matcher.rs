@@ -12,18 +12,59 @@ use regex::Regex;
 
 use crate::{Compiled, ConfigError};
 
+/// A regex that must match the whole input (Envoy's `safe_regex`), with the literal text every
+/// match starts with checked before the regex runs: route tables try regex routes one after
+/// the other, and most of them fail on their first bytes (`/api/v[0-9]+/...` against
+/// `/static/app.js`) at the cost of a `starts_with` instead of a regex search.
+#[derive(Clone, Debug)]
+pub struct FullMatchRegex {
+    regex: Regex,
+    /// What every matching input starts with (possibly nothing).
+    prefix: Box<[u8]>,
+}
+
+impl FullMatchRegex {
+    pub fn is_match(&self, input: &str) -> bool {
+        input.as_bytes().starts_with(&self.prefix) && self.regex.is_match(input)
+    }
+
+    /// The anchored regex, for captures and replacements.
+    pub fn regex(&self) -> &Regex {
+        &self.regex
+    }
+}
+
 /// Compiles a pattern for full matching.
-pub fn full_match_regex(pattern: &str) -> Result<Regex, String> {
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+pub fn full_match_regex(pattern: &str) -> Result<FullMatchRegex, String> {
+    let anchored = format!("^(?:{pattern})$");
+    let regex = Regex::new(&anchored).map_err(|e| {
         format!(
             "invalid regex '{pattern}': {}",
             e.to_string().lines().last().unwrap_or("")
         )
+    })?;
+    Ok(FullMatchRegex {
+        prefix: literal_prefix(&anchored).into(),
+        regex,
     })
 }
 
+/// The longest text every match of `pattern` starts with (empty when there is none or the
+/// pattern cannot be analysed): the common prefix of the literals regex-syntax extracts.
+fn literal_prefix(pattern: &str) -> Vec<u8> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let Ok(hir) = regex_syntax::Parser::new().parse(pattern) else {
+        return Vec::new();
+    };
+    let literals = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+    literals
+        .longest_common_prefix()
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
+}
+
 /// Compiles a `RegexMatcher`; the error is placed at its `regex` field.
-pub fn regex_matcher(m: &RegexMatcher) -> Compiled<Regex> {
+pub fn regex_matcher(m: &RegexMatcher) -> Compiled<FullMatchRegex> {
     full_match_regex(&m.regex).map_err(|e| vec![ConfigError::new("regex", e)])
 }
 
@@ -34,7 +75,7 @@ pub enum StringMatch {
     Prefix(String),
     Suffix(String),
     Contains(String),
-    Regex(Regex),
+    Regex(FullMatchRegex),
 }
 
 #[derive(Clone, Debug)]
@@ -79,17 +120,22 @@ impl CompiledStringMatcher {
     }
 
     pub fn matches(&self, value: &str) -> bool {
-        let folded;
-        let value = if self.ignore_case && !matches!(self.pattern, StringMatch::Regex(_)) {
-            folded = value.to_ascii_lowercase();
-            folded.as_str()
-        } else {
-            value
-        };
+        // With `ignore_case` the patterns are lower case already; the value is compared
+        // byte-wise ignoring ASCII case (no copy), except for `contains`.
+        let ic = self.ignore_case;
+        let (v, n) = (value.as_bytes(), value.len());
         match &self.pattern {
+            StringMatch::Exact(s) if ic => value.eq_ignore_ascii_case(s),
             StringMatch::Exact(s) => value == s,
+            StringMatch::Prefix(s) if ic => {
+                n >= s.len() && v[..s.len()].eq_ignore_ascii_case(s.as_bytes())
+            }
             StringMatch::Prefix(s) => value.starts_with(s.as_str()),
+            StringMatch::Suffix(s) if ic => {
+                n >= s.len() && v[n - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
             StringMatch::Suffix(s) => value.ends_with(s.as_str()),
+            StringMatch::Contains(s) if ic => value.to_ascii_lowercase().contains(s.as_str()),
             StringMatch::Contains(s) => value.contains(s.as_str()),
             StringMatch::Regex(r) => r.is_match(value),
         }
@@ -107,6 +153,64 @@ mod tests {
         assert!(!r.is_match("/api/42/x"));
         assert!(!r.is_match("x/api/42"));
         assert!(full_match_regex("(").is_err());
+    }
+
+    #[test]
+    fn the_literal_prefix_check_never_changes_the_answer() {
+        let cases: [(&str, &str); 8] = [
+            (r"/svc1/v[0-9]+/.*", "/svc1/v"),
+            (r"/api/\d+", "/api/"),
+            (r"(?i)/api/.*", "/"),
+            (r"/a|/b", "/"),
+            (r".*\.js", ""),
+            (r"/é[a-z]", "/é"),
+            (r"/(foo|foobar)/x", "/foo"),
+            (r"", ""),
+        ];
+        let inputs = [
+            "",
+            "/",
+            "/svc1/v2/x",
+            "/svc1/v/x",
+            "/svc12/v2/x",
+            "/api/42",
+            "/API/42",
+            "/a",
+            "/b",
+            "/c",
+            "app.js",
+            "/éb",
+            "/ée",
+            "/foo/x",
+            "/foobar/x",
+            "/fo/x",
+        ];
+        for (pattern, prefix) in cases {
+            let fast = full_match_regex(pattern).unwrap();
+            assert_eq!(fast.prefix.as_ref(), prefix.as_bytes(), "{pattern}");
+            let plain = Regex::new(&format!("^(?:{pattern})$")).unwrap();
+            for input in inputs {
+                assert_eq!(
+                    fast.is_match(input),
+                    plain.is_match(input),
+                    "{pattern} on {input}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ignore_case_compares_without_copying() {
+        let m = |pattern: StringMatch| CompiledStringMatcher {
+            pattern,
+            ignore_case: true,
+        };
+        assert!(m(StringMatch::Exact("/abc".into())).matches("/ABC"));
+        assert!(!m(StringMatch::Exact("/abc".into())).matches("/ABCD"));
+        assert!(m(StringMatch::Suffix(".js".into())).matches("APP.JS"));
+        assert!(!m(StringMatch::Suffix("long.js".into())).matches(".JS"));
+        assert!(m(StringMatch::Contains("mid".into())).matches("xMIDy"));
+        assert!(!m(StringMatch::Prefix("/abcdef".into())).matches("/ABC"));
     }
 
     #[test]

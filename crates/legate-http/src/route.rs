@@ -74,7 +74,7 @@ pub struct RuntimeFraction {
 pub enum PathMatch {
     Prefix(String),
     Path(String),
-    Regex(Regex),
+    Regex(legate_core::matcher::FullMatchRegex),
     /// `path_separated_prefix`: the prefix, then end of path, `/` or `?`.
     SeparatedPrefix(String),
 }

@@ -37,6 +37,9 @@ pub struct RouteRequest<'a> {
     /// `:path` as received, query included. Empty when the request has no path (HTTP/1 CONNECT):
     /// then no route matches, as in Envoy without a connect matcher.
     pub path: &'a str,
+    /// `path` without its query and fragment: what path matchers compare, cut once here
+    /// rather than by each of a table's routes.
+    pub path_only: &'a str,
     /// `:authority` (or `Host`).
     pub authority: &'a str,
     /// `:scheme`.
@@ -57,6 +60,7 @@ impl<'a> RouteRequest<'a> {
         RouteRequest {
             method,
             path,
+            path_only: strip_query_and_fragment(path),
             authority,
             scheme,
             headers,
@@ -173,7 +177,7 @@ impl Route {
     /// Whether every criterion of the route's `match` holds for the request.
     pub fn matches(&self, req: &RouteRequest<'_>, runtime: &Snapshot, random: u64) -> bool {
         // All criteria are pure, so the order only matters for speed: the path first.
-        self.path_matches(req.path)
+        self.path_matches(req.path_only)
             && self.runtime_fraction.as_ref().is_none_or(|rf| {
                 runtime.feature_enabled(&rf.runtime_key, rf.numerator, rf.denominator, random)
             })
@@ -185,8 +189,8 @@ impl Route {
             })
     }
 
+    /// `path`: the request's path without query and fragment.
     fn path_matches(&self, path: &str) -> bool {
-        let path = strip_query_and_fragment(path);
         let cs = self.case_sensitive;
         match &self.path {
             PathMatch::Prefix(p) => starts_with(path, p, cs),
@@ -332,7 +336,7 @@ impl QueryMatch {
 
 /// `:path` without `?query` and `#fragment` (Envoy's `PathUtil::removeQueryAndFragment`).
 pub fn strip_query_and_fragment(path: &str) -> &str {
-    match path.find(['?', '#']) {
+    match path.bytes().position(|b| b == b'?' || b == b'#') {
         Some(i) => &path[..i],
         None => path,
     }
