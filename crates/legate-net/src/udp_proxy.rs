@@ -438,7 +438,8 @@ pub struct UdpProxy {
 struct Session {
     id: u64,
     /// The session's upstream socket, to send on (the relay task receives on it).
-    sender: std::net::UdpSocket,
+    /// The session's socket, also read by its relay (a plain handle: see `connect`).
+    sender: Arc<std::net::UdpSocket>,
     cluster: Arc<UdpClusterStats>,
     /// The last datagram either way, in nanoseconds after the loop's start.
     last_active: Arc<AtomicU64>,
@@ -591,7 +592,7 @@ impl UdpProxy {
             stats: cluster,
             slot,
         } = upstream;
-        let (upstream, sender, receiver) = match connect(host) {
+        let (upstream, sender) = match connect(host) {
             Ok(pair) => pair,
             Err(e) => {
                 cluster.sess_tx_errors.inc();
@@ -617,7 +618,7 @@ impl UdpProxy {
         });
         let relay = tokio::spawn(relay_upstream(
             upstream,
-            receiver,
+            sender.clone(),
             downstream.clone(),
             peer,
             self.config.proxy.upstream,
@@ -701,7 +702,7 @@ struct StatsHandle {
 #[allow(clippy::too_many_arguments)]
 async fn relay_upstream(
     upstream: UdpSocket,
-    receiver: std::net::UdpSocket,
+    receiver: Arc<std::net::UdpSocket>,
     downstream: Arc<std::net::UdpSocket>,
     peer: SocketAddr,
     receive: UdpReceive,
@@ -756,8 +757,10 @@ async fn relay_upstream(
 }
 
 /// A socket on an ephemeral port, connected to `host`: only `host`'s datagrams reach it.
-/// Three handles: tokio's (readiness), one to send, one to receive.
-fn connect(host: SocketAddr) -> io::Result<(UdpSocket, std::net::UdpSocket, std::net::UdpSocket)> {
+/// Two handles on it: tokio's, for readiness, and a plain one the session sends on and its
+/// relay receives on (a send must not wait for tokio to have seen the socket writable, and a
+/// receive must also run on error readiness alone).
+fn connect(host: SocketAddr) -> io::Result<(UdpSocket, Arc<std::net::UdpSocket>)> {
     let local: SocketAddr = if host.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -766,9 +769,8 @@ fn connect(host: SocketAddr) -> io::Result<(UdpSocket, std::net::UdpSocket, std:
     let socket = std::net::UdpSocket::bind(local)?;
     socket.connect(host)?;
     socket.set_nonblocking(true)?;
-    let sender = socket.try_clone()?;
-    let receiver = socket.try_clone()?;
-    Ok((UdpSocket::from_std(socket)?, sender, receiver))
+    let plain = Arc::new(socket.try_clone()?);
+    Ok((UdpSocket::from_std(socket)?, plain))
 }
 
 async fn sleep_until(at: Option<Instant>) {

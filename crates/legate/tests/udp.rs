@@ -171,6 +171,22 @@ fn datagrams_round_trip_with_a_session_per_client_and_envoys_stats() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
+    // A session holds two descriptors in Legate (the socket to its host, and a plain handle
+    // on it to send and receive on); Envoy holds one.
+    if !e2e::target_is_envoy() {
+        let fds = || {
+            std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
+                .unwrap()
+                .count()
+        };
+        let before = fds();
+        let clients: Vec<UdpSocket> = (0..10).map(|_| client()).collect();
+        for c in &clients {
+            assert_eq!(round_trip(c, to, b"fd").as_deref(), Some(&b"fd"[..]));
+        }
+        assert_eq!(fds() - before, 20, "descriptors for 10 more sessions");
+    }
+
     // /listeners shows the UDP listener as a TCP one: name and bound address.
     let listeners = e2e::http_get(proxy.admin.unwrap(), "/listeners", &[]).body;
     assert_eq!(listeners.trim(), format!("udp_in::{to}"));
