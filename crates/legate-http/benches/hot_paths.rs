@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
-use legate_api::pb::envoy::config::route::v3 as rp;
 use legate_core::format::Formatter;
 use legate_core::runtime::Snapshot;
 use legate_core::stats::{ImportMode, Store, Unit};
@@ -25,13 +24,7 @@ use legate_http::route_match::RouteRequest;
 
 /// A route table from a `RouteConfiguration` in YAML, read as the proxy reads it.
 fn table_from_yaml(yaml: &str) -> RouteTable {
-    let desc = legate_api::descriptors::pool()
-        .get_message_by_name("envoy.config.route.v3.RouteConfiguration")
-        .expect("descriptor");
-    let message = legate_api::load::parse(&desc, legate_api::Format::Yaml, yaml.as_bytes())
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    let rc: rp::RouteConfiguration = message.transcode_to().expect("transcode");
-    RouteTable::compile(&rc).unwrap_or_else(|e| panic!("{e:?}"))
+    RouteTable::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Headers a browser-ish client sends.

@@ -331,6 +331,24 @@ impl RouteTable {
         out
     }
 
+    /// A route table from a `RouteConfiguration` written in YAML, read and checked as the
+    /// proxy reads configuration (for tests, benchmarks and tools).
+    pub fn from_yaml(yaml: &str) -> Result<RouteTable, String> {
+        let desc = legate_api::descriptors::pool()
+            .get_message_by_name("envoy.config.route.v3.RouteConfiguration")
+            .ok_or("no descriptor for RouteConfiguration")?;
+        let message = legate_api::load::parse(&desc, legate_api::Format::Yaml, yaml.as_bytes())
+            .map_err(|e| format!("{e:?}"))?;
+        let rc: rp::RouteConfiguration = message.transcode_to().map_err(|e| e.to_string())?;
+        RouteTable::compile(&rc).map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
     pub fn compile(rc: &rp::RouteConfiguration) -> Compiled<RouteTable> {
         let mut errors = Errors::default();
         let max_body = u32_or(

@@ -375,19 +375,11 @@ fn parse_i64_like_absl(value: &str) -> Option<i64> {
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    use legate_api::pb::envoy::config::route::v3 as rp;
-
     use crate::route::RouteTable;
 
     /// A route table from a `RouteConfiguration` written in YAML, read as Envoy reads it.
     pub(crate) fn table_from_yaml(yaml: &str) -> RouteTable {
-        let desc = legate_api::descriptors::pool()
-            .get_message_by_name("envoy.config.route.v3.RouteConfiguration")
-            .expect("descriptor");
-        let message = legate_api::load::parse(&desc, legate_api::Format::Yaml, yaml.as_bytes())
-            .unwrap_or_else(|e| panic!("{e:?}"));
-        let rc: rp::RouteConfiguration = message.transcode_to().expect("transcode");
-        RouteTable::compile(&rc).unwrap_or_else(|e| panic!("{e:?}"))
+        RouteTable::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

@@ -65,6 +65,31 @@ impl Ca {
         let params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        self.leaf_from(file, params, key)
+    }
+
+    /// An RSA 2048 leaf for `names`; `None` without the `openssl` binary (ring cannot generate
+    /// RSA keys).
+    fn rsa_leaf(&self, file: &str, names: &[&str]) -> Option<Leaf> {
+        let key_file = self.dir.join(format!("{file}-gen.key"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&key_file)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let key = KeyPair::from_pem(&std::fs::read_to_string(&key_file).ok()?).ok()?;
+        made.then(|| self.leaf_with(file, names, key))
+    }
+
+    /// A leaf made from `params` with `key`, written as `<file>.crt` and `<file>.key`.
+    fn leaf_from(&self, file: &str, params: CertificateParams, key: KeyPair) -> Leaf {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let leaf = Leaf {
             cert: self.dir.join(format!("{file}.crt")),
@@ -85,15 +110,7 @@ impl Ca {
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
         params.serial_number = Some(serial.into());
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let leaf = Leaf {
-            cert: self.dir.join(format!("{file}.crt")),
-            key: self.dir.join(format!("{file}.key")),
-        };
-        std::fs::write(&leaf.cert, cert.pem()).unwrap();
-        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
-        leaf
+        self.leaf_from(file, params, KeyPair::generate().unwrap())
     }
 
     /// A CRL revoking `serials`, valid from `this_update` to `next_update`, written to `file`.
@@ -136,6 +153,15 @@ impl Ca {
         }
         roots
     }
+}
+
+/// Certificate parameters without subject alternative names, the subject's CN being `cn`.
+fn cn_params(cn: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params
 }
 
 impl Drop for Ca {
@@ -418,27 +444,11 @@ fn sni_selects_the_chain_and_certificate_on_one_port() {
 
 #[test]
 fn one_context_serves_ecdsa_or_rsa_by_the_clients_signature_schemes() {
-    // ring cannot generate RSA keys: openssl makes one when installed.
     let ca = Ca::new("multi");
-    let rsa_key = ca.dir.join("rsa-gen.key");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&rsa_key)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !made {
+    let Some(rsa) = ca.rsa_leaf("rsa", &["multi.example.com"]) else {
         eprintln!("skipped: openssl is not installed");
         return;
-    }
-    let rsa = KeyPair::from_pem(&std::fs::read_to_string(&rsa_key).unwrap()).unwrap();
-    let rsa = ca.leaf_with("rsa", &["multi.example.com"], rsa);
+    };
     let ecdsa = ca.leaf("ecdsa", &["multi.example.com"]);
     let upstream = Upstream::start();
     let config = bootstrap(
@@ -461,17 +471,7 @@ fn one_context_serves_ecdsa_or_rsa_by_the_clients_signature_schemes() {
     // A client that verifies ECDSA gets the ECDSA certificate (Envoy prefers it).
     assert_eq!(served(client(ca.roots(), BOTH, &[], None)), ecdsa_cert);
     // A client that only verifies RSA signatures gets the RSA one.
-    let mut rsa_only = (*client(ca.roots(), BOTH, &[], None)).clone();
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(ca.roots()),
-        provider(),
-    )
-    .build()
-    .unwrap();
-    rsa_only
-        .dangerous()
-        .set_certificate_verifier(Arc::new(RsaOnly(verifier)));
-    assert_eq!(served(Arc::new(rsa_only)), rsa_cert);
+    assert_eq!(served(Observer::client(&ca, false, true)), rsa_cert);
 }
 
 /// Envoy's certificate selector, by name: a certificate named exactly as the SNI wins over a
@@ -482,41 +482,12 @@ fn one_context_serves_ecdsa_or_rsa_by_the_clients_signature_schemes() {
 #[test]
 fn exact_certificate_names_beat_wildcards_and_cn_names_count() {
     let ca = Ca::new("names");
-    let rsa_key = ca.dir.join("rsa-gen.key");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&rsa_key)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !made {
+    let Some(exact_rsa) = ca.rsa_leaf("exact-rsa", &["www.example.com"]) else {
         eprintln!("skipped: openssl is not installed");
         return;
-    }
-    let rsa = KeyPair::from_pem(&std::fs::read_to_string(&rsa_key).unwrap()).unwrap();
-    let exact_rsa = ca.leaf_with("exact-rsa", &["www.example.com"], rsa);
-    let wildcard_ecdsa = ca.leaf("wild-ecdsa", &["*.example.com"]);
-    let cn_only = {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "cn.test");
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca.issuer).unwrap();
-        let leaf = Leaf {
-            cert: ca.dir.join("cn.crt"),
-            key: ca.dir.join("cn.key"),
-        };
-        std::fs::write(&leaf.cert, cert.pem()).unwrap();
-        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
-        leaf
     };
+    let wildcard_ecdsa = ca.leaf("wild-ecdsa", &["*.example.com"]);
+    let cn_only = ca.leaf_from("cn", cn_params("cn.test"), KeyPair::generate().unwrap());
     let upstream = Upstream::start();
     let config = bootstrap(
         &listener(
@@ -533,17 +504,7 @@ fn exact_certificate_names_beat_wildcards_and_cn_names_count() {
     let addr = proxy.addr("names");
     // A client that verifies ECDSA and RSA signatures but takes any certificate, to see which
     // one is served.
-    let mut observer = (*client(ca.roots(), BOTH, &[], None)).clone();
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(ca.roots()),
-        provider(),
-    )
-    .build()
-    .unwrap();
-    observer
-        .dangerous()
-        .set_certificate_verifier(Arc::new(AnyCertificate(verifier)));
-    let observer = Arc::new(observer);
+    let observer = Observer::client(&ca, true, false);
     let served = |sni: &str| {
         let s = handshake(addr, observer.clone(), sni).unwrap();
         s.conn.peer_certificates().unwrap()[0].clone().into_owned()
@@ -568,46 +529,39 @@ fn exact_certificate_names_beat_wildcards_and_cn_names_count() {
     );
 }
 
-/// Checks signatures as `WebPkiServerVerifier` does, accepts any certificate.
+/// A server verifier for watching certificate selection: signatures are checked as
+/// `WebPkiServerVerifier` checks them; `any_certificate` accepts every certificate (to see
+/// which one is served); `rsa_only` offers only RSA signature schemes (a client that cannot
+/// verify ECDSA).
 #[derive(Debug)]
-struct AnyCertificate(Arc<rustls::client::WebPkiServerVerifier>);
+struct Observer {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    any_certificate: bool,
+    rsa_only: bool,
+}
 
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(m, c, d)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
+impl Observer {
+    /// A client configuration trusting `ca` and verifying with this observer.
+    fn client(ca: &Ca, any_certificate: bool, rsa_only: bool) -> Arc<ClientConfig> {
+        let mut config = (*client(ca.roots(), BOTH, &[], None)).clone();
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(ca.roots()),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(Observer {
+                inner,
+                any_certificate,
+                rsa_only,
+            }));
+        Arc::new(config)
     }
 }
 
-#[derive(Debug)]
-struct RsaOnly(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl rustls::client::danger::ServerCertVerifier for RsaOnly {
+impl rustls::client::danger::ServerCertVerifier for Observer {
     fn verify_server_cert(
         &self,
         e: &CertificateDer<'_>,
@@ -616,7 +570,10 @@ impl rustls::client::danger::ServerCertVerifier for RsaOnly {
         o: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.0.verify_server_cert(e, i, n, o, now)
+        if self.any_certificate {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        self.inner.verify_server_cert(e, i, n, o, now)
     }
     fn verify_tls12_signature(
         &self,
@@ -624,7 +581,7 @@ impl rustls::client::danger::ServerCertVerifier for RsaOnly {
         c: &CertificateDer<'_>,
         d: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(m, c, d)
+        self.inner.verify_tls12_signature(m, c, d)
     }
     fn verify_tls13_signature(
         &self,
@@ -632,11 +589,15 @@ impl rustls::client::danger::ServerCertVerifier for RsaOnly {
         c: &CertificateDer<'_>,
         d: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(m, c, d)
+        self.inner.verify_tls13_signature(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         use rustls::SignatureScheme as S;
-        vec![S::RSA_PSS_SHA256, S::RSA_PKCS1_SHA256]
+        if self.rsa_only {
+            vec![S::RSA_PSS_SHA256, S::RSA_PKCS1_SHA256]
+        } else {
+            self.inner.supported_verify_schemes()
+        }
     }
 }
 
