@@ -61,7 +61,9 @@ fn big_table(routes: impl Iterator<Item = String>) -> RouteTable {
     table_from_yaml(&yaml)
 }
 
-/// The `match` of route `i` of each kind.
+/// The `match` of route `i` of one kind.
+type RouteOfKind = fn(usize) -> String;
+
 fn prefix_route(i: usize) -> String {
     format!("{{prefix: /svc{i}/}}")
 }
@@ -80,7 +82,7 @@ fn regex_route(i: usize) -> String {
 /// the first route, the 500th, the last, or only the catch-all. Then 1,000 routes of one kind
 /// each, the request matching the last, to show what each kind costs.
 fn route_matching(c: &mut Criterion) {
-    let kinds: [(&str, fn(usize) -> String); 4] = [
+    let kinds: [(&str, RouteOfKind); 4] = [
         ("prefix", prefix_route),
         ("path", path_route),
         ("prefix_and_header", header_route),
