@@ -735,3 +735,53 @@ fn sessions_take_a_connection_slot_of_the_cluster() {
     assert_eq!(settle(&proxy, "udp.svc.downstream_sess_total", 3), Some(3));
     assert_eq!(proxy.stat("cluster.udp_up.upstream_cx_overflow"), Some(1));
 }
+
+/// EDS replacing a session's host ends the session: the client's next datagram opens a new
+/// one on the new host (Envoy erases a removed host's sessions). Runs against Envoy too.
+#[test]
+fn a_session_ends_when_eds_removes_its_host() {
+    let a = tagged_echo(b"A");
+    let b = tagged_echo(b"B");
+    let dir = e2e::temp_dir("udp-eds");
+    let eds = dir.join("eds.yaml");
+    let assignment = |host: SocketAddr| {
+        format!(
+            "resources:\n- \"@type\": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment\n  cluster_name: udp_up\n  endpoints:\n  - lb_endpoints:\n    - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n",
+            host.port()
+        )
+    };
+    std::fs::write(&eds, assignment(a)).unwrap();
+    let cluster = format!(
+        "  - name: udp_up\n    type: EDS\n    eds_cluster_config:\n      eds_config: {{path_config_source: {{path: {}}}, resource_api_version: V3}}\n",
+        eds.display()
+    );
+    // xDS needs the node's identity.
+    let config = format!(
+        "node: {{id: udp-test, cluster: udp-test}}\n{}",
+        bootstrap("{}", &matcher_route("udp_up"), &cluster)
+    );
+    let proxy = start_proxy(&config);
+    let to = proxy.addr("udp_in");
+    let c = client();
+    let answer = |c: &UdpSocket| {
+        // The first datagrams may beat the endpoints' arrival: retry a few times.
+        (0..20)
+            .find_map(|_| round_trip(c, to, b"?").filter(|r| !r.is_empty()))
+            .unwrap_or_default()
+    };
+    assert_eq!(answer(&c), b"A");
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_total", 1), Some(1));
+    // Replace the file as a deployment would (a rename, which the watch sees).
+    let staged = dir.join("eds.yaml.staged");
+    std::fs::write(&staged, assignment(b)).unwrap();
+    std::fs::rename(&staged, &eds).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut got = answer(&c);
+    while got != b"B" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        got = answer(&c);
+    }
+    assert_eq!(got, b"B", "the session moved to the new host");
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_total", 2), Some(2));
+    assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 1), Some(1));
+}

@@ -23,6 +23,10 @@
 //!   `*_rx_errors`, `*_tx_errors`).
 //! * When the listener stops (removed, replaced, `/drain_listeners`, shutdown) its sessions
 //!   end at once: UDP has no connection to drain.
+//! * A session whose host leaves its cluster (EDS no longer lists it, or the cluster is
+//!   removed) ends, and the client's next datagram opens a session on a current host. Envoy
+//!   ends such sessions when the host is removed; Legate notices at the client's next datagram
+//!   or the session's next idle check, whichever comes first.
 //! * A session that ends writes one line to each `access_log`: its addresses (client,
 //!   listener, host, the session socket), `%BYTES_RECEIVED%` from the client and
 //!   `%BYTES_SENT%` to it, its `%START_TIME%` and `%DURATION%`; Envoy 1.40 leaves

@@ -42,6 +42,9 @@ pub struct SessionUpstream {
     /// The session's hold on one of the cluster's connections (`max_connections`), as Envoy
     /// counts a UDP session; released when the session ends.
     pub slot: Box<dyn Send + Sync>,
+    /// Whether `host` is still one of its cluster's hosts: false once EDS removed it or the
+    /// cluster went away, and then the session ends (Envoy erases a removed host's sessions).
+    pub current: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// The clusters, as the UDP proxy needs them.
@@ -83,6 +86,8 @@ struct Session {
     tx_bytes: Arc<AtomicU64>,
     /// The cluster connection it holds (released with the session).
     _slot: Box<dyn Send + Sync>,
+    /// See [`SessionUpstream::current`].
+    current: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl Drop for Session {
@@ -158,6 +163,14 @@ impl UdpProxy {
                 self.datagrams_dropped.inc();
                 continue;
             }
+            // A session whose host has left its cluster ends here, and the datagram opens a
+            // new one (Envoy ends it when the host is removed; Legate notices at the client's
+            // next datagram or the session's next idle check).
+            if sessions.get(&peer).is_some_and(|s| !(s.current)()) {
+                if let Some(gone) = sessions.remove(&peer) {
+                    self.close(gone);
+                }
+            }
             let session = match sessions.entry(peer) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(v) => {
@@ -223,6 +236,7 @@ impl UdpProxy {
             host,
             stats: cluster,
             slot,
+            current,
         } = upstream;
         let (upstream, sender) = match connect(host) {
             Ok(pair) => pair,
@@ -274,6 +288,7 @@ impl UdpProxy {
             rx_bytes: 0,
             tx_bytes,
             _slot: slot,
+            current,
         })
     }
 
@@ -294,6 +309,12 @@ impl UdpProxy {
             let Some(session) = sessions.get(&peer).filter(|s| s.id == id) else {
                 continue;
             };
+            if !(session.current)() {
+                if let Some(gone) = sessions.remove(&peer) {
+                    self.close(gone);
+                }
+                continue;
+            }
             let last = start + Duration::from_nanos(session.last_active.load(Ordering::Relaxed));
             let due = last + idle;
             if due > now {

@@ -63,11 +63,15 @@ impl UdpUpstreams for ClusterUpstreams {
             c.stats.scope.counter("upstream_cx_overflow").inc();
             return Err(NoUpstream::Overflow);
         };
+        // The host stays alive while its cluster's membership holds it: EDS removing it, or
+        // the cluster's removal, drops it (a CDS update that keeps the address keeps it).
+        let member = Arc::downgrade(&host);
         // Looked up once per session, not per datagram.
         Ok(SessionUpstream {
             host: host.address,
             stats: Arc::new(UdpClusterStats::new(&c.stats.scope)),
             slot: Box::new(slot),
+            current: Box::new(move || member.strong_count() > 0),
         })
     }
 }
