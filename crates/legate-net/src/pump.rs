@@ -164,15 +164,15 @@ pub async fn exchange(
     // is set again from the last activity, so moving bytes costs no timer update.
     let mut timer = std::pin::pin!(tokio::time::sleep(idle.unwrap_or_default()));
     let end = std::future::poll_fn(|cx| {
-        for (i, (way, src, dst, counters)) in [(a, b, from_a), (b, a, from_b)]
-            .into_iter()
-            .zip(ways.iter_mut())
-            .map(|((src, dst, counters), way)| (way, src, dst, counters))
-            .enumerate()
-        {
+        for (i, way) in ways.iter_mut().enumerate() {
             if way.done {
                 continue;
             }
+            let (src, dst, counters) = if i == 0 {
+                (a, b, from_a)
+            } else {
+                (b, a, from_b)
+            };
             let r = way.poll_move(cx, src, dst, |n| {
                 counters.add(n);
                 last_activity = Instant::now();
@@ -232,9 +232,8 @@ impl Activity {
 }
 
 /// Runs the two directions of an [`exchange_io`] to their end (or the idle timeout) and reports
-/// how it ended. The directions are pinned where
-/// the caller made them: moved in, each would be held again by every combinator here, for the
-/// whole life of the connection.
+/// how it ended. The directions are pinned where the caller made them: moved in, each would be
+/// held again by every combinator here, for the whole life of the connection.
 async fn both_ways<F, B>(
     forward: Pin<&mut F>,
     backward: Pin<&mut B>,
