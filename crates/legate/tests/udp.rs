@@ -785,3 +785,32 @@ fn a_session_ends_when_eds_removes_its_host() {
     assert_eq!(settle(&proxy, "udp.svc.downstream_sess_total", 2), Some(2));
     assert_eq!(settle(&proxy, "udp.svc.downstream_sess_active", 1), Some(1));
 }
+
+/// A listener bound to the wildcard address answers from the address the client sent to: a
+/// client that sent to 127.0.0.2 (and `connect`ed its socket there) gets the reply, which it
+/// would drop coming from 127.0.0.1. Runs against Envoy too.
+#[test]
+fn a_wildcard_listener_replies_from_the_address_the_client_used() {
+    let echo = UdpEcho::start();
+    let config = bootstrap(
+        "{}",
+        &matcher_route("udp_up"),
+        &cluster("udp_up", echo.addr),
+    )
+    .replace(
+        "protocol: UDP, address: 127.0.0.1",
+        "protocol: UDP, address: 0.0.0.0",
+    );
+    let proxy = start_proxy(&config);
+    let port = proxy.addr("udp_in").port();
+    for to in ["127.0.0.2", "127.0.0.3"] {
+        let c = client();
+        c.connect((to, port)).unwrap();
+        c.send(b"from where?").unwrap();
+        let mut buf = [0u8; 64];
+        let n = c
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no reply via {to}: {e}"));
+        assert_eq!(&buf[..n], b"from where?");
+    }
+}

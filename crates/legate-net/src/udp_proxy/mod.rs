@@ -39,10 +39,15 @@
 //! (`cluster.<c>.udp.sess_rx_datagrams_dropped`). With `prefer_gro` (the default upstream, as
 //! in Envoy) a session reads into Envoy's 64 KiB GRO buffer, so any datagram fits.
 //!
+//! A listener bound to a wildcard address (`0.0.0.0`, `::`) learns each datagram's
+//! destination (`IP_PKTINFO`, [`pktinfo`]) and its session answers from that address, as
+//! Envoy does; `%DOWNSTREAM_LOCAL_ADDRESS%` shows it.
+//!
 //! Workers: each worker has its own `SO_REUSEPORT` socket of a UDP listener (as Envoy binds
 //! UDP listeners per worker), and its own sessions; the kernel hashes a client's address and
 //! port to one socket, so a client's datagrams reach the worker that holds its session.
 
+mod pktinfo;
 mod relay;
 mod stats;
 

@@ -6,7 +6,8 @@ use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::pktinfo;
 use super::{UdpClusterStats, UdpHashPolicy, UdpListenerConfig, UdpProxyStats, UdpReceive};
 
 /// Why a datagram found no upstream.
@@ -130,6 +132,18 @@ impl UdpProxy {
         };
         let start = Instant::now();
         let local = socket.local_addr().ok();
+        // Bound to a wildcard address: learn each datagram's destination, to answer from it.
+        let wildcard = local.is_some_and(|l| l.ip().is_unspecified())
+            && match pktinfo::enable(socket.as_raw_fd(), local.is_some_and(|l| l.is_ipv6())) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        "udp_proxy {}: replies leave from the kernel's choice of address: {e}",
+                        self.config.proxy.stat_prefix
+                    );
+                    false
+                }
+            };
         let mut buffer = vec![0u8; self.config.downstream.buffer_len()];
         let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
         // (when to look at the session's idle time again, its address, its id): one entry per
@@ -146,9 +160,9 @@ impl UdpProxy {
                     self.expire(&mut sessions, &mut timers, start);
                     continue;
                 }
-                r = socket.recv_from(&mut buffer) => r,
+                r = receive(&socket, &mut buffer, wildcard) => r,
             };
-            let (len, peer) = match received {
+            let (len, peer, destination) = match received {
                 Ok(r) => r,
                 Err(e) => {
                     self.stats.downstream_sess_rx_errors.inc();
@@ -166,15 +180,17 @@ impl UdpProxy {
             // A session whose host has left its cluster ends here, and the datagram opens a
             // new one (Envoy ends it when the host is removed; Legate notices at the client's
             // next datagram or the session's next idle check).
-            if sessions.get(&peer).is_some_and(|s| !(s.current)()) {
-                if let Some(gone) = sessions.remove(&peer) {
-                    self.close(gone);
-                }
+            if sessions.get(&peer).is_some_and(|s| !(s.current)())
+                && let Some(gone) = sessions.remove(&peer)
+            {
+                self.close(gone);
             }
             let session = match sessions.entry(peer) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(v) => {
-                    let Some(session) = self.open(peer, local, &sender, start, next_id) else {
+                    let Some(session) =
+                        self.open(peer, local, destination, &sender, start, next_id)
+                    else {
                         continue;
                     };
                     next_id += 1;
@@ -207,10 +223,14 @@ impl UdpProxy {
     }
 
     /// Opens the session of a new client: its host and its connected upstream socket.
+    /// `destination`: the address the client sent to, on a wildcard listener (replies leave
+    /// from it).
+    #[allow(clippy::too_many_arguments)]
     fn open(
         &self,
         peer: SocketAddr,
         local: Option<SocketAddr>,
+        destination: Option<IpAddr>,
         downstream: &Arc<std::net::UdpSocket>,
         start: Instant,
         id: u64,
@@ -257,7 +277,11 @@ impl UdpProxy {
             info.protocol = Protocol::Tcp;
             info.downstream_remote_address = Some(peer);
             info.downstream_direct_remote_address = Some(peer);
-            info.downstream_local_address = local;
+            // On a wildcard listener, the address the client sent to (as Envoy shows it).
+            info.downstream_local_address = match destination {
+                Some(ip) => local.map(|l| SocketAddr::new(ip, l.port())),
+                None => local,
+            };
             info.upstream_host = Some(host);
             info.upstream_local_address = sender.local_addr().ok();
             Box::new(info)
@@ -265,8 +289,11 @@ impl UdpProxy {
         let relay = tokio::spawn(relay_upstream(
             upstream,
             sender.clone(),
-            downstream.clone(),
-            peer,
+            Reply {
+                socket: downstream.clone(),
+                to: peer,
+                from: destination,
+            },
             self.config.proxy.upstream,
             cluster.clone(),
             StatsHandle {
@@ -343,6 +370,42 @@ impl UdpProxy {
     }
 }
 
+/// Where a session's replies go: to its client, from the listener's socket — and, on a
+/// wildcard listener, from the address the client sent to.
+struct Reply {
+    socket: Arc<std::net::UdpSocket>,
+    to: SocketAddr,
+    from: Option<IpAddr>,
+}
+
+impl Reply {
+    fn send(&self, data: &[u8]) -> io::Result<usize> {
+        match self.from {
+            Some(from) => pktinfo::send_from(self.socket.as_raw_fd(), data, self.to, from),
+            None => self.socket.send_to(data, self.to),
+        }
+    }
+}
+
+/// The next datagram on the listener's socket: its length, its sender, and on a wildcard
+/// listener (`pktinfo` enabled) the address it was sent to.
+async fn receive(
+    socket: &UdpSocket,
+    buffer: &mut [u8],
+    with_destination: bool,
+) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+    if with_destination {
+        socket
+            .async_io(Interest::READABLE, || {
+                pktinfo::recv(socket.as_raw_fd(), buffer)
+            })
+            .await
+    } else {
+        let (len, peer) = socket.recv_from(buffer).await?;
+        Ok((len, peer, None))
+    }
+}
+
 /// The downstream counters a session's relay updates.
 struct StatsHandle {
     tx_bytes: Counter,
@@ -356,8 +419,7 @@ struct StatsHandle {
 async fn relay_upstream(
     upstream: UdpSocket,
     receiver: Arc<std::net::UdpSocket>,
-    downstream: Arc<std::net::UdpSocket>,
-    peer: SocketAddr,
+    reply: Reply,
     receive: UdpReceive,
     cluster: Arc<UdpClusterStats>,
     stats: StatsHandle,
@@ -387,7 +449,7 @@ async fn relay_upstream(
                     last_active.store(nanos_since(start), Ordering::Relaxed);
                     cluster.sess_rx_datagrams.inc();
                     cluster.upstream_cx_rx_bytes_total.add(len as u64);
-                    match downstream.send_to(&buffer[..len], peer) {
+                    match reply.send(&buffer[..len]) {
                         Ok(_) => {
                             stats.tx_datagrams.inc();
                             stats.tx_bytes.add(len as u64);
@@ -395,7 +457,10 @@ async fn relay_upstream(
                         }
                         Err(e) => {
                             stats.tx_errors.inc();
-                            tracing::debug!("udp_proxy session {peer}: send to the client: {e}");
+                            tracing::debug!(
+                                "udp_proxy session {}: send to the client: {e}",
+                                reply.to
+                            );
                         }
                     }
                     Ok(())
@@ -404,7 +469,7 @@ async fn relay_upstream(
             .await;
         if let Err(e) = received {
             cluster.sess_rx_errors.inc();
-            tracing::debug!("udp_proxy session {peer}: upstream receive: {e}");
+            tracing::debug!("udp_proxy session {}: upstream receive: {e}", reply.to);
         }
     }
 }
