@@ -205,22 +205,16 @@ fn access_log_format(c: &mut Criterion) {
     )
     .expect("the format compiles");
     let mut group = c.benchmark_group("access_log");
-    group.bench_function("envoy_default", |b| {
-        let mut out = String::with_capacity(512);
-        b.iter(|| {
-            out.clear();
-            default.append(black_box(&info), "-", &mut out);
-            black_box(out.len());
-        })
-    });
-    group.bench_function("custom_8_operators", |b| {
-        let mut out = String::with_capacity(512);
-        b.iter(|| {
-            out.clear();
-            custom.append(black_box(&info), "-", &mut out);
-            black_box(out.len());
-        })
-    });
+    for (name, format) in [("envoy_default", &default), ("custom_8_operators", &custom)] {
+        group.bench_function(name, |b| {
+            let mut out = String::with_capacity(512);
+            b.iter(|| {
+                out.clear();
+                format.append(black_box(&info), "-", &mut out);
+                black_box(out.len());
+            })
+        });
+    }
     group.finish();
 }
 

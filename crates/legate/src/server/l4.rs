@@ -217,24 +217,28 @@ impl TcpProxy {
         info.tls_fingerprints = conn.tls_fingerprints.clone();
         let restored_local = conn.local_restored.then_some(conn.local);
         drop(conn);
-        let mut info = match Box::pin(self.connect(restored_local, &mut info)).await {
-            Some(upstream) => {
-                let mut logged = (!self.access_logs.is_empty()).then_some(info);
-                self.exchange(downstream, upstream, logged.as_deref_mut())
-                    .await;
-                match logged {
-                    Some(info) => info,
-                    None => return,
-                }
-            }
-            None => info,
+        let Some(upstream) = Box::pin(self.connect(restored_local, &mut info)).await else {
+            self.log(info);
+            return;
         };
+        if self.access_logs.is_empty() {
+            drop(info);
+            self.exchange(downstream, upstream, None).await;
+        } else {
+            self.exchange(downstream, upstream, Some(&mut info)).await;
+            self.log(info);
+        }
+    }
+
+    /// Writes the connection's access log lines (if it has access logs).
+    fn log(&self, mut info: Box<StreamInfo>) {
+        if self.access_logs.is_empty() {
+            return;
+        }
         info.duration = Some(info.elapsed());
-        if !self.access_logs.is_empty() {
-            let runtime = self.context.runtime.snapshot();
-            for log in &self.access_logs {
-                log.log(&info, &runtime);
-            }
+        let runtime = self.context.runtime.snapshot();
+        for log in &self.access_logs {
+            log.log(&info, &runtime);
         }
     }
 
