@@ -5,6 +5,7 @@
 
 pub mod conn_manager;
 pub mod filters;
+pub mod h1;
 pub mod hash_policy;
 pub mod hcm;
 pub mod header_mutation;

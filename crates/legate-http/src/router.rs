@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header};
 
 use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use legate_core::stream_info::{Protocol as DownstreamProtocol, ResponseFlags, StreamInfo};
 use legate_upstream::body::{self, Body, BoxError};
@@ -45,11 +44,11 @@ pub(crate) struct Forwarding<'a> {
     pub restored_local: Option<std::net::SocketAddr>,
     /// The `Upgrade` type the client asked for (lowercase), if any.
     pub upgrade: Option<String>,
-    pub downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    pub downstream_upgrade: Option<crate::h1::OnUpgrade>,
 }
 
 /// The upgrade a request asks for: `Upgrade: <type>` with `Connection: upgrade`.
-pub(crate) fn requested_upgrade(req: &Request<Incoming>) -> Option<String> {
+pub(crate) fn requested_upgrade<B>(req: &Request<B>) -> Option<String> {
     if req.version() == Version::HTTP_2 {
         return None;
     }
@@ -549,17 +548,16 @@ fn rewrite_request(
 
 /// Copies bytes both ways between an upgraded client and upstream (WebSocket and friends).
 async fn tunnel(
-    downstream: hyper::upgrade::OnUpgrade,
+    downstream: crate::h1::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     _active: ActiveRequest,
     _guard: ResourceGuard,
     cluster: Arc<Cluster>,
 ) {
-    let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
+    let (Some(mut down), Ok(up)) = (downstream.upgraded().await, upstream.await) else {
         cluster.stats.upstream_rq_active.dec();
         return;
     };
-    let mut down = TokioIo::new(down);
     let mut up = TokioIo::new(up);
     let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
     cluster.stats.upstream_rq_active.dec();

@@ -33,6 +33,8 @@ pub struct HcmStats {
     pub downstream_rq_completed: Counter,
     pub downstream_rq_time: Histogram,
     pub downstream_rq_timeout: Counter,
+    pub downstream_rq_header_timeout: Counter,
+    pub downstream_rq_failed_path_normalization: Counter,
     pub downstream_rq_rx_reset: Counter,
     pub downstream_rq_tx_reset: Counter,
     pub downstream_rq_non_relative_path: Counter,
@@ -79,7 +81,6 @@ impl HcmStats {
             "downstream_rq_overload_close",
             "downstream_rq_response_before_rq_complete",
             "downstream_rq_max_duration_reached",
-            "downstream_rq_header_timeout",
             "rs_too_large",
         ] {
             scope.counter(name);
@@ -113,6 +114,8 @@ impl HcmStats {
             downstream_rq_completed: c("downstream_rq_completed"),
             downstream_rq_time: h("downstream_rq_time"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
+            downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
             downstream_rq_tx_reset: c("downstream_rq_tx_reset"),
             downstream_rq_non_relative_path: c("downstream_rq_non_relative_path"),

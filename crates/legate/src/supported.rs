@@ -1039,7 +1039,7 @@ const NOTES: &str = "
 | `Http2ProtocolOptions.hpack_table_size` | Applied to upstream connections; downstream connections use the 4 KiB default. |
 | `Listener.per_connection_buffer_limit_bytes`, `Cluster.per_connection_buffer_limit_bytes` | Validated, not applied as a byte count: bodies stream frame by frame with back-pressure, so a connection never buffers more than a frame or two. |
 | `HttpConnectionManager.drain_timeout` | When a listener drains, HTTP/2 connections get GOAWAY at once (without Envoy's two-step GOAWAY); HTTP/1.1 connections get `connection: close` on their next response, and one still idle `drain_timeout` after the drain began is closed. |
-| `HttpConnectionManager.delayed_close_timeout` | Validated, not applied: a connection closes as soon as its last response is written. |
+| `HttpConnectionManager.delayed_close_timeout` | Applied to HTTP/1.1 connections the proxy closes (after `connection: close`, a refused request, a drain): the connection waits that long for the client to close, reading and discarding; `downstream_cx_delayed_close_timeout` is not counted. HTTP/2 connections close when hyper's codec has sent GOAWAY. |
 | `ConfigSource.initial_fetch_timeout` | Validated, not applied: a file source is read at once; a listener whose RDS file is missing or invalid starts without a table (404 until one arrives) rather than warming. |
 | `PathConfigSource` (LDS, CDS, RDS, EDS files) | Files are watched for renames onto them (inotify), as Envoy does; writes in place are not seen. Beyond Envoy: SIGHUP re-reads the bootstrap and applies the difference in its static listeners and clusters (changes to `dynamic_resources`, `admin` and stats sinks need a restart). |
 | `TlsInspector.initial_read_buffer_size` | Validated, not applied: Legate peeks up to the hello's size bound (`max_client_hello_size`) at once. |
@@ -1056,7 +1056,6 @@ const NOTES: &str = "
 | `ssl.sigalgs.*` stats | Not counted (rustls does not report the negotiated signature scheme). |
 | `RBAC.enforcement_type` (network filter) | Both values accepted: the rules (addresses, SNI) cannot change during a connection, so Legate decides once, when the connection is set up (after the TLS handshake, if any); Envoy decides at the first byte, so a denied client that sends nothing is closed at once by Legate and only when it sends by Envoy. |
 | `Address.pipe` (unix domain sockets) | Listeners serve the HTTP connection manager, tcp_proxy, echo and direct_response on a pipe; listener filters, TLS termination, chain matching on addresses or ports and the network RBAC filter on a pipe listener are refused with their paths (`listener_filters`, `filter_chains[i].transport_socket`, `filter_chains[i].filter_chain_match.source_prefix_ranges`, ...). Cluster endpoints may be pipes for HTTP/1.1, HTTP/2 and tcp_proxy, in plain text only: a STATIC cluster with a `transport_socket` and a pipe endpoint is refused (`load_assignment...endpoint.address.pipe`), and an EDS one fails to connect; a UDP proxy finds no host on a pipe. `mode` is refused for an abstract ('@') path, as Envoy does. Pipes elsewhere (admin, stats sinks) are refused with their path. |
-| Content-Length together with Transfer-Encoding | Envoy answers 400; Legate follows RFC 9112 §6.3 (the chunked framing alone counts, the connection closes after the response). |
 ";
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! Serving one downstream connection: the codec `codec_type` asks for (HTTP/1.1 only, HTTP/2
-//! only, or AUTO, which reads the first bytes for the h2c preface), configured from the
-//! connection manager's limits, and the connection-level timers (`idle_timeout`,
+//! Serving one downstream connection: the codec `codec_type` asks for (HTTP/1.1 only — Legate's
+//! own codec, HTTP/2 only — hyper's, or AUTO, which reads the first bytes for the h2c
+//! preface), configured from the connection manager's limits, and the connection-level timers (`idle_timeout`,
 //! `max_connection_duration`) and drain.
 
 use std::convert::Infallible;
@@ -12,39 +12,26 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::Request;
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
 use legate_core::stats::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use legate_upstream::body::{Body, BoxError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
+use super::stream::DownstreamBody;
 use super::{ConnectionState, Downstream, HttpConnectionManager};
+use crate::h1::{self, Rewind};
 
 /// Envoy's flood protection against rapid reset (CVE-2023-44487): a client resetting streams
 /// faster than the server accepts them is cut off.
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 100;
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
-
-/// HTTP/1.1 settings shared by the HTTP1 and AUTO codecs (hyper has two builder types with
-/// the same methods).
-macro_rules! configure_http1 {
-    ($builder:expr, $hcm:expr) => {{
-        let c = &$hcm.config;
-        $builder
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .max_headers(c.max_headers_count as usize)
-            // hyper's read buffer floor is 8 KiB; the exact header limit is checked per
-            // request (`prepare`).
-            .max_buf_size(header_bytes(&$hcm).max(8192))
-            .header_read_timeout(c.request_headers_timeout);
-    }};
-}
 
 /// HTTP/2 settings shared by the HTTP2 and AUTO codecs.
 macro_rules! configure_http2 {
@@ -105,18 +92,40 @@ impl HttpConnectionManager {
             close: tokio::sync::Notify::new(),
             drain_close: Default::default(),
         });
-        let hcm = self.clone();
-        let conn_state = state.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let hcm = hcm.clone();
-            let state = conn_state.clone();
-            async move { Ok::<_, Infallible>(hcm.handle(req, &state).await) }
-        });
-        let io = TokioIo::new(CountingIo {
+        let io = CountingIo {
             inner: stream,
             rx: stats.downstream_cx_rx_bytes_total.clone(),
             tx: stats.downstream_cx_tx_bytes_total.clone(),
-        });
+        };
+        let shutdown = h1::Shutdown::default();
+        let streams = Streams {
+            hcm: self.clone(),
+            state: state.clone(),
+        };
+        let conn = async {
+            match self.config.codec {
+                CodecType::Http1 => self.serve_h1(io, streams, &shutdown, BytesMut::new()).await,
+                CodecType::Http2 => {
+                    self.serve_h2(Rewind::new(io, Bytes::new()), streams, &shutdown)
+                        .await
+                }
+                _ => {
+                    // AUTO: the h2c preface says HTTP/2, anything else is HTTP/1.1.
+                    let mut io = io;
+                    let (read, h2) = sniff_preface(&mut io).await?;
+                    let codec = if h2 { 2 } else { 1 };
+                    if state.codec.swap(codec, Ordering::Relaxed) == 0 {
+                        self.count_codec(codec);
+                    }
+                    if h2 {
+                        self.serve_h2(Rewind::new(io, read.freeze()), streams, &shutdown)
+                            .await
+                    } else {
+                        self.serve_h1(io, streams, &shutdown, read).await
+                    }
+                }
+            }
+        };
         let fixed = match self.config.codec {
             CodecType::Http1 => 1,
             CodecType::Http2 => 2,
@@ -126,33 +135,8 @@ impl HttpConnectionManager {
             state.codec.store(fixed, Ordering::Relaxed);
             self.count_codec(fixed);
         }
-        match self.config.codec {
-            CodecType::Http1 => {
-                let mut builder = http1::Builder::new();
-                configure_http1!(builder, self);
-                let conn = builder.serve_connection(io, service).with_upgrades();
-                tokio::pin!(conn);
-                self.drive(conn, |c| c.graceful_shutdown(), &state, drain)
-                    .await;
-            }
-            CodecType::Http2 => {
-                let mut builder = http2::Builder::new(TokioExecutor::new());
-                configure_http2!(builder, self);
-                let conn = builder.serve_connection(io, service);
-                tokio::pin!(conn);
-                self.drive(conn, |c| c.graceful_shutdown(), &state, drain)
-                    .await;
-            }
-            _ => {
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                configure_http1!(builder.http1(), self);
-                configure_http2!(builder.http2(), self);
-                let conn = builder.serve_connection_with_upgrades(io, service);
-                tokio::pin!(conn);
-                self.drive(conn, |c| c.graceful_shutdown(), &state, drain)
-                    .await;
-            }
-        }
+        tokio::pin!(conn);
+        self.drive(conn, &shutdown, &state, drain).await;
         match state.codec.load(Ordering::Relaxed) {
             1 => stats.downstream_cx_http1_active.dec(),
             2 => stats.downstream_cx_http2_active.dec(),
@@ -171,17 +155,75 @@ impl HttpConnectionManager {
             .record(opened.elapsed().as_millis() as u64);
     }
 
+    /// HTTP/1.1, with Legate's codec.
+    async fn serve_h1<T>(
+        &self,
+        io: T,
+        streams: Streams,
+        shutdown: &h1::Shutdown,
+        read: BytesMut,
+    ) -> Result<(), BoxError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let c = &self.config;
+        let limits = h1::Limits {
+            max_header_bytes: header_bytes(self),
+            max_headers: c.max_headers_count as usize,
+            header_timeout: c.request_headers_timeout,
+            delayed_close: c.delayed_close_timeout,
+        };
+        match h1::serve(io, streams, limits, shutdown, read).await {
+            Err(e @ h1::Error::Codec(_)) => Err(e.into()),
+            // A client that went away, or a response cut short: not the client's protocol
+            // error.
+            Err(e) => {
+                tracing::debug!("downstream connection: {e}");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// HTTP/2, with hyper's codec; a shutdown sends GOAWAY and lets the streams in flight
+    /// finish.
+    async fn serve_h2<T>(
+        &self,
+        io: T,
+        streams: Streams,
+        shutdown: &h1::Shutdown,
+    ) -> Result<(), BoxError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        configure_http2!(builder, self);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let streams = streams.clone();
+            async move {
+                let req = req.map(DownstreamBody::H2);
+                Ok::<_, Infallible>(streams.hcm.handle(req, None, &streams.state).await)
+            }
+        });
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            ended = conn.as_mut() => return ended.map_err(Into::into),
+            () = shutdown.requested() => conn.as_mut().graceful_shutdown(),
+        }
+        conn.await.map_err(Into::into)
+    }
+
     /// Runs a connection to its end, closing it gracefully (`shutdown`) when it has been idle
     /// for `idle_timeout`, lived `max_connection_duration`, or the listener drains.
-    async fn drive<F, E>(
+    async fn drive<F>(
         &self,
         mut conn: Pin<&mut F>,
-        shutdown: impl Fn(Pin<&mut F>),
+        shutdown: &h1::Shutdown,
         state: &ConnectionState,
         mut drain: watch::Receiver<bool>,
     ) where
-        F: Future<Output = Result<(), E>>,
-        E: std::fmt::Display,
+        F: Future<Output = Result<(), BoxError>>,
     {
         let stats = &self.stats;
         let max_duration = self.config.max_connection_duration;
@@ -224,17 +266,17 @@ impl HttpConnectionManager {
                     let idle = state.opened.elapsed().saturating_sub(idle_since);
                     if state.active_streams.load(Ordering::Relaxed) == 0 && idle_timeout.is_some_and(|t| idle >= t) {
                         stats.downstream_cx_idle_timeout.inc();
-                        shutdown(conn.as_mut());
+                        shutdown.request();
                         closing = true;
                     }
                 }
                 _ = state.close.notified(), if !closing => {
-                    shutdown(conn.as_mut());
+                    shutdown.request();
                     closing = true;
                 }
                 _ = &mut deadline, if !closing => {
                     stats.downstream_cx_max_duration_reached.inc();
-                    shutdown(conn.as_mut());
+                    shutdown.request();
                     closing = true;
                 }
                 changed = drain.changed(), if !closing && !draining => {
@@ -242,7 +284,7 @@ impl HttpConnectionManager {
                         stats.downstream_cx_drain_close.inc();
                         if state.codec.load(Ordering::Relaxed) == 2 {
                             // HTTP/2: GOAWAY, then the streams in flight finish.
-                            shutdown(conn.as_mut());
+                            shutdown.request();
                             closing = true;
                         } else {
                             state.drain_close.store(true, Ordering::Relaxed);
@@ -253,13 +295,56 @@ impl HttpConnectionManager {
                 }
                 _ = &mut idle_drain, if draining && !closing => {
                     if state.active_streams.load(Ordering::Relaxed) == 0 {
-                        shutdown(conn.as_mut());
+                        shutdown.request();
                         closing = true;
                     } else {
                         idle_drain.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(100));
                     }
                 }
             }
+        }
+    }
+}
+
+/// The connection manager's side of a connection: each request to `handle`, each request
+/// the codec refused to a local reply.
+#[derive(Clone)]
+struct Streams {
+    hcm: Arc<HttpConnectionManager>,
+    state: Arc<ConnectionState>,
+}
+
+impl h1::Service for Streams {
+    fn call(
+        &self,
+        request: Request<h1::RequestBody>,
+        upgrade: Option<h1::OnUpgrade>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+        let streams = self.clone();
+        Box::pin(async move {
+            let request = request.map(DownstreamBody::H1);
+            streams.hcm.handle(request, upgrade, &streams.state).await
+        })
+    }
+
+    fn codec_error(&self, error: h1::CodecError) -> Response<Body> {
+        self.hcm.codec_reply(error, &self.state)
+    }
+}
+
+/// The h2c connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the first bytes tell the preface (HTTP/2) from anything else; returns them.
+async fn sniff_preface<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<(BytesMut, bool)> {
+    let mut read = BytesMut::new();
+    loop {
+        if read.len() >= PREFACE.len() || !PREFACE.starts_with(&read) {
+            let h2 = read.starts_with(PREFACE);
+            return Ok((read, h2));
+        }
+        if io.read_buf(&mut read).await? == 0 {
+            return Ok((read, false));
         }
     }
 }

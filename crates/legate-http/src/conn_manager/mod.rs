@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, Version, header};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ServerHeaderTransformation;
 use legate_core::access_log::AccessLogger;
 use legate_core::runtime::Runtime;
@@ -33,7 +32,7 @@ mod xfcc;
 
 use request::{append_via, forwarded_proto};
 pub(crate) use stream::RequestBodyState;
-use stream::{CountingBody, StreamBody, StreamEnd};
+use stream::{CountingBody, DownstreamBody, StreamBody, StreamEnd};
 
 use crate::hcm::{HcmConfig, RouteSource};
 use crate::local_reply::LocalReply;
@@ -150,6 +149,23 @@ struct ConnectionState {
     drain_close: std::sync::atomic::AtomicBool,
 }
 
+impl ConnectionState {
+    /// A new stream's info: what the connection tells of it.
+    fn stream_info(&self) -> StreamInfo {
+        let downstream = &self.downstream;
+        let mut info = StreamInfo::new(downstream.id);
+        if downstream.pipe.is_none() {
+            info.downstream_local_address = Some(downstream.local);
+            info.downstream_direct_remote_address = Some(downstream.direct_peer);
+        }
+        info.downstream_pipe = downstream.pipe.clone();
+        info.requested_server_name = downstream.requested_server_name.clone();
+        info.downstream_tls = downstream.tls_info.clone();
+        info.tls_fingerprints = downstream.tls_fingerprints.clone();
+        info
+    }
+}
+
 impl HttpConnectionManager {
     /// Builds the run-time connection manager; opening access-log files can fail.
     /// `listener_stat_prefix` names the per-listener copy of the status counters
@@ -201,21 +217,23 @@ impl HttpConnectionManager {
     /// One request: Envoy's decode path, then the response's encode path.
     async fn handle(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<DownstreamBody>,
+        on_upgrade: Option<crate::h1::OnUpgrade>,
         conn: &Arc<ConnectionState>,
     ) -> Response<Body> {
         let stats = &self.stats;
         conn.active_streams.fetch_add(1, Ordering::Relaxed);
         let config = &self.config;
-        let mut info = StreamInfo::new(conn.downstream.id);
-        if conn.downstream.pipe.is_none() {
-            info.downstream_local_address = Some(conn.downstream.local);
-            info.downstream_direct_remote_address = Some(conn.downstream.direct_peer);
-        }
-        info.downstream_pipe = conn.downstream.pipe.clone();
-        info.requested_server_name = conn.downstream.requested_server_name.clone();
-        info.downstream_tls = conn.downstream.tls_info.clone();
-        info.tls_fingerprints = conn.downstream.tls_fingerprints.clone();
+        let received = Arc::new(RequestBodyState::default());
+        // Until the response exists, the stream's accounting is in `stream`: a client that
+        // goes away drops it, and it is accounted as a downstream disconnect.
+        let mut stream = InFlight(Some(Box::new(StreamEnd {
+            info: conn.stream_info(),
+            hcm: self.clone(),
+            received: received.clone(),
+            conn: conn.clone(),
+        })));
+        let info = &mut stream.end().info;
         info.protocol = match req.version() {
             Version::HTTP_10 => Protocol::Http10,
             Version::HTTP_2 => Protocol::Http2,
@@ -243,9 +261,8 @@ impl HttpConnectionManager {
             .is_some_and(|max| served >= max);
 
         let upgrade = crate::router::requested_upgrade(&req);
-        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let downstream_upgrade = on_upgrade.filter(|_| upgrade.is_some());
         let (mut parts, body) = req.into_parts();
-        let received = Arc::new(RequestBodyState::default());
         received
             .complete
             .store(body.is_end_stream(), Ordering::Relaxed);
@@ -257,7 +274,7 @@ impl HttpConnectionManager {
 
         // The route table in force when the request starts serves it to the end.
         let table = self.routes.table();
-        let outcome = match self.prepare(&mut parts, &mut info, conn, table.as_deref()) {
+        let outcome = match self.prepare(&mut parts, info, conn, table.as_deref()) {
             Err(reply) => Outcome::Local(reply),
             Ok(()) => {
                 let routed = self.route(
@@ -265,7 +282,7 @@ impl HttpConnectionManager {
                     parts,
                     request_body,
                     &received,
-                    &mut info,
+                    info,
                     conn,
                     upgrade,
                     downstream_upgrade,
@@ -298,18 +315,26 @@ impl HttpConnectionManager {
                 info.response_flags.set(reply.flag);
                 info.response_code_details = Some(reply.details.to_owned());
                 close = reply.close;
-                self.local_reply(reply, &info)
+                self.local_reply(reply, info)
             }
             Outcome::Response(r) => r,
         };
         let drain_close = conn.drain_close.load(Ordering::Relaxed);
-        self.finish_response_headers(&mut response, &info, last_request || close || drain_close);
+        self.finish_response_headers(&mut response, info, last_request || close || drain_close);
         if last_request {
             stats.downstream_cx_max_requests_reached.inc();
             if info.protocol == Protocol::Http2 {
                 conn.close.notify_one();
             }
         }
+        let end = stream.0.take().expect("the stream is in flight");
+        self.track(response, end)
+    }
+
+    /// The response of a stream on its way out: accounted for (stats, access logs) when its
+    /// body ends.
+    fn track(&self, response: Response<Body>, mut end: Box<StreamEnd>) -> Response<Body> {
+        let info = &mut end.info;
         let status = response.status().as_u16();
         info.response_code = Some(status);
         if !self.access_logs.is_empty() {
@@ -319,12 +344,7 @@ impl HttpConnectionManager {
         let (parts, body) = response.into_parts();
         let tracked = StreamBody {
             inner: body,
-            end: Some(Box::new(StreamEnd {
-                info,
-                hcm: self.clone(),
-                received,
-                conn: conn.clone(),
-            })),
+            end: Some(end),
             sent: 0,
             // A response to HEAD has no body for the codec to read: it is complete as sent.
             complete: info_is_head,
@@ -342,7 +362,7 @@ impl HttpConnectionManager {
         info: &mut StreamInfo,
         conn: &ConnectionState,
         upgrade: Option<String>,
-        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        downstream_upgrade: Option<crate::h1::OnUpgrade>,
     ) -> Outcome {
         // Envoy's router counts every request it decodes (`rq_total`), whatever the route
         // does; an upgrade is counted by the router once the route allows it.
@@ -442,6 +462,44 @@ impl HttpConnectionManager {
         }
     }
 
+    /// The local reply to a request the HTTP/1 codec refused (Envoy's codec errors and its
+    /// request header timeout); the connection closes after it.
+    /// Envoy counts and logs it as a request (with no request line: its codec never parsed
+    /// one).
+    fn codec_reply(
+        self: &Arc<Self>,
+        error: crate::h1::CodecError,
+        conn: &Arc<ConnectionState>,
+    ) -> Response<Body> {
+        let stats = &self.stats;
+        if error == crate::h1::CodecError::HEADER_TIMEOUT {
+            stats.downstream_rq_header_timeout.inc();
+        }
+        conn.active_streams.fetch_add(1, Ordering::Relaxed);
+        stats.downstream_rq_total.inc();
+        stats.downstream_rq_http1_total.inc();
+        stats.downstream_rq_active.inc();
+        let mut info = conn.stream_info();
+        info.protocol = Protocol::Http11;
+        let reply = LocalReply::new(
+            error.status,
+            error.body,
+            error.details,
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        );
+        info.response_flags.set(reply.flag);
+        info.response_code_details = Some(reply.details.to_owned());
+        let mut response = self.local_reply(reply, &info);
+        self.finish_response_headers(&mut response, &info, true);
+        let end = Box::new(StreamEnd {
+            info,
+            hcm: self.clone(),
+            received: Arc::default(),
+            conn: conn.clone(),
+        });
+        self.track(response, end)
+    }
+
     /// A local reply, through `local_reply_config` mappers when configured.
     fn local_reply(&self, reply: LocalReply, info: &StreamInfo) -> Response<Body> {
         let runtime = self.context.runtime.snapshot();
@@ -487,6 +545,25 @@ impl HttpConnectionManager {
         }
         if last_request && info.protocol != Protocol::Http2 {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+}
+
+/// A stream whose response does not exist yet. Dropped with its accounting inside (the
+/// client went away and the codec dropped the request), it ends as Envoy ends a stream the
+/// downstream reset: no response code, flag DC, an access-log line.
+struct InFlight(Option<Box<StreamEnd>>);
+
+impl InFlight {
+    fn end(&mut self) -> &mut StreamEnd {
+        self.0.as_mut().expect("the stream is in flight")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(end) = self.0.take() {
+            end.finish(0, false);
         }
     }
 }

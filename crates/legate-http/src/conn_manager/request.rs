@@ -12,6 +12,7 @@ use legate_api::pb::envoy::extensions::filters::network::http_connection_manager
 use legate_core::stream_info::{ResponseFlags, StreamInfo};
 
 use super::{ConnectionState, HttpConnectionManager};
+use crate::h1::TargetWithFragment;
 use crate::headers::{
     ENVOY_CONTROL_HEADERS, X_ENVOY_EXTERNAL_ADDRESS, X_ENVOY_INTERNAL, X_ENVOY_ORIGINAL_PATH,
     X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
@@ -90,10 +91,13 @@ impl HttpConnectionManager {
         // headers, as Envoy's codec never parsed them.
         if prepared.as_ref().is_err_and(|r| r.details != "low_version") {
             info.request.method = parts.method.as_str().to_owned();
-            info.request.path = parts
-                .uri
-                .path_and_query()
-                .map_or_else(String::new, |p| p.as_str().to_owned());
+            info.request.path = match parts.extensions.get::<TargetWithFragment>() {
+                Some(target) => String::from_utf8_lossy(&target.0).into_owned(),
+                None => parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(String::new, |p| p.as_str().to_owned()),
+            };
             if let Some(host) = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
                 parts
                     .headers
@@ -129,19 +133,6 @@ impl HttpConnectionManager {
         if header_bytes > config.max_request_headers_kb as usize * 1024 {
             return Err(codec_error(431, "http1.headers_too_large"));
         }
-        if parts.version != Version::HTTP_2
-            && parts.headers.contains_key(header::TRANSFER_ENCODING)
-            && parts.headers.contains_key(header::CONTENT_LENGTH)
-        {
-            // Request smuggling: Envoy refuses both framings at once unless
-            // `allow_chunked_length` (not supported by Legate yet).
-            return Err(LocalReply::new(
-                400,
-                "",
-                "http1.content_length_and_chunked_not_allowed",
-                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
-            ));
-        }
         if parts.version == Version::HTTP_10 {
             // Envoy refuses HTTP/1.0 unless `accept_http_10` (not supported by Legate yet): a
             // codec-level protocol error, so 426 "Upgrade Required", flag DPE, connection closed.
@@ -175,6 +166,11 @@ impl HttpConnectionManager {
             // An absolute-form request line: Envoy routes on its path alone.
             self.stats.downstream_rq_non_relative_path.inc();
         }
+        if parts.extensions.get::<TargetWithFragment>().is_some() {
+            // A fragment is never sent (RFC 9112 §3.2): Envoy's path normalization refuses it.
+            self.stats.downstream_rq_failed_path_normalization.inc();
+            return Err(LocalReply::new(400, "", "path_normalization_failed", 0));
+        }
         if !path.starts_with('/') && parts.method != http::Method::OPTIONS {
             return Err(LocalReply::new(404, "", "absolute_path_rejected", 0));
         }
@@ -185,6 +181,7 @@ impl HttpConnectionManager {
             PathWithEscapedSlashesAction::RejectRequest
                 if crate::path::has_escaped_slashes(&path) =>
             {
+                self.stats.downstream_rq_failed_path_normalization.inc();
                 return Err(LocalReply::new(400, "", "path_normalization_failed", 0));
             }
             PathWithEscapedSlashesAction::UnescapeAndRedirect

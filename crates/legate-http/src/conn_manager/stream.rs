@@ -41,7 +41,10 @@ impl StreamEnd {
         conn.active_streams.fetch_sub(1, Ordering::Relaxed);
         let stats = &self.hcm.stats;
         stats.downstream_rq_active.dec();
-        stats.response(info.response_code.unwrap_or(0));
+        // Only a stream that sent a response counts as completed (Envoy's `chargeStats`).
+        if let Some(code) = info.response_code {
+            stats.response(code);
+        }
         stats.downstream_rq_time.record(elapsed.as_millis() as u64);
         if !self.hcm.access_logs.is_empty() {
             let runtime = self.hcm.context.runtime.snapshot();
@@ -116,9 +119,44 @@ pub(crate) struct RequestBodyState {
     pub complete: std::sync::atomic::AtomicBool,
 }
 
+/// A request body as a codec delivers it.
+pub(crate) enum DownstreamBody {
+    H1(crate::h1::RequestBody),
+    H2(Incoming),
+}
+
+impl http_body::Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            DownstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            DownstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            DownstreamBody::H1(b) => b.is_end_stream(),
+            DownstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            DownstreamBody::H1(b) => b.size_hint(),
+            DownstreamBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A request body that counts the bytes it passes.
 pub(super) struct CountingBody {
-    pub(super) inner: Incoming,
+    pub(super) inner: DownstreamBody,
     pub(super) count: Arc<RequestBodyState>,
     /// HTTP/1 request trailers are dropped, as Envoy does without `enable_trailers`.
     pub(super) drop_trailers: bool,
@@ -126,12 +164,12 @@ pub(super) struct CountingBody {
 
 impl http_body::Body for CountingBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
         if self.drop_trailers
             && let Poll::Ready(Some(Ok(frame))) = &polled

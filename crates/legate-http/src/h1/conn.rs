@@ -1,0 +1,617 @@
+//! One HTTP/1.1 connection, request after request: read a head, hand the request to the
+//! service while its body streams in, write the response as its body arrives, then either
+//! wait for the next request or close.
+//!
+//! Everything happens in the connection's one task. While the service works, the connection
+//! keeps reading: the request body as fast as its reader takes it, and after the body a
+//! watch for the client closing (which abandons the request, as Envoy resets it) that also
+//! keeps pipelined bytes for later.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::Body as _;
+use legate_upstream::body::{Body, BoxError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
+
+use super::body::{BodyError, BodySender, Decoder, RequestBody, Room};
+use super::encode::{self, Exchange, Framing};
+use super::head::{self, Head, Limits};
+use super::upgrade::{OnUpgrade, Upgraded};
+use super::{CodecError, Service, Shutdown};
+
+/// How much is read at once, and the most response bytes gathered before writing.
+const READ_SIZE: usize = 16 * 1024;
+const WRITE_BATCH: usize = 64 * 1024;
+/// Data frames up to this size are copied next to their framing; larger ones are written
+/// from their own buffer.
+const COPY_LIMIT: usize = 8 * 1024;
+
+/// Why a connection ended other than cleanly.
+#[derive(Debug)]
+pub enum Error {
+    Io(io::Error),
+    /// A request the codec refused (and answered).
+    Codec(CodecError),
+    /// The client closed the connection while its request was in flight.
+    ClientClosed,
+    /// The response body failed mid-way; the connection is cut so the client sees it.
+    Response(BoxError),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "i/o: {e}"),
+            Error::Codec(e) => write!(f, "refused request: {} {}", e.status, e.details),
+            Error::ClientClosed => f.write_str("client closed the connection mid-request"),
+            Error::Response(e) => write!(f, "response body failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+/// Serves `io` until the client closes it, a response says `connection: close`, or
+/// `shutdown` is requested. `read_ahead` holds bytes already read from it.
+pub async fn serve<T, S>(
+    io: T,
+    service: S,
+    limits: Limits,
+    shutdown: &Shutdown,
+    read_ahead: BytesMut,
+) -> Result<(), Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service,
+{
+    let mut conn = Conn {
+        io,
+        read: read_ahead,
+        out: Out::default(),
+        searched: 0,
+        limits,
+    };
+    loop {
+        let head = match conn.read_head(shutdown).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return conn.close().await,
+            Err(Error::Codec(refused)) => {
+                let response = service.codec_error(refused);
+                conn.refuse(response).await?;
+                return Err(Error::Codec(refused));
+            }
+            Err(e) => return Err(e),
+        };
+        match conn.exchange(head, &service, shutdown).await? {
+            Next::Request => {}
+            Next::Close => return conn.close().await,
+            Next::Upgraded(tx) => {
+                let Conn { io, read, .. } = conn;
+                let _ = tx.send(Upgraded::new(Box::new(io), read.freeze()));
+                return Ok(());
+            }
+        }
+    }
+}
+
+struct Conn<T> {
+    io: T,
+    /// Bytes read and not yet consumed; empty (and unallocated) between requests.
+    read: BytesMut,
+    out: Out,
+    /// How far `read` has been searched for the end of a head.
+    searched: usize,
+    limits: Limits,
+}
+
+/// What follows an exchange.
+enum Next {
+    Request,
+    Close,
+    Upgraded(oneshot::Sender<Upgraded>),
+}
+
+/// What happened while waiting for a head.
+enum Wait {
+    Read(io::Result<usize>),
+    TimedOut,
+    Shutdown,
+}
+
+/// The request side of an exchange: the body still arriving, or what became of it.
+struct Incoming {
+    decoder: Decoder,
+    sender: Option<BodySender>,
+    /// The body's reader dropped it before its end: what is left of it is never read.
+    abandoned: bool,
+    broken: bool,
+}
+
+impl Incoming {
+    /// The whole request has been read.
+    fn complete(&self) -> bool {
+        self.decoder.is_done() && !self.abandoned && !self.broken
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
+    /// The next request head, or `None` when the client closed between requests (or a
+    /// shutdown came while none was in progress).
+    async fn read_head(&mut self, shutdown: &Shutdown) -> Result<Option<Head>, Error> {
+        // The header timer starts at a request's first byte, not when the connection idles.
+        let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            if !self.read.is_empty() {
+                if let Some(end) = head::find_end(&self.read, self.searched) {
+                    self.searched = 0;
+                    return head::parse(&mut self.read, end, &self.limits)
+                        .map(Some)
+                        .map_err(Error::Codec);
+                }
+                self.searched = head::resume_at(self.read.len());
+                if self.read.len() > self.limits.max_header_bytes + 2 {
+                    return Err(Error::Codec(CodecError::HEADERS_TOO_LARGE));
+                }
+                if deadline.is_none()
+                    && let Some(t) = self.limits.header_timeout
+                {
+                    deadline = Some(Box::pin(tokio::time::sleep(t)));
+                }
+            }
+            let idle = self.read.is_empty();
+            if idle {
+                // Between requests nothing is kept allocated.
+                self.read = BytesMut::new();
+                self.out = Out::default();
+            }
+            let wait = poll_fn(|cx| {
+                if idle && shutdown.poll_requested(cx).is_ready() {
+                    return Poll::Ready(Wait::Shutdown);
+                }
+                if let Some(d) = deadline.as_mut()
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Wait::TimedOut);
+                }
+                self.poll_read(cx).map(Wait::Read)
+            })
+            .await;
+            match wait {
+                Wait::Shutdown => return Ok(None),
+                Wait::TimedOut => return Err(Error::Codec(CodecError::HEADER_TIMEOUT)),
+                // Closed between requests, or in the middle of a head (no answer, as Envoy).
+                Wait::Read(Ok(0)) => return Ok(None),
+                Wait::Read(Ok(_)) => {}
+                Wait::Read(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// One request and its response.
+    async fn exchange<S: Service>(
+        &mut self,
+        head: Head,
+        service: &S,
+        shutdown: &Shutdown,
+    ) -> Result<Next, Error> {
+        let Head {
+            parts,
+            framing,
+            keep_alive,
+            expect_continue,
+            upgrade,
+        } = head;
+        let head_request = parts.method == Method::HEAD;
+        let connect = parts.method == Method::CONNECT;
+        let (body, sender) = match framing {
+            head::Framing::Empty => (RequestBody::empty(), None),
+            _ => {
+                let (body, sender) = RequestBody::channel(framing);
+                (body, Some(sender))
+            }
+        };
+        let mut incoming = Incoming {
+            decoder: Decoder::new(framing, self.limits.max_header_bytes),
+            sender,
+            abandoned: false,
+            broken: false,
+        };
+        let (upgrade_tx, upgrade_rx) = if upgrade {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(OnUpgrade(rx)))
+        } else {
+            (None, None)
+        };
+        if expect_continue {
+            // `proxy_100_continue` off: the proxy itself invites the body, at once.
+            self.out.put(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        let mut call = service.call(Request::from_parts(parts, body), upgrade_rx);
+
+        let response = poll_fn(|cx| {
+            if !self.out.is_empty() {
+                let _ = self.poll_flush(cx)?;
+            }
+            self.poll_incoming(cx, &mut incoming)?;
+            call.as_mut().poll(cx).map(Ok::<_, Error>)
+        })
+        .await?;
+        drop(call);
+
+        let (mut parts, mut body) = response.into_parts();
+        // A switch needs someone waiting for the connection (the router, for an upgrade it
+        // allowed).
+        let switching = upgrade_tx.as_ref().is_some_and(|tx| !tx.is_closed())
+            && (parts.status == StatusCode::SWITCHING_PROTOCOLS
+                || (connect && parts.status.is_success()));
+        let close = !switching
+            && (!keep_alive
+                || shutdown.is_requested()
+                || incoming.abandoned
+                || incoming.broken
+                || says_close(&parts.headers));
+        let exchange = Exchange {
+            head_request,
+            close,
+        };
+        let framing = if switching {
+            self.out.put_head(
+                &mut parts,
+                &Default::default(),
+                Exchange {
+                    head_request: true,
+                    close: false,
+                },
+            );
+            Framing::None
+        } else {
+            self.out.put_head(&mut parts, &body.size_hint(), exchange)
+        };
+
+        let mut sending = Sending {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            done: framing == Framing::None,
+        };
+        poll_fn(|cx| {
+            if !switching {
+                self.poll_incoming(cx, &mut incoming)?;
+            }
+            self.poll_send(cx, &mut body, &mut sending)
+        })
+        .await?;
+        drop(body);
+
+        if switching {
+            return Ok(match upgrade_tx {
+                Some(tx) => Next::Upgraded(tx),
+                None => Next::Close,
+            });
+        }
+        if close || !incoming.complete() || shutdown.is_requested() {
+            return Ok(Next::Close);
+        }
+        Ok(Next::Request)
+    }
+
+    /// Moves the request side along: the body into its slot while the slot is free, then a
+    /// watch for the client closing. Errors only when the client is gone.
+    fn poll_incoming(
+        &mut self,
+        cx: &mut Context<'_>,
+        incoming: &mut Incoming,
+    ) -> Result<(), Error> {
+        loop {
+            if let Some(sender) = &incoming.sender {
+                match sender.poll_room(cx) {
+                    Poll::Pending => return Ok(()),
+                    Poll::Ready(Room::Gone) => {
+                        incoming.sender = None;
+                        incoming.abandoned = !incoming.decoder.is_done();
+                        return Ok(());
+                    }
+                    Poll::Ready(Room::Free) => {}
+                }
+                match incoming.decoder.decode(&mut self.read) {
+                    Ok(Some(data)) => sender.send(Ok(data)),
+                    Ok(None) if incoming.decoder.is_done() => {
+                        sender.finish();
+                        incoming.sender = None;
+                    }
+                    Ok(None) => match self.poll_read(cx) {
+                        Poll::Pending => return Ok(()),
+                        Poll::Ready(Ok(0)) => {
+                            sender.send(Err(BodyError::Incomplete));
+                            incoming.sender = None;
+                            return Err(Error::ClientClosed);
+                        }
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(e)) => return Err(e.into()),
+                    },
+                    Err(e) => {
+                        sender.send(Err(e));
+                        incoming.sender = None;
+                        incoming.broken = true;
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            if incoming.abandoned || incoming.broken {
+                return Ok(());
+            }
+            // The request is whole: watch for the client closing, keeping what it pipelines
+            // (up to one head's worth; then the socket is left alone until its turn).
+            if self.read.len() > self.limits.max_header_bytes {
+                return Ok(());
+            }
+            match self.poll_read(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Ok(0)) => return Err(Error::ClientClosed),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends the response body as its frames come; ready when all of it is written.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut Body,
+        sending: &mut Sending,
+    ) -> Poll<Result<(), Error>> {
+        loop {
+            if sending.done {
+                return self.poll_flush(cx).map_err(Error::Io);
+            }
+            if self.out.len() >= WRITE_BATCH {
+                ready!(self.poll_flush(cx))?;
+            }
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not sent on HTTP/1 (Envoy's default without
+                    // `enable_trailers`).
+                    if let Ok(data) = frame.into_data() {
+                        sending.put(&mut self.out, data)?;
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::Response(e))),
+                Poll::Ready(None) => sending.end(&mut self.out)?,
+                Poll::Pending => {
+                    ready!(self.poll_flush(cx))?;
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Answers a refused request and closes.
+    async fn refuse(&mut self, response: Response<Body>) -> Result<(), Error> {
+        let (mut parts, mut body) = response.into_parts();
+        let framing = self.out.put_head(
+            &mut parts,
+            &body.size_hint(),
+            Exchange {
+                head_request: false,
+                close: true,
+            },
+        );
+        let mut sending = Sending {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            done: framing == Framing::None,
+        };
+        poll_fn(|cx| self.poll_send(cx, &mut body, &mut sending)).await?;
+        self.close().await
+    }
+
+    /// Flushes and closes the write side, then waits (up to `delayed_close_timeout`) for the
+    /// client to close, discarding what it still sends: a socket closed with unread bytes
+    /// resets the connection, and the client could lose the response.
+    async fn close(&mut self) -> Result<(), Error> {
+        poll_fn(|cx| self.poll_flush(cx)).await?;
+        poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await?;
+        let delayed_close = self.limits.delayed_close;
+        let drain = async {
+            loop {
+                self.read.clear();
+                match poll_fn(|cx| self.poll_read(cx)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        if !delayed_close.is_zero() {
+            let _ = tokio::time::timeout(delayed_close, drain).await;
+        }
+        Ok(())
+    }
+
+    /// Reads more into `read`. Between requests the read goes through the stack, so that an
+    /// idle connection holds no buffer.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() == 0 {
+            let mut stack = [0u8; 4096];
+            let mut buf = ReadBuf::new(&mut stack);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            self.read.extend_from_slice(buf.filled());
+            return Poll::Ready(Ok(buf.filled().len()));
+        }
+        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
+            self.read.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// Writes everything queued, then flushes the socket.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.out.poll_write(Pin::new(&mut self.io), cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+}
+
+/// The response body's framing as it is sent.
+struct Sending {
+    framing: Framing,
+    /// Bytes still due for a `content-length` body.
+    left: u64,
+    done: bool,
+}
+
+impl Sending {
+    fn put(&mut self, out: &mut Out, data: Bytes) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match self.framing {
+            Framing::None => {}
+            Framing::Length(_) => {
+                if data.len() as u64 > self.left {
+                    return Err(Error::Response(
+                        "response body longer than its content-length".into(),
+                    ));
+                }
+                self.left -= data.len() as u64;
+                out.put_data(data);
+            }
+            Framing::Chunked => {
+                encode::chunk_size(&mut out.scratch, data.len());
+                out.put_data(data);
+                out.put(encode::CHUNK_END);
+            }
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, out: &mut Out) -> Result<(), Error> {
+        self.done = true;
+        match self.framing {
+            Framing::Chunked => out.put(encode::LAST_CHUNK),
+            Framing::Length(_) if self.left > 0 => {
+                return Err(Error::Response(
+                    "response body shorter than its content-length".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Whether `connection` says `close`.
+fn says_close(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// Bytes waiting to be written: small pieces gathered in `scratch`, large bodies queued as
+/// they are, written together with vectored writes.
+#[derive(Default)]
+struct Out {
+    scratch: BytesMut,
+    queued: Vec<Bytes>,
+    /// Bytes of `queued[0]` already written.
+    len: usize,
+}
+
+impl Out {
+    fn is_empty(&self) -> bool {
+        self.scratch.is_empty() && self.queued.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.scratch.len() + self.queued.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.scratch.extend_from_slice(bytes);
+    }
+
+    fn put_head(
+        &mut self,
+        parts: &mut http::response::Parts,
+        hint: &http_body::SizeHint,
+        exchange: Exchange,
+    ) -> Framing {
+        encode::head(&mut self.scratch, parts, hint, exchange)
+    }
+
+    fn put_data(&mut self, data: Bytes) {
+        if data.len() <= COPY_LIMIT {
+            self.scratch.extend_from_slice(&data);
+        } else {
+            if !self.scratch.is_empty() {
+                self.queued.push(self.scratch.split().freeze());
+            }
+            self.queued.push(data);
+        }
+    }
+
+    fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        mut io: Pin<&mut W>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.queued.is_empty() && !self.scratch.is_empty() {
+            self.queued.push(self.scratch.split().freeze());
+        }
+        if self.queued.is_empty() {
+            while !self.scratch.is_empty() {
+                let n = ready!(io.as_mut().poll_write(cx, &self.scratch))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.scratch.advance(n);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        while !self.queued.is_empty() {
+            let mut slices = [io::IoSlice::new(&[]); 16];
+            let mut count = 0;
+            for (i, b) in self.queued.iter().take(16).enumerate() {
+                let from = if i == 0 { self.len } else { 0 };
+                slices[i] = io::IoSlice::new(&b[from..]);
+                count += 1;
+            }
+            let mut n = ready!(io.as_mut().poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            while n > 0 {
+                let first = self.queued[0].len() - self.len;
+                if n >= first {
+                    n -= first;
+                    self.len = 0;
+                    self.queued.remove(0);
+                } else {
+                    self.len += n;
+                    n = 0;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,206 @@
+//! A response on the wire: the status line and headers (with `date`, and `connection: close`
+//! when the connection ends after it), and the framing its body is sent in.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{StatusCode, response};
+use http_body::SizeHint;
+
+/// How a response body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body is sent (HEAD, 1xx, 204, 304), whatever the headers say.
+    None,
+    /// `content-length` bytes, then the response is over.
+    Length(u64),
+    Chunked,
+}
+
+/// What the request asked of the response.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Exchange {
+    pub head_request: bool,
+    /// The connection closes after this response: the head says `connection: close`.
+    pub close: bool,
+}
+
+/// Writes the response head into `out`; returns how the body must be framed.
+pub(super) fn head(
+    out: &mut BytesMut,
+    parts: &mut response::Parts,
+    hint: &SizeHint,
+    exchange: Exchange,
+) -> Framing {
+    let status = parts.status;
+    let headers = &mut parts.headers;
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        // Never a body, and no length either (RFC 9110 §8.6).
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    let framing = if exchange.head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::None
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Any coding the upstream applied is passed on, chunked last: the body is re-chunked.
+        headers.remove(header::CONTENT_LENGTH);
+        Framing::Chunked
+    } else if let Some(length) = content_length(headers) {
+        Framing::Length(length)
+    } else if let Some(length) = hint.exact() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        Framing::Length(length)
+    } else {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        Framing::Chunked
+    };
+    if exchange.close
+        && !headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+    {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+
+    out.reserve(128 + headers.len() * 32);
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.put_slice(b"\r\n");
+    if !headers.contains_key(header::DATE) {
+        out.put_slice(b"date: ");
+        with_date(|date| out.put_slice(date));
+        out.put_slice(b"\r\n");
+    }
+    for (name, value) in headers.iter() {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    framing
+}
+
+/// A valid `content-length` header's value (repeated identical values allowed).
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let n: u64 = value.to_str().ok()?.trim().parse().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
+/// The size line before a chunk of `len` bytes.
+pub(super) fn chunk_size(out: &mut BytesMut, len: usize) {
+    use std::fmt::Write as _;
+    let _ = write!(Hex(out), "{len:x}\r\n");
+}
+
+pub(super) const CHUNK_END: &[u8] = b"\r\n";
+pub(super) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+struct Hex<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for Hex<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// The `date` header's value for now, formatted once a second per thread.
+fn with_date(f: impl FnOnce(&[u8])) {
+    thread_local! {
+        static DATE: RefCell<(u64, Bytes)> = const { RefCell::new((0, Bytes::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs || cached.1.is_empty() {
+            *cached = (secs, Bytes::from(httpdate::fmt_http_date(now)));
+        }
+        f(&cached.1);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(
+        status: u16,
+        headers: &[(&str, &str)],
+        hint: SizeHint,
+        exchange: Exchange,
+    ) -> (String, Framing) {
+        let mut builder = http::Response::builder().status(status);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let (mut parts, ()) = builder.body(()).unwrap().into_parts();
+        let mut out = BytesMut::new();
+        let framing = head(&mut out, &mut parts, &hint, exchange);
+        (String::from_utf8(out.to_vec()).unwrap(), framing)
+    }
+
+    const KEEP: Exchange = Exchange {
+        head_request: false,
+        close: false,
+    };
+
+    #[test]
+    fn frames_bodies_as_their_length_allows() {
+        let (text, framing) = encode(200, &[("x-a", "b")], SizeHint::with_exact(5), KEEP);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\ndate: "), "{text}");
+        assert!(
+            text.ends_with("x-a: b\r\ncontent-length: 5\r\n\r\n"),
+            "{text}"
+        );
+        assert_eq!(framing, Framing::Length(5));
+        let (text, framing) = encode(200, &[], SizeHint::new(), KEEP);
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert_eq!(framing, Framing::Chunked);
+        let (text, framing) = encode(200, &[("content-length", "7")], SizeHint::new(), KEEP);
+        assert!(text.contains("content-length: 7\r\n"), "{text}");
+        assert_eq!(framing, Framing::Length(7));
+        let (_, framing) = encode(304, &[("content-length", "7")], SizeHint::new(), KEEP);
+        assert_eq!(framing, Framing::None);
+        let head_request = Exchange {
+            head_request: true,
+            close: true,
+        };
+        let (text, framing) = encode(
+            299,
+            &[("content-length", "7")],
+            SizeHint::new(),
+            head_request,
+        );
+        assert!(text.starts_with("HTTP/1.1 299 Unknown\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert_eq!(framing, Framing::None);
+    }
+
+    #[test]
+    fn sizes_chunks_in_hex() {
+        let mut out = BytesMut::new();
+        chunk_size(&mut out, 255);
+        assert_eq!(&out[..], b"ff\r\n");
+    }
+}
