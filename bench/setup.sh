@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Installs what bench/http_bench.py and bench/tls_bench.py need on a Debian machine, if missing:
-# haproxy, nginx-light, wrk, h2load (nghttp2-client) and openssl (tls_bench.py's certificates).
+# Installs what bench/http_bench.py, bench/tls_bench.py and bench/instructions.sh need on a
+# Debian machine, if missing: haproxy, nginx-light, wrk, h2load (nghttp2-client), openssl
+# (tls_bench.py's certificates), valgrind (instructions.sh) and curl.
 # Envoy comes from the project virtualenv (scripts/test.sh); Legate from `cargo build --release`.
 # Installs only; starts no service.
 set -euo pipefail
 
-declare -A want=([haproxy]=haproxy [nginx]=nginx-light [wrk]=wrk [h2load]=nghttp2-client [openssl]=openssl)
+declare -A want=([haproxy]=haproxy [nginx]=nginx-light [wrk]=wrk [h2load]=nghttp2-client [openssl]=openssl [valgrind]=valgrind [curl]=curl)
 missing=()
 for bin in "${!want[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("${want[$bin]}")
 done
 if ((${#missing[@]} == 0)); then
-    echo "bench/setup.sh: haproxy, nginx, wrk, h2load and openssl are installed"
+    echo "bench/setup.sh: haproxy, nginx, wrk, h2load, openssl, valgrind and curl are installed"
     exit 0
 fi
 SUDO=""

@@ -70,7 +70,7 @@ impl HttpConnectionManager {
     pub async fn serve(
         self: Arc<Self>,
         stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        downstream: Downstream,
+        downstream: Box<Downstream>,
         drain: watch::Receiver<bool>,
     ) {
         let stats = &self.stats;
@@ -83,7 +83,7 @@ impl HttpConnectionManager {
         }
         let opened = Instant::now();
         let state = Arc::new(ConnectionState {
-            downstream,
+            downstream: *downstream,
             opened,
             requests: AtomicU32::new(0),
             active_streams: AtomicU32::new(0),
@@ -105,9 +105,10 @@ impl HttpConnectionManager {
         let conn = async {
             match self.config.codec {
                 CodecType::Http1 => self.serve_h1(io, streams, &shutdown, BytesMut::new()).await,
+                // Boxed (as below): hyper's HTTP/2 connection is large, and every HTTP/1
+                // connection's task would be sized for it.
                 CodecType::Http2 => {
-                    self.serve_h2(Rewind::new(io, Bytes::new()), streams, &shutdown)
-                        .await
+                    Box::pin(self.serve_h2(Rewind::new(io, Bytes::new()), streams, &shutdown)).await
                 }
                 _ => {
                     // AUTO: the h2c preface says HTTP/2, anything else is HTTP/1.1.
@@ -118,7 +119,7 @@ impl HttpConnectionManager {
                         self.count_codec(codec);
                     }
                     if h2 {
-                        self.serve_h2(Rewind::new(io, read.freeze()), streams, &shutdown)
+                        Box::pin(self.serve_h2(Rewind::new(io, read.freeze()), streams, &shutdown))
                             .await
                     } else {
                         self.serve_h1(io, streams, &shutdown, read).await
@@ -227,13 +228,9 @@ impl HttpConnectionManager {
     {
         let stats = &self.stats;
         let max_duration = self.config.max_connection_duration;
-        let deadline = async {
-            match max_duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
+        // Timers that are rarely set live on the heap, and only when set: an idle
+        // connection's task stays small.
+        let mut deadline = max_duration.map(|d| Box::pin(tokio::time::sleep(d)));
         let idle_timeout = self.config.idle_timeout;
         let mut idle_check =
             tokio::time::interval(idle_timeout.map_or(Duration::from_secs(3600), |t| {
@@ -244,8 +241,7 @@ impl HttpConnectionManager {
         // An HTTP/1 connection of a draining listener closes after its next response, or
         // when it is found idle `drain_timeout` after the drain began.
         let drain_timeout = self.config.drain_timeout;
-        let idle_drain = tokio::time::sleep(Duration::MAX / 4);
-        tokio::pin!(idle_drain);
+        let mut idle_drain: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut draining = false;
         loop {
             tokio::select! {
@@ -274,7 +270,7 @@ impl HttpConnectionManager {
                     shutdown.request();
                     closing = true;
                 }
-                _ = &mut deadline, if !closing => {
+                () = fired(&mut deadline), if !closing => {
                     stats.downstream_cx_max_duration_reached.inc();
                     shutdown.request();
                     closing = true;
@@ -289,20 +285,28 @@ impl HttpConnectionManager {
                         } else {
                             state.drain_close.store(true, Ordering::Relaxed);
                             draining = true;
-                            idle_drain.as_mut().reset(tokio::time::Instant::now() + drain_timeout);
+                            idle_drain = Some(Box::pin(tokio::time::sleep(drain_timeout)));
                         }
                     }
                 }
-                _ = &mut idle_drain, if draining && !closing => {
+                () = fired(&mut idle_drain), if draining && !closing => {
                     if state.active_streams.load(Ordering::Relaxed) == 0 {
                         shutdown.request();
                         closing = true;
                     } else {
-                        idle_drain.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(100));
+                        idle_drain = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
                     }
                 }
             }
         }
+    }
+}
+
+/// Resolves when `timer` (if any) fires.
+async fn fired(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -319,12 +323,12 @@ impl h1::Service for Streams {
         &self,
         request: Request<h1::RequestBody>,
         upgrade: Option<h1::OnUpgrade>,
-    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+    ) -> impl Future<Output = Response<Body>> + Send {
         let streams = self.clone();
-        Box::pin(async move {
+        async move {
             let request = request.map(DownstreamBody::H1);
             streams.hcm.handle(request, upgrade, &streams.state).await
-        })
+        }
     }
 
     fn codec_error(&self, error: h1::CodecError) -> Response<Body> {

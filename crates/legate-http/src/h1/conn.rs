@@ -9,6 +9,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -84,19 +85,12 @@ where
         limits,
     };
     loop {
-        let head = match conn.read_head(shutdown).await {
-            Ok(Some(head)) => head,
-            Ok(None) => return conn.close().await,
-            Err(Error::Codec(refused)) => {
-                let response = service.codec_error(refused);
-                conn.refuse(response).await?;
-                return Err(Error::Codec(refused));
-            }
-            Err(e) => return Err(e),
-        };
-        match conn.exchange(head, &service, shutdown).await? {
+        let head = conn.read_head(shutdown).await;
+        // Everything after the wait (the service's future included) is one allocation per
+        // request: an idle connection's future holds the wait only.
+        match Box::pin(conn.answer(head, &service, shutdown)).await? {
             Next::Request => {}
-            Next::Close => return conn.close().await,
+            Next::Close => return Ok(()),
             Next::Upgraded(tx) => {
                 let Conn { io, read, .. } = conn;
                 let _ = tx.send(Upgraded::new(Box::new(io), read.freeze()));
@@ -199,6 +193,28 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         }
     }
 
+    /// Whatever the wait for a head ended in: a request to answer, a refusal, or the end.
+    async fn answer<S: Service>(
+        &mut self,
+        head: Result<Option<Head>, Error>,
+        service: &S,
+        shutdown: &Shutdown,
+    ) -> Result<Next, Error> {
+        let next = match head {
+            Ok(Some(head)) => self.exchange(head, service, shutdown).await?,
+            Ok(None) => Next::Close,
+            Err(Error::Codec(refused)) => {
+                self.refuse(service.codec_error(refused)).await?;
+                return Err(Error::Codec(refused));
+            }
+            Err(e) => return Err(e),
+        };
+        if let Next::Close = next {
+            self.close().await?;
+        }
+        Ok(next)
+    }
+
     /// One request and its response.
     async fn exchange<S: Service>(
         &mut self,
@@ -238,7 +254,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             // `proxy_100_continue` off: the proxy itself invites the body, at once.
             self.out.put(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
-        let mut call = service.call(Request::from_parts(parts, body), upgrade_rx);
+        let call = service.call(Request::from_parts(parts, body), upgrade_rx);
+        let mut call = std::pin::pin!(call);
 
         let response = poll_fn(|cx| {
             if !self.out.is_empty() {
@@ -280,14 +297,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             self.out.put_head(&mut parts, &body.size_hint(), exchange)
         };
 
-        let mut sending = Sending {
-            framing,
-            left: match framing {
-                Framing::Length(n) => n,
-                _ => 0,
-            },
-            done: framing == Framing::None,
-        };
+        let mut sending = Sending::new(framing);
         poll_fn(|cx| {
             if !switching {
                 self.poll_incoming(cx, &mut incoming)?;
@@ -412,14 +422,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 close: true,
             },
         );
-        let mut sending = Sending {
-            framing,
-            left: match framing {
-                Framing::Length(n) => n,
-                _ => 0,
-            },
-            done: framing == Framing::None,
-        };
+        let mut sending = Sending::new(framing);
         poll_fn(|cx| self.poll_send(cx, &mut body, &mut sending)).await?;
         self.close().await
     }
@@ -450,8 +453,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
     /// idle connection holds no buffer.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() == 0 {
-            let mut stack = [0u8; 4096];
-            let mut buf = ReadBuf::new(&mut stack);
+            let mut stack = [MaybeUninit::<u8>::uninit(); 4096];
+            let mut buf = ReadBuf::uninit(&mut stack);
             ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
             self.read.extend_from_slice(buf.filled());
             return Poll::Ready(Ok(buf.filled().len()));
@@ -478,6 +481,17 @@ struct Sending {
 }
 
 impl Sending {
+    fn new(framing: Framing) -> Sending {
+        Sending {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            done: framing == Framing::None,
+        }
+    }
+
     fn put(&mut self, out: &mut Out, data: Bytes) -> Result<(), Error> {
         if data.is_empty() {
             return Ok(());

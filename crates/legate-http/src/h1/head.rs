@@ -181,9 +181,7 @@ fn request_line_parts(
     else {
         return Err(CodecError::BAD_REQUEST);
     };
-    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
-        return Err(CodecError::BAD_REQUEST);
-    }
+    // `Method` takes tokens only (RFC 9110 `tchar`), and no empty one.
     let method = Method::from_bytes(method).map_err(|_| CodecError::BAD_REQUEST)?;
     let target_start = start + method.as_str().len() + 1;
     let target = bytes.slice(target_start..target_start + target.len());
@@ -250,9 +248,6 @@ fn header_field(
     // which Envoy refuses.
     let colon = memchr::memchr(b':', line).ok_or(CodecError::BAD_REQUEST)?;
     let name = &line[..colon];
-    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-        return Err(CodecError::BAD_REQUEST);
-    }
     let mut from = start + colon + 1;
     let mut to = end;
     while from < to && matches!(bytes[from], b' ' | b'\t') {
@@ -261,12 +256,8 @@ fn header_field(
     while to > from && matches!(bytes[to - 1], b' ' | b'\t') {
         to -= 1;
     }
-    if bytes[from..to]
-        .iter()
-        .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-    {
-        return Err(CodecError::BAD_REQUEST);
-    }
+    // `HeaderName` takes tokens only (no whitespace before the colon); `HeaderValue` refuses
+    // control characters other than HTAB (NUL, a bare CR).
     let name = HeaderName::from_bytes(name).map_err(|_| CodecError::BAD_REQUEST)?;
     let value = HeaderValue::from_maybe_shared(bytes.slice(from..to))
         .map_err(|_| CodecError::BAD_REQUEST)?;
@@ -323,11 +314,6 @@ fn tokens(headers: &HeaderMap, name: HeaderName) -> Vec<&str> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .collect()
-}
-
-/// RFC 9110 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

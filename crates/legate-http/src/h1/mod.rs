@@ -19,7 +19,6 @@ mod head;
 mod upgrade;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
@@ -82,7 +81,7 @@ pub trait Service: Send + 'static {
         &self,
         request: Request<RequestBody>,
         upgrade: Option<OnUpgrade>,
-    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+    ) -> impl Future<Output = Response<Body>> + Send;
 
     /// The local reply to a request the codec refused; the connection closes after it.
     fn codec_error(&self, error: CodecError) -> Response<Body>;

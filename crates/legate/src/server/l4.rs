@@ -95,13 +95,13 @@ impl ChainFilter {
         // connection's task for HTTP, tcp_proxy ones too (14 KiB per idle connection).
         match (self, conn) {
             (ChainFilter::Http(hcm), Conn::Plain(s)) => {
-                Box::pin(hcm.clone().serve(s, *downstream, drain)).await
+                Box::pin(hcm.clone().serve(s, downstream, drain)).await
             }
             (ChainFilter::Http(hcm), Conn::Tls(s)) => {
-                Box::pin(hcm.clone().serve(s, *downstream, drain)).await
+                Box::pin(hcm.clone().serve(s, downstream, drain)).await
             }
             (ChainFilter::Http(hcm), Conn::Unix(s)) => {
-                Box::pin(hcm.clone().serve(s, *downstream, drain)).await
+                Box::pin(hcm.clone().serve(s, downstream, drain)).await
             }
             (ChainFilter::TcpProxy(p), conn) => p.serve(conn, downstream, server_name).await,
             (ChainFilter::Echo, Conn::Plain(s)) => {

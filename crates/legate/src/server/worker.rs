@@ -329,6 +329,8 @@ async fn accept_loop(
             // The plain HTTP listener: no inspection, no matching.
             let hcm = hcm.clone();
             established(&serving.stats, &shared);
+            // Boxed before the task captures it (see below).
+            let downstream = Box::new(downstream);
             tokio::spawn(async move {
                 let opened = Instant::now();
                 match stream {

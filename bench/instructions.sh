@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Instructions per request of a Legate binary, counted by callgrind: stable on a shared,
+# noisy machine where timings are not (and where this VM has no hardware counters).
+#
+# The proxy runs under `valgrind --tool=callgrind` with instrumentation off; after 2,000
+# warm-up requests it is switched on for N HTTP/1.1 keep-alive requests (h2load --h1, 50
+# connections), then off again. Uses the configs bench/http_bench.py writes (run it once
+# first, e.g. `bench/http_bench.py --quick --only legate`); nginx is the upstream.
+#
+# Usage: bench/instructions.sh [legate binary] [requests]
+#   prints the instructions per request for /direct (direct_response) and / (proxied)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${1:-$ROOT/target/release/legate}
+N=${2:-20000}
+CONF=$ROOT/bench/results/http_bench
+[[ -f $CONF/bootstrap_legate.yaml && -f $CONF/nginx.conf ]] || {
+    echo "no configs in $CONF: run bench/http_bench.py --quick --only legate first" >&2
+    exit 2
+}
+for tool in valgrind callgrind_control h2load nginx curl; do
+    command -v "$tool" > /dev/null || { echo "missing: $tool" >&2; exit 2; }
+done
+
+OUT=$(mktemp -d)
+nginx -c "$CONF/nginx.conf" > "$OUT/nginx.log" 2>&1 &
+NGINX=$!
+trap 'kill $NGINX 2> /dev/null; wait $NGINX 2> /dev/null; rm -rf "$OUT"' EXIT
+
+count() { # path
+    local path=$1
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/cg.out" \
+        "$BIN" -c "$CONF/bootstrap_legate.yaml" --concurrency 1 > "$OUT/legate.log" 2>&1 &
+    local proxy=$!
+    for _ in $(seq 1 120); do
+        curl -s -o /dev/null http://127.0.0.1:18410/direct && break
+        sleep 0.5
+    done
+    h2load --h1 -n 2000 -c 50 -t 1 "http://127.0.0.1:18410$path" > /dev/null
+    callgrind_control -i on "$proxy" > /dev/null 2>&1
+    local done_
+    done_=$(h2load --h1 -n "$N" -c 50 -t 1 "http://127.0.0.1:18410$path" | awk '/^requests:/ {print $8}')
+    callgrind_control -i off "$proxy" > /dev/null 2>&1
+    kill -TERM "$proxy"
+    wait "$proxy" 2> /dev/null || true
+    local total
+    total=$(awk '/^totals:/ {print $2}' "$OUT/cg.out")
+    printf '%-8s %6d instructions per request (%s of %s requests succeeded)\n' \
+        "$path" $((total / N)) "$done_" "$N"
+}
+
+echo "callgrind: $BIN, $N requests per path"
+count /direct
+count /
