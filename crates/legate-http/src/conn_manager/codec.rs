@@ -1,7 +1,7 @@
-//! Serving one downstream connection: the codec `codec_type` asks for (HTTP/1.1 only — Legate's
-//! own codec, HTTP/2 only — hyper's, or AUTO, which reads the first bytes for the h2c
-//! preface), configured from the connection manager's limits, and the connection-level timers (`idle_timeout`,
-//! `max_connection_duration`) and drain.
+//! Serving one downstream connection: the codec `codec_type` asks for (HTTP/1.1 only —
+//! Legate's own codec, HTTP/2 only — hyper's, or AUTO, which reads the first bytes for the
+//! h2c preface), configured from the connection manager's limits, and the connection-level
+//! timers (`idle_timeout`, `max_connection_duration`) and drain.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,7 +33,7 @@ use crate::h1::{self, Rewind};
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 100;
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
-/// HTTP/2 settings shared by the HTTP2 and AUTO codecs.
+/// HTTP/2 settings (the HTTP2 codec, and AUTO when the client sends the preface).
 macro_rules! configure_http2 {
     ($builder:expr, $hcm:expr) => {{
         let o = &$hcm.config.http2;

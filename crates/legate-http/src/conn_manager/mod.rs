@@ -463,9 +463,8 @@ impl HttpConnectionManager {
     }
 
     /// The local reply to a request the HTTP/1 codec refused (Envoy's codec errors and its
-    /// request header timeout); the connection closes after it.
-    /// Envoy counts and logs it as a request (with no request line: its codec never parsed
-    /// one).
+    /// request header timeout); the connection closes after it. Envoy counts and logs it as
+    /// a request, with no request line (its codec never parsed one).
     fn codec_reply(
         self: &Arc<Self>,
         error: crate::h1::CodecError,
