@@ -278,7 +278,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 || shutdown.is_requested()
                 || incoming.abandoned
                 || incoming.broken
-                || says_close(&parts.headers));
+                || head::has_token(&parts.headers, header::CONNECTION, "close"));
         let exchange = Exchange {
             head_request,
             close,
@@ -529,16 +529,6 @@ impl Sending {
         }
         Ok(())
     }
-}
-
-/// Whether `connection` says `close`.
-fn says_close(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 /// Bytes waiting to be written: small pieces gathered in `scratch`, large bodies queued as

@@ -63,12 +63,7 @@ pub(super) fn head(
         );
         Framing::Chunked
     };
-    if exchange.close
-        && !headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
-    {
+    if exchange.close && !super::head::has_token(headers, header::CONNECTION, "close") {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 

@@ -86,7 +86,7 @@ pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<H
         at: skip,
     };
     let request_line = lines.next().ok_or(CodecError::BAD_REQUEST)?;
-    let (method, uri, version) = request_line_parts(&bytes, request_line)?;
+    let (method, uri, version, fragment) = request_line_parts(&bytes, request_line)?;
 
     let mut headers = HeaderMap::with_capacity(16);
     let mut count = 0;
@@ -106,28 +106,19 @@ pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<H
     }
 
     let framing = framing(&headers)?;
-    let connection = tokens(&headers, header::CONNECTION);
     let keep_alive = match version {
-        Version::HTTP_11 => !connection.iter().any(|t| t.eq_ignore_ascii_case("close")),
-        _ => connection
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case("keep-alive")),
+        Version::HTTP_11 => !has_token(&headers, header::CONNECTION, "close"),
+        _ => has_token(&headers, header::CONNECTION, "keep-alive"),
     };
     let upgrade = method == Method::CONNECT
         || (headers.contains_key(header::UPGRADE)
-            && connection.iter().any(|t| t.eq_ignore_ascii_case("upgrade")));
+            && has_token(&headers, header::CONNECTION, "upgrade"));
     let expect_continue = version == Version::HTTP_11
         && framing != Framing::Empty
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
 
-    let fragment = memchr::memchr(b'#', &bytes[request_line.0..request_line.1]).map(|_| {
-        let line = &bytes[request_line.0..request_line.1];
-        let from = request_line.0 + memchr::memchr(b' ', line).unwrap_or(0) + 1;
-        let to = request_line.0 + memchr::memrchr(b' ', line).unwrap_or(line.len());
-        TargetWithFragment(bytes.slice(from..to))
-    });
     let mut request = http::Request::new(());
     if let Some(fragment) = fragment {
         request.extensions_mut().insert(fragment);
@@ -173,7 +164,7 @@ impl Iterator for Lines<'_> {
 fn request_line_parts(
     bytes: &Bytes,
     (start, end): (usize, usize),
-) -> Result<(Method, Uri, Version), CodecError> {
+) -> Result<(Method, Uri, Version, Option<TargetWithFragment>), CodecError> {
     let line = &bytes[start..end];
     let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -185,6 +176,7 @@ fn request_line_parts(
     let method = Method::from_bytes(method).map_err(|_| CodecError::BAD_REQUEST)?;
     let target_start = start + method.as_str().len() + 1;
     let target = bytes.slice(target_start..target_start + target.len());
+    let fragment = memchr::memchr(b'#', &target).map(|_| TargetWithFragment(target.clone()));
     // The target before the version: an h2c preface (`PRI * HTTP/2.0`) is a bad request.
     let uri = request_target(&method, target)?;
     let version = match version {
@@ -198,7 +190,7 @@ fn request_line_parts(
         }
         _ => return Err(CodecError::BAD_REQUEST),
     };
-    Ok((method, uri, version))
+    Ok((method, uri, version, fragment))
 }
 
 /// The request target as sent, on a request whose target had a `#fragment` (an extension of
@@ -302,6 +294,16 @@ fn framing(headers: &HeaderMap) -> Result<Framing, CodecError> {
         None | Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
     })
+}
+
+/// Whether a `name` header lists `token` (case-insensitive): `connection: close` and the like.
+pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The comma-separated tokens of every `name` header, trimmed.
