@@ -9,6 +9,8 @@
 #
 # Usage: bench/instructions.sh [legate binary] [requests]
 #   prints the instructions per request for /direct (direct_response) and / (proxied)
+#   With KEEP=<dir>, the callgrind outputs stay there (direct.out, proxied.out) for
+#   `callgrind_annotate --inclusive=yes <file>`.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +30,7 @@ nginx -c "$CONF/nginx.conf" > "$OUT/nginx.log" 2>&1 &
 NGINX=$!
 trap 'kill $NGINX 2> /dev/null; wait $NGINX 2> /dev/null; rm -rf "$OUT"' EXIT
 
-count() { # path
+count() { # path name
     local path=$1
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/cg.out" \
         "$BIN" -c "$CONF/bootstrap_legate.yaml" --concurrency 1 > "$OUT/legate.log" 2>&1 &
@@ -46,10 +48,14 @@ count() { # path
     wait "$proxy" 2> /dev/null || true
     local total
     total=$(awk '/^totals:/ {print $2}' "$OUT/cg.out")
+    if [[ -n ${KEEP:-} ]]; then
+        mkdir -p "$KEEP"
+        cp "$OUT/cg.out" "$KEEP/$2.out"
+    fi
     printf '%-8s %6d instructions per request (%s of %s requests succeeded)\n' \
         "$path" $((total / N)) "$done_" "$N"
 }
 
 echo "callgrind: $BIN, $N requests per path"
-count /direct
-count /
+count /direct direct
+count / proxied

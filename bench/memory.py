@@ -2,7 +2,8 @@
 """Side-by-side memory (scenario 7 of the performance issue): Legate vs Envoy vs HAProxy.
 
 Per round and proxy (the order rotates), with a fresh process each time, one worker each:
-  * idle RSS with the front-proxy example's shape (one listener, one route, one cluster);
+  * idle RSS with the front-proxy example's shape (one listener, one route, one cluster), and
+    its anonymous part (heap, stacks; the rest is mapped pages of the binary and libraries);
   * RSS with --connections (default 10,000; HAProxy at most 9,000, see below) idle keep-alive
     client connections, each having made one request (so each has its per-connection state),
     and the growth per connection over idle;
@@ -181,6 +182,7 @@ def main() -> int:
                     wait_serving(proc, port, "/", 30, name, log)
                     time.sleep(1.0)
                     sample["idle_rss_mib"] = rss_mib(proc.pid)
+                    sample["idle_anon_mib"] = rss_mib(proc.pid, "RssAnon")
                     # HAProxy reserves two descriptors per connection of maxconn: under the
                     # machine's 20,000-descriptor limit it takes at most 9,000 here.
                     n = min(args.connections, 9000) if name == "haproxy" else args.connections
@@ -218,6 +220,7 @@ def main() -> int:
     if rc:
         return rc
     metrics = [("idle_rss_mib", "idle RSS", "{:.1f} MiB"),
+               ("idle_anon_mib", "of it anonymous", "{:.1f} MiB"),
                ("conns_rss_mib", f"RSS, {args.connections} idle conns", "{:.1f} MiB"),
                ("per_conn_kib", "per connection", "{:.2f} KiB"),
                ("ready_s", f"ready with {args.clusters} clusters", "{:.2f} s"),

@@ -2,6 +2,7 @@
 //! the table of what Legate implements ([`supported`]). The `legate` binary (main.rs) adds the
 //! command line, logging and the process lifecycle.
 
+pub mod alloc;
 pub mod config;
 pub mod logging;
 pub mod server;

@@ -15,6 +15,13 @@ use legate::server::ServeOptions;
 use legate::{logging, supported};
 use legate_api::bootstrap::LoadedBootstrap;
 
+/// The allocator's options, set before Rust's runtime first allocates (see `configure`), and
+/// before mimalloc's own constructor reads them: a constructor of priority 101 runs before
+/// those of the default priority.
+#[used]
+#[unsafe(link_section = ".init_array.00101")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = legate::alloc::configure;
+
 /// The configuration served when neither `-c` nor `--config-yaml` is given.
 const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 

@@ -288,11 +288,7 @@ pub fn run(
 /// idle process keeps what serving needs. A reload or an admin dump decodes it again.
 fn shed_startup_memory() {
     legate_api::descriptors::release();
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only gives free heap pages back to the OS; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::alloc::release_free_memory();
 }
 
 /// The next file change, or never when nothing is watched.
