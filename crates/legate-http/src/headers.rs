@@ -1,7 +1,7 @@
 //! The header names the proxy reads and writes on every request, parsed once. A `&str` name
 //! passed to `HeaderMap` is parsed and hashed on each call; a `HeaderName` constant is not.
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -41,3 +41,9 @@ pub const ENVOY_CONTROL_HEADERS: [HeaderName; 15] = [
     HeaderName::from_static("x-envoy-original-url"),
     HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
 ];
+
+/// Whether any `x-envoy-*` header is present. Most requests carry none: one pass over the
+/// names present is cheaper than hashing each control header's name to remove it.
+pub fn any_envoy_header(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| k.as_str().starts_with("x-envoy-"))
+}

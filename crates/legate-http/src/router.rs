@@ -78,6 +78,17 @@ const HOP_BY_HOP: &[header::HeaderName] = &[
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names present is cheaper than hashing
+    // each hop-by-hop name to remove it.
+    let hop_by_hop = |name: &header::HeaderName| {
+        HOP_BY_HOP.contains(name)
+            || *name == header::TE
+            || *name == KEEP_ALIVE
+            || *name == PROXY_CONNECTION
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     for name in HOP_BY_HOP {
         if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
             continue;
@@ -167,6 +178,9 @@ fn route_timeout(forward: &Forward, headers: &mut HeaderMap) -> Option<Duration>
         v.and_then(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
             .map(Duration::from_millis)
     };
+    if !crate::headers::any_envoy_header(headers) {
+        return (!forward.timeout.is_zero()).then_some(forward.timeout);
+    }
     let mut timeout =
         millis(headers.remove(X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS)).unwrap_or(forward.timeout);
     // Legate makes one attempt (retries are not implemented yet), so a per-try timeout bounds

@@ -274,19 +274,17 @@ impl HttpConnectionManager {
         } else {
             // Envoy's `cleanInternalHeaders`: a request not known to be internal may not steer
             // the router (timeouts, retries).
-            // Most requests carry no `x-envoy-*` header: look once before removing by name.
-            if parts
-                .headers
-                .keys()
-                .any(|k| k.as_str().starts_with("x-envoy-"))
-            {
+            let envoy_headers = crate::headers::any_envoy_header(&parts.headers);
+            if envoy_headers {
                 for name in ENVOY_CONTROL_HEADERS.iter() {
                     parts.headers.remove(name);
                 }
             }
             if config.use_remote_address {
                 // On the edge, a client may not claim an original path either.
-                parts.headers.remove(X_ENVOY_ORIGINAL_PATH);
+                if envoy_headers {
+                    parts.headers.remove(X_ENVOY_ORIGINAL_PATH);
+                }
                 if let Some(remote) = remote
                     && let Ok(v) = HeaderValue::from_str(&remote.ip().to_string())
                 {
