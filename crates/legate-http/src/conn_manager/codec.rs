@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -67,12 +68,16 @@ fn header_bytes(hcm: &HttpConnectionManager) -> usize {
 impl HttpConnectionManager {
     /// Serves one connection until it closes, or until `drain` turns true (then it closes
     /// gracefully: HTTP/1.1 after the response in flight, HTTP/2 with GOAWAY).
-    pub async fn serve(
+    ///
+    /// The connection is counted and its state built when this is called; the future holds
+    /// only what lives across its waits (an `async fn` would keep every argument for the
+    /// connection's whole life, beside what it made of them).
+    pub fn serve(
         self: Arc<Self>,
         stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
         downstream: Box<Downstream>,
         drain: watch::Receiver<bool>,
-    ) {
+    ) -> impl Future<Output = ()> {
         let stats = &self.stats;
         stats.downstream_cx_total.inc();
         stats.downstream_cx_active.inc();
@@ -97,36 +102,6 @@ impl HttpConnectionManager {
             rx: stats.downstream_cx_rx_bytes_total.clone(),
             tx: stats.downstream_cx_tx_bytes_total.clone(),
         };
-        let shutdown = h1::Shutdown::default();
-        let streams = Streams {
-            hcm: self.clone(),
-            state: state.clone(),
-        };
-        let conn = async {
-            match self.config.codec {
-                CodecType::Http1 => self.serve_h1(io, streams, &shutdown, BytesMut::new()).await,
-                // Boxed (as below): hyper's HTTP/2 connection is large, and every HTTP/1
-                // connection's task would be sized for it.
-                CodecType::Http2 => {
-                    Box::pin(self.serve_h2(Rewind::new(io, Bytes::new()), streams, &shutdown)).await
-                }
-                _ => {
-                    // AUTO: the h2c preface says HTTP/2, anything else is HTTP/1.1.
-                    let mut io = io;
-                    let (read, h2) = sniff_preface(&mut io).await?;
-                    let codec = if h2 { 2 } else { 1 };
-                    if state.codec.swap(codec, Ordering::Relaxed) == 0 {
-                        self.count_codec(codec);
-                    }
-                    if h2 {
-                        Box::pin(self.serve_h2(Rewind::new(io, read.freeze()), streams, &shutdown))
-                            .await
-                    } else {
-                        self.serve_h1(io, streams, &shutdown, read).await
-                    }
-                }
-            }
-        };
         let fixed = match self.config.codec {
             CodecType::Http1 => 1,
             CodecType::Http2 => 2,
@@ -136,34 +111,75 @@ impl HttpConnectionManager {
             state.codec.store(fixed, Ordering::Relaxed);
             self.count_codec(fixed);
         }
-        tokio::pin!(conn);
-        self.drive(conn, &shutdown, &state, drain).await;
-        match state.codec.load(Ordering::Relaxed) {
-            1 => stats.downstream_cx_http1_active.dec(),
-            2 => stats.downstream_cx_http2_active.dec(),
-            _ => {}
+        async move {
+            let shutdown = h1::Shutdown::default();
+            let streams = Streams {
+                hcm: self.clone(),
+                state: state.clone(),
+            };
+            let conn = async {
+                match self.config.codec {
+                    CodecType::Http1 => {
+                        self.serve_h1(io, streams, &shutdown, BytesMut::new()).await
+                    }
+                    // Boxed (as below): hyper's HTTP/2 connection is large, and every HTTP/1
+                    // connection's task would be sized for it.
+                    CodecType::Http2 => {
+                        Box::pin(self.serve_h2(Rewind::new(io, Bytes::new()), streams, &shutdown))
+                            .await
+                    }
+                    _ => {
+                        // AUTO: the h2c preface says HTTP/2, anything else is HTTP/1.1.
+                        let mut io = io;
+                        let (read, h2) = sniff_preface(&mut io).await?;
+                        let codec = if h2 { 2 } else { 1 };
+                        if state.codec.swap(codec, Ordering::Relaxed) == 0 {
+                            self.count_codec(codec);
+                        }
+                        if h2 {
+                            Box::pin(self.serve_h2(
+                                Rewind::new(io, read.freeze()),
+                                streams,
+                                &shutdown,
+                            ))
+                            .await
+                        } else {
+                            self.serve_h1(io, streams, &shutdown, read).await
+                        }
+                    }
+                }
+            };
+            tokio::pin!(conn);
+            self.drive(conn, &shutdown, &state, drain).await;
+            let stats = &self.stats;
+            match state.codec.load(Ordering::Relaxed) {
+                1 => stats.downstream_cx_http1_active.dec(),
+                2 => stats.downstream_cx_http2_active.dec(),
+                _ => {}
+            }
+            if state.active_streams.load(Ordering::Relaxed) > 0 {
+                stats.downstream_cx_destroy_active_rq.inc();
+            }
+            stats.downstream_cx_active.dec();
+            if tls {
+                stats.downstream_cx_ssl_active.dec();
+            }
+            stats.downstream_cx_destroy.inc();
+            stats
+                .downstream_cx_length_ms
+                .record(opened.elapsed().as_millis() as u64);
         }
-        if state.active_streams.load(Ordering::Relaxed) > 0 {
-            stats.downstream_cx_destroy_active_rq.inc();
-        }
-        stats.downstream_cx_active.dec();
-        if tls {
-            stats.downstream_cx_ssl_active.dec();
-        }
-        stats.downstream_cx_destroy.inc();
-        stats
-            .downstream_cx_length_ms
-            .record(opened.elapsed().as_millis() as u64);
     }
 
-    /// HTTP/1.1, with Legate's codec.
-    async fn serve_h1<T>(
+    /// HTTP/1.1, with Legate's codec. Not an `async fn`, so that the connection's future holds
+    /// `io` once (see [`h1::serve`]).
+    fn serve_h1<'a, T>(
         &self,
         io: T,
         streams: Streams,
-        shutdown: &h1::Shutdown,
+        shutdown: &'a h1::Shutdown,
         read: BytesMut,
-    ) -> Result<(), BoxError>
+    ) -> impl Future<Output = Result<(), BoxError>> + 'a
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -174,7 +190,9 @@ impl HttpConnectionManager {
             header_timeout: c.request_headers_timeout,
             delayed_close: c.delayed_close_timeout,
         };
-        match h1::serve(io, streams, limits, shutdown, read).await {
+        // `map`, not an `async` block: awaiting the codec's future from a block would move it
+        // into a second slot of the block.
+        h1::serve(io, streams, limits, shutdown, read).map(|ended| match ended {
             Err(e @ h1::Error::Codec(_)) => Err(e.into()),
             // A client that went away, or a response cut short: not the client's protocol
             // error.
@@ -183,7 +201,7 @@ impl HttpConnectionManager {
                 Ok(())
             }
             Ok(()) => Ok(()),
-        }
+        })
     }
 
     /// HTTP/2, with hyper's codec; a shutdown sends GOAWAY and lets the streams in flight

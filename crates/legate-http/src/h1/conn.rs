@@ -66,38 +66,28 @@ impl From<io::Error> for Error {
 
 /// Serves `io` until the client closes it, a response says `connection: close`, or
 /// `shutdown` is requested. `read_ahead` holds bytes already read from it.
-pub async fn serve<T, S>(
+///
+/// Not an `async fn`: the connection is built before the future, which then holds it once
+/// (an `async fn` keeps its arguments for its whole life, next to what it builds from them).
+pub fn serve<'a, T, S>(
     io: T,
     service: S,
     limits: Limits,
-    shutdown: &Shutdown,
+    shutdown: &'a Shutdown,
     read_ahead: BytesMut,
-) -> Result<(), Error>
+) -> impl Future<Output = Result<(), Error>> + 'a
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service,
+    S: Service + 'a,
 {
-    let mut conn = Conn {
+    let conn = Conn {
         io,
         read: read_ahead,
         out: Out::default(),
         searched: 0,
         limits,
     };
-    loop {
-        let head = conn.read_head(shutdown).await;
-        // Everything after the wait (the service's future included) is one allocation per
-        // request: an idle connection's future holds the wait only.
-        match Box::pin(conn.answer(head, &service, shutdown)).await? {
-            Next::Request => {}
-            Next::Close => return Ok(()),
-            Next::Upgraded(tx) => {
-                let Conn { io, read, .. } = conn;
-                let _ = tx.send(Upgraded::new(Box::new(io), read.freeze()));
-                return Ok(());
-            }
-        }
-    }
+    conn.run(service, shutdown)
 }
 
 struct Conn<T> {
@@ -141,6 +131,30 @@ impl Incoming {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
+    /// Request after request (see [`serve`]). The future holds the connection in place: an
+    /// `async fn` would keep its `self` argument and a moved copy of it.
+    fn run<'a, S: Service>(
+        mut self,
+        service: S,
+        shutdown: &'a Shutdown,
+    ) -> impl Future<Output = Result<(), Error>> + 'a {
+        async move {
+            loop {
+                let head = self.read_head(shutdown).await;
+                // Everything after the wait (the service's future included) is one allocation
+                // per request: an idle connection's future holds the wait only.
+                match Box::pin(self.answer(head, &service, shutdown)).await? {
+                    Next::Request => {}
+                    Next::Close => return Ok(()),
+                    Next::Upgraded(tx) => {
+                        let _ = tx.send(Upgraded::new(Box::new(self.io), self.read.freeze()));
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
     /// The next request head, or `None` when the client closed between requests (or a
     /// shutdown came while none was in progress).
     async fn read_head(&mut self, shutdown: &Shutdown) -> Result<Option<Head>, Error> {

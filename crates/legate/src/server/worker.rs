@@ -327,23 +327,20 @@ async fn accept_loop(
         let drain = drain.clone();
         if let Some(ChainFilter::Http(hcm)) = serving.fast_chain() {
             // The plain HTTP listener: no inspection, no matching.
-            let hcm = hcm.clone();
             established(&serving.stats, &shared);
-            // Boxed before the task captures it (see below).
-            let downstream = Box::new(downstream);
+            if let Some(tcp) = stream.tcp() {
+                let _ = tcp.set_nodelay(true);
+            }
+            // The task captures the connection's future built here, not its parts: an `async`
+            // block keeps what it captures for its whole life.
+            let mut serve = hcm.clone().serve(stream, Box::new(downstream), drain);
             tokio::spawn(async move {
                 let opened = Instant::now();
-                match stream {
-                    Conn::Plain(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        let serve = std::pin::pin!(hcm.serve(stream, downstream, drain));
-                        until_closed(&instance, serve).await;
-                    }
-                    stream => {
-                        let serve = std::pin::pin!(hcm.serve(stream, downstream, drain));
-                        until_closed(&instance, serve).await
-                    }
-                }
+                // SAFETY: `serve` lives in this task's future, which the runtime keeps pinned,
+                // and is never moved again (the name is shadowed). `pin!` would move it into a
+                // second copy of its whole size.
+                let serve = unsafe { std::pin::Pin::new_unchecked(&mut serve) };
+                until_closed(&instance, serve).await;
                 closed(&serving.stats, opened);
                 shared.open_connections.fetch_sub(1, Ordering::Relaxed);
                 instance.open.fetch_sub(1, Ordering::Relaxed);
