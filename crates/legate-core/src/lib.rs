@@ -8,6 +8,7 @@ pub mod config_source;
 pub mod extension;
 pub mod format;
 pub mod io;
+pub mod lifecycle;
 pub mod matcher;
 pub mod ocsp;
 pub mod proto;

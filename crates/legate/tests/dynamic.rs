@@ -1448,6 +1448,9 @@ fn listener_drain_lets_requests_in_flight_finish() {
         "the idle connection on the replaced listener was closed {:?} after the update",
         replaced_at.elapsed()
     );
+    // Each connection of the old listener was accounted for as it closed, the ones cut when
+    // the drain time ran out too (no other connection to the main listener is open now).
+    p.wait_stat("http.ingress.downstream_cx_active", 5 * SECOND, |v| v == 0);
     p.wait_stat(
         "listener_manager.total_listeners_draining",
         10 * SECOND,

@@ -4,7 +4,7 @@
 //! timers (`idle_timeout`, `max_connection_duration`) and drain.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
+use legate_core::lifecycle::Phase;
 use legate_core::stats::Counter;
 use legate_upstream::body::{Body, BoxError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -66,8 +67,9 @@ fn header_bytes(hcm: &HttpConnectionManager) -> usize {
 }
 
 impl HttpConnectionManager {
-    /// Serves one connection until it closes, or until `drain` turns true (then it closes
-    /// gracefully: HTTP/1.1 after the response in flight, HTTP/2 with GOAWAY).
+    /// Serves one connection until it closes. When its listener's `phase` turns to draining
+    /// it closes gracefully (HTTP/1.1 after the response in flight, HTTP/2 with GOAWAY); to
+    /// closing, at once.
     ///
     /// The connection is counted and its state built when this is called; the future holds
     /// only what lives across its waits (an `async fn` would keep every argument for the
@@ -76,25 +78,24 @@ impl HttpConnectionManager {
         self: Arc<Self>,
         stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
         downstream: Box<Downstream>,
-        drain: watch::Receiver<bool>,
+        mut phase: watch::Receiver<Phase>,
     ) -> impl Future<Output = ()> {
         let stats = &self.stats;
         stats.downstream_cx_total.inc();
         stats.downstream_cx_active.inc();
-        let tls = downstream.tls;
-        if tls {
+        if downstream.tls {
             stats.downstream_cx_ssl_total.inc();
             stats.downstream_cx_ssl_active.inc();
         }
-        let opened = Instant::now();
         let state = Arc::new(ConnectionState {
             downstream: *downstream,
-            opened,
+            opened: Instant::now(),
             requests: AtomicU32::new(0),
             active_streams: AtomicU32::new(0),
             last_active_ms: AtomicU64::new(0),
             codec: AtomicU32::new(0),
-            close: tokio::sync::Notify::new(),
+            close: h1::Shutdown::default(),
+            shutdown: h1::Shutdown::default(),
             drain_close: Default::default(),
         });
         let io = CountingIo {
@@ -112,20 +113,18 @@ impl HttpConnectionManager {
             self.count_codec(fixed);
         }
         async move {
-            let shutdown = h1::Shutdown::default();
+            let shutdown = &state.shutdown;
             let streams = Streams {
                 hcm: self.clone(),
                 state: state.clone(),
             };
             let conn = async {
                 match self.config.codec {
-                    CodecType::Http1 => {
-                        self.serve_h1(io, streams, &shutdown, BytesMut::new()).await
-                    }
+                    CodecType::Http1 => self.serve_h1(io, streams, shutdown, BytesMut::new()).await,
                     // Boxed (as below): hyper's HTTP/2 connection is large, and every HTTP/1
                     // connection's task would be sized for it.
                     CodecType::Http2 => {
-                        Box::pin(self.serve_h2(Rewind::new(io, Bytes::new()), streams, &shutdown))
+                        Box::pin(self.serve_h2(Rewind::new(io, Bytes::new()), streams, shutdown))
                             .await
                     }
                     _ => {
@@ -140,17 +139,17 @@ impl HttpConnectionManager {
                             Box::pin(self.serve_h2(
                                 Rewind::new(io, read.freeze()),
                                 streams,
-                                &shutdown,
+                                shutdown,
                             ))
                             .await
                         } else {
-                            self.serve_h1(io, streams, &shutdown, read).await
+                            self.serve_h1(io, streams, shutdown, read).await
                         }
                     }
                 }
             };
             tokio::pin!(conn);
-            self.drive(conn, &shutdown, &state, drain).await;
+            self.drive(conn, shutdown, &state, &mut phase).await;
             let stats = &self.stats;
             match state.codec.load(Ordering::Relaxed) {
                 1 => stats.downstream_cx_http1_active.dec(),
@@ -161,13 +160,13 @@ impl HttpConnectionManager {
                 stats.downstream_cx_destroy_active_rq.inc();
             }
             stats.downstream_cx_active.dec();
-            if tls {
+            if state.downstream.tls {
                 stats.downstream_cx_ssl_active.dec();
             }
             stats.downstream_cx_destroy.inc();
             stats
                 .downstream_cx_length_ms
-                .record(opened.elapsed().as_millis() as u64);
+                .record(state.opened.elapsed().as_millis() as u64);
         }
     }
 
@@ -234,85 +233,114 @@ impl HttpConnectionManager {
     }
 
     /// Runs a connection to its end, closing it gracefully (`shutdown`) when it has been idle
-    /// for `idle_timeout`, lived `max_connection_duration`, or the listener drains.
-    async fn drive<F>(
-        &self,
-        mut conn: Pin<&mut F>,
-        shutdown: &h1::Shutdown,
-        state: &ConnectionState,
-        mut drain: watch::Receiver<bool>,
-    ) where
+    /// for `idle_timeout`, lived `max_connection_duration`, or the listener drains; at once
+    /// when the listener closes.
+    ///
+    /// It lives as long as the connection, so it keeps little: not an `async fn` (which would
+    /// hold its arguments twice), and its waits polled in place rather than stored futures.
+    fn drive<'a, F>(
+        &'a self,
+        mut conn: Pin<&'a mut F>,
+        shutdown: &'a h1::Shutdown,
+        state: &'a ConnectionState,
+        phase: &'a mut watch::Receiver<Phase>,
+    ) -> impl Future<Output = ()> + 'a
+    where
         F: Future<Output = Result<(), BoxError>>,
     {
-        let stats = &self.stats;
-        let max_duration = self.config.max_connection_duration;
-        // Timers that are rarely set live on the heap, and only when set: an idle
-        // connection's task stays small.
-        let mut deadline = max_duration.map(|d| Box::pin(tokio::time::sleep(d)));
-        let idle_timeout = self.config.idle_timeout;
-        let mut idle_check =
-            tokio::time::interval(idle_timeout.map_or(Duration::from_secs(3600), |t| {
-                (t / 4).max(Duration::from_millis(10))
-            }));
-        idle_check.tick().await;
-        let mut closing = false;
-        // An HTTP/1 connection of a draining listener closes after its next response, or
-        // when it is found idle `drain_timeout` after the drain began.
-        let drain_timeout = self.config.drain_timeout;
-        let mut idle_drain: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        let mut draining = false;
-        loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    match result {
-                        // Closed by us (a graceful close we started) or by the client.
-                        Ok(()) if closing => stats.downstream_cx_destroy_local.inc(),
-                        Ok(()) => stats.downstream_cx_destroy_remote.inc(),
-                        Err(e) => {
-                            stats.downstream_cx_protocol_error.inc();
-                            tracing::debug!("downstream connection {}: {e}", state.downstream.id);
+        async move {
+            // Timers that are rarely set live on the heap, and only when set: an idle
+            // connection's task stays small.
+            let mut deadline = self
+                .config
+                .max_connection_duration
+                .map(|d| Box::pin(tokio::time::sleep(d)));
+            // The idle timeout is checked at a quarter of its length (as Envoy's timer, it
+            // counts from the end of the last stream).
+            let idle_period = || {
+                self.config
+                    .idle_timeout
+                    .map_or(Duration::from_secs(3600), |t| {
+                        (t / 4).max(Duration::from_millis(10))
+                    })
+            };
+            let mut idle_check = Box::pin(tokio::time::sleep(idle_period()));
+            let mut closing = false;
+            // An HTTP/1 connection of a draining listener closes after its next response, or
+            // when it is found idle `drain_timeout` after the drain began.
+            let mut idle_drain: Option<Pin<Box<tokio::time::Sleep>>> = None;
+            let mut draining = false;
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        match result {
+                            // Closed by us (a graceful close we started) or by the client.
+                            Ok(()) if closing => self.stats.downstream_cx_destroy_local.inc(),
+                            Ok(()) => self.stats.downstream_cx_destroy_remote.inc(),
+                            Err(e) => {
+                                self.stats.downstream_cx_protocol_error.inc();
+                                tracing::debug!("downstream connection {}: {e}", state.downstream.id);
+                            }
+                        }
+                        break;
+                    }
+                    () = idle_check.as_mut(), if self.config.idle_timeout.is_some() && !closing => {
+                        idle_check.as_mut().reset(tokio::time::Instant::now() + idle_period());
+                        let idle_since = Duration::from_millis(state.last_active_ms.load(Ordering::Relaxed));
+                        let idle = state.opened.elapsed().saturating_sub(idle_since);
+                        if state.active_streams.load(Ordering::Relaxed) == 0
+                            && self.config.idle_timeout.is_some_and(|t| idle >= t)
+                        {
+                            self.stats.downstream_cx_idle_timeout.inc();
+                            shutdown.request();
+                            closing = true;
                         }
                     }
-                    break;
-                }
-                _ = idle_check.tick(), if idle_timeout.is_some() && !closing => {
-                    let idle_since = Duration::from_millis(state.last_active_ms.load(Ordering::Relaxed));
-                    let idle = state.opened.elapsed().saturating_sub(idle_since);
-                    if state.active_streams.load(Ordering::Relaxed) == 0 && idle_timeout.is_some_and(|t| idle >= t) {
-                        stats.downstream_cx_idle_timeout.inc();
+                    () = poll_fn(|cx| state.close.poll_requested(cx)), if !closing => {
                         shutdown.request();
                         closing = true;
                     }
-                }
-                _ = state.close.notified(), if !closing => {
-                    shutdown.request();
-                    closing = true;
-                }
-                () = fired(&mut deadline), if !closing => {
-                    stats.downstream_cx_max_duration_reached.inc();
-                    shutdown.request();
-                    closing = true;
-                }
-                changed = drain.changed(), if !closing && !draining => {
-                    if changed.is_err() || *drain.borrow() {
-                        stats.downstream_cx_drain_close.inc();
-                        if state.codec.load(Ordering::Relaxed) == 2 {
-                            // HTTP/2: GOAWAY, then the streams in flight finish.
+                    () = fired(&mut deadline), if !closing => {
+                        self.stats.downstream_cx_max_duration_reached.inc();
+                        shutdown.request();
+                        closing = true;
+                    }
+                    changed = phase.changed(), if watching => {
+                        let now = match changed {
+                            Ok(()) => *phase.borrow_and_update(),
+                            // The listener is gone: drain.
+                            Err(_) => {
+                                watching = false;
+                                Phase::Draining
+                            }
+                        };
+                        if now == Phase::Closing {
+                            // The drain time is over: the connection closes with what is in
+                            // flight.
+                            self.stats.downstream_cx_destroy_local.inc();
+                            break;
+                        }
+                        if now == Phase::Draining && !closing && !draining {
+                            self.stats.downstream_cx_drain_close.inc();
+                            if state.codec.load(Ordering::Relaxed) == 2 {
+                                // HTTP/2: GOAWAY, then the streams in flight finish.
+                                shutdown.request();
+                                closing = true;
+                            } else {
+                                state.drain_close.store(true, Ordering::Relaxed);
+                                draining = true;
+                                idle_drain = Some(Box::pin(tokio::time::sleep(self.config.drain_timeout)));
+                            }
+                        }
+                    }
+                    () = fired(&mut idle_drain), if draining && !closing => {
+                        if state.active_streams.load(Ordering::Relaxed) == 0 {
                             shutdown.request();
                             closing = true;
                         } else {
-                            state.drain_close.store(true, Ordering::Relaxed);
-                            draining = true;
-                            idle_drain = Some(Box::pin(tokio::time::sleep(drain_timeout)));
+                            idle_drain = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
                         }
-                    }
-                }
-                () = fired(&mut idle_drain), if draining && !closing => {
-                    if state.active_streams.load(Ordering::Relaxed) == 0 {
-                        shutdown.request();
-                        closing = true;
-                    } else {
-                        idle_drain = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
                     }
                 }
             }
@@ -320,12 +348,12 @@ impl HttpConnectionManager {
     }
 }
 
-/// Resolves when `timer` (if any) fires.
-async fn fired(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
-    }
+/// Resolves when `timer` (if any) fires; polled in place, it stores nothing.
+fn fired(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) -> impl Future<Output = ()> + '_ {
+    poll_fn(move |cx| match timer {
+        Some(t) => t.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
 }
 
 /// The connection manager's side of a connection: each request to `handle`, each request

@@ -144,7 +144,10 @@ struct ConnectionState {
     codec: AtomicU32,
     /// Asks the connection to close gracefully (HTTP/2 GOAWAY after
     /// `max_requests_per_connection`; HTTP/1.1 uses `connection: close` instead).
-    close: tokio::sync::Notify,
+    close: crate::h1::Shutdown,
+    /// Tells the codec to close gracefully (set by the connection's driver: timers, drain,
+    /// `close`); here rather than in the connection's task, which an idle connection keeps.
+    shutdown: crate::h1::Shutdown,
     /// The listener is draining: HTTP/1 responses carry `connection: close` from now on.
     drain_close: std::sync::atomic::AtomicBool,
 }
@@ -324,7 +327,7 @@ impl HttpConnectionManager {
         if last_request {
             stats.downstream_cx_max_requests_reached.inc();
             if info.protocol == Protocol::Http2 {
-                conn.close.notify_one();
+                conn.close.request();
             }
         }
         let end = stream.0.take().expect("the stream is in flight");

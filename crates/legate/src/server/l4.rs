@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use legate_core::access_log::AccessLogger;
+use legate_core::lifecycle::Phase;
 use legate_core::stats::{Counter, Scope};
 use legate_core::stream_info::{Protocol, StreamInfo};
 use legate_http::conn_manager::{Downstream, HttpConnectionManager, ProxyContext};
@@ -86,7 +87,7 @@ impl ChainFilter {
         conn: Conn,
         downstream: Box<Downstream>,
         server_name: &str,
-        drain: watch::Receiver<bool>,
+        phase: watch::Receiver<Phase>,
     ) {
         if let Some(tcp) = conn.tcp() {
             let _ = tcp.set_nodelay(true);
@@ -95,13 +96,13 @@ impl ChainFilter {
         // connection's task for HTTP, tcp_proxy ones too (14 KiB per idle connection).
         match (self, conn) {
             (ChainFilter::Http(hcm), Conn::Plain(s)) => {
-                Box::pin(hcm.clone().serve(s, downstream, drain)).await
+                Box::pin(hcm.clone().serve(s, downstream, phase)).await
             }
             (ChainFilter::Http(hcm), Conn::Tls(s)) => {
-                Box::pin(hcm.clone().serve(s, downstream, drain)).await
+                Box::pin(hcm.clone().serve(s, downstream, phase)).await
             }
             (ChainFilter::Http(hcm), Conn::Unix(s)) => {
-                Box::pin(hcm.clone().serve(s, downstream, drain)).await
+                Box::pin(hcm.clone().serve(s, downstream, phase)).await
             }
             (ChainFilter::TcpProxy(p), conn) => p.serve(conn, downstream, server_name).await,
             (ChainFilter::Echo, Conn::Plain(s)) => {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use legate_core::lifecycle::{self, Phase};
 use legate_core::stats::{Counter, Gauge, Histogram, ImportMode, Store, Unit};
 use legate_http::conn_manager::Downstream;
 use legate_net::filter_chain::ConnectionFacts;
@@ -78,8 +79,8 @@ impl ListenerStats {
 #[derive(Debug, Default)]
 pub struct ListenerInstance {
     stop: watch::Sender<bool>,
-    drain: watch::Sender<bool>,
-    close: watch::Sender<bool>,
+    /// Drain, then close: what the connections are told.
+    phase: watch::Sender<Phase>,
     /// Connections accepted by this version and still open.
     open: AtomicUsize,
 }
@@ -90,13 +91,13 @@ impl ListenerInstance {
     pub fn stop(&self, drain: bool) {
         self.stop.send_replace(true);
         if drain {
-            self.drain.send_replace(true);
+            lifecycle::advance(&self.phase, Phase::Draining);
         }
     }
 
     /// Closes the connections still open.
     pub fn close(&self) {
-        self.close.send_replace(true);
+        lifecycle::advance(&self.phase, Phase::Closing);
     }
 
     pub fn open_connections(&self) -> usize {
@@ -270,7 +271,7 @@ async fn accept_loop(
     shared: Arc<WorkerShared>,
 ) {
     let mut stop = instance.stop.subscribe();
-    let drain = instance.drain.subscribe();
+    let phase = instance.phase.subscribe();
     let local = listener.local_addr();
     let pipe: Option<Arc<str>> = serving
         .config
@@ -324,7 +325,7 @@ async fn accept_loop(
         let serving = serving.clone();
         let shared = shared.clone();
         let instance = instance.clone();
-        let drain = drain.clone();
+        let phase = phase.clone();
         if let Some(ChainFilter::Http(hcm)) = serving.fast_chain() {
             // The plain HTTP listener: no inspection, no matching.
             established(&serving.stats, &shared);
@@ -332,15 +333,16 @@ async fn accept_loop(
                 let _ = tcp.set_nodelay(true);
             }
             // The task captures the connection's future built here, not its parts: an `async`
-            // block keeps what it captures for its whole life.
-            let mut serve = hcm.clone().serve(stream, Box::new(downstream), drain);
+            // block keeps what it captures for its whole life. The connection manager closes
+            // the connection itself when the listener closes.
+            let mut serve = hcm.clone().serve(stream, Box::new(downstream), phase);
             tokio::spawn(async move {
                 let opened = Instant::now();
                 // SAFETY: `serve` lives in this task's future, which the runtime keeps pinned,
                 // and is never moved again (the name is shadowed). `pin!` would move it into a
                 // second copy of its whole size.
                 let serve = unsafe { std::pin::Pin::new_unchecked(&mut serve) };
-                until_closed(&instance, serve).await;
+                serve.await;
                 closed(&serving.stats, opened);
                 shared.open_connections.fetch_sub(1, Ordering::Relaxed);
                 instance.open.fetch_sub(1, Ordering::Relaxed);
@@ -350,7 +352,7 @@ async fn accept_loop(
             let downstream = Box::new(downstream);
             tokio::spawn(async move {
                 serve_matched(
-                    stream, downstream, &serving, &shared, &instance, drain, true,
+                    stream, downstream, &serving, &shared, &instance, phase, true,
                 )
                 .await;
                 shared.open_connections.fetch_sub(1, Ordering::Relaxed);
@@ -361,17 +363,20 @@ async fn accept_loop(
     LISTENING.with_borrow_mut(|l| l.retain(|l| !Arc::ptr_eq(&l.instance, &instance)));
 }
 
-/// Runs `serving` until it ends or the listener instance closes its connections. The caller
-/// pins the future where it lives: taken by value, it would be held twice in the connection's
-/// task (as the argument, and moved into `select!`), doubling the memory of every connection.
+/// Runs `serving` until it ends or the listener instance closes its connections (for the
+/// filters that do not watch the listener's phase themselves; the connection manager does,
+/// and is polled first so that it closes with its accounting). The caller pins the future
+/// where it lives: taken by value, it would be held twice in the connection's task (as the
+/// argument, and moved into `select!`), doubling the memory of every connection.
 async fn until_closed<F: std::future::Future<Output = ()>>(
     instance: &ListenerInstance,
     serving: std::pin::Pin<&mut F>,
 ) {
-    let mut close = instance.close.subscribe();
+    let mut phase = instance.phase.subscribe();
     tokio::select! {
+        biased;
         _ = serving => {}
-        _ = close.wait_for(|close| *close) => {}
+        _ = phase.wait_for(|p| *p == Phase::Closing) => {}
     }
 }
 
@@ -448,7 +453,7 @@ async fn serve_matched(
     serving: &ServingListener,
     shared: &Arc<WorkerShared>,
     instance: &ListenerInstance,
-    drain: watch::Receiver<bool>,
+    phase: watch::Receiver<Phase>,
     hand_off: bool,
 ) {
     // What the matching needed is gone by the time the chain serves: the connection's task
@@ -467,7 +472,7 @@ async fn serve_matched(
             }
             Prepared::Ended(None) => return,
             Prepared::HandOff(stream, target, target_instance) => {
-                let drain = target_instance.drain.subscribe();
+                let phase = target_instance.phase.subscribe();
                 target_instance.open.fetch_add(1, Ordering::Relaxed);
                 Box::pin(serve_matched(
                     stream,
@@ -475,7 +480,7 @@ async fn serve_matched(
                     &target,
                     shared,
                     &target_instance,
-                    drain,
+                    phase,
                     false,
                 ))
                 .await;
@@ -483,7 +488,7 @@ async fn serve_matched(
                 return;
             }
         };
-    let serve = std::pin::pin!(serving.chains[chain].serve(conn, downstream, &server_name, drain));
+    let serve = std::pin::pin!(serving.chains[chain].serve(conn, downstream, &server_name, phase));
     until_closed(instance, serve).await;
     closed(&serving.stats, opened);
 }
