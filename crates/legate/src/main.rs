@@ -18,6 +18,7 @@ use legate_api::bootstrap::LoadedBootstrap;
 /// The allocator's options, set before Rust's runtime first allocates (see `configure`), and
 /// before mimalloc's own constructor reads them: a constructor of priority 101 runs before
 /// those of the default priority.
+#[cfg(target_os = "linux")]
 #[used]
 #[unsafe(link_section = ".init_array.00101")]
 static CONFIGURE_ALLOCATOR: extern "C" fn() = legate::alloc::configure;

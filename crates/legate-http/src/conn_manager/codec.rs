@@ -255,8 +255,8 @@ impl HttpConnectionManager {
                 .config
                 .max_connection_duration
                 .map(|d| Box::pin(tokio::time::sleep(d)));
-            // The idle timeout is checked at a quarter of its length (as Envoy's timer, it
-            // counts from the end of the last stream).
+            // The idle timeout is checked every quarter of its length; it counts from the end
+            // of the connection's last stream.
             let idle_period = || {
                 self.config
                     .idle_timeout
