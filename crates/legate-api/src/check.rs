@@ -7,6 +7,7 @@
 //! at `...http_filters[1].typed_config.<field>`.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, ReflectMessage, Value};
 
@@ -50,10 +51,20 @@ impl Support {
 
 /// Checks `msg` and everything below it; returns every problem found.
 pub fn check(msg: &DynamicMessage, support: &Support) -> Vec<ConfigError> {
+    check_with(msg, support, &mut RuleCache::default())
+}
+
+/// As [`check`], with the validation rules compiled by earlier checks of the same load: the
+/// elements of a long list (10,000 clusters) compile each message type's rules once.
+pub fn check_with(
+    msg: &DynamicMessage,
+    support: &Support,
+    rules: &mut RuleCache,
+) -> Vec<ConfigError> {
     let mut walker = Walker {
         support,
-        rules: RuleCache::default(),
-        path: Vec::new(),
+        rules,
+        path: String::new(),
         errors: Vec::new(),
     };
     walker.message(msg);
@@ -62,15 +73,16 @@ pub fn check(msg: &DynamicMessage, support: &Support) -> Vec<ConfigError> {
 
 struct Walker<'a> {
     support: &'a Support,
-    rules: RuleCache,
-    /// Path segments: `.name` for fields, `[i]` for items.
-    path: Vec<String>,
+    rules: &'a mut RuleCache,
+    /// Where the walk is: `.name` for each field, `[i]` for each item, appended on the way
+    /// down and cut on the way up (no allocation per field).
+    path: String,
     errors: Vec<ConfigError>,
 }
 
 impl Walker<'_> {
     fn error(&mut self, suffix: &str, message: impl Into<String>) {
-        let mut path: String = self.path.concat();
+        let mut path = self.path.clone();
         path.push_str(suffix);
         let path = path.strip_prefix('.').unwrap_or(&path).to_owned();
         self.errors.push(ConfigError::new(path, message));
@@ -134,9 +146,11 @@ impl Walker<'_> {
                 );
                 continue;
             }
-            self.path.push(format!(".{}", field.name()));
+            let depth = self.path.len();
+            self.path.push('.');
+            self.path.push_str(field.name());
             self.value(&field, value);
-            self.path.pop();
+            self.path.truncate(depth);
         }
     }
 
@@ -149,18 +163,20 @@ impl Walker<'_> {
             Value::List(items) => {
                 for (i, item) in items.iter().enumerate() {
                     if let Value::Message(inner) = item {
-                        self.path.push(format!("[{i}]"));
+                        let depth = self.path.len();
+                        let _ = write!(self.path, "[{i}]");
                         self.message(inner);
-                        self.path.pop();
+                        self.path.truncate(depth);
                     }
                 }
             }
             Value::Map(entries) => {
                 for (key, item) in entries {
                     if let Value::Message(inner) = item {
-                        self.path.push(format!("[{}]", map_key(key)));
+                        let depth = self.path.len();
+                        let _ = write!(self.path, "[{}]", map_key(key));
                         self.message(inner);
-                        self.path.pop();
+                        self.path.truncate(depth);
                     }
                 }
             }

@@ -13,8 +13,9 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
 
-use crate::check::{Support, check};
+use crate::check::{Support, check_with};
 use crate::error::ConfigError;
+use crate::pgv::RuleCache;
 
 /// Which repeated fields to stream: (field of the root message, its repeated message fields).
 pub type StreamSpec = &'static [(&'static str, &'static [&'static str])];
@@ -188,11 +189,13 @@ impl<'de> Visitor<'de> for ElementsSeed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         let mut errors = Vec::new();
+        // One cache for the whole list: the elements share their message types.
+        let mut rules = RuleCache::default();
         while let Some(mut msg) = seq.next_element_seed(MessageSeed(self.desc))? {
             let path = format!("{}[{}]", self.path, out.len());
             match crate::any::expand_typed_structs(&mut msg, "") {
                 Ok(_) => errors.extend(
-                    check(&msg, self.support)
+                    check_with(&msg, self.support, &mut rules)
                         .into_iter()
                         .map(|e| e.within(&path)),
                 ),
