@@ -82,9 +82,11 @@ struct Walker<'a> {
 
 impl Walker<'_> {
     fn error(&mut self, suffix: &str, message: impl Into<String>) {
-        let mut path = self.path.clone();
-        path.push_str(suffix);
-        let path = path.strip_prefix('.').unwrap_or(&path).to_owned();
+        let path = format!("{}{suffix}", self.path);
+        let path = match path.strip_prefix('.') {
+            Some(rest) => rest.to_owned(),
+            None => path,
+        };
         self.errors.push(ConfigError::new(path, message));
     }
 

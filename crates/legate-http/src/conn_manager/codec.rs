@@ -149,7 +149,7 @@ impl HttpConnectionManager {
                 }
             };
             tokio::pin!(conn);
-            self.drive(conn, shutdown, &state, &mut phase).await;
+            self.drive(conn, &state, &mut phase).await;
             let stats = &self.stats;
             match state.codec.load(Ordering::Relaxed) {
                 1 => stats.downstream_cx_http1_active.dec(),
@@ -232,16 +232,15 @@ impl HttpConnectionManager {
         conn.await.map_err(Into::into)
     }
 
-    /// Runs a connection to its end, closing it gracefully (`shutdown`) when it has been idle
-    /// for `idle_timeout`, lived `max_connection_duration`, or the listener drains; at once
-    /// when the listener closes.
+    /// Runs a connection to its end, closing it gracefully (`state.shutdown`) when it has been
+    /// idle for `idle_timeout`, lived `max_connection_duration`, or the listener drains; at
+    /// once when the listener closes.
     ///
     /// It lives as long as the connection, so it keeps little: not an `async fn` (which would
     /// hold its arguments twice), and its waits polled in place rather than stored futures.
     fn drive<'a, F>(
         &'a self,
         mut conn: Pin<&'a mut F>,
-        shutdown: &'a h1::Shutdown,
         state: &'a ConnectionState,
         phase: &'a mut watch::Receiver<Phase>,
     ) -> impl Future<Output = ()> + 'a
@@ -249,6 +248,7 @@ impl HttpConnectionManager {
         F: Future<Output = Result<(), BoxError>>,
     {
         async move {
+            let shutdown = &state.shutdown;
             // Timers that are rarely set live on the heap, and only when set: an idle
             // connection's task stays small.
             let mut deadline = self
