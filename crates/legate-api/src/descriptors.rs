@@ -99,32 +99,6 @@ pub fn pool() -> DescriptorPool {
 /// still holds a descriptor keeps the pool alive; the next [`pool`] decodes it again (~15 ms).
 pub fn release() {
     POOL.lock().unwrap_or_else(|p| p.into_inner()).take();
-    release_embedded_pages();
-}
-
-/// The embedded descriptor set (3.4 MB, read whole to build the pool) stays resident in the
-/// process's image once read; its pages are dropped too. They are file-backed and read-only,
-/// so a later read faults them in again from the executable.
-fn release_embedded_pages() {
-    #[cfg(target_os = "linux")]
-    {
-        const PAGE: usize = 4096;
-        let start = ENVOY_DESCRIPTORS.as_ptr() as usize;
-        let end = start + ENVOY_DESCRIPTORS.len();
-        let (first, last) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
-        if last > first {
-            // SAFETY: the range lies inside an immutable static of the executable's read-only
-            // image; MADV_DONTNEED on it only drops resident pages, which reads fault back in
-            // unchanged.
-            unsafe {
-                libc::madvise(
-                    first as *mut libc::c_void,
-                    last - first,
-                    libc::MADV_DONTNEED,
-                );
-            }
-        }
-    }
 }
 
 fn decode_pool() -> DescriptorPool {

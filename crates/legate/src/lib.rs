@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod config;
+pub mod image;
 pub mod logging;
 pub mod server;
 pub mod supported;

@@ -284,11 +284,19 @@ pub fn run(
 }
 
 /// Once the configuration is in force and no xDS file will be read again, the reflection data
-/// that read it (~16 MB of descriptors) is released and the freed heap returned to the OS: the
-/// idle process keeps what serving needs. A reload or an admin dump decodes it again.
+/// that read it (~16 MB of descriptors) is released, the freed heap returned to the OS and the
+/// executable's pages unmapped ([`crate::image`]): the idle process keeps what serving needs.
+/// A reload or an admin dump decodes and maps them again.
 fn shed_startup_memory() {
     legate_api::descriptors::release();
     crate::alloc::release_free_memory();
+    match crate::image::release_startup_pages() {
+        Ok(bytes) => tracing::debug!(
+            "unmapped {} KiB of the executable's pages resident after loading",
+            bytes / 1024
+        ),
+        Err(e) => tracing::debug!("cannot unmap the executable's startup pages: {e}"),
+    }
 }
 
 /// The next file change, or never when nothing is watched.
