@@ -98,13 +98,37 @@ pub struct ClusterConfig {
     pub idle_timeout: Option<Duration>,
     pub max_headers_count: u32,
     /// HTTP/2 settings for upstream connections (windows, HPACK table size).
-    pub http2: legate_api::pb::envoy::config::core::v3::Http2ProtocolOptions,
+    pub http2: Http2Settings,
     /// `transport_socket` `envoy.transport_sockets.tls`: TLS to the hosts.
     pub tls: Option<std::sync::Arc<crate::tls::UpstreamTls>>,
-    /// `type: EDS`: the endpoints come from this source (none until it sends them).
-    pub eds: Option<EdsConfig>,
+    /// `type: EDS`: the endpoints come from this source (none until it sends them). Boxed, as
+    /// what only some clusters have: a cluster's size counts ten thousand times in large
+    /// configurations.
+    pub eds: Option<Box<EdsConfig>>,
     /// `type: ORIGINAL_DST`: a host per destination the requests name.
-    pub original_dst: Option<crate::original_dst::OriginalDstConfig>,
+    pub original_dst: Option<Box<crate::original_dst::OriginalDstConfig>>,
+}
+
+/// What Legate applies of `Http2ProtocolOptions` to upstream connections, with Envoy's
+/// defaults: 256 MiB windows, a 4 KiB HPACK table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Settings {
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+    pub hpack_table_size: u32,
+}
+
+impl Http2Settings {
+    fn from_options(o: &legate_api::pb::envoy::config::core::v3::Http2ProtocolOptions) -> Self {
+        Http2Settings {
+            initial_stream_window_size: u32_or(o.initial_stream_window_size.as_ref(), 256 << 20),
+            initial_connection_window_size: u32_or(
+                o.initial_connection_window_size.as_ref(),
+                256 << 20,
+            ),
+            hpack_table_size: u32_or(o.hpack_table_size.as_ref(), 4096),
+        }
+    }
 }
 
 /// Where an EDS cluster's endpoints come from.
@@ -128,7 +152,7 @@ impl ClusterConfig {
         match c.cluster_discovery_type {
             None | Some(cluster::ClusterDiscoveryType::Type(0)) => {} // STATIC
             Some(cluster::ClusterDiscoveryType::Type(ORIGINAL_DST)) => {
-                original_dst = errors.take("", original_dst_config(c));
+                original_dst = errors.take("", original_dst_config(c)).map(Box::new);
             }
             Some(cluster::ClusterDiscoveryType::Type(EDS)) => match &c.eds_cluster_config {
                 Some(e) => {
@@ -141,14 +165,14 @@ impl ClusterConfig {
                         });
                     match source {
                         Ok(source) => {
-                            eds = Some(EdsConfig {
+                            eds = Some(Box::new(EdsConfig {
                                 service_name: if e.service_name.is_empty() {
                                     c.name.clone()
                                 } else {
                                     e.service_name.clone()
                                 },
                                 source,
-                            })
+                            }))
                         }
                         Err(err) => errors.0.push(err.within("eds_cluster_config.eds_config")),
                     }
@@ -215,7 +239,11 @@ impl ClusterConfig {
         let (default_limits, high_limits) = circuit_breakers(c);
 
         // Upstream HTTP options: the typed extension wins over the deprecated cluster fields.
-        let mut http2 = c.http2_protocol_options.clone().unwrap_or_default();
+        let mut http2 = Http2Settings::from_options(
+            c.http2_protocol_options
+                .as_ref()
+                .unwrap_or(&Default::default()),
+        );
         let mut protocol = if c.http2_protocol_options.is_some() {
             UpstreamProtocol::Http2
         } else {
@@ -241,7 +269,7 @@ impl ClusterConfig {
                 Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
                     match &e.protocol_config {
                         Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(o)) => {
-                            http2 = o.clone();
+                            http2 = Http2Settings::from_options(o);
                             UpstreamProtocol::Http2
                         }
                         _ => UpstreamProtocol::Http1,
@@ -576,6 +604,10 @@ pub fn compile_endpoints(la: &ClusterLoadAssignment) -> Compiled<Vec<Vec<Localit
             weight: locality.load_balancing_weight.as_ref().map(|w| w.value),
             endpoints,
         });
+    }
+    // Kept as long as the cluster: no room for localities that will not come.
+    for localities in &mut priorities {
+        localities.shrink_to_fit();
     }
     errors.finish(|| priorities)
 }

@@ -35,8 +35,8 @@ pub struct Cluster {
     pub name: Arc<str>,
     pub config: ClusterConfig,
     pub stats: ClusterStats,
-    /// `cluster.<name>.ssl.*`, for clusters with TLS.
-    pub ssl: Option<legate_core::tls::SslStats>,
+    /// `cluster.<name>.ssl.*`, for clusters with TLS (boxed: most clusters have none).
+    pub ssl: Option<Box<legate_core::tls::SslStats>>,
     /// Circuit breakers of the `DEFAULT` routing priority (the one routes use unless they set
     /// `priority: HIGH`, which Legate does not support yet).
     pub breakers: Breakers,
@@ -46,7 +46,7 @@ pub struct Cluster {
     membership: ArcSwap<Membership>,
     workers: usize,
     /// `type: ORIGINAL_DST`: the hosts made for the destinations seen.
-    original_dst: Option<OriginalDstHosts>,
+    original_dst: Option<Box<OriginalDstHosts>>,
 }
 
 impl Cluster {
@@ -82,15 +82,15 @@ impl Cluster {
             ssl: config
                 .tls
                 .as_ref()
-                .map(|_| legate_core::tls::SslStats::new(&scope)),
+                .map(|_| Box::new(legate_core::tls::SslStats::new(&scope))),
             stats,
             added_via_api: false,
             membership: ArcSwap::from_pointee(membership),
             workers,
             original_dst: config
                 .original_dst
-                .clone()
-                .map(|c| OriginalDstHosts::new(c, host_invalid)),
+                .as_deref()
+                .map(|c| Box::new(OriginalDstHosts::new(c.clone(), host_invalid))),
             config,
         }
     }

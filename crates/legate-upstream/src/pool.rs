@@ -444,20 +444,11 @@ async fn connect_http2(
 ) -> Result<http2::SendRequest<Body>, UpstreamError> {
     let (stream, guard) = connect_named(cluster, host, Some(Protocol::Http2), name).await?;
     let o = &cluster.config.http2;
-    // Envoy's defaults: 256 MiB windows, a 4 KiB HPACK table.
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .initial_stream_window_size(
-            o.initial_stream_window_size
-                .as_ref()
-                .map_or(256 << 20, |v| v.value),
-        )
-        .initial_connection_window_size(
-            o.initial_connection_window_size
-                .as_ref()
-                .map_or(256 << 20, |v| v.value),
-        )
-        .header_table_size(o.hpack_table_size.as_ref().map_or(4096, |v| v.value))
+        .initial_stream_window_size(o.initial_stream_window_size)
+        .initial_connection_window_size(o.initial_connection_window_size)
+        .header_table_size(o.hpack_table_size)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;

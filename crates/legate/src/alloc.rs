@@ -4,7 +4,11 @@
 //! keep-alive request): glibc spent ~18% of the proxy's user-space instructions in
 //! `malloc`/`free`, because a request's few large allocations (its boxed futures, the upstream
 //! codec's 8 KiB read buffer) are above glibc's per-thread cache and take its slow path.
+//!
+//! Built with `--features system-allocator`, Legate uses the C library's malloc instead, which
+//! heap profilers that replace malloc (valgrind's DHAT and massif, heaptrack) can see.
 
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

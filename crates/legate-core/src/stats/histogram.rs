@@ -25,6 +25,8 @@
 //! runs on the flush timer, never on the request path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::tags::TagProducer;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use super::store::StatMeta;
@@ -310,12 +312,14 @@ impl Histogram {
             .map_or_else(|| BinCounts(Vec::new()), |b| b.snapshot())
     }
 
-    pub fn tag_extracted_name(&self) -> &str {
-        self.0.meta.tag_extracted_name()
+    /// The name without its tag values, as `producer` (the store's) extracts them.
+    pub fn tag_extracted_name(&self, producer: &TagProducer) -> &str {
+        self.0.meta.tag_extracted_name(producer)
     }
 
-    pub fn tags(&self) -> &[Tag] {
-        self.0.meta.tags()
+    /// The tags `producer` (the store's) extracts from the name.
+    pub fn tags(&self, producer: &TagProducer) -> &[Tag] {
+        self.0.meta.tags(producer)
     }
 
     pub fn unit(&self) -> Unit {

@@ -253,13 +253,21 @@ impl Store {
     /// `GET /stats/prometheus`.
     pub fn render_prometheus(&self, params: &StatsParams) -> String {
         let mut out = String::new();
+        let producer = self.tag_producer();
 
         let counters = self.counters();
         let rows = counters
             .iter()
             .map(|c| (c, c.name()))
             .filter(|(c, name)| params.shows(name, c.used()))
-            .map(|(c, name)| (c.tag_extracted_name(), name, c.tags(), c.value()));
+            .map(|(c, name)| {
+                (
+                    c.tag_extracted_name(producer),
+                    name,
+                    c.tags(producer),
+                    c.value(),
+                )
+            });
         render_numeric_groups(&mut out, "counter", rows.collect());
 
         let gauges = self.gauges();
@@ -267,7 +275,14 @@ impl Store {
             .iter()
             .map(|g| (g, g.name()))
             .filter(|(g, name)| params.shows(name, g.used()))
-            .map(|(g, name)| (g.tag_extracted_name(), name, g.tags(), g.value()));
+            .map(|(g, name)| {
+                (
+                    g.tag_extracted_name(producer),
+                    name,
+                    g.tags(producer),
+                    g.value(),
+                )
+            });
         render_numeric_groups(&mut out, "gauge", rows.collect());
 
         if params.text_readouts {
@@ -278,14 +293,17 @@ impl Store {
                 .filter(|(name, t)| params.shows(name, t.used()))
                 .collect();
             rows.sort_by(|(a_name, a), (b_name, b)| {
-                token_cmp(a.tag_extracted_name(), b.tag_extracted_name())
-                    .then_with(|| token_cmp(a_name, b_name))
+                token_cmp(
+                    a.tag_extracted_name(producer),
+                    b.tag_extracted_name(producer),
+                )
+                .then_with(|| token_cmp(a_name, b_name))
             });
             let mut current = None;
             for (_, t) in rows {
-                let metric = prometheus_metric_name(t.tag_extracted_name());
+                let metric = prometheus_metric_name(t.tag_extracted_name(producer));
                 type_line(&mut out, &mut current, &metric, "gauge");
-                let mut labels = prometheus_labels(t.tags());
+                let mut labels = prometheus_labels(t.tags(producer));
                 if !labels.is_empty() {
                     labels.push(',');
                 }
@@ -304,14 +322,17 @@ impl Store {
             .filter(|(name, h)| params.shows(name, h.used()))
             .collect();
         histograms.sort_by(|(a_name, a), (b_name, b)| {
-            token_cmp(a.tag_extracted_name(), b.tag_extracted_name())
-                .then_with(|| token_cmp(a_name, b_name))
+            token_cmp(
+                a.tag_extracted_name(producer),
+                b.tag_extracted_name(producer),
+            )
+            .then_with(|| token_cmp(a_name, b_name))
         });
         let mut current = None;
         for (_, h) in &histograms {
-            let metric = prometheus_metric_name(h.tag_extracted_name());
+            let metric = prometheus_metric_name(h.tag_extracted_name(producer));
             type_line(&mut out, &mut current, &metric, "histogram");
-            let labels = prometheus_labels(h.tags());
+            let labels = prometheus_labels(h.tags(producer));
             let bucket_labels = if labels.is_empty() {
                 String::new()
             } else {

@@ -41,6 +41,7 @@ impl Store {
     /// The statsd lines of one flush; `use_tags` sends tag-extracted names and DogStatsD tags.
     pub fn statsd_lines_with(&self, prefix: &str, use_tags: bool) -> Vec<String> {
         let prefix = if prefix.is_empty() { "envoy" } else { prefix };
+        let producer = self.tag_producer();
         let name = |full: &'_ str, extracted: &'_ str| -> String {
             if use_tags { extracted } else { full }.to_string()
         };
@@ -51,9 +52,9 @@ impl Store {
         for c in counters.iter().filter(|c| c.used()) {
             lines.push(format!(
                 "{prefix}.{}:{}|c{}",
-                name(&c.name(), c.tag_extracted_name()),
+                name(&c.name(), c.tag_extracted_name(producer)),
                 c.latch(),
-                tag_suffix(c.tags(), use_tags)
+                tag_suffix(c.tags(producer), use_tags)
             ));
         }
 
@@ -62,17 +63,17 @@ impl Store {
         for g in gauges.iter().filter(|g| g.used()) {
             lines.push(format!(
                 "{prefix}.{}:{}|g{}",
-                name(&g.name(), g.tag_extracted_name()),
+                name(&g.name(), g.tag_extracted_name(producer)),
                 g.value(),
-                tag_suffix(g.tags(), use_tags)
+                tag_suffix(g.tags(producer), use_tags)
             ));
         }
 
         let mut histograms = self.histograms();
         histograms.sort_by_cached_key(Histogram::name);
         for h in &histograms {
-            let metric = name(&h.name(), h.tag_extracted_name());
-            let tags = tag_suffix(h.tags(), use_tags);
+            let metric = name(&h.name(), h.tag_extracted_name(producer));
+            let tags = tag_suffix(h.tags(producer), use_tags);
             for (value, count) in h.interval_bins().representative_samples() {
                 let mut line = format!("{prefix}.{metric}:{value}|ms");
                 if count > 1 {

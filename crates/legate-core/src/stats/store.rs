@@ -20,19 +20,47 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use once_cell::race::OnceBox;
 
 use hashbrown::HashTable;
 
 use super::histogram::{Histogram, Unit};
 use super::tags::{Tag, TagProducer};
 
+/// A string shared behind one pointer (an `Arc<str>` is two): a stat holds two, and at
+/// 10,000 clusters there are half a million stats.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SharedStr(Arc<Box<str>>);
+
+impl SharedStr {
+    fn new(s: impl Into<Box<str>>) -> Self {
+        SharedStr(Arc::new(s.into()))
+    }
+}
+
+impl std::ops::Deref for SharedStr {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Hashes and compares as the `str` it holds (as `Borrow` requires).
+impl std::borrow::Borrow<str> for SharedStr {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A stat's full name: its scope's prefix followed by the rest, both shared (see the module
 /// docs).
 #[derive(Clone)]
 pub(crate) struct StatName {
-    prefix: Arc<str>,
-    rest: Arc<str>,
+    prefix: SharedStr,
+    rest: SharedStr,
 }
 
 impl StatName {
@@ -75,11 +103,11 @@ fn name_hash(prefix: &str, rest: &str) -> u64 {
 /// A stat's name and what tag extraction makes of it (computed on first use).
 pub(crate) struct StatMeta {
     pub(crate) name: StatName,
-    /// Tags are extracted the first time an output needs them (Prometheus, tagged statsd):
-    /// at 10,000 clusters, extracting them for every stat up front was a fifth of the time
-    /// to apply them and much of their memory.
-    producer: Arc<TagProducer>,
-    tagged: OnceLock<Box<(String, Vec<Tag>)>>,
+    /// Tags are extracted the first time an output needs them (Prometheus, tagged statsd),
+    /// with the store's producer: at 10,000 clusters, extracting them for every stat up front
+    /// was a fifth of the time to apply them and much of their memory. (One pointer: a
+    /// `OnceLock` would take two words.)
+    tagged: OnceBox<(String, Vec<Tag>)>,
 }
 
 impl std::fmt::Debug for StatMeta {
@@ -91,36 +119,34 @@ impl std::fmt::Debug for StatMeta {
 }
 
 impl StatMeta {
-    fn new(name: StatName, producer: &Arc<TagProducer>) -> Self {
+    fn new(name: StatName) -> Self {
         StatMeta {
             name,
-            producer: producer.clone(),
-            tagged: OnceLock::new(),
+            tagged: OnceBox::new(),
         }
     }
 
-    fn tagged(&self) -> &(String, Vec<Tag>) {
+    fn tagged(&self, producer: &TagProducer) -> &(String, Vec<Tag>) {
         self.tagged
-            .get_or_init(|| Box::new(self.producer.produce_tags(&self.name.to_string())))
+            .get_or_init(|| Box::new(producer.produce_tags(&self.name.to_string())))
     }
 
-    pub(crate) fn tag_extracted_name(&self) -> &str {
-        &self.tagged().0
+    pub(crate) fn tag_extracted_name(&self, producer: &TagProducer) -> &str {
+        &self.tagged(producer).0
     }
 
-    pub(crate) fn tags(&self) -> &[Tag] {
-        &self.tagged().1
+    pub(crate) fn tags(&self, producer: &TagProducer) -> &[Tag] {
+        &self.tagged(producer).1
     }
 
     #[cfg(test)]
     pub(crate) fn untagged(name: &str) -> Self {
         StatMeta {
             name: StatName {
-                prefix: Arc::from(""),
-                rest: Arc::from(name),
+                prefix: SharedStr::new(""),
+                rest: SharedStr::new(name),
             },
-            producer: Arc::default(),
-            tagged: OnceLock::from(Box::new((name.to_string(), Vec::new()))),
+            tagged: OnceBox::with_value(Box::new((name.to_string(), Vec::new()))),
         }
     }
 }
@@ -188,12 +214,15 @@ impl Counter {
         self.0.meta.name.to_string()
     }
 
-    pub fn tag_extracted_name(&self) -> &str {
-        self.0.meta.tag_extracted_name()
+    /// The name without its tag values (`cluster.upstream_rq_total`), as `producer` (the
+    /// store's, [`Store::tag_producer`]) extracts them.
+    pub fn tag_extracted_name(&self, producer: &TagProducer) -> &str {
+        self.0.meta.tag_extracted_name(producer)
     }
 
-    pub fn tags(&self) -> &[Tag] {
-        self.0.meta.tags()
+    /// The tags `producer` (the store's) extracts from the name.
+    pub fn tags(&self, producer: &TagProducer) -> &[Tag] {
+        self.0.meta.tags(producer)
     }
 
     /// Zero, as `POST /reset_counters` does (`Counter::reset`); the stat stays "used".
@@ -277,12 +306,15 @@ impl Gauge {
         self.0.meta.name.to_string()
     }
 
-    pub fn tag_extracted_name(&self) -> &str {
-        self.0.meta.tag_extracted_name()
+    /// The name without its tag values (`cluster.upstream_rq_total`), as `producer` (the
+    /// store's, [`Store::tag_producer`]) extracts them.
+    pub fn tag_extracted_name(&self, producer: &TagProducer) -> &str {
+        self.0.meta.tag_extracted_name(producer)
     }
 
-    pub fn tags(&self) -> &[Tag] {
-        self.0.meta.tags()
+    /// The tags `producer` (the store's) extracts from the name.
+    pub fn tags(&self, producer: &TagProducer) -> &[Tag] {
+        self.0.meta.tags(producer)
     }
 }
 
@@ -327,12 +359,15 @@ impl TextReadout {
         self.0.meta.name.to_string()
     }
 
-    pub fn tag_extracted_name(&self) -> &str {
-        self.0.meta.tag_extracted_name()
+    /// The name without its tag values (`cluster.upstream_rq_total`), as `producer` (the
+    /// store's, [`Store::tag_producer`]) extracts them.
+    pub fn tag_extracted_name(&self, producer: &TagProducer) -> &str {
+        self.0.meta.tag_extracted_name(producer)
     }
 
-    pub fn tags(&self) -> &[Tag] {
-        self.0.meta.tags()
+    /// The tags `producer` (the store's) extracts from the name.
+    pub fn tags(&self, producer: &TagProducer) -> &[Tag] {
+        self.0.meta.tags(producer)
     }
 }
 
@@ -382,7 +417,7 @@ impl<T: Named> Registry<T> {
     /// in `names`) the first time.
     fn get_or_insert(
         &self,
-        prefix: &Arc<str>,
+        prefix: &SharedStr,
         rest: &str,
         names: &Interner,
         make: impl FnOnce(StatName) -> T,
@@ -421,15 +456,15 @@ impl<T: Named> Registry<T> {
 
 /// The strings that end stat names, one copy each (`upstream_rq_total` for every cluster).
 #[derive(Default)]
-struct Interner(Mutex<HashSet<Arc<str>, rustc_hash::FxBuildHasher>>);
+struct Interner(Mutex<HashSet<SharedStr, rustc_hash::FxBuildHasher>>);
 
 impl Interner {
-    fn intern(&self, s: &str) -> Arc<str> {
+    fn intern(&self, s: &str) -> SharedStr {
         let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(known) = set.get(s) {
             return known.clone();
         }
-        let s: Arc<str> = Arc::from(s);
+        let s = SharedStr::new(s);
         set.insert(s.clone());
         s
     }
@@ -440,7 +475,7 @@ impl Interner {
 pub struct Store {
     tag_producer: Arc<TagProducer>,
     /// The prefix of names registered on the store itself (empty).
-    root: Arc<str>,
+    root: SharedStr,
     names: Interner,
     counters: Registry<Counter>,
     gauges: Registry<Gauge>,
@@ -470,7 +505,7 @@ impl Store {
     pub fn with_tag_producer(tag_producer: TagProducer) -> Self {
         Store {
             tag_producer: Arc::new(tag_producer),
-            root: Arc::from(""),
+            root: SharedStr::new(""),
             names: Interner::default(),
             counters: Registry::new(),
             gauges: Registry::new(),
@@ -503,31 +538,31 @@ impl Store {
         self.text_readout_in(&self.root, name)
     }
 
-    fn counter_in(&self, prefix: &Arc<str>, rest: &str) -> Counter {
+    fn counter_in(&self, prefix: &SharedStr, rest: &str) -> Counter {
         self.counters
             .get_or_insert(prefix, rest, &self.names, |name| {
-                Counter::new(StatMeta::new(name, &self.tag_producer))
+                Counter::new(StatMeta::new(name))
             })
     }
 
-    fn gauge_in(&self, prefix: &Arc<str>, rest: &str, import_mode: ImportMode) -> Gauge {
+    fn gauge_in(&self, prefix: &SharedStr, rest: &str, import_mode: ImportMode) -> Gauge {
         self.gauges
             .get_or_insert(prefix, rest, &self.names, |name| {
-                Gauge::new(StatMeta::new(name, &self.tag_producer), import_mode)
+                Gauge::new(StatMeta::new(name), import_mode)
             })
     }
 
-    fn histogram_in(&self, prefix: &Arc<str>, rest: &str, unit: Unit) -> Histogram {
+    fn histogram_in(&self, prefix: &SharedStr, rest: &str, unit: Unit) -> Histogram {
         self.histograms
             .get_or_insert(prefix, rest, &self.names, |name| {
-                Histogram::new(StatMeta::new(name, &self.tag_producer), unit)
+                Histogram::new(StatMeta::new(name), unit)
             })
     }
 
-    fn text_readout_in(&self, prefix: &Arc<str>, rest: &str) -> TextReadout {
+    fn text_readout_in(&self, prefix: &SharedStr, rest: &str) -> TextReadout {
         self.text_readouts
             .get_or_insert(prefix, rest, &self.names, |name| {
-                TextReadout::new(StatMeta::new(name, &self.tag_producer))
+                TextReadout::new(StatMeta::new(name))
             })
     }
 
@@ -535,7 +570,7 @@ impl Store {
     pub fn scope(self: &Arc<Self>, prefix: &str) -> Scope {
         Scope {
             store: Arc::clone(self),
-            prefix: scope_prefix("", prefix).into(),
+            prefix: SharedStr::new(scope_prefix("", prefix)),
         }
     }
 
@@ -590,7 +625,7 @@ fn scope_prefix(parent: &str, prefix: &str) -> String {
 pub struct Scope {
     store: Arc<Store>,
     /// Shared by the names of every stat registered through this scope.
-    prefix: Arc<str>,
+    prefix: SharedStr,
 }
 
 impl Scope {
@@ -607,7 +642,7 @@ impl Scope {
     pub fn scope(&self, prefix: &str) -> Scope {
         Scope {
             store: Arc::clone(&self.store),
-            prefix: scope_prefix(&self.prefix, prefix).into(),
+            prefix: SharedStr::new(scope_prefix(&self.prefix, prefix)),
         }
     }
 
@@ -675,7 +710,9 @@ mod tests {
         );
         assert_eq!(store.scope("").counter("x").name(), "x");
         assert_eq!(
-            cluster.counter("upstream_rq_200").tags(),
+            cluster
+                .counter("upstream_rq_200")
+                .tags(store.tag_producer()),
             [
                 Tag::new("envoy.response_code", "200"),
                 Tag::new("envoy.cluster_name", "foo")

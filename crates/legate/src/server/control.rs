@@ -289,7 +289,13 @@ impl Control {
                 Err(_) => stats.update_rejected.inc(),
             }
             self.watch(Watched::Eds(config.source.clone()));
-            self.eds.insert(cluster, Eds { config, stats });
+            self.eds.insert(
+                cluster,
+                Eds {
+                    config: *config,
+                    stats,
+                },
+            );
         }
         (summary.added, summary.modified, summary.removed)
     }
