@@ -200,7 +200,7 @@ impl HcmConfig {
             }
         }
         legate_core::extension::check_access_logs(&h.access_log, &mut errors);
-        let common = h.common_http_protocol_options.clone().unwrap_or_default();
+        let common = h.common_http_protocol_options.unwrap_or_default();
         let internal = h.internal_address_config.clone().unwrap_or_default();
         let mut internal_cidrs = Vec::new();
         for (i, c) in internal.cidr_ranges.iter().enumerate() {

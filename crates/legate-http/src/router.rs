@@ -491,7 +491,7 @@ pub(crate) async fn forward(
             let upstream = hyper::upgrade::on(&mut response);
             stats.downstream_cx_upgrades_total.inc();
             stats.downstream_cx_upgrades_active.inc();
-            let upgrades_active = stats.downstream_cx_upgrades_active.clone();
+            let upgrades_active = stats.downstream_cx_upgrades_active;
             let cluster = cluster.clone();
             tokio::spawn(async move {
                 tunnel(downstream, upstream, active, rq_guard, cluster).await;

@@ -249,7 +249,7 @@ impl ClusterConfig {
         } else {
             UpstreamProtocol::Http1
         };
-        let mut common = c.common_http_protocol_options.clone();
+        let mut common = c.common_http_protocol_options;
         let mut upstream_http = c.upstream_http_protocol_options.clone();
         let mut max_requests = c.max_requests_per_connection.as_ref().map(|v| v.value);
         for (key, any) in &c.typed_extension_protocol_options {
@@ -282,7 +282,7 @@ impl ClusterConfig {
                 }
             };
             if options.common_http_protocol_options.is_some() {
-                common = options.common_http_protocol_options.clone();
+                common = options.common_http_protocol_options;
             }
             if options.upstream_http_protocol_options.is_some() {
                 upstream_http = options.upstream_http_protocol_options.clone();

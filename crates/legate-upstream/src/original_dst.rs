@@ -169,7 +169,7 @@ mod tests {
             port_override,
             cleanup_interval: DEFAULT_CLEANUP_INTERVAL,
         };
-        (OriginalDstHosts::new(config, invalid.clone()), invalid)
+        (OriginalDstHosts::new(config, invalid), invalid)
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {

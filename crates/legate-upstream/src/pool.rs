@@ -403,9 +403,9 @@ fn drive<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, guard: ResourceGuard, conn
 where
     F: std::future::Future + Send + 'static,
 {
-    let active = cluster.stats.upstream_cx_active.clone();
-    let destroy = cluster.stats.upstream_cx_destroy.clone();
-    let length = cluster.stats.upstream_cx_length_ms.clone();
+    let active = cluster.stats.upstream_cx_active;
+    let destroy = cluster.stats.upstream_cx_destroy;
+    let length = cluster.stats.upstream_cx_length_ms;
     let host = Arc::downgrade(host);
     let opened = Instant::now();
     tokio::spawn(async move {

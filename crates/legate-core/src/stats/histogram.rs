@@ -27,7 +27,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::tags::TagProducer;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use super::store::StatMeta;
 use super::tags::Tag;
@@ -279,17 +279,17 @@ pub(crate) struct HistogramInner {
 }
 
 /// A handle to a registered histogram; clones share the same samples.
-#[derive(Clone)]
-pub struct Histogram(pub(crate) Arc<HistogramInner>);
+#[derive(Clone, Copy)]
+pub struct Histogram(pub(crate) &'static HistogramInner);
 
 impl Histogram {
     pub(crate) fn new(meta: StatMeta, unit: Unit) -> Self {
-        Histogram(Arc::new(HistogramInner {
+        Histogram(Box::leak(Box::new(HistogramInner {
             meta,
             unit,
             bins: OnceLock::new(),
             interval: Mutex::new(IntervalState::default()),
-        }))
+        })))
     }
 
     /// Records one sample (`Histogram::recordValue`). Lock-free.
@@ -482,7 +482,7 @@ mod tests {
         let h = histogram(&[]);
         std::thread::scope(|s| {
             for t in 0..4u64 {
-                let h = h.clone();
+                let h = h;
                 s.spawn(move || {
                     for i in 0..10_000u64 {
                         h.record(i * (t + 1));

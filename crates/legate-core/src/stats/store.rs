@@ -3,7 +3,7 @@
 //! [`Store`] maps full stat names to stats, one table per type as in Envoy (a counter and a
 //! gauge may share a name). Registration takes a lock and happens when configuration is
 //! compiled, never per request. What it returns is a handle — [`Counter`], [`Gauge`],
-//! [`Histogram`], [`TextReadout`] — an `Arc` of atomics: cloning is cheap, and
+//! [`Histogram`], [`TextReadout`] — a reference to atomics: copying one is free, and
 //! `inc`/`add`/`set`/`record` are relaxed atomic operations that never see the table.
 //! Asking twice for the same name returns handles to the same stat.
 //!
@@ -16,7 +16,9 @@
 //!
 //! Every stat remembers whether it was ever written ("used", Envoy's `Metric::used()`), which
 //! `usedonly` and the statsd sink read. Stats are never removed: a handle stays valid for the
-//! life of the process.
+//! life of the process. So a handle is a plain `&'static` reference to a stat allocated once
+//! and never freed: copying one counts no reference, and a stat carries no counts (16 bytes
+//! of each of ~500,000 stats at 10,000 clusters).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -178,17 +180,17 @@ pub(crate) struct CounterInner {
 }
 
 /// A monotonically increasing count (`Stats::Counter`).
-#[derive(Clone)]
-pub struct Counter(pub(crate) Arc<CounterInner>);
+#[derive(Clone, Copy)]
+pub struct Counter(pub(crate) &'static CounterInner);
 
 impl Counter {
     fn new(meta: StatMeta) -> Self {
-        Counter(Arc::new(CounterInner {
+        Counter(Box::leak(Box::new(CounterInner {
             meta,
             value: AtomicU64::new(0),
             latched: AtomicU64::new(0),
             used: AtomicBool::new(false),
-        }))
+        })))
     }
 
     #[inline]
@@ -247,17 +249,17 @@ pub(crate) struct GaugeInner {
 }
 
 /// A value that goes up and down (`Stats::Gauge`).
-#[derive(Clone)]
-pub struct Gauge(pub(crate) Arc<GaugeInner>);
+#[derive(Clone, Copy)]
+pub struct Gauge(pub(crate) &'static GaugeInner);
 
 impl Gauge {
     fn new(meta: StatMeta, import_mode: ImportMode) -> Self {
-        Gauge(Arc::new(GaugeInner {
+        Gauge(Box::leak(Box::new(GaugeInner {
             meta,
             value: AtomicU64::new(0),
             import_mode,
             used: AtomicBool::new(false),
-        }))
+        })))
     }
 
     #[inline]
@@ -326,16 +328,16 @@ pub(crate) struct TextReadoutInner {
 
 /// A string stat, such as an xDS `version_text` (`Stats::TextReadout`). Set from the control
 /// side only, so a lock is fine here.
-#[derive(Clone)]
-pub struct TextReadout(pub(crate) Arc<TextReadoutInner>);
+#[derive(Clone, Copy)]
+pub struct TextReadout(pub(crate) &'static TextReadoutInner);
 
 impl TextReadout {
     fn new(meta: StatMeta) -> Self {
-        TextReadout(Arc::new(TextReadoutInner {
+        TextReadout(Box::leak(Box::new(TextReadoutInner {
             meta,
             value: RwLock::new(String::new()),
             used: AtomicBool::new(false),
-        }))
+        })))
     }
 
     pub fn set(&self, value: impl Into<String>) {

@@ -100,8 +100,8 @@ impl HttpConnectionManager {
         });
         let io = CountingIo {
             inner: stream,
-            rx: stats.downstream_cx_rx_bytes_total.clone(),
-            tx: stats.downstream_cx_tx_bytes_total.clone(),
+            rx: stats.downstream_cx_rx_bytes_total,
+            tx: stats.downstream_cx_tx_bytes_total,
         };
         let fixed = match self.config.codec {
             CodecType::Http1 => 1,

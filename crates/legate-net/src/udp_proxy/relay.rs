@@ -297,9 +297,9 @@ impl UdpProxy {
             self.config.proxy.upstream,
             cluster.clone(),
             StatsHandle {
-                tx_bytes: self.stats.downstream_sess_tx_bytes.clone(),
-                tx_datagrams: self.stats.downstream_sess_tx_datagrams.clone(),
-                tx_errors: self.stats.downstream_sess_tx_errors.clone(),
+                tx_bytes: self.stats.downstream_sess_tx_bytes,
+                tx_datagrams: self.stats.downstream_sess_tx_datagrams,
+                tx_errors: self.stats.downstream_sess_tx_errors,
             },
             last_active.clone(),
             tx_bytes.clone(),
