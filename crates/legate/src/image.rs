@@ -52,17 +52,16 @@ struct Mapping {
 }
 
 /// The mappings of `exe` in `smaps` (the format of `/proc/<pid>/smaps`) that are not
-/// writable and whose `Anonymous` (private copy-on-write) size is 0.
+/// writable and show an `Anonymous` (private copy-on-write) size of 0.
 fn clean_image_mappings(smaps: &str, exe: &str) -> Vec<Mapping> {
     let mut picked = Vec::new();
-    // The mapping being read, and whether it still qualifies.
-    let mut current: Option<(Mapping, bool)> = None;
+    let mut current: Option<Candidate> = None;
     for line in smaps.lines() {
         if let Some(next) = mapping_header(line, exe) {
-            picked.extend(current.replace(next).filter(|(_, ok)| *ok).map(|(m, _)| m));
+            picked.extend(current.replace(next).and_then(Candidate::picked));
             continue;
         }
-        let (Some((mapping, ok)), Some((field, value))) = (current.as_mut(), line.split_once(':'))
+        let (Some(candidate), Some((field, value))) = (current.as_mut(), line.split_once(':'))
         else {
             continue;
         };
@@ -71,19 +70,32 @@ fn clean_image_mappings(smaps: &str, exe: &str) -> Vec<Mapping> {
             .strip_suffix(" kB")
             .and_then(|v| v.parse::<u64>().ok());
         match (field, kib) {
-            ("Rss", Some(kib)) => mapping.resident_bytes = kib * 1024,
-            ("Anonymous", Some(kib)) => *ok &= kib == 0,
-            ("Anonymous", None) => *ok = false,
+            ("Rss", Some(kib)) => candidate.mapping.resident_bytes = kib * 1024,
+            ("Anonymous", kib) => candidate.clean = kib == Some(0),
             _ => {}
         }
     }
-    picked.extend(current.filter(|(_, ok)| *ok).map(|(m, _)| m));
+    picked.extend(current.and_then(Candidate::picked));
     picked
 }
 
-/// A mapping's header line, `start-end perms offset dev inode [path]`: the range, and whether
-/// it is a read-only mapping of `exe` (so far a candidate).
-fn mapping_header(line: &str, exe: &str) -> Option<(Mapping, bool)> {
+/// A mapping being read from smaps.
+struct Candidate {
+    mapping: Mapping,
+    /// A read-only mapping of the executable.
+    image: bool,
+    /// Its `Anonymous` line says 0 (a mapping without that line is not picked).
+    clean: bool,
+}
+
+impl Candidate {
+    fn picked(self) -> Option<Mapping> {
+        (self.image && self.clean).then_some(self.mapping)
+    }
+}
+
+/// A mapping's header line, `start-end perms offset dev inode [path]`.
+fn mapping_header(line: &str, exe: &str) -> Option<Candidate> {
     let mut parts = line.split_whitespace();
     let (start, end) = parts.next()?.split_once('-')?;
     let (start, end) = (
@@ -93,12 +105,15 @@ fn mapping_header(line: &str, exe: &str) -> Option<(Mapping, bool)> {
     let perms = parts.next()?.as_bytes();
     let read_only = perms.first() == Some(&b'r') && perms.get(1) == Some(&b'-');
     let path = line.find('/').map_or("", |i| &line[i..]);
-    let mapping = Mapping {
-        start,
-        end,
-        resident_bytes: 0,
-    };
-    Some((mapping, read_only && path == exe))
+    Some(Candidate {
+        mapping: Mapping {
+            start,
+            end,
+            resident_bytes: 0,
+        },
+        image: read_only && path == exe,
+        clean: false,
+    })
 }
 
 #[cfg(test)]
@@ -125,6 +140,9 @@ VmFlags: rd mr mw me dw ac sd
 Size:                 32 kB
 Rss:                  32 kB
 Anonymous:             0 kB
+55e5d8ac8000-55e5d8ad0000 r--p 01596000 fe:00 5351401                    /opt/legate
+Size:                 32 kB
+Rss:                  32 kB
 7fa69c014000-7fa69c16a000 r-xp 00026000 fe:00 326279                     /usr/lib/libc.so.6
 Size:               1368 kB
 Rss:                 944 kB
@@ -150,7 +168,8 @@ Rss:                 128 kB
                     resident_bytes: 10808 * 1024,
                 },
             ],
-            "not the relocated data (private pages), the writable data, or other files"
+            "not the relocated data (private pages), the writable data, a mapping whose private \
+             size is not shown, or other files"
         );
         assert!(clean_image_mappings(SMAPS, "/opt/legate (deleted)").is_empty());
     }
