@@ -118,6 +118,12 @@ pub struct Http2Settings {
     pub hpack_table_size: u32,
 }
 
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings::from_options(&Default::default())
+    }
+}
+
 impl Http2Settings {
     fn from_options(o: &legate_api::pb::envoy::config::core::v3::Http2ProtocolOptions) -> Self {
         Http2Settings {
@@ -239,11 +245,10 @@ impl ClusterConfig {
         let (default_limits, high_limits) = circuit_breakers(c);
 
         // Upstream HTTP options: the typed extension wins over the deprecated cluster fields.
-        let mut http2 = Http2Settings::from_options(
-            c.http2_protocol_options
-                .as_ref()
-                .unwrap_or(&Default::default()),
-        );
+        let mut http2 = c
+            .http2_protocol_options
+            .as_ref()
+            .map_or_else(Http2Settings::default, Http2Settings::from_options);
         let mut protocol = if c.http2_protocol_options.is_some() {
             UpstreamProtocol::Http2
         } else {
