@@ -271,6 +271,8 @@ struct IntervalState {
 pub(crate) struct HistogramInner {
     pub(crate) meta: StatMeta,
     unit: Unit,
+    /// The name's hash (see `store::name_hash`).
+    pub(crate) hash: u32,
     /// Allocated by the first sample: most histograms (10,000 clusters have 30,000) never see
     /// one.
     bins: OnceLock<Box<AtomicBins>>,
@@ -283,10 +285,11 @@ pub(crate) struct HistogramInner {
 pub struct Histogram(pub(crate) &'static HistogramInner);
 
 impl Histogram {
-    pub(crate) fn new(meta: StatMeta, unit: Unit) -> Self {
+    pub(crate) fn new(meta: StatMeta, unit: Unit, hash: u32) -> Self {
         Histogram(Box::leak(Box::new(HistogramInner {
             meta,
             unit,
+            hash,
             bins: OnceLock::new(),
             interval: Mutex::new(IntervalState::default()),
         })))
@@ -382,7 +385,7 @@ mod tests {
     use super::*;
 
     fn histogram(samples: &[u64]) -> Histogram {
-        let h = Histogram::new(StatMeta::untagged("h"), Unit::Milliseconds);
+        let h = Histogram::new(StatMeta::untagged("h"), Unit::Milliseconds, 0);
         for &s in samples {
             h.record(s);
         }

@@ -78,10 +78,6 @@ impl StatName {
                 .chain(self.rest.bytes())
                 .eq(prefix.bytes().chain(rest.bytes()))
     }
-
-    fn hash(&self) -> u64 {
-        name_hash(&self.prefix, &self.rest)
-    }
 }
 
 impl std::fmt::Display for StatName {
@@ -91,15 +87,26 @@ impl std::fmt::Display for StatName {
     }
 }
 
-/// FNV-1a over the bytes of `prefix` then `rest`: the same for every split of one name. Names
-/// come from the configuration, not from clients, so an unkeyed hash is fine here.
-fn name_hash(prefix: &str, rest: &str) -> u64 {
+/// FNV-1a over the bytes of `prefix` then `rest` (the same for every split of one name),
+/// folded to 32 bits. Names come from the configuration, not from clients, so an unkeyed hash
+/// is fine here.
+///
+/// Each stat keeps its name's hash (in what was padding): growing a table rehashes every stat,
+/// and hashing the name again there — two pointers away, byte by byte — was a fifth of the
+/// time to load 10,000 clusters.
+fn name_hash(prefix: &str, rest: &str) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in prefix.bytes().chain(rest.bytes()) {
+    for &b in prefix.as_bytes().iter().chain(rest.as_bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h
+    (h ^ (h >> 32)) as u32
+}
+
+/// A name's hash as the tables take it: spread over 64 bits, since a table's buckets come from
+/// the low bits and its tags from the top seven.
+fn table_hash(hash: u32) -> u64 {
+    u64::from(hash).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// A stat's name and what tag extraction makes of it (computed on first use).
@@ -177,6 +184,8 @@ pub(crate) struct CounterInner {
     /// The value the statsd sink last reported, to send deltas (Envoy's `latch()`).
     latched: AtomicU64,
     used: AtomicBool,
+    /// [`name_hash`] of the name.
+    hash: u32,
 }
 
 /// A monotonically increasing count (`Stats::Counter`).
@@ -184,12 +193,13 @@ pub(crate) struct CounterInner {
 pub struct Counter(pub(crate) &'static CounterInner);
 
 impl Counter {
-    fn new(meta: StatMeta) -> Self {
+    fn new(meta: StatMeta, hash: u32) -> Self {
         Counter(Box::leak(Box::new(CounterInner {
             meta,
             value: AtomicU64::new(0),
             latched: AtomicU64::new(0),
             used: AtomicBool::new(false),
+            hash,
         })))
     }
 
@@ -246,6 +256,8 @@ pub(crate) struct GaugeInner {
     value: AtomicU64,
     import_mode: ImportMode,
     used: AtomicBool,
+    /// [`name_hash`] of the name.
+    hash: u32,
 }
 
 /// A value that goes up and down (`Stats::Gauge`).
@@ -253,12 +265,13 @@ pub(crate) struct GaugeInner {
 pub struct Gauge(pub(crate) &'static GaugeInner);
 
 impl Gauge {
-    fn new(meta: StatMeta, import_mode: ImportMode) -> Self {
+    fn new(meta: StatMeta, import_mode: ImportMode, hash: u32) -> Self {
         Gauge(Box::leak(Box::new(GaugeInner {
             meta,
             value: AtomicU64::new(0),
             import_mode,
             used: AtomicBool::new(false),
+            hash,
         })))
     }
 
@@ -324,6 +337,8 @@ pub(crate) struct TextReadoutInner {
     pub(crate) meta: StatMeta,
     value: RwLock<String>,
     used: AtomicBool,
+    /// [`name_hash`] of the name.
+    hash: u32,
 }
 
 /// A string stat, such as an xDS `version_text` (`Stats::TextReadout`). Set from the control
@@ -332,11 +347,12 @@ pub(crate) struct TextReadoutInner {
 pub struct TextReadout(pub(crate) &'static TextReadoutInner);
 
 impl TextReadout {
-    fn new(meta: StatMeta) -> Self {
+    fn new(meta: StatMeta, hash: u32) -> Self {
         TextReadout(Box::leak(Box::new(TextReadoutInner {
             meta,
             value: RwLock::new(String::new()),
             used: AtomicBool::new(false),
+            hash,
         })))
     }
 
@@ -387,6 +403,8 @@ debug_by_name!(Counter, Gauge, TextReadout);
 /// A registered stat of any type: what the tables need to find it by name.
 trait Named: Clone {
     fn stat_name(&self) -> &StatName;
+    /// [`name_hash`] of the name, kept by the stat.
+    fn stat_hash(&self) -> u32;
 }
 
 macro_rules! named {
@@ -395,16 +413,14 @@ macro_rules! named {
             fn stat_name(&self) -> &StatName {
                 &self.0.meta.name
             }
+
+            fn stat_hash(&self) -> u32 {
+                self.0.hash
+            }
         }
     )*};
 }
-named!(Counter, Gauge, TextReadout);
-
-impl Named for Histogram {
-    fn stat_name(&self) -> &StatName {
-        &self.0.meta.name
-    }
-}
+named!(Counter, Gauge, TextReadout, Histogram);
 
 /// The stats of one type, by name. An entry is the handle itself (one pointer): its name is
 /// read through it.
@@ -416,15 +432,16 @@ impl<T: Named> Registry<T> {
     }
 
     /// The stat named `prefix` + `rest`, made by `make` (given its name, with `rest` interned
-    /// in `names`) the first time.
+    /// in `names`, and the name's hash) the first time.
     fn get_or_insert(
         &self,
         prefix: &SharedStr,
         rest: &str,
         names: &Interner,
-        make: impl FnOnce(StatName) -> T,
+        make: impl FnOnce(StatName, u32) -> T,
     ) -> T {
-        let hash = name_hash(prefix, rest);
+        let name_hash = name_hash(prefix, rest);
+        let hash = table_hash(name_hash);
         let found = |t: &T| t.stat_name().is(prefix, rest);
         if let Some(stat) = self
             .0
@@ -438,11 +455,12 @@ impl<T: Named> Registry<T> {
         if let Some(stat) = table.find(hash, found) {
             return stat.clone();
         }
-        let stat = make(StatName {
+        let name = StatName {
             prefix: prefix.clone(),
             rest: names.intern(rest),
-        });
-        table.insert_unique(hash, stat.clone(), |t| t.stat_name().hash());
+        };
+        let stat = make(name, name_hash);
+        table.insert_unique(hash, stat.clone(), |t| table_hash(t.stat_hash()));
         stat
     }
 
@@ -542,29 +560,29 @@ impl Store {
 
     fn counter_in(&self, prefix: &SharedStr, rest: &str) -> Counter {
         self.counters
-            .get_or_insert(prefix, rest, &self.names, |name| {
-                Counter::new(StatMeta::new(name))
+            .get_or_insert(prefix, rest, &self.names, |name, hash| {
+                Counter::new(StatMeta::new(name), hash)
             })
     }
 
     fn gauge_in(&self, prefix: &SharedStr, rest: &str, import_mode: ImportMode) -> Gauge {
         self.gauges
-            .get_or_insert(prefix, rest, &self.names, |name| {
-                Gauge::new(StatMeta::new(name), import_mode)
+            .get_or_insert(prefix, rest, &self.names, |name, hash| {
+                Gauge::new(StatMeta::new(name), import_mode, hash)
             })
     }
 
     fn histogram_in(&self, prefix: &SharedStr, rest: &str, unit: Unit) -> Histogram {
         self.histograms
-            .get_or_insert(prefix, rest, &self.names, |name| {
-                Histogram::new(StatMeta::new(name), unit)
+            .get_or_insert(prefix, rest, &self.names, |name, hash| {
+                Histogram::new(StatMeta::new(name), unit, hash)
             })
     }
 
     fn text_readout_in(&self, prefix: &SharedStr, rest: &str) -> TextReadout {
         self.text_readouts
-            .get_or_insert(prefix, rest, &self.names, |name| {
-                TextReadout::new(StatMeta::new(name))
+            .get_or_insert(prefix, rest, &self.names, |name, hash| {
+                TextReadout::new(StatMeta::new(name), hash)
             })
     }
 
@@ -668,6 +686,14 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every stat is one allocation, at 10,000 clusters half a million of them: a field added
+    /// to one must fit in its padding or be worth ~4 MB there.
+    #[test]
+    fn stats_keep_their_size() {
+        assert_eq!(std::mem::size_of::<CounterInner>(), 48);
+        assert_eq!(std::mem::size_of::<GaugeInner>(), 40);
+    }
 
     #[test]
     fn handles_share_state() {
