@@ -10,6 +10,10 @@ Per round and target (the order rotates every round), with a fresh proxy process
   * close: HTTP/1.1 with `connection: close`, a new connection per request (connection setup);
   * direct: a `direct_response` route (HAProxy `http-request return`, nginx `return`): the
     proxy's own floor, no upstream;
+  * rate: latency at a fixed rate — HTTP/1.1 keep-alive GETs sent open-loop by
+    target/release/openloop (bench/openloop) at --rate requests/s, by default half of Envoy's
+    h1 maximum measured first in a calibration run: p50/p99/p99.9 from when each request was
+    due, so a stall is charged to every request it held up;
   * proxy CPU per request: utime+stime from /proc/<pid>/stat around each measured run,
     divided by the requests the load generator completed;
   * RSS under load: the peak of VmRSS sampled every 0.2 s during the measured runs (h2c runs
@@ -23,9 +27,10 @@ Prints progress lines, then a Markdown table of medians per target with the Lega
 Legate/HAProxy ratios; raw samples go to bench/results/http_bench.json.
 
 Usage: bench/http_bench.py [--rounds 3] [--duration 10] [--quick] [--only legate,envoy]
-                           [--tests h1,h2c,1mb,close,direct]
-Needs: target/release/legate (cargo build --release), .venv/bin/envoy (scripts/test.sh),
-haproxy, nginx, wrk and h2load (bench/setup.sh installs them).
+                           [--tests h1,h2c,1mb,close,direct,rate] [--rate N]
+Needs: target/release/legate and target/release/openloop (cargo build --release -p legate -p
+openloop), .venv/bin/envoy (scripts/test.sh), haproxy, nginx, wrk and h2load (bench/setup.sh
+installs them).
 Every process it starts is stopped by PID when it ends, also on Ctrl-C and on errors.
 """
 
@@ -134,6 +139,7 @@ TESTS = {
     "1mb": ("wrk", "/big.bin", (), 10),
     "close": ("wrk", "/", ("Connection: close",), None),
     "direct": ("wrk", "/direct", (), None),
+    "rate": ("openloop", "/", (), None),
 }
 BIG_BYTES = 1024 * 1024
 
@@ -193,6 +199,22 @@ def h2load(port, seconds, connections, streams, log_file):
     return result
 
 
+def openloop(binary, port, seconds, connections, rate):
+    """target/release/openloop at `rate` requests/s for `seconds`: its JSON summary, with
+    `errors` counting timeouts and non-2xx answers too."""
+    cmd = [str(binary), f"http://127.0.0.1:{port}/", "--rate", f"{rate:.0f}", "--duration", str(seconds),
+           "--connections", str(connections)]
+    out = run_load(cmd, timeout=seconds + 30)
+    line = next((l for l in out.splitlines() if l.startswith("JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"openloop printed no summary:\n{out[-2000:]}")
+    r = json.loads(line[5:])
+    r["errors"] += r["timeouts"] + r["non_2xx"]
+    if r["schedule_lag_p99_ms"] > 1.0:
+        print(f"    (openloop itself was late: p99 {r['schedule_lag_p99_ms']:.2f} ms behind schedule)", flush=True)
+    return r
+
+
 # ---------------------------------------------------------------------------------------------
 
 def main() -> int:
@@ -206,6 +228,8 @@ def main() -> int:
     ap.add_argument("--base-port", type=int, default=18400)
     ap.add_argument("--only", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
     ap.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of " + ",".join(TESTS))
+    ap.add_argument("--rate", type=float, default=None,
+                    help="requests/s of the rate test (default: half of Envoy's h1 maximum, measured first)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, 2 s runs, 1 s warm-up")
     args = ap.parse_args()
     tests = [t for t in args.tests.split(",") if t]
@@ -226,12 +250,16 @@ def main() -> int:
         "wrk": shutil.which("wrk"),
         "h2load": shutil.which("h2load"),
         "taskset": shutil.which("taskset"),
+        "openloop": Path(os.environ.get("OPENLOOP", ROOT / "target/release/openloop")),
     }
-    needed = set(targets) | {"nginx", "wrk", "h2load", "taskset"}
+    needed = set(targets) | {"nginx", "wrk", "h2load", "taskset"} | ({"openloop"} if "rate" in tests else set())
+    if "rate" in tests and args.rate is None:
+        needed.add("envoy")  # the calibration run
     missing = missing_binaries(binaries, needed)
     if missing:
         print(f"missing: {', '.join(sorted(missing))} (bench/setup.sh installs haproxy, nginx, wrk, h2load; "
-              "cargo build --release builds legate; scripts/test.sh installs envoy)", file=sys.stderr)
+              "cargo build --release -p legate -p openloop builds legate and openloop; scripts/test.sh "
+              "installs envoy)", file=sys.stderr)
         return 2
     if os.cpu_count() < 2:
         print("needs 2 CPUs (proxy on CPU 0, nginx and load on CPU 1)", file=sys.stderr)
@@ -283,11 +311,30 @@ def main() -> int:
 
     samples = {t: [] for t in targets}
     started = time.monotonic()
+    rate = {"rps": args.rate, "envoy_max_rps": None}
+
+    def calibrate():
+        """Envoy's h1 maximum (wrk, as the h1 test runs it) in a run of its own."""
+        log = work / "envoy.log"
+        proc = spawn(command("envoy", args.rounds), log_path=log, cpu=PROXY_CPU)
+        try:
+            wait_ready(proc, ports["envoy"], len(body), "envoy", log)
+            if args.warmup:
+                wrk(ports["envoy"], args.warmup, args.connections, lua)
+            res = wrk(ports["envoy"], args.duration, args.connections, lua)
+        finally:
+            stop(proc)
+        rate["envoy_max_rps"] = res["rps"]
+        rate["rps"] = res["rps"] / 2
+        print(f"  rate test: Envoy's h1 maximum {res['rps']:.0f} rps; the rate test sends {rate['rps']:.0f} "
+              "requests/s to every target", flush=True)
 
     def rounds():
         nginx = start_nginx(binaries["nginx"], work)
         wait_ready(nginx, ports["nginx"], len(body), "nginx", work / "nginx.err")
         nginx_idle = rss_mib(nginx.pid)
+        if "rate" in tests and rate["rps"] is None:
+            calibrate()
 
         for rnd in range(args.rounds):
             order = targets[rnd % len(targets):] + targets[: rnd % len(targets)]
@@ -311,6 +358,9 @@ def main() -> int:
                         if tool == "wrk":
                             def go(seconds, measured=True, port=port, path=path, headers=headers, conns=conns):
                                 return wrk(port, seconds, conns, lua, path, headers)
+                        elif tool == "openloop":
+                            def go(seconds, measured=True, port=port, conns=conns):
+                                return openloop(binaries["openloop"], port, seconds, conns, rate["rps"])
                         else:
                             def go(seconds, measured=True, port=port):
                                 return h2load(port, seconds, args.connections, args.streams,
@@ -330,8 +380,9 @@ def main() -> int:
                         if res["errors"] > 0.001 * reqs:
                             warn = f"  WARNING {res['errors']} errors"
                         mib = f"  {res['mib_per_s']:7.1f} MiB/s" if test == "1mb" else ""
+                        p999 = f"  p99.9 {res['p999_ms']:6.2f} ms" if "p999_ms" in res else ""
                         print(f"  round {rnd + 1}/{args.rounds} {name:<8} {test:<6} {res['rps']:9.0f} rps{mib}  "
-                              f"p50 {res.get('p50_ms', 0):6.2f} ms  p99 {res.get('p99_ms', 0):6.2f} ms  "
+                              f"p50 {res.get('p50_ms', 0):6.2f} ms  p99 {res.get('p99_ms', 0):6.2f} ms{p999}  "
                               f"cpu {res['cpu_us_per_req']:6.1f} us/req  fds {res['fds_peak']}{warn}", flush=True)
                     sample["load_rss_mib"] = max(sample[t]["rss_peak_mib"] for t in tests)
                     peaks = ", ".join(f"{t} {sample[t]['rss_peak_mib']:.1f}" for t in tests)
@@ -355,10 +406,12 @@ def main() -> int:
     # Medians.
     # Per test: its throughput (MiB/s for 1mb, requests/s otherwise), p50, p99, CPU per request.
     columns = {"rps": ("rps", "{:,.0f}"), "p50_ms": ("p50", "{:.2f} ms"), "p99_ms": ("p99", "{:.2f} ms"),
+               "p999_ms": ("p99.9", "{:.2f} ms"),
                "cpu_us_per_req": ("CPU/req", "{:.1f} µs"), "mib_per_s": ("MiB/s", "{:,.0f}")}
     metrics, headers, units = [], [], []
     for test in tests:
-        for metric in (("mib_per_s",) if test == "1mb" else ("rps",)) + ("p50_ms", "p99_ms", "cpu_us_per_req"):
+        latency = ("p50_ms", "p99_ms", "p999_ms") if test == "rate" else ("p50_ms", "p99_ms")
+        for metric in (("mib_per_s",) if test == "1mb" else ("rps",)) + latency + ("cpu_us_per_req",):
             metrics.append((test, metric))
             headers.append(f"{test} {columns[metric][0]}")
             units.append(columns[metric][1])
@@ -380,7 +433,10 @@ def main() -> int:
     labels = {"nginx": "nginx direct (ceiling)", "legate": "Legate", "envoy": "Envoy", "haproxy": "HAProxy"}
     ratios = {}
     # One table per test, then memory: rows per target, and Legate's ratios to each peer.
-    groups = [(f"### {test}", [(m, h, u) for m, h, u in zip(metrics, headers, units) if m[0] == test])
+    titles = {"rate": f"### rate ({rate['rps'] or 0:,.0f} requests/s, open loop"
+                      + (f": half of Envoy's h1 maximum, {rate['envoy_max_rps']:,.0f})" if rate["envoy_max_rps"]
+                         else ")")}
+    groups = [(titles.get(test, f"### {test}"), [(m, h, u) for m, h, u in zip(metrics, headers, units) if m[0] == test])
               for test in tests]
     groups.append(("### memory", [(m, h, u) for m, h, u in zip(metrics, headers, units) if m[0] is None]))
     for title, cols in groups:
@@ -409,7 +465,7 @@ def main() -> int:
         "args": vars(args), "ports": ports, "versions": versions, "body_bytes": len(body),
         "load_average_before": load_before, "load_average_after": load_after, "wall_s": elapsed,
         "pinning": {"proxy_cpu": PROXY_CPU, "nginx_and_load_cpu": LOAD_CPU},
-        "samples": samples, "median": med, "ratio_legate_over": ratios,
+        "rate_test": rate, "samples": samples, "median": med, "ratio_legate_over": ratios,
     }, indent=2))
     print(f"\nraw results: {out}")
     return 0
