@@ -24,11 +24,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///   resident. While loading, a page is returned as soon as it empties
 ///   ([`STARTUP_PURGE_DELAY_MS`]), so one reused later is fresh and only what is written to it
 ///   becomes resident: idle RssAnon 6.7 -> 5.8 MB with 10 ms (against 1 s), -> 4.1 MB with 0
-///   (against 10 ms; the more frequent purges cost ~45 ms of the 0.79 s to be ready with 10,000
-///   clusters). Serving goes back to
-///   mimalloc's delay ([`release_free_memory`]): with 10 ms, pages freed between bursts of new
-///   TLS connections were returned and faulted in again (1.4 more page faults and ~7% more CPU
-///   per handshake).
+///   (against 10 ms; the more frequent purges cost ~45 ms of the 0.79 s to be ready with
+///   10,000 clusters). Serving goes back to mimalloc's delay ([`release_free_memory`]): with
+///   10 ms, pages freed between bursts of new TLS connections were returned and faulted in
+///   again (1.4 more page faults and ~7% more CPU per handshake).
 ///
 /// They are defaults: mimalloc's own environment variables (`MIMALLOC_PURGE_DELAY=...`)
 /// override them.
