@@ -53,7 +53,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(report) => {
-            report.print(&args);
+            // A reader that stopped early (`| head`) is not an error of the run.
+            let _ = report.print(&args, &mut std::io::stdout().lock());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -344,21 +345,23 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 }
 
 impl Report {
-    fn print(mut self, args: &Args) {
+    fn print(mut self, args: &Args, out: &mut impl Write) -> std::io::Result<()> {
         self.latencies.sort_unstable();
         self.schedule_lag.sort_unstable();
         let ms = |ns: u64| ns as f64 / 1e6;
         let lat = |q| ms(percentile(&self.latencies, q));
         let answered = self.latencies.len() as u64;
         let rps = answered as f64 / self.elapsed.as_secs_f64();
-        println!(
+        writeln!(
+            out,
             "{answered} of {} requests answered in {:.2} s ({rps:.0}/s; target {:.0}/s over {} connections)",
             self.scheduled,
             self.elapsed.as_secs_f64(),
             args.rate,
             args.connections
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "latency from when due: p50 {:.3} ms  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}",
             lat(50.0),
             lat(90.0),
@@ -366,8 +369,9 @@ impl Report {
             lat(99.9),
             lat(99.99),
             ms(self.latencies.last().copied().unwrap_or(0))
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "errors {} (reconnects {}), timeouts {}, non-2xx {}; generator's own lateness p99 {:.3} ms, max {:.3} ms",
             self.errors,
             self.reconnects,
@@ -375,8 +379,9 @@ impl Report {
             self.non_2xx,
             ms(percentile(&self.schedule_lag, 99.0)),
             ms(self.schedule_lag.last().copied().unwrap_or(0))
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "JSON {{\"scheduled\": {}, \"requests\": {answered}, \"errors\": {}, \"timeouts\": {}, \
              \"non_2xx\": {}, \"duration_s\": {:.6}, \"rps\": {rps:.1}, \"target_rps\": {}, \
              \"p50_ms\": {:.4}, \"p90_ms\": {:.4}, \"p99_ms\": {:.4}, \"p999_ms\": {:.4}, \
@@ -396,7 +401,7 @@ impl Report {
             ms(self.latencies.last().copied().unwrap_or(0)),
             ms(percentile(&self.schedule_lag, 99.0)),
             ms(self.schedule_lag.last().copied().unwrap_or(0)),
-        );
+        )
     }
 }
 
