@@ -318,16 +318,20 @@ impl TagExtractor {
         if name.is_empty() {
             return Err("tag_name cannot be empty".to_string());
         }
-        let pattern = re2_to_rust(regex);
-        let compiled = Regex::new(&pattern).map_err(|e| {
-            format!(
-                "invalid regex '{regex}' for tag '{name}': {}",
-                e.to_string().lines().last().unwrap_or("")
-            )
-        })?;
         let extractor = TagExtractor::lazy_regex(name, regex, substr, negative);
-        if let Matcher::Regex { regex, .. } = &extractor.matcher {
-            let _ = regex.set(Some(compiled));
+        if let Matcher::Regex {
+            pattern,
+            regex: compiled,
+            ..
+        } = &extractor.matcher
+        {
+            let checked = Regex::new(pattern).map_err(|e| {
+                format!(
+                    "invalid regex '{regex}' for tag '{name}': {}",
+                    e.to_string().lines().last().unwrap_or("")
+                )
+            })?;
+            let _ = compiled.set(Some(checked));
         }
         Ok(extractor)
     }
