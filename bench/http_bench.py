@@ -26,7 +26,7 @@ configs: one route `/` to one static cluster, no access log, default timeouts.
 Prints progress lines, then a Markdown table of medians per target with the Legate/Envoy and
 Legate/HAProxy ratios; raw samples go to bench/results/http_bench.json.
 
-Usage: bench/http_bench.py [--rounds 3] [--duration 10] [--quick] [--only legate,envoy]
+Usage: bench/http_bench.py [--rounds 3] [--duration 8] [--quick] [--only legate,envoy]
                            [--tests h1,h2c,1mb,close,direct,rate] [--rate N]
 Needs: target/release/legate and target/release/openloop (cargo build --release -p legate -p
 openloop), .venv/bin/envoy (scripts/test.sh), haproxy, nginx, wrk and h2load (bench/setup.sh
@@ -220,7 +220,9 @@ def openloop(binary, port, seconds, connections, rate):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
+    # 8 s: all six tests, three rounds, four targets take ~12.5 minutes (72 runs of warm-up +
+    # duration, and the rate test's calibration).
+    ap.add_argument("--duration", type=int, default=8, help="seconds per measured run (default 8)")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each run")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--streams", type=int, default=10, help="h2load -m: streams per connection")
