@@ -336,7 +336,8 @@ impl TagExtractor {
         Ok(extractor)
     }
 
-    /// An RE2 extractor whose regex is compiled when first used (for the constant defaults).
+    /// An RE2 extractor whose regex is compiled when first used: the constant defaults
+    /// ([`TagExtractor::regex`] compiles a configured one at once, to reject it if invalid).
     fn lazy_regex(name: &str, regex: &str, substr: &str, negative: &str) -> Self {
         TagExtractor {
             name: name.to_string(),
