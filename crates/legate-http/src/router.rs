@@ -261,11 +261,7 @@ pub(crate) async fn forward(
         headers: Some(&parts.headers),
     };
     let Some(host) = cluster.choose_host_for(pick, &lb_context) else {
-        cluster
-            .stats
-            .scope
-            .counter("upstream_cx_none_healthy")
-            .inc();
+        cluster.stats.traffic.upstream_cx_none_healthy().inc();
         return LocalReply::new(
             503,
             "no healthy upstream",
@@ -280,7 +276,7 @@ pub(crate) async fn forward(
         info.upstream_host = Some(host.address);
     }
     let Some(rq_guard) = cluster.breakers.requests.try_acquire() else {
-        cluster.stats.upstream_rq_active_overflow.inc();
+        cluster.stats.traffic.upstream_rq_active_overflow().inc();
         return reset_reply(&UpstreamError::Overflow).into();
     };
 
@@ -344,8 +340,8 @@ pub(crate) async fn forward(
     let upstream_request = Request::from_parts(parts, request_body);
 
     let cstats = &cluster.stats;
-    cstats.upstream_rq_total.inc();
-    cstats.upstream_rq_active.inc();
+    cstats.traffic.upstream_rq_total().inc();
+    cstats.traffic.upstream_rq_active().inc();
     let active = ActiveRequest::new(host.clone());
     info.attempt_count = 1;
     let started = Instant::now();
@@ -378,7 +374,7 @@ pub(crate) async fn forward(
     let result = match result {
         Some(r) => r,
         None if idle_first => {
-            cstats.upstream_rq_active.dec();
+            cstats.traffic.upstream_rq_active().dec();
             stats.downstream_rq_idle_timeout.inc();
             // Envoy's `onIdleTimeout`: 504 once the client has sent its whole request (the
             // upstream is the one stalling), 408 while the request is still incomplete.
@@ -396,8 +392,8 @@ pub(crate) async fn forward(
             .into();
         }
         None => {
-            cstats.upstream_rq_active.dec();
-            cstats.upstream_rq_timeout.inc();
+            cstats.traffic.upstream_rq_active().dec();
+            cstats.traffic.upstream_rq_timeout().inc();
             host.rq_timeout
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             cstats.response(504, started.elapsed().as_millis() as u64, internal);
@@ -419,8 +415,8 @@ pub(crate) async fn forward(
         {
             // The upstream request failed because the client's body was malformed: Envoy's
             // codec answers such a request with 400 and closes the connection.
-            cstats.upstream_rq_active.dec();
-            cstats.upstream_rq_tx_reset.inc();
+            cstats.traffic.upstream_rq_active().dec();
+            cstats.traffic.upstream_rq_tx_reset().inc();
             return LocalReply::new(
                 400,
                 "Bad Request",
@@ -430,14 +426,14 @@ pub(crate) async fn forward(
             .into();
         }
         Err(e) => {
-            cstats.upstream_rq_active.dec();
+            cstats.traffic.upstream_rq_active().dec();
             if !matches!(
                 e,
                 UpstreamError::ConnectFailure(_)
                     | UpstreamError::ConnectTimeout
                     | UpstreamError::Overflow
             ) {
-                cstats.upstream_rq_rx_reset.inc();
+                cstats.traffic.upstream_rq_rx_reset().inc();
             }
             host.rq_error
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -569,12 +565,12 @@ async fn tunnel(
     cluster: Arc<Cluster>,
 ) {
     let (Some(mut down), Ok(up)) = (downstream.upgraded().await, upstream.await) else {
-        cluster.stats.upstream_rq_active.dec();
+        cluster.stats.traffic.upstream_rq_active().dec();
         return;
     };
     let mut up = TokioIo::new(up);
     let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-    cluster.stats.upstream_rq_active.dec();
+    cluster.stats.traffic.upstream_rq_active().dec();
 }
 
 /// Request header mutations of the selected route (weighted cluster, route, virtual host,
@@ -618,7 +614,7 @@ impl http_body::Body for UpstreamBody {
             && deadline.as_mut().poll(cx).is_ready()
         {
             self.deadline = None;
-            self.cluster.stats.upstream_rq_timeout.inc();
+            self.cluster.stats.traffic.upstream_rq_timeout().inc();
             return Poll::Ready(Some(Err("upstream request timeout".into())));
         }
         let polled = Pin::new(&mut self.inner)
@@ -647,6 +643,6 @@ impl http_body::Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        self.cluster.stats.upstream_rq_active.dec();
+        self.cluster.stats.traffic.upstream_rq_active().dec();
     }
 }

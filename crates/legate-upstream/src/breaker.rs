@@ -1,32 +1,63 @@
 //! Circuit breakers: a cluster-wide count of connections, pending requests, requests and
 //! retries, shared by all workers, refused beyond Envoy's thresholds (`circuit_breaker.proto`;
 //! 1024/1024/1024/3 by default). An open breaker shows in
-//! `cluster.<name>.circuit_breakers.<default|high>.{cx_open,rq_pending_open,rq_open,rq_retry_open}`.
+//! `cluster.<name>.circuit_breakers.<default|high>.{cx_open,rq_pending_open,rq_open,rq_retry_open}`
+//! (`cx_pool_open` too, always 0: `max_connection_pools` is not supported), and with
+//! `track_remaining` what is left in `remaining_{cx,pending,rq,retries}`, as in Envoy.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use legate_core::stats::{Gauge, ImportMode, Scope};
+use legate_core::stats::{Gauge, Scope};
 
 use crate::cluster::CircuitBreakerLimits;
+
+legate_core::stat_block! {
+    /// `circuit_breakers.<priority>.*`: 1 while the breaker is open.
+    pub struct BreakerStats {
+        counters: [],
+        gauges: [
+            cx_open: Accumulate,
+            cx_pool_open: Accumulate,
+            rq_pending_open: Accumulate,
+            rq_open: Accumulate,
+            rq_retry_open: Accumulate,
+        ],
+    }
+}
+
+legate_core::stat_block! {
+    /// `circuit_breakers.<priority>.remaining_*`, only with `track_remaining` (as in Envoy).
+    pub struct RemainingStats {
+        counters: [],
+        gauges: [
+            remaining_cx: Accumulate,
+            remaining_pending: Accumulate,
+            remaining_rq: Accumulate,
+            remaining_retries: Accumulate,
+        ],
+    }
+}
 
 #[derive(Debug)]
 pub struct Resource {
     max: u64,
     current: AtomicU64,
     open: Gauge,
-    remaining: Gauge,
+    remaining: Option<Gauge>,
 }
 
 impl Resource {
-    fn new(max: u32, scope: &Scope, open: &str, remaining: &str) -> Self {
+    fn new(max: u32, open: Gauge, remaining: Option<Gauge>) -> Self {
         let r = Resource {
             max: max as u64,
             current: AtomicU64::new(0),
-            open: scope.gauge(open, ImportMode::Accumulate),
-            remaining: scope.gauge(remaining, ImportMode::Accumulate),
+            open,
+            remaining,
         };
-        r.remaining.set(r.max);
+        if let Some(remaining) = r.remaining {
+            remaining.set(r.max);
+        }
         r
     }
 
@@ -61,7 +92,9 @@ impl Resource {
 
     fn update_gauges(&self, now: u64) {
         self.open.set(u64::from(now >= self.max));
-        self.remaining.set(self.max.saturating_sub(now));
+        if let Some(remaining) = self.remaining {
+            remaining.set(self.max.saturating_sub(now));
+        }
     }
 }
 
@@ -89,30 +122,28 @@ impl Breakers {
     /// `scope` is the cluster's; the priority is `default` or `high`.
     pub fn new(limits: &CircuitBreakerLimits, scope: &Scope, priority: &str) -> Self {
         let s = scope.scope(&format!("circuit_breakers.{priority}."));
+        let open = BreakerStats::new(&s);
+        let remaining = limits.track_remaining.then(|| RemainingStats::new(&s));
         Breakers {
             connections: Arc::new(Resource::new(
                 limits.max_connections,
-                &s,
-                "cx_open",
-                "remaining_cx",
+                open.cx_open(),
+                remaining.map(|r| r.remaining_cx()),
             )),
             pending_requests: Arc::new(Resource::new(
                 limits.max_pending_requests,
-                &s,
-                "rq_pending_open",
-                "remaining_pending",
+                open.rq_pending_open(),
+                remaining.map(|r| r.remaining_pending()),
             )),
             requests: Arc::new(Resource::new(
                 limits.max_requests,
-                &s,
-                "rq_open",
-                "remaining_rq",
+                open.rq_open(),
+                remaining.map(|r| r.remaining_rq()),
             )),
             retries: Arc::new(Resource::new(
                 limits.max_retries,
-                &s,
-                "rq_retry_open",
-                "remaining_retries",
+                open.rq_retry_open(),
+                remaining.map(|r| r.remaining_retries()),
             )),
         }
     }

@@ -47,6 +47,8 @@ pub struct CircuitBreakerLimits {
     pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
+    /// Publish `remaining_*` gauges.
+    pub track_remaining: bool,
 }
 
 impl Default for CircuitBreakerLimits {
@@ -56,6 +58,7 @@ impl Default for CircuitBreakerLimits {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            track_remaining: false,
         }
     }
 }
@@ -545,6 +548,7 @@ fn thresholds(t: &Thresholds) -> CircuitBreakerLimits {
         max_pending_requests: u32_or(t.max_pending_requests.as_ref(), d.max_pending_requests),
         max_requests: u32_or(t.max_requests.as_ref(), d.max_requests),
         max_retries: u32_or(t.max_retries.as_ref(), d.max_retries),
+        track_remaining: t.track_remaining,
     }
 }
 

@@ -73,8 +73,7 @@ impl Cluster {
         // Envoy's ORIGINAL_DST cluster starts without a host set: its first membership change
         // is its first host.
         count_membership(&stats, &membership, config.original_dst.is_none());
-        // Every cluster has it in Envoy (a cluster stat), whatever its type.
-        let host_invalid = scope.counter("original_dst_host_invalid");
+        let host_invalid = stats.traffic.original_dst_host_invalid();
         Cluster {
             name: config.name.as_str().into(),
             breakers: Breakers::new(&config.default_limits, &scope, "default"),
@@ -211,13 +210,14 @@ fn build_membership(
 fn count_membership(stats: &ClusterStats, membership: &Membership, changed: bool) {
     let hosts = &membership.hosts;
     count_hash_tables(stats, membership);
-    stats.membership_total.set(hosts.len() as u64);
-    stats.membership_healthy.set(hosts.len() as u64);
+    stats.traffic.membership_total().set(hosts.len() as u64);
+    stats.traffic.membership_healthy().set(hosts.len() as u64);
     stats
-        .max_host_weight
+        .traffic
+        .max_host_weight()
         .set(hosts.iter().map(|h| h.weight as u64).max().unwrap_or(0));
     if changed {
-        stats.membership_change.inc();
+        stats.traffic.membership_change().inc();
     }
 }
 

@@ -195,7 +195,7 @@ async fn send_http1(
             Some((sender, uses)) => (sender, uses, true),
             None => {
                 // Envoy counts a request that waits for a new connection as pending.
-                cluster.stats.upstream_rq_pending_total.inc();
+                cluster.stats.traffic.upstream_rq_pending_total().inc();
                 (connect_http1(cluster, host, name.as_ref()).await?, 0, false)
             }
         };
@@ -262,7 +262,7 @@ async fn send_http2(
     let mut sender = match existing {
         Some(s) => s,
         None => {
-            cluster.stats.upstream_rq_pending_total.inc();
+            cluster.stats.traffic.upstream_rq_pending_total().inc();
             let s = connect_http2(cluster, host, name.as_ref()).await?;
             *lock(&pool.h2) = Some(s.clone());
             s
@@ -300,10 +300,10 @@ async fn connect_named(
 ) -> Result<(UpstreamStream, ResourceGuard), UpstreamError> {
     let stats = &cluster.stats;
     let Some(guard) = cluster.breakers.connections.try_acquire() else {
-        cluster.stats.scope.counter("upstream_cx_overflow").inc();
+        cluster.stats.traffic.upstream_cx_overflow().inc();
         return Err(UpstreamError::Overflow);
     };
-    stats.upstream_cx_total.inc();
+    stats.traffic.upstream_cx_total().inc();
     host.cx_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
@@ -346,14 +346,14 @@ async fn connect_named(
     })
     .await;
     let failed = |host: &Host| {
-        stats.upstream_cx_connect_fail.inc();
+        stats.traffic.upstream_cx_connect_fail().inc();
         host.cx_connect_fail
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     };
     match result {
         Err(_) => {
             failed(host);
-            stats.upstream_cx_connect_timeout.inc();
+            stats.traffic.upstream_cx_connect_timeout().inc();
             Err(UpstreamError::ConnectTimeout)
         }
         Ok(Err(reason)) => {
@@ -364,7 +364,7 @@ async fn connect_named(
             stats
                 .upstream_cx_connect_ms
                 .record(started.elapsed().as_millis() as u64);
-            stats.upstream_cx_active.inc();
+            stats.traffic.upstream_cx_active().inc();
             host.active_connections
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok((stream, guard))
@@ -403,8 +403,8 @@ fn drive<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, guard: ResourceGuard, conn
 where
     F: std::future::Future + Send + 'static,
 {
-    let active = cluster.stats.upstream_cx_active;
-    let destroy = cluster.stats.upstream_cx_destroy;
+    let active = cluster.stats.traffic.upstream_cx_active();
+    let destroy = cluster.stats.traffic.upstream_cx_destroy();
     let length = cluster.stats.upstream_cx_length_ms;
     let host = Arc::downgrade(host);
     let opened = Instant::now();
@@ -432,7 +432,7 @@ async fn connect_http1(
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
-    cluster.stats.upstream_cx_http1_total.inc();
+    cluster.stats.traffic.upstream_cx_http1_total().inc();
     drive(cluster, host, guard, conn.with_upgrades());
     Ok(sender)
 }
@@ -452,7 +452,7 @@ async fn connect_http2(
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
-    cluster.stats.upstream_cx_http2_total.inc();
+    cluster.stats.traffic.upstream_cx_http2_total().inc();
     drive(cluster, host, guard, conn);
     Ok(sender)
 }

@@ -1,81 +1,75 @@
-//! `cluster.<name>.*` stats with Envoy's names (cluster_stats.rst). Handles are resolved once
-//! per cluster; per-response-code counters and the internal/external split are created on
-//! first use, without a map lookup.
+//! `cluster.<name>.*` stats with Envoy's names (cluster_stats.rst). The counters and gauges
+//! every cluster has are one block ([`ClusterTraffic`]); per-response-code counters, the
+//! response classes, `upstream_rq_time` and the internal/external split are created on first
+//! use, as Envoy creates them, without a map lookup.
 
 use std::sync::OnceLock;
 
-use legate_core::stats::{Counter, Gauge, Histogram, ImportMode, Scope, Unit};
+use legate_core::stats::{Counter, Histogram, Scope, Unit};
+
+legate_core::stat_block! {
+    /// The counters and gauges a cluster has from its creation (Envoy's
+    /// `ALL_CLUSTER_TRAFFIC_STATS` and `ALL_CLUSTER_LB_STATS`, as far as Legate counts them).
+    pub struct ClusterTraffic {
+        counters: [
+            upstream_cx_total,
+            upstream_cx_http1_total,
+            upstream_cx_http2_total,
+            upstream_cx_connect_fail,
+            upstream_cx_connect_timeout,
+            upstream_cx_destroy,
+            upstream_cx_destroy_local,
+            upstream_cx_destroy_remote,
+            upstream_cx_none_healthy,
+            upstream_cx_overflow,
+            upstream_rq_total,
+            upstream_rq_completed,
+            upstream_rq_pending_total,
+            upstream_rq_pending_overflow,
+            // A `max_requests` circuit-breaker overflow (Envoy 1.40's name for it).
+            upstream_rq_active_overflow,
+            upstream_rq_timeout,
+            upstream_rq_rx_reset,
+            upstream_rq_tx_reset,
+            membership_change,
+            lb_healthy_panic,
+            original_dst_host_invalid,
+        ],
+        gauges: [
+            upstream_cx_active: Accumulate,
+            upstream_rq_active: Accumulate,
+            membership_total: NeverImport,
+            membership_healthy: NeverImport,
+            membership_degraded: NeverImport,
+            membership_excluded: NeverImport,
+            max_host_weight: NeverImport,
+        ],
+    }
+}
 
 #[derive(Debug)]
 pub struct ClusterStats {
+    /// `cluster.<name>.`, for the stats created on first use.
     pub scope: Scope,
-    pub upstream_cx_total: Counter,
-    pub upstream_cx_active: Gauge,
-    pub upstream_cx_http1_total: Counter,
-    pub upstream_cx_http2_total: Counter,
-    pub upstream_cx_connect_fail: Counter,
-    pub upstream_cx_connect_timeout: Counter,
-    pub upstream_cx_destroy: Counter,
-    pub upstream_cx_destroy_local: Counter,
-    pub upstream_cx_destroy_remote: Counter,
+    pub traffic: ClusterTraffic,
     pub upstream_cx_connect_ms: Histogram,
     pub upstream_cx_length_ms: Histogram,
-    pub upstream_rq_total: Counter,
-    pub upstream_rq_active: Gauge,
-    pub upstream_rq_pending_total: Counter,
-    pub upstream_rq_pending_overflow: Counter,
-    /// A `max_requests` circuit-breaker overflow (Envoy 1.40's name for it).
-    pub upstream_rq_active_overflow: Counter,
-    pub upstream_rq_timeout: Counter,
-    pub upstream_rq_rx_reset: Counter,
-    pub upstream_rq_tx_reset: Counter,
-    pub membership_total: Gauge,
-    pub membership_healthy: Gauge,
-    pub membership_degraded: Gauge,
-    pub membership_excluded: Gauge,
-    pub membership_change: Counter,
-    pub lb_healthy_panic: Counter,
-    pub max_host_weight: Gauge,
     /// `upstream_rq_<code>`, `_<class>`, `_completed`, `_time`.
     totals: ResponseStats,
     /// The same under `internal.` and `external.`, created on first use.
-    internal: OnceLock<ResponseStats>,
-    external: OnceLock<ResponseStats>,
+    internal: OnceLock<Box<ResponseStats>>,
+    external: OnceLock<Box<ResponseStats>>,
 }
 
 impl ClusterStats {
     pub fn new(scope: Scope) -> Self {
-        let c = |n: &str| scope.counter(n);
-        let g = |n: &str| scope.gauge(n, ImportMode::Accumulate);
+        let traffic = ClusterTraffic::new(&scope);
         let h = |n: &str| scope.histogram(n, Unit::Milliseconds);
         ClusterStats {
-            upstream_cx_total: c("upstream_cx_total"),
-            upstream_cx_active: g("upstream_cx_active"),
-            upstream_cx_http1_total: c("upstream_cx_http1_total"),
-            upstream_cx_http2_total: c("upstream_cx_http2_total"),
-            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
-            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
-            upstream_cx_destroy: c("upstream_cx_destroy"),
-            upstream_cx_destroy_local: c("upstream_cx_destroy_local"),
-            upstream_cx_destroy_remote: c("upstream_cx_destroy_remote"),
+            traffic,
             upstream_cx_connect_ms: h("upstream_cx_connect_ms"),
             upstream_cx_length_ms: h("upstream_cx_length_ms"),
-            upstream_rq_total: c("upstream_rq_total"),
-            upstream_rq_active: g("upstream_rq_active"),
-            upstream_rq_pending_total: c("upstream_rq_pending_total"),
-            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
-            upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
-            upstream_rq_timeout: c("upstream_rq_timeout"),
-            upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
-            upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
-            membership_total: scope.gauge("membership_total", ImportMode::NeverImport),
-            membership_healthy: scope.gauge("membership_healthy", ImportMode::NeverImport),
-            membership_degraded: scope.gauge("membership_degraded", ImportMode::NeverImport),
-            membership_excluded: scope.gauge("membership_excluded", ImportMode::NeverImport),
-            membership_change: c("membership_change"),
-            lb_healthy_panic: c("lb_healthy_panic"),
-            max_host_weight: scope.gauge("max_host_weight", ImportMode::NeverImport),
-            totals: ResponseStats::new(scope.clone()),
+            totals: ResponseStats::new(scope.clone(), traffic.upstream_rq_completed()),
             internal: OnceLock::new(),
             external: OnceLock::new(),
             scope,
@@ -97,52 +91,103 @@ impl ClusterStats {
                 let scope = self
                     .scope
                     .scope(if internal { "internal." } else { "external." });
-                ResponseStats::new(scope)
+                let completed = scope.counter("upstream_rq_completed");
+                Box::new(ResponseStats::new(scope, completed))
             })
             .count(status, time_ms);
     }
 }
 
-/// Response counters of one scope: per code (created on first use), per class, completed,
-/// and the time histogram.
+/// Response stats of one scope: `upstream_rq_completed`, and from the first response on the
+/// classes, the codes and the time histogram.
 #[derive(Debug)]
 struct ResponseStats {
     scope: Scope,
-    classes: [Counter; 5],
-    codes: OnceLock<Box<[OnceLock<Counter>]>>,
     completed: Counter,
+    seen: OnceLock<Box<Responses>>,
+}
+
+/// What a scope counts once it has seen a response.
+#[derive(Debug)]
+struct Responses {
+    /// `upstream_rq_1xx` .. `_5xx`, each created by its first response.
+    classes: [OnceLock<Counter>; 5],
+    /// `upstream_rq_<code>` for 100..=599, each created by its first response.
+    codes: Box<[OnceLock<Counter>]>,
     time: Histogram,
 }
 
 impl ResponseStats {
-    fn new(scope: Scope) -> Self {
-        let c = |n: &str| scope.counter(n);
+    fn new(scope: Scope, completed: Counter) -> Self {
         ResponseStats {
-            classes: [
-                c("upstream_rq_1xx"),
-                c("upstream_rq_2xx"),
-                c("upstream_rq_3xx"),
-                c("upstream_rq_4xx"),
-                c("upstream_rq_5xx"),
-            ],
-            codes: OnceLock::new(),
-            completed: c("upstream_rq_completed"),
-            time: scope.histogram("upstream_rq_time", Unit::Milliseconds),
             scope,
+            completed,
+            seen: OnceLock::new(),
         }
     }
 
     fn count(&self, status: u16, time_ms: u64) {
+        let seen = self.seen.get_or_init(|| {
+            Box::new(Responses {
+                classes: Default::default(),
+                codes: (100..600).map(|_| OnceLock::new()).collect(),
+                time: self.scope.histogram("upstream_rq_time", Unit::Milliseconds),
+            })
+        });
         if (100..600).contains(&status) {
-            self.classes[(status / 100 - 1) as usize].inc();
-            let codes = self
-                .codes
-                .get_or_init(|| (100..600).map(|_| OnceLock::new()).collect());
-            codes[(status - 100) as usize]
+            let class = status / 100;
+            seen.classes[usize::from(class - 1)]
+                .get_or_init(|| self.scope.counter(&format!("upstream_rq_{class}xx")))
+                .inc();
+            seen.codes[usize::from(status - 100)]
                 .get_or_init(|| self.scope.counter(&format!("upstream_rq_{status}")))
                 .inc();
         }
         self.completed.inc();
-        self.time.record(time_ms);
+        seen.time.record(time_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use legate_core::stats::{StatsParams, Store};
+
+    use super::ClusterStats;
+
+    /// As Envoy 1.40: the classes, codes and `upstream_rq_time` appear with the first
+    /// response, `upstream_rq_completed` is there from the start.
+    #[test]
+    fn response_stats_appear_with_the_first_response() {
+        let store = Arc::new(Store::new());
+        let stats = ClusterStats::new(store.scope("cluster.c"));
+        let names = || {
+            store
+                .render_text(
+                    &StatsParams::new()
+                        .with_filter("upstream_rq_([0-9]|completed|time$)")
+                        .unwrap(),
+                )
+                .lines()
+                .map(|l| l.split(':').next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(), ["cluster.c.upstream_rq_completed"]);
+        stats.response(404, 3, false);
+        assert_eq!(
+            names(),
+            [
+                "cluster.c.external.upstream_rq_404",
+                "cluster.c.external.upstream_rq_4xx",
+                "cluster.c.external.upstream_rq_completed",
+                "cluster.c.upstream_rq_404",
+                "cluster.c.upstream_rq_4xx",
+                "cluster.c.upstream_rq_completed",
+                "cluster.c.external.upstream_rq_time",
+                "cluster.c.upstream_rq_time"
+            ]
+        );
+        assert_eq!(store.counter("cluster.c.upstream_rq_completed").value(), 1);
     }
 }

@@ -694,6 +694,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "max_pending_requests",
                 "max_requests",
                 "max_retries",
+                "track_remaining",
             ],
         ),
         (

@@ -16,7 +16,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use e2e::{Legate, cluster_hosts, front_proxy, http_get, parse_response, start_proxy};
+use e2e::{
+    Legate, cluster_hosts, envoy_available, front_proxy, http_get, parse_response, start_proxy,
+};
 use legate_upstream::hashing::{hex64, xxhash64};
 
 /// An HTTP/1.1 upstream that answers every request with its own name as the body.
@@ -71,21 +73,6 @@ fn tagged_tcp(name: &'static str) -> SocketAddr {
         }
     });
     addr
-}
-
-/// Whether Envoy is there to compare with (the harness's `e2e::envoy_binary`: the real
-/// binary the workspace's `.venv` holds, or `LEGATE_E2E_ENVOY`); a missing Envoy fails the
-/// test with `LEGATE_REQUIRE_ENVOY=1`.
-fn envoy_available() -> bool {
-    let path = e2e::envoy_binary();
-    if path.exists() {
-        return true;
-    }
-    if std::env::var("LEGATE_REQUIRE_ENVOY").is_ok_and(|v| v == "1") {
-        panic!("Envoy is required (LEGATE_REQUIRE_ENVOY=1) but {path:?} does not exist");
-    }
-    eprintln!("skipping the comparison with Envoy: no Envoy at {path:?} (set LEGATE_E2E_ENVOY)");
-    false
 }
 
 /// The upstream that answered a GET of `path` with `headers`.

@@ -277,6 +277,62 @@ fn streams_a_large_body_without_buffering_it() {
     );
 }
 
+/// The names of the stats under `prefix` that `proxy` shows, with their values.
+fn stats_under(proxy: &Legate, prefix: &str) -> std::collections::BTreeMap<String, String> {
+    let text = http_get(proxy.admin.expect("no admin"), "/stats", &[]).body;
+    text.lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(name, value)| (name[prefix.len()..].to_string(), value.to_string()))
+        .collect()
+}
+
+/// A cluster's stats are Envoy 1.40's: after a request, every stat Legate shows under
+/// `cluster.<name>.` Envoy shows too (Legate counts fewer), with the same values for the
+/// gauges and counters both have; `remaining_*` only where `track_remaining` asks for them.
+#[test]
+fn cluster_stats_are_named_and_counted_as_in_envoy() {
+    if !envoy_available() {
+        return;
+    }
+    let upstream = Upstream::start();
+    let breakers = "    circuit_breakers:\n      thresholds:\n      - priority: HIGH\n        \
+                    track_remaining: true\n        max_requests: 7\n";
+    let config = front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream.addr, breakers),
+        "",
+    );
+    let run = |proxy: Legate| {
+        let r = http_get(proxy.addr("ingress"), "/", &[]);
+        assert_eq!(r.status, 200, "{r:?}");
+        // The upstream connection's end is counted when the pool closes it, not here.
+        stats_under(&proxy, "cluster.backend.")
+    };
+    let ours = run(Legate::start(&config));
+    let theirs = run(Legate::start_envoy(&config));
+    let extra: Vec<_> = ours.keys().filter(|n| !theirs.contains_key(*n)).collect();
+    assert!(extra.is_empty(), "stats Envoy does not have: {extra:?}");
+    for name in [
+        "circuit_breakers.default.cx_open",
+        "circuit_breakers.default.cx_pool_open",
+        "circuit_breakers.high.remaining_rq",
+        "circuit_breakers.high.remaining_cx",
+        "upstream_rq_2xx",
+        "upstream_rq_200",
+        "upstream_rq_completed",
+        "upstream_cx_none_healthy",
+        "upstream_cx_overflow",
+        "external.upstream_rq_2xx",
+        "membership_total",
+    ] {
+        assert_eq!(ours.get(name), theirs.get(name), "{name}");
+        assert!(ours.contains_key(name), "{name}");
+    }
+    assert!(!ours.contains_key("circuit_breakers.default.remaining_rq"));
+    assert_eq!(ours["circuit_breakers.high.remaining_rq"], "7");
+}
+
 fn rss_kb(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status

@@ -2,8 +2,10 @@
 //! them, and the ways Envoy shows them.
 //!
 //! * [`store`] — the registry ([`Store`], [`Scope`]) and the handles the data path holds
-//!   ([`Counter`], [`Gauge`], [`TextReadout`]): `Arc`s of atomics, so recording is lock-free and
-//!   never looks a name up.
+//!   ([`Counter`], [`Gauge`], [`Histogram`], [`TextReadout`]): references to atomics, so
+//!   recording is lock-free and never looks a name up.
+//! * [`block`] — the stats one thing always has, registered as one [`Block`] with
+//!   [`stat_block!`](crate::stat_block): 16 bytes a stat instead of ~60.
 //! * [`histogram`] — [`Histogram`]: lock-free recording into circllhist's log-linear bins, and
 //!   the quantiles, Prometheus buckets and sums Envoy derives from them.
 //! * [`tags`] — Envoy's tag extraction ([`TagProducer`]): `cluster.foo.upstream_rq_200` ->
@@ -18,17 +20,21 @@
 //! Histograms in the `Percent` unit are stored and printed like any other (Envoy scales them).
 //! Statsd histograms are sent per flush, not per sample (see [`statsd`]).
 
+pub mod block;
 pub mod histogram;
 pub mod render;
 pub mod statsd;
 pub mod store;
 pub mod tags;
 
+pub use block::{Block, BlockSchema};
 pub use histogram::{
     BinCounts, DEFAULT_BUCKETS, Histogram, HistogramStatistics, SUPPORTED_QUANTILES, Unit,
 };
 pub use render::{StatsParams, StatsType};
-pub use store::{Counter, Gauge, ImportMode, Scope, Store, TextReadout};
+pub use store::{
+    Counter, CounterCell, Gauge, GaugeCell, ImportMode, Listed, Scope, Store, TextReadout,
+};
 pub use tags::{Tag, TagProducer, TagSpecifier};
 
 /// Makes a stat-name component from something that may hold `:` — an address, a URL, a

@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 
 use super::histogram::Histogram;
-use super::store::{Counter, Gauge, Store};
+use super::store::Store;
 use super::tags::Tag;
 
 fn tag_suffix(tags: &[Tag], use_tags: bool) -> String {
@@ -48,7 +48,7 @@ impl Store {
         let mut lines = Vec::new();
 
         let mut counters = self.counters();
-        counters.sort_by_cached_key(Counter::name);
+        counters.sort_by_cached_key(|c| c.name());
         for c in counters.iter().filter(|c| c.used()) {
             lines.push(format!(
                 "{prefix}.{}:{}|c{}",
@@ -59,7 +59,7 @@ impl Store {
         }
 
         let mut gauges = self.gauges();
-        gauges.sort_by_cached_key(Gauge::name);
+        gauges.sort_by_cached_key(|g| g.name());
         for g in gauges.iter().filter(|g| g.used()) {
             lines.push(format!(
                 "{prefix}.{}:{}|g{}",

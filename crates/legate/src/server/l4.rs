@@ -158,7 +158,7 @@ impl ClusterL4Stats {
         ClusterL4Stats {
             rx_bytes: s.counter("upstream_cx_rx_bytes_total"),
             tx_bytes: s.counter("upstream_cx_tx_bytes_total"),
-            none_healthy: s.counter("upstream_cx_none_healthy"),
+            none_healthy: cluster.stats.traffic.upstream_cx_none_healthy(),
             attempts_exceeded: s.counter("upstream_cx_connect_attempts_exceeded"),
         }
     }
@@ -355,9 +355,9 @@ impl TcpProxy {
         }
         let cs = &upstream.cluster.stats;
         if outcome.first_to_close == Some(Side::B) {
-            cs.upstream_cx_destroy_remote.inc();
+            cs.traffic.upstream_cx_destroy_remote().inc();
         } else {
-            cs.upstream_cx_destroy_local.inc();
+            cs.traffic.upstream_cx_destroy_local().inc();
         }
         if let Some(info) = info {
             info.bytes_received = outcome.a_to_b;
@@ -367,8 +367,8 @@ impl TcpProxy {
                     .set(legate_core::stream_info::ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
             }
         }
-        cs.upstream_cx_active.dec();
-        cs.upstream_cx_destroy.inc();
+        cs.traffic.upstream_cx_active().dec();
+        cs.traffic.upstream_cx_destroy().inc();
         cs.upstream_cx_length_ms
             .record(opened.elapsed().as_millis() as u64);
         upstream

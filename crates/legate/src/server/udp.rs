@@ -21,7 +21,6 @@ impl ClusterUpstreams {
     pub fn register(&self, cluster: &str) {
         if let Some(c) = self.0.clusters.get(cluster) {
             UdpClusterStats::new(&c.stats.scope);
-            c.stats.scope.counter("upstream_cx_none_healthy");
         }
     }
 }
@@ -50,17 +49,17 @@ impl UdpUpstreams for ClusterUpstreams {
         };
         let Some(host) = c.choose_host_for(key.unwrap_or_else(|| fastrand::u64(..)), &context)
         else {
-            c.stats.scope.counter("upstream_cx_none_healthy").inc();
+            c.stats.traffic.upstream_cx_none_healthy().inc();
             return Err(NoUpstream::NoHost);
         };
         // A unix domain socket host cannot take datagrams from the UDP proxy.
         if host.pipe.is_some() {
-            c.stats.scope.counter("upstream_cx_none_healthy").inc();
+            c.stats.traffic.upstream_cx_none_healthy().inc();
             return Err(NoUpstream::NoHost);
         }
         // A session holds one of the cluster's connections, as in Envoy (`max_connections`).
         let Some(slot) = c.breakers.connections.try_acquire() else {
-            c.stats.scope.counter("upstream_cx_overflow").inc();
+            c.stats.traffic.upstream_cx_overflow().inc();
             return Err(NoUpstream::Overflow);
         };
         // The host stays alive while its cluster's membership holds it: EDS removing it, or

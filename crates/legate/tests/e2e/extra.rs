@@ -46,6 +46,21 @@ pub fn envoy_binary() -> PathBuf {
     venv.join("bin/envoy")
 }
 
+/// Whether Envoy is there to compare with (the harness's `envoy_binary`: the real
+/// binary the workspace's `.venv` holds, or `LEGATE_E2E_ENVOY`); a missing Envoy fails the
+/// test with `LEGATE_REQUIRE_ENVOY=1`.
+pub fn envoy_available() -> bool {
+    let path = envoy_binary();
+    if path.exists() {
+        return true;
+    }
+    if std::env::var("LEGATE_REQUIRE_ENVOY").is_ok_and(|v| v == "1") {
+        panic!("Envoy is required (LEGATE_REQUIRE_ENVOY=1) but {path:?} does not exist");
+    }
+    eprintln!("skipping the comparison with Envoy: no Envoy at {path:?} (set LEGATE_E2E_ENVOY)");
+    false
+}
+
 /// Collects a child's stderr and stdout (both piped), line by line as they come, into one log.
 pub fn collect_output(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
     let log: Arc<Mutex<Vec<String>>> = Arc::default();
