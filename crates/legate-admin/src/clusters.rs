@@ -49,7 +49,7 @@ fn health_flags(host: &Host) -> &'static str {
 
 fn locality(host: &Host) -> (&str, &str, &str) {
     match &host.locality {
-        Some((region, zone, sub_zone)) => (region, zone, sub_zone),
+        Some(l) => (&l.0, &l.1, &l.2),
         None => ("", "", ""),
     }
 }
@@ -241,14 +241,11 @@ pub fn load_assignment(cluster: &Cluster) -> ClusterLoadAssignment {
     };
     let mut groups: Vec<LocalityLbEndpoints> = Vec::new();
     for host in &cluster.membership().hosts {
-        let locality = host
-            .locality
-            .as_ref()
-            .map(|(region, zone, sub_zone)| Locality {
-                region: region.clone(),
-                zone: zone.clone(),
-                sub_zone: sub_zone.clone(),
-            });
+        let locality = host.locality.as_ref().map(|l| Locality {
+            region: l.0.clone(),
+            zone: l.1.clone(),
+            sub_zone: l.2.clone(),
+        });
         let endpoint = LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
                 address: Some(Address {

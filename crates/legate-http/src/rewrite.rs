@@ -76,7 +76,7 @@ pub fn rewritten_path(forward: &Forward, path: &str) -> Option<String> {
     if let Some(prefix) = &forward.prefix_rewrite {
         return Some(replace_prefix(path, forward.matched, prefix));
     }
-    let (re, substitution) = forward.regex_rewrite.as_ref()?;
+    let (re, substitution) = forward.regex_rewrite.as_deref()?;
     let just_path = strip_query_and_fragment(path);
     let mut out = re
         .replace_all(just_path, substitution.as_str())
@@ -153,7 +153,7 @@ pub fn redirect_location(
     if let Some(prefix) = &redirect.prefix_rewrite {
         rewritten = replace_prefix(req.path, redirect.matched, prefix);
         current = &rewritten;
-    } else if let Some((re, substitution)) = &redirect.regex_rewrite {
+    } else if let Some((re, substitution)) = redirect.regex_rewrite.as_deref() {
         let just_path = strip_query_and_fragment(req.path);
         let new_path = re.replace_all(just_path, substitution.as_str());
         // An empty substitution result is no rewrite at all in Envoy.

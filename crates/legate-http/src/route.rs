@@ -53,7 +53,8 @@ pub struct Route {
     pub headers: Vec<HeaderMatch>,
     pub query_parameters: Vec<QueryMatch>,
     pub grpc: bool,
-    pub runtime_fraction: Option<RuntimeFraction>,
+    /// Boxed, as what few routes have: a route counts ten thousand times in large configurations.
+    pub runtime_fraction: Option<Box<RuntimeFraction>>,
     pub action: Action,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
@@ -74,7 +75,7 @@ pub struct RuntimeFraction {
 pub enum PathMatch {
     Prefix(String),
     Path(String),
-    Regex(legate_core::matcher::FullMatchRegex),
+    Regex(Box<legate_core::matcher::FullMatchRegex>),
     /// `path_separated_prefix`: the prefix, then end of path, `/` or `?`.
     SeparatedPrefix(String),
 }
@@ -199,7 +200,7 @@ pub struct Forward {
     pub prefix_rewrite: Option<String>,
     /// What `prefix_rewrite` replaces, from the route's path matcher.
     pub matched: MatchedPart,
-    pub regex_rewrite: Option<(Regex, String)>,
+    pub regex_rewrite: Option<Box<(Regex, String)>>,
     pub host_rewrite: HostRewrite,
     pub timeout: Duration,
     pub idle_timeout: Option<Duration>,
@@ -230,15 +231,15 @@ pub struct Redirect {
     pub prefix_rewrite: Option<String>,
     /// What `prefix_rewrite` replaces, from the route's path matcher.
     pub matched: MatchedPart,
-    pub regex_rewrite: Option<(Regex, String)>,
+    pub regex_rewrite: Option<Box<(Regex, String)>>,
     pub status: u16,
     pub strip_query: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct HeaderMutations {
-    pub add: Vec<HeaderAdd>,
-    pub remove: Vec<HeaderName>,
+    pub add: Box<[HeaderAdd]>,
+    pub remove: Box<[HeaderName]>,
 }
 
 impl HeaderMutations {
@@ -503,7 +504,7 @@ fn compile_route(r: &rp::Route, max_body: u32) -> Compiled<Route> {
         Some(route_match::PathSpecifier::Path(p)) => PathMatch::Path(p.clone()),
         Some(route_match::PathSpecifier::SafeRegex(re)) => {
             match errors.take("match.safe_regex", regex_matcher(re)) {
-                Some(re) => PathMatch::Regex(re),
+                Some(re) => PathMatch::Regex(Box::new(re)),
                 None => PathMatch::Prefix(String::new()),
             }
         }
@@ -555,11 +556,11 @@ fn compile_route(r: &rp::Route, max_body: u32) -> Compiled<Route> {
             1 => 10_000,
             _ => 1_000_000,
         };
-        RuntimeFraction {
+        Box::new(RuntimeFraction {
             runtime_key: rf.runtime_key.clone(),
             numerator: u64::from(pct.numerator),
             denominator,
-        }
+        })
     });
     let matched = MatchedPart::of(&path);
     let action = match &r.action {
@@ -786,7 +787,8 @@ fn forward(a: &rp::RouteAction, route_name: &str) -> Compiled<Forward> {
     let regex_rewrite = a
         .regex_rewrite
         .as_ref()
-        .and_then(|r| errors.take("regex_rewrite", rewrite(r)));
+        .and_then(|r| errors.take("regex_rewrite", rewrite(r)))
+        .map(Box::new);
     let host_rewrite = match &a.host_rewrite_specifier {
         Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => {
             HostRewrite::Literal(h.clone())
@@ -857,7 +859,8 @@ fn redirect(a: &rp::RedirectAction) -> Compiled<Redirect> {
             (None, Some(p.clone()), None)
         }
         Some(redirect_action::PathRewriteSpecifier::RegexRewrite(r)) => {
-            (None, None, errors.take("regex_rewrite", rewrite(r)))
+            let rewrite = errors.take("regex_rewrite", rewrite(r));
+            (None, None, rewrite.map(Box::new))
         }
         _ => (None, None, None),
     };
@@ -930,7 +933,7 @@ fn header_mutations(
     field: &str,
 ) -> Compiled<HeaderMutations> {
     let mut errors = Errors::default();
-    let mut out = HeaderMutations::default();
+    let (mut add_out, mut remove_out) = (Vec::new(), Vec::new());
     for (i, h) in add.iter().enumerate() {
         let path = format!("{field}_add[{i}]");
         let header = h.header.clone().unwrap_or_default();
@@ -989,7 +992,7 @@ fn header_mutations(
                 }
             }
         };
-        out.add.push(HeaderAdd {
+        add_out.push(HeaderAdd {
             name,
             literal,
             formatter,
@@ -1007,19 +1010,33 @@ fn header_mutations(
             continue;
         }
         match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
-            Ok(name) => out.remove.push(name),
+            Ok(name) => remove_out.push(name),
             Err(_) => errors.push(
                 &format!("{field}_remove[{i}]"),
                 format!("invalid header name '{name}'"),
             ),
         }
     }
-    errors.finish(|| out)
+    errors.finish(|| HeaderMutations {
+        add: add_out.into(),
+        remove: remove_out.into(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A route is kept ten thousand times in large configurations: what few routes set is
+    /// boxed. A field added here must be worth ~10 bytes x 10,000.
+    #[test]
+    fn a_route_keeps_its_size() {
+        assert!(
+            std::mem::size_of::<Route>() <= 384,
+            "{}",
+            std::mem::size_of::<Route>()
+        );
+    }
 
     fn table(domains: &[&[&str]]) -> RouteTable {
         let rc = rp::RouteConfiguration {

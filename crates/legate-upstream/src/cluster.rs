@@ -74,10 +74,13 @@ pub struct Endpoint {
     pub weight: u32,
 }
 
+/// A locality's `region`, `zone` and `sub_zone`.
+pub type LocalityName = std::sync::Arc<(String, String, String)>;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalityEndpoints {
-    /// `region/zone/sub_zone`, for stats and `/clusters`.
-    pub locality: Option<(String, String, String)>,
+    /// `region/zone/sub_zone`, for stats and `/clusters`; shared with the hosts.
+    pub locality: Option<LocalityName>,
     pub weight: Option<u32>,
     pub endpoints: Vec<Endpoint>,
 }
@@ -606,10 +609,9 @@ pub fn compile_endpoints(la: &ClusterLoadAssignment) -> Compiled<Vec<Vec<Localit
             priorities.resize_with(priority + 1, Vec::new);
         }
         priorities[priority].push(LocalityEndpoints {
-            locality: locality
-                .locality
-                .as_ref()
-                .map(|l| (l.region.clone(), l.zone.clone(), l.sub_zone.clone())),
+            locality: locality.locality.as_ref().map(|l| {
+                std::sync::Arc::new((l.region.clone(), l.zone.clone(), l.sub_zone.clone()))
+            }),
             weight: locality.load_balancing_weight.as_ref().map(|w| w.value),
             endpoints,
         });

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::cluster::LocalityName;
 use crate::pool::HostPool;
 
 /// One endpoint of a cluster, shared by all workers.
@@ -18,7 +19,7 @@ pub struct Host {
     pub weight: u32,
     pub priority: u32,
     /// `region/zone/sub_zone`, for `/clusters`.
-    pub locality: Option<(String, String, String)>,
+    pub locality: Option<LocalityName>,
     /// Requests in flight to this host, across workers: LEAST_REQUEST reads it.
     pub active_requests: AtomicU64,
     pub active_connections: AtomicU64,
@@ -42,7 +43,7 @@ impl Host {
         address: SocketAddr,
         weight: u32,
         priority: u32,
-        locality: Option<(String, String, String)>,
+        locality: Option<LocalityName>,
         workers: usize,
     ) -> Self {
         Host {
@@ -90,7 +91,7 @@ impl Host {
         address: SocketAddr,
         weight: u32,
         priority: u32,
-        locality: &Option<(String, String, String)>,
+        locality: &Option<LocalityName>,
     ) -> bool {
         self.address == address
             && self.weight == weight.max(1)
