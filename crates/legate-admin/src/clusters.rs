@@ -67,7 +67,7 @@ pub fn render_text(clusters: &[std::sync::Arc<Cluster>], filter: Option<&Regex>)
         let _ = writeln!(
             out,
             "{name}::observability_name::{}",
-            cluster.config.stat_name
+            cluster.config.stat_name()
         );
         for (priority, limits) in [
             ("default_priority", &cluster.config.default_limits),
@@ -185,7 +185,7 @@ fn cluster_json(cluster: &Cluster) -> Json {
                 .build(),
         )
         .field_if(cluster.added_via_api, "added_via_api", Json::Bool(true))
-        .field("observability_name", Json::str(&cluster.config.stat_name))
+        .field("observability_name", Json::str(cluster.config.stat_name()))
         .build()
 }
 

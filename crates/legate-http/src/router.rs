@@ -16,7 +16,7 @@ use http_body::{Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use legate_core::stream_info::{Protocol as DownstreamProtocol, ResponseFlags, StreamInfo};
 use legate_upstream::body::{self, Body, BoxError};
-use legate_upstream::breaker::ResourceGuard;
+use legate_upstream::breaker::{Limit, ResourceGuard};
 use legate_upstream::host::ActiveRequest;
 use legate_upstream::pool::{self, Protocol, ResponseBody, UpstreamError};
 use legate_upstream::{Cluster, UpstreamProtocol};
@@ -275,7 +275,7 @@ pub(crate) async fn forward(
     } else {
         info.upstream_host = Some(host.address);
     }
-    let Some(rq_guard) = cluster.breakers.requests.try_acquire() else {
+    let Some(rq_guard) = cluster.breakers.try_acquire(Limit::Requests) else {
         cluster.stats.traffic.upstream_rq_active_overflow().inc();
         return reset_reply(&UpstreamError::Overflow).into();
     };

@@ -2,29 +2,16 @@
 //! retries, shared by all workers, refused beyond Envoy's thresholds (`circuit_breaker.proto`;
 //! 1024/1024/1024/3 by default). An open breaker shows in
 //! `cluster.<name>.circuit_breakers.<default|high>.{cx_open,rq_pending_open,rq_open,rq_retry_open}`
-//! (`cx_pool_open` too, always 0: `max_connection_pools` is not supported), and with
-//! `track_remaining` what is left in `remaining_{cx,pending,rq,retries}`, as in Envoy.
+//! (gauges of the cluster's stat block, with `cx_pool_open`, always 0: `max_connection_pools` is
+//! not supported), and with `track_remaining` what is left in
+//! `remaining_{cx,pending,rq,retries}`, as in Envoy.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use legate_core::stats::{Gauge, Scope};
 
 use crate::cluster::CircuitBreakerLimits;
-
-legate_core::stat_block! {
-    /// `circuit_breakers.<priority>.*`: 1 while the breaker is open.
-    pub struct BreakerStats {
-        counters: [],
-        gauges: [
-            cx_open: Accumulate,
-            cx_pool_open: Accumulate,
-            rq_pending_open: Accumulate,
-            rq_open: Accumulate,
-            rq_retry_open: Accumulate,
-        ],
-    }
-}
 
 legate_core::stat_block! {
     /// `circuit_breakers.<priority>.remaining_*`, only with `track_remaining` (as in Envoy).
@@ -39,34 +26,51 @@ legate_core::stat_block! {
     }
 }
 
+/// What a breaker limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    Connections,
+    PendingRequests,
+    Requests,
+    Retries,
+}
+
+/// One limit: how much is in use, and its gauges.
 #[derive(Debug)]
 pub struct Resource {
-    max: u64,
-    current: AtomicU64,
+    max: u32,
+    current: AtomicU32,
     open: Gauge,
     remaining: Option<Gauge>,
 }
 
 impl Resource {
     fn new(max: u32, open: Gauge, remaining: Option<Gauge>) -> Self {
-        let r = Resource {
-            max: max as u64,
-            current: AtomicU64::new(0),
+        if let Some(remaining) = remaining {
+            remaining.set(u64::from(max));
+        }
+        Resource {
+            max,
+            current: AtomicU32::new(0),
             open,
             remaining,
-        };
-        if let Some(remaining) = r.remaining {
-            remaining.set(r.max);
         }
-        r
     }
 
-    /// Takes one unit if the limit allows; the guard gives it back.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<ResourceGuard> {
+    pub fn current(&self) -> u64 {
+        u64::from(self.current.load(Ordering::Relaxed))
+    }
+
+    pub fn max(&self) -> u64 {
+        u64::from(self.max)
+    }
+
+    /// Takes one unit if the limit allows.
+    fn try_take(&self) -> bool {
         let mut current = self.current.load(Ordering::Relaxed);
         loop {
             if current >= self.max {
-                return None;
+                return false;
             }
             match self.current.compare_exchange_weak(
                 current,
@@ -79,72 +83,84 @@ impl Resource {
             }
         }
         self.update_gauges(current + 1);
-        Some(ResourceGuard(self.clone()))
+        true
     }
 
-    pub fn current(&self) -> u64 {
-        self.current.load(Ordering::Relaxed)
+    fn give_back(&self) {
+        let before = self.current.fetch_sub(1, Ordering::Relaxed);
+        self.update_gauges(before.saturating_sub(1));
     }
 
-    pub fn max(&self) -> u64 {
-        self.max
-    }
-
-    fn update_gauges(&self, now: u64) {
+    fn update_gauges(&self, now: u32) {
         self.open.set(u64::from(now >= self.max));
         if let Some(remaining) = self.remaining {
-            remaining.set(self.max.saturating_sub(now));
+            remaining.set(u64::from(self.max.saturating_sub(now)));
         }
     }
 }
 
-/// One unit of a resource, released on drop.
+/// The breakers of one routing priority: the four limits, in one allocation shared with the
+/// guards of what they count (a cluster replaced while its connections live keeps counting
+/// them).
 #[derive(Debug)]
-pub struct ResourceGuard(Arc<Resource>);
+pub struct Breakers(Arc<[Resource; 4]>);
+
+impl Breakers {
+    /// `open` are the priority's `cx_open`, `rq_pending_open`, `rq_open` and `rq_retry_open`;
+    /// `scope` is the cluster's, under which the priority's `remaining_*` gauges are made when
+    /// the limits ask for them (`priority` is `default` or `high`).
+    pub fn new(
+        limits: &CircuitBreakerLimits,
+        open: [Gauge; 4],
+        scope: &Scope,
+        priority: &str,
+    ) -> Self {
+        let remaining = limits
+            .track_remaining
+            .then(|| RemainingStats::new(&scope.scope(&format!("circuit_breakers.{priority}."))));
+        let [cx, pending, rq, retries] = open;
+        Breakers(Arc::new([
+            Resource::new(
+                limits.max_connections,
+                cx,
+                remaining.map(|r| r.remaining_cx()),
+            ),
+            Resource::new(
+                limits.max_pending_requests,
+                pending,
+                remaining.map(|r| r.remaining_pending()),
+            ),
+            Resource::new(limits.max_requests, rq, remaining.map(|r| r.remaining_rq())),
+            Resource::new(
+                limits.max_retries,
+                retries,
+                remaining.map(|r| r.remaining_retries()),
+            ),
+        ]))
+    }
+
+    pub fn get(&self, limit: Limit) -> &Resource {
+        &self.0[limit as usize]
+    }
+
+    /// Takes one unit of `limit` if it allows; the guard gives it back.
+    pub fn try_acquire(&self, limit: Limit) -> Option<ResourceGuard> {
+        self.get(limit).try_take().then(|| ResourceGuard {
+            breakers: Arc::clone(&self.0),
+            limit,
+        })
+    }
+}
+
+/// One unit of a limit, given back on drop.
+#[derive(Debug)]
+pub struct ResourceGuard {
+    breakers: Arc<[Resource; 4]>,
+    limit: Limit,
+}
 
 impl Drop for ResourceGuard {
     fn drop(&mut self) {
-        let before = self.0.current.fetch_sub(1, Ordering::Relaxed);
-        self.0.update_gauges(before.saturating_sub(1));
-    }
-}
-
-/// The breakers of one routing priority.
-#[derive(Debug)]
-pub struct Breakers {
-    pub connections: Arc<Resource>,
-    pub pending_requests: Arc<Resource>,
-    pub requests: Arc<Resource>,
-    pub retries: Arc<Resource>,
-}
-
-impl Breakers {
-    /// `scope` is the cluster's; the priority is `default` or `high`.
-    pub fn new(limits: &CircuitBreakerLimits, scope: &Scope, priority: &str) -> Self {
-        let s = scope.scope(&format!("circuit_breakers.{priority}."));
-        let open = BreakerStats::new(&s);
-        let remaining = limits.track_remaining.then(|| RemainingStats::new(&s));
-        Breakers {
-            connections: Arc::new(Resource::new(
-                limits.max_connections,
-                open.cx_open(),
-                remaining.map(|r| r.remaining_cx()),
-            )),
-            pending_requests: Arc::new(Resource::new(
-                limits.max_pending_requests,
-                open.rq_pending_open(),
-                remaining.map(|r| r.remaining_pending()),
-            )),
-            requests: Arc::new(Resource::new(
-                limits.max_requests,
-                open.rq_open(),
-                remaining.map(|r| r.remaining_rq()),
-            )),
-            retries: Arc::new(Resource::new(
-                limits.max_retries,
-                open.rq_retry_open(),
-                remaining.map(|r| r.remaining_retries()),
-            )),
-        }
+        self.breakers[self.limit as usize].give_back();
     }
 }

@@ -89,8 +89,6 @@ pub struct LocalityEndpoints {
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub name: String,
-    /// Name used in stats: `alt_stat_name` is not supported, so this is `name`.
-    pub stat_name: String,
     pub connect_timeout: Duration,
     pub lb_policy: LbPolicy,
     /// Endpoints by priority (index = priority), each a list of localities.
@@ -153,6 +151,12 @@ pub struct EdsConfig {
 }
 
 impl ClusterConfig {
+    /// The name in stats (`cluster.<stat_name>.*`): `alt_stat_name` is not supported, so the
+    /// cluster's name.
+    pub fn stat_name(&self) -> &str {
+        &self.name
+    }
+
     // Envoy still honours the deprecated cluster-level protocol fields, and so do we.
     #[allow(deprecated)]
     pub fn compile(c: &Cluster) -> Compiled<Self> {
@@ -333,7 +337,6 @@ impl ClusterConfig {
             eds,
             original_dst,
             name: c.name.clone(),
-            stat_name: c.name.clone(),
             connect_timeout: duration_or(c.connect_timeout.as_ref(), Duration::from_secs(5)),
             lb_policy,
             priorities,

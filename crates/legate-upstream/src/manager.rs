@@ -63,7 +63,7 @@ impl Cluster {
         store: &Arc<Store>,
         workers: usize,
     ) -> Self {
-        let scope = store.scope(&format!("cluster.{}.", config.stat_name));
+        let scope = store.scope(&format!("cluster.{}.", config.stat_name()));
         let stats = ClusterStats::new(scope.clone());
         let kept = previous
             .filter(|p| p.config.connections_compatible(&config))
@@ -73,11 +73,32 @@ impl Cluster {
         // Envoy's ORIGINAL_DST cluster starts without a host set: its first membership change
         // is its first host.
         count_membership(&stats, &membership, config.original_dst.is_none());
-        let host_invalid = stats.traffic.original_dst_host_invalid();
+        let t = stats.traffic;
+        let host_invalid = t.original_dst_host_invalid();
         Cluster {
             name: config.name.as_str().into(),
-            breakers: Breakers::new(&config.default_limits, &scope, "default"),
-            high_breakers: Breakers::new(&config.high_limits, &scope, "high"),
+            breakers: Breakers::new(
+                &config.default_limits,
+                [
+                    t.cb_default_cx_open(),
+                    t.cb_default_rq_pending_open(),
+                    t.cb_default_rq_open(),
+                    t.cb_default_rq_retry_open(),
+                ],
+                &scope,
+                "default",
+            ),
+            high_breakers: Breakers::new(
+                &config.high_limits,
+                [
+                    t.cb_high_cx_open(),
+                    t.cb_high_rq_pending_open(),
+                    t.cb_high_rq_open(),
+                    t.cb_high_rq_retry_open(),
+                ],
+                &scope,
+                "high",
+            ),
             ssl: config
                 .tls
                 .as_ref()

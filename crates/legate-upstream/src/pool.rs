@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::body::Body;
-use crate::breaker::ResourceGuard;
+use crate::breaker::{Limit, ResourceGuard};
 use crate::host::Host;
 use crate::manager::Cluster;
 use crate::tls::ConnectionName;
@@ -299,7 +299,7 @@ async fn connect_named(
     name: Option<&ConnectionName>,
 ) -> Result<(UpstreamStream, ResourceGuard), UpstreamError> {
     let stats = &cluster.stats;
-    let Some(guard) = cluster.breakers.connections.try_acquire() else {
+    let Some(guard) = cluster.breakers.try_acquire(Limit::Connections) else {
         cluster.stats.traffic.upstream_cx_overflow().inc();
         return Err(UpstreamError::Overflow);
     };

@@ -9,7 +9,8 @@ use legate_core::stats::{Counter, Histogram, Scope, Unit};
 
 legate_core::stat_block! {
     /// The counters and gauges a cluster has from its creation (Envoy's
-    /// `ALL_CLUSTER_TRAFFIC_STATS` and `ALL_CLUSTER_LB_STATS`, as far as Legate counts them).
+    /// `ALL_CLUSTER_TRAFFIC_STATS`, `ALL_CLUSTER_LB_STATS` and both priorities'
+    /// `ALL_CLUSTER_CIRCUIT_BREAKERS_STATS`, as far as Legate counts them).
     pub struct ClusterTraffic {
         counters: [
             upstream_cx_total,
@@ -43,6 +44,16 @@ legate_core::stat_block! {
             membership_degraded: NeverImport,
             membership_excluded: NeverImport,
             max_host_weight: NeverImport,
+            cb_default_cx_open = "circuit_breakers.default.cx_open": Accumulate,
+            cb_default_cx_pool_open = "circuit_breakers.default.cx_pool_open": Accumulate,
+            cb_default_rq_pending_open = "circuit_breakers.default.rq_pending_open": Accumulate,
+            cb_default_rq_open = "circuit_breakers.default.rq_open": Accumulate,
+            cb_default_rq_retry_open = "circuit_breakers.default.rq_retry_open": Accumulate,
+            cb_high_cx_open = "circuit_breakers.high.cx_open": Accumulate,
+            cb_high_cx_pool_open = "circuit_breakers.high.cx_pool_open": Accumulate,
+            cb_high_rq_pending_open = "circuit_breakers.high.rq_pending_open": Accumulate,
+            cb_high_rq_open = "circuit_breakers.high.rq_open": Accumulate,
+            cb_high_rq_retry_open = "circuit_breakers.high.rq_retry_open": Accumulate,
         ],
     }
 }

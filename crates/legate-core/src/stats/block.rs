@@ -133,7 +133,8 @@ impl Block {
 }
 
 /// Declares a block of stats: a handle type (one pointer, `Copy`) with a method per stat, and
-/// its [`BlockSchema`]. Envoy's names are the method names.
+/// its [`BlockSchema`]. A stat's name is its method's, or the string after `=` (a name may go
+/// below the block's prefix: `cb_default_cx_open = "circuit_breakers.default.cx_open"`).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -142,7 +143,7 @@ impl Block {
 /// legate_core::stat_block! {
 ///     /// `demo.*`
 ///     pub struct DemoStats {
-///         counters: [requests, errors],
+///         counters: [requests, errors, pool_overflow = "pool.overflow"],
 ///         gauges: [active: Accumulate],
 ///     }
 /// }
@@ -150,8 +151,10 @@ impl Block {
 /// let store = Arc::new(Store::new());
 /// let stats = DemoStats::new(&store.scope("demo"));
 /// stats.requests().inc();
+/// stats.pool_overflow().inc();
 /// stats.active().set(3);
 /// assert_eq!(store.counter("demo.requests").value(), 1);
+/// assert_eq!(store.counter("demo.pool.overflow").value(), 1);
 /// assert_eq!(DemoStats::new(&store.scope("demo")).active().value(), 3);
 /// ```
 #[macro_export]
@@ -159,8 +162,8 @@ macro_rules! stat_block {
     (
         $(#[$attr:meta])*
         $vis:vis struct $name:ident {
-            counters: [$($counter:ident),* $(,)?],
-            gauges: [$($gauge:ident: $mode:ident),* $(,)?] $(,)?
+            counters: [$($counter:ident $(= $counter_name:literal)?),* $(,)?],
+            gauges: [$($gauge:ident $(= $gauge_name:literal)?: $mode:ident),* $(,)?] $(,)?
         }
     ) => {
         $(#[$attr])*
@@ -174,8 +177,10 @@ macro_rules! stat_block {
             enum Gauges { $($gauge),* }
 
             static SCHEMA: $crate::stats::BlockSchema = $crate::stats::BlockSchema {
-                counters: &[$(stringify!($counter)),*],
-                gauges: &[$((stringify!($gauge), $crate::stats::ImportMode::$mode)),*],
+                counters: &[$($crate::__stat_name!($counter $(, $counter_name)?)),*],
+                gauges: &[$(
+                    ($crate::__stat_name!($gauge $(, $gauge_name)?), $crate::stats::ImportMode::$mode)
+                ),*],
             };
 
             #[allow(dead_code)]
@@ -199,6 +204,18 @@ macro_rules! stat_block {
                 )*
             }
         };
+    };
+}
+
+/// A stat's name in [`stat_block!`]: the string given, or the method's name.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stat_name {
+    ($ident:ident) => {
+        stringify!($ident)
+    };
+    ($ident:ident, $name:literal) => {
+        $name
     };
 }
 

@@ -9,6 +9,7 @@ use legate_http::conn_manager::ProxyContext;
 use legate_net::udp_proxy::{
     NoUpstream, SessionUpstream, UdpClusterStats, UdpHashPolicy, UdpUpstreams,
 };
+use legate_upstream::breaker::Limit;
 use legate_upstream::hashing::xxhash64;
 use legate_upstream::original_dst::LbContext;
 
@@ -58,7 +59,7 @@ impl UdpUpstreams for ClusterUpstreams {
             return Err(NoUpstream::NoHost);
         }
         // A session holds one of the cluster's connections, as in Envoy (`max_connections`).
-        let Some(slot) = c.breakers.connections.try_acquire() else {
+        let Some(slot) = c.breakers.try_acquire(Limit::Connections) else {
             c.stats.traffic.upstream_cx_overflow().inc();
             return Err(NoUpstream::Overflow);
         };
