@@ -27,7 +27,16 @@ use crate::{Compiled, ConfigError, Errors};
 /// Installs ring as the process's default rustls provider. Legate builds every context with
 /// an explicit provider; this only makes a stray `ClientConfig::builder()` use the same one.
 pub fn install_default_provider() {
-    let _ = ring::default_provider().install_default();
+    let _ = provider().install_default();
+}
+
+/// ring, drawing rustls's own random bytes (server randoms, ticket nonces) through
+/// [`crate::random`]: one `getrandom(2)` per ~20 handshakes instead of several per handshake.
+fn provider() -> CryptoProvider {
+    CryptoProvider {
+        secure_random: &crate::random::Buffered,
+        ..ring::default_provider()
+    }
 }
 
 /// Which end of the connection a context is for: Envoy's defaults differ.
@@ -190,7 +199,7 @@ pub fn params(p: Option<&TlsParameters>, side: Side) -> Compiled<Params> {
         }
     }
 
-    let mut provider = ring::default_provider();
+    let mut provider = provider();
     // Envoy's order when `cipher_suites` is not set (servers choose by their own order).
     provider.cipher_suites.sort_by_key(|s| {
         let suite = s.suite();

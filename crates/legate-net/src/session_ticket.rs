@@ -36,7 +36,6 @@ pub struct TicketKeys {
     /// SHA-256 of the context's certificates and trusted CAs (the session-id context).
     context: [u8; 32],
     lifetime_secs: u32,
-    rng: SystemRandom,
 }
 
 impl std::fmt::Debug for TicketKeys {
@@ -63,7 +62,6 @@ impl TicketKeys {
             keys,
             context,
             lifetime_secs,
-            rng: SystemRandom::new(),
         })
     }
 
@@ -126,7 +124,7 @@ impl ProducesTickets for TicketKeys {
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let key = self.keys.first()?;
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).ok()?;
+        legate_core::random::fill(&mut nonce).ok()?;
         let mut out = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&key.name);
         out.extend_from_slice(&nonce);

@@ -89,9 +89,6 @@ impl ChainFilter {
         server_name: &str,
         phase: watch::Receiver<Phase>,
     ) {
-        if let Some(tcp) = conn.tcp() {
-            let _ = tcp.set_nodelay(true);
-        }
         // The connection manager's future is boxed: held inline, it would size every
         // connection's task for HTTP, tcp_proxy ones too (14 KiB per idle connection).
         match (self, conn) {

@@ -14,7 +14,9 @@ const BACKLOG: i32 = 1024;
 /// One socket of a listener: `SO_REUSEPORT` so that every worker binds its own on the same
 /// address (for UDP the kernel hashes a client's address and port to one of them, so each
 /// client stays on the worker that holds its session), IPv6-only for `::` unless
-/// `ipv4_compat`, as in Envoy; TCP sockets listen.
+/// `ipv4_compat`, as in Envoy; TCP sockets listen, with `TCP_NODELAY`, which Envoy sets on
+/// every connection it accepts: an accepted socket inherits it from its listener (Linux does;
+/// a test holds it), so the accept path makes no `setsockopt` per connection.
 fn bind_one(address: SocketAddr, ipv4_compat: bool, udp: bool) -> io::Result<Socket> {
     let (kind, protocol) = if udp {
         (Type::DGRAM, Protocol::UDP)
@@ -30,6 +32,7 @@ fn bind_one(address: SocketAddr, ipv4_compat: bool, udp: bool) -> io::Result<Soc
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     if !udp {
+        socket.set_tcp_nodelay(true)?;
         socket.listen(BACKLOG)?;
     }
     Ok(socket)
@@ -116,4 +119,21 @@ pub fn bind_pipe(
     }
     sockets.insert(0, first);
     Ok(sockets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind;
+
+    /// The accept path relies on it: a connection accepted on a listener has `TCP_NODELAY`
+    /// without a `setsockopt` of its own.
+    #[test]
+    fn accepted_connections_inherit_tcp_nodelay() {
+        let (listeners, addr) = bind("127.0.0.1:0".parse().unwrap(), false, 1).unwrap();
+        listeners[0].set_nonblocking(false).unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listeners[0].accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+        drop(client);
+    }
 }

@@ -349,9 +349,6 @@ async fn accept_loop(
         if let Some(ChainFilter::Http(hcm)) = serving.fast_chain() {
             // The plain HTTP listener: no inspection, no matching.
             established(&serving.stats, &shared);
-            if let Some(tcp) = stream.tcp() {
-                let _ = tcp.set_nodelay(true);
-            }
             // The task captures the connection's future built here, not its parts: an `async`
             // block keeps what it captures for its whole life. The connection manager closes
             // the connection itself when the listener closes.
