@@ -213,6 +213,11 @@ impl Control {
         self.listeners.tick();
     }
 
+    /// Whether [`Self::tick`] has work: a listener is draining.
+    pub fn draining(&self) -> bool {
+        self.listeners.draining()
+    }
+
     /// Puts the bootstrap's clusters in force: new and changed ones in, missing ones out
     /// (static ones only); returns how many were added, modified and removed. A name CDS
     /// held becomes static.

@@ -669,8 +669,13 @@ impl ListenerManager {
         // `old.sockets` close here; a replacement on the same address holds duplicates.
     }
 
+    /// Whether a replaced or removed listener is still draining (then [`Self::tick`] has work).
+    pub fn draining(&self) -> bool {
+        !self.draining.is_empty()
+    }
+
     /// Ends the drains that are over: every connection closed, or the drain time passed
-    /// (then the connections left are closed). Called periodically.
+    /// (then the connections left are closed). Called periodically while [`Self::draining`].
     pub fn tick(&mut self) {
         let now = Instant::now();
         let before = self.draining.len();

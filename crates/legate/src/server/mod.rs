@@ -218,7 +218,10 @@ pub fn run(
         }
         tokio::spawn(flush_stats(store.clone(), sinks, flush_interval));
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Polled only while a listener drains: an idle proxy's control thread then wakes once
+        // a second (`tick`), not ten times.
         let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let signals = Signals::new();
         let mut signals = match signals {
             Ok(s) => s,
@@ -230,7 +233,7 @@ pub fn run(
         loop {
             tokio::select! {
                 _ = tick.tick() => server_stats.update(started, &lifecycle),
-                _ = drain_tick.tick() => control.tick(),
+                _ = drain_tick.tick(), if control.draining() => control.tick(),
                 Some(what) = next_change(&mut changes) => control.changed(what),
                 Some(graceful) = drain_requests.recv() => control.listeners.drain_all(graceful),
                 signal = signals.next() => match signal {
