@@ -778,32 +778,35 @@ impl Store {
         blocks.iter().copied().collect()
     }
 
-    /// Every counter with its name, in no particular order.
-    pub fn counters(&self) -> Vec<Listed<CounterCell>> {
-        let mut all: Vec<_> = self
-            .counters
+    /// The stats of one type registered alone (`singles`), then those of every block (`cells`
+    /// picks them out of one), with their names.
+    fn listed<C, I>(
+        &self,
+        singles: &Registry<&'static Single<C>>,
+        cells: impl Fn(&'static Block) -> I,
+    ) -> Vec<Listed<C>>
+    where
+        I: Iterator<Item = (usize, &'static C)>,
+    {
+        let mut all: Vec<_> = singles
             .all()
             .into_iter()
             .map(|s| Listed::single(&s.cell, &s.meta))
             .collect();
         for block in self.all_blocks() {
-            all.extend(block.counters().map(|(i, c)| Listed::in_block(c, block, i)));
+            all.extend(cells(block).map(|(i, c)| Listed::in_block(c, block, i)));
         }
         all
     }
 
+    /// Every counter with its name, in no particular order.
+    pub fn counters(&self) -> Vec<Listed<CounterCell>> {
+        self.listed(&self.counters, Block::counters)
+    }
+
     /// Every gauge with its name, in no particular order.
     pub fn gauges(&self) -> Vec<Listed<GaugeCell>> {
-        let mut all: Vec<_> = self
-            .gauges
-            .all()
-            .into_iter()
-            .map(|s| Listed::single(&s.cell, &s.meta))
-            .collect();
-        for block in self.all_blocks() {
-            all.extend(block.gauges().map(|(i, g)| Listed::in_block(g, block, i)));
-        }
-        all
+        self.listed(&self.gauges, Block::gauges)
     }
 
     pub fn histograms(&self) -> Vec<Histogram> {
