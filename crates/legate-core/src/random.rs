@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 
+use ring::error::Unspecified;
 use ring::rand::{SecureRandom as _, SystemRandom};
 
 const POOL: usize = 256;
@@ -26,13 +27,13 @@ thread_local! {
 }
 
 /// Fills `dest` with random bytes; fails only if the kernel has none to give.
-pub fn fill(dest: &mut [u8]) -> Result<(), ()> {
+pub fn fill(dest: &mut [u8]) -> Result<(), Unspecified> {
     if dest.len() > POOL / 2 {
-        return SystemRandom::new().fill(dest).map_err(|_| ());
+        return SystemRandom::new().fill(dest);
     }
     POOL_OF_THREAD.with_borrow_mut(|pool| {
         if POOL - pool.next < dest.len() {
-            SystemRandom::new().fill(&mut pool.bytes).map_err(|_| ())?;
+            SystemRandom::new().fill(&mut pool.bytes)?;
             pool.next = 0;
         }
         let taken = &mut pool.bytes[pool.next..pool.next + dest.len()];
@@ -49,7 +50,7 @@ pub struct Buffered;
 
 impl rustls::crypto::SecureRandom for Buffered {
     fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
-        fill(buf).map_err(|()| rustls::crypto::GetRandomFailed)
+        fill(buf).map_err(|_| rustls::crypto::GetRandomFailed)
     }
 }
 
