@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::body::Body;
 use crate::breaker::{Limit, ResourceGuard};
+use crate::counted::Counted;
 use crate::host::Host;
 use crate::manager::Cluster;
 use crate::tls::ConnectionName;
@@ -429,7 +430,7 @@ async fn connect_http1(
     let (stream, guard) = connect_named(cluster, host, Some(Protocol::Http1), name).await?;
     let (sender, conn) = http1::Builder::new()
         .max_headers(cluster.config.max_headers_count as usize)
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(counted(cluster, stream)))
         .await
         .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
     cluster.stats.traffic.upstream_cx_http1_total().inc();
@@ -449,12 +450,22 @@ async fn connect_http2(
         .initial_stream_window_size(o.initial_stream_window_size)
         .initial_connection_window_size(o.initial_connection_window_size)
         .header_table_size(o.hpack_table_size)
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(counted(cluster, stream)))
         .await
         .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
     cluster.stats.traffic.upstream_cx_http2_total().inc();
     drive(cluster, host, guard, conn);
     Ok(sender)
+}
+
+/// An HTTP connection's stream, counting the cluster's `upstream_cx_{rx,tx}_bytes_total`.
+fn counted(cluster: &Cluster, stream: UpstreamStream) -> Counted<UpstreamStream> {
+    let t = cluster.stats.traffic;
+    Counted::new(
+        stream,
+        t.upstream_cx_rx_bytes_total(),
+        t.upstream_cx_tx_bytes_total(),
+    )
 }
 
 /// Sorts a hyper client error into Envoy's reset reasons.

@@ -23,6 +23,8 @@ legate_core::stat_block! {
             upstream_cx_destroy_remote,
             upstream_cx_none_healthy,
             upstream_cx_overflow,
+            upstream_cx_rx_bytes_total,
+            upstream_cx_tx_bytes_total,
             upstream_rq_total,
             upstream_rq_completed,
             upstream_rq_pending_total,

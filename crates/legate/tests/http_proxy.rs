@@ -289,7 +289,8 @@ fn stats_under(proxy: &Legate, prefix: &str) -> std::collections::BTreeMap<Strin
 
 /// A cluster's stats are Envoy 1.40's: after a request, every stat Legate shows under
 /// `cluster.<name>.` Envoy shows too (Legate counts fewer), with the same values for the
-/// gauges and counters both have; `remaining_*` only where `track_remaining` asks for them.
+/// gauges and counters both have (bytes: both counted); `remaining_*` only where
+/// `track_remaining` asks for them.
 #[test]
 fn cluster_stats_are_named_and_counted_as_in_envoy() {
     if !envoy_available() {
@@ -328,6 +329,13 @@ fn cluster_stats_are_named_and_counted_as_in_envoy() {
     ] {
         assert_eq!(ours.get(name), theirs.get(name), "{name}");
         assert!(ours.contains_key(name), "{name}");
+    }
+    // Byte counts differ with the headers each adds; both count the request and response.
+    for name in ["upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total"] {
+        for (proxy, stats) in [("Legate", &ours), ("Envoy", &theirs)] {
+            let bytes: u64 = stats.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+            assert!(bytes > 100, "{proxy} {name}: {bytes}");
+        }
     }
     assert!(!ours.contains_key("circuit_breakers.default.remaining_rq"));
     assert_eq!(ours["circuit_breakers.high.remaining_rq"], "7");

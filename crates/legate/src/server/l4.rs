@@ -153,8 +153,8 @@ impl ClusterL4Stats {
     fn of(cluster: &Cluster) -> Self {
         let s: &Scope = &cluster.stats.scope;
         ClusterL4Stats {
-            rx_bytes: s.counter("upstream_cx_rx_bytes_total"),
-            tx_bytes: s.counter("upstream_cx_tx_bytes_total"),
+            rx_bytes: cluster.stats.traffic.upstream_cx_rx_bytes_total(),
+            tx_bytes: cluster.stats.traffic.upstream_cx_tx_bytes_total(),
             none_healthy: cluster.stats.traffic.upstream_cx_none_healthy(),
             attempts_exceeded: s.counter("upstream_cx_connect_attempts_exceeded"),
         }
