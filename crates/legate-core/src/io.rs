@@ -2,6 +2,8 @@
 //! all (tcp_proxy, upstream pools): one `AsyncRead`/`AsyncWrite` that forwards to whichever it
 //! holds, vectored writes included.
 
+pub mod counting;
+
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -7,7 +7,6 @@
 pub mod body;
 pub mod breaker;
 pub mod cluster;
-mod counted;
 pub mod hashing;
 pub mod host;
 pub mod lb;

@@ -20,11 +20,11 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use legate_core::io::counting::CountingIo;
 use tokio::net::TcpStream;
 
 use crate::body::Body;
 use crate::breaker::{Limit, ResourceGuard};
-use crate::counted::Counted;
 use crate::host::Host;
 use crate::manager::Cluster;
 use crate::tls::ConnectionName;
@@ -459,9 +459,9 @@ async fn connect_http2(
 }
 
 /// An HTTP connection's stream, counting the cluster's `upstream_cx_{rx,tx}_bytes_total`.
-fn counted(cluster: &Cluster, stream: UpstreamStream) -> Counted<UpstreamStream> {
+fn counted(cluster: &Cluster, stream: UpstreamStream) -> CountingIo<UpstreamStream> {
     let t = cluster.stats.traffic;
-    Counted::new(
+    CountingIo::new(
         stream,
         t.upstream_cx_rx_bytes_total(),
         t.upstream_cx_tx_bytes_total(),

@@ -9,7 +9,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -20,10 +20,10 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
+use legate_core::io::counting::CountingIo;
 use legate_core::lifecycle::Phase;
-use legate_core::stats::Counter;
 use legate_upstream::body::{Body, BoxError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
 use super::stream::DownstreamBody;
@@ -98,11 +98,11 @@ impl HttpConnectionManager {
             shutdown: h1::Shutdown::default(),
             drain_close: Default::default(),
         });
-        let io = CountingIo {
-            inner: stream,
-            rx: stats.downstream_cx_rx_bytes_total,
-            tx: stats.downstream_cx_tx_bytes_total,
-        };
+        let io = CountingIo::new(
+            stream,
+            stats.downstream_cx_rx_bytes_total,
+            stats.downstream_cx_tx_bytes_total,
+        );
         let fixed = match self.config.codec {
             CodecType::Http1 => 1,
             CodecType::Http2 => 2,
@@ -396,67 +396,5 @@ async fn sniff_preface<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<(BytesMut
         if io.read_buf(&mut read).await? == 0 {
             return Ok((read, false));
         }
-    }
-}
-
-/// The connection's bytes, counted into `downstream_cx_rx_bytes_total` /
-/// `downstream_cx_tx_bytes_total` as they are read and written.
-struct CountingIo<S> {
-    inner: S,
-    rx: Counter,
-    tx: Counter,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for CountingIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            self.rx.add(read as u64);
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for CountingIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &polled {
-            self.tx.add(*n as u64);
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &polled {
-            self.tx.add(*n as u64);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,23 +1,24 @@
-//! An HTTP upstream connection's I/O, counting `upstream_cx_rx_bytes_total` and
-//! `upstream_cx_tx_bytes_total` as bytes pass, as Envoy counts them for every upstream
-//! connection (tcp_proxy and the UDP proxy count their own as they relay).
+//! A connection's I/O counting the bytes that pass into two counters: the HTTP connection
+//! manager's `downstream_cx_{rx,tx}_bytes_total` and an HTTP upstream connection's
+//! `upstream_cx_{rx,tx}_bytes_total` (tcp_proxy and the UDP proxy count as they relay).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use legate_core::stats::Counter;
+use crate::stats::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub struct Counted<S> {
+/// `inner`, adding what each read returns to `rx` and what each write takes to `tx`.
+pub struct CountingIo<S> {
     inner: S,
     rx: Counter,
     tx: Counter,
 }
 
-impl<S> Counted<S> {
+impl<S> CountingIo<S> {
     pub fn new(inner: S, rx: Counter, tx: Counter) -> Self {
-        Counted { inner, rx, tx }
+        CountingIo { inner, rx, tx }
     }
 
     fn count_written(&self, result: &Poll<io::Result<usize>>) {
@@ -29,7 +30,7 @@ impl<S> Counted<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for CountingIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -45,7 +46,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountingIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
