@@ -139,13 +139,9 @@ impl Breakers {
         ]))
     }
 
-    pub fn get(&self, limit: Limit) -> &Resource {
-        &self.0[limit as usize]
-    }
-
     /// Takes one unit of `limit` if it allows; the guard gives it back.
     pub fn try_acquire(&self, limit: Limit) -> Option<ResourceGuard> {
-        self.get(limit).try_take().then(|| ResourceGuard {
+        self.0[limit as usize].try_take().then(|| ResourceGuard {
             breakers: Arc::clone(&self.0),
             limit,
         })

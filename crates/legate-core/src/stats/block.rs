@@ -14,7 +14,7 @@
 use once_cell::race::OnceBox;
 
 use super::store::{
-    Counter, CounterCell, Gauge, GaugeCell, ImportMode, SharedStr, Tagged, name_hash, table_hash,
+    Counter, CounterCell, Gauge, GaugeCell, ImportMode, SharedStr, Tagged, table_hash,
 };
 use super::tags::TagProducer;
 
@@ -49,7 +49,7 @@ pub struct Block {
     /// The tag-extracted name and tags of each stat (counters, then gauges), extracted the
     /// first time an output needs them.
     tagged: OnceBox<Box<[Tagged]>>,
-    /// [`name_hash`] of the prefix: the store's table of blocks is keyed by prefix.
+    /// `store::name_hash` of the prefix: the store's table of blocks is keyed by prefix.
     pub(crate) hash: u32,
 }
 
@@ -62,9 +62,14 @@ impl std::fmt::Debug for Block {
 }
 
 impl Block {
-    pub(crate) fn leak(prefix: SharedStr, schema: &'static BlockSchema) -> &'static Block {
+    /// `hash` is `store::name_hash` of the prefix, which the store computed to look the block up.
+    pub(crate) fn leak(
+        prefix: SharedStr,
+        hash: u32,
+        schema: &'static BlockSchema,
+    ) -> &'static Block {
         Box::leak(Box::new(Block {
-            hash: name_hash(&prefix, ""),
+            hash,
             prefix,
             schema,
             counters: schema.counters.iter().map(|_| CounterCell::new()).collect(),

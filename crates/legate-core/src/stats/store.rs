@@ -723,7 +723,8 @@ impl Store {
 
     /// The block of `schema` under `prefix`, made the first time.
     fn block_in(&self, prefix: &SharedStr, schema: &'static BlockSchema) -> &'static Block {
-        let hash = table_hash(name_hash(prefix, ""));
+        let prefix_hash = name_hash(prefix, "");
+        let hash = table_hash(prefix_hash);
         let same = |b: &&'static Block| *b.prefix == **prefix && std::ptr::eq(b.schema, schema);
         let blocks = self.blocks.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(block) = blocks.find(hash, same) {
@@ -734,7 +735,7 @@ impl Store {
         if let Some(block) = blocks.find(hash, same) {
             return block;
         }
-        let block = Block::leak(prefix.clone(), schema);
+        let block = Block::leak(prefix.clone(), prefix_hash, schema);
         debug_assert!(
             schema
                 .counters
