@@ -186,7 +186,10 @@ macro_rules! stat_block {
             static SCHEMA: $crate::stats::BlockSchema = $crate::stats::BlockSchema {
                 counters: &[$($crate::__stat_name!($counter $(, $counter_name)?)),*],
                 gauges: &[$(
-                    ($crate::__stat_name!($gauge $(, $gauge_name)?), $crate::stats::ImportMode::$mode)
+                    (
+                        $crate::__stat_name!($gauge $(, $gauge_name)?),
+                        $crate::stats::ImportMode::$mode,
+                    )
                 ),*],
             };
 
