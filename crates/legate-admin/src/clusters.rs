@@ -28,9 +28,7 @@ fn host_stats(host: &Host) -> [(&'static str, u64, bool); 9] {
         ("cx_total", load(&host.cx_total), false),
         ("rq_active", load(&host.active_requests), true),
         ("rq_error", load(&host.rq_error), false),
-        // Requests waiting for a connection to this host: Legate's pools do not queue per
-        // host, so there are none to count.
-        ("rq_pending_active", 0, true),
+        ("rq_pending_active", load(&host.pending_requests), true),
         ("rq_success", load(&host.rq_success), false),
         ("rq_timeout", load(&host.rq_timeout), false),
         ("rq_total", load(&host.rq_total), false),

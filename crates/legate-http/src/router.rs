@@ -340,7 +340,6 @@ pub(crate) async fn forward(
     let upstream_request = Request::from_parts(parts, request_body);
 
     let cstats = &cluster.stats;
-    cstats.traffic.upstream_rq_total().inc();
     cstats.traffic.upstream_rq_active().inc();
     let active = ActiveRequest::new(host.clone());
     info.attempt_count = 1;

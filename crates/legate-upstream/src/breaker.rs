@@ -86,6 +86,12 @@ impl Resource {
         true
     }
 
+    /// Takes one unit whatever the limit (the count may pass it).
+    fn take(&self) {
+        let before = self.current.fetch_add(1, Ordering::Relaxed);
+        self.update_gauges(before + 1);
+    }
+
     fn give_back(&self) {
         let before = self.current.fetch_sub(1, Ordering::Relaxed);
         self.update_gauges(before.saturating_sub(1));
@@ -145,6 +151,16 @@ impl Breakers {
             breakers: Arc::clone(&self.0),
             limit,
         })
+    }
+
+    /// Takes one unit of `limit` even past it: Envoy opens a connection for a pool that has
+    /// none whatever `max_connections` says.
+    pub fn acquire_over_limit(&self, limit: Limit) -> ResourceGuard {
+        self.0[limit as usize].take();
+        ResourceGuard {
+            breakers: Arc::clone(&self.0),
+            limit,
+        }
     }
 }
 

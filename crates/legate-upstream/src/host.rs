@@ -22,6 +22,8 @@ pub struct Host {
     pub locality: Option<LocalityName>,
     /// Requests in flight to this host, across workers: LEAST_REQUEST reads it.
     pub active_requests: AtomicU64,
+    /// Requests of this host's pools waiting for a connection (`rq_pending_active`).
+    pub pending_requests: AtomicU64,
     pub active_connections: AtomicU64,
     /// Counters shown by `/clusters` (Envoy's per-host stats).
     pub rq_total: AtomicU64,
@@ -53,6 +55,7 @@ impl Host {
             priority,
             locality,
             active_requests: AtomicU64::new(0),
+            pending_requests: AtomicU64::new(0),
             active_connections: AtomicU64::new(0),
             rq_total: AtomicU64::new(0),
             rq_success: AtomicU64::new(0),
@@ -119,7 +122,6 @@ pub struct ActiveRequest(std::sync::Arc<Host>);
 impl ActiveRequest {
     pub fn new(host: std::sync::Arc<Host>) -> Self {
         host.active_requests.fetch_add(1, Ordering::Relaxed);
-        host.rq_total.fetch_add(1, Ordering::Relaxed);
         ActiveRequest(host)
     }
 

@@ -29,6 +29,8 @@ legate_core::stat_block! {
             upstream_rq_completed,
             upstream_rq_pending_total,
             upstream_rq_pending_overflow,
+            upstream_rq_pending_failure_eject,
+            upstream_rq_cancelled,
             // A `max_requests` circuit-breaker overflow (Envoy 1.40's name for it).
             upstream_rq_active_overflow,
             upstream_rq_timeout,
@@ -41,6 +43,7 @@ legate_core::stat_block! {
         gauges: [
             upstream_cx_active: Accumulate,
             upstream_rq_active: Accumulate,
+            upstream_rq_pending_active: Accumulate,
             membership_total: NeverImport,
             membership_healthy: NeverImport,
             membership_degraded: NeverImport,

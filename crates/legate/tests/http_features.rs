@@ -940,6 +940,113 @@ fn a_circuit_breaker_overflow_is_marked_x_envoy_overloaded() {
     assert_eq!(first.join().unwrap().status, 200);
 }
 
+/// A proxy with one worker in front of a fresh upstream, the cluster's breakers set to
+/// `thresholds`.
+fn one_worker_behind(thresholds: &str) -> (Upstream, Legate) {
+    let upstream = Upstream::start();
+    let breakers = format!("    circuit_breakers: {{thresholds: [{thresholds}]}}");
+    let proxy = start_proxy_one_worker(&front_proxy(
+        &catch_all(""),
+        &cluster("backend", upstream.addr, &breakers),
+        "",
+    ));
+    (upstream, proxy)
+}
+
+#[test]
+fn max_pending_requests_0_overflows_a_request_that_finds_no_idle_connection() {
+    let (upstream, proxy) = one_worker_behind("{max_pending_requests: 0}");
+    let r = http_get(proxy.addr("ingress"), "/", &[]);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        r.body,
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+    );
+    assert_eq!(r.header("x-envoy-overloaded"), Some("true"), "{r:?}");
+    assert_eq!(upstream.count(), 0);
+    let stat = |n: &str| proxy.stat(&format!("cluster.backend.{n}"));
+    assert_eq!(stat("upstream_rq_pending_overflow"), Some(1));
+    assert_eq!(stat("upstream_rq_pending_total"), Some(0));
+    assert_eq!(stat("upstream_rq_total"), Some(0));
+    assert_eq!(stat("upstream_cx_total"), Some(0));
+}
+
+#[test]
+fn max_connections_0_still_opens_one_connection_for_the_waiting_requests() {
+    // Envoy's rule: a pool with requests waiting always has a connection to serve them.
+    let (upstream, proxy) = one_worker_behind("{max_connections: 0}");
+    let addr = proxy.addr("ingress");
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(50 * i));
+            std::thread::spawn(move || http_get(addr, "/delay/300", &[]).status)
+        })
+        .collect();
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(statuses, [200, 200, 200]);
+    assert_eq!(
+        upstream.in_flight.peak(),
+        1,
+        "one connection, one request at a time"
+    );
+    let stat = |n: &str| proxy.stat(&format!("cluster.backend.{n}"));
+    assert_eq!(stat("upstream_cx_total"), Some(1));
+    assert_eq!(stat("upstream_rq_pending_total"), Some(3));
+    // As Envoy 1.40 counts them: the connection opened past the limit, one for each request
+    // that had to wait, one when the first waiter took the connection while another waited.
+    assert_eq!(stat("upstream_cx_overflow"), Some(4));
+    assert_eq!(stat("circuit_breakers.default.cx_open"), Some(1));
+}
+
+#[test]
+fn a_pending_request_its_client_gives_up_is_cancelled_and_never_sent() {
+    let (upstream, proxy) = one_worker_behind("{max_connections: 1}");
+    let addr = proxy.addr("ingress");
+    let first = std::thread::spawn(move || http_get(addr, "/delay/800", &[]));
+    std::thread::sleep(Duration::from_millis(200));
+    let mut quitter = TcpStream::connect(addr).unwrap();
+    quitter
+        .write_all(b"GET /never HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stat = |n: &str| proxy.stat(&format!("cluster.backend.{n}"));
+    assert_eq!(stat("upstream_rq_pending_active"), Some(1));
+    drop(quitter);
+    assert_eq!(first.join().unwrap().status, 200);
+    assert_eq!(stat("upstream_rq_cancelled"), Some(1));
+    assert_eq!(stat("upstream_rq_pending_active"), Some(0));
+    assert_eq!(stat("upstream_rq_total"), Some(1));
+    // The connection is free again: the next request is sent on it, not queued.
+    assert_eq!(http_get(addr, "/", &[]).status, 200);
+    let paths: Vec<String> = upstream
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.path.clone())
+        .collect();
+    assert_eq!(paths, ["/delay/800", "/"]);
+    assert_eq!(stat("upstream_cx_total"), Some(1));
+}
+
+#[test]
+fn a_failed_connect_fails_its_pending_request_not_a_sent_one() {
+    let dead = SocketAddr::from(([127, 0, 0, 1], e2e::dynamic::free_port()));
+    let proxy = start_proxy_one_worker(&front_proxy(
+        &catch_all(""),
+        &cluster("backend", dead, ""),
+        "",
+    ));
+    let r = http_get(proxy.addr("ingress"), "/", &[]);
+    assert_eq!(r.status, 503, "{r:?}");
+    let stat = |n: &str| proxy.stat(&format!("cluster.backend.{n}"));
+    assert_eq!(stat("upstream_cx_connect_fail"), Some(1));
+    assert_eq!(stat("upstream_rq_pending_total"), Some(1));
+    assert_eq!(stat("upstream_rq_pending_failure_eject"), Some(1));
+    // Envoy counts a request in `upstream_rq_total` once it is on a connection.
+    assert_eq!(stat("upstream_rq_total"), Some(0));
+}
+
 // ------------------------------------------------------------------------------------------
 // Stats sinks and access logs
 // ------------------------------------------------------------------------------------------

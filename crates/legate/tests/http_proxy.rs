@@ -341,6 +341,66 @@ fn cluster_stats_are_named_and_counted_as_in_envoy() {
     assert_eq!(ours["circuit_breakers.high.remaining_rq"], "7");
 }
 
+/// `max_connections: 1`, `max_pending_requests: 2`, one worker, a request holding the only
+/// connection and four more arriving: two wait for that connection (pending) and are served on
+/// it in turn, two overflow with 503 `UO` — in both proxies, counted alike.
+#[test]
+fn requests_wait_for_a_connection_within_max_pending_requests_as_in_envoy() {
+    if !envoy_available() {
+        return;
+    }
+    let upstream = Upstream::start();
+    let breakers =
+        "    circuit_breakers: {thresholds: [{max_connections: 1, max_pending_requests: 2}]}\n";
+    let config = front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream.addr, breakers),
+        "",
+    );
+    let run = |proxy: Legate| {
+        let addr = proxy.addr("ingress");
+        let first = std::thread::spawn(move || http_get(addr, "/delay/800", &[]));
+        std::thread::sleep(Duration::from_millis(300));
+        let others: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || http_get(addr, "/delay/50", &[])))
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let waiting = proxy.stat("cluster.backend.upstream_rq_pending_active");
+        let mut statuses: Vec<u16> = others
+            .into_iter()
+            .map(|o| o.join().unwrap().status)
+            .collect();
+        statuses.push(first.join().unwrap().status);
+        statuses.sort();
+        (statuses, waiting, stats_under(&proxy, "cluster.backend."))
+    };
+    let one_worker = ["--concurrency", "1", "-l", "info"];
+    let ours = run(Legate::try_start_args(&config, &one_worker).unwrap());
+    let theirs = run(Legate::start_envoy_with(&config, 1));
+    assert_eq!(ours.0, [200, 200, 200, 503, 503]);
+    assert_eq!(ours.0, theirs.0);
+    assert_eq!(
+        ours.1,
+        Some(2),
+        "pending while the first request holds the connection"
+    );
+    assert_eq!(ours.1, theirs.1);
+    for name in [
+        "upstream_rq_pending_total",
+        "upstream_rq_pending_overflow",
+        "upstream_rq_pending_active",
+        "upstream_rq_cancelled",
+        "upstream_rq_total",
+        "upstream_cx_total",
+        "upstream_cx_overflow",
+        "circuit_breakers.default.rq_pending_open",
+    ] {
+        assert_eq!(ours.2.get(name), theirs.2.get(name), "{name}");
+    }
+    assert_eq!(ours.2["upstream_rq_pending_overflow"], "2");
+    assert_eq!(ours.2["upstream_cx_total"], "1");
+}
+
 fn rss_kb(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status

@@ -406,6 +406,67 @@ fn tcp_proxy_connect_failure_unknown_cluster_and_weighted_clusters() {
 }
 
 #[test]
+fn tcp_proxy_refuses_connections_past_its_clusters_limits_as_envoy_does() {
+    // Envoy's tcp_proxy checks `max_connections` itself before asking its pool (no waiting),
+    // and the pool counts the connection as pending while it connects.
+    let upstream = TcpUpstream::start(b"", true);
+    let config = bootstrap(
+        &[
+            listener("one", 0, "", &chain("", &tcp_proxy("one", "one", ""))),
+            listener("none", 0, "", &chain("", &tcp_proxy("none", "none", ""))),
+        ],
+        &format!(
+            "{}{}",
+            cluster(
+                "one",
+                upstream.addr,
+                "    circuit_breakers: {thresholds: [{max_connections: 1}]}\n"
+            ),
+            cluster(
+                "none",
+                upstream.addr,
+                "    circuit_breakers: {thresholds: [{max_pending_requests: 0}]}\n"
+            ),
+        ),
+    );
+    let legate = Legate::start(&config);
+    let mut held = TcpStream::connect(legate.addr("one")).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    held.write_all(b"held").unwrap();
+    let mut echoed = [0u8; 4];
+    held.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"held");
+    assert_eq!(
+        exchange(legate.addr("one"), b"x", Duration::from_secs(5)),
+        b""
+    );
+    assert_eq!(legate.stat("cluster.one.upstream_cx_overflow"), Some(1));
+    assert_eq!(legate.stat("cluster.one.upstream_cx_total"), Some(1));
+    assert_eq!(
+        legate.stat("cluster.one.upstream_rq_pending_total"),
+        Some(1)
+    );
+    assert_eq!(
+        exchange(legate.addr("none"), b"x", Duration::from_secs(5)),
+        b""
+    );
+    assert_eq!(
+        legate.stat("cluster.none.upstream_rq_pending_overflow"),
+        Some(1)
+    );
+    assert_eq!(legate.stat("cluster.none.upstream_cx_total"), Some(0));
+    drop(held);
+    // The slot is free again once the held connection is gone.
+    eventually("the held connection's end", || {
+        legate.stat("cluster.one.upstream_cx_active") == Some(0)
+    });
+    assert_eq!(
+        exchange(legate.addr("one"), b"again", Duration::from_secs(5)),
+        b"again"
+    );
+}
+
+#[test]
 fn sni_selects_tls_passthrough_upstream_on_one_port() {
     let a = TcpUpstream::start(b"A", true);
     let b = TcpUpstream::start(b"B", true);

@@ -119,8 +119,6 @@ pub const KNOWN_DIFFERENCES: &[Documented] = &[
     known("*", ALL, "stat http.ingress_http.downstream_rq_response_before_rq_complete", "not emitted: a response sent before the request ended"),
     known("*", ALL, "stat http.ingress_http.downstream_cx_protocol_error", "codec-level protocol errors (426 for HTTP/1.0, 431, a bad HTTP/2 preface) are not counted"),
     // ---- connect failures ----------------------------------------------------------------
-    known("connect_failure", ALL, "stat cluster.dead.upstream_rq_*", "on a connect failure Envoy does not count upstream_rq_total (the request never got a connection) but upstream_rq_pending_failure_eject; Legate counts upstream_rq_total and not the other"),
-    known("local_reply_*_format", ALL, "stat cluster.dead.upstream_rq_*", "as above"),
     known("connect_failure", &[1], "log %BYTES_RECEIVED%", "Envoy counts the 7-byte request body it read before the connect failure; Legate reports 0 (the body was never polled)"),
     // ---- request-target and Host edge cases ------------------------------------------------
     known("http10_and_missing_host", &[0, 1], "log \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\"", "an HTTP/1.0 request refused with 426: Envoy logs %PROTOCOL% as HTTP/1.1, Legate as HTTP/1.0"),

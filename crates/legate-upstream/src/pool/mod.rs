@@ -7,10 +7,17 @@
 //! written at all because a reused keep-alive connection had just been closed by the host is
 //! sent again on a fresh connection: this is the keep-alive race behind Envoy's intermittent
 //! "503 UC" (Envoy issues #6190, #9747, #14981); Legate does not surface it.
+//!
+//! A request that finds no idle connection waits for one as Envoy's pending request does
+//! ([`pending`]), within the cluster's `max_pending_requests`.
+
+mod connect;
+mod pending;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,16 +26,15 @@ use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use legate_core::io::counting::CountingIo;
-use tokio::net::TcpStream;
 
 use crate::body::Body;
-use crate::breaker::{Limit, ResourceGuard};
 use crate::host::Host;
 use crate::manager::Cluster;
 use crate::tls::ConnectionName;
 pub use crate::tls::UpstreamStream;
+pub use connect::connect;
+use connect::{connect_http1, connect_http2};
+use pending::{Pending, Signal, Slot};
 
 /// The protocol a request is sent upstream with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +99,8 @@ pub struct HostPool {
     /// The pools of connections made for names taken from requests (`auto_sni`,
     /// `auto_san_validation`), one per name.
     named: Mutex<HashMap<ConnectionName, Arc<HostPool>>>,
+    /// Made by the first request that found no idle connection.
+    signal: OnceLock<Arc<Signal>>,
 }
 
 impl HostPool {
@@ -124,6 +132,36 @@ impl HostPool {
             !i.sender.is_closed() && idle_timeout.is_none_or(|t| i.since.elapsed() < t)
         });
         idle.is_empty() && lock(&self.h2).as_ref().is_none_or(|s| s.is_closed())
+    }
+
+    fn signal(&self) -> &Arc<Signal> {
+        self.signal.get_or_init(Arc::default)
+    }
+
+    /// Takes the most recently used idle connection that is still open and within the
+    /// cluster's `idle_timeout` (the others are dropped, which closes them).
+    fn checkout(&self, idle_timeout: Option<Duration>) -> Option<(http1::SendRequest<Body>, u32)> {
+        let mut idle = lock(&self.idle);
+        while let Some(entry) = idle.pop() {
+            let expired = idle_timeout.is_some_and(|t| entry.since.elapsed() >= t);
+            if entry.sender.is_closed() || expired {
+                continue; // dropping the sender closes the connection
+            }
+            return Some((entry.sender, entry.uses));
+        }
+        None
+    }
+
+    /// Puts a connection whose response has ended back, waking a request waiting for one.
+    fn check_in(&self, sender: http1::SendRequest<Body>, uses: u32) {
+        lock(&self.idle).push(Idle {
+            sender,
+            since: Instant::now(),
+            uses,
+        });
+        if let Some(signal) = self.signal.get() {
+            signal.wake();
+        }
     }
 }
 
@@ -188,17 +226,15 @@ async fn send_http1(
     mut req: Request<Body>,
     name: Option<ConnectionName>,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
+    let idle_timeout = cluster.config.idle_timeout;
     let pool = cluster
         .pool(worker, host)
-        .for_name(name.as_ref(), cluster.config.idle_timeout);
+        .for_name(name.as_ref(), idle_timeout);
+    let mut attached = false;
     loop {
-        let (mut sender, uses, reused) = match checkout(&pool, cluster.config.idle_timeout) {
+        let (mut sender, uses, reused) = match pool.checkout(idle_timeout) {
             Some((sender, uses)) => (sender, uses, true),
-            None => {
-                // Envoy counts a request that waits for a new connection as pending.
-                cluster.stats.traffic.upstream_rq_pending_total().inc();
-                (connect_http1(cluster, host, name.as_ref()).await?, 0, false)
-            }
+            None => wait_for_http1(cluster, host, &pool, name.as_ref()).await?,
         };
         if sender.ready().await.is_err() {
             if reused {
@@ -207,6 +243,10 @@ async fn send_http1(
             return Err(UpstreamError::ConnectionTermination(
                 "connection closed before the request was sent".into(),
             ));
+        }
+        if !attached {
+            attached = true;
+            count_attached(cluster, host);
         }
         match sender.try_send_request(req).await {
             Ok(response) => {
@@ -234,19 +274,57 @@ async fn send_http1(
     }
 }
 
-fn checkout(
+/// A request's stream is on a connection: Envoy counts it then (a request that never got a
+/// connection is not in `upstream_rq_total`).
+fn count_attached(cluster: &Cluster, host: &Host) {
+    cluster.stats.traffic.upstream_rq_total().inc();
+    host.rq_total.fetch_add(1, Ordering::Relaxed);
+}
+
+/// No idle connection: the request is pending until it has one — an idle connection that
+/// came back (reused: `true`), or a new one (see [`pending`]).
+async fn wait_for_http1(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
     pool: &HostPool,
-    idle_timeout: Option<Duration>,
-) -> Option<(http1::SendRequest<Body>, u32)> {
-    let mut idle = lock(&pool.idle);
-    while let Some(entry) = idle.pop() {
-        let expired = idle_timeout.is_some_and(|t| entry.since.elapsed() >= t);
-        if entry.sender.is_closed() || expired {
-            continue; // dropping the sender closes the connection
-        }
-        return Some((entry.sender, entry.uses));
+    name: Option<&ConnectionName>,
+) -> Result<(http1::SendRequest<Body>, u32, bool), UpstreamError> {
+    enum Found {
+        Idle(http1::SendRequest<Body>, u32),
+        Slot(Slot),
     }
-    None
+    let pending = Pending::new(cluster, host)?;
+    let signal = pool.signal();
+    let found = signal
+        .wait_for(|| {
+            if let Some((sender, uses)) = pool.checkout(cluster.config.idle_timeout) {
+                return Some(Found::Idle(sender, uses));
+            }
+            if let Some(slot) = Slot::for_http1(cluster, signal) {
+                return Some(Found::Slot(slot));
+            }
+            // Envoy counts each time it could not open a connection for waiting requests.
+            cluster.stats.traffic.upstream_cx_overflow().inc();
+            None
+        })
+        .await;
+    match found {
+        Found::Idle(sender, uses) => {
+            pending.attached();
+            signal.wake();
+            Ok((sender, uses, true))
+        }
+        Found::Slot(slot) => match connect_http1(cluster, host, name, slot).await {
+            Ok(sender) => {
+                pending.attached();
+                Ok((sender, 0, false))
+            }
+            Err(e) => {
+                pending.failed();
+                Err(e)
+            }
+        },
+    }
 }
 
 async fn send_http2(
@@ -263,209 +341,27 @@ async fn send_http2(
     let mut sender = match existing {
         Some(s) => s,
         None => {
-            cluster.stats.traffic.upstream_rq_pending_total().inc();
-            let s = connect_http2(cluster, host, name.as_ref()).await?;
-            *lock(&pool.h2) = Some(s.clone());
-            s
+            let pending = Pending::new(cluster, host)?;
+            match connect_http2(cluster, host, name.as_ref(), Slot::for_http2(cluster)).await {
+                Ok(s) => {
+                    pending.attached();
+                    *lock(&pool.h2) = Some(s.clone());
+                    s
+                }
+                Err(e) => {
+                    pending.failed();
+                    return Err(e);
+                }
+            }
         }
     };
     sender.ready().await.map_err(|e| classify(&e))?;
+    count_attached(cluster, host);
     let response = sender.send_request(req).await.map_err(|e| classify(&e))?;
     Ok(response.map(|inner| ResponseBody {
         inner,
         release: None,
     }))
-}
-
-/// Opens a connection within the cluster's connection limit and `connect_timeout`, counting
-/// `upstream_cx_*`: TCP, then the TLS handshake if the cluster has a TLS transport socket
-/// (`protocol` picks what ALPN offers: `None` for raw TCP). As in Envoy, `connect_timeout`
-/// covers both, and a failed handshake is a connect failure (`UF`) whose transport failure
-/// reason is the TLS error. The caller accounts for the connection's end
-/// (`upstream_cx_active`, `upstream_cx_destroy`, the host's `active_connections`); tcp_proxy
-/// uses it directly.
-pub async fn connect(
-    cluster: &Cluster,
-    host: &Host,
-    protocol: Option<Protocol>,
-) -> Result<(UpstreamStream, ResourceGuard), UpstreamError> {
-    connect_named(cluster, host, protocol, None).await
-}
-
-/// [`connect`], made for `name` (`auto_sni`, `auto_san_validation`).
-async fn connect_named(
-    cluster: &Cluster,
-    host: &Host,
-    protocol: Option<Protocol>,
-    name: Option<&ConnectionName>,
-) -> Result<(UpstreamStream, ResourceGuard), UpstreamError> {
-    let stats = &cluster.stats;
-    let Some(guard) = cluster.breakers.try_acquire(Limit::Connections) else {
-        cluster.stats.traffic.upstream_cx_overflow().inc();
-        return Err(UpstreamError::Overflow);
-    };
-    stats.traffic.upstream_cx_total().inc();
-    host.cx_total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let started = Instant::now();
-    let result = tokio::time::timeout(cluster.config.connect_timeout, async {
-        if let Some(path) = &host.pipe {
-            // A unix domain socket host (plain only: a static cluster with TLS and a pipe
-            // endpoint is refused; one from EDS fails here).
-            if cluster.config.tls.is_some() {
-                return Err("TLS to a unix domain socket is not supported".to_owned());
-            }
-            let unix = connect_unix(path)
-                .await
-                .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
-            return Ok(UpstreamStream::Unix(unix));
-        }
-        let tcp = TcpStream::connect(host.address)
-            .await
-            .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
-        let _ = tcp.set_nodelay(true);
-        let Some(tls) = &cluster.config.tls else {
-            return Ok(UpstreamStream::Plain(tcp));
-        };
-        match tls.connect(tcp, protocol, name).await {
-            Ok(s) => {
-                if let Some(ssl) = &cluster.ssl {
-                    ssl.handshake_done(s.get_ref().1);
-                }
-                Ok(UpstreamStream::Tls(Box::new(s)))
-            }
-            Err(e) => {
-                if let Some(ssl) = &cluster.ssl {
-                    ssl.handshake_failed(&e);
-                }
-                Err(match legate_core::tls::tls_error(&e) {
-                    Some(t) => legate_core::tls::failure_reason(t),
-                    None => format!("TLS_error:|{}:TLS_error_end", os_reason(&e)),
-                })
-            }
-        }
-    })
-    .await;
-    let failed = |host: &Host| {
-        stats.traffic.upstream_cx_connect_fail().inc();
-        host.cx_connect_fail
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    };
-    match result {
-        Err(_) => {
-            failed(host);
-            stats.traffic.upstream_cx_connect_timeout().inc();
-            Err(UpstreamError::ConnectTimeout)
-        }
-        Ok(Err(reason)) => {
-            failed(host);
-            Err(UpstreamError::ConnectFailure(reason))
-        }
-        Ok(Ok(stream)) => {
-            stats
-                .upstream_cx_connect_ms
-                .record(started.elapsed().as_millis() as u64);
-            stats.traffic.upstream_cx_active().inc();
-            host.active_connections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok((stream, guard))
-        }
-    }
-}
-
-/// Connects to a unix domain socket: a path, or ('@' first) a name in the abstract namespace.
-async fn connect_unix(path: &str) -> std::io::Result<tokio::net::UnixStream> {
-    let pipe = legate_core::address::Pipe {
-        path: path.to_owned(),
-        mode: 0,
-    };
-    let addr = pipe.socket_addr()?;
-    // Tokio connects by path only: an abstract name is connected on a blocking-free std
-    // socket (a local connect completes at once or fails) and handed over.
-    let std = std::os::unix::net::UnixStream::connect_addr(&addr)?;
-    std.set_nonblocking(true)?;
-    tokio::net::UnixStream::from_std(std)
-}
-
-/// An I/O error as the OS names it, without Rust's "(os error N)" suffix.
-fn os_reason(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_owned(),
-        None => text,
-    }
-}
-
-/// Runs a connection to its end, then accounts for it. The task holds the stats it updates
-/// and only a weak reference to the host: the host's pool holds the connection's sender, so a
-/// strong one would keep both alive forever once the cluster is replaced or the host removed
-/// (dropping the pool is what closes its idle connections).
-fn drive<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, guard: ResourceGuard, conn: F)
-where
-    F: std::future::Future + Send + 'static,
-{
-    let active = cluster.stats.traffic.upstream_cx_active();
-    let destroy = cluster.stats.traffic.upstream_cx_destroy();
-    let length = cluster.stats.upstream_cx_length_ms;
-    let host = Arc::downgrade(host);
-    let opened = Instant::now();
-    tokio::spawn(async move {
-        let _ = conn.await;
-        drop(guard);
-        active.dec();
-        destroy.inc();
-        length.record(opened.elapsed().as_millis() as u64);
-        if let Some(host) = host.upgrade() {
-            host.active_connections
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-}
-
-async fn connect_http1(
-    cluster: &Arc<Cluster>,
-    host: &Arc<Host>,
-    name: Option<&ConnectionName>,
-) -> Result<http1::SendRequest<Body>, UpstreamError> {
-    let (stream, guard) = connect_named(cluster, host, Some(Protocol::Http1), name).await?;
-    let (sender, conn) = http1::Builder::new()
-        .max_headers(cluster.config.max_headers_count as usize)
-        .handshake(TokioIo::new(counted(cluster, stream)))
-        .await
-        .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
-    cluster.stats.traffic.upstream_cx_http1_total().inc();
-    drive(cluster, host, guard, conn.with_upgrades());
-    Ok(sender)
-}
-
-async fn connect_http2(
-    cluster: &Arc<Cluster>,
-    host: &Arc<Host>,
-    name: Option<&ConnectionName>,
-) -> Result<http2::SendRequest<Body>, UpstreamError> {
-    let (stream, guard) = connect_named(cluster, host, Some(Protocol::Http2), name).await?;
-    let o = &cluster.config.http2;
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(o.initial_stream_window_size)
-        .initial_connection_window_size(o.initial_connection_window_size)
-        .header_table_size(o.hpack_table_size)
-        .handshake(TokioIo::new(counted(cluster, stream)))
-        .await
-        .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
-    cluster.stats.traffic.upstream_cx_http2_total().inc();
-    drive(cluster, host, guard, conn);
-    Ok(sender)
-}
-
-/// An HTTP connection's stream, counting the cluster's `upstream_cx_{rx,tx}_bytes_total`.
-fn counted(cluster: &Cluster, stream: UpstreamStream) -> CountingIo<UpstreamStream> {
-    let t = cluster.stats.traffic;
-    CountingIo::new(
-        stream,
-        t.upstream_cx_rx_bytes_total(),
-        t.upstream_cx_tx_bytes_total(),
-    )
 }
 
 /// Sorts a hyper client error into Envoy's reset reasons.
@@ -506,15 +402,10 @@ pub struct ResponseBody {
 impl ResponseBody {
     fn finish(&mut self) {
         if let Some(r) = self.release.take() {
-            let pool = r
-                .cluster
+            r.cluster
                 .pool(r.worker, &r.host)
-                .for_name(r.name.as_ref(), r.cluster.config.idle_timeout);
-            lock(&pool.idle).push(Idle {
-                sender: r.sender,
-                since: Instant::now(),
-                uses: r.uses,
-            });
+                .for_name(r.name.as_ref(), r.cluster.config.idle_timeout)
+                .check_in(r.sender, r.uses);
         }
     }
 }

@@ -1,0 +1,227 @@
+//! Opening upstream connections: TCP or a unix domain socket, then TLS when the cluster has a
+//! transport socket, within `connect_timeout`, counting `upstream_cx_*`; and running an HTTP
+//! connection to its end.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use legate_core::io::counting::CountingIo;
+use tokio::net::TcpStream;
+
+use super::pending::{Pending, Slot};
+use super::{Protocol, UpstreamError};
+use crate::body::Body;
+use crate::breaker::{Limit, ResourceGuard};
+use crate::host::Host;
+use crate::manager::Cluster;
+use crate::tls::{ConnectionName, UpstreamStream};
+
+/// Opens tcp_proxy's upstream connection: within the cluster's connection limit (over it: fails
+/// with `Overflow`, counting `upstream_cx_overflow`, as Envoy's tcp_proxy checks before asking
+/// its pool), pending while it connects (within `max_pending_requests`, as in Envoy's TCP
+/// pool). The caller accounts for the connection's end (`upstream_cx_active`,
+/// `upstream_cx_destroy`, the host's `active_connections`).
+pub async fn connect(
+    cluster: &Cluster,
+    host: &Host,
+    protocol: Option<Protocol>,
+) -> Result<(UpstreamStream, ResourceGuard), UpstreamError> {
+    let Some(guard) = cluster.breakers.try_acquire(Limit::Connections) else {
+        cluster.stats.traffic.upstream_cx_overflow().inc();
+        return Err(UpstreamError::Overflow);
+    };
+    let pending = Pending::new(cluster, host)?;
+    match open(cluster, host, protocol, None).await {
+        Ok(stream) => {
+            pending.attached();
+            Ok((stream, guard))
+        }
+        Err(e) => {
+            pending.failed();
+            Err(e)
+        }
+    }
+}
+
+/// Opens a connection (a slot within the connection limit already taken) for `name`
+/// (`auto_sni`, `auto_san_validation`): TCP, then the TLS handshake if the cluster has a TLS
+/// transport socket (`protocol` picks what ALPN offers: `None` for raw TCP). As in Envoy,
+/// `connect_timeout` covers both, and a failed handshake is a connect failure (`UF`) whose
+/// transport failure reason is the TLS error. Counts `upstream_cx_total`, `_connect_fail`,
+/// `_connect_timeout`, `_connect_ms` and, once open, `upstream_cx_active`.
+async fn open(
+    cluster: &Cluster,
+    host: &Host,
+    protocol: Option<Protocol>,
+    name: Option<&ConnectionName>,
+) -> Result<UpstreamStream, UpstreamError> {
+    let stats = &cluster.stats;
+    stats.traffic.upstream_cx_total().inc();
+    host.cx_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let result = tokio::time::timeout(cluster.config.connect_timeout, async {
+        if let Some(path) = &host.pipe {
+            // A unix domain socket host (plain only: a static cluster with TLS and a pipe
+            // endpoint is refused; one from EDS fails here).
+            if cluster.config.tls.is_some() {
+                return Err("TLS to a unix domain socket is not supported".to_owned());
+            }
+            let unix = connect_unix(path)
+                .await
+                .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
+            return Ok(UpstreamStream::Unix(unix));
+        }
+        let tcp = TcpStream::connect(host.address)
+            .await
+            .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &cluster.config.tls else {
+            return Ok(UpstreamStream::Plain(tcp));
+        };
+        match tls.connect(tcp, protocol, name).await {
+            Ok(s) => {
+                if let Some(ssl) = &cluster.ssl {
+                    ssl.handshake_done(s.get_ref().1);
+                }
+                Ok(UpstreamStream::Tls(Box::new(s)))
+            }
+            Err(e) => {
+                if let Some(ssl) = &cluster.ssl {
+                    ssl.handshake_failed(&e);
+                }
+                Err(match legate_core::tls::tls_error(&e) {
+                    Some(t) => legate_core::tls::failure_reason(t),
+                    None => format!("TLS_error:|{}:TLS_error_end", os_reason(&e)),
+                })
+            }
+        }
+    })
+    .await;
+    let failed = |host: &Host| {
+        stats.traffic.upstream_cx_connect_fail().inc();
+        host.cx_connect_fail
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
+    match result {
+        Err(_) => {
+            failed(host);
+            stats.traffic.upstream_cx_connect_timeout().inc();
+            Err(UpstreamError::ConnectTimeout)
+        }
+        Ok(Err(reason)) => {
+            failed(host);
+            Err(UpstreamError::ConnectFailure(reason))
+        }
+        Ok(Ok(stream)) => {
+            stats
+                .upstream_cx_connect_ms
+                .record(started.elapsed().as_millis() as u64);
+            stats.traffic.upstream_cx_active().inc();
+            host.active_connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(stream)
+        }
+    }
+}
+
+/// Connects to a unix domain socket: a path, or ('@' first) a name in the abstract namespace.
+async fn connect_unix(path: &str) -> std::io::Result<tokio::net::UnixStream> {
+    let pipe = legate_core::address::Pipe {
+        path: path.to_owned(),
+        mode: 0,
+    };
+    let addr = pipe.socket_addr()?;
+    // Tokio connects by path only: an abstract name is connected on a blocking-free std
+    // socket (a local connect completes at once or fails) and handed over.
+    let std = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+    std.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(std)
+}
+
+/// An I/O error as the OS names it, without Rust's "(os error N)" suffix.
+fn os_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+/// Runs a connection to its end, then accounts for it. The task holds the stats it updates
+/// and only a weak reference to the host: the host's pool holds the connection's sender, so a
+/// strong one would keep both alive forever once the cluster is replaced or the host removed
+/// (dropping the pool is what closes its idle connections).
+fn drive<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: Slot, conn: F)
+where
+    F: std::future::Future + Send + 'static,
+{
+    let active = cluster.stats.traffic.upstream_cx_active();
+    let destroy = cluster.stats.traffic.upstream_cx_destroy();
+    let length = cluster.stats.upstream_cx_length_ms;
+    let host = Arc::downgrade(host);
+    let opened = Instant::now();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        drop(slot);
+        active.dec();
+        destroy.inc();
+        length.record(opened.elapsed().as_millis() as u64);
+        if let Some(host) = host.upgrade() {
+            host.active_connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+}
+
+/// Opens an HTTP/1.1 connection in `slot`.
+pub(super) async fn connect_http1(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    name: Option<&ConnectionName>,
+    slot: Slot,
+) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    let stream = open(cluster, host, Some(Protocol::Http1), name).await?;
+    let (sender, conn) = http1::Builder::new()
+        .max_headers(cluster.config.max_headers_count as usize)
+        .handshake(TokioIo::new(counted(cluster, stream)))
+        .await
+        .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
+    cluster.stats.traffic.upstream_cx_http1_total().inc();
+    drive(cluster, host, slot, conn.with_upgrades());
+    Ok(sender)
+}
+
+/// Opens an HTTP/2 connection in `slot`.
+pub(super) async fn connect_http2(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    name: Option<&ConnectionName>,
+    slot: Slot,
+) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    let stream = open(cluster, host, Some(Protocol::Http2), name).await?;
+    let o = &cluster.config.http2;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(o.initial_stream_window_size)
+        .initial_connection_window_size(o.initial_connection_window_size)
+        .header_table_size(o.hpack_table_size)
+        .handshake(TokioIo::new(counted(cluster, stream)))
+        .await
+        .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
+    cluster.stats.traffic.upstream_cx_http2_total().inc();
+    drive(cluster, host, slot, conn);
+    Ok(sender)
+}
+
+/// An HTTP connection's stream, counting the cluster's `upstream_cx_{rx,tx}_bytes_total`.
+fn counted(cluster: &Cluster, stream: UpstreamStream) -> CountingIo<UpstreamStream> {
+    let t = cluster.stats.traffic;
+    CountingIo::new(
+        stream,
+        t.upstream_cx_rx_bytes_total(),
+        t.upstream_cx_tx_bytes_total(),
+    )
+}
