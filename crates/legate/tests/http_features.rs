@@ -1047,6 +1047,80 @@ fn a_failed_connect_fails_its_pending_request_not_a_sent_one() {
     assert_eq!(stat("upstream_rq_total"), Some(0));
 }
 
+/// Sends `GET path` on each of `n` connections to `addr` at once; the response statuses.
+fn burst(addr: SocketAddr, n: usize, path: &str) -> Vec<u16> {
+    let clients: Vec<_> = (0..n).map(|_| RawConn::connect(addr)).collect();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let (start, request) = (start.clone(), request.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                c.send(request.as_bytes()).unwrap();
+                c.read_response(false).unwrap().response.status
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn a_burst_of_requests_shares_the_one_h2_connection_being_opened() {
+    // Envoy opens one connection for an HTTP/2 pool and queues the requests that arrive while
+    // it connects as pending on it.
+    let upstream = Upstream::start();
+    let proxy = start_proxy_one_worker(&front_proxy(
+        &catch_all(""),
+        &cluster("backend", upstream.addr, H2_UPSTREAM),
+        "",
+    ));
+    assert_eq!(burst(proxy.addr("ingress"), 20, "/delay/200"), [200; 20]);
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(proxy.stat("cluster.backend.upstream_cx_total"), Some(1));
+    assert_eq!(proxy.stat("cluster.backend.upstream_rq_total"), Some(20));
+    assert_eq!(
+        proxy.stat("cluster.backend.upstream_rq_pending_active"),
+        Some(0)
+    );
+}
+
+#[test]
+fn the_h2_connection_failing_to_open_fails_every_request_waiting_for_it() {
+    // A listener whose accept queue is full and never drained: connects to it hang.
+    let silent = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    silent
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    silent.listen(0).unwrap();
+    let silent_addr = silent.local_addr().unwrap().as_socket().unwrap();
+    let _filling: Vec<_> = (0..4)
+        .filter_map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            s.set_nonblocking(true).ok()?;
+            let _ = s.connect(&silent_addr.into());
+            Some(s)
+        })
+        .collect();
+    let proxy = start_proxy_one_worker(&front_proxy(
+        &catch_all(""),
+        &cluster("backend", silent_addr, H2_UPSTREAM),
+        "",
+    ));
+    assert_eq!(burst(proxy.addr("ingress"), 10, "/"), [503; 10]);
+    let stat = |n: &str| proxy.stat(&format!("cluster.backend.{n}"));
+    assert_eq!(stat("upstream_cx_connect_timeout"), Some(1));
+    assert_eq!(stat("upstream_rq_pending_failure_eject"), Some(10));
+    assert_eq!(stat("upstream_rq_total"), Some(0));
+}
+
 // ------------------------------------------------------------------------------------------
 // Stats sinks and access logs
 // ------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! Connection pools: one per (worker, host), so workers share no connection and take no
 //! contended lock. HTTP/1.1 keeps idle keep-alive connections and hands each to one request at
-//! a time; HTTP/2 multiplexes every request of the worker over one connection per host.
+//! a time; HTTP/2 multiplexes every request of the worker over one connection per host (the
+//! requests that arrive while it is being opened wait for it).
 //!
 //! A pooled HTTP/1.1 connection goes back to the pool only when its response body has been
 //! read to the end (an unfinished response leaves it unusable). A request that could not be
@@ -22,6 +23,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -45,7 +48,7 @@ pub enum Protocol {
 
 /// Why a request got no response headers from upstream. Each maps to an Envoy response flag
 /// and reset reason.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum UpstreamError {
     /// `UF`: the TCP connection could not be made; the transport failure reason.
     ConnectFailure(String),
@@ -95,7 +98,7 @@ struct Idle {
 #[derive(Default)]
 pub struct HostPool {
     idle: Mutex<Vec<Idle>>,
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    h2: Mutex<H2>,
     /// The pools of connections made for names taken from requests (`auto_sni`,
     /// `auto_san_validation`), one per name.
     named: Mutex<HashMap<ConnectionName, Arc<HostPool>>>,
@@ -131,7 +134,12 @@ impl HostPool {
         idle.retain(|i| {
             !i.sender.is_closed() && idle_timeout.is_none_or(|t| i.since.elapsed() < t)
         });
-        idle.is_empty() && lock(&self.h2).as_ref().is_none_or(|s| s.is_closed())
+        idle.is_empty()
+            && match &*lock(&self.h2) {
+                H2::None => true,
+                H2::Opening(_) => false,
+                H2::Open(sender) => sender.is_closed(),
+            }
     }
 
     fn signal(&self) -> &Arc<Signal> {
@@ -164,6 +172,20 @@ impl HostPool {
         }
     }
 }
+
+/// A pool's HTTP/2 connection: none, being opened (the requests arriving meanwhile wait for
+/// it, as Envoy's pending requests on a connecting client), or open.
+#[derive(Default)]
+enum H2 {
+    #[default]
+    None,
+    Opening(Opening),
+    Open(http2::SendRequest<Body>),
+}
+
+/// The opening of an HTTP/2 connection, awaited by every request waiting for it (any of them
+/// drives it).
+type Opening = Shared<BoxFuture<'static, Result<http2::SendRequest<Body>, UpstreamError>>>;
 
 /// A host's pool, or one of its per-name pools.
 enum PoolRef<'a> {
@@ -337,23 +359,13 @@ async fn send_http2(
     let pool = cluster
         .pool(worker, host)
         .for_name(name.as_ref(), cluster.config.idle_timeout);
-    let existing = lock(&pool.h2).as_ref().filter(|s| !s.is_closed()).cloned();
-    let mut sender = match existing {
-        Some(s) => s,
-        None => {
-            let pending = Pending::new(cluster, host)?;
-            match connect_http2(cluster, host, name.as_ref(), Slot::for_http2(cluster)).await {
-                Ok(s) => {
-                    pending.attached();
-                    *lock(&pool.h2) = Some(s.clone());
-                    s
-                }
-                Err(e) => {
-                    pending.failed();
-                    return Err(e);
-                }
-            }
-        }
+    let open = match &*lock(&pool.h2) {
+        H2::Open(sender) if !sender.is_closed() => Some(sender.clone()),
+        _ => None,
+    };
+    let mut sender = match open {
+        Some(sender) => sender,
+        None => wait_for_http2(cluster, host, &pool, name).await?,
     };
     sender.ready().await.map_err(|e| classify(&e))?;
     count_attached(cluster, host);
@@ -362,6 +374,63 @@ async fn send_http2(
         inner,
         release: None,
     }))
+}
+
+/// No open HTTP/2 connection: the request is pending until the pool's connection, opened by
+/// the first request that found none, is open — or fails, failing every request waiting for it
+/// (Envoy's `upstream_rq_pending_failure_eject`).
+async fn wait_for_http2(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    pool: &HostPool,
+    name: Option<ConnectionName>,
+) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    let pending = Pending::new(cluster, host)?;
+    let opening = {
+        let mut h2 = lock(&pool.h2);
+        match &*h2 {
+            H2::Open(sender) if !sender.is_closed() => {
+                let sender = sender.clone();
+                drop(h2);
+                pending.attached();
+                return Ok(sender);
+            }
+            H2::Opening(opening) => opening.clone(),
+            _ => {
+                let (cluster, host) = (cluster.clone(), host.clone());
+                let opening = async move {
+                    let slot = Slot::for_http2(&cluster);
+                    connect_http2(&cluster, &host, name.as_ref(), slot).await
+                }
+                .boxed()
+                .shared();
+                *h2 = H2::Opening(opening.clone());
+                opening
+            }
+        }
+    };
+    let result = opening.clone().await;
+    {
+        // The first of its waiters to see the outcome records it (unless the pool has moved
+        // on to another connection meanwhile).
+        let mut h2 = lock(&pool.h2);
+        if matches!(&*h2, H2::Opening(o) if o.ptr_eq(&opening)) {
+            *h2 = match &result {
+                Ok(sender) => H2::Open(sender.clone()),
+                Err(_) => H2::None,
+            };
+        }
+    }
+    match result {
+        Ok(sender) => {
+            pending.attached();
+            Ok(sender)
+        }
+        Err(e) => {
+            pending.failed();
+            Err(e)
+        }
+    }
 }
 
 /// Sorts a hyper client error into Envoy's reset reasons.
