@@ -12,7 +12,6 @@ pub mod lifecycle;
 pub mod matcher;
 pub mod ocsp;
 pub mod proto;
-pub mod random;
 pub mod runtime;
 pub mod stats;
 pub mod stream_info;

@@ -58,8 +58,11 @@ impl CertificateInfo {
             subject: rfc2253(cert.subject()),
             issuer: rfc2253(cert.issuer()),
             serial: bn2hex(cert.raw_serial()),
-            sha256: hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()),
-            sha1: hex(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref()),
+            sha256: hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref()),
+            sha1: hex(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
+                    .as_ref(),
+            ),
             not_before: system_time(cert.validity().not_before.timestamp()),
             not_after: system_time(cert.validity().not_after.timestamp()),
             pem: pem(der),

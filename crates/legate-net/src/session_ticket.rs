@@ -13,9 +13,9 @@
 //! only resumed by a context that would have accepted the same peer, as BoringSSL's session-id
 //! context (which Envoy derives from the same inputs) ensures.
 
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::digest::{Context, SHA256};
-use ring::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::digest::{Context, SHA256};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use rustls::server::ProducesTickets;
 
 /// The size of one Envoy session ticket key.
@@ -124,7 +124,7 @@ impl ProducesTickets for TicketKeys {
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let key = self.keys.first()?;
         let mut nonce = [0u8; NONCE_LEN];
-        legate_core::random::fill(&mut nonce).ok()?;
+        SystemRandom::new().fill(&mut nonce).ok()?;
         let mut out = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&key.name);
         out.extend_from_slice(&nonce);

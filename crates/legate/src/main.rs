@@ -30,7 +30,7 @@ const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 const ENVOY_COMPAT: &str = "1.40";
 
 fn main() -> ExitCode {
-    // One crypto provider in the process (DESIGN.md §5): ring, installed before any TLS
+    // One crypto provider in the process (DESIGN.md §5): aws-lc-rs, installed before any TLS
     // context is built.
     legate_core::tls::install_default_provider();
     let options = Options::parse();

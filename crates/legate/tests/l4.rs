@@ -91,7 +91,7 @@ fn connect_from(source: Option<&str>, addr: SocketAddr) -> TcpStream {
 
 /// A ClientHello as rustls writes it.
 fn client_hello(sni: &str, alpn: &[&str]) -> Vec<u8> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -1245,9 +1245,9 @@ fn tls_inspector_fingerprints_client_hellos_like_envoy() {
         "grease.example.com b50ca99b99895127b987ebef0ae4f04a t13d0406h2_e00fd9ffaebd_0d385148b956"
     );
     assert_eq!(fields[1][0], "plain.example.com");
-    assert_eq!(fields[1][2], "t13d101000_61a7ad8aa9b6_3fcd1a44f3e3");
+    assert_eq!(fields[1][2], "t13d101000_61a7ad8aa9b6_0d308c48d2a3");
     assert_eq!(fields[2][0], "rustls.example.com");
-    assert_eq!(fields[2][2], "t13d1011h2_61a7ad8aa9b6_3fcd1a44f3e3");
+    assert_eq!(fields[2][2], "t13d1011h2_61a7ad8aa9b6_0d308c48d2a3");
     for f in &fields[1..] {
         assert!(
             f[1].len() == 32

@@ -187,15 +187,15 @@ const PROXY_SUBJECT: &str = "CN=proxy.example.com,O=Legate";
 /// A client offering one cipher suite (so that both proxies pick the same), presenting
 /// `chain` if given.
 fn client(pki: &Pki, tls12: bool, chain: Option<(&[&CertFile], &CertFile)>) -> Arc<ClientConfig> {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     let (suite, version) = if tls12 {
         (
-            rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            rustls::crypto::aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
             &rustls::version::TLS12,
         )
     } else {
         (
-            rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+            rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
             &rustls::version::TLS13,
         )
     };

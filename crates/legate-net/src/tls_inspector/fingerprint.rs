@@ -5,8 +5,8 @@
 //! sorted cipher and extension lists hashed with SHA-256 and cut to 12 hex digits, SNI and
 //! ALPN left out of the extension hash, signature algorithms appended in their order).
 
+use aws_lc_rs::digest::{SHA256, digest};
 use legate_core::x509::hex;
-use ring::digest::{SHA256, digest};
 
 const EXT_SERVER_NAME: u16 = 0;
 const EXT_SUPPORTED_GROUPS: u16 = 10;

@@ -1,9 +1,9 @@
 use super::*;
 use std::sync::Arc;
 
-/// A real ClientHello, as rustls writes it (TLS 1.3 and 1.2 offered, ring provider).
+/// A real ClientHello, as rustls writes it (TLS 1.3 and 1.2 offered, aws-lc-rs provider).
 fn rustls_hello(sni: Option<&str>, alpn: &[&str]) -> Vec<u8> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
