@@ -100,6 +100,8 @@ pub struct ClusterConfig {
     pub max_requests_per_connection: Option<u32>,
     /// Upstream connection idle timeout; Envoy's default is one hour.
     pub idle_timeout: Option<Duration>,
+    /// `max_connection_duration`: an upstream connection is retired this long after opening.
+    pub max_connection_duration: Option<Duration>,
     pub max_headers_count: u32,
     /// HTTP/2 settings for upstream connections (windows, HPACK table size).
     pub http2: Http2Settings,
@@ -310,6 +312,11 @@ impl ClusterConfig {
             .map(|v| v.value)
             .or(max_requests);
         let idle_timeout = idle_timeout(&common);
+        let max_connection_duration = Some(duration_or(
+            common.max_connection_duration.as_ref(),
+            Duration::ZERO,
+        ))
+        .filter(|d| !d.is_zero());
 
         let tls = c.transport_socket.as_ref().and_then(|ts| {
             errors.take(
@@ -349,6 +356,7 @@ impl ClusterConfig {
             protocol,
             max_requests_per_connection: max_requests.filter(|&n| n > 0),
             idle_timeout,
+            max_connection_duration,
             max_headers_count: u32_or(common.max_headers_count.as_ref(), 100),
             http2,
         })
@@ -365,6 +373,7 @@ impl ClusterConfig {
             && self.max_headers_count == other.max_headers_count
             && self.max_requests_per_connection == other.max_requests_per_connection
             && self.idle_timeout == other.idle_timeout
+            && self.max_connection_duration == other.max_connection_duration
     }
 
     /// All endpoints of every priority and locality.

@@ -1047,6 +1047,116 @@ fn a_failed_connect_fails_its_pending_request_not_a_sent_one() {
     assert_eq!(stat("upstream_rq_total"), Some(0));
 }
 
+/// A proxy with one worker whose cluster sets `options` in its HTTP protocol options.
+fn one_worker_with_upstream_options(options: &str) -> (Upstream, Legate) {
+    let upstream = Upstream::start();
+    let cluster_options = format!(
+        r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: {{{options}}}
+        explicit_http_config: {{http_protocol_options: {{}}}}"#
+    );
+    let proxy = start_proxy_one_worker(&front_proxy(
+        &catch_all(""),
+        &cluster("backend", upstream.addr, &cluster_options),
+        "",
+    ));
+    (upstream, proxy)
+}
+
+#[test]
+fn an_upstream_connection_idle_past_idle_timeout_is_closed() {
+    let (upstream, proxy) = one_worker_with_upstream_options("idle_timeout: 0.5s");
+    let addr = proxy.addr("ingress");
+    assert_eq!(http_get(addr, "/", &[]).status, 200);
+    let stat = |n: &str| proxy.stat(&format!("cluster.backend.{n}"));
+    assert_eq!(stat("upstream_cx_active"), Some(1));
+    let closed = proxy.wait_stat(
+        "cluster.backend.upstream_cx_destroy",
+        Duration::from_secs(3),
+        |v| v == 1,
+    );
+    assert_eq!(closed, Some(1), "the idle connection was not closed");
+    assert_eq!(stat("upstream_cx_idle_timeout"), Some(1));
+    assert_eq!(stat("upstream_cx_active"), Some(0));
+    // The next request opens a new connection.
+    assert_eq!(http_get(addr, "/", &[]).status, 200);
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}
+
+#[test]
+fn max_connection_duration_retires_upstream_connections_idle_or_busy() {
+    // As Envoy 1.40 does: at the deadline an idle connection is closed at once; a busy one
+    // serves its request to the end, then closes; both count `upstream_cx_max_duration_reached`
+    // at the deadline.
+    let (upstream, proxy) = one_worker_with_upstream_options("max_connection_duration: 1s");
+    let addr = proxy.addr("ingress");
+    let stat = |n: &str| proxy.stat(&format!("cluster.backend.{n}"));
+    assert_eq!(http_get(addr, "/", &[]).status, 200);
+    let closed = proxy.wait_stat(
+        "cluster.backend.upstream_cx_destroy",
+        Duration::from_secs(3),
+        |v| v == 1,
+    );
+    assert_eq!(closed, Some(1), "the idle connection was not closed");
+    assert_eq!(stat("upstream_cx_max_duration_reached"), Some(1));
+    let busy = std::thread::spawn(move || http_get(addr, "/delay/1600", &[]).status);
+    let reached = proxy.wait_stat(
+        "cluster.backend.upstream_cx_max_duration_reached",
+        Duration::from_secs(3),
+        |v| v == 2,
+    );
+    assert_eq!(reached, Some(2));
+    assert_eq!(
+        stat("upstream_cx_active"),
+        Some(1),
+        "closed under its request"
+    );
+    assert_eq!(busy.join().unwrap(), 200);
+    let closed = proxy.wait_stat(
+        "cluster.backend.upstream_cx_destroy",
+        Duration::from_secs(3),
+        |v| v == 2,
+    );
+    assert_eq!(
+        closed,
+        Some(2),
+        "the retired connection was not closed after its request"
+    );
+    assert_eq!(http_get(addr, "/", &[]).status, 200);
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+}
+
+#[test]
+fn an_upstream_connection_at_max_requests_per_connection_is_closed() {
+    let (upstream, proxy) = one_worker_with_upstream_options("max_requests_per_connection: 2");
+    let addr = proxy.addr("ingress");
+    for _ in 0..4 {
+        assert_eq!(http_get(addr, "/", &[]).status, 200);
+    }
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    assert_eq!(
+        proxy.stat("cluster.backend.upstream_cx_max_requests"),
+        Some(2)
+    );
+}
+
 /// Sends `GET path` on each of `n` connections to `addr` at once; the response statuses.
 fn burst(addr: SocketAddr, n: usize, path: &str) -> Vec<u16> {
     let clients: Vec<_> = (0..n).map(|_| RawConn::connect(addr)).collect();

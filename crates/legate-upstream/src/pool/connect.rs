@@ -10,8 +10,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use legate_core::io::counting::CountingIo;
 use tokio::net::TcpStream;
 
+use super::lifetime::{Lifetime, PoolHandle, next_id};
 use super::pending::{Pending, Slot};
-use super::{Protocol, UpstreamError};
+use super::{H1, Protocol, UpstreamError};
 use crate::body::Body;
 use crate::breaker::{Limit, ResourceGuard};
 use crate::host::Host;
@@ -150,24 +151,29 @@ fn os_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Runs a connection to its end, then accounts for it. The task holds the stats it updates
-/// and only a weak reference to the host: the host's pool holds the connection's sender, so a
-/// strong one would keep both alive forever once the cluster is replaced or the host removed
-/// (dropping the pool is what closes its idle connections).
-fn drive<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: Slot, conn: F)
+/// Runs a connection to its end under its limits in time (its timer, see [`Lifetime`]), then
+/// accounts for it. The task
+/// holds the stats it updates and only weak references to the host and the pool: the pool
+/// holds the connection's sender, so a strong one would keep both alive forever once the
+/// cluster is replaced or the host removed (dropping the pool is what closes its idle
+/// connections).
+fn drive<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: Slot, lifetime: Lifetime, conn: F)
 where
     F: std::future::Future + Send + 'static,
 {
-    let active = cluster.stats.traffic.upstream_cx_active();
-    let destroy = cluster.stats.traffic.upstream_cx_destroy();
+    let traffic = cluster.stats.traffic;
     let length = cluster.stats.upstream_cx_length_ms;
     let host = Arc::downgrade(host);
     let opened = Instant::now();
+    let timer = lifetime.start(traffic);
     tokio::spawn(async move {
         let _ = conn.await;
+        if let Some(timer) = timer {
+            timer.abort();
+        }
         drop(slot);
-        active.dec();
-        destroy.inc();
+        traffic.upstream_cx_active().dec();
+        traffic.upstream_cx_destroy().inc();
         length.record(opened.elapsed().as_millis() as u64);
         if let Some(host) = host.upgrade() {
             host.active_connections
@@ -176,13 +182,32 @@ where
     });
 }
 
-/// Opens an HTTP/1.1 connection in `slot`.
+/// The limits in time of a connection of `cluster` opening now in the pool `pool` finds.
+fn lifetime(cluster: &Cluster, pool: PoolHandle, protocol: Protocol) -> Lifetime {
+    Lifetime {
+        id: next_id(),
+        pool,
+        // Envoy's timer for an idle HTTP/2 connection (no stream open) is not implemented:
+        // hyper does not tell when a connection's last stream ends.
+        idle_timeout: cluster
+            .config
+            .idle_timeout
+            .filter(|_| protocol == Protocol::Http1),
+        retire_at: cluster
+            .config
+            .max_connection_duration
+            .map(|d| Instant::now() + d),
+    }
+}
+
+/// Opens an HTTP/1.1 connection in `slot`, for the pool `pool` finds.
 pub(super) async fn connect_http1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     name: Option<&ConnectionName>,
     slot: Slot,
-) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    pool: PoolHandle,
+) -> Result<H1, UpstreamError> {
     let stream = open(cluster, host, Some(Protocol::Http1), name).await?;
     let (sender, conn) = http1::Builder::new()
         .max_headers(cluster.config.max_headers_count as usize)
@@ -190,17 +215,25 @@ pub(super) async fn connect_http1(
         .await
         .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
     cluster.stats.traffic.upstream_cx_http1_total().inc();
-    drive(cluster, host, slot, conn.with_upgrades());
-    Ok(sender)
+    let lifetime = lifetime(cluster, pool, Protocol::Http1);
+    let conn_of_pool = H1 {
+        sender,
+        uses: 0,
+        id: lifetime.id,
+        retire_at: lifetime.retire_at,
+    };
+    drive(cluster, host, slot, lifetime, conn.with_upgrades());
+    Ok(conn_of_pool)
 }
 
-/// Opens an HTTP/2 connection in `slot`.
+/// Opens an HTTP/2 connection in `slot`, for the pool `pool` finds: its sender and number.
 pub(super) async fn connect_http2(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     name: Option<&ConnectionName>,
     slot: Slot,
-) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    pool: PoolHandle,
+) -> Result<(http2::SendRequest<Body>, u64), UpstreamError> {
     let stream = open(cluster, host, Some(Protocol::Http2), name).await?;
     let o = &cluster.config.http2;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -212,8 +245,10 @@ pub(super) async fn connect_http2(
         .await
         .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
     cluster.stats.traffic.upstream_cx_http2_total().inc();
-    drive(cluster, host, slot, conn);
-    Ok(sender)
+    let lifetime = lifetime(cluster, pool, Protocol::Http2);
+    let id = lifetime.id;
+    drive(cluster, host, slot, lifetime, conn);
+    Ok((sender, id))
 }
 
 /// An HTTP connection's stream, counting the cluster's `upstream_cx_{rx,tx}_bytes_total`.

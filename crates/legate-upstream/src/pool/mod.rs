@@ -13,6 +13,7 @@
 //! ([`pending`]), within the cluster's `max_pending_requests`.
 
 mod connect;
+mod lifetime;
 mod pending;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use crate::tls::ConnectionName;
 pub use crate::tls::UpstreamStream;
 pub use connect::connect;
 use connect::{connect_http1, connect_http2};
+use lifetime::PoolHandle;
 use pending::{Pending, Signal, Slot};
 
 /// The protocol a request is sent upstream with.
@@ -88,10 +90,26 @@ impl UpstreamError {
     }
 }
 
-struct Idle {
+/// One of a pool's HTTP/1.1 connections, in the pool or out of it with a request.
+struct H1 {
     sender: http1::SendRequest<Body>,
-    since: Instant,
+    /// Requests sent on it so far.
     uses: u32,
+    /// Its number, by which its task finds it in the pool (see [`lifetime`]).
+    id: u64,
+    /// `max_connection_duration` after its opening: not used for another request then.
+    retire_at: Option<Instant>,
+}
+
+impl H1 {
+    fn retired(&self, now: Instant) -> bool {
+        self.retire_at.is_some_and(|at| at <= now)
+    }
+}
+
+struct Idle {
+    conn: H1,
+    since: Instant,
 }
 
 /// The connections of one worker to one host.
@@ -132,13 +150,13 @@ impl HostPool {
     fn is_unused(&self, idle_timeout: Option<Duration>) -> bool {
         let mut idle = lock(&self.idle);
         idle.retain(|i| {
-            !i.sender.is_closed() && idle_timeout.is_none_or(|t| i.since.elapsed() < t)
+            !i.conn.sender.is_closed() && idle_timeout.is_none_or(|t| i.since.elapsed() < t)
         });
         idle.is_empty()
             && match &*lock(&self.h2) {
                 H2::None => true,
                 H2::Opening(_) => false,
-                H2::Open(sender) => sender.is_closed(),
+                H2::Open(sender, _) => sender.is_closed(),
             }
     }
 
@@ -146,29 +164,64 @@ impl HostPool {
         self.signal.get_or_init(Arc::default)
     }
 
-    /// Takes the most recently used idle connection that is still open and within the
-    /// cluster's `idle_timeout` (the others are dropped, which closes them).
-    fn checkout(&self, idle_timeout: Option<Duration>) -> Option<(http1::SendRequest<Body>, u32)> {
+    /// Takes the most recently used idle connection that is still open, within the cluster's
+    /// `idle_timeout` and not retired (the others are dropped, which closes them; one past
+    /// its idle timeout whose timer has not fired yet counts as timed out).
+    fn checkout(&self, cluster: &Cluster) -> Option<H1> {
+        let now = Instant::now();
         let mut idle = lock(&self.idle);
         while let Some(entry) = idle.pop() {
-            let expired = idle_timeout.is_some_and(|t| entry.since.elapsed() >= t);
-            if entry.sender.is_closed() || expired {
+            let timed_out = cluster
+                .config
+                .idle_timeout
+                .is_some_and(|t| now.duration_since(entry.since) >= t);
+            if timed_out {
+                cluster.stats.traffic.upstream_cx_idle_timeout().inc();
+            }
+            if entry.conn.sender.is_closed() || timed_out || entry.conn.retired(now) {
                 continue; // dropping the sender closes the connection
             }
-            return Some((entry.sender, entry.uses));
+            return Some(entry.conn);
         }
         None
     }
 
-    /// Puts a connection whose response has ended back, waking a request waiting for one.
-    fn check_in(&self, sender: http1::SendRequest<Body>, uses: u32) {
-        lock(&self.idle).push(Idle {
-            sender,
-            since: Instant::now(),
-            uses,
-        });
+    /// Puts a connection whose response has ended back (unless it is retired: then it is
+    /// dropped, which closes it), waking a request waiting for one.
+    fn check_in(&self, conn: H1) {
+        let now = Instant::now();
+        if conn.retired(now) {
+            return;
+        }
+        lock(&self.idle).push(Idle { conn, since: now });
         if let Some(signal) = self.signal.get() {
             signal.wake();
+        }
+    }
+
+    /// Since when connection `id` is idle in the pool (`None`: it is not there).
+    fn idle_since(&self, id: u64) -> Option<Instant> {
+        lock(&self.idle)
+            .iter()
+            .find(|i| i.conn.id == id)
+            .map(|i| i.since)
+    }
+
+    /// Closes connection `id` if it is idle in the pool.
+    fn close_idle(&self, id: u64) -> bool {
+        let mut idle = lock(&self.idle);
+        let before = idle.len();
+        idle.retain(|i| i.conn.id != id);
+        before != idle.len()
+    }
+
+    /// Connection `id` has reached `max_connection_duration`: closed if idle, and no longer
+    /// handed to new requests (an HTTP/1.1 one is not checked back in, see [`H1::retired`]).
+    fn retire(&self, id: u64) {
+        self.close_idle(id);
+        let mut h2 = lock(&self.h2);
+        if matches!(&*h2, H2::Open(_, open) if *open == id) {
+            *h2 = H2::None;
         }
     }
 }
@@ -180,17 +233,29 @@ enum H2 {
     #[default]
     None,
     Opening(Opening),
-    Open(http2::SendRequest<Body>),
+    /// The sender and the connection's number (see [`lifetime`]).
+    Open(http2::SendRequest<Body>, u64),
 }
 
 /// The opening of an HTTP/2 connection, awaited by every request waiting for it (any of them
-/// drives it).
-type Opening = Shared<BoxFuture<'static, Result<http2::SendRequest<Body>, UpstreamError>>>;
+/// drives it): the sender and the connection's number.
+type Opening = Shared<BoxFuture<'static, Result<(http2::SendRequest<Body>, u64), UpstreamError>>>;
 
 /// A host's pool, or one of its per-name pools.
 enum PoolRef<'a> {
     Own(&'a HostPool),
     Named(Arc<HostPool>),
+}
+
+impl PoolRef<'_> {
+    /// How the task of a connection of this pool (worker `worker`'s of `host`, or a per-name
+    /// one) finds it.
+    fn handle(&self, host: &Arc<Host>, worker: usize) -> PoolHandle {
+        match self {
+            PoolRef::Own(_) => PoolHandle::Own(Arc::downgrade(host), worker),
+            PoolRef::Named(pool) => PoolHandle::Named(Arc::downgrade(pool)),
+        }
+    }
 }
 
 impl std::ops::Deref for PoolRef<'_> {
@@ -248,17 +313,19 @@ async fn send_http1(
     mut req: Request<Body>,
     name: Option<ConnectionName>,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
-    let idle_timeout = cluster.config.idle_timeout;
     let pool = cluster
         .pool(worker, host)
-        .for_name(name.as_ref(), idle_timeout);
+        .for_name(name.as_ref(), cluster.config.idle_timeout);
     let mut attached = false;
     loop {
-        let (mut sender, uses, reused) = match pool.checkout(idle_timeout) {
-            Some((sender, uses)) => (sender, uses, true),
-            None => wait_for_http1(cluster, host, &pool, name.as_ref()).await?,
+        let (mut conn, reused) = match pool.checkout(cluster) {
+            Some(conn) => (conn, true),
+            None => {
+                let handle = pool.handle(host, worker);
+                wait_for_http1(cluster, host, &pool, handle, name.as_ref()).await?
+            }
         };
-        if sender.ready().await.is_err() {
+        if conn.sender.ready().await.is_err() {
             if reused {
                 continue;
             }
@@ -270,16 +337,19 @@ async fn send_http1(
             attached = true;
             count_attached(cluster, host);
         }
-        match sender.try_send_request(req).await {
+        match conn.sender.try_send_request(req).await {
             Ok(response) => {
-                let uses = uses + 1;
+                conn.uses += 1;
                 let reusable = cluster
                     .config
                     .max_requests_per_connection
-                    .is_none_or(|max| uses < max);
+                    .is_none_or(|max| conn.uses < max);
+                if !reusable {
+                    // Closed once this response is read (its sender dropped here).
+                    cluster.stats.traffic.upstream_cx_max_requests().inc();
+                }
                 let release = reusable.then(|| Release {
-                    sender,
-                    uses,
+                    conn,
                     cluster: cluster.clone(),
                     host: host.clone(),
                     worker,
@@ -304,23 +374,24 @@ fn count_attached(cluster: &Cluster, host: &Host) {
 }
 
 /// No idle connection: the request is pending until it has one — an idle connection that
-/// came back (reused: `true`), or a new one (see [`pending`]).
+/// came back (reused: `true`), or a new one (see [`pending`]) in the pool `handle` finds.
 async fn wait_for_http1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     pool: &HostPool,
+    handle: PoolHandle,
     name: Option<&ConnectionName>,
-) -> Result<(http1::SendRequest<Body>, u32, bool), UpstreamError> {
+) -> Result<(H1, bool), UpstreamError> {
     enum Found {
-        Idle(http1::SendRequest<Body>, u32),
+        Idle(H1),
         Slot(Slot),
     }
     let pending = Pending::new(cluster, host)?;
     let signal = pool.signal();
     let found = signal
         .wait_for(|| {
-            if let Some((sender, uses)) = pool.checkout(cluster.config.idle_timeout) {
-                return Some(Found::Idle(sender, uses));
+            if let Some(conn) = pool.checkout(cluster) {
+                return Some(Found::Idle(conn));
             }
             if let Some(slot) = Slot::for_http1(cluster, signal) {
                 return Some(Found::Slot(slot));
@@ -331,15 +402,15 @@ async fn wait_for_http1(
         })
         .await;
     match found {
-        Found::Idle(sender, uses) => {
+        Found::Idle(conn) => {
             pending.attached();
             signal.wake();
-            Ok((sender, uses, true))
+            Ok((conn, true))
         }
-        Found::Slot(slot) => match connect_http1(cluster, host, name, slot).await {
-            Ok(sender) => {
+        Found::Slot(slot) => match connect_http1(cluster, host, name, slot, handle).await {
+            Ok(conn) => {
                 pending.attached();
-                Ok((sender, 0, false))
+                Ok((conn, false))
             }
             Err(e) => {
                 pending.failed();
@@ -360,12 +431,15 @@ async fn send_http2(
         .pool(worker, host)
         .for_name(name.as_ref(), cluster.config.idle_timeout);
     let open = match &*lock(&pool.h2) {
-        H2::Open(sender) if !sender.is_closed() => Some(sender.clone()),
+        H2::Open(sender, _) if !sender.is_closed() => Some(sender.clone()),
         _ => None,
     };
     let mut sender = match open {
         Some(sender) => sender,
-        None => wait_for_http2(cluster, host, &pool, name).await?,
+        None => {
+            let handle = pool.handle(host, worker);
+            wait_for_http2(cluster, host, &pool, handle, name).await?
+        }
     };
     sender.ready().await.map_err(|e| classify(&e))?;
     count_attached(cluster, host);
@@ -383,13 +457,14 @@ async fn wait_for_http2(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     pool: &HostPool,
+    handle: PoolHandle,
     name: Option<ConnectionName>,
 ) -> Result<http2::SendRequest<Body>, UpstreamError> {
     let pending = Pending::new(cluster, host)?;
     let opening = {
         let mut h2 = lock(&pool.h2);
         match &*h2 {
-            H2::Open(sender) if !sender.is_closed() => {
+            H2::Open(sender, _) if !sender.is_closed() => {
                 let sender = sender.clone();
                 drop(h2);
                 pending.attached();
@@ -400,7 +475,7 @@ async fn wait_for_http2(
                 let (cluster, host) = (cluster.clone(), host.clone());
                 let opening = async move {
                     let slot = Slot::for_http2(&cluster);
-                    connect_http2(&cluster, &host, name.as_ref(), slot).await
+                    connect_http2(&cluster, &host, name.as_ref(), slot, handle).await
                 }
                 .boxed()
                 .shared();
@@ -416,13 +491,13 @@ async fn wait_for_http2(
         let mut h2 = lock(&pool.h2);
         if matches!(&*h2, H2::Opening(o) if o.ptr_eq(&opening)) {
             *h2 = match &result {
-                Ok(sender) => H2::Open(sender.clone()),
+                Ok((sender, id)) => H2::Open(sender.clone(), *id),
                 Err(_) => H2::None,
             };
         }
     }
     match result {
-        Ok(sender) => {
+        Ok((sender, _)) => {
             pending.attached();
             Ok(sender)
         }
@@ -453,8 +528,7 @@ pub fn classify(e: &hyper::Error) -> UpstreamError {
 
 /// A pooled HTTP/1.1 connection waiting for its response body to end.
 struct Release {
-    sender: http1::SendRequest<Body>,
-    uses: u32,
+    conn: H1,
     cluster: Arc<Cluster>,
     host: Arc<Host>,
     worker: usize,
@@ -474,7 +548,7 @@ impl ResponseBody {
             r.cluster
                 .pool(r.worker, &r.host)
                 .for_name(r.name.as_ref(), r.cluster.config.idle_timeout)
-                .check_in(r.sender, r.uses);
+                .check_in(r.conn);
         }
     }
 }
