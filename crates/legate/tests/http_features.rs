@@ -1065,6 +1065,19 @@ fn one_worker_with_upstream_options(options: &str) -> (Upstream, Legate) {
     (upstream, proxy)
 }
 
+/// The TCP connections `upstream` has accepted so far.
+fn accepted(upstream: &Upstream) -> usize {
+    upstream
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Whether the cluster `backend` has closed `n` upstream connections within 3 s.
+fn closed_upstream_connections(proxy: &Legate, n: u64) -> bool {
+    let name = "cluster.backend.upstream_cx_destroy";
+    proxy.wait_stat(name, Duration::from_secs(3), |v| v == n) == Some(n)
+}
+
 #[test]
 fn an_upstream_connection_idle_past_idle_timeout_is_closed() {
     let (upstream, proxy) = one_worker_with_upstream_options("idle_timeout: 0.5s");
@@ -1072,22 +1085,15 @@ fn an_upstream_connection_idle_past_idle_timeout_is_closed() {
     assert_eq!(http_get(addr, "/", &[]).status, 200);
     let stat = |n: &str| proxy.stat(&format!("cluster.backend.{n}"));
     assert_eq!(stat("upstream_cx_active"), Some(1));
-    let closed = proxy.wait_stat(
-        "cluster.backend.upstream_cx_destroy",
-        Duration::from_secs(3),
-        |v| v == 1,
+    assert!(
+        closed_upstream_connections(&proxy, 1),
+        "the idle connection was not closed"
     );
-    assert_eq!(closed, Some(1), "the idle connection was not closed");
     assert_eq!(stat("upstream_cx_idle_timeout"), Some(1));
     assert_eq!(stat("upstream_cx_active"), Some(0));
     // The next request opens a new connection.
     assert_eq!(http_get(addr, "/", &[]).status, 200);
-    assert_eq!(
-        upstream
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        2
-    );
+    assert_eq!(accepted(&upstream), 2);
 }
 
 #[test]
@@ -1099,12 +1105,10 @@ fn max_connection_duration_retires_upstream_connections_idle_or_busy() {
     let addr = proxy.addr("ingress");
     let stat = |n: &str| proxy.stat(&format!("cluster.backend.{n}"));
     assert_eq!(http_get(addr, "/", &[]).status, 200);
-    let closed = proxy.wait_stat(
-        "cluster.backend.upstream_cx_destroy",
-        Duration::from_secs(3),
-        |v| v == 1,
+    assert!(
+        closed_upstream_connections(&proxy, 1),
+        "the idle connection was not closed"
     );
-    assert_eq!(closed, Some(1), "the idle connection was not closed");
     assert_eq!(stat("upstream_cx_max_duration_reached"), Some(1));
     let busy = std::thread::spawn(move || http_get(addr, "/delay/1600", &[]).status);
     let reached = proxy.wait_stat(
@@ -1119,23 +1123,12 @@ fn max_connection_duration_retires_upstream_connections_idle_or_busy() {
         "closed under its request"
     );
     assert_eq!(busy.join().unwrap(), 200);
-    let closed = proxy.wait_stat(
-        "cluster.backend.upstream_cx_destroy",
-        Duration::from_secs(3),
-        |v| v == 2,
-    );
-    assert_eq!(
-        closed,
-        Some(2),
+    assert!(
+        closed_upstream_connections(&proxy, 2),
         "the retired connection was not closed after its request"
     );
     assert_eq!(http_get(addr, "/", &[]).status, 200);
-    assert_eq!(
-        upstream
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        3
-    );
+    assert_eq!(accepted(&upstream), 3);
 }
 
 #[test]
@@ -1145,12 +1138,7 @@ fn an_upstream_connection_at_max_requests_per_connection_is_closed() {
     for _ in 0..4 {
         assert_eq!(http_get(addr, "/", &[]).status, 200);
     }
-    assert_eq!(
-        upstream
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        2
-    );
+    assert_eq!(accepted(&upstream), 2);
     assert_eq!(
         proxy.stat("cluster.backend.upstream_cx_max_requests"),
         Some(2)
@@ -1187,12 +1175,7 @@ fn a_burst_of_requests_shares_the_one_h2_connection_being_opened() {
         "",
     ));
     assert_eq!(burst(proxy.addr("ingress"), 20, "/delay/200"), [200; 20]);
-    assert_eq!(
-        upstream
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    assert_eq!(accepted(&upstream), 1);
     assert_eq!(proxy.stat("cluster.backend.upstream_cx_total"), Some(1));
     assert_eq!(proxy.stat("cluster.backend.upstream_rq_total"), Some(20));
     assert_eq!(

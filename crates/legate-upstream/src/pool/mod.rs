@@ -10,7 +10,9 @@
 //! "503 UC" (Envoy issues #6190, #9747, #14981); Legate does not surface it.
 //!
 //! A request that finds no idle connection waits for one as Envoy's pending request does
-//! ([`pending`]), within the cluster's `max_pending_requests`.
+//! ([`pending`]), within the cluster's `max_pending_requests`. A connection's limits in time
+//! (`idle_timeout`, `max_connection_duration`) are kept by a timer task of its own
+//! ([`lifetime`]).
 
 mod connect;
 mod lifetime;

@@ -6,7 +6,8 @@
 //! limit may be passed, counting `upstream_cx_overflow`); otherwise it waits for a connection
 //! to come back to the pool, or for one to close and free a slot. Given up (the client left,
 //! the route timeout fired), it counts `upstream_rq_cancelled`; failed with its connection, it
-//! counts `upstream_rq_pending_failure_eject`.
+//! counts `upstream_rq_pending_failure_eject`. An HTTP/2 request is pending only while its
+//! pool's one connection is being opened (`H2::Opening` in the pool).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,7 +29,6 @@ pub(super) struct Pending<'a> {
     outcome: Outcome,
 }
 
-#[derive(PartialEq)]
 enum Outcome {
     Cancelled,
     Attached,
