@@ -1047,15 +1047,21 @@ fn a_failed_connect_fails_its_pending_request_not_a_sent_one() {
     assert_eq!(stat("upstream_rq_total"), Some(0));
 }
 
-/// A proxy with one worker whose cluster sets `options` in its HTTP protocol options.
+/// A proxy with one worker whose cluster speaks HTTP/1.1 to its upstream and sets `options`
+/// in its HTTP protocol options.
 fn one_worker_with_upstream_options(options: &str) -> (Upstream, Legate) {
+    one_worker_with_upstream("http_protocol_options", options)
+}
+
+/// [`one_worker_with_upstream_options`], the upstream protocol's options named `protocol`.
+fn one_worker_with_upstream(protocol: &str, options: &str) -> (Upstream, Legate) {
     let upstream = Upstream::start();
     let cluster_options = format!(
         r#"    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         common_http_protocol_options: {{{options}}}
-        explicit_http_config: {{http_protocol_options: {{}}}}"#
+        explicit_http_config: {{{protocol}: {{}}}}"#
     );
     let proxy = start_proxy_one_worker(&front_proxy(
         &catch_all(""),
@@ -1092,6 +1098,24 @@ fn an_upstream_connection_idle_past_idle_timeout_is_closed() {
     assert_eq!(stat("upstream_cx_idle_timeout"), Some(1));
     assert_eq!(stat("upstream_cx_active"), Some(0));
     // The next request opens a new connection.
+    assert_eq!(http_get(addr, "/", &[]).status, 200);
+    assert_eq!(accepted(&upstream), 2);
+}
+
+#[test]
+fn an_h2_upstream_connection_without_a_stream_past_idle_timeout_is_closed() {
+    let (upstream, proxy) =
+        one_worker_with_upstream("http2_protocol_options", "idle_timeout: 0.5s");
+    let addr = proxy.addr("ingress");
+    // A stream open for longer than the timeout keeps its connection open.
+    assert_eq!(http_get(addr, "/delay/800", &[]).status, 200);
+    let stat = |n: &str| proxy.stat(&format!("cluster.backend.{n}"));
+    assert_eq!(stat("upstream_cx_idle_timeout"), Some(0));
+    assert!(
+        closed_upstream_connections(&proxy, 1),
+        "the connection without a stream was not closed"
+    );
+    assert_eq!(stat("upstream_cx_idle_timeout"), Some(1));
     assert_eq!(http_get(addr, "/", &[]).status, 200);
     assert_eq!(accepted(&upstream), 2);
 }

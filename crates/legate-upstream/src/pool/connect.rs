@@ -183,16 +183,11 @@ where
 }
 
 /// The limits in time of a connection of `cluster` opening now in the pool `pool` finds.
-fn lifetime(cluster: &Cluster, pool: PoolHandle, protocol: Protocol) -> Lifetime {
+fn lifetime(cluster: &Cluster, pool: PoolHandle) -> Lifetime {
     Lifetime {
         id: next_id(),
         pool,
-        // Envoy's timer for an idle HTTP/2 connection (no stream open) is not implemented:
-        // hyper does not tell when a connection's last stream ends.
-        idle_timeout: cluster
-            .config
-            .idle_timeout
-            .filter(|_| protocol == Protocol::Http1),
+        idle_timeout: cluster.config.idle_timeout,
         retire_at: cluster
             .config
             .max_connection_duration
@@ -215,7 +210,7 @@ pub(super) async fn connect_http1(
         .await
         .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
     cluster.stats.traffic.upstream_cx_http1_total().inc();
-    let lifetime = lifetime(cluster, pool, Protocol::Http1);
+    let lifetime = lifetime(cluster, pool);
     let conn_of_pool = H1 {
         sender,
         uses: 0,
@@ -245,7 +240,7 @@ pub(super) async fn connect_http2(
         .await
         .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
     cluster.stats.traffic.upstream_cx_http2_total().inc();
-    let lifetime = lifetime(cluster, pool, Protocol::Http2);
+    let lifetime = lifetime(cluster, pool);
     let id = lifetime.id;
     drive(cluster, host, slot, lifetime, conn);
     Ok((sender, id))

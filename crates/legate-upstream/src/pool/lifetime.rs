@@ -1,6 +1,7 @@
 //! An upstream connection's limits in time, from the cluster's `common_http_protocol_options`
-//! as Envoy applies them: `idle_timeout` (an hour unless set) closes an HTTP/1.1 connection
-//! that has waited that long in its pool (`upstream_cx_idle_timeout`);
+//! as Envoy applies them: `idle_timeout` (an hour unless set) closes a connection that has
+//! been idle that long — an HTTP/1.1 one waiting in its pool, an HTTP/2 one without a stream
+//! (`upstream_cx_idle_timeout`);
 //! `max_connection_duration` retires a connection that has been open that long
 //! (`upstream_cx_max_duration_reached`): closed at once if idle, otherwise taken out of its
 //! pool and closed once its requests are done.
@@ -45,7 +46,7 @@ pub(super) fn next_id() -> u64 {
 pub(super) struct Lifetime {
     pub(super) id: u64,
     pub(super) pool: PoolHandle,
-    /// Closes the connection after this long idle in the pool (HTTP/1.1 only).
+    /// Closes the connection after this long idle.
     pub(super) idle_timeout: Option<Duration>,
     /// Retires the connection then (`max_connection_duration` from its opening).
     pub(super) retire_at: Option<Instant>,

@@ -20,7 +20,7 @@ mod pending;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -158,7 +158,7 @@ impl HostPool {
             && match &*lock(&self.h2) {
                 H2::None => true,
                 H2::Opening(_) => false,
-                H2::Open(sender, _) => sender.is_closed(),
+                H2::Open(open) => open.sender.is_closed(),
             }
     }
 
@@ -201,28 +201,44 @@ impl HostPool {
         }
     }
 
-    /// Since when connection `id` is idle in the pool (`None`: it is not there).
+    /// Since when connection `id` is idle: in the pool (HTTP/1.1), or open without a stream
+    /// (HTTP/2). `None`: it is busy, or not in the pool.
     fn idle_since(&self, id: u64) -> Option<Instant> {
-        lock(&self.idle)
+        let idle = lock(&self.idle)
             .iter()
             .find(|i| i.conn.id == id)
-            .map(|i| i.since)
+            .map(|i| i.since);
+        idle.or_else(|| match &*lock(&self.h2) {
+            H2::Open(open) if open.streams.id == id => open.streams.idle_since(),
+            _ => None,
+        })
     }
 
-    /// Closes connection `id` if it is idle in the pool.
+    /// Closes connection `id` if it is idle (see [`HostPool::idle_since`]).
     fn close_idle(&self, id: u64) -> bool {
         let mut idle = lock(&self.idle);
         let before = idle.len();
         idle.retain(|i| i.conn.id != id);
-        before != idle.len()
+        if before != idle.len() {
+            return true;
+        }
+        drop(idle);
+        let mut h2 = lock(&self.h2);
+        let unused = matches!(&*h2, H2::Open(open) if open.streams.id == id && open.streams.idle_since().is_some());
+        if unused {
+            // Dropping the pool's sender closes the connection: no stream holds another.
+            *h2 = H2::None;
+        }
+        unused
     }
 
     /// Connection `id` has reached `max_connection_duration`: closed if idle, and no longer
-    /// handed to new requests (an HTTP/1.1 one is not checked back in, see [`H1::retired`]).
+    /// handed to new requests (an HTTP/1.1 one is not checked back in, see [`H1::retired`]; an
+    /// HTTP/2 one leaves the pool and closes when its streams end).
     fn retire(&self, id: u64) {
         self.close_idle(id);
         let mut h2 = lock(&self.h2);
-        if matches!(&*h2, H2::Open(_, open) if *open == id) {
+        if matches!(&*h2, H2::Open(open) if open.streams.id == id) {
             *h2 = H2::None;
         }
     }
@@ -235,13 +251,72 @@ enum H2 {
     #[default]
     None,
     Opening(Opening),
-    /// The sender and the connection's number (see [`lifetime`]).
-    Open(http2::SendRequest<Body>, u64),
+    Open(H2Open),
+}
+
+/// An open HTTP/2 connection of a pool.
+#[derive(Clone)]
+struct H2Open {
+    sender: http2::SendRequest<Body>,
+    streams: Arc<Streams>,
+}
+
+impl H2Open {
+    /// The sender for one more stream, counted until the guard is dropped.
+    fn stream(&self) -> (http2::SendRequest<Body>, StreamGuard) {
+        self.streams.open.fetch_add(1, Ordering::Relaxed);
+        (self.sender.clone(), StreamGuard(self.streams.clone()))
+    }
+}
+
+/// The streams of an HTTP/2 connection: how many are open, and since when none is (its
+/// `idle_timeout` runs then, as Envoy's does).
+#[derive(Debug)]
+struct Streams {
+    /// The connection's number (see [`lifetime`]).
+    id: u64,
+    opened: Instant,
+    open: AtomicU32,
+    /// Milliseconds after `opened` when the last stream ended.
+    idle_since_ms: AtomicU64,
+}
+
+impl Streams {
+    fn new(id: u64) -> Self {
+        Streams {
+            id,
+            opened: Instant::now(),
+            open: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Since when the connection has had no stream (`None`: it has one).
+    fn idle_since(&self) -> Option<Instant> {
+        (self.open.load(Ordering::Relaxed) == 0).then(|| {
+            self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed))
+        })
+    }
+}
+
+/// A stream of an HTTP/2 connection, counted for as long as it lives (a response body holds
+/// it until it is read or dropped).
+struct StreamGuard(Arc<Streams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let streams = &self.0;
+        streams.idle_since_ms.store(
+            streams.opened.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        streams.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The opening of an HTTP/2 connection, awaited by every request waiting for it (any of them
-/// drives it): the sender and the connection's number.
-type Opening = Shared<BoxFuture<'static, Result<(http2::SendRequest<Body>, u64), UpstreamError>>>;
+/// drives it).
+type Opening = Shared<BoxFuture<'static, Result<H2Open, UpstreamError>>>;
 
 /// A host's pool, or one of its per-name pools.
 enum PoolRef<'a> {
@@ -357,7 +432,11 @@ async fn send_http1(
                     worker,
                     name: name.clone(),
                 });
-                return Ok(response.map(|inner| ResponseBody { inner, release }));
+                return Ok(response.map(|inner| ResponseBody {
+                    inner,
+                    release,
+                    stream: None,
+                }));
             }
             Err(mut e) => match e.take_message() {
                 // Not written at all: the reused connection had just closed. Try a fresh one.
@@ -433,11 +512,11 @@ async fn send_http2(
         .pool(worker, host)
         .for_name(name.as_ref(), cluster.config.idle_timeout);
     let open = match &*lock(&pool.h2) {
-        H2::Open(sender, _) if !sender.is_closed() => Some(sender.clone()),
+        H2::Open(open) if !open.sender.is_closed() => Some(open.stream()),
         _ => None,
     };
-    let mut sender = match open {
-        Some(sender) => sender,
+    let (mut sender, stream) = match open {
+        Some(open) => open,
         None => {
             let handle = pool.handle(host, worker);
             wait_for_http2(cluster, host, &pool, handle, name).await?
@@ -449,6 +528,7 @@ async fn send_http2(
     Ok(response.map(|inner| ResponseBody {
         inner,
         release: None,
+        stream: Some(stream),
     }))
 }
 
@@ -461,23 +541,28 @@ async fn wait_for_http2(
     pool: &HostPool,
     handle: PoolHandle,
     name: Option<ConnectionName>,
-) -> Result<http2::SendRequest<Body>, UpstreamError> {
+) -> Result<(http2::SendRequest<Body>, StreamGuard), UpstreamError> {
     let pending = Pending::new(cluster, host)?;
     let opening = {
         let mut h2 = lock(&pool.h2);
         match &*h2 {
-            H2::Open(sender, _) if !sender.is_closed() => {
-                let sender = sender.clone();
+            H2::Open(open) if !open.sender.is_closed() => {
+                let stream = open.stream();
                 drop(h2);
                 pending.attached();
-                return Ok(sender);
+                return Ok(stream);
             }
             H2::Opening(opening) => opening.clone(),
             _ => {
                 let (cluster, host) = (cluster.clone(), host.clone());
                 let opening = async move {
                     let slot = Slot::for_http2(&cluster);
-                    connect_http2(&cluster, &host, name.as_ref(), slot, handle).await
+                    let (sender, id) =
+                        connect_http2(&cluster, &host, name.as_ref(), slot, handle).await?;
+                    Ok(H2Open {
+                        sender,
+                        streams: Arc::new(Streams::new(id)),
+                    })
                 }
                 .boxed()
                 .shared();
@@ -493,15 +578,15 @@ async fn wait_for_http2(
         let mut h2 = lock(&pool.h2);
         if matches!(&*h2, H2::Opening(o) if o.ptr_eq(&opening)) {
             *h2 = match &result {
-                Ok((sender, id)) => H2::Open(sender.clone(), *id),
+                Ok(open) => H2::Open(open.clone()),
                 Err(_) => H2::None,
             };
         }
     }
     match result {
-        Ok((sender, _)) => {
+        Ok(open) => {
             pending.attached();
-            Ok(sender)
+            Ok(open.stream())
         }
         Err(e) => {
             pending.failed();
@@ -538,14 +623,17 @@ struct Release {
 }
 
 /// An upstream response body. Reading it to the end returns its HTTP/1.1 connection to the
-/// pool.
+/// pool, or ends its HTTP/2 stream's count.
 pub struct ResponseBody {
     inner: Incoming,
     release: Option<Release>,
+    /// HTTP/2: the stream, counted open until the body ends or is dropped.
+    stream: Option<StreamGuard>,
 }
 
 impl ResponseBody {
     fn finish(&mut self) {
+        self.stream = None;
         if let Some(r) = self.release.take() {
             r.cluster
                 .pool(r.worker, &r.host)
@@ -566,7 +654,10 @@ impl http_body::Body for ResponseBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Err(_))) => self.release = None,
+            Poll::Ready(Some(Err(_))) => {
+                self.release = None;
+                self.stream = None;
+            }
             _ => {
                 if self.inner.is_end_stream() {
                     self.finish();
