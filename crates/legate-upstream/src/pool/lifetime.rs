@@ -81,19 +81,29 @@ impl Lifetime {
             if let (Some(timeout), Some(at)) = (self.idle_timeout, idle_check)
                 && at <= now
             {
-                idle_check = self.pool.with(|p| p.idle_since(self.id)).and_then(|since| {
-                    match since {
-                        // Busy: it can time out no sooner than a timeout from now.
-                        None => Some(now + timeout),
-                        Some(since) if now.duration_since(since) < timeout => Some(since + timeout),
-                        Some(_) => {
-                            if self.pool.with(|p| p.close_idle(self.id)) == Some(true) {
-                                traffic.upstream_cx_idle_timeout().inc();
-                            }
-                            None
-                        }
-                    }
-                });
+                idle_check = self.check_idle(now, timeout, traffic);
+            }
+        }
+    }
+
+    /// Closes the connection if it has been idle for `timeout` (counting
+    /// `upstream_cx_idle_timeout`); otherwise when to look again (`None`: never, the
+    /// connection is closed or its pool gone).
+    fn check_idle(
+        &self,
+        now: Instant,
+        timeout: Duration,
+        traffic: ClusterTraffic,
+    ) -> Option<Instant> {
+        match self.pool.with(|p| p.idle_since(self.id))? {
+            // Busy: it can time out no sooner than a timeout from now.
+            None => Some(now + timeout),
+            Some(since) if now.duration_since(since) < timeout => Some(since + timeout),
+            Some(_) => {
+                if self.pool.with(|p| p.close_idle(self.id)) == Some(true) {
+                    traffic.upstream_cx_idle_timeout().inc();
+                }
+                None
             }
         }
     }
