@@ -52,6 +52,15 @@ impl Documented {
         )
     }
 
+    /// Depends on timing (which of two events comes first in the peer): not required to be
+    /// observed.
+    const fn on_some_runs(self) -> Documented {
+        Documented {
+            optional: true,
+            ..self
+        }
+    }
+
     /// Depends on the machine: not required to be observed.
     const fn on_some_machines(self) -> Documented {
         Documented {
@@ -119,7 +128,7 @@ pub const KNOWN_DIFFERENCES: &[Documented] = &[
     known("*", ALL, "stat http.ingress_http.downstream_rq_response_before_rq_complete", "not emitted: a response sent before the request ended"),
     known("*", ALL, "stat http.ingress_http.downstream_cx_protocol_error", "codec-level protocol errors (426 for HTTP/1.0, 431, a bad HTTP/2 preface) are not counted"),
     // ---- connect failures ----------------------------------------------------------------
-    known("connect_failure", &[1], "log %BYTES_RECEIVED%", "Envoy counts the 7-byte request body it read before the connect failure; Legate reports 0 (the body was never polled)"),
+    known("connect_failure", &[1], "log %BYTES_RECEIVED%", "Envoy counts the 7-byte request body it read before the connect failure (when it reads it before the refused connect is reported: one CI run in several it does not); Legate reports 0 (the body was never polled)").on_some_runs(),
     // ---- request-target and Host edge cases ------------------------------------------------
     known("http10_and_missing_host", &[0, 1], "log \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\"", "an HTTP/1.0 request refused with 426: Envoy logs %PROTOCOL% as HTTP/1.1, Legate as HTTP/1.0"),
     known("http10_and_missing_host", &[3], "log %REQ(:AUTHORITY)%", "an empty Host: Envoy logs it as an empty string, Legate as '-'"),
