@@ -10,6 +10,7 @@ pub mod format;
 pub mod io;
 pub mod lifecycle;
 pub mod matcher;
+pub mod metadata;
 pub mod ocsp;
 pub mod proto;
 pub mod runtime;

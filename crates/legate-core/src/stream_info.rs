@@ -204,6 +204,8 @@ pub struct StreamInfo {
     pub downstream_tls: Option<Arc<crate::x509::TlsInfo>>,
     /// The ClientHello's fingerprints, when the tls_inspector computed them.
     pub tls_fingerprints: Option<Arc<TlsFingerprints>>,
+    /// The connection's dynamic metadata (`%DYNAMIC_METADATA%`), when a filter set some.
+    pub dynamic_metadata: Option<Arc<crate::metadata::DynamicMetadata>>,
 }
 
 /// The JA3 and JA4 fingerprints of a connection's ClientHello (`%TLS_JA3_FINGERPRINT%`,
@@ -255,6 +257,7 @@ impl StreamInfo {
             requested_server_name: None,
             downstream_tls: None,
             tls_fingerprints: None,
+            dynamic_metadata: None,
         }
     }
 

@@ -26,7 +26,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::http_inspector::{self, HttpInspectorStats};
-use crate::proxy_protocol::{self, ProxyProtocolConfig, ProxyProtocolStats};
+use crate::proxy_protocol::{self, ProxyProtocolConfig, ProxyProtocolStats, TlvRule};
 use crate::tls_inspector::{
     self, DEFAULT_MAX_CLIENT_HELLO_SIZE, TlsInspectorConfig, TlsInspectorStats,
 };
@@ -166,6 +166,24 @@ fn compile_filter(f: &ListenerFilter) -> Compiled<ListenerFilterKind> {
                     .map(|v| (*v + 1) as u8)
                     .collect(),
                 stat_prefix: c.stat_prefix,
+                rules: c
+                    .rules
+                    .iter()
+                    .map(|rule| {
+                        let on_present = rule.on_tlv_present.clone().unwrap_or_default();
+                        TlvRule {
+                            // Below 256 (checked with the proto's rules); Envoy keeps the low
+                            // byte.
+                            tlv_type: (rule.tlv_type & 0xff) as u8,
+                            namespace: if on_present.metadata_namespace.is_empty() {
+                                proxy_protocol::METADATA_NAMESPACE.to_owned()
+                            } else {
+                                on_present.metadata_namespace
+                            },
+                            key: on_present.key,
+                        }
+                    })
+                    .collect(),
             }))
         }
         other => err(
@@ -195,6 +213,8 @@ pub struct Detected {
     pub application_protocols: Vec<String>,
     /// The ClientHello's JA3/JA4 fingerprints, when the tls_inspector is asked for them.
     pub fingerprints: Option<std::sync::Arc<legate_core::stream_info::TlsFingerprints>>,
+    /// The dynamic metadata the filters set (the proxy_protocol filter's TLV rules).
+    pub metadata: Option<std::sync::Arc<legate_core::metadata::DynamicMetadata>>,
 }
 
 impl Detected {
@@ -466,8 +486,15 @@ impl ListenerFilters {
                                 return Err(Rejection::FilterError);
                             }
                             // The header is the proxy's, not the client's: remove it. It
-                            // counts as found once it is all there (as in Envoy).
-                            consume(stream, header.length).await?;
+                            // counts as found once it is all there and its TLVs are sound (as
+                            // in Envoy).
+                            let extensions =
+                                take_header(stream, header.length, header.tlv_start).await?;
+                            let Some(tlvs) = proxy_protocol::tlvs(&extensions) else {
+                                s.version(header.version).2.inc();
+                                return Err(Rejection::FilterError);
+                            };
+                            detected.metadata = config.metadata(&tlvs).map(std::sync::Arc::new);
                             found.inc();
                             detected.proxied = header.addresses;
                             if let Some((_, destination)) = header.addresses {
@@ -501,23 +528,35 @@ impl ListenerFilters {
     }
 }
 
-/// Reads and drops the first `length` bytes of the stream (a PROXY header): within the
-/// filters' timeout, so a header that claims more than it sends ends in a timeout.
-async fn consume(stream: &TcpStream, mut length: usize) -> Result<(), Rejection> {
-    let mut sink = [0u8; 4096];
-    while length > 0 {
+/// Reads and removes the first `length` bytes of the stream (a PROXY header), within the
+/// filters' timeout, so a header that claims more than it sends ends in a timeout; returns
+/// those from `keep_from` on (its TLVs), the rest dropped as it comes.
+async fn take_header(
+    stream: &TcpStream,
+    length: usize,
+    keep_from: usize,
+) -> Result<Vec<u8>, Rejection> {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut read = 0;
+    while read < length {
         stream
             .readable()
             .await
             .map_err(|_| Rejection::FilterError)?;
-        match stream.try_read(&mut sink[..length.min(4096)]) {
+        let want = (length - read).min(chunk.len());
+        match stream.try_read(&mut chunk[..want]) {
             Ok(0) => return Err(Rejection::RemoteClose),
-            Ok(n) => length -= n,
+            Ok(n) => {
+                let start = keep_from.saturating_sub(read).min(n);
+                kept.extend_from_slice(&chunk[start..n]);
+                read += n;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Err(Rejection::FilterError),
         }
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// The destination of `stream` before NAT: `SO_ORIGINAL_DST` for IPv4 sockets,

@@ -3,12 +3,18 @@
 //! `envoy.filters.listener.proxy_protocol` listener filter reads it, removes it from the stream
 //! and restores the addresses it carries; `proxy_proto.[<stat_prefix>.]*` counts what it saw.
 //!
-//! Parsing is by hand (a few dozen bytes of fixed layout); it looks at no more than the
-//! [`PEEK_LIMIT`] bytes that hold either version's addresses, and learns a version 2 header's
-//! whole length from its fixed part, so TLVs (skipped) cost nothing to peek.
+//! A version 2 header may carry TLVs (type-length-value extensions: the client's ALPN or SNI, a
+//! cloud load balancer's endpoint id). They are checked as Envoy checks them (one that runs
+//! past the header is an error), and those a `rules` entry names become the connection's
+//! dynamic metadata (`%DYNAMIC_METADATA(envoy.filters.listener.proxy_protocol:KEY)%`).
+//!
+//! Parsing is by hand (a few dozen bytes of fixed layout). The filter peeks no more than the
+//! [`PEEK_LIMIT`] bytes that hold either version's addresses, learns a version 2 header's whole
+//! length from its fixed part, and reads the TLVs when it removes the header.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use legate_core::metadata::{DynamicMetadata, sanitize_utf8};
 use legate_core::stats::{Counter, Scope};
 
 /// Version 2's signature.
@@ -36,9 +42,12 @@ pub struct Header {
     pub version: u8,
     /// Its length in the stream, to remove.
     pub length: usize,
-    /// The original source and destination; `None` for `UNKNOWN` (v1) and `LOCAL` or
-    /// unspecified families (v2): the connection's own addresses stay.
+    /// The original source and destination; `None` for `UNKNOWN` (v1) and `LOCAL` (v2): the
+    /// connection's own addresses stay.
     pub addresses: Option<(SocketAddr, SocketAddr)>,
+    /// Where the TLVs start in the header (they run to `length`); `length` when it has none to
+    /// read (version 1, and `LOCAL`, whose TLVs Envoy ignores).
+    pub tlv_start: usize,
 }
 
 /// Reads a PROXY header from the start of `data`.
@@ -94,11 +103,23 @@ fn parse_v1(data: &[u8]) -> Parse {
         }
         _ => return Parse::Malformed(1),
     };
+    if addresses.is_some_and(|(source, destination)| !unicast(source) || !unicast(destination)) {
+        return Parse::Malformed(1);
+    }
     Parse::Header(Header {
         version: 1,
         length,
         addresses,
+        tlv_start: length,
     })
+}
+
+/// Envoy refuses a header whose addresses are not unicast ones (any, multicast, broadcast).
+fn unicast(addr: SocketAddr) -> bool {
+    match addr.ip() {
+        IpAddr::V4(ip) => !ip.is_unspecified() && !ip.is_multicast() && !ip.is_broadcast(),
+        IpAddr::V6(ip) => !ip.is_unspecified() && !ip.is_multicast(),
+    }
 }
 
 fn parse_v2(data: &[u8]) -> Parse {
@@ -109,30 +130,32 @@ fn parse_v2(data: &[u8]) -> Parse {
     if version_command >> 4 != 2 {
         return Parse::Malformed(2);
     }
-    let local = match version_command & 0x0f {
-        0 => true,
-        1 => false,
-        _ => return Parse::Malformed(2),
-    };
     let family = data[13];
     let declared = u16::from_be_bytes([data[14], data[15]]) as usize;
     let length = 16 + declared;
+    match version_command & 0x0f {
+        // `LOCAL` (the proxy's own connection, a health check): no addresses to read, whatever
+        // the family says, and TLVs ignored, as in Envoy.
+        0 => {
+            return Parse::Header(Header {
+                version: 2,
+                length,
+                addresses: None,
+                tlv_start: length,
+            });
+        }
+        1 => {}
+        _ => return Parse::Malformed(2),
+    }
+    // `PROXY` needs TCP or UDP over IPv4 or IPv6: Envoy refuses an unspecified family and
+    // AF_UNIX.
     let need = match family {
-        0x11 | 0x12 => 12,                         // TCP or UDP over IPv4
-        0x21 | 0x22 => 36,                         // over IPv6
-        0x00 => 0,                                 // unspecified
-        0x31 | 0x32 => return Parse::Malformed(2), // AF_UNIX: not supported, as in Envoy
+        0x11 | 0x12 => 12,
+        0x21 | 0x22 => 36,
         _ => return Parse::Malformed(2),
     };
     if declared < need {
         return Parse::Malformed(2);
-    }
-    if local || need == 0 {
-        return Parse::Header(Header {
-            version: 2,
-            length,
-            addresses: None,
-        });
     }
     if data.len() < 16 + need {
         return Parse::NeedMore;
@@ -157,11 +180,32 @@ fn parse_v2(data: &[u8]) -> Parse {
             SocketAddr::new(ip(16), port(34)),
         )
     };
+    if !unicast(addresses.0) || !unicast(addresses.1) {
+        return Parse::Malformed(2);
+    }
     Parse::Header(Header {
         version: 2,
         length,
         addresses: Some(addresses),
+        tlv_start: 16 + need,
     })
+}
+
+/// The TLVs of a version 2 header (`type`, then the value's length in two bytes, then the
+/// value), in order; `None` when one runs past the end, which Envoy refuses.
+pub fn tlvs(mut extensions: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+    let mut found = Vec::new();
+    while let [kind, high, low, rest @ ..] = extensions {
+        let length = usize::from(u16::from_be_bytes([*high, *low]));
+        if rest.len() < length {
+            return None;
+        }
+        let (value, after) = rest.split_at(length);
+        found.push((*kind, value));
+        extensions = after;
+    }
+    // One or two bytes left: a TLV cut short.
+    extensions.is_empty().then_some(found)
 }
 
 /// The filter's configuration.
@@ -172,6 +216,35 @@ pub struct ProxyProtocolConfig {
     /// `disallowed_versions`: 1 and/or 2.
     pub disallowed: Vec<u8>,
     pub stat_prefix: String,
+    /// `rules`: the TLVs that become dynamic metadata.
+    pub rules: Vec<TlvRule>,
+}
+
+/// The namespace of the metadata a rule without `metadata_namespace` sets.
+pub const METADATA_NAMESPACE: &str = "envoy.filters.listener.proxy_protocol";
+
+/// A `rules` entry: a TLV of this type sets `key` in `namespace`, its value as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlvRule {
+    pub tlv_type: u8,
+    pub namespace: String,
+    pub key: String,
+}
+
+impl ProxyProtocolConfig {
+    /// The dynamic metadata the rules make of a header's TLVs; `None` when they make none.
+    /// Of two TLVs of one type the first counts, as in Envoy. A value that is not UTF-8 has
+    /// each stray byte replaced by `!`, as Envoy's metadata strings do.
+    pub fn metadata(&self, tlvs: &[(u8, &[u8])]) -> Option<DynamicMetadata> {
+        let mut metadata = DynamicMetadata::default();
+        for (kind, value) in tlvs {
+            // A later rule for the same type replaces an earlier one, as in Envoy's map.
+            if let Some(rule) = self.rules.iter().rev().find(|r| r.tlv_type == *kind) {
+                metadata.insert_first(&rule.namespace, &rule.key, sanitize_utf8(value));
+            }
+        }
+        (!metadata.is_empty()).then_some(metadata)
+    }
 }
 
 /// `proxy_proto.[<stat_prefix>.]*`.
@@ -219,6 +292,7 @@ mod tests {
             version,
             length,
             addresses: Some((src.parse().unwrap(), dst.parse().unwrap())),
+            tlv_start: if version == 1 { length } else { 16 + 12 },
         })
     }
 
@@ -239,7 +313,8 @@ mod tests {
             Parse::Header(Header {
                 version: 1,
                 length: 15,
-                addresses: None
+                addresses: None,
+                tlv_start: 15,
             })
         );
         assert_eq!(parse(b"PRO"), Parse::NeedMore);
@@ -250,6 +325,11 @@ mod tests {
             b"PROXY TCP4 ::1 ::2 1 2\r\n",
             b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
+            // Not unicast: Envoy refuses these (any, multicast, broadcast).
+            b"PROXY TCP4 0.0.0.0 1.2.3.4 1 2\r\n",
+            b"PROXY TCP4 1.2.3.4 224.0.0.1 1 2\r\n",
+            b"PROXY TCP4 1.2.3.4 255.255.255.255 1 2\r\n",
+            b"PROXY TCP6 ::1 ff02::1 1 2\r\n",
         ] {
             assert_eq!(
                 parse(bad),
@@ -286,17 +366,24 @@ mod tests {
         );
         assert_eq!(parse(&h[..20]), Parse::NeedMore);
         assert_eq!(parse(&h[..10]), Parse::NeedMore);
-        let local = v2(0, 0x00, &[]);
+        // `LOCAL`: addresses and TLVs ignored, whatever the family (AF_UNIX here).
+        let local = v2(0, 0x31, &[0xEA, 0, 9, b'a']);
         assert_eq!(
             parse(&local),
             Parse::Header(Header {
                 version: 2,
-                length: 16,
-                addresses: None
+                length: 20,
+                addresses: None,
+                tlv_start: 20,
             })
         );
-        // An address block shorter than its family needs, a bad version, AF_UNIX.
+        // An address block shorter than its family needs, a bad version, AF_UNIX, an
+        // unspecified family, a source that is not unicast.
         assert_eq!(parse(&v2(1, 0x11, &[1, 2, 3])), Parse::Malformed(2));
+        assert_eq!(parse(&v2(1, 0x00, &[])), Parse::Malformed(2));
+        let mut any_source = body.clone();
+        any_source[..4].copy_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(parse(&v2(1, 0x11, &any_source)), Parse::Malformed(2));
         let mut bad_version = v2(1, 0x11, &body);
         bad_version[12] = 0x31;
         assert_eq!(parse(&bad_version), Parse::Malformed(2));
@@ -309,5 +396,56 @@ mod tests {
             panic!()
         };
         assert_eq!(h.length, 16 + 60000);
+    }
+
+    #[test]
+    fn tlvs_are_checked_as_envoy_checks_them() {
+        let ok = [0xEA, 0, 2, b'v', b'1', 0x05, 0, 0, 0xEA, 0, 1, b'2'];
+        assert_eq!(
+            tlvs(&ok),
+            Some(vec![
+                (0xEA, &b"v1"[..]),
+                (0x05, &b""[..]),
+                (0xEA, &b"2"[..])
+            ])
+        );
+        assert_eq!(tlvs(&[]), Some(vec![]));
+        // A value past the end, one or two bytes of a TLV left over.
+        assert_eq!(tlvs(&[0xEA, 0, 3, b'a', b'b']), None);
+        assert_eq!(tlvs(&[0xEA, 0, 0, 0x05]), None);
+        assert_eq!(tlvs(&[0xEA, 0, 0, 0x05, 0]), None);
+    }
+
+    #[test]
+    fn rules_make_metadata_of_the_first_tlv_of_a_type() {
+        let rule = |tlv_type, namespace: &str, key: &str| TlvRule {
+            tlv_type,
+            namespace: namespace.into(),
+            key: key.into(),
+        };
+        let config = ProxyProtocolConfig {
+            rules: vec![
+                rule(0xEA, METADATA_NAMESPACE, "old"),
+                rule(0xEA, METADATA_NAMESPACE, "vpce"),
+                rule(0x01, "my.ns", "alpn"),
+            ],
+            ..Default::default()
+        };
+        let metadata = config
+            .metadata(&[
+                (0xEA, b"one"),
+                (0x02, b"x"),
+                (0xEA, b"two"),
+                (0x01, b"h2\xff"),
+            ])
+            .unwrap();
+        let get = |ns: &str, key: &str| match metadata.lookup(ns, &[key.to_owned()]) {
+            Some(legate_core::metadata::Lookup::String(s)) => Some(s.to_owned()),
+            _ => None,
+        };
+        assert_eq!(get(METADATA_NAMESPACE, "vpce").as_deref(), Some("one"));
+        assert_eq!(get(METADATA_NAMESPACE, "old"), None);
+        assert_eq!(get("my.ns", "alpn").as_deref(), Some("h2!"));
+        assert_eq!(config.metadata(&[(0x02, b"x")]), None);
     }
 }

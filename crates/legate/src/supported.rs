@@ -152,7 +152,18 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "allow_requests_without_proxy_protocol",
                 "disallowed_versions",
                 "stat_prefix",
+                "rules",
             ],
+        ),
+        (
+            "envoy.extensions.filters.listener.proxy_protocol.v3",
+            "ProxyProtocol.Rule",
+            &["tlv_type", "on_tlv_present"],
+        ),
+        (
+            "envoy.extensions.filters.listener.proxy_protocol.v3",
+            "ProxyProtocol.KeyValuePair",
+            &["metadata_namespace", "key"],
         ),
         // UDP listeners and the UDP proxy
         (
@@ -1044,6 +1055,7 @@ const NOTES: &str = "
 | `ConfigSource.initial_fetch_timeout` | Validated, not applied: a file source is read at once; a listener whose RDS file is missing or invalid starts without a table (404 until one arrives) rather than warming. |
 | `PathConfigSource` (LDS, CDS, RDS, EDS files) | Files are watched for renames onto them (inotify), as Envoy does; writes in place are not seen. Beyond Envoy: SIGHUP re-reads the bootstrap and applies the difference in its static listeners and clusters (changes to `dynamic_resources`, `admin` and stats sinks need a restart). |
 | `TlsInspector.initial_read_buffer_size` | Validated, not applied: Legate peeks up to the hello's size bound (`max_client_hello_size`) at once. |
+| `Listener.listener_filters` and a half-close | Envoy closes a connection (`downstream_listener_filter_remote_close`) when the client's FIN arrives while the listener filters still run, even with all the bytes they need before it (a PROXY header, the data and FIN in one write); Legate decides on the bytes that came and serves the connection, so nothing the client sent is lost. |
 | `TlsParameters.tls_minimum_protocol_version` | TLS 1.2 and 1.3 only (rustls): a minimum of `TLSv1_0` or `TLSv1_1` means TLS 1.2. |
 | `TlsParameters.cipher_suites` | The ECDHE AES-GCM and ChaCha20-Poly1305 suites are offered; legacy names BoringSSL knows (CBC, RSA key exchange, PSK, 3DES) are accepted in a list but not offered; other names are refused. TLS 1.3 suites are always on, as in Envoy. |
 | `TlsParameters.ecdh_curves` | `X25519`, `P-256` and `P-384`; other curves are refused. |

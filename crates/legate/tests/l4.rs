@@ -989,6 +989,138 @@ fn proxy_protocol_restores_addresses_like_envoy() {
     proxy_still_serves(optional);
 }
 
+/// A PROXY version 2 header: `command` 1 is `PROXY`, 0 `LOCAL`; `family` 0x11 is TCP over
+/// IPv4; `body` holds the addresses and TLVs.
+fn v2_header(command: u8, family: u8, body: &[u8]) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x20 | command, family]);
+    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    h.extend_from_slice(body);
+    h
+}
+
+/// The addresses of a TCP over IPv4 header, from 192.0.2.1:`port` to 198.51.100.2:443, then
+/// these TLVs.
+fn v2_body(port: u16, tlvs: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut body = vec![192, 0, 2, 1, 198, 51, 100, 2];
+    body.extend_from_slice(&port.to_be_bytes());
+    body.extend_from_slice(&443u16.to_be_bytes());
+    for (kind, value) in tlvs {
+        body.push(*kind);
+        body.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        body.extend_from_slice(value);
+    }
+    body
+}
+
+/// The TLVs of PROXY version 2 headers as dynamic metadata, checked against Envoy 1.40 (the
+/// test passes against it with `LEGATE_E2E_PROXY=envoy`): `rules` name the TLVs to keep and
+/// under which namespace and key; tcp_proxy's access log prints them with
+/// `%DYNAMIC_METADATA%` (bytes that are not UTF-8 as `!`, the first of two TLVs of one type);
+/// a TLV that runs past its header, an unspecified address family or a source that is not
+/// unicast closes the connection as a version 2 error; a `LOCAL` header's TLVs are not read.
+#[test]
+fn proxy_protocol_tlvs_become_dynamic_metadata_like_envoy() {
+    let upstream = TcpUpstream::start(b"", true);
+    let log = temp_dir("l4-tlv").join("tlv.log");
+    let ns = "envoy.filters.listener.proxy_protocol";
+    let access_log = format!(
+        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: \"%DOWNSTREAM_REMOTE_PORT% [%DYNAMIC_METADATA({ns}:vpce)%] [%DYNAMIC_METADATA(my.ns:alpn)%] [%DYNAMIC_METADATA({ns})%] [%DYNAMIC_METADATA({ns}:vpce):3%]\\n\"}}}}\n",
+        log.display()
+    );
+    let filters = r#"    listener_filters_timeout: 2s
+    listener_filters:
+    - name: envoy.filters.listener.proxy_protocol
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol
+        rules:
+        - {tlv_type: 0xEA, on_tlv_present: {key: vpce}}
+        - {tlv_type: 0x02, on_tlv_present: {key: authority}}
+        - {tlv_type: 0x01, on_tlv_present: {key: alpn, metadata_namespace: my.ns}}
+"#;
+    let config = bootstrap(
+        &[listener(
+            "tlv",
+            0,
+            filters,
+            &chain("", &tcp_proxy("tlv", "backend", &access_log)),
+        )],
+        &cluster("backend", upstream.addr, ""),
+    );
+    let proxy = e2e::start_proxy(&config);
+    let addr = proxy.addr("tlv");
+    // Each connection sends its header and `ping`, reads the echo and closes (no half-close
+    // before the echo: Envoy closes a connection whose FIN comes while its listener filters
+    // run, a known difference).
+    let served = |header: Vec<u8>| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&[header.as_slice(), b"ping"].concat());
+        let mut echoed = [0u8; 4];
+        s.read_exact(&mut echoed).is_ok() && &echoed == b"ping"
+    };
+    // Served, one access log line each (by the source port the header gives).
+    let tlvs: [&[(u8, &[u8])]; 5] = [
+        &[
+            (0xEA, b"vpce-123"),
+            (0x01, b"h2"),
+            (0x05, b"other"),
+            (0x02, b"example.com"),
+        ],
+        &[(0xEA, b"\xff\xfe\"q\x01z")],
+        &[(0xEA, b"one"), (0xEA, b"two")],
+        &[],
+        &[(0xEA, b"")],
+    ];
+    for (i, tlvs) in tlvs.iter().enumerate() {
+        assert!(
+            served(v2_header(1, 0x11, &v2_body(1001 + i as u16, tlvs))),
+            "case {i}"
+        );
+    }
+    // `LOCAL`: its TLVs (one cut short here) are not read; the connection keeps its address.
+    assert!(served(v2_header(
+        0,
+        0x11,
+        &[&v2_body(1, &[])[..], &[0xEA, 0, 9, b'a']].concat()
+    )));
+    // Closed: a TLV cut short, one whose value runs past the end, an unspecified family, a
+    // source that is not unicast.
+    let body = v2_body(2001, &[(0xEA, b"ok")]);
+    let mut any_source = v2_body(2002, &[]);
+    any_source[..4].copy_from_slice(&[0, 0, 0, 0]);
+    for header in [
+        v2_header(1, 0x11, &[&body[..], &[0x05]].concat()),
+        v2_header(1, 0x11, &[&body[..], &[0x05, 0x00, 0x09, b'x']].concat()),
+        v2_header(1, 0x00, &[]),
+        v2_header(1, 0x11, &any_source),
+    ] {
+        assert!(!served(header));
+    }
+    eventually("six access log lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.lines().count() == 6)
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    let local = lines.pop().unwrap();
+    assert!(local.ends_with(" [-] [-] [-] [-]"), "{local}");
+    assert_eq!(
+        lines,
+        [
+            r#"1001 [vpce-123] [h2] [{"authority":"example.com","vpce":"vpce-123"}] [vpc]"#,
+            "1002 [!!\"q\u{1}z] [-] [{\"vpce\":\"!!\\\"q\\u0001z\"}] [!!\"]",
+            r#"1003 [one] [-] [{"vpce":"one"}] [one]"#,
+            "1004 [-] [-] [-] [-]",
+            r#"1005 [] [-] [{"vpce":""}] []"#,
+        ]
+    );
+    eventually("the proxy_proto stats", || {
+        proxy.stat("proxy_proto.versions.v2.found") == Some(6)
+            && proxy.stat("proxy_proto.versions.v2.error") == Some(4)
+    });
+}
+
 fn proxy_still_serves(addr: SocketAddr) {
     assert_eq!(through_proxy_header(addr, b"").map(|r| r.0), Some(200));
 }

@@ -131,6 +131,7 @@ impl JsonFormatter {
                             use std::fmt::Write;
                             let _ = write!(out, "{n}");
                         }
+                        Some(Value::Object { json, .. }) => out.push_str(&json),
                         None if self.omit_empty_values => return false,
                         None => out.push_str("null"),
                     }

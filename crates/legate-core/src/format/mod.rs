@@ -21,7 +21,7 @@ use legate_api::pb::envoy::config::core::v3::{
 use regex::Regex;
 
 pub use json::JsonFormatter;
-use operator::{Operator, Value};
+use operator::Operator;
 
 use crate::stream_info::StreamInfo;
 use crate::{Compiled, ConfigError};
@@ -152,11 +152,7 @@ impl Formatter {
             match piece {
                 Piece::Literal(s) => out.push_str(s),
                 Piece::Operator(op) => match op.evaluate(info) {
-                    Some(Value::Str(s)) => out.push_str(&s),
-                    Some(Value::Int(n)) => {
-                        use std::fmt::Write;
-                        let _ = write!(out, "{n}");
-                    }
+                    Some(value) => value.push_text(out),
                     None => out.push_str(unset),
                 },
             }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::time::TimeFormat;
+use crate::metadata::Lookup;
 use crate::stream_info::StreamInfo;
 
 /// The value of one operator for one stream.
@@ -22,6 +23,29 @@ use crate::stream_info::StreamInfo;
 pub(crate) enum Value<'a> {
     Str(Cow<'a, str>),
     Int(i128),
+    /// A JSON object (a metadata namespace): nested as it is in a JSON format; in a text
+    /// format its JSON text, cut to `text_max` bytes.
+    Object {
+        json: String,
+        text_max: Option<usize>,
+    },
+}
+
+impl Value<'_> {
+    /// Appends the value as text.
+    pub(crate) fn push_text(&self, out: &mut String) {
+        match self {
+            Value::Str(s) => out.push_str(s),
+            Value::Int(n) => {
+                use std::fmt::Write;
+                let _ = write!(out, "{n}");
+            }
+            Value::Object { json, text_max } => match text_max {
+                Some(max) => out.push_str(&truncate(Cow::Borrowed(json), *max)),
+                None => out.push_str(json),
+            },
+        }
+    }
 }
 
 /// Which part of a socket address an operator prints.
@@ -122,6 +146,12 @@ pub(crate) enum Operator {
     DownstreamPeerCertValidity {
         end: bool,
         format: TimeFormat,
+    },
+    /// `%DYNAMIC_METADATA(NAMESPACE:KEY*):Z%`.
+    DynamicMetadata {
+        namespace: String,
+        keys: Vec<String>,
+        max_length: Option<usize>,
     },
 }
 
@@ -346,6 +376,21 @@ pub(crate) fn parse(
                 })
             });
         }
+        "DYNAMIC_METADATA" => {
+            verify(
+                Syntax::ParamsRequiredLengthAllowed,
+                command,
+                argument,
+                max_length,
+            )?;
+            let mut path = argument.split(':').map(str::to_owned);
+            let namespace = path.next().unwrap_or_default();
+            return Ok(Some(Operator::DynamicMetadata {
+                namespace,
+                keys: path.collect(),
+                max_length,
+            }));
+        }
         _ => match TlsField::by_name(command) {
             Some(field) => (Syntax::CommandOnly, Operator::DownstreamTls(field)),
             None => return Ok(None),
@@ -563,6 +608,35 @@ impl Operator {
                 };
                 Some(Value::Str(Cow::Owned(format.format(at))))
             }
+            Operator::DynamicMetadata {
+                namespace,
+                keys,
+                max_length,
+            } => {
+                let metadata = info.dynamic_metadata.as_deref()?;
+                Some(match metadata.lookup(namespace, keys)? {
+                    Lookup::String(s) => Value::Str(match max_length {
+                        Some(max) => truncate(Cow::Borrowed(s), *max),
+                        None => Cow::Borrowed(s),
+                    }),
+                    Lookup::Struct(fields) => {
+                        let mut json = String::from("{");
+                        for (i, (key, value)) in fields.iter().enumerate() {
+                            if i > 0 {
+                                json.push(',');
+                            }
+                            super::json::push_json_string(&mut json, key);
+                            json.push(':');
+                            super::json::push_json_string(&mut json, value);
+                        }
+                        json.push('}');
+                        Value::Object {
+                            json,
+                            text_max: *max_length,
+                        }
+                    }
+                })
+            }
         }
     }
 }
@@ -700,7 +774,6 @@ pub(crate) const ENVOY_ONLY_OPERATORS: &[&str] = &[
     "START_TIME_LOCAL",
     "EMIT_TIME",
     "EMIT_TIME_LOCAL",
-    "DYNAMIC_METADATA",
     "CLUSTER_METADATA",
     "UPSTREAM_METADATA",
     "FILTER_STATE",

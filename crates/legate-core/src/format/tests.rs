@@ -447,3 +447,41 @@ fn format_string_proto_compiles_each_kind() {
     let errors = FormatString::compile(&with_formatters).unwrap_err();
     assert_eq!(errors[0].path, "formatters[0]");
 }
+
+/// `%DYNAMIC_METADATA%` as Envoy 1.40 printed it for a connection whose PROXY header carried a
+/// TLV its proxy_protocol filter stores (`vpce`), in text and JSON formats.
+#[test]
+fn dynamic_metadata_prints_strings_and_structs() {
+    let mut info = StreamInfo::new(1);
+    let mut metadata = crate::metadata::DynamicMetadata::default();
+    let ns = "envoy.filters.listener.proxy_protocol";
+    metadata.insert_first(ns, "vpce", "vpce-123".into());
+    info.dynamic_metadata = Some(std::sync::Arc::new(metadata));
+    let text = format!(
+        "[%DYNAMIC_METADATA({ns}:vpce)%] [%DYNAMIC_METADATA({ns})%] [%DYNAMIC_METADATA({ns}):5%] \
+         [%DYNAMIC_METADATA({ns}:vpce):3%] [%DYNAMIC_METADATA({ns}:vpce:x)%] [%DYNAMIC_METADATA(nope)%]"
+    );
+    assert_eq!(
+        fmt(&text, &info),
+        r#"[vpce-123] [{"vpce":"vpce-123"}] [{"vpc] [vpc] [-] [-]"#
+    );
+    let format = object(vec![
+        ("a", s(&format!("%DYNAMIC_METADATA({ns}:vpce)%"))),
+        ("b", s(&format!("%DYNAMIC_METADATA({ns})%"))),
+        ("c", s(&format!("%DYNAMIC_METADATA({ns}):5%"))),
+        ("d", s(&format!("%DYNAMIC_METADATA({ns}:vpce):3%"))),
+        ("e", s(&format!("x %DYNAMIC_METADATA({ns})% y"))),
+        ("f", s("%DYNAMIC_METADATA(nope)%")),
+    ]);
+    let json = JsonFormatter::compile(&format, false).unwrap();
+    assert_eq!(
+        json.format(&info),
+        r#"{"a":"vpce-123","b":{"vpce":"vpce-123"},"c":{"vpce":"vpce-123"},"d":"vpc","e":"x {\"vpce\":\"vpce-123\"} y","f":null}"#.to_owned() + "\n"
+    );
+    // A stream without metadata (every HTTP stream: a connection's is not theirs).
+    assert_eq!(fmt(&text, &StreamInfo::new(2)), "[-] [-] [-] [-] [-] [-]");
+    assert_eq!(
+        Formatter::parse("%DYNAMIC_METADATA%").err().as_deref(),
+        Some("DYNAMIC_METADATA requires parameters")
+    );
+}

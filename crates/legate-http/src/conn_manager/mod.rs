@@ -108,6 +108,9 @@ pub struct Downstream {
     pub tls_info: Option<Arc<legate_core::x509::TlsInfo>>,
     /// The ClientHello's JA3/JA4 fingerprints, if the tls_inspector computed them.
     pub tls_fingerprints: Option<Arc<legate_core::stream_info::TlsFingerprints>>,
+    /// The connection's dynamic metadata (the proxy_protocol filter's TLVs): for tcp_proxy's
+    /// access logs; HTTP streams start without it, as in Envoy.
+    pub dynamic_metadata: Option<Arc<legate_core::metadata::DynamicMetadata>>,
     /// The listener's path, for a connection to a unix domain socket (`pipe`) listener: then
     /// `peer`, `direct_peer` and `local` hold no real address (there is no IP), and Envoy
     /// shows the path for all three.

@@ -213,6 +213,7 @@ impl TcpProxy {
         }
         info.downstream_tls = conn.tls_info.clone();
         info.tls_fingerprints = conn.tls_fingerprints.clone();
+        info.dynamic_metadata = conn.dynamic_metadata.clone();
         let restored_local = conn.local_restored.then_some(conn.local);
         drop(conn);
         let Some(upstream) = Box::pin(self.connect(restored_local, &mut info)).await else {

@@ -340,6 +340,7 @@ async fn accept_loop(
             requested_server_name: None,
             tls_info: None,
             tls_fingerprints: None,
+            dynamic_metadata: None,
             pipe: pipe.clone(),
         };
         let serving = serving.clone();
@@ -561,6 +562,7 @@ async fn prepare(
         downstream.peer = source;
     }
     downstream.tls_fingerprints = detected.fingerprints.clone();
+    downstream.dynamic_metadata = detected.metadata.clone();
     if let Some(local) = detected.restored_local {
         downstream.local = local;
         downstream.local_restored = true;
