@@ -1,13 +1,15 @@
 //! The network RBAC filter (`envoy.filters.network.rbac`): allows or denies a connection by
-//! its addresses and SNI, before the chain's terminal filter sees it. A policy matches when
-//! one of its permissions (what is asked for: destination IP and port, server name) and one of
-//! its principals (who asks: remote and direct remote IP) match; with an `ALLOW` action a
-//! connection needs a matching policy, with `DENY` it must match none. `shadow_rules` are
-//! evaluated and counted, never enforced. Stats: `<stat_prefix>rbac.{allowed,denied,
+//! its addresses, SNI and dynamic metadata, before the chain's terminal filter sees it. A
+//! policy matches when one of its permissions (what is asked for: destination IP and port,
+//! server name) and one of its principals (who asks: remote and direct remote IP) match —
+//! either may also match the connection's dynamic metadata (a PROXY header's TLVs); with an
+//! `ALLOW` action a connection needs a matching policy, with `DENY` it must match none.
+//! `shadow_rules` are evaluated and counted, never enforced, and their verdict goes into the
+//! connection's dynamic metadata as in Envoy. Stats: `<stat_prefix>rbac.{allowed,denied,
 //! shadow_allowed,shadow_denied}`.
 //!
-//! The L7 rules (headers, paths, metadata, CEL conditions, authenticated principals) are
-//! refused with their field path: they have no meaning for a connection.
+//! The L7 rules (headers, paths, CEL conditions, authenticated principals) are refused with
+//! their field path: they have no meaning for a connection.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -16,6 +18,7 @@ use legate_api::pb::envoy::config::rbac::v3::{
 };
 use legate_api::pb::envoy::extensions::filters::network::rbac::v3::Rbac;
 use legate_core::matcher::CompiledStringMatcher;
+use legate_core::metadata::{DynamicMetadata, MetadataMatcher};
 use legate_core::stats::{Counter, Scope};
 use legate_core::{Compiled, ConfigError, Errors};
 
@@ -28,6 +31,7 @@ pub struct Connection<'a> {
     pub local: SocketAddr,
     /// SNI, empty if none.
     pub server_name: &'a str,
+    pub metadata: Option<&'a DynamicMetadata>,
 }
 
 #[derive(Debug)]
@@ -41,6 +45,7 @@ enum Perm {
     /// `[start, end)`, as Envoy's Int32Range.
     DestinationPorts(i64, i64),
     ServerName(CompiledStringMatcher),
+    Metadata(MetadataMatcher),
 }
 
 impl Perm {
@@ -56,6 +61,7 @@ impl Perm {
                 (*start..*end).contains(&i64::from(c.local.port()))
             }
             Perm::ServerName(m) => m.matches(c.server_name),
+            Perm::Metadata(m) => m.matches(c.metadata),
         }
     }
 }
@@ -69,6 +75,7 @@ enum Id {
     /// `remote_ip` (and the deprecated `source_ip`, which Envoy reads as the direct peer).
     RemoteIp(Cidr),
     DirectRemoteIp(Cidr),
+    Metadata(MetadataMatcher),
 }
 
 impl Id {
@@ -81,12 +88,14 @@ impl Id {
             Id::Not(p) => !p.matches(c),
             Id::RemoteIp(cidr) => cidr.contains(ip(c.remote)),
             Id::DirectRemoteIp(cidr) => cidr.contains(ip(c.direct_remote)),
+            Id::Metadata(m) => m.matches(c.metadata),
         }
     }
 }
 
 #[derive(Debug)]
 struct Policy {
+    name: String,
     permissions: Vec<Perm>,
     principals: Vec<Id>,
 }
@@ -130,6 +139,7 @@ impl Rules {
                 .filter_map(|(i, x)| errors.take(&format!("{path}.principals[{i}]"), id(x)))
                 .collect();
             policies.push(Policy {
+                name: name.clone(),
                 permissions,
                 principals,
             });
@@ -142,14 +152,14 @@ impl Rules {
         })
     }
 
-    fn allows(&self, c: &Connection<'_>) -> bool {
-        if self.log {
-            return true;
-        }
-        let matched = self.policies.iter().any(|p| {
+    /// Whether `c` may go on, and the policy that decided it (the first matching one, by
+    /// name, as Envoy's engine finds it), if any.
+    fn decide(&self, c: &Connection<'_>) -> (bool, Option<&str>) {
+        let matched = self.policies.iter().find(|p| {
             p.permissions.iter().any(|x| x.matches(c)) && p.principals.iter().any(|x| x.matches(c))
         });
-        matched == self.allow
+        let allowed = self.log || matched.is_some() == self.allow;
+        (allowed, matched.map(|p| p.name.as_str()))
     }
 }
 
@@ -191,6 +201,9 @@ fn perm(p: &Permission) -> Compiled<Perm> {
         Some(Rule::RequestedServerName(m)) => Perm::ServerName(
             CompiledStringMatcher::compile(m).map_err(|e| within(e, "requested_server_name"))?,
         ),
+        Some(Rule::Metadata(m)) => {
+            Perm::Metadata(MetadataMatcher::compile(m).map_err(|e| within(e, "metadata"))?)
+        }
         Some(Rule::Header(_)) => return unsupported("header"),
         Some(Rule::UrlPath(_)) => return unsupported("url_path"),
         None | Some(Rule::Any(false)) => {
@@ -223,6 +236,9 @@ fn id(p: &Principal) -> Compiled<Id> {
         }
         Some(Identifier::DirectRemoteIp(r)) => {
             Id::DirectRemoteIp(cidr(r).map_err(|e| within(e, "direct_remote_ip"))?)
+        }
+        Some(Identifier::Metadata(m)) => {
+            Id::Metadata(MetadataMatcher::compile(m).map_err(|e| within(e, "metadata"))?)
         }
         None | Some(Identifier::Any(false)) => {
             return Err(vec![ConfigError::new(
@@ -300,20 +316,63 @@ impl NetworkRbac {
     }
 
     /// Whether `c` may go on; counts the decision (and the shadow rules').
-    pub fn allows(&self, c: &Connection<'_>) -> bool {
-        if let Some(shadow) = &self.config.shadow {
-            if shadow.allows(c) {
+    pub fn check(&self, c: &Connection<'_>) -> Verdict<'_> {
+        let shadow = self.config.shadow.as_ref().map(|shadow| {
+            let (allowed, policy) = shadow.decide(c);
+            if allowed {
                 self.shadow_allowed.inc();
             } else {
                 self.shadow_denied.inc();
             }
-        }
-        let allowed = self.config.rules.as_ref().is_none_or(|r| r.allows(c));
+            (allowed, policy)
+        });
+        let allowed = self.config.rules.as_ref().is_none_or(|r| r.decide(c).0);
         if allowed {
             self.allowed.inc();
         } else {
             self.denied.inc();
         }
-        allowed
+        Verdict { allowed, shadow }
+    }
+
+    /// Writes the shadow rules' verdict into the connection's dynamic metadata, as Envoy does:
+    /// under `envoy.filters.network.rbac`, `<shadow_rules_stat_prefix>shadow_engine_result`
+    /// (`allowed` or `denied`) and, when a policy matched, `...shadow_effective_policy_id`.
+    pub fn record(&self, verdict: &Verdict<'_>, metadata: &mut DynamicMetadata) {
+        let Some((allowed, policy)) = verdict.shadow else {
+            return;
+        };
+        let prefix = &self.config.shadow_stat_prefix;
+        if let Some(policy) = policy {
+            metadata.insert(
+                METADATA_NAMESPACE,
+                &format!("{prefix}shadow_effective_policy_id"),
+                policy.to_owned(),
+            );
+        }
+        let result = if allowed { "allowed" } else { "denied" };
+        metadata.insert(
+            METADATA_NAMESPACE,
+            &format!("{prefix}shadow_engine_result"),
+            result.to_owned(),
+        );
+    }
+}
+
+/// The namespace of the metadata the filter sets.
+pub const METADATA_NAMESPACE: &str = "envoy.filters.network.rbac";
+
+/// What a network RBAC filter decided about a connection.
+#[derive(Debug)]
+pub struct Verdict<'a> {
+    pub allowed: bool,
+    /// The shadow rules' decision and the policy that made it, when there are shadow rules.
+    shadow: Option<(bool, Option<&'a str>)>,
+}
+
+impl Verdict<'_> {
+    /// Whether [`NetworkRbac::record`] has something to write.
+    pub fn has_metadata(&self) -> bool {
+        self.shadow.is_some()
     }
 }

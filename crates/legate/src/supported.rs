@@ -272,6 +272,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "destination_port_range",
                 "not_rule",
                 "requested_server_name",
+                "metadata",
             ],
         ),
         ("envoy.config.rbac.v3", "Permission.Set", &["rules"]),
@@ -286,9 +287,33 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "direct_remote_ip",
                 "remote_ip",
                 "not_id",
+                "metadata",
             ],
         ),
         ("envoy.config.rbac.v3", "Principal.Set", &["ids"]),
+        (
+            "envoy.type.matcher.v3",
+            "MetadataMatcher",
+            &["filter", "path", "value", "invert"],
+        ),
+        (
+            "envoy.type.matcher.v3",
+            "MetadataMatcher.PathSegment",
+            &["key"],
+        ),
+        (
+            "envoy.type.matcher.v3",
+            "ValueMatcher",
+            &[
+                "null_match",
+                "string_match",
+                "bool_match",
+                "present_match",
+                "or_match",
+            ],
+        ),
+        ("envoy.type.matcher.v3", "ValueMatcher.NullMatch", &[]),
+        ("envoy.type.matcher.v3", "OrMatcher", &["value_matchers"]),
         ("envoy.type.v3", "Int32Range", &["start", "end"]),
         (
             "envoy.extensions.filters.network.direct_response.v3",
@@ -1067,7 +1092,7 @@ const NOTES: &str = "
 | `UdpSocketConfig.prefer_gro` | Legate reads one datagram at a time (no GRO); as with Envoy's GRO buffer, `prefer_gro: true` (the default of `UdpProxyConfig.upstream_socket_config`) reads datagrams of any size, so `max_rx_datagram_size` limits only sockets with `prefer_gro: false` (the default of `udp_listener_config.downstream_socket_config`). |
 | UDP listeners | Legate serves them with one `envoy.filters.udp_listener.udp_proxy` listener filter and no filter chains (QUIC is not supported). |
 | `ssl.sigalgs.*` stats | Not counted (rustls does not report the negotiated signature scheme). |
-| `RBAC.enforcement_type` (network filter) | Both values accepted: the rules (addresses, SNI) cannot change during a connection, so Legate decides once, when the connection is set up (after the TLS handshake, if any); Envoy decides at the first byte, so a denied client that sends nothing is closed at once by Legate and only when it sends by Envoy. |
+| `RBAC.enforcement_type` (network filter) | Both values accepted: the rules (addresses, SNI) cannot change during a connection, so Legate decides once, when the connection is set up (after the TLS handshake, if any); Envoy decides at the first byte, so a denied client that sends nothing is closed at once by Legate and only when it sends by Envoy. By then Envoy's tcp_proxy has connected upstream (and may have relayed the upstream's first bytes) and logs the connection; Legate opens no upstream connection for a denied client and writes no tcp_proxy access-log line for it. |
 | `Address.pipe` (unix domain sockets) | Listeners serve the HTTP connection manager, tcp_proxy, echo and direct_response on a pipe; listener filters, TLS termination, chain matching on addresses or ports and the network RBAC filter on a pipe listener are refused with their paths (`listener_filters`, `filter_chains[i].transport_socket`, `filter_chains[i].filter_chain_match.source_prefix_ranges`, ...). Cluster endpoints may be pipes for HTTP/1.1, HTTP/2 and tcp_proxy, in plain text only: a STATIC cluster with a `transport_socket` and a pipe endpoint is refused (`load_assignment...endpoint.address.pipe`), and an EDS one fails to connect; a UDP proxy finds no host on a pipe. `mode` is refused for an abstract ('@') path, as Envoy does. Pipes elsewhere (admin, stats sinks) are refused with their path. |
 ";
 

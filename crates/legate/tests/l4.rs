@@ -989,6 +989,9 @@ fn proxy_protocol_restores_addresses_like_envoy() {
     proxy_still_serves(optional);
 }
 
+/// A documentation address (RFC 5737) as a PROXY header's source.
+const TEST_NET: [u8; 4] = [192, 0, 2, 1];
+
 /// A PROXY version 2 header: `command` 1 is `PROXY`, 0 `LOCAL`; `family` 0x11 is TCP over
 /// IPv4; `body` holds the addresses and TLVs.
 fn v2_header(command: u8, family: u8, body: &[u8]) -> Vec<u8> {
@@ -999,10 +1002,11 @@ fn v2_header(command: u8, family: u8, body: &[u8]) -> Vec<u8> {
     h
 }
 
-/// The addresses of a TCP over IPv4 header, from 192.0.2.1:`port` to 198.51.100.2:443, then
+/// The addresses of a TCP over IPv4 header, from `source`:`port` to 198.51.100.2:443, then
 /// these TLVs.
-fn v2_body(port: u16, tlvs: &[(u8, &[u8])]) -> Vec<u8> {
-    let mut body = vec![192, 0, 2, 1, 198, 51, 100, 2];
+fn v2_body(source: [u8; 4], port: u16, tlvs: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut body = source.to_vec();
+    body.extend_from_slice(&[198, 51, 100, 2]);
     body.extend_from_slice(&port.to_be_bytes());
     body.extend_from_slice(&443u16.to_be_bytes());
     for (kind, value) in tlvs {
@@ -1049,16 +1053,7 @@ fn proxy_protocol_tlvs_become_dynamic_metadata_like_envoy() {
     );
     let proxy = e2e::start_proxy(&config);
     let addr = proxy.addr("tlv");
-    // Each connection sends its header and `ping`, reads the echo and closes (no half-close
-    // before the echo: Envoy closes a connection whose FIN comes while its listener filters
-    // run, a known difference).
-    let served = |header: Vec<u8>| {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = s.write_all(&[header.as_slice(), b"ping"].concat());
-        let mut echoed = [0u8; 4];
-        s.read_exact(&mut echoed).is_ok() && &echoed == b"ping"
-    };
+    let served = |header: Vec<u8>| served_after(addr, &header);
     // Served, one access log line each (by the source port the header gives).
     let tlvs: [&[(u8, &[u8])]; 5] = [
         &[
@@ -1074,7 +1069,11 @@ fn proxy_protocol_tlvs_become_dynamic_metadata_like_envoy() {
     ];
     for (i, tlvs) in tlvs.iter().enumerate() {
         assert!(
-            served(v2_header(1, 0x11, &v2_body(1001 + i as u16, tlvs))),
+            served(v2_header(
+                1,
+                0x11,
+                &v2_body(TEST_NET, 1001 + i as u16, tlvs)
+            )),
             "case {i}"
         );
     }
@@ -1082,12 +1081,12 @@ fn proxy_protocol_tlvs_become_dynamic_metadata_like_envoy() {
     assert!(served(v2_header(
         0,
         0x11,
-        &[&v2_body(1, &[])[..], &[0xEA, 0, 9, b'a']].concat()
+        &[&v2_body(TEST_NET, 1, &[])[..], &[0xEA, 0, 9, b'a']].concat()
     )));
     // Closed: a TLV cut short, one whose value runs past the end, an unspecified family, a
     // source that is not unicast.
-    let body = v2_body(2001, &[(0xEA, b"ok")]);
-    let mut any_source = v2_body(2002, &[]);
+    let body = v2_body(TEST_NET, 2001, &[(0xEA, b"ok")]);
+    let mut any_source = v2_body(TEST_NET, 2002, &[]);
     any_source[..4].copy_from_slice(&[0, 0, 0, 0]);
     for header in [
         v2_header(1, 0x11, &[&body[..], &[0x05]].concat()),
@@ -1119,6 +1118,116 @@ fn proxy_protocol_tlvs_become_dynamic_metadata_like_envoy() {
         proxy.stat("proxy_proto.versions.v2.found") == Some(6)
             && proxy.stat("proxy_proto.versions.v2.error") == Some(4)
     });
+}
+
+/// Serves `header` then `ping` on a new connection; whether `ping` came back (the echo
+/// upstream behind tcp_proxy). No half-close before the echo: Envoy closes a connection whose
+/// FIN comes while its listener filters run (a known difference).
+fn served_after(addr: SocketAddr, header: &[u8]) -> bool {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(&[header, b"ping"].concat());
+    let mut echoed = [0u8; 4];
+    s.read_exact(&mut echoed).is_ok() && &echoed == b"ping"
+}
+
+/// The network RBAC filter on a PROXY header's TLVs, checked against Envoy 1.40 (passes with
+/// `LEGATE_E2E_PROXY=envoy`): a `metadata` principal allows the endpoint ids it matches, and
+/// the shadow rules' verdict and policy go into the connection's dynamic metadata under
+/// `envoy.filters.network.rbac`, their keys prefixed with `shadow_rules_stat_prefix`.
+#[test]
+fn network_rbac_matches_tlv_metadata_and_records_shadow_verdicts_like_envoy() {
+    let upstream = TcpUpstream::start(b"", true);
+    let log = temp_dir("l4-rbac-md").join("rbac.log");
+    let rbac = r#"      filters:
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: r.
+          shadow_rules_stat_prefix: sh_
+          rules:
+            action: ALLOW
+            policies:
+              vpce-allowed:
+                permissions: [{any: true}]
+                principals:
+                - metadata:
+                    filter: envoy.filters.listener.proxy_protocol
+                    path: [{key: vpce}]
+                    value: {string_match: {prefix: vpce-1}}
+          shadow_rules:
+            action: DENY
+            policies:
+              shadow-pol:
+                permissions: [{any: true}]
+                principals: [{remote_ip: {address_prefix: 192.0.2.0, prefix_len: 24}}]
+"#;
+    let access_log = format!(
+        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: \"%DOWNSTREAM_REMOTE_PORT% %DYNAMIC_METADATA(envoy.filters.network.rbac)%\\n\"}}}}\n",
+        log.display()
+    );
+    let tcp = tcp_proxy("t", "backend", &access_log).replacen("      filters:\n", "", 1);
+    let filters = r#"    listener_filters:
+    - name: envoy.filters.listener.proxy_protocol
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol
+        rules: [{tlv_type: 0xEA, on_tlv_present: {key: vpce}}]
+"#;
+    let config = bootstrap(
+        &[listener(
+            "rbac",
+            0,
+            filters,
+            &chain("", &format!("{rbac}{tcp}")),
+        )],
+        &cluster("backend", upstream.addr, ""),
+    );
+    let proxy = e2e::start_proxy(&config);
+    let addr = proxy.addr("rbac");
+    let header =
+        |source, port, tlvs: &[(u8, &[u8])]| v2_header(1, 0x11, &v2_body(source, port, tlvs));
+    assert!(served_after(
+        addr,
+        &header(TEST_NET, 1, &[(0xEA, b"vpce-123")])
+    ));
+    assert!(served_after(
+        addr,
+        &header([10, 0, 0, 1], 2, &[(0xEA, b"vpce-123")])
+    ));
+    assert!(!served_after(
+        addr,
+        &header([10, 0, 0, 1], 3, &[(0xEA, b"vpce-999")])
+    ));
+    assert!(!served_after(addr, &header([10, 0, 0, 1], 4, &[])));
+    eventually("the RBAC stats", || {
+        proxy.stat("r.rbac.allowed") == Some(2)
+            && proxy.stat("r.rbac.denied") == Some(2)
+            && proxy.stat("r.rbac.sh_.shadow_allowed") == Some(3)
+            && proxy.stat("r.rbac.sh_.shadow_denied") == Some(1)
+    });
+    // The served connections' lines (Envoy also logs the denied ones: its tcp_proxy has
+    // connected by the time RBAC decides).
+    eventually("two access log lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| {
+            l.lines()
+                .filter(|l| l.len() > 2 && !l.starts_with("3 ") && !l.starts_with("4 "))
+                .count()
+                == 2
+        })
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("1 ") || l.starts_with("2 "))
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            r#"1 {"sh_shadow_effective_policy_id":"shadow-pol","sh_shadow_engine_result":"denied"}"#,
+            r#"2 {"sh_shadow_engine_result":"allowed"}"#,
+        ]
+    );
 }
 
 fn proxy_still_serves(addr: SocketAddr) {
