@@ -9,6 +9,7 @@
 #
 # Usage: bench/instructions.sh [legate binary] [requests]
 #   prints the instructions per request for /direct (direct_response) and / (proxied)
+#   With H2=1, the clients speak HTTP/2 cleartext (prior knowledge) instead of HTTP/1.1.
 #   With KEEP=<dir>, the callgrind outputs stay there (direct.out, proxied.out) for
 #   `callgrind_annotate --inclusive=yes <file>`.
 set -euo pipefail
@@ -25,6 +26,14 @@ for tool in valgrind callgrind_control h2load nginx curl; do
     command -v "$tool" > /dev/null || { echo "missing: $tool" >&2; exit 2; }
 done
 
+# The clients' protocol: HTTP/1.1, or h2c with H2=1.
+CLIENT=(--h1)
+PROTOCOL=HTTP/1.1
+if [[ -n ${H2:-} ]]; then
+    CLIENT=()
+    PROTOCOL=h2c
+fi
+
 OUT=$(mktemp -d)
 nginx -c "$CONF/nginx.conf" > "$OUT/nginx.log" 2>&1 &
 NGINX=$!
@@ -39,10 +48,10 @@ count() { # path name
         curl -s -o /dev/null http://127.0.0.1:18410/direct && break
         sleep 0.5
     done
-    h2load --h1 -n 2000 -c 50 -t 1 "http://127.0.0.1:18410$path" > /dev/null
+    h2load "${CLIENT[@]}" -n 2000 -c 50 -t 1 "http://127.0.0.1:18410$path" > /dev/null
     callgrind_control -i on "$proxy" > /dev/null 2>&1
     local done_
-    done_=$(h2load --h1 -n "$N" -c 50 -t 1 "http://127.0.0.1:18410$path" | awk '/^requests:/ {print $8}')
+    done_=$(h2load "${CLIENT[@]}" -n "$N" -c 50 -t 1 "http://127.0.0.1:18410$path" | awk '/^requests:/ {print $8}')
     callgrind_control -i off "$proxy" > /dev/null 2>&1
     kill -TERM "$proxy"
     wait "$proxy" 2> /dev/null || true
@@ -56,6 +65,6 @@ count() { # path name
         "$path" $((total / N)) "$done_" "$N"
 }
 
-echo "callgrind: $BIN, $N requests per path"
+echo "callgrind: $BIN, $N requests per path, $PROTOCOL clients"
 count /direct direct
 count / proxied

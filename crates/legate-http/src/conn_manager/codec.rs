@@ -26,6 +26,7 @@ use legate_upstream::body::{Body, BoxError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
+use super::flood::{FloodGuard, FloodStats};
 use super::stream::DownstreamBody;
 use super::{ConnectionState, Downstream, HttpConnectionManager};
 use crate::h1::{self, Rewind};
@@ -223,6 +224,10 @@ impl HttpConnectionManager {
                 Ok::<_, Infallible>(streams.hcm.handle(req, None, &streams.state).await)
             }
         });
+        let stats = *self
+            .flood_stats
+            .get_or_init(|| FloodStats::new(&self.context.store.scope("")));
+        let io = FloodGuard::new(io, self.flood_limits, stats);
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {

@@ -26,6 +26,7 @@ use legate_upstream::ClusterManager;
 use legate_upstream::body::{self, Body};
 
 mod codec;
+mod flood;
 mod request;
 mod stream;
 mod xfcc;
@@ -132,6 +133,10 @@ pub struct HttpConnectionManager {
     pub stats: HcmStats,
     pub access_logs: Vec<AccessLogger>,
     pub context: Arc<ProxyContext>,
+    /// HTTP/2 flood protection: the limits, and the `http2.*` counters, made by the first
+    /// HTTP/2 connection (as Envoy makes its codec stats).
+    flood_limits: flood::FloodLimits,
+    flood_stats: std::sync::OnceLock<flood::FloodStats>,
 }
 
 /// Per-connection state shared by its streams.
@@ -199,6 +204,8 @@ impl HttpConnectionManager {
             }
         };
         errors.finish(|| HttpConnectionManager {
+            flood_limits: flood::FloodLimits::new(&config.http2),
+            flood_stats: Default::default(),
             config,
             routes,
             stats,
