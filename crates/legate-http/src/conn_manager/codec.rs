@@ -26,7 +26,7 @@ use legate_upstream::body::{Body, BoxError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
-use super::flood::{FloodGuard, FloodStats};
+use super::h2_guard::{H2Guard, H2Stats};
 use super::stream::DownstreamBody;
 use super::{ConnectionState, Downstream, HttpConnectionManager};
 use crate::h1::{self, Rewind};
@@ -225,9 +225,9 @@ impl HttpConnectionManager {
             }
         });
         let stats = *self
-            .flood_stats
-            .get_or_init(|| FloodStats::new(&self.context.store.scope("")));
-        let io = FloodGuard::new(io, self.flood_limits, stats);
+            .h2_stats
+            .get_or_init(|| H2Stats::new(&self.context.store.scope("")));
+        let io = H2Guard::new(io, self.h2_limits, stats);
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {

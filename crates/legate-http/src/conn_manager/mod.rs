@@ -26,7 +26,7 @@ use legate_upstream::ClusterManager;
 use legate_upstream::body::{self, Body};
 
 mod codec;
-mod flood;
+mod h2_guard;
 mod request;
 mod stream;
 mod xfcc;
@@ -133,10 +133,11 @@ pub struct HttpConnectionManager {
     pub stats: HcmStats,
     pub access_logs: Vec<AccessLogger>,
     pub context: Arc<ProxyContext>,
-    /// HTTP/2 flood protection: the limits, and the `http2.*` counters, made by the first
-    /// HTTP/2 connection (as Envoy makes its codec stats).
-    flood_limits: flood::FloodLimits,
-    flood_stats: std::sync::OnceLock<flood::FloodStats>,
+    /// What Envoy enforces on HTTP/2 connections beyond hyper's codec: the flood limits, and
+    /// the `http2.*` counters, made by the first HTTP/2 connection (as Envoy makes its codec
+    /// stats).
+    h2_limits: h2_guard::H2Limits,
+    h2_stats: std::sync::OnceLock<h2_guard::H2Stats>,
 }
 
 /// Per-connection state shared by its streams.
@@ -204,8 +205,8 @@ impl HttpConnectionManager {
             }
         };
         errors.finish(|| HttpConnectionManager {
-            flood_limits: flood::FloodLimits::new(&config.http2),
-            flood_stats: Default::default(),
+            h2_limits: h2_guard::H2Limits::new(&config.http2),
+            h2_stats: Default::default(),
             config,
             routes,
             stats,

@@ -1,6 +1,17 @@
-//! Envoy's HTTP/2 flood protection for downstream connections, as a layer between the socket
-//! and hyper's HTTP/2 codec that follows the frame headers going each way
-//! (`Http2ProtocolOptions`, Envoy's `ProtocolConstraints`):
+//! What Envoy enforces on a downstream HTTP/2 connection and hyper's codec does not, as a
+//! layer between the socket and the codec that follows the frame headers going each way.
+//!
+//! Messaging errors end the connection: Envoy's default
+//! (`override_stream_error_on_invalid_http_message` false) treats a malformed request
+//! (RFC 9113 §8.1.1: a bad or missing pseudo-header, an upper-case or connection-specific
+//! header, a body longer or shorter than its `content-length`) as an error of the whole
+//! connection; h2 resets only the stream, with PROTOCOL_ERROR. The guard sees that reset go
+//! out and ends the connection after it, counting `http2.rx_messaging_error`. (h2 refuses a
+//! few malformed requests — an unknown pseudo-header, an upper-case name — with GOAWAY
+//! PROTOCOL_ERROR, which ends the connection too; those are not counted, as nothing on the
+//! wire tells them from other protocol errors.)
+//!
+//! The flood limits (`Http2ProtocolOptions`, Envoy's `ProtocolConstraints`):
 //!
 //! - `max_outbound_control_frames` (1000): PING and SETTINGS ACKs owed to the client and not
 //!   yet written. Envoy reads a connection's frames whether or not the client reads what it
@@ -16,7 +27,8 @@
 //! - `max_inbound_priority_frames_per_stream` (100): PRIORITY frames past that many per stream
 //!   the client opened, plus one. `http2.inbound_priority_frames_flood`.
 //!
-//! Past a limit the connection ends: reads and writes fail, hyper drops it.
+//! Past a limit, or after a messaging error, the connection ends: reads and writes fail, and
+//! hyper drops it.
 //! `max_inbound_window_update_frames_per_data_frame_sent` is not applied, as in Envoy 1.40
 //! (which kept a connection that sent 100,000 WINDOW_UPDATE frames before any request), nor
 //! `max_outbound_frames` (the frames hyper's codec holds are not in sight here).
@@ -32,9 +44,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const CONTINUATION: u8 = 0x9;
+/// RST_STREAM's and GOAWAY's error code for a protocol error.
+const PROTOCOL_ERROR: u32 = 0x1;
 const END_STREAM: u8 = 0x1;
 /// SETTINGS and PING.
 const ACK: u8 = 0x1;
@@ -47,18 +62,18 @@ const SMALLEST_CONTROL_FRAME: usize = 9;
 
 /// The limits, from the connection manager's `http2_protocol_options`.
 #[derive(Clone, Copy, Debug)]
-pub struct FloodLimits {
+pub struct H2Limits {
     outbound_control_frames: u64,
     empty_frames_in_a_row: u64,
     priority_frames_per_stream: u64,
 }
 
-impl FloodLimits {
+impl H2Limits {
     pub fn new(o: &Http2ProtocolOptions) -> Self {
         let or = |v: Option<&legate_api::pb::google::protobuf::UInt32Value>, default: u32| {
             u64::from(v.map_or(default, |v| v.value))
         };
-        FloodLimits {
+        H2Limits {
             outbound_control_frames: or(o.max_outbound_control_frames.as_ref(), 1000),
             empty_frames_in_a_row: or(
                 o.max_consecutive_inbound_frames_with_empty_payload.as_ref(),
@@ -78,16 +93,18 @@ impl FloodLimits {
 
 /// `http2.*`: what the guard counts (at the root, as Envoy's downstream codec stats are).
 #[derive(Clone, Copy, Debug)]
-pub struct FloodStats {
+pub struct H2Stats {
+    rx_messaging_error: Counter,
     outbound_control_flood: Counter,
     inbound_empty_frames_flood: Counter,
     inbound_priority_frames_flood: Counter,
 }
 
-impl FloodStats {
+impl H2Stats {
     pub fn new(root: &Scope) -> Self {
         let scope = root.scope("http2.");
-        FloodStats {
+        H2Stats {
+            rx_messaging_error: scope.counter("rx_messaging_error"),
             outbound_control_flood: scope.counter("outbound_control_flood"),
             inbound_empty_frames_flood: scope.counter("inbound_empty_frames_flood"),
             inbound_priority_frames_flood: scope.counter("inbound_priority_frames_flood"),
@@ -102,30 +119,47 @@ struct Frame {
     flags: u8,
     /// The payload's length, less its padding (and the pad length byte).
     content: usize,
+    /// A RST_STREAM frame's error code.
+    error_code: u32,
 }
 
 /// Follows the frames in one direction of a connection's byte stream: which bytes are a
-/// frame header, which a payload to skip.
+/// frame header, which a payload to skip, and the first payload bytes a frame is reported
+/// with (a padded frame's pad length, a RST_STREAM frame's error code).
 #[derive(Debug, Default)]
 struct FrameScanner {
     header: [u8; 9],
     have: usize,
     /// Payload bytes still to skip.
     skip: usize,
-    /// A padded frame whose pad length (the payload's first byte) is next.
-    padded: Option<Frame>,
+    /// A frame waiting for the first `lead_need` bytes of its payload.
+    waiting: Option<Frame>,
+    lead: [u8; 4],
+    lead_have: usize,
+    lead_need: usize,
 }
 
 impl FrameScanner {
-    /// Calls `on_frame` for each frame header that `bytes` completes.
+    /// Calls `on_frame` for each frame header (with its lead bytes) that `bytes` completes.
     fn scan(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(Frame)) {
         while !bytes.is_empty() {
-            if let Some(mut frame) = self.padded.take() {
-                let padding = usize::from(bytes[0]) + 1;
-                frame.content = frame.content.saturating_sub(padding);
+            if let Some(mut frame) = self.waiting {
+                let n = (self.lead_need - self.lead_have).min(bytes.len());
+                self.lead[self.lead_have..self.lead_have + n].copy_from_slice(&bytes[..n]);
+                self.lead_have += n;
+                self.skip -= n;
+                bytes = &bytes[n..];
+                if self.lead_have < self.lead_need {
+                    return;
+                }
+                self.waiting = None;
+                if frame.kind == RST_STREAM {
+                    frame.error_code = u32::from_be_bytes(self.lead);
+                } else {
+                    let padding = usize::from(self.lead[0]) + 1;
+                    frame.content = frame.content.saturating_sub(padding);
+                }
                 on_frame(frame);
-                bytes = &bytes[1..];
-                self.skip -= 1;
                 continue;
             }
             if self.skip > 0 {
@@ -148,10 +182,18 @@ impl FrameScanner {
                 kind: h[3],
                 flags: h[4],
                 content: length,
+                error_code: 0,
             };
             self.skip = length;
-            if matches!(frame.kind, DATA | HEADERS) && frame.flags & PADDED != 0 && length > 0 {
-                self.padded = Some(frame);
+            let lead = match frame.kind {
+                DATA | HEADERS if frame.flags & PADDED != 0 => 1,
+                RST_STREAM => 4,
+                _ => 0,
+            };
+            if lead > 0 && length >= lead {
+                self.waiting = Some(frame);
+                self.lead_need = lead;
+                self.lead_have = 0;
             } else {
                 on_frame(frame);
             }
@@ -169,11 +211,12 @@ struct Counts {
     priority: u64,
 }
 
-/// A downstream HTTP/2 connection's I/O with Envoy's flood limits applied.
-pub struct FloodGuard<T> {
+/// A downstream HTTP/2 connection's I/O with Envoy's flood limits and messaging-error rule
+/// applied.
+pub struct H2Guard<T> {
     io: T,
-    limits: FloodLimits,
-    stats: FloodStats,
+    limits: H2Limits,
+    stats: H2Stats,
     inbound: FrameScanner,
     outbound: FrameScanner,
     /// Preface bytes still to come before the first inbound frame.
@@ -184,12 +227,13 @@ pub struct FloodGuard<T> {
     ahead_at: usize,
     /// The client closed its side while the guard read ahead.
     ahead_eof: bool,
-    flooded: bool,
+    /// A limit was passed, or a messaging error reset: the connection ends.
+    ended: bool,
 }
 
-impl<T> FloodGuard<T> {
-    pub fn new(io: T, limits: FloodLimits, stats: FloodStats) -> Self {
-        FloodGuard {
+impl<T> H2Guard<T> {
+    pub fn new(io: T, limits: H2Limits, stats: H2Stats) -> Self {
+        H2Guard {
             io,
             limits,
             stats,
@@ -200,7 +244,7 @@ impl<T> FloodGuard<T> {
             ahead: Vec::new(),
             ahead_at: 0,
             ahead_eof: false,
-            flooded: false,
+            ended: false,
         }
     }
 
@@ -225,19 +269,28 @@ impl<T> FloodGuard<T> {
         self.check()
     }
 
-    /// Counts the frames in bytes written to the client.
+    /// Counts the frames in bytes written to the client; a reset for a messaging error ends
+    /// the connection (once those bytes are out).
     fn scan_outbound(&mut self, bytes: &[u8]) {
         let counts = &mut self.counts;
-        self.outbound.scan(bytes, |f| {
-            if matches!(f.kind, SETTINGS | PING) && f.flags & ACK != 0 {
+        let mut messaging_error = false;
+        self.outbound.scan(bytes, |f| match f.kind {
+            SETTINGS | PING if f.flags & ACK != 0 => {
                 counts.owed_acks = counts.owed_acks.saturating_sub(1);
             }
+            RST_STREAM if f.error_code == PROTOCOL_ERROR => messaging_error = true,
+            _ => {}
         });
+        if messaging_error && !self.ended {
+            self.stats.rx_messaging_error.inc();
+            tracing::debug!("downstream HTTP/2 connection closed: a malformed request");
+            self.ended = true;
+        }
     }
 
-    /// Whether a limit is passed (counted once, when it first is).
+    /// Whether the connection must end: a limit is passed (counted once, when it first is).
     fn check(&mut self) -> bool {
-        if self.flooded {
+        if self.ended {
             return true;
         }
         let (c, l, s) = (&self.counts, &self.limits, &self.stats);
@@ -259,17 +312,17 @@ impl<T> FloodGuard<T> {
         if let Some((counter, why)) = flood {
             counter.inc();
             tracing::debug!("downstream HTTP/2 connection closed: {why}");
-            self.flooded = true;
+            self.ended = true;
         }
-        self.flooded
+        self.ended
     }
 
-    fn flood_error() -> io::Error {
-        io::Error::other("HTTP/2 flood protection")
+    fn ended_error() -> io::Error {
+        io::Error::other("HTTP/2 connection ended: flood protection or a messaging error")
     }
 }
 
-impl<T: AsyncRead + Unpin> FloodGuard<T> {
+impl<T: AsyncRead + Unpin> H2Guard<T> {
     /// While the codec cannot write: reads what the client sent (up to the read-ahead bound)
     /// and counts it; whether that passes a limit. The socket's read readiness wakes the task
     /// as its write readiness does.
@@ -297,22 +350,22 @@ impl<T: AsyncRead + Unpin> FloodGuard<T> {
     /// A write that found the socket full: read ahead, and fail if that shows a flood.
     fn blocked<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
         if self.read_ahead(cx) {
-            Poll::Ready(Err(Self::flood_error()))
+            Poll::Ready(Err(Self::ended_error()))
         } else {
             Poll::Pending
         }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for FloodGuard<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for H2Guard<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.flooded {
-            return Poll::Ready(Err(Self::flood_error()));
+        if this.ended {
+            return Poll::Ready(Err(Self::ended_error()));
         }
         if this.ahead_at < this.ahead.len() {
             let n = buf.remaining().min(this.ahead.len() - this.ahead_at);
@@ -330,21 +383,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for FloodGuard<T> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
         if this.scan_inbound(&buf.filled()[before..]) {
-            return Poll::Ready(Err(Self::flood_error()));
+            return Poll::Ready(Err(Self::ended_error()));
         }
         Poll::Ready(Ok(()))
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FloodGuard<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H2Guard<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.flooded {
-            return Poll::Ready(Err(Self::flood_error()));
+        if this.ended {
+            return Poll::Ready(Err(Self::ended_error()));
         }
         match Pin::new(&mut this.io).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
@@ -362,8 +415,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FloodGuard<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.flooded {
-            return Poll::Ready(Err(Self::flood_error()));
+        if this.ended {
+            return Poll::Ready(Err(Self::ended_error()));
         }
         match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
             Poll::Ready(Ok(n)) => {
@@ -427,27 +480,19 @@ mod tests {
         bytes.extend(frame(DATA, PADDED, &[2, b'x', 0, 0]));
         bytes.extend(frame(PING, 0, &[0; 8]));
         bytes.extend(frame(DATA, PADDED | END_STREAM, &[3, 0, 0, 0]));
+        bytes.extend(frame(RST_STREAM, 0, &[0, 0, 0, 1]));
+        let f = |kind, flags, content, error_code| Frame {
+            kind,
+            flags,
+            content,
+            error_code,
+        };
         let expected = vec![
-            Frame {
-                kind: HEADERS,
-                flags: END_HEADERS,
-                content: 3,
-            },
-            Frame {
-                kind: DATA,
-                flags: PADDED,
-                content: 1,
-            },
-            Frame {
-                kind: PING,
-                flags: 0,
-                content: 8,
-            },
-            Frame {
-                kind: DATA,
-                flags: PADDED | END_STREAM,
-                content: 0,
-            },
+            f(HEADERS, END_HEADERS, 3, 0),
+            f(DATA, PADDED, 1, 0),
+            f(PING, 0, 8, 0),
+            f(DATA, PADDED | END_STREAM, 0, 0),
+            f(RST_STREAM, 0, 4, 1),
         ];
         for split in 1..bytes.len() {
             let mut scanner = FrameScanner::default();
@@ -459,16 +504,16 @@ mod tests {
         }
     }
 
-    fn guard(stats: FloodStats) -> FloodGuard<tokio::io::Empty> {
-        FloodGuard::new(
+    fn guard(stats: H2Stats) -> H2Guard<tokio::io::Empty> {
+        H2Guard::new(
             tokio::io::empty(),
-            FloodLimits::new(&Default::default()),
+            H2Limits::new(&Default::default()),
             stats,
         )
     }
 
-    fn stats() -> FloodStats {
-        FloodStats::new(&std::sync::Arc::new(legate_core::stats::Store::new()).scope(""))
+    fn stats() -> H2Stats {
+        H2Stats::new(&std::sync::Arc::new(legate_core::stats::Store::new()).scope(""))
     }
 
     #[test]
@@ -507,5 +552,21 @@ mod tests {
         }
         assert!(g.scan_inbound(&priority));
         assert_eq!(stats.inbound_priority_frames_flood.value(), 1);
+    }
+
+    #[test]
+    fn a_protocol_error_reset_ends_the_connection() {
+        let stats = stats();
+        let mut g = guard(stats);
+        // A reset for another reason (the client went away, a body error) does not.
+        g.scan_outbound(&frame(RST_STREAM, 0, &8u32.to_be_bytes()));
+        g.scan_outbound(&frame(RST_STREAM, 0, &2u32.to_be_bytes()));
+        assert!(!g.check());
+        let reset = frame(RST_STREAM, 0, &PROTOCOL_ERROR.to_be_bytes());
+        g.scan_outbound(&reset[..6]);
+        assert!(!g.check());
+        g.scan_outbound(&reset[6..]);
+        assert!(g.check());
+        assert_eq!(stats.rx_messaging_error.value(), 1);
     }
 }
