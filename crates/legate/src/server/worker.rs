@@ -293,6 +293,10 @@ async fn accept_loop(
     let mut stop = instance.stop.subscribe();
     let phase = instance.phase.subscribe();
     let local = listener.local_addr();
+    // A connection to a listener bound to one address has that address as its own (Legate
+    // has no transparent listeners), so it needs no getsockname(2); one to a wildcard
+    // listener asks the kernel which address it came to, as Envoy does.
+    let fixed_local = local.filter(|a| !a.ip().is_unspecified());
     let pipe: Option<Arc<str>> = serving
         .config
         .pipe
@@ -329,9 +333,8 @@ async fn accept_loop(
             id,
             peer,
             direct_peer: peer,
-            local: stream
-                .tcp()
-                .and_then(|s| s.local_addr().ok())
+            local: fixed_local
+                .or_else(|| stream.tcp().and_then(|s| s.local_addr().ok()))
                 .or(local)
                 .unwrap_or(peer),
             local_restored: false,
