@@ -6,10 +6,11 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::task::Poll;
+use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -23,7 +24,7 @@ use legate_api::pb::envoy::extensions::filters::network::http_connection_manager
 use legate_core::io::counting::CountingIo;
 use legate_core::lifecycle::Phase;
 use legate_upstream::body::{Body, BoxError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::h2_guard::{H2Guard, H2Stats};
@@ -391,6 +392,9 @@ impl h1::Service for Streams {
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Reads until the first bytes tell the preface (HTTP/2) from anything else; returns them.
+/// Each read takes what the socket has, up to 4 KiB (a whole request line and headers, most
+/// of the time: the codec does not read again for them), through the stack, so that the
+/// connection's future does not carry the buffer, and keeps it in a buffer of its size.
 async fn sniff_preface<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<(BytesMut, bool)> {
     let mut read = BytesMut::new();
     loop {
@@ -398,7 +402,15 @@ async fn sniff_preface<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<(BytesMut
             let h2 = read.starts_with(PREFACE);
             return Ok((read, h2));
         }
-        if io.read_buf(&mut read).await? == 0 {
+        let n = poll_fn(|cx| {
+            let mut stack = [MaybeUninit::<u8>::uninit(); 4096];
+            let mut buf = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+            read.extend_from_slice(buf.filled());
+            Poll::Ready(Ok::<_, io::Error>(buf.filled().len()))
+        })
+        .await?;
+        if n == 0 {
             return Ok((read, false));
         }
     }

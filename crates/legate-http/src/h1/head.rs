@@ -85,6 +85,11 @@ pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<H
         bytes: &bytes,
         at: skip,
     };
+    // Over the limit is 431 whatever the head holds (checked first: a request line too long
+    // for a URI would otherwise be a 400).
+    if end - skip > limits.max_header_bytes {
+        return Err(CodecError::HEADERS_TOO_LARGE);
+    }
     let request_line = lines.next().ok_or(CodecError::BAD_REQUEST)?;
     let (method, uri, version, fragment) = request_line_parts(&bytes, request_line)?;
 
@@ -100,9 +105,6 @@ pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<H
         }
         let (name, value) = header_field(&bytes, start, stop)?;
         headers.append(name, value);
-    }
-    if end - skip > limits.max_header_bytes {
-        return Err(CodecError::HEADERS_TOO_LARGE);
     }
 
     let framing = framing(&headers)?;
@@ -421,6 +423,9 @@ mod tests {
         }
         let big = format!("GET /{} HTTP/1.1\r\n\r\nrest", "a".repeat(2000));
         assert_eq!(head(big.as_bytes()).unwrap_err().status, 431);
+        // Too long for a URI too: still 431, the limit is checked first.
+        let huge = format!("GET /{} HTTP/1.1\r\n\r\nrest", "a".repeat(70_000));
+        assert_eq!(head(huge.as_bytes()).unwrap_err().status, 431);
         assert!(head(b"OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\nrest").is_ok());
     }
 }
