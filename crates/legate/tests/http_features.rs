@@ -1097,6 +1097,9 @@ fn an_upstream_connection_idle_past_idle_timeout_is_closed() {
     );
     assert_eq!(stat("upstream_cx_idle_timeout"), Some(1));
     assert_eq!(stat("upstream_cx_active"), Some(0));
+    // Closed by the proxy.
+    assert_eq!(stat("upstream_cx_destroy_local"), Some(1));
+    assert_eq!(stat("upstream_cx_destroy_remote"), Some(0));
     // The next request opens a new connection.
     assert_eq!(http_get(addr, "/", &[]).status, 200);
     assert_eq!(accepted(&upstream), 2);
@@ -1116,8 +1119,67 @@ fn an_h2_upstream_connection_without_a_stream_past_idle_timeout_is_closed() {
         "the connection without a stream was not closed"
     );
     assert_eq!(stat("upstream_cx_idle_timeout"), Some(1));
+    assert_eq!(stat("upstream_cx_destroy_local"), Some(1));
     assert_eq!(http_get(addr, "/", &[]).status, 200);
     assert_eq!(accepted(&upstream), 2);
+}
+
+/// An upstream that answers each request on a connection and closes the connection 200 ms
+/// later, as a server's keep-alive timeout does; a request for `/close` gets
+/// `connection: close` and the connection closed at once.
+fn closing_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                if head.starts_with(b"GET /close ") {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                    );
+                    return;
+                }
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                std::thread::sleep(Duration::from_millis(200));
+            });
+        }
+    });
+    addr
+}
+
+/// Which side closed an upstream connection, as Envoy counts it: the upstream closing an idle
+/// connection is `upstream_cx_destroy_remote`; the proxy closing one (after a response with
+/// `connection: close` here, its idle timeout in the tests above) `upstream_cx_destroy_local`.
+#[test]
+fn an_upstream_closing_its_idle_connection_counts_as_a_remote_close() {
+    let upstream = closing_upstream();
+    let proxy = start_proxy_one_worker(&front_proxy(
+        &catch_all(""),
+        &cluster("backend", upstream, ""),
+        "",
+    ));
+    assert_eq!(http_get(proxy.addr("ingress"), "/", &[]).status, 200);
+    assert!(
+        closed_upstream_connections(&proxy, 1),
+        "the upstream's close was not seen"
+    );
+    let stat = |n: &str| proxy.stat(&format!("cluster.backend.{n}"));
+    assert_eq!(stat("upstream_cx_destroy_remote"), Some(1));
+    assert_eq!(stat("upstream_cx_destroy_local"), Some(0));
+    // A response with `connection: close`: the proxy closes the connection itself.
+    assert_eq!(http_get(proxy.addr("ingress"), "/close", &[]).status, 200);
+    assert!(closed_upstream_connections(&proxy, 2));
+    assert_eq!(stat("upstream_cx_destroy_local"), Some(1));
+    assert_eq!(stat("upstream_cx_destroy_remote"), Some(1));
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Opening upstream connections: TCP or a unix domain socket, then TLS when the cluster has a
 //! transport socket, within `connect_timeout`, counting `upstream_cx_*`; and running an HTTP
-//! connection to its end.
+//! connection to its end, counting which side closed it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -152,28 +152,40 @@ fn os_reason(e: &std::io::Error) -> String {
 }
 
 /// Runs a connection to its end under its limits in time (its timer, see [`Lifetime`]), then
-/// accounts for it. The task
-/// holds the stats it updates and only weak references to the host and the pool: the pool
-/// holds the connection's sender, so a strong one would keep both alive forever once the
+/// accounts for it, as closed by the upstream (`upstream_cx_destroy_remote`) or by Legate
+/// (`_local`). The upstream closed it when it failed (a reset, a response cut short) or ended
+/// while its pool still held it (an idle HTTP/1.1 connection, the open HTTP/2 one: nothing on
+/// Legate's side let it go); Legate did when its pool had let it go (idle timeout,
+/// `max_requests_per_connection`, `connection: close`, the cluster gone). Nothing is checked
+/// per request.
+///
+/// The task holds the stats it updates and only weak references to the host and the pool: the
+/// pool holds the connection's sender, so a strong one would keep both alive forever once the
 /// cluster is replaced or the host removed (dropping the pool is what closes its idle
 /// connections).
-fn drive<F>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: Slot, lifetime: Lifetime, conn: F)
+fn drive<F, T, E>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: Slot, lifetime: Lifetime, conn: F)
 where
-    F: std::future::Future + Send + 'static,
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
 {
     let traffic = cluster.stats.traffic;
     let length = cluster.stats.upstream_cx_length_ms;
     let host = Arc::downgrade(host);
     let opened = Instant::now();
+    let (id, pool) = (lifetime.id, lifetime.pool.clone());
     let timer = lifetime.start(traffic);
     tokio::spawn(async move {
-        let _ = conn.await;
+        let failed = conn.await.is_err();
         if let Some(timer) = timer {
             timer.abort();
         }
         drop(slot);
         traffic.upstream_cx_active().dec();
         traffic.upstream_cx_destroy().inc();
+        if failed || pool.holds(id) {
+            traffic.upstream_cx_destroy_remote().inc();
+        } else {
+            traffic.upstream_cx_destroy_local().inc();
+        }
         length.record(opened.elapsed().as_millis() as u64);
         if let Some(host) = host.upgrade() {
             host.active_connections

@@ -20,6 +20,7 @@ use crate::host::Host;
 use crate::stats::ClusterTraffic;
 
 /// How a connection's task finds the pool that holds the connection without keeping it alive.
+#[derive(Clone)]
 pub(super) enum PoolHandle {
     /// Worker `.1`'s pool of a host.
     Own(Weak<Host>, usize),
@@ -33,6 +34,11 @@ impl PoolHandle {
             PoolHandle::Own(host, worker) => host.upgrade().map(|h| f(h.pool(*worker))),
             PoolHandle::Named(pool) => pool.upgrade().map(|p| f(&p)),
         }
+    }
+
+    /// Whether the pool (if still there) holds connection `id`: idle, or as its HTTP/2 one.
+    pub(super) fn holds(&self, id: u64) -> bool {
+        self.with(|p| p.holds(id)).unwrap_or(false)
     }
 }
 

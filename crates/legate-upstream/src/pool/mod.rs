@@ -214,6 +214,12 @@ impl HostPool {
         })
     }
 
+    /// Whether connection `id` is in the pool: idle (HTTP/1.1), or its HTTP/2 connection.
+    fn holds(&self, id: u64) -> bool {
+        lock(&self.idle).iter().any(|i| i.conn.id == id)
+            || matches!(&*lock(&self.h2), H2::Open(open) if open.streams.id == id)
+    }
+
     /// Closes connection `id` if it is idle (see [`HostPool::idle_since`]).
     fn close_idle(&self, id: u64) -> bool {
         let mut idle = lock(&self.idle);
