@@ -41,6 +41,7 @@ pub struct HcmStats {
     pub downstream_rq_ws_on_non_ws_route: Counter,
     pub downstream_rq_idle_timeout: Counter,
     pub downstream_cx_idle_timeout: Counter,
+    pub downstream_cx_delayed_close_timeout: Counter,
     pub dropped_headers_with_underscores: Counter,
     pub requests_rejected_with_underscores_in_headers: Counter,
     classes: [Counter; 5],
@@ -122,6 +123,7 @@ impl HcmStats {
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_delayed_close_timeout: c("downstream_cx_delayed_close_timeout"),
             dropped_headers_with_underscores: c("dropped_headers_with_underscores"),
             requests_rejected_with_underscores_in_headers: c(
                 "requests_rejected_with_underscores_in_headers",

@@ -1617,3 +1617,46 @@ fn admin_prometheus_stats_carry_cluster_tags() {
         r.body
     );
 }
+
+/// `delayed_close_timeout`: a connection the proxy closes after refusing a malformed request
+/// waits that long for the client to close; a client that does not is closed then, counting
+/// `downstream_cx_delayed_close_timeout`, as in Envoy. After a response with
+/// `connection: close` Envoy closes at once and counts nothing (Legate waits as well, without
+/// counting); a client that closes in time is not counted either.
+#[test]
+fn a_client_that_does_not_close_after_a_refusal_counts_a_delayed_close_timeout() {
+    let (_upstream, proxy) = setup("", "", "          delayed_close_timeout: 0.3s\n");
+    let addr = proxy.addr("ingress");
+    let stat = || proxy.stat("http.ingress_http.downstream_cx_delayed_close_timeout");
+    let mut clients = Vec::new();
+    // The client closes as soon as it has the response: no timeout.
+    let r = http_get(addr, "/", &[("connection", "close")]);
+    assert_eq!(r.status, 200);
+    for (i, request) in [
+        &b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: nope\r\n\r\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.write_all(request).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut seen = Vec::new();
+        let _ = client.read_to_end(&mut seen);
+        assert!(seen.starts_with(b"HTTP/1.1 "), "{i}: {seen:?}");
+        // The client keeps its side open: the proxy's wait runs out.
+        // Only the refusal (the second request) counts.
+        let counted = proxy.wait_stat(
+            "http.ingress_http.downstream_cx_delayed_close_timeout",
+            Duration::from_secs(2),
+            |v| v == i as u64,
+        );
+        assert_eq!(counted, Some(i as u64), "{i}");
+        clients.push(client);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(stat(), Some(1));
+}

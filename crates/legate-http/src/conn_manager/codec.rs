@@ -190,6 +190,7 @@ impl HttpConnectionManager {
             max_headers: c.max_headers_count as usize,
             header_timeout: c.request_headers_timeout,
             delayed_close: c.delayed_close_timeout,
+            delayed_close_timeouts: Some(self.stats.downstream_cx_delayed_close_timeout),
         };
         // `map`, not an `async` block: awaiting the codec's future from a block would move it
         // into a second slot of the block.

@@ -224,7 +224,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             Err(e) => return Err(e),
         };
         if let Next::Close = next {
-            self.close().await?;
+            self.close(Closing::AfterResponse).await?;
         }
         Ok(next)
     }
@@ -438,13 +438,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         );
         let mut sending = Sending::new(framing);
         poll_fn(|cx| self.poll_send(cx, &mut body, &mut sending)).await?;
-        self.close().await
+        self.close(Closing::AfterRefusal).await
     }
 
     /// Flushes and closes the write side, then waits (up to `delayed_close_timeout`) for the
     /// client to close, discarding what it still sends: a socket closed with unread bytes
-    /// resets the connection, and the client could lose the response.
-    async fn close(&mut self) -> Result<(), Error> {
+    /// resets the connection, and the client could lose the response. A wait that runs out
+    /// after a refusal counts `downstream_cx_delayed_close_timeout`, as Envoy's does (Envoy
+    /// closes a connection at once after a response with `connection: close`, so counts none
+    /// there).
+    async fn close(&mut self, why: Closing) -> Result<(), Error> {
         poll_fn(|cx| self.poll_flush(cx)).await?;
         poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await?;
         let delayed_close = self.limits.delayed_close;
@@ -457,8 +460,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 }
             }
         };
-        if !delayed_close.is_zero() {
-            let _ = tokio::time::timeout(delayed_close, drain).await;
+        if !delayed_close.is_zero()
+            && tokio::time::timeout(delayed_close, drain).await.is_err()
+            && why == Closing::AfterRefusal
+            && let Some(timeouts) = self.limits.delayed_close_timeouts
+        {
+            timeouts.inc();
         }
         Ok(())
     }
@@ -484,6 +491,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         ready!(self.out.poll_write(Pin::new(&mut self.io), cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
     }
+}
+
+/// Why the proxy closes a connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// A response said `connection: close` (or the connection drains).
+    AfterResponse,
+    /// A request was refused (a codec error).
+    AfterRefusal,
 }
 
 /// The response body's framing as it is sent.

@@ -20,6 +20,8 @@ pub struct Limits {
     /// How long a connection the proxy closes waits for the client to close
     /// (`delayed_close_timeout`; zero closes at once).
     pub delayed_close: std::time::Duration,
+    /// Counts a close whose wait ran out (`downstream_cx_delayed_close_timeout`).
+    pub delayed_close_timeouts: Option<legate_core::stats::Counter>,
 }
 
 /// How the request body is delimited.
@@ -329,6 +331,7 @@ mod tests {
         max_headers: 4,
         header_timeout: None,
         delayed_close: std::time::Duration::ZERO,
+        delayed_close_timeouts: None,
     };
 
     fn head(raw: &[u8]) -> Result<Head, CodecError> {
