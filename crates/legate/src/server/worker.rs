@@ -641,32 +641,7 @@ async fn prepare(
         Some(sni) if detected.server_name.is_empty() => sni.to_string(),
         _ => detected.server_name,
     };
-    let rbac = &serving.rbac[chain];
-    let connection = RbacConnection {
-        remote: downstream.peer,
-        direct_remote: downstream.direct_peer,
-        local: downstream.local,
-        server_name: &server_name,
-        metadata: downstream.dynamic_metadata.as_deref(),
-    };
-    // In order, until one denies (as Envoy's filters run).
-    let mut verdicts = Vec::new();
-    for filter in rbac {
-        let verdict = filter.check(&connection);
-        let allowed = verdict.allowed;
-        verdicts.push(verdict);
-        if !allowed {
-            break;
-        }
-    }
-    let denied = verdicts.last().is_some_and(|v| !v.allowed);
-    // The shadow rules' verdicts, for the access logs.
-    if verdicts.iter().any(|v| v.has_metadata()) {
-        let metadata = Arc::make_mut(downstream.dynamic_metadata.get_or_insert_default());
-        for (filter, verdict) in rbac.iter().zip(&verdicts) {
-            filter.record(verdict, metadata);
-        }
-    }
+    let denied = rbac_denies(&serving.rbac[chain], downstream, &server_name);
     if denied {
         tracing::debug!(
             "connection {} from {}: denied by RBAC",
@@ -681,4 +656,33 @@ async fn prepare(
         server_name,
         opened,
     }
+}
+
+/// Runs a chain's network RBAC filters on a connection, in order until one denies (as Envoy's
+/// filters run); whether one did. The shadow rules' verdicts go into the connection's dynamic
+/// metadata, for the access logs.
+fn rbac_denies(filters: &[NetworkRbac], downstream: &mut Downstream, server_name: &str) -> bool {
+    let connection = RbacConnection {
+        remote: downstream.peer,
+        direct_remote: downstream.direct_peer,
+        local: downstream.local,
+        server_name,
+        metadata: downstream.dynamic_metadata.as_deref(),
+    };
+    let mut verdicts = Vec::new();
+    for filter in filters {
+        let verdict = filter.check(&connection);
+        let allowed = verdict.allowed;
+        verdicts.push(verdict);
+        if !allowed {
+            break;
+        }
+    }
+    if verdicts.iter().any(|v| v.has_metadata()) {
+        let metadata = Arc::make_mut(downstream.dynamic_metadata.get_or_insert_default());
+        for (filter, verdict) in filters.iter().zip(&verdicts) {
+            filter.record(verdict, metadata);
+        }
+    }
+    verdicts.last().is_some_and(|v| !v.allowed)
 }
