@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderName;
 
@@ -109,6 +109,11 @@ pub(crate) enum Operator {
     /// `%LOCAL_REPLY_BODY%`: the body of a local reply, for `local_reply_config.body_format`.
     LocalReplyBody,
     StartTime(TimeFormat),
+    /// `%EMIT_TIME%`: when the line is written.
+    EmitTime(TimeFormat),
+    /// `%ENVIRONMENT(NAME):Z%`: read once when the format is compiled, as Envoy does; `-`
+    /// (a string, also in JSON) when unset.
+    Environment(String),
     Header(HeaderLookup),
     ResponseCode,
     ResponseCodeDetails {
@@ -296,9 +301,31 @@ pub(crate) fn parse(
             )?;
             return header_lookup(source, argument, max_length).map(|h| Some(Operator::Header(h)));
         }
-        "START_TIME" => {
+        "START_TIME" | "START_TIME_LOCAL" | "EMIT_TIME" | "EMIT_TIME_LOCAL" => {
             verify(Syntax::ParamsOptional, command, argument, max_length)?;
-            return TimeFormat::parse(argument).map(|t| Some(Operator::StartTime(t)));
+            let mut format = TimeFormat::parse(argument)?;
+            if command.ends_with("_LOCAL") {
+                format = format.local();
+            }
+            return Ok(Some(if command.starts_with("EMIT") {
+                Operator::EmitTime(format)
+            } else {
+                Operator::StartTime(format)
+            }));
+        }
+        "ENVIRONMENT" => {
+            verify(
+                Syntax::ParamsRequiredLengthAllowed,
+                command,
+                argument,
+                max_length,
+            )?;
+            let value = std::env::var(argument).unwrap_or_else(|_| "-".to_owned());
+            let value = match max_length {
+                Some(max) => truncate(Cow::Owned(value), max).into_owned(),
+                None => value,
+            };
+            return Ok(Some(Operator::Environment(value)));
         }
         "RESPONSE_CODE_DETAILS" => (
             Syntax::ParamsOptional,
@@ -501,6 +528,10 @@ impl Operator {
             Operator::StartTime(format) => {
                 Some(Value::Str(Cow::Owned(format.format(info.start_time))))
             }
+            Operator::EmitTime(format) => {
+                Some(Value::Str(Cow::Owned(format.format(SystemTime::now()))))
+            }
+            Operator::Environment(value) => Some(Value::Str(Cow::Borrowed(value))),
             Operator::Header(lookup) => lookup.evaluate(info),
             // Envoy prints 0 when no response was sent (`responseCode().value_or(0)`).
             Operator::ResponseCode => Some(Value::Int(info.response_code.unwrap_or(0).into())),
@@ -771,12 +802,8 @@ pub(crate) const ENVOY_ONLY_OPERATORS: &[&str] = &[
     "VIRTUAL_CLUSTER_NAME",
     "UNIQUE_ID",
     "STREAM_ID",
-    "START_TIME_LOCAL",
-    "EMIT_TIME",
-    "EMIT_TIME_LOCAL",
     "CLUSTER_METADATA",
     "UPSTREAM_METADATA",
     "FILTER_STATE",
     "UPSTREAM_FILTER_STATE",
-    "ENVIRONMENT",
 ];

@@ -485,3 +485,51 @@ fn dynamic_metadata_prints_strings_and_structs() {
         Some("DYNAMIC_METADATA requires parameters")
     );
 }
+
+/// `%EMIT_TIME%`, `%START_TIME_LOCAL%`, `%EMIT_TIME_LOCAL%` and `%ENVIRONMENT%`, as Envoy 1.40
+/// printed them side by side (TZ=Asia/Kolkata): `[2026-11-27T03:37:04.313Z]
+/// [2026-11-27T09:07:04.313+0530] [2026-11-27T03:37:04.314Z] [2026-11-27T09:07:04.314+0530]`; an
+/// unset variable is the string `-`, in JSON too.
+#[test]
+fn emit_time_local_times_and_the_environment() {
+    let info = sample_info();
+    let start = fmt("%START_TIME%", &info);
+    assert_eq!(start, "2016-04-15T20:17:00.310Z");
+    // Local: the same instant in the machine's zone, with its offset.
+    let local = fmt("%START_TIME_LOCAL%", &info);
+    let expected = chrono::DateTime::<chrono::Local>::from(info.start_time)
+        .format("%Y-%m-%dT%H:%M:%S%.3f%z")
+        .to_string();
+    assert_eq!(local, expected);
+    assert!(
+        local.len() == 28 && matches!(&local[23..24], "+" | "-"),
+        "{local}"
+    );
+    // Emitted now, not at the stream's start.
+    let emitted: i64 = fmt("%EMIT_TIME(%s)%", &info).parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - emitted).abs() <= 1, "{emitted} vs {now}");
+    assert_eq!(fmt("%EMIT_TIME%", &info).len(), start.len());
+    assert!(fmt("%EMIT_TIME_LOCAL%", &info).len() == 28);
+
+    let path = std::env::var("PATH").unwrap();
+    assert_eq!(fmt("%ENVIRONMENT(PATH)%", &info), path);
+    assert_eq!(fmt("%ENVIRONMENT(PATH):3%", &info), &path[..3]);
+    assert_eq!(fmt("%ENVIRONMENT(LEGATE_NEVER_SET_ANYWHERE)%", &info), "-");
+    let format = object(vec![
+        ("unset", s("%ENVIRONMENT(LEGATE_NEVER_SET_ANYWHERE)%")),
+        ("path", s("%ENVIRONMENT(PATH):3%")),
+    ]);
+    let json = JsonFormatter::compile(&format, false).unwrap();
+    assert_eq!(
+        json.format(&info),
+        format!("{{\"path\":\"{}\",\"unset\":\"-\"}}\n", &path[..3])
+    );
+    assert_eq!(
+        Formatter::parse("%ENVIRONMENT%").err().as_deref(),
+        Some("ENVIRONMENT requires parameters")
+    );
+}

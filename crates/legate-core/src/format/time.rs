@@ -1,7 +1,8 @@
-//! `%START_TIME%` and `%START_TIME(FORMAT)%`.
+//! `%START_TIME(FORMAT)%`, `%EMIT_TIME(FORMAT)%` and their `_LOCAL` forms.
 //!
 //! Without a format Envoy prints UTC with milliseconds: `2016-04-15T20:17:00.310Z`
-//! (`AccessLogDateTimeFormatter`). With one, it is a strftime string (in UTC) with Envoy's
+//! (`AccessLogDateTimeFormatter`); the `_LOCAL` forms print the machine's time zone and its
+//! offset instead: `2016-04-16T01:47:00.310+0530`. With one, it is a strftime string (in UTC) with Envoy's
 //! extensions (`DateFormatter`): `%s` (seconds since the epoch) and `%f` / `%1f`..`%9f`
 //! (fractional seconds, nine digits by default, truncated not rounded). The rest is handed to
 //! chrono's strftime, checked when the format is compiled so that formatting cannot fail later.
@@ -10,13 +11,15 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::format::{Item, StrftimeItems};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Local, TimeZone, Utc};
 
 /// A compiled `START_TIME` format.
 #[derive(Clone, Debug)]
 pub(crate) struct TimeFormat {
     /// Empty for Envoy's default format.
     pieces: Vec<TimePiece>,
+    /// In the machine's time zone (`_LOCAL`), not UTC.
+    local: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -80,13 +83,39 @@ impl TimeFormat {
             }
         }
         flush_strftime(&mut pending, &mut pieces, format)?;
-        Ok(TimeFormat { pieces })
+        Ok(TimeFormat {
+            pieces,
+            local: false,
+        })
+    }
+
+    /// The same format in the machine's time zone.
+    pub(crate) fn local(self) -> TimeFormat {
+        TimeFormat {
+            local: true,
+            ..self
+        }
     }
 
     pub(crate) fn format(&self, time: SystemTime) -> String {
-        let utc: DateTime<Utc> = time.into();
+        if self.local {
+            self.render(DateTime::<Local>::from(time), time, local_default_items())
+        } else {
+            self.render(DateTime::<Utc>::from(time), time, default_items())
+        }
+    }
+
+    fn render<Tz: TimeZone>(
+        &self,
+        at: DateTime<Tz>,
+        time: SystemTime,
+        default: &[Item<'static>],
+    ) -> String
+    where
+        Tz::Offset: std::fmt::Display,
+    {
         if self.pieces.is_empty() {
-            return utc.format_with_items(default_items().iter()).to_string();
+            return at.format_with_items(default.iter()).to_string();
         }
         let mut out = String::with_capacity(32);
         for piece in &self.pieces {
@@ -94,10 +123,10 @@ impl TimeFormat {
                 TimePiece::Strftime(items) => {
                     // The items were checked at parse time, so writing cannot fail.
                     use std::fmt::Write;
-                    let _ = write!(out, "{}", utc.format_with_items(items.iter()));
+                    let _ = write!(out, "{}", at.format_with_items(items.iter()));
                 }
                 TimePiece::Fraction(digits) => {
-                    let nanos = format!("{:09}", utc.timestamp_subsec_nanos() % 1_000_000_000);
+                    let nanos = format!("{:09}", at.timestamp_subsec_nanos() % 1_000_000_000);
                     out.push_str(&nanos[..*digits]);
                 }
                 TimePiece::EpochSeconds => {
@@ -116,11 +145,19 @@ impl TimeFormat {
 /// Envoy's default, `%Y-%m-%dT%H:%M:%E3SZ`, parsed once rather than per line.
 fn default_items() -> &'static [Item<'static>] {
     static ITEMS: OnceLock<Vec<Item<'static>>> = OnceLock::new();
-    ITEMS.get_or_init(|| {
-        StrftimeItems::new("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .parse_to_owned()
-            .unwrap_or_default()
-    })
+    ITEMS.get_or_init(|| parse_items("%Y-%m-%dT%H:%M:%S%.3fZ"))
+}
+
+/// Envoy's default in local time, `%Y-%m-%dT%H:%M:%E3S%z`.
+fn local_default_items() -> &'static [Item<'static>] {
+    static ITEMS: OnceLock<Vec<Item<'static>>> = OnceLock::new();
+    ITEMS.get_or_init(|| parse_items("%Y-%m-%dT%H:%M:%S%.3f%z"))
+}
+
+fn parse_items(format: &str) -> Vec<Item<'static>> {
+    StrftimeItems::new(format)
+        .parse_to_owned()
+        .unwrap_or_default()
 }
 
 fn flush_strftime(
