@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod stats;
 pub mod stream_info;
 pub mod tls;
+pub mod uuid;
 pub mod x509;
 
 pub use legate_api::ConfigError;

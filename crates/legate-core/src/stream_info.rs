@@ -151,6 +151,12 @@ pub struct StreamInfo {
     /// The downstream peer of the TCP connection.
     pub downstream_direct_remote_address: Option<SocketAddr>,
     pub downstream_local_address: Option<SocketAddr>,
+    /// The socket's own local address, when a listener filter restored another one
+    /// (`original_dst`, `proxy_protocol`): `%DOWNSTREAM_DIRECT_LOCAL_ADDRESS%`; `None` means the
+    /// same as `downstream_local_address`.
+    pub downstream_direct_local_address: Option<SocketAddr>,
+    /// The name of the filter chain that serves the connection (`%FILTER_CHAIN_NAME%`).
+    pub filter_chain_name: Option<Arc<str>>,
     /// The listener's path when the connection came over a unix domain socket (`pipe`): Envoy
     /// gives such a connection the listener's address as both its local and remote address,
     /// and the three downstream addresses above stay unset (unless `x-forwarded-for` gave the
@@ -225,6 +231,8 @@ impl StreamInfo {
             downstream_remote_address: None,
             downstream_direct_remote_address: None,
             downstream_local_address: None,
+            downstream_direct_local_address: None,
+            filter_chain_name: None,
             downstream_pipe: None,
             connection_id,
             request: RequestLine::default(),

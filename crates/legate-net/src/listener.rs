@@ -61,7 +61,8 @@ impl<F> ListenerConfig<F> {
 
 #[derive(Debug)]
 pub struct FilterChain<F> {
-    pub name: String,
+    /// `name` (`%FILTER_CHAIN_NAME%`), shared with the connections it serves.
+    pub name: std::sync::Arc<str>,
     pub filters: Vec<F>,
     /// `transport_socket` (`envoy.transport_sockets.tls`): TLS terminated on this chain.
     pub tls: Option<Arc<DownstreamTls>>,
@@ -185,7 +186,7 @@ impl<F> ListenerConfig<F> {
                 )
             });
             chains.push(FilterChain {
-                name: chain.name.clone(),
+                name: chain.name.as_str().into(),
                 filters,
                 tls,
                 transport_socket_connect_timeout: chain

@@ -887,6 +887,8 @@ fn proxy_protocol_bootstrap() -> String {
                 - header: {{key: x-remote, value: "%DOWNSTREAM_REMOTE_ADDRESS%"}}
                 - header: {{key: x-direct, value: "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%"}}
                 - header: {{key: x-local, value: "%DOWNSTREAM_LOCAL_ADDRESS%"}}
+                - header: {{key: x-direct-local, value: "%DOWNSTREAM_DIRECT_LOCAL_ADDRESS%"}}
+                - header: {{key: x-chain, value: "%FILTER_CHAIN_NAME%"}}
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
@@ -895,7 +897,7 @@ fn proxy_protocol_bootstrap() -> String {
     };
     let listener = |name: &str, config: &str| {
         format!(
-            "  - name: {name}\n    stat_prefix: {name}\n    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\n    listener_filters_timeout: 1s\n    listener_filters:\n    - name: envoy.filters.listener.proxy_protocol\n      typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol{config}}}\n    filter_chains:\n    - filters:\n{}",
+            "  - name: {name}\n    stat_prefix: {name}\n    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\n    listener_filters_timeout: 1s\n    listener_filters:\n    - name: envoy.filters.listener.proxy_protocol\n      typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol{config}}}\n    filter_chains:\n    - name: pp-chain\n      filters:\n{}",
             hcm(name)
         )
     };
@@ -961,6 +963,19 @@ fn proxy_protocol_restores_addresses_like_envoy() {
     assert_eq!(status, 200);
     assert_eq!(remote, "203.0.113.7:40000");
     assert_eq!(local, "198.51.100.9:8443");
+    // The socket's own local address stays readable, and the chain's name.
+    let request = [
+        &v2[..],
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    ]
+    .concat();
+    let raw = e2e::raw_exchange(strict, &request, Duration::from_secs(3));
+    let r = e2e::parse_response(&raw).expect("a response");
+    assert_eq!(
+        r.header("x-direct-local"),
+        Some(strict.to_string().as_str())
+    );
+    assert_eq!(r.header("x-chain"), Some("pp-chain"));
 
     // No header: closed on the strict listener, served on the one that allows it.
     assert_eq!(through_proxy_header(strict, b""), None);
@@ -980,7 +995,7 @@ fn proxy_protocol_restores_addresses_like_envoy() {
 
     eventually("the proxy_proto stats", || {
         proxy.stat("proxy_proto.versions.v1.found") == Some(1)
-            && proxy.stat("proxy_proto.versions.v2.found") == Some(1)
+            && proxy.stat("proxy_proto.versions.v2.found") == Some(2)
             && proxy.stat("proxy_proto.not_found_disallowed") == Some(1)
             && proxy.stat("proxy_proto.versions.v1.error") == Some(1)
             && proxy.stat("proxy_proto.optional.not_found_allowed") == Some(1)

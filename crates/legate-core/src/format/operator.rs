@@ -136,6 +136,10 @@ pub(crate) enum Operator {
     DownstreamRemoteAddress(AddressPart),
     DownstreamDirectRemoteAddress(AddressPart),
     DownstreamLocalAddress(AddressPart),
+    DownstreamDirectLocalAddress(AddressPart),
+    FilterChainName,
+    /// `%UNIQUE_ID%`: a new UUID each time.
+    UniqueId,
     ConnectionId,
     Protocol,
     RouteName,
@@ -383,6 +387,23 @@ pub(crate) fn parse(
             (Syntax::CommandOnly, Operator::DownstreamLocalAddress(Ip))
         }
         "DOWNSTREAM_LOCAL_PORT" => (Syntax::CommandOnly, Operator::DownstreamLocalAddress(Port)),
+        "DOWNSTREAM_DIRECT_LOCAL_ADDRESS" => (
+            Syntax::CommandOnly,
+            Operator::DownstreamDirectLocalAddress(Full),
+        ),
+        "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_WITHOUT_PORT" => (
+            Syntax::CommandOnly,
+            Operator::DownstreamDirectLocalAddress(Ip),
+        ),
+        "DOWNSTREAM_DIRECT_LOCAL_PORT" => (
+            Syntax::CommandOnly,
+            Operator::DownstreamDirectLocalAddress(Port),
+        ),
+        "FILTER_CHAIN_NAME" => (Syntax::CommandOnly, Operator::FilterChainName),
+        "UNIQUE_ID" => (Syntax::CommandOnly, Operator::UniqueId),
+        // The cluster's own name: `alt_stat_name` (which Envoy's `%UPSTREAM_CLUSTER%` may
+        // print instead) is refused, so both print the name.
+        "UPSTREAM_CLUSTER_RAW" => (Syntax::CommandOnly, Operator::UpstreamCluster),
         "CONNECTION_ID" => (Syntax::CommandOnly, Operator::ConnectionId),
         "PROTOCOL" => (Syntax::CommandOnly, Operator::Protocol),
         "ROUTE_NAME" => (Syntax::CommandOnly, Operator::RouteName),
@@ -599,6 +620,14 @@ impl Operator {
             Operator::DownstreamLocalAddress(part) => {
                 address_or_pipe(info.downstream_local_address, &info.downstream_pipe, *part)
             }
+            Operator::DownstreamDirectLocalAddress(part) => address_or_pipe(
+                info.downstream_direct_local_address
+                    .or(info.downstream_local_address),
+                &info.downstream_pipe,
+                *part,
+            ),
+            Operator::FilterChainName => info.filter_chain_name.as_deref().and_then(non_empty),
+            Operator::UniqueId => Some(Value::Str(Cow::Owned(crate::uuid::v4_string()))),
             Operator::ConnectionId => Some(Value::Int(info.connection_id.into())),
             Operator::Protocol => match info.protocol {
                 crate::stream_info::Protocol::Tcp => None,
@@ -778,7 +807,6 @@ pub(crate) const ENVOY_ONLY_OPERATORS: &[&str] = &[
     "UPSTREAM_HOST_NAME",
     "UPSTREAM_HOST_NAME_WITHOUT_PORT",
     "UPSTREAM_CONNECTION_ID",
-    "UPSTREAM_CLUSTER_RAW",
     "UPSTREAM_TLS_CIPHER",
     "UPSTREAM_TLS_VERSION",
     "UPSTREAM_TLS_SESSION_ID",
@@ -793,14 +821,9 @@ pub(crate) const ENVOY_ONLY_OPERATORS: &[&str] = &[
     "UPSTREAM_LOCAL_IP_SAN",
     "UPSTREAM_PEER_CERT_V_START",
     "UPSTREAM_PEER_CERT_V_END",
-    "DOWNSTREAM_DIRECT_LOCAL_ADDRESS",
-    "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_WITHOUT_PORT",
-    "DOWNSTREAM_DIRECT_LOCAL_PORT",
     "DOWNSTREAM_TLS_SESSION_ID",
     "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
-    "FILTER_CHAIN_NAME",
     "VIRTUAL_CLUSTER_NAME",
-    "UNIQUE_ID",
     "STREAM_ID",
     "CLUSTER_METADATA",
     "UPSTREAM_METADATA",

@@ -533,3 +533,31 @@ fn emit_time_local_times_and_the_environment() {
         Some("ENVIRONMENT requires parameters")
     );
 }
+
+/// `%UNIQUE_ID%` is a new version 4 UUID each time; `%DOWNSTREAM_DIRECT_LOCAL_ADDRESS%` is the
+/// local address unless a listener filter restored another; `%FILTER_CHAIN_NAME%` is `-`
+/// for a chain without a name; `%UPSTREAM_CLUSTER_RAW%` is the cluster's name (as Envoy 1.40
+/// printed them side by side).
+#[test]
+fn unique_id_direct_local_address_and_filter_chain_name() {
+    let mut info = sample_info();
+    let a = fmt("%UNIQUE_ID%", &info);
+    let b = fmt("%UNIQUE_ID%", &info);
+    assert_ne!(a, b);
+    assert_eq!(a.len(), 36);
+    assert_eq!(&a[14..15], "4", "{a}");
+    assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+    info.downstream_local_address = Some("198.51.100.9:8443".parse().unwrap());
+    let direct = "%DOWNSTREAM_DIRECT_LOCAL_ADDRESS% %DOWNSTREAM_DIRECT_LOCAL_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_DIRECT_LOCAL_PORT% %FILTER_CHAIN_NAME%";
+    assert_eq!(fmt(direct, &info), "198.51.100.9:8443 198.51.100.9 8443 -");
+    info.downstream_direct_local_address = Some("127.0.0.1:10000".parse().unwrap());
+    info.filter_chain_name = Some("named-chain".into());
+    assert_eq!(
+        fmt(direct, &info),
+        "127.0.0.1:10000 127.0.0.1 10000 named-chain"
+    );
+    assert_eq!(
+        fmt("%UPSTREAM_CLUSTER_RAW%", &info),
+        fmt("%UPSTREAM_CLUSTER%", &info)
+    );
+}

@@ -99,6 +99,11 @@ pub struct Downstream {
     /// `local` was restored by a listener filter (`original_dst`, `proxy_protocol`): Envoy's
     /// `localAddressRestored`, which ORIGINAL_DST clusters and `use_original_dst` go by.
     pub local_restored: bool,
+    /// The socket's own local address when `local` was restored
+    /// (`%DOWNSTREAM_DIRECT_LOCAL_ADDRESS%`).
+    pub direct_local: Option<SocketAddr>,
+    /// The name of the filter chain serving the connection, if it has one.
+    pub filter_chain_name: Option<Arc<str>>,
     /// The worker serving it, which picks the worker's upstream connection pools.
     pub worker: usize,
     /// TLS was terminated on this connection (`x-forwarded-proto` and `:scheme` are `https`).
@@ -168,8 +173,10 @@ impl ConnectionState {
         let mut info = StreamInfo::new(downstream.id);
         if downstream.pipe.is_none() {
             info.downstream_local_address = Some(downstream.local);
+            info.downstream_direct_local_address = downstream.direct_local;
             info.downstream_direct_remote_address = Some(downstream.direct_peer);
         }
+        info.filter_chain_name = downstream.filter_chain_name.clone();
         info.downstream_pipe = downstream.pipe.clone();
         info.requested_server_name = downstream.requested_server_name.clone();
         info.downstream_tls = downstream.tls_info.clone();

@@ -416,25 +416,9 @@ pub(super) fn append_via(headers: &mut HeaderMap, via: &str) {
     }
 }
 
-/// A random (version 4) UUID, as Envoy's `x-request-id`, written without formatting
-/// machinery (it is made for nearly every request).
+/// A random (version 4) UUID, as Envoy's `x-request-id`.
 fn uuid_v4() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bytes = fastrand::u128(..).to_be_bytes();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
-    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
-    let mut text = [0u8; 36];
-    let mut at = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            text[at] = b'-';
-            at += 1;
-        }
-        text[at] = HEX[(b >> 4) as usize];
-        text[at + 1] = HEX[(b & 0x0f) as usize];
-        at += 2;
-    }
-    HeaderValue::from_bytes(&text)
+    HeaderValue::from_bytes(&legate_core::uuid::v4())
         .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
 }
 

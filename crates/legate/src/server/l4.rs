@@ -206,6 +206,7 @@ impl TcpProxy {
             info.downstream_remote_address = Some(conn.peer);
             info.downstream_direct_remote_address = Some(conn.direct_peer);
             info.downstream_local_address = Some(conn.local);
+            info.downstream_direct_local_address = conn.direct_local;
         }
         info.downstream_pipe = conn.pipe.clone();
         if !server_name.is_empty() {
@@ -214,6 +215,7 @@ impl TcpProxy {
         info.downstream_tls = conn.tls_info.clone();
         info.tls_fingerprints = conn.tls_fingerprints.clone();
         info.dynamic_metadata = conn.dynamic_metadata.clone();
+        info.filter_chain_name = conn.filter_chain_name.clone();
         let restored_local = conn.local_restored.then_some(conn.local);
         drop(conn);
         let Some(upstream) = Box::pin(self.connect(restored_local, &mut info)).await else {

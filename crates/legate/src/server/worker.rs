@@ -136,14 +136,18 @@ pub struct ServingListener {
 }
 
 impl ServingListener {
-    /// The chain of every connection when no listener filter runs and one chain takes all:
-    /// the accept path then goes straight to it, as before filter chains existed.
-    fn fast_chain(&self) -> Option<&ChainFilter> {
+    /// The chain of every connection (and its name, if any) when no listener filter runs and
+    /// one chain takes all: the accept path then goes straight to it, as before filter chains
+    /// existed.
+    fn fast_chain(&self) -> Option<(&ChainFilter, Option<&Arc<str>>)> {
         if self.config.listener_filters.is_empty() {
             self.config
                 .only_chain
                 .filter(|&i| self.config.filter_chains[i].tls.is_none() && self.rbac[i].is_empty())
-                .map(|i| &self.chains[i])
+                .map(|i| {
+                    let name = &self.config.filter_chains[i].name;
+                    (&self.chains[i], (!name.is_empty()).then_some(name))
+                })
         } else {
             None
         }
@@ -338,6 +342,8 @@ async fn accept_loop(
                 .or(local)
                 .unwrap_or(peer),
             local_restored: false,
+            direct_local: None,
+            filter_chain_name: None,
             worker,
             tls: false,
             requested_server_name: None,
@@ -350,9 +356,11 @@ async fn accept_loop(
         let shared = shared.clone();
         let instance = instance.clone();
         let phase = phase.clone();
-        if let Some(ChainFilter::Http(hcm)) = serving.fast_chain() {
+        if let Some((ChainFilter::Http(hcm), name)) = serving.fast_chain() {
             // The plain HTTP listener: no inspection, no matching.
             established(&serving.stats, &shared);
+            let mut downstream = downstream;
+            downstream.filter_chain_name = name.cloned();
             // The task captures the connection's future built here, not its parts: an `async`
             // block keeps what it captures for its whole life. The connection manager closes
             // the connection itself when the listener closes.
@@ -567,6 +575,7 @@ async fn prepare(
     downstream.tls_fingerprints = detected.fingerprints.clone();
     downstream.dynamic_metadata = detected.metadata.clone();
     if let Some(local) = detected.restored_local {
+        downstream.direct_local = Some(downstream.local);
         downstream.local = local;
         downstream.local_restored = true;
     }
@@ -607,6 +616,9 @@ async fn prepare(
     established(&serving.stats, shared);
     let opened = Instant::now();
     let fc = &config.filter_chains[chain];
+    if !fc.name.is_empty() {
+        downstream.filter_chain_name = Some(fc.name.clone());
+    }
     // TLS is terminated on TCP only (a `pipe` listener's config refuses it).
     let conn = match (&fc.tls, &serving.ssl, stream) {
         (Some(tls), Some(ssl), Conn::Plain(stream)) => {
