@@ -180,6 +180,9 @@ pub struct StreamInfo {
     pub bytes_sent: u64,
     pub route_name: Option<Arc<str>>,
     pub upstream_cluster: Option<Arc<str>>,
+    /// The protocol of the upstream request, once it reached a connection
+    /// (`%UPSTREAM_PROTOCOL%`).
+    pub upstream_protocol: Option<Protocol>,
     pub upstream_host: Option<SocketAddr>,
     pub upstream_local_address: Option<SocketAddr>,
     /// The upstream host's path when it is a unix domain socket (`upstream_host` then unset):
@@ -247,6 +250,7 @@ impl StreamInfo {
             bytes_sent: 0,
             route_name: None,
             upstream_cluster: None,
+            upstream_protocol: None,
             upstream_host: None,
             upstream_local_address: None,
             upstream_pipe: None,

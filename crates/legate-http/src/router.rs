@@ -405,6 +405,19 @@ pub(crate) async fn forward(
             .into();
         }
     };
+    // `%UPSTREAM_PROTOCOL%`: the request reached a connection (Envoy's upstream info has the
+    // protocol from then on): a response came, or the connection ended or reset under it.
+    if !matches!(
+        result,
+        Err(UpstreamError::ConnectFailure(_)
+            | UpstreamError::ConnectTimeout
+            | UpstreamError::Overflow)
+    ) {
+        info.upstream_protocol = Some(match protocol {
+            Protocol::Http1 => DownstreamProtocol::Http11,
+            Protocol::Http2 => DownstreamProtocol::Http2,
+        });
+    }
     let mut response = match result {
         Ok(r) => r,
         Err(_)

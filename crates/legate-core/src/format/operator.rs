@@ -130,6 +130,7 @@ pub(crate) enum Operator {
     ResponseTxDuration,
     UpstreamHost,
     UpstreamCluster,
+    UpstreamProtocol,
     UpstreamLocalAddress(AddressPart),
     UpstreamRemoteAddress(AddressPart),
     UpstreamTransportFailureReason,
@@ -349,6 +350,7 @@ pub(crate) fn parse(
         "RESPONSE_TX_DURATION" => (Syntax::CommandOnly, Operator::ResponseTxDuration),
         "UPSTREAM_HOST" => (Syntax::CommandOnly, Operator::UpstreamHost),
         "UPSTREAM_CLUSTER" => (Syntax::CommandOnly, Operator::UpstreamCluster),
+        "UPSTREAM_PROTOCOL" => (Syntax::CommandOnly, Operator::UpstreamProtocol),
         "UPSTREAM_LOCAL_ADDRESS" => (Syntax::CommandOnly, Operator::UpstreamLocalAddress(Full)),
         "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => {
             (Syntax::CommandOnly, Operator::UpstreamLocalAddress(Ip))
@@ -597,6 +599,9 @@ impl Operator {
                 address_or_pipe(info.upstream_host, &info.upstream_pipe, AddressPart::Full)
             }
             Operator::UpstreamCluster => info.upstream_cluster.as_deref().and_then(non_empty),
+            Operator::UpstreamProtocol => info
+                .upstream_protocol
+                .map(|p| Value::Str(Cow::Borrowed(p.as_str()))),
             Operator::UpstreamLocalAddress(part) => address(info.upstream_local_address, *part),
             Operator::UpstreamRemoteAddress(part) => {
                 address_or_pipe(info.upstream_host, &info.upstream_pipe, *part)
@@ -802,7 +807,6 @@ pub(crate) const ENVOY_ONLY_OPERATORS: &[&str] = &[
     "DOWNSTREAM_WIRE_BYTES_SENT",
     "DOWNSTREAM_HEADER_BYTES_SENT",
     "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
-    "UPSTREAM_PROTOCOL",
     "CONNECTION_TERMINATION_DETAILS",
     "UPSTREAM_HOST_NAME",
     "UPSTREAM_HOST_NAME_WITHOUT_PORT",

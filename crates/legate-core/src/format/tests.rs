@@ -560,4 +560,8 @@ fn unique_id_direct_local_address_and_filter_chain_name() {
         fmt("%UPSTREAM_CLUSTER_RAW%", &info),
         fmt("%UPSTREAM_CLUSTER%", &info)
     );
+    // Unset until the request reaches an upstream connection.
+    assert_eq!(fmt("%UPSTREAM_PROTOCOL%", &info), "-");
+    info.upstream_protocol = Some(Protocol::Http2);
+    assert_eq!(fmt("%UPSTREAM_PROTOCOL%", &info), "HTTP/2");
 }
