@@ -25,6 +25,12 @@ pub use legate_api::ConfigError;
 /// The result of compiling one piece of configuration: every problem found, not just the first.
 pub type Compiled<T> = Result<T, Vec<ConfigError>>;
 
+/// The errors of a part, seen from its parent: `path` is prepended to each (for
+/// `.map_err(|e| within(e, "field"))`).
+pub fn within(errors: Vec<ConfigError>, path: &str) -> Vec<ConfigError> {
+    errors.into_iter().map(|e| e.within(path)).collect()
+}
+
 /// Collects the errors of compiling the parts of a whole, each placed under its own path.
 #[derive(Default)]
 pub struct Errors(pub Vec<ConfigError>);

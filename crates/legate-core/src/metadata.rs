@@ -17,7 +17,7 @@ use legate_api::pb::envoy::r#type::matcher::v3::{
 };
 
 use crate::matcher::CompiledStringMatcher;
-use crate::{Compiled, ConfigError, Errors};
+use crate::{Compiled, ConfigError, Errors, within};
 
 /// The filters' metadata of one connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -180,10 +180,6 @@ fn compile_value(v: &ValueMatcher) -> Compiled<ValueMatch> {
             )]);
         }
     })
-}
-
-fn within(errors: Vec<ConfigError>, field: &str) -> Vec<ConfigError> {
-    errors.into_iter().map(|e| e.within(field)).collect()
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, NamedGroup, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
 
 use crate::stats::{Counter, Scope};
-use crate::{Compiled, ConfigError, Errors};
+use crate::{Compiled, ConfigError, Errors, within};
 
 /// Installs aws-lc-rs as the process's default rustls provider. Legate builds every context with
 /// an explicit provider; this only makes a stray `ClientConfig::builder()` use the same one.
@@ -320,10 +320,6 @@ pub fn certificates(source: &DataSource, path: &str) -> Compiled<Vec<Certificate
             format!("Failed to load certificate chain from {name}"),
         )]),
     }
-}
-
-fn within(errors: Vec<ConfigError>, path: &str) -> Vec<ConfigError> {
-    errors.into_iter().map(|e| e.within(path)).collect()
 }
 
 /// A `TlsCertificate`: its chain and private key, checked to belong together. RSA, ECDSA

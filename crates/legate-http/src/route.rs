@@ -16,7 +16,7 @@ use legate_api::pb::envoy::config::route::v3::{
 };
 use legate_core::matcher::{CompiledStringMatcher, regex_matcher};
 use legate_core::proto::{bool_or, duration, u32_or};
-use legate_core::{Compiled, Errors};
+use legate_core::{Compiled, Errors, within};
 use regex::Regex;
 
 /// Envoy's default limit on an inline `direct_response` body (`max_direct_response_body_size_bytes`).
@@ -634,7 +634,7 @@ fn header_match(h: &rp::HeaderMatcher) -> Compiled<HeaderMatch> {
             end: r.end,
         },
         Some(HeaderMatchSpecifier::StringMatch(s)) => HeaderRule::String(
-            CompiledStringMatcher::compile(s).map_err(|e| within("string_match", e))?,
+            CompiledStringMatcher::compile(s).map_err(|e| within(e, "string_match"))?,
         ),
         // The deprecated `exact_match` with an empty value accepts any value.
         Some(HeaderMatchSpecifier::ExactMatch(s)) if s.is_empty() => HeaderRule::AnyValue,
@@ -652,7 +652,7 @@ fn header_match(h: &rp::HeaderMatcher) -> Compiled<HeaderMatch> {
         ),
         Some(HeaderMatchSpecifier::SafeRegexMatch(re)) => HeaderRule::String(
             CompiledStringMatcher::compile(&string(MatchPattern::SafeRegex(re.clone())))
-                .map_err(|e| within("safe_regex_match", e))?,
+                .map_err(|e| within(e, "safe_regex_match"))?,
         ),
     };
     let name = h.name.to_ascii_lowercase();
@@ -663,10 +663,6 @@ fn header_match(h: &rp::HeaderMatcher) -> Compiled<HeaderMatch> {
         invert: h.invert_match,
         treat_missing_as_empty: h.treat_missing_header_as_empty,
     })
-}
-
-fn within(prefix: &str, errors: Vec<legate_core::ConfigError>) -> Vec<legate_core::ConfigError> {
-    errors.into_iter().map(|e| e.within(prefix)).collect()
 }
 
 pub(crate) fn rewrite(

@@ -20,7 +20,7 @@ use legate_api::pb::envoy::extensions::filters::network::rbac::v3::Rbac;
 use legate_core::matcher::CompiledStringMatcher;
 use legate_core::metadata::{DynamicMetadata, MetadataMatcher};
 use legate_core::stats::{Counter, Scope};
-use legate_core::{Compiled, ConfigError, Errors};
+use legate_core::{Compiled, ConfigError, Errors, within};
 
 use crate::filter_chain::Cidr;
 
@@ -248,10 +248,6 @@ fn id(p: &Principal) -> Compiled<Id> {
         }
         Some(_) => return unsupported("this principal"),
     })
-}
-
-fn within(errors: Vec<ConfigError>, field: &str) -> Vec<ConfigError> {
-    errors.into_iter().map(|e| e.within(field)).collect()
 }
 
 /// A compiled network RBAC filter.

@@ -30,7 +30,7 @@ use crate::cert_select::{CertSelector, Chosen, ServedCert, StapleAction};
 use crate::sds::CertificateSecret;
 use crate::session_ticket::{self, TicketKeys};
 use crate::tls_inspector::{self, DEFAULT_MAX_CLIENT_HELLO_SIZE, Inspection};
-use legate_core::{Compiled, ConfigError, Errors};
+use legate_core::{Compiled, ConfigError, Errors, within};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{
@@ -416,10 +416,6 @@ impl Resumption {
             None => config.send_tls13_tickets = 0,
         }
     }
-}
-
-fn within(errors: Vec<ConfigError>, path: &str) -> Vec<ConfigError> {
-    errors.into_iter().map(|e| e.within(path)).collect()
 }
 
 /// A `TlsCertificate` with its `ocsp_staple`, checked as Envoy checks it.

@@ -32,7 +32,7 @@ pub use filter::Filter;
 use crate::format::{FormatString, Formatter, JsonFormatter, SubstitutionFormat};
 use crate::runtime::Snapshot;
 use crate::stream_info::StreamInfo;
-use crate::{Compiled, ConfigError, Errors};
+use crate::{Compiled, ConfigError, Errors, within};
 
 const FILE_ACCESS_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 const STDOUT_ACCESS_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
@@ -187,10 +187,10 @@ fn file_output(config: &FileAccessLog) -> Compiled<(SubstitutionFormat, Destinat
             Err(e) => return err("format", e),
         },
         Some(file_access_log::AccessLogFormat::JsonFormat(json)) => SubstitutionFormat::Json(
-            JsonFormatter::compile(json, false).map_err(|e| within("json_format", e))?,
+            JsonFormatter::compile(json, false).map_err(|e| within(e, "json_format"))?,
         ),
         Some(file_access_log::AccessLogFormat::TypedJsonFormat(json)) => SubstitutionFormat::Json(
-            JsonFormatter::compile(json, false).map_err(|e| within("typed_json_format", e))?,
+            JsonFormatter::compile(json, false).map_err(|e| within(e, "typed_json_format"))?,
         ),
         Some(file_access_log::AccessLogFormat::LogFormat(f)) => log_format(f)?,
     };
@@ -201,11 +201,7 @@ fn file_output(config: &FileAccessLog) -> Compiled<(SubstitutionFormat, Destinat
 fn log_format(proto: &SubstitutionFormatString) -> Compiled<SubstitutionFormat> {
     FormatString::compile(proto)
         .map(|f| f.format)
-        .map_err(|e| within("log_format", e))
-}
-
-fn within(field: &str, errors: Vec<ConfigError>) -> Vec<ConfigError> {
-    errors.into_iter().map(|e| e.within(field)).collect()
+        .map_err(|e| within(e, "log_format"))
 }
 
 #[cfg(test)]

@@ -290,7 +290,6 @@ pub(crate) fn parse(
     argument: &str,
     max_length: Option<usize>,
 ) -> Result<Option<Operator>, String> {
-    use AddressPart::*;
     let (syntax, op) = match command {
         "REQ" | "RESP" | "TRAILER" => {
             let source = match command {
@@ -351,55 +350,9 @@ pub(crate) fn parse(
         "UPSTREAM_HOST" => (Syntax::CommandOnly, Operator::UpstreamHost),
         "UPSTREAM_CLUSTER" => (Syntax::CommandOnly, Operator::UpstreamCluster),
         "UPSTREAM_PROTOCOL" => (Syntax::CommandOnly, Operator::UpstreamProtocol),
-        "UPSTREAM_LOCAL_ADDRESS" => (Syntax::CommandOnly, Operator::UpstreamLocalAddress(Full)),
-        "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => {
-            (Syntax::CommandOnly, Operator::UpstreamLocalAddress(Ip))
-        }
-        "UPSTREAM_LOCAL_PORT" => (Syntax::CommandOnly, Operator::UpstreamLocalAddress(Port)),
-        "UPSTREAM_REMOTE_ADDRESS" => (Syntax::CommandOnly, Operator::UpstreamRemoteAddress(Full)),
-        "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
-            (Syntax::CommandOnly, Operator::UpstreamRemoteAddress(Ip))
-        }
-        "UPSTREAM_REMOTE_PORT" => (Syntax::CommandOnly, Operator::UpstreamRemoteAddress(Port)),
         "UPSTREAM_TRANSPORT_FAILURE_REASON" => (
             Syntax::CommandOnly,
             Operator::UpstreamTransportFailureReason,
-        ),
-        "DOWNSTREAM_REMOTE_ADDRESS" => {
-            (Syntax::CommandOnly, Operator::DownstreamRemoteAddress(Full))
-        }
-        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
-            (Syntax::CommandOnly, Operator::DownstreamRemoteAddress(Ip))
-        }
-        "DOWNSTREAM_REMOTE_PORT" => (Syntax::CommandOnly, Operator::DownstreamRemoteAddress(Port)),
-        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => (
-            Syntax::CommandOnly,
-            Operator::DownstreamDirectRemoteAddress(Full),
-        ),
-        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => (
-            Syntax::CommandOnly,
-            Operator::DownstreamDirectRemoteAddress(Ip),
-        ),
-        "DOWNSTREAM_DIRECT_REMOTE_PORT" => (
-            Syntax::CommandOnly,
-            Operator::DownstreamDirectRemoteAddress(Port),
-        ),
-        "DOWNSTREAM_LOCAL_ADDRESS" => (Syntax::CommandOnly, Operator::DownstreamLocalAddress(Full)),
-        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => {
-            (Syntax::CommandOnly, Operator::DownstreamLocalAddress(Ip))
-        }
-        "DOWNSTREAM_LOCAL_PORT" => (Syntax::CommandOnly, Operator::DownstreamLocalAddress(Port)),
-        "DOWNSTREAM_DIRECT_LOCAL_ADDRESS" => (
-            Syntax::CommandOnly,
-            Operator::DownstreamDirectLocalAddress(Full),
-        ),
-        "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_WITHOUT_PORT" => (
-            Syntax::CommandOnly,
-            Operator::DownstreamDirectLocalAddress(Ip),
-        ),
-        "DOWNSTREAM_DIRECT_LOCAL_PORT" => (
-            Syntax::CommandOnly,
-            Operator::DownstreamDirectLocalAddress(Port),
         ),
         "FILTER_CHAIN_NAME" => (Syntax::CommandOnly, Operator::FilterChainName),
         "UNIQUE_ID" => (Syntax::CommandOnly, Operator::UniqueId),
@@ -441,13 +394,35 @@ pub(crate) fn parse(
                 max_length,
             }));
         }
-        _ => match TlsField::by_name(command) {
-            Some(field) => (Syntax::CommandOnly, Operator::DownstreamTls(field)),
-            None => return Ok(None),
+        _ => match (address_operator(command), TlsField::by_name(command)) {
+            (Some(op), _) => (Syntax::CommandOnly, op),
+            (None, Some(field)) => (Syntax::CommandOnly, Operator::DownstreamTls(field)),
+            (None, None) => return Ok(None),
         },
     };
     verify(syntax, command, argument, max_length)?;
     Ok(Some(op))
+}
+
+/// The address operators: `<WHOSE>_ADDRESS` (the address), `<WHOSE>_ADDRESS_WITHOUT_PORT` (its
+/// IP) and `<WHOSE>_PORT`, for each address a stream has.
+fn address_operator(command: &str) -> Option<Operator> {
+    let (whose, part) = if let Some(w) = command.strip_suffix("_ADDRESS_WITHOUT_PORT") {
+        (w, AddressPart::Ip)
+    } else if let Some(w) = command.strip_suffix("_ADDRESS") {
+        (w, AddressPart::Full)
+    } else {
+        (command.strip_suffix("_PORT")?, AddressPart::Port)
+    };
+    Some(match whose {
+        "UPSTREAM_LOCAL" => Operator::UpstreamLocalAddress(part),
+        "UPSTREAM_REMOTE" => Operator::UpstreamRemoteAddress(part),
+        "DOWNSTREAM_REMOTE" => Operator::DownstreamRemoteAddress(part),
+        "DOWNSTREAM_DIRECT_REMOTE" => Operator::DownstreamDirectRemoteAddress(part),
+        "DOWNSTREAM_LOCAL" => Operator::DownstreamLocalAddress(part),
+        "DOWNSTREAM_DIRECT_LOCAL" => Operator::DownstreamDirectLocalAddress(part),
+        _ => return None,
+    })
 }
 
 /// Envoy's `CommandSyntaxChecker::verifySyntax`, checks and messages in its order.
