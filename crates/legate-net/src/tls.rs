@@ -11,7 +11,8 @@
 //!   ALPN (BoringSSL's behaviour), not rustls's `no_application_protocol` alert: such hellos
 //!   are served with a second configuration without ALPN.
 //! * Client certificates: `validation_context.trusted_ca` asks for one and verifies it if
-//!   given; `require_client_certificate` refuses a handshake without one.
+//!   given; `require_client_certificate` refuses a handshake without one, and so do SAN
+//!   matchers and certificate pins ([`legate_core::tls::peer`]), which pins do without a CA.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -157,7 +158,7 @@ impl DownstreamTls {
                 accepts.push(ta.subject_public_key_info.to_vec());
                 accepts.extend(ta.name_constraints.as_ref().map(|n| n.to_vec()));
             }
-            accepts.extend(v.dns_names.iter().map(|n| n.to_str().as_bytes().to_vec()));
+            accepts.push(v.peer.identity().to_vec());
             accepts.extend(v.crls.iter().map(|c| c.to_vec()));
             accepts.push(vec![u8::from(v.only_leaf_crl)]);
         }
@@ -177,7 +178,10 @@ impl DownstreamTls {
                 "SDS and non-SDS TLS certificates may not be mixed in server contexts",
             );
         }
-        if require && roots.is_none() {
+        // SAN matchers and pins make a certificate mandatory, as in Envoy; pins work without
+        // `trusted_ca` (the certificate is then checked against them alone).
+        let checks_peer = validation.as_ref().is_some_and(|v| !v.peer.is_empty());
+        if require && roots.is_none() && !checks_peer {
             errors.push(
                 "require_client_certificate",
                 "requiring a client certificate needs common_tls_context.validation_context.trusted_ca in Legate",
@@ -201,7 +205,7 @@ impl DownstreamTls {
             (Some(roots), Some(validation)) => {
                 let mut v =
                     WebPkiClientVerifier::builder_with_provider(roots, params.provider.clone());
-                if !require {
+                if !require && !checks_peer {
                     v = v.allow_unauthenticated();
                 }
                 if !validation.crls.is_empty() {
@@ -213,8 +217,11 @@ impl DownstreamTls {
                     }
                 }
                 match v.build() {
-                    Ok(inner) => builder
-                        .with_client_cert_verifier(Arc::new(ClientVerifier { inner, validation })),
+                    Ok(inner) => builder.with_client_cert_verifier(Arc::new(ClientVerifier {
+                        chain: Some(inner),
+                        validation,
+                        provider: params.provider.clone(),
+                    })),
                     Err(e) => {
                         return Err(vec![ConfigError::new(
                             "common_tls_context.validation_context.trusted_ca",
@@ -222,6 +229,13 @@ impl DownstreamTls {
                         )]);
                     }
                 }
+            }
+            (None, Some(validation)) if checks_peer => {
+                builder.with_client_cert_verifier(Arc::new(ClientVerifier {
+                    chain: None,
+                    validation,
+                    provider: params.provider.clone(),
+                }))
             }
             _ => builder.with_no_client_auth(),
         };
@@ -533,24 +547,28 @@ fn count_staple(stats: &SslStats, requested: bool, action: StapleAction) {
     }
 }
 
-/// The client-certificate check: the chain against `trusted_ca`, then the SAN matchers.
+/// The client-certificate check: the chain against `trusted_ca` (when there is one), then
+/// the SAN matchers and pins.
 #[derive(Debug)]
 struct ClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    chain: Option<Arc<dyn ClientCertVerifier>>,
     validation: Validation,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
+        self.chain.as_ref().is_none_or(|c| c.offer_client_auth())
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
+        self.chain
+            .as_ref()
+            .is_none_or(|c| c.client_auth_mandatory())
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        self.chain.as_ref().map_or(&[], |c| c.root_hint_subjects())
     }
 
     fn verify_client_cert(
@@ -559,15 +577,11 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        if !self.validation.matches_names(end_entity) {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName,
-            ));
+        if let Some(chain) = &self.chain {
+            chain.verify_client_cert(end_entity, intermediates, now)?;
         }
-        Ok(verified)
+        self.validation.check_peer(end_entity)?;
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -576,7 +590,12 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -585,10 +604,17 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

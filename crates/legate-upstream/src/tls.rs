@@ -2,9 +2,10 @@
 //! `UpstreamTlsContext`, compiled into rustls client configurations, and the handshake on a
 //! new upstream connection ([`UpstreamStream`] is what the pools and tcp_proxy then use).
 //!
-//! As in Envoy, the server's certificate is verified only when `validation_context` gives a
-//! `trusted_ca` (without one any certificate is accepted), and its names only against
-//! `match_typed_subject_alt_names` (not against `sni`). `sni` is sent as given. Without
+//! As in Envoy, the server's certificate chain is verified only when `validation_context`
+//! gives a `trusted_ca` (without one any certificate is accepted, unless pinned by
+//! `verify_certificate_hash` / `verify_certificate_spki`), and its names only against the SAN
+//! matchers (not against `sni`). `sni` is sent as given. Without
 //! `alpn_protocols`, HTTP connections offer their protocol (`h2` or `http/1.1`) as Envoy's
 //! pools do, and tcp_proxy connections offer none.
 
@@ -30,8 +31,8 @@ use tokio::net::TcpStream;
 struct AutoName {
     /// `auto_sni`: sent as the SNI (not for an IP address).
     sni: bool,
-    /// `auto_san_validation`: the host's certificate must carry it (it replaces
-    /// `match_typed_subject_alt_names`).
+    /// `auto_san_validation`: the host's certificate must carry it (as well as what the SAN
+    /// matchers ask for).
     san_validation: bool,
     /// `override_auto_sni_header`, when not empty.
     header: Option<http::HeaderName>,
@@ -326,12 +327,13 @@ impl ResolvesClientCert for ClientCerts {
 }
 
 /// Envoy's upstream certificate check: the chain against `trusted_ca` if given (a name
-/// mismatch with the SNI is not an error), then `match_typed_subject_alt_names`.
+/// mismatch with the SNI is not an error), then `auto_san_validation`'s name, then the SAN
+/// matchers and pins (Envoy's `verifyCertificate` checks the override list and the matchers).
 #[derive(Debug)]
 struct Verifier {
     inner: Option<Arc<WebPkiServerVerifier>>,
     validation: Validation,
-    /// `auto_san_validation`'s name, checked instead of `match_typed_subject_alt_names`.
+    /// `auto_san_validation`'s name, checked before the SAN matchers.
     san_override: Option<ServerName<'static>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
@@ -362,14 +364,14 @@ impl ServerCertVerifier for Verifier {
                 Err(e) => return Err(e),
             }
         }
-        let names_match = match &self.san_override {
-            Some(name) => rustls::server::ParsedCertificate::try_from(end_entity)
-                .is_ok_and(|c| rustls::client::verify_server_name(&c, name).is_ok()),
-            None => self.validation.matches_names(end_entity),
-        };
-        if !names_match {
-            return Err(rustls::Error::InvalidCertificate(C::NotValidForName));
+        if let Some(name) = &self.san_override {
+            let carries_name = rustls::server::ParsedCertificate::try_from(end_entity)
+                .is_ok_and(|c| rustls::client::verify_server_name(&c, name).is_ok());
+            if !carries_name {
+                return Err(rustls::Error::InvalidCertificate(C::NotValidForName));
+            }
         }
+        self.validation.check_peer(end_entity)?;
         Ok(ServerCertVerified::assertion())
     }
 

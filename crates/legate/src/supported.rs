@@ -912,11 +912,18 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             &[
                 "trusted_ca",
                 "match_typed_subject_alt_names",
+                "match_subject_alt_names",
+                "verify_certificate_hash",
+                "verify_certificate_spki",
                 "crl",
                 "only_verify_leaf_cert_crl",
             ],
         ),
-        (TLS, "SubjectAltNameMatcher", &["san_type", "matcher"]),
+        (
+            TLS,
+            "SubjectAltNameMatcher",
+            &["san_type", "matcher", "oid"],
+        ),
         // Stats
         (
             "envoy.config.metrics.v3",
@@ -1085,8 +1092,8 @@ const NOTES: &str = "
 | `TlsParameters.tls_minimum_protocol_version` | TLS 1.2 and 1.3 only (rustls): a minimum of `TLSv1_0` or `TLSv1_1` means TLS 1.2. |
 | `TlsParameters.cipher_suites` | The ECDHE AES-GCM and ChaCha20-Poly1305 suites are offered; legacy names BoringSSL knows (CBC, RSA key exchange, PSK, 3DES) are accepted in a list but not offered; other names are refused. TLS 1.3 suites are always on, as in Envoy. |
 | `TlsParameters.ecdh_curves` | `X25519`, `P-256` and `P-384`; other curves are refused. |
-| `CertificateValidationContext.match_typed_subject_alt_names` | `san_type: DNS` with an `exact` matcher only (wildcard certificate names match as in Envoy); other SAN types and matchers are refused. Requires `trusted_ca`. |
-| `DownstreamTlsContext.require_client_certificate` | Requires `validation_context.trusted_ca`. |
+| `SubjectAltNameMatcher.oid` | A dotted object identifier (`1.3.6.1.4.1.311.20.2.3`); BoringSSL's short and long names (`msUPN`) are refused. |
+| `DownstreamTlsContext.require_client_certificate` | Requires `validation_context.trusted_ca`, or certificate pins (`verify_certificate_hash`, `verify_certificate_spki`). |
 | `DownstreamTlsContext.session_timeout` | The lifetime of tickets, at most 7 days (TLS 1.3's limit; longer values are cut to it). The stateful (session id) cache keeps up to 20,480 sessions without a time limit of its own. |
 | `DownstreamTlsContext.session_ticket_keys` | Keys are 80 bytes as in Envoy; the first seals new tickets (AES-256-GCM under the key's last 32 bytes) and all open them. Tickets are shared between Legate listeners and processes with the same keys, not with Envoy (its ticket format is BoringSSL's). |
 | `CertificateValidationContext.crl` | Requires `trusted_ca`. As Envoy (BoringSSL `CRL_CHECK_ALL`), once a CRL is loaded every certificate of the peer's chain needs its issuer's CRL, and an expired CRL fails verification; CRLs inside the `trusted_ca` file are used too. |

@@ -791,6 +791,24 @@ fn upstream_tls_sni_validation_and_client_certificates() {
                 validation(&other, "")
             )),
         ),
+        // Pinned, without a CA: the certificate's hash is all that is checked.
+        cluster(
+            "pin_right",
+            backend.addr,
+            &upstream_tls(&format!(
+                "        common_tls_context:\n{client_cert}          validation_context:\n            verify_certificate_hash: ['{}']\n",
+                hex(&sha256(&read_certs(&server.cert)[0]))
+            )),
+        ),
+        // Pinned to another certificate.
+        cluster(
+            "pin_wrong",
+            backend.addr,
+            &upstream_tls(&format!(
+                "        common_tls_context:\n{client_cert}          validation_context:\n            verify_certificate_hash: ['{}']\n",
+                hex(&sha256(&read_certs(&client_leaf.cert)[0]))
+            )),
+        ),
         // No client certificate: the upstream refuses the handshake.
         cluster(
             "no_client_cert",
@@ -802,7 +820,15 @@ fn upstream_tls_sni_validation_and_client_certificates() {
         ),
     ]
     .concat();
-    let routes: String = ["good", "unverified", "wrong_host", "untrusted", "no_client_cert"]
+    let routes: String = [
+        "good",
+        "unverified",
+        "wrong_host",
+        "untrusted",
+        "no_client_cert",
+        "pin_right",
+        "pin_wrong",
+    ]
         .iter()
         .map(|c| {
             format!(
@@ -843,11 +869,17 @@ fn upstream_tls_sni_validation_and_client_certificates() {
     }
     let r = e2e::http_get(addr, "/no_client_cert", &[]);
     assert_eq!(r.status, 503, "{}", r.body);
+    let r = e2e::http_get(addr, "/pin_right", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = e2e::http_get(addr, "/pin_wrong", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
     let stat = |c: &str, n: &str| proxy.stat(&format!("cluster.{c}.ssl.{n}")).unwrap_or(0);
     assert_eq!(stat("good", "handshake"), 1);
     assert_eq!(stat("wrong_host", "fail_verify_san"), 1);
     assert_eq!(stat("untrusted", "fail_verify_error"), 1);
     assert_eq!(stat("wrong_host", "handshake"), 0);
+    assert_eq!(stat("pin_right", "handshake"), 1);
+    assert_eq!(stat("pin_wrong", "fail_verify_cert_hash"), 1);
     assert_eq!(
         proxy.stat("cluster.untrusted.upstream_cx_connect_fail"),
         Some(1)
@@ -1239,6 +1271,213 @@ fn revoked_client_certificates_are_refused_by_crl() {
     });
     assert_eq!(stat("current", "handshake"), 1);
     assert_eq!(stat("current", "connection_error"), 0);
+}
+
+/// Lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of `bytes`.
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn client_certificates_are_checked_by_san_matchers_and_pins_as_in_envoy() {
+    use base64::Engine;
+    let ca = Ca::new("san");
+    let server = ca.leaf("server", &["san.example.com"]);
+    // A client certificate with one name of each kind Envoy's matchers look at.
+    let mut params = cn_params("client");
+    params.subject_alt_names = vec![
+        rcgen::SanType::URI(
+            "spiffe://cluster.local/ns/default/sa/web"
+                .try_into()
+                .unwrap(),
+        ),
+        rcgen::SanType::Rfc822Name("ops@example.com".try_into().unwrap()),
+        rcgen::SanType::IpAddress("10.1.2.3".parse().unwrap()),
+        rcgen::SanType::IpAddress("::1".parse().unwrap()),
+        rcgen::SanType::DnsName("*.svc.example.com".try_into().unwrap()),
+        rcgen::SanType::OtherName((
+            vec![1, 3, 6, 1, 4, 1, 311, 20, 2, 3],
+            rcgen::OtherNameValue::Utf8String("upn@example.com".into()),
+        )),
+    ];
+    let good = ca.leaf_from("client", params, KeyPair::generate().unwrap());
+    // A certificate no trusted CA signed, known only by its pins.
+    let stranger_ca = Ca::new("san-stranger");
+    let stranger_key = KeyPair::generate().unwrap();
+    let spki = base64::engine::general_purpose::STANDARD.encode(sha256(
+        &rcgen::PublicKeyData::subject_public_key_info(&stranger_key),
+    ));
+    let stranger = stranger_ca.leaf_with("stranger", &["stranger.example.com"], stranger_key);
+    let der = |leaf: &Leaf| read_certs(&leaf.cert).remove(0);
+    // Upper case with colons (95 characters), as `openssl x509 -fingerprint` prints it.
+    let stranger_hash = sha256(&der(&stranger))
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let good_hash = hex(&sha256(&der(&good)));
+    let trusted = format!(
+        "              trusted_ca: {{filename: {}}}\n",
+        ca.ca_file().display()
+    );
+    let san = |kind: &str, matcher: &str| {
+        format!(
+            "{trusted}              match_typed_subject_alt_names:\n              - {{san_type: {kind}, matcher: {matcher}}}\n"
+        )
+    };
+    let hash = |h: &str| format!("              verify_certificate_hash: ['{h}']\n");
+    let spki_pin = format!("              verify_certificate_spki: ['{spki}']\n");
+    let require = "          require_client_certificate: true\n";
+    // (listener, validation context, extra, accepts [no certificate, `good`, `stranger`]).
+    let cases: Vec<(&str, String, &str, [bool; 3])> = vec![
+        ("hash", hash(&stranger_hash), "", [false, false, true]),
+        ("spki", spki_pin.clone(), require, [false, false, true]),
+        (
+            "either_pin",
+            hash(&good_hash) + &spki_pin,
+            "",
+            [false, true, true],
+        ),
+        (
+            "ca_and_pin",
+            trusted.clone() + &hash(&stranger_hash),
+            "",
+            [false, false, false],
+        ),
+        (
+            "uri",
+            san("URI", "{prefix: 'spiffe://cluster.local/ns/default/'}"),
+            "",
+            [false, true, false],
+        ),
+        (
+            "uri_other",
+            san("URI", "{exact: 'spiffe://cluster.local/ns/other/sa/web'}"),
+            require,
+            [false, false, false],
+        ),
+        (
+            "ip",
+            san("IP_ADDRESS", "{exact: '::1'}"),
+            "",
+            [false, true, false],
+        ),
+        (
+            "dns_wildcard",
+            san("DNS", "{exact: 'A.svc.example.com'}"),
+            "",
+            [false, true, false],
+        ),
+        (
+            "dns_prefix",
+            san("DNS", "{prefix: '*.svc'}"),
+            "",
+            [false, true, false],
+        ),
+        (
+            "email",
+            san("EMAIL", "{suffix: '@EXAMPLE.com', ignore_case: true}"),
+            "",
+            [false, true, false],
+        ),
+        (
+            "other_name",
+            san("OTHER_NAME", "{exact: upn@example.com}").replace(
+                "san_type: OTHER_NAME,",
+                "san_type: OTHER_NAME, oid: '1.3.6.1.4.1.311.20.2.3',",
+            ),
+            "",
+            [false, true, false],
+        ),
+        // With both lists, Envoy 1.40 reads only the typed one.
+        (
+            "typed_over_deprecated",
+            san("URI", "{prefix: 'spiffe:'}")
+                + "              match_subject_alt_names: [{exact: nope}]\n",
+            "",
+            [false, true, false],
+        ),
+        (
+            "deprecated",
+            format!("{trusted}              match_subject_alt_names: [{{exact: '10.1.2.3'}}]\n"),
+            "",
+            [false, true, false],
+        ),
+    ];
+    let upstream = Upstream::start();
+    let listeners: String = cases
+        .iter()
+        .map(|(name, validation, extra, _)| {
+            let tls = tls_socket(&[&server], extra).replace(
+                "          common_tls_context:\n",
+                &format!(
+                    "          common_tls_context:\n            validation_context:\n{validation}"
+                ),
+            );
+            listener(name, "", &chain(&[&tls, &hcm("app")]))
+        })
+        .collect();
+    let proxy = start_proxy(&bootstrap(&listeners, &cluster("app", upstream.addr, "")));
+    let host = "san.example.com";
+    for (name, _, _, accepts) in &cases {
+        for (cert, accepted) in [None, Some(&good), Some(&stranger)]
+            .into_iter()
+            .zip(accepts)
+        {
+            let status = handshake(
+                proxy.addr(name),
+                client(ca.roots(), &[&rustls::version::TLS13], &[], cert),
+                host,
+            )
+            .and_then(|mut s| https_get(&mut s, "/", host))
+            .map(|r| r.status);
+            assert_eq!(
+                status.is_ok(),
+                *accepted,
+                "{name} with {}: {status:?}",
+                cert.map_or("no certificate", |c| if std::ptr::eq(c, &good) {
+                    "good"
+                } else {
+                    "stranger"
+                })
+            );
+        }
+    }
+    // Each refusal counted as Envoy counts it.
+    let stat = |l: &str, n: &str| proxy.stat(&format!("listener.{l}.ssl.{n}")).unwrap_or(0);
+    eventually("refusals counted", || {
+        cases
+            .iter()
+            .all(|(name, ..)| stat(name, "fail_verify_no_cert") == 1)
+    });
+    for (name, no_cert, error, san, cert_hash) in [
+        ("hash", 1, 0, 0, 1),
+        ("either_pin", 1, 0, 0, 0),
+        ("ca_and_pin", 1, 1, 0, 1),
+        ("uri", 1, 1, 0, 0),
+        ("uri_other", 1, 1, 1, 0),
+        ("deprecated", 1, 1, 0, 0),
+    ] {
+        let counted = [
+            stat(name, "fail_verify_no_cert"),
+            stat(name, "fail_verify_error"),
+            stat(name, "fail_verify_san"),
+            stat(name, "fail_verify_cert_hash"),
+        ];
+        assert_eq!(
+            counted,
+            [no_cert, error, san, cert_hash],
+            "{name}: no_cert, error, san, cert_hash"
+        );
+    }
+    assert_eq!(stat("either_pin", "handshake"), 2);
 }
 
 /// A client that keeps its sessions in `store`.

@@ -25,6 +25,47 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use names::rfc2253;
 pub use registry::{CertificateFile, ContextCertificates, SecretCertificate};
 
+/// One subject alternative name of a certificate, rendered as Envoy's `generalNameAsString`
+/// renders it (the form its SAN matchers and `%DOWNSTREAM_PEER_*_SAN%` see).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubjectAltName {
+    Dns(String),
+    Uri(String),
+    Email(String),
+    /// `127.0.0.1`, `::1`; an address of another length is an empty string, as Envoy.
+    IpAddress(String),
+    /// `oid` dotted (`1.3.6.1.4.1.311.20.2.3`).
+    OtherName {
+        oid: String,
+        value: String,
+    },
+}
+
+/// The subject alternative names of a parsed certificate, in their order; other kinds
+/// (directory names, registered IDs, ...) are left out, as Envoy's matchers never see them.
+pub fn subject_alt_names(cert: &X509Certificate<'_>) -> Vec<SubjectAltName> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| {
+            Some(match name {
+                GeneralName::DNSName(s) => SubjectAltName::Dns((*s).to_owned()),
+                GeneralName::URI(s) => SubjectAltName::Uri((*s).to_owned()),
+                GeneralName::RFC822Name(s) => SubjectAltName::Email((*s).to_owned()),
+                GeneralName::IPAddress(bytes) => SubjectAltName::IpAddress(ip_string(bytes)),
+                GeneralName::OtherName(oid, value) => SubjectAltName::OtherName {
+                    oid: oid.to_id_string(),
+                    value: othername_string(value),
+                },
+                _ => return None,
+            })
+        })
+        .collect()
+}
+
 /// The details of one certificate, computed once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertificateInfo {
@@ -70,18 +111,13 @@ impl CertificateInfo {
             not_after: system_time(cert.validity().not_after.timestamp()),
             pem: pem(der),
         };
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for name in &san.value.general_names {
-                match name {
-                    GeneralName::DNSName(s) => info.dns_sans.push((*s).to_owned()),
-                    GeneralName::URI(s) => info.uri_sans.push((*s).to_owned()),
-                    GeneralName::RFC822Name(s) => info.email_sans.push((*s).to_owned()),
-                    GeneralName::IPAddress(bytes) => info.ip_sans.push(ip_string(bytes)),
-                    GeneralName::OtherName(_, value) => {
-                        info.othername_sans.push(othername_string(value))
-                    }
-                    _ => {}
-                }
+        for name in subject_alt_names(&cert) {
+            match name {
+                SubjectAltName::Dns(s) => info.dns_sans.push(s),
+                SubjectAltName::Uri(s) => info.uri_sans.push(s),
+                SubjectAltName::Email(s) => info.email_sans.push(s),
+                SubjectAltName::IpAddress(s) => info.ip_sans.push(s),
+                SubjectAltName::OtherName { value, .. } => info.othername_sans.push(value),
             }
         }
         Some(info)

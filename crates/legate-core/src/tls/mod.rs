@@ -11,15 +11,17 @@ use std::sync::Arc;
 
 use legate_api::pb::envoy::config::core::v3::{DataSource, data_source};
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, TlsCertificate, TlsParameters, subject_alt_name_matcher,
-    tls_parameters::TlsProtocol,
+    CertificateValidationContext, TlsCertificate, TlsParameters, tls_parameters::TlsProtocol,
 };
-use legate_api::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use rustls::crypto::{CryptoProvider, SupportedKxGroup, aws_lc_rs};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, NamedGroup, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
+
+pub mod peer;
+
+pub use peer::PeerChecks;
 
 use crate::stats::{Counter, Scope};
 use crate::{Compiled, ConfigError, Errors, within};
@@ -371,8 +373,7 @@ pub fn certified_key(c: &TlsCertificate, provider: &CryptoProvider) -> Compiled<
 }
 
 /// `CertificateValidationContext`, compiled: the trusted CAs, the certificate revocation
-/// lists, and the DNS names the peer's certificate must carry (`match_typed_subject_alt_names`
-/// with `san_type: DNS` and an `exact` matcher; any one of them matching suffices, as in Envoy).
+/// lists, and what else the peer's certificate must be ([`peer`]: SAN matchers, pins).
 #[derive(Debug, Clone, Default)]
 pub struct Validation {
     pub roots: Option<Arc<RootCertStore>>,
@@ -383,7 +384,8 @@ pub struct Validation {
     pub crls: Vec<CertificateRevocationListDer<'static>>,
     /// `only_verify_leaf_cert_crl`: only the end-entity certificate is checked (`CRL_CHECK`).
     pub only_leaf_crl: bool,
-    pub dns_names: Vec<ServerName<'static>>,
+    /// SAN matchers and certificate pins.
+    pub peer: PeerChecks,
 }
 
 impl Validation {
@@ -425,53 +427,22 @@ impl Validation {
                 errors.push("crl", "a CRL without trusted_ca is not supported by Legate");
             }
         }
-        let mut dns_names = Vec::new();
-        for (i, m) in v.match_typed_subject_alt_names.iter().enumerate() {
-            let path = format!("match_typed_subject_alt_names[{i}]");
-            if m.san_type != subject_alt_name_matcher::SanType::Dns as i32 {
-                errors.push(
-                    &format!("{path}.san_type"),
-                    "only DNS subject alt names are supported by Legate",
-                );
-                continue;
-            }
-            let exact = m.matcher.as_ref().and_then(|s| match &s.match_pattern {
-                Some(MatchPattern::Exact(e)) if !s.ignore_case => Some(e.clone()),
-                _ => None,
-            });
-            match exact.map(ServerName::try_from) {
-                Some(Ok(name)) => dns_names.push(name),
-                _ => errors.push(
-                    &format!("{path}.matcher"),
-                    "only an exact DNS name is supported by Legate as a subject alt name matcher",
-                ),
-            }
-        }
-        if !dns_names.is_empty() && roots.is_none() {
-            errors.push(
-                "match_typed_subject_alt_names",
-                "subject alt name matching without trusted_ca is not supported by Legate",
-            );
-        }
+        let peer = errors
+            .take("", PeerChecks::compile(v, roots.is_some()))
+            .unwrap_or_default();
         errors.finish(|| Validation {
             roots,
             crls,
             only_leaf_crl: v.only_verify_leaf_cert_crl,
-            dns_names,
+            peer,
         })
     }
 
-    /// Whether `end_entity` carries one of the configured names (true when none are).
-    pub fn matches_names(&self, end_entity: &CertificateDer<'_>) -> bool {
-        if self.dns_names.is_empty() {
-            return true;
-        }
-        let Ok(cert) = rustls::server::ParsedCertificate::try_from(end_entity) else {
-            return false;
-        };
-        self.dns_names
-            .iter()
-            .any(|n| rustls::client::verify_server_name(&cert, n).is_ok())
+    /// The SAN matchers and pins on the peer's end-entity certificate (see [`peer`]).
+    pub fn check_peer(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        self.peer
+            .check(end_entity)
+            .map_err(rustls::Error::InvalidCertificate)
     }
 }
 
@@ -507,6 +478,7 @@ pub struct SslStats {
     pub fail_verify_no_cert: Counter,
     pub fail_verify_error: Counter,
     pub fail_verify_san: Counter,
+    pub fail_verify_cert_hash: Counter,
     pub ocsp_staple_requests: Counter,
     pub ocsp_staple_responses: Counter,
     pub ocsp_staple_omitted: Counter,
@@ -517,9 +489,7 @@ impl SslStats {
     /// `parent` is the listener's or cluster's scope; the stats go under its `ssl.`.
     pub fn new(parent: &Scope) -> SslStats {
         let scope = parent.scope("ssl");
-        for name in ["fail_verify_cert_hash", "was_key_usage_invalid"] {
-            scope.counter(name);
-        }
+        scope.counter("was_key_usage_invalid");
         SslStats {
             connection_error: scope.counter("connection_error"),
             handshake: scope.counter("handshake"),
@@ -528,6 +498,7 @@ impl SslStats {
             fail_verify_no_cert: scope.counter("fail_verify_no_cert"),
             fail_verify_error: scope.counter("fail_verify_error"),
             fail_verify_san: scope.counter("fail_verify_san"),
+            fail_verify_cert_hash: scope.counter("fail_verify_cert_hash"),
             ocsp_staple_requests: scope.counter("ocsp_staple_requests"),
             ocsp_staple_responses: scope.counter("ocsp_staple_responses"),
             ocsp_staple_omitted: scope.counter("ocsp_staple_omitted"),
@@ -572,6 +543,9 @@ impl SslStats {
             | Some(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForNameContext { .. },
             )) => self.fail_verify_san.inc(),
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )) => self.fail_verify_cert_hash.inc(),
             Some(rustls::Error::InvalidCertificate(_)) => self.fail_verify_error.inc(),
             Some(_) => self.connection_error.inc(),
             None => {}
