@@ -30,12 +30,6 @@ impl OverTcp for tokio_rustls::client::TlsStream<TcpStream> {
     }
 }
 
-impl OverTcp for tokio_rustls::server::TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
-    }
-}
-
 impl<T: OverTcp> MaybeTls<T> {
     /// The TCP socket underneath; none for a unix domain socket.
     pub fn tcp(&self) -> Option<&TcpStream> {

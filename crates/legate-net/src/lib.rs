@@ -23,4 +23,5 @@ pub mod session_ticket;
 pub mod tcp_proxy;
 pub mod tls;
 pub mod tls_inspector;
+pub mod tls_stream;
 pub mod udp_proxy;

@@ -40,8 +40,8 @@ use rustls::server::{
 use rustls::sign::CertifiedKey;
 use rustls::{DistinguishedName, ServerConfig};
 use tokio::net::TcpStream;
-use tokio_rustls::StartHandshake;
-pub use tokio_rustls::server::TlsStream;
+
+pub use crate::tls_stream::ServerTlsStream;
 
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 const UPSTREAM_TLS_CONTEXT: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -300,12 +300,11 @@ impl DownstreamTls {
         mut stream: TcpStream,
         stats: &SslStats,
         timeout: Option<Duration>,
-    ) -> Result<(TlsStream<TcpStream>, TlsInfo), HandshakeError> {
+    ) -> Result<(ServerTlsStream, TlsInfo), HandshakeError> {
         let mut local = None;
         let handshake = async {
             let (accepted, ocsp_requested) = read_client_hello(&mut stream).await?;
-            let start = StartHandshake::from_parts(accepted, stream);
-            let hello = start.client_hello();
+            let hello = accepted.client_hello();
             let selection = self
                 .selector
                 .select(&hello, ocsp_requested, SystemTime::now());
@@ -327,7 +326,13 @@ impl DownstreamTls {
             };
             let mut config = ServerConfig::clone(base);
             config.cert_resolver = Arc::new(Chosen(selection.key));
-            start.into_stream(Arc::new(config)).await
+            match accepted.into_connection(Arc::new(config)) {
+                Ok(conn) => ServerTlsStream::handshake(stream, conn).await,
+                Err((error, alert)) => {
+                    send_alert(&mut stream, alert).await;
+                    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+                }
+            }
         };
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t, handshake).await {
@@ -338,7 +343,7 @@ impl DownstreamTls {
         };
         match result {
             Ok(s) => {
-                let conn = s.get_ref().1;
+                let conn = s.connection();
                 stats.handshake_done(conn);
                 let info = TlsInfo::new(
                     conn.protocol_version().map_or("", tls::version_name),
@@ -509,14 +514,20 @@ async fn read_client_hello(stream: &mut TcpStream) -> std::io::Result<(Accepted,
                 return Ok((accepted, status_request));
             }
             Ok(None) => {}
-            Err((error, mut alert)) => {
-                let mut bytes = Vec::new();
-                alert.write_all(&mut bytes)?;
-                // The alert is a courtesy: the handshake failed whether or not it is sent.
-                let _ = tokio::io::AsyncWriteExt::write_all(stream, &bytes).await;
+            Err((error, alert)) => {
+                send_alert(stream, alert).await;
                 return Err(Error::new(ErrorKind::InvalidData, error));
             }
         }
+    }
+}
+
+/// Sends the alert of a handshake that failed before it had a connection. The alert is a
+/// courtesy: the handshake failed whether or not it is sent.
+async fn send_alert(stream: &mut TcpStream, mut alert: rustls::server::AcceptedAlert) {
+    let mut bytes = Vec::new();
+    if alert.write_all(&mut bytes).is_ok() {
+        let _ = tokio::io::AsyncWriteExt::write_all(stream, &bytes).await;
     }
 }
 

@@ -1500,6 +1500,41 @@ fn resumed(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> bool {
     kind == Some(rustls::HandshakeKind::Resumed)
 }
 
+/// TLS 1.3 session tickets are not sent on their own after the handshake: they leave with the
+/// first bytes the proxy sends, the response, as Envoy (BoringSSL) sends them — one write and
+/// one packet fewer per connection. The session they carry resumes.
+#[test]
+fn tls13_session_tickets_leave_with_the_first_response_as_in_envoy() {
+    let ca = Ca::new("ticket-timing");
+    let server = ca.leaf("server", &["timing.example.com"]);
+    let upstream = Upstream::start();
+    let proxy = start_proxy(&bootstrap(
+        &listener(
+            "tls",
+            "",
+            &chain(&[&tls_socket(&[&server], ""), &hcm("app")]),
+        ),
+        &cluster("app", upstream.addr, ""),
+    ));
+    let name = "timing.example.com";
+    let store = Arc::new(rustls::client::ClientSessionMemoryCache::new(8));
+    let config = resuming_client(&ca, &[&rustls::version::TLS13], &store);
+    let mut s = handshake(proxy.addr("tls"), config.clone(), name).unwrap();
+    // Handshake done on the client's side: nothing more comes until the client asks.
+    std::thread::sleep(Duration::from_millis(300));
+    s.sock.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let early = s.sock.peek(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the server sent something before the request: {early:?}"
+    );
+    s.sock.set_nonblocking(false).unwrap();
+    assert_eq!(https_get(&mut s, "/", name).unwrap().status, 200);
+    // The tickets came with the response: the next connection resumes.
+    assert!(resumed(proxy.addr("tls"), config, name), "not resumed");
+}
+
 #[test]
 fn sessions_resume_across_listeners_sharing_ticket_keys() {
     let ca = Ca::new("tickets");

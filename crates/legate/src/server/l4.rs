@@ -12,10 +12,9 @@ use legate_core::stream_info::{Protocol, StreamInfo};
 use legate_http::conn_manager::{Downstream, HttpConnectionManager, ProxyContext};
 use legate_net::pump::{self, ByteCounters, End, Side};
 use legate_net::tcp_proxy::{TcpProxyConfig, TcpProxyStats};
-use legate_net::tls::TlsStream;
+use legate_net::tls::ServerTlsStream;
 use legate_upstream::Cluster;
 use legate_upstream::pool::{UpstreamError, UpstreamStream};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::NetworkFilter;
@@ -129,7 +128,7 @@ impl ChainFilter {
 
 /// A downstream connection once its transport socket is set up: plain TCP, TLS terminated on
 /// it, or a unix domain socket (a `pipe` listener).
-pub type Conn = legate_core::io::MaybeTls<TlsStream<TcpStream>>;
+pub type Conn = legate_core::io::MaybeTls<ServerTlsStream>;
 
 /// A running tcp_proxy filter.
 pub struct TcpProxy {

@@ -626,7 +626,7 @@ async fn prepare(
                 Ok((s, tls_info)) => {
                     downstream.tls = true;
                     downstream.tls_info = Some(Arc::new(tls_info));
-                    downstream.requested_server_name = s.get_ref().1.server_name().map(Arc::from);
+                    downstream.requested_server_name = s.connection().server_name().map(Arc::from);
                     Conn::Tls(Box::new(s))
                 }
                 Err(HandshakeError::Timeout) => {

@@ -1,0 +1,252 @@
+//! The server side of a TLS connection: rustls's `ServerConnection` over the accepted
+//! `TcpStream`, as an `AsyncRead`/`AsyncWrite`. tokio-rustls's server stream did this job; this
+//! one writes less, as Envoy (BoringSSL) does:
+//!
+//! * **Session tickets ride with the response.** In TLS 1.3 rustls makes the tickets when the
+//!   client's Finished arrives, after the server's flight; tokio-rustls flushed them on their
+//!   own at the end of the handshake (one `write(2)`, and on loopback the client's receive
+//!   work too). Here they stay queued and leave with the first bytes the proxy sends. In TLS
+//!   1.2 what is queued then is the server's Finished, which the client waits for: flushed.
+//! * **No `shutdown(2)` towards a client that has closed.** Once the client has sent
+//!   close_notify (or its FIN), shutting the write side down sends close_notify as TLS wants
+//!   but not a FIN of its own: the socket is about to be closed, and the call failed with
+//!   ENOTCONN whenever the client had gone already.
+//!
+//! Reads and writes follow tokio-rustls's rules otherwise: plaintext is delivered before more
+//! TLS is read; a TCP EOF without close_notify reads as `UnexpectedEof`; a TLS error reads as
+//! `InvalidData` wrapping the `rustls::Error` (after a last attempt to send its alert); a
+//! write is taken into rustls's buffer and sent as far as the socket allows.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use rustls::{ProtocolVersion, ServerConnection};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A TLS connection from a client, handshake done (see the module's notes).
+pub struct ServerTlsStream {
+    tcp: TcpStream,
+    conn: ServerConnection,
+    /// The client's side is closed: close_notify or a TCP EOF came.
+    peer_closed: bool,
+    close_notify_sent: bool,
+}
+
+impl ServerTlsStream {
+    /// Completes the handshake `conn` started (after the ClientHello), writing the server's
+    /// flights as they come; see the module's notes for what is left queued.
+    pub async fn handshake(
+        mut tcp: TcpStream,
+        mut conn: ServerConnection,
+    ) -> io::Result<ServerTlsStream> {
+        poll_fn(|cx| {
+            let mut io = Socket {
+                tcp: &mut tcp,
+                cx: &mut *cx,
+            };
+            loop {
+                let done = !conn.is_handshaking();
+                if !(done && conn.protocol_version() == Some(ProtocolVersion::TLSv1_3)) {
+                    ready!(write_queued(&mut conn, &mut io))?;
+                }
+                if done {
+                    return Poll::Ready(Ok(()));
+                }
+                match conn.read_tls(&mut io) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                    Ok(_) => {
+                        if let Err(e) = conn.process_new_packets() {
+                            // The alert is a courtesy: the handshake failed either way.
+                            let _ = write_queued(&mut conn, &mut io);
+                            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        })
+        .await?;
+        Ok(ServerTlsStream {
+            tcp,
+            conn,
+            peer_closed: false,
+            close_notify_sent: false,
+        })
+    }
+
+    /// The TLS state: what was negotiated, the client's certificates, its SNI.
+    pub fn connection(&self) -> &ServerConnection {
+        &self.conn
+    }
+
+    /// The socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Sends what rustls has queued, as far as the socket takes it.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut io = Socket {
+            tcp: &mut self.tcp,
+            cx,
+        };
+        write_queued(&mut self.conn, &mut io)
+    }
+}
+
+/// Writes the TLS records `conn` has queued until none are left (`Ready`) or the socket is full
+/// (`Pending`, the task woken when it has room).
+fn write_queued(conn: &mut ServerConnection, io: &mut Socket<'_, '_>) -> Poll<io::Result<()>> {
+    while conn.wants_write() {
+        match conn.write_tls(io) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// The socket as `Read`/`Write` for rustls, within a poll: `WouldBlock` when it is not ready,
+/// with the task registered to be woken when it is.
+struct Socket<'a, 'b> {
+    tcp: &'a mut TcpStream,
+    cx: &'a mut Context<'b>,
+}
+
+impl Read for Socket<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(&mut *self.tcp).poll_read(self.cx, &mut buf) {
+            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Write for Socket<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match Pin::new(&mut *self.tcp).poll_write_vectored(self.cx, bufs) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsyncRead for ServerTlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.conn.reader().read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    // 0 into a buffer with room: the client's close_notify.
+                    if n == 0 && buf.remaining() > 0 {
+                        this.peer_closed = true;
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    this.peer_closed |= e.kind() == io::ErrorKind::UnexpectedEof;
+                    return Poll::Ready(Err(e));
+                }
+            }
+            let mut io = Socket {
+                tcp: &mut this.tcp,
+                cx: &mut *cx,
+            };
+            match this.conn.read_tls(&mut io) {
+                // rustls now knows of the EOF: the reader reports it.
+                Ok(0) => this.peer_closed = true,
+                Ok(_) => {
+                    if let Err(e) = this.conn.process_new_packets() {
+                        let _ = write_queued(&mut this.conn, &mut io);
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ServerTlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let wanted: usize = bufs.iter().map(|b| b.len()).sum();
+        loop {
+            // rustls takes what fits under its buffer limit (one record per call).
+            let taken = this.conn.writer().write_vectored(bufs)?;
+            let sent = this.poll_send(cx);
+            if let Poll::Ready(Err(e)) = sent {
+                return Poll::Ready(Err(e));
+            }
+            if taken > 0 || wanted == 0 {
+                return Poll::Ready(Ok(taken));
+            }
+            // The buffer was full: wait for the socket to drain it.
+            ready!(sent)?;
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.conn.writer().flush()?;
+        this.poll_send(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_notify_sent {
+            this.conn.send_close_notify();
+            this.close_notify_sent = true;
+        }
+        ready!(this.poll_send(cx))?;
+        if this.peer_closed {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+impl legate_core::io::OverTcp for ServerTlsStream {
+    fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+}
