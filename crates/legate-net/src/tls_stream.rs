@@ -18,7 +18,7 @@
 //! write is taken into rustls's buffer and sent as far as the socket allows.
 
 use std::future::poll_fn;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -154,20 +154,36 @@ impl AsyncRead for ServerTlsStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
-            match this.conn.reader().read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    // 0 into a buffer with room: the client's close_notify.
-                    if n == 0 && buf.remaining() > 0 {
-                        this.peer_closed = true;
+            // Plaintext is copied from rustls's chunks into the caller's buffer as it is,
+            // without zeroing the buffer first (`Read::read` would need it initialized).
+            let mut reader = this.conn.reader();
+            let mut delivered = false;
+            loop {
+                match reader.fill_buf() {
+                    Ok([]) => {
+                        // The client's close_notify, once all its data is read.
+                        this.peer_closed |= !delivered;
+                        return Poll::Ready(Ok(()));
                     }
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    this.peer_closed |= e.kind() == io::ErrorKind::UnexpectedEof;
-                    return Poll::Ready(Err(e));
+                    Ok(chunk) => {
+                        let n = chunk.len().min(buf.remaining());
+                        buf.put_slice(&chunk[..n]);
+                        reader.consume(n);
+                        delivered = true;
+                        if buf.remaining() == 0 {
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                    Err(_) if delivered => return Poll::Ready(Ok(())),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        this.peer_closed |= e.kind() == io::ErrorKind::UnexpectedEof;
+                        return Poll::Ready(Err(e));
+                    }
                 }
             }
             let mut io = Socket {
