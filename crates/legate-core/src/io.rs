@@ -3,6 +3,7 @@
 //! holds, vectored writes included.
 
 pub mod counting;
+pub mod tls;
 
 use std::io;
 use std::pin::Pin;
@@ -22,12 +23,6 @@ pub enum MaybeTls<T> {
 /// A TLS stream over TCP that can give back its socket.
 pub trait OverTcp {
     fn tcp(&self) -> &TcpStream;
-}
-
-impl OverTcp for tokio_rustls::client::TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
-    }
 }
 
 impl<T: OverTcp> MaybeTls<T> {

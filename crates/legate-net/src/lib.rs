@@ -23,5 +23,4 @@ pub mod session_ticket;
 pub mod tcp_proxy;
 pub mod tls;
 pub mod tls_inspector;
-pub mod tls_stream;
 pub mod udp_proxy;

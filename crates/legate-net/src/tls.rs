@@ -41,7 +41,8 @@ use rustls::sign::CertifiedKey;
 use rustls::{DistinguishedName, ServerConfig};
 use tokio::net::TcpStream;
 
-pub use crate::tls_stream::ServerTlsStream;
+/// A client's TLS connection, handshake done.
+pub type ServerTlsStream = legate_core::io::tls::TlsStream<rustls::ServerConnection>;
 
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 const UPSTREAM_TLS_CONTEXT: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -327,7 +328,7 @@ impl DownstreamTls {
             let mut config = ServerConfig::clone(base);
             config.cert_resolver = Arc::new(Chosen(selection.key));
             match accepted.into_connection(Arc::new(config)) {
-                Ok(conn) => ServerTlsStream::handshake(stream, conn).await,
+                Ok(conn) => ServerTlsStream::accept(stream, conn).await,
                 Err((error, alert)) => {
                     send_alert(&mut stream, alert).await;
                     Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error))

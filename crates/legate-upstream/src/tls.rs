@@ -261,16 +261,14 @@ impl UpstreamTls {
         stream: TcpStream,
         protocol: Option<crate::pool::Protocol>,
         name: Option<&ConnectionName>,
-    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    ) -> io::Result<ClientTlsStream> {
         let config = match protocol {
             None => &self.config,
             Some(crate::pool::Protocol::Http1) => &self.h1_config,
             Some(crate::pool::Protocol::Http2) => &self.h2_config,
         };
         let Some(name) = name else {
-            return tokio_rustls::TlsConnector::from(config.clone())
-                .connect(self.server_name.clone(), stream)
-                .await;
+            return handshake(stream, config.clone(), self.server_name.clone()).await;
         };
         // A configuration for this connection: its SNI, and the name its verifier checks.
         let mut named = ClientConfig::clone(config);
@@ -296,9 +294,7 @@ impl UpstreamTls {
             }
             None => self.server_name.clone(),
         };
-        tokio_rustls::TlsConnector::from(Arc::new(named))
-            .connect(server_name, stream)
-            .await
+        handshake(stream, Arc::new(named), server_name).await
     }
 }
 
@@ -440,4 +436,18 @@ fn host_of(authority: &str) -> &str {
 }
 
 /// An upstream connection: plain TCP or TLS over it.
-pub type UpstreamStream = legate_core::io::MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+pub type UpstreamStream = legate_core::io::MaybeTls<ClientTlsStream>;
+
+/// An upstream TLS connection, handshake done.
+pub type ClientTlsStream = legate_core::io::tls::TlsStream<rustls::ClientConnection>;
+
+/// The client's handshake on a new connection.
+async fn handshake(
+    stream: TcpStream,
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+) -> io::Result<ClientTlsStream> {
+    let conn = rustls::ClientConnection::new(config, server_name)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    ClientTlsStream::connect(stream, conn).await
+}

@@ -553,7 +553,7 @@ impl SslStats {
     }
 }
 
-/// The TLS error inside an I/O error from a tokio-rustls handshake, if it is one.
+/// The TLS error inside an I/O error from a TLS stream or handshake, if it is one.
 pub fn tls_error(e: &std::io::Error) -> Option<&rustls::Error> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())

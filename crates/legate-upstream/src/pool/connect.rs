@@ -85,7 +85,7 @@ async fn open(
         match tls.connect(tcp, protocol, name).await {
             Ok(s) => {
                 if let Some(ssl) = &cluster.ssl {
-                    ssl.handshake_done(s.get_ref().1);
+                    ssl.handshake_done(s.connection());
                 }
                 Ok(UpstreamStream::Tls(Box::new(s)))
             }

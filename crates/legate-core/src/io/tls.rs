@@ -1,47 +1,75 @@
-//! The server side of a TLS connection: rustls's `ServerConnection` over the accepted
-//! `TcpStream`, as an `AsyncRead`/`AsyncWrite`. tokio-rustls's server stream did this job; this
-//! one writes less, as Envoy (BoringSSL) does:
+//! A TLS connection over TCP: rustls's `ServerConnection` or `ClientConnection` over the
+//! `TcpStream`, as an `AsyncRead`/`AsyncWrite` ([`TlsStream`]). tokio-rustls's streams did this
+//! job; this one does less work and writes less, as Envoy (BoringSSL) does:
 //!
-//! * **Session tickets ride with the response.** In TLS 1.3 rustls makes the tickets when the
-//!   client's Finished arrives, after the server's flight; tokio-rustls flushed them on their
-//!   own at the end of the handshake (one `write(2)`, and on loopback the client's receive
-//!   work too). Here they stay queued and leave with the first bytes the proxy sends. In TLS
-//!   1.2 what is queued then is the server's Finished, which the client waits for: flushed.
-//! * **No `shutdown(2)` towards a client that has closed.** Once the client has sent
-//!   close_notify (or its FIN), shutting the write side down sends close_notify as TLS wants
-//!   but not a FIN of its own: the socket is about to be closed, and the call failed with
-//!   ENOTCONN whenever the client had gone already.
+//! * **Session tickets ride with the response.** A TLS 1.3 server makes its tickets when the
+//!   client's Finished arrives, after its own flight; tokio-rustls flushed them on their own at
+//!   the end of the handshake (one `write(2)`, and on loopback the client's receive work too).
+//!   [`TlsStream::accept`] leaves them queued: they leave with the first bytes the proxy sends.
+//!   What a TLS 1.2 server has queued then is its Finished, and what a client has queued is its
+//!   own Finished: both are waited for by the peer, so they are flushed.
+//! * **The reader's buffer is not zeroed.** `Read::read` wants an initialized buffer, so
+//!   tokio-rustls zeroed the caller's unfilled space on every read (for the HTTP codecs, 16 KiB
+//!   or more); plaintext is copied straight out of rustls's chunks instead.
+//! * **No `shutdown(2)` towards a peer that has closed.** Once the peer has sent close_notify
+//!   (or its FIN), shutting the write side down sends close_notify as TLS wants but no FIN of
+//!   its own: the socket is about to be closed, and the call failed with ENOTCONN whenever the
+//!   peer had gone already.
 //!
 //! Reads and writes follow tokio-rustls's rules otherwise: plaintext is delivered before more
 //! TLS is read; a TCP EOF without close_notify reads as `UnexpectedEof`; a TLS error reads as
 //! `InvalidData` wrapping the `rustls::Error` (after a last attempt to send its alert); a
-//! write is taken into rustls's buffer and sent as far as the socket allows.
+//! write is taken into rustls's buffer (vectored writes as one record) and sent as far as the
+//! socket allows.
 
 use std::future::poll_fn;
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use rustls::{ProtocolVersion, ServerConnection};
+use std::ops::DerefMut;
+
+use rustls::{ClientConnection, ConnectionCommon, ProtocolVersion, ServerConnection, SideData};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A TLS connection from a client, handshake done (see the module's notes).
-pub struct ServerTlsStream {
+/// A TLS connection, handshake done: `C` is rustls's `ServerConnection` (from
+/// [`TlsStream::accept`]) or `ClientConnection` (from [`TlsStream::connect`]).
+pub struct TlsStream<C> {
     tcp: TcpStream,
-    conn: ServerConnection,
-    /// The client's side is closed: close_notify or a TCP EOF came.
+    conn: C,
+    /// The peer's side is closed: close_notify or a TCP EOF came.
     peer_closed: bool,
     close_notify_sent: bool,
 }
 
-impl ServerTlsStream {
-    /// Completes the handshake `conn` started (after the ClientHello), writing the server's
-    /// flights as they come; see the module's notes for what is left queued.
-    pub async fn handshake(
+impl TlsStream<ServerConnection> {
+    /// Completes the handshake `conn` started (after the ClientHello). In TLS 1.3 the session
+    /// tickets stay queued for the first write.
+    pub async fn accept(tcp: TcpStream, conn: ServerConnection) -> io::Result<Self> {
+        Self::handshake(tcp, conn, true).await
+    }
+}
+
+impl TlsStream<ClientConnection> {
+    /// The client's handshake, from its ClientHello.
+    pub async fn connect(tcp: TcpStream, conn: ClientConnection) -> io::Result<Self> {
+        Self::handshake(tcp, conn, false).await
+    }
+}
+
+impl<C, D> TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>> + Unpin,
+    D: SideData,
+{
+    /// Drives the handshake, writing each flight as it comes; with `leave_tls13_tail`, what a
+    /// TLS 1.3 connection has queued when its handshake completes stays queued.
+    async fn handshake(
         mut tcp: TcpStream,
-        mut conn: ServerConnection,
-    ) -> io::Result<ServerTlsStream> {
+        mut conn: C,
+        leave_tls13_tail: bool,
+    ) -> io::Result<Self> {
         poll_fn(|cx| {
             let mut io = Socket {
                 tcp: &mut tcp,
@@ -49,8 +77,11 @@ impl ServerTlsStream {
             };
             loop {
                 let done = !conn.is_handshaking();
-                if !(done && conn.protocol_version() == Some(ProtocolVersion::TLSv1_3)) {
-                    ready!(write_queued(&mut conn, &mut io))?;
+                let leave = leave_tls13_tail
+                    && done
+                    && conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+                if !leave {
+                    ready!(write_queued(&mut *conn, &mut io))?;
                 }
                 if done {
                     return Poll::Ready(Ok(()));
@@ -60,7 +91,7 @@ impl ServerTlsStream {
                     Ok(_) => {
                         if let Err(e) = conn.process_new_packets() {
                             // The alert is a courtesy: the handshake failed either way.
-                            let _ = write_queued(&mut conn, &mut io);
+                            let _ = write_queued(&mut *conn, &mut io);
                             return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
                         }
                     }
@@ -70,7 +101,7 @@ impl ServerTlsStream {
             }
         })
         .await?;
-        Ok(ServerTlsStream {
+        Ok(TlsStream {
             tcp,
             conn,
             peer_closed: false,
@@ -78,8 +109,8 @@ impl ServerTlsStream {
         })
     }
 
-    /// The TLS state: what was negotiated, the client's certificates, its SNI.
-    pub fn connection(&self) -> &ServerConnection {
+    /// The TLS state: what was negotiated, the peer's certificates, the SNI.
+    pub fn connection(&self) -> &C {
         &self.conn
     }
 
@@ -94,13 +125,16 @@ impl ServerTlsStream {
             tcp: &mut self.tcp,
             cx,
         };
-        write_queued(&mut self.conn, &mut io)
+        write_queued(&mut *self.conn, &mut io)
     }
 }
 
 /// Writes the TLS records `conn` has queued until none are left (`Ready`) or the socket is full
 /// (`Pending`, the task woken when it has room).
-fn write_queued(conn: &mut ServerConnection, io: &mut Socket<'_, '_>) -> Poll<io::Result<()>> {
+fn write_queued<D: SideData>(
+    conn: &mut ConnectionCommon<D>,
+    io: &mut Socket<'_, '_>,
+) -> Poll<io::Result<()>> {
     while conn.wants_write() {
         match conn.write_tls(io) {
             Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
@@ -147,7 +181,11 @@ impl Write for Socket<'_, '_> {
     }
 }
 
-impl AsyncRead for ServerTlsStream {
+impl<C, D> AsyncRead for TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>> + Unpin,
+    D: SideData,
+{
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -165,7 +203,7 @@ impl AsyncRead for ServerTlsStream {
             loop {
                 match reader.fill_buf() {
                     Ok([]) => {
-                        // The client's close_notify, once all its data is read.
+                        // The peer's close_notify, once all its data is read.
                         this.peer_closed |= !delivered;
                         return Poll::Ready(Ok(()));
                     }
@@ -195,7 +233,7 @@ impl AsyncRead for ServerTlsStream {
                 Ok(0) => this.peer_closed = true,
                 Ok(_) => {
                     if let Err(e) = this.conn.process_new_packets() {
-                        let _ = write_queued(&mut this.conn, &mut io);
+                        let _ = write_queued(&mut *this.conn, &mut io);
                         return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
                     }
                 }
@@ -206,7 +244,11 @@ impl AsyncRead for ServerTlsStream {
     }
 }
 
-impl AsyncWrite for ServerTlsStream {
+impl<C, D> AsyncWrite for TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>> + Unpin,
+    D: SideData,
+{
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -261,7 +303,7 @@ impl AsyncWrite for ServerTlsStream {
     }
 }
 
-impl legate_core::io::OverTcp for ServerTlsStream {
+impl<C> super::OverTcp for TlsStream<C> {
     fn tcp(&self) -> &TcpStream {
         &self.tcp
     }
