@@ -471,6 +471,9 @@ pub fn failure_reason(e: &rustls::Error) -> String {
 #[derive(Clone, Debug)]
 pub struct SslStats {
     scope: Scope,
+    /// The `ciphers.*`, `versions.*` and `curves.*` counters made so far (family, name): a
+    /// handshake finds its three here rather than formatting and looking up their names.
+    negotiated: Arc<std::sync::Mutex<Vec<(&'static str, &'static str, Counter)>>>,
     pub connection_error: Counter,
     pub handshake: Counter,
     pub session_reused: Counter,
@@ -503,6 +506,7 @@ impl SslStats {
             ocsp_staple_responses: scope.counter("ocsp_staple_responses"),
             ocsp_staple_omitted: scope.counter("ocsp_staple_omitted"),
             ocsp_staple_failed: scope.counter("ocsp_staple_failed"),
+            negotiated: Arc::default(),
             scope,
         }
     }
@@ -513,20 +517,28 @@ impl SslStats {
         if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.session_reused.inc();
         }
-        if let Some(suite) = conn.negotiated_cipher_suite() {
-            self.scope
-                .counter(&format!("ciphers.{}", cipher_name(suite.suite())))
-                .inc();
-        }
-        if let Some(v) = conn.protocol_version() {
-            self.scope
-                .counter(&format!("versions.{}", version_name(v)))
-                .inc();
-        }
-        if let Some(g) = conn.negotiated_key_exchange_group() {
-            self.scope
-                .counter(&format!("curves.{}", curve_name(g.name())))
-                .inc();
+        let negotiated = [
+            conn.negotiated_cipher_suite()
+                .map(|s| ("ciphers", cipher_name(s.suite()))),
+            conn.protocol_version()
+                .map(|v| ("versions", version_name(v))),
+            conn.negotiated_key_exchange_group()
+                .map(|g| ("curves", curve_name(g.name()))),
+        ];
+        let mut made = self
+            .negotiated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (family, name) in negotiated.into_iter().flatten() {
+            let counter = match made.iter().find(|(f, n, _)| *f == family && *n == name) {
+                Some((_, _, c)) => *c,
+                None => {
+                    let c = self.scope.counter(&format!("{family}.{name}"));
+                    made.push((family, name, c));
+                    c
+                }
+            };
+            counter.inc();
         }
         if conn.peer_certificates().is_none_or(|c| c.is_empty()) {
             self.no_certificate.inc();
