@@ -184,6 +184,7 @@ impl UpstreamTls {
             .with_client_cert_resolver(Arc::new(ClientCerts { keys }));
         // Envoy sends SNI only when `sni` is set.
         config.enable_sni = server_name.is_some();
+        config.resumption = resumption(ctx.max_session_keys.as_ref().map(|v| v.value));
         config.alpn_protocols = common
             .alpn_protocols
             .iter()
@@ -295,6 +296,16 @@ impl UpstreamTls {
             None => self.server_name.clone(),
         };
         handshake(stream, Arc::new(named), server_name).await
+    }
+}
+
+/// `max_session_keys` (Envoy's default 1): 0 turns resumption off; otherwise rustls keeps
+/// the sessions of that many server names (and a few TLS 1.3 tickets for each), where
+/// BoringSSL keeps that many sessions for the context.
+fn resumption(max_session_keys: Option<u32>) -> rustls::client::Resumption {
+    match max_session_keys.unwrap_or(1) {
+        0 => rustls::client::Resumption::disabled(),
+        n => rustls::client::Resumption::in_memory_sessions(n as usize),
     }
 }
 

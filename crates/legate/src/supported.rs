@@ -877,7 +877,16 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             ],
         ),
         (TLS, "TlsSessionTicketKeys", &["keys"]),
-        (TLS, "UpstreamTlsContext", &["common_tls_context", "sni"]),
+        (
+            TLS,
+            "UpstreamTlsContext",
+            &[
+                "common_tls_context",
+                "sni",
+                "max_session_keys",
+                "enforce_rsa_key_usage",
+            ],
+        ),
         (
             TLS,
             "CommonTlsContext",
@@ -1092,6 +1101,8 @@ const NOTES: &str = "
 | `TlsParameters.tls_minimum_protocol_version` | TLS 1.2 and 1.3 only (rustls): a minimum of `TLSv1_0` or `TLSv1_1` means TLS 1.2. |
 | `TlsParameters.cipher_suites` | The ECDHE AES-GCM and ChaCha20-Poly1305 suites are offered; legacy names BoringSSL knows (CBC, RSA key exchange, PSK, 3DES) are accepted in a list but not offered; other names are refused. TLS 1.3 suites are always on, as in Envoy. |
 | `TlsParameters.ecdh_curves` | `X25519`, `P-256` and `P-384`; other curves are refused. |
+| `UpstreamTlsContext.max_session_keys` | 0 turns session resumption off, as in Envoy; N keeps the sessions of N server names (rustls's cache, with a few TLS 1.3 tickets for each) where BoringSSL keeps N sessions for the context. |
+| `UpstreamTlsContext.enforce_rsa_key_usage` | Accepted and ignored, as Envoy 1.40 ignores it (the field is deprecated). |
 | `SubjectAltNameMatcher.oid` | A dotted object identifier (`1.3.6.1.4.1.311.20.2.3`); BoringSSL's short and long names (`msUPN`) are refused. |
 | `DownstreamTlsContext.require_client_certificate` | Requires `validation_context.trusted_ca`, or certificate pins (`verify_certificate_hash`, `verify_certificate_spki`). |
 | `DownstreamTlsContext.session_timeout` | The lifetime of tickets, at most 7 days (TLS 1.3's limit; longer values are cut to it). The stateful (session id) cache keeps up to 20,480 sessions without a time limit of its own. |

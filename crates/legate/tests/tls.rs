@@ -913,6 +913,51 @@ fn upstream_tls_sni_validation_and_client_certificates() {
     }
 }
 
+/// Upstream TLS sessions resume on the next connection (the test upstream closes each one
+/// after its response), unless `max_session_keys` is 0.
+#[test]
+fn upstream_sessions_resume_unless_max_session_keys_is_0() {
+    let ca = Ca::new("upresume");
+    let server = ca.leaf("upstream", &["backend.example.com"]);
+    let backend = TlsUpstream::start(&server, None, &[]);
+    let clusters = [
+        cluster(
+            "resumed",
+            backend.addr,
+            &upstream_tls("        sni: backend.example.com\n"),
+        ),
+        cluster(
+            "not_resumed",
+            backend.addr,
+            &upstream_tls("        sni: backend.example.com\n        max_session_keys: 0\n"),
+        ),
+    ]
+    .concat();
+    let routes: String = ["resumed", "not_resumed"]
+        .iter()
+        .map(|c| format!("              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n"))
+        .collect();
+    let hcm = hcm("resumed").replace(
+        "              - match: { prefix: \"/\" }\n                route: { cluster: resumed }\n",
+        &routes,
+    );
+    let proxy = start_proxy(&bootstrap(
+        &listener("plain", "", &chain(&[&hcm])),
+        &clusters,
+    ));
+    for c in ["resumed", "not_resumed"] {
+        for _ in 0..3 {
+            let r = e2e::http_get(proxy.addr("plain"), &format!("/{c}"), &[]);
+            assert_eq!(r.status, 200, "{c}: {}", r.body);
+        }
+    }
+    let stat = |c: &str, n: &str| proxy.stat(&format!("cluster.{c}.ssl.{n}")).unwrap_or(0);
+    assert_eq!(stat("resumed", "handshake"), 3);
+    assert_eq!(stat("resumed", "session_reused"), 2);
+    assert_eq!(stat("not_resumed", "handshake"), 3);
+    assert_eq!(stat("not_resumed", "session_reused"), 0);
+}
+
 #[test]
 fn upstream_tls_offers_h2_by_alpn_to_http2_clusters() {
     if target_is_envoy() {
@@ -2005,9 +2050,18 @@ fn auto_sni_and_san_validation_take_the_name_from_each_request() {
             &(options("auto_sni: true, override_auto_sni_header: x-sni")
                 + &upstream_tls("        sni: configured.example.com\n")),
         ),
+        // The request's name, and a SAN matcher naming another host.
+        cluster(
+            "with_matchers",
+            backend.addr,
+            &(options("auto_sni: true, auto_san_validation: true")
+                + &upstream_tls(&format!(
+                    "{trusted}            match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: other.example.com}}}}]\n"
+                ))),
+        ),
     ]
     .concat();
-    let routes: String = ["validated", "overridden"]
+    let routes: String = ["validated", "overridden", "with_matchers"]
         .iter()
         .map(|c| format!("              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n"))
         .collect();
@@ -2059,4 +2113,10 @@ fn auto_sni_and_san_validation_take_the_name_from_each_request() {
         (200, "sni=configured.example.com alpn=")
     );
     assert_eq!(stat("overridden", "handshake"), 3);
+    // The request's name does not replace the SAN matchers: both apply, as in Envoy 1.40.
+    let r = get("/with_matchers", &[("host", "a.example.com")]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    eventually("SAN failure counted", || {
+        stat("with_matchers", "fail_verify_san") == 1
+    });
 }
