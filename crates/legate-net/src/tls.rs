@@ -54,6 +54,8 @@ pub struct DownstreamTls {
     config: Arc<ServerConfig>,
     /// `config` without ALPN, for hellos that offer none of `alpn_protocols`.
     without_alpn: Arc<ServerConfig>,
+    /// The client-certificate settings (shared with the verifier), for [`Self::attach_stats`].
+    validation: Option<Validation>,
     /// Listed by the admin `/certs` while this context lives.
     _certificates: Arc<legate_core::x509::ContextCertificates>,
 }
@@ -202,11 +204,16 @@ impl DownstreamTls {
                 )]);
             }
         };
-        let builder = match (roots, validation) {
+        // Envoy asks for a certificate whenever there is something to check it against, and
+        // insists on one when required, or when SAN matchers or pins must pass (not under
+        // ACCEPT_UNTRUSTED, which lets every failure through).
+        let accept_untrusted = validation.as_ref().is_some_and(|v| v.accept_untrusted);
+        let mandatory = require || (checks_peer && !accept_untrusted);
+        let builder = match (roots, validation.clone()) {
             (Some(roots), Some(validation)) => {
                 let mut v =
                     WebPkiClientVerifier::builder_with_provider(roots, params.provider.clone());
-                if !require && !checks_peer {
+                if !mandatory {
                     v = v.allow_unauthenticated();
                 }
                 if !validation.crls.is_empty() {
@@ -221,6 +228,7 @@ impl DownstreamTls {
                     Ok(inner) => builder.with_client_cert_verifier(Arc::new(ClientVerifier {
                         chain: Some(inner),
                         validation,
+                        mandatory,
                         provider: params.provider.clone(),
                     })),
                     Err(e) => {
@@ -235,6 +243,7 @@ impl DownstreamTls {
                 builder.with_client_cert_verifier(Arc::new(ClientVerifier {
                     chain: None,
                     validation,
+                    mandatory,
                     provider: params.provider.clone(),
                 }))
             }
@@ -282,6 +291,7 @@ impl DownstreamTls {
             selector,
             config: Arc::new(config),
             without_alpn: Arc::new(without_alpn),
+            validation,
             _certificates: legate_core::x509::ContextCertificates::register(
                 &common,
                 sds_certificates,
@@ -292,6 +302,14 @@ impl DownstreamTls {
     /// Whether some certificate comes from an SDS secret.
     pub fn uses_sds(&self) -> bool {
         self.uses_sds
+    }
+
+    /// The listener's `ssl.*` stats, where client-certificate failures that
+    /// `ACCEPT_UNTRUSTED` lets through are counted.
+    pub fn attach_stats(&self, stats: &SslStats) {
+        if let Some(v) = &self.validation {
+            v.attach_stats(stats);
+        }
     }
 
     /// The TLS handshake on an accepted connection, counted in `stats`, within `timeout`
@@ -565,18 +583,18 @@ fn count_staple(stats: &SslStats, requested: bool, action: StapleAction) {
 struct ClientVerifier {
     chain: Option<Arc<dyn ClientCertVerifier>>,
     validation: Validation,
+    /// A handshake without a certificate fails.
+    mandatory: bool,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
-        self.chain.as_ref().is_none_or(|c| c.offer_client_auth())
+        true
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.chain
-            .as_ref()
-            .is_none_or(|c| c.client_auth_mandatory())
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -589,10 +607,21 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if let Some(chain) = &self.chain {
-            chain.verify_client_cert(end_entity, intermediates, now)?;
-        }
-        self.validation.check_peer(end_entity)?;
+        let chain = self.chain.as_ref().map(|c| {
+            move |now| {
+                c.verify_client_cert(end_entity, intermediates, now)
+                    .map(|_| ())
+            }
+        });
+        self.validation.verify_peer(
+            end_entity,
+            intermediates,
+            now,
+            chain
+                .as_ref()
+                .map(|c| c as &dyn Fn(UnixTime) -> Result<(), rustls::Error>),
+            None,
+        )?;
         Ok(ClientCertVerified::assertion())
     }
 

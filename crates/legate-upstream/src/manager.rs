@@ -99,10 +99,11 @@ impl Cluster {
                 &scope,
                 "high",
             ),
-            ssl: config
-                .tls
-                .as_ref()
-                .map(|_| Box::new(legate_core::tls::SslStats::new(&scope))),
+            ssl: config.tls.as_ref().map(|tls| {
+                let ssl = legate_core::tls::SslStats::new(&scope);
+                tls.attach_stats(&ssl);
+                Box::new(ssl)
+            }),
             stats,
             added_via_api: false,
             membership: ArcSwap::from_pointee(membership),

@@ -210,6 +210,12 @@ impl UpstreamTls {
         })
     }
 
+    /// The cluster's `ssl.*` stats, where certificate failures that `ACCEPT_UNTRUSTED` lets
+    /// through are counted.
+    pub fn attach_stats(&self, stats: &legate_core::tls::SslStats) {
+        self.validation.attach_stats(stats);
+    }
+
     /// Takes a cluster's `upstream_http_protocol_options` (`auto_sni`, `auto_san_validation`,
     /// `override_auto_sni_header`).
     pub fn with_auto_name(mut self, options: Option<&UpstreamHttpProtocolOptions>) -> UpstreamTls {
@@ -355,8 +361,8 @@ impl ServerCertVerifier for Verifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         use rustls::CertificateError as C;
-        if let Some(inner) = &self.inner {
-            match inner.verify_server_cert(
+        let chain = self.inner.as_ref().map(|inner| {
+            move |now| match inner.verify_server_cert(
                 end_entity,
                 intermediates,
                 server_name,
@@ -367,18 +373,19 @@ impl ServerCertVerifier for Verifier {
                 Ok(_)
                 | Err(rustls::Error::InvalidCertificate(
                     C::NotValidForName | C::NotValidForNameContext { .. },
-                )) => {}
-                Err(e) => return Err(e),
+                )) => Ok(()),
+                Err(e) => Err(e),
             }
-        }
-        if let Some(name) = &self.san_override {
-            let carries_name = rustls::server::ParsedCertificate::try_from(end_entity)
-                .is_ok_and(|c| rustls::client::verify_server_name(&c, name).is_ok());
-            if !carries_name {
-                return Err(rustls::Error::InvalidCertificate(C::NotValidForName));
-            }
-        }
-        self.validation.check_peer(end_entity)?;
+        });
+        self.validation.verify_peer(
+            end_entity,
+            intermediates,
+            now,
+            chain
+                .as_ref()
+                .map(|c| c as &dyn Fn(UnixTime) -> Result<(), rustls::Error>),
+            self.san_override.as_ref(),
+        )?;
         Ok(ServerCertVerified::assertion())
     }
 

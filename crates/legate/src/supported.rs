@@ -924,6 +924,8 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "match_subject_alt_names",
                 "verify_certificate_hash",
                 "verify_certificate_spki",
+                "allow_expired_certificate",
+                "trust_chain_verification",
                 "crl",
                 "only_verify_leaf_cert_crl",
             ],
@@ -1103,6 +1105,7 @@ const NOTES: &str = "
 | `TlsParameters.ecdh_curves` | `X25519`, `P-256` and `P-384`; other curves are refused. |
 | `UpstreamTlsContext.max_session_keys` | 0 turns session resumption off, as in Envoy; N keeps the sessions of N server names (rustls's cache, with a few TLS 1.3 tickets for each) where BoringSSL keeps N sessions for the context. |
 | `UpstreamTlsContext.enforce_rsa_key_usage` | Accepted and ignored, as Envoy 1.40 ignores it (the field is deprecated). |
+| `CertificateValidationContext.allow_expired_certificate` | Requires `trusted_ca`, as in Envoy. A chain that fails only on a validity period is verified again at the latest start of the presented certificates' validity periods (BoringSSL ignores the expiry errors themselves): the chain passes when those periods overlap, and its CRLs are judged at that time too. |
 | `SubjectAltNameMatcher.oid` | A dotted object identifier (`1.3.6.1.4.1.311.20.2.3`); BoringSSL's short and long names (`msUPN`) are refused. |
 | `DownstreamTlsContext.require_client_certificate` | Requires `validation_context.trusted_ca`, or certificate pins (`verify_certificate_hash`, `verify_certificate_spki`). |
 | `DownstreamTlsContext.session_timeout` | The lifetime of tickets, at most 7 days (TLS 1.3's limit; longer values are cut to it). The stateful (session id) cache keeps up to 20,480 sessions without a time limit of its own. |

@@ -791,6 +791,15 @@ fn upstream_tls_sni_validation_and_client_certificates() {
                 validation(&other, "")
             )),
         ),
+        // Signed by a CA we do not trust, let through (and counted) by ACCEPT_UNTRUSTED.
+        cluster(
+            "lenient",
+            backend.addr,
+            &upstream_tls(&format!(
+                "        sni: backend.example.com\n        common_tls_context:\n{client_cert}{}",
+                validation(&other, "            trust_chain_verification: ACCEPT_UNTRUSTED\n")
+            )),
+        ),
         // Pinned, without a CA: the certificate's hash is all that is checked.
         cluster(
             "pin_right",
@@ -828,6 +837,7 @@ fn upstream_tls_sni_validation_and_client_certificates() {
         "no_client_cert",
         "pin_right",
         "pin_wrong",
+        "lenient",
     ]
         .iter()
         .map(|c| {
@@ -880,6 +890,10 @@ fn upstream_tls_sni_validation_and_client_certificates() {
     assert_eq!(stat("wrong_host", "handshake"), 0);
     assert_eq!(stat("pin_right", "handshake"), 1);
     assert_eq!(stat("pin_wrong", "fail_verify_cert_hash"), 1);
+    let r = e2e::http_get(addr, "/lenient", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(stat("lenient", "fail_verify_error"), 1);
+    assert_eq!(stat("lenient", "handshake"), 1);
     assert_eq!(
         proxy.stat("cluster.untrusted.upstream_cx_connect_fail"),
         Some(1)
@@ -1543,6 +1557,89 @@ fn resumed(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> bool {
     let kind = s.conn.handshake_kind();
     assert_eq!(https_get(&mut s, "/", name).unwrap().status, 200);
     kind == Some(rustls::HandshakeKind::Resumed)
+}
+
+/// `allow_expired_certificate` forgives a client certificate's validity period, and
+/// `trust_chain_verification: ACCEPT_UNTRUSTED` lets every failure through, counted, as in Envoy.
+#[test]
+fn expired_and_untrusted_client_certificates_by_the_validation_context() {
+    let ca = Ca::new("lenient");
+    let server = ca.leaf("server", &["lenient.example.com"]);
+    let good = ca.leaf("good", &["good.example.com"]);
+    let mut params = CertificateParams::new(vec!["old.example.com".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = ca.leaf_from("expired", params, KeyPair::generate().unwrap());
+    let stranger_ca = Ca::new("lenient-stranger");
+    let untrusted = stranger_ca.leaf("untrusted", &["untrusted.example.com"]);
+    let require = "          require_client_certificate: true\n";
+    let nope =
+        "              match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: nope}}]\n";
+    let untrusted_ok = format!("              trust_chain_verification: ACCEPT_UNTRUSTED\n{nope}");
+    // (listener, validation, extra, accepts [no certificate, good, expired, untrusted]).
+    let cases: Vec<(&str, String, &str, [bool; 4])> = vec![
+        (
+            "strict",
+            String::new(),
+            require,
+            [false, true, false, false],
+        ),
+        (
+            "expired_allowed",
+            "              allow_expired_certificate: true\n".into(),
+            require,
+            [false, true, true, false],
+        ),
+        (
+            "untrusted_accepted",
+            untrusted_ok.clone(),
+            require,
+            [false, true, true, true],
+        ),
+        (
+            "untrusted_optional",
+            untrusted_ok,
+            "",
+            [true, true, true, true],
+        ),
+    ];
+    let upstream = Upstream::start();
+    let listeners: String = cases
+        .iter()
+        .map(|(name, validation, extra, _)| mtls_listener(name, &ca, &server, validation, extra))
+        .collect();
+    let proxy = start_proxy(&bootstrap(&listeners, &cluster("app", upstream.addr, "")));
+    let host = "lenient.example.com";
+    for (name, _, _, accepts) in &cases {
+        let clients = [None, Some(&good), Some(&expired), Some(&untrusted)];
+        for ((i, cert), accepted) in clients.into_iter().enumerate().zip(accepts) {
+            let status = handshake(
+                proxy.addr(name),
+                client(ca.roots(), &[&rustls::version::TLS13], &[], cert),
+                host,
+            )
+            .and_then(|mut s| https_get(&mut s, "/", host))
+            .map(|r| r.status);
+            assert_eq!(status.is_ok(), *accepted, "{name}, client {i}: {status:?}");
+        }
+    }
+    let stat = |l: &str, n: &str| proxy.stat(&format!("listener.{l}.ssl.{n}")).unwrap_or(0);
+    // [handshake, fail_verify_no_cert, fail_verify_error, fail_verify_san]
+    for (name, counts) in [
+        ("strict", [1, 1, 2, 0]),
+        ("expired_allowed", [2, 1, 1, 0]),
+        ("untrusted_accepted", [3, 1, 2, 1]),
+        ("untrusted_optional", [4, 0, 2, 1]),
+    ] {
+        eventually(&format!("{name} counted"), || {
+            [
+                stat(name, "handshake"),
+                stat(name, "fail_verify_no_cert"),
+                stat(name, "fail_verify_error"),
+                stat(name, "fail_verify_san"),
+            ] == counts
+        });
+    }
 }
 
 /// TLS 1.3 session tickets are not sent on their own after the handshake: they leave with the

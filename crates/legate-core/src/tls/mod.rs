@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use legate_api::pb::envoy::config::core::v3::{DataSource, data_source};
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, TlsCertificate, TlsParameters, tls_parameters::TlsProtocol,
+    CertificateValidationContext, TlsCertificate, TlsParameters, certificate_validation_context,
+    tls_parameters::TlsProtocol,
 };
 use rustls::crypto::{CryptoProvider, SupportedKxGroup, aws_lc_rs};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, NamedGroup, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
 
@@ -386,6 +387,13 @@ pub struct Validation {
     pub only_leaf_crl: bool,
     /// SAN matchers and certificate pins.
     pub peer: PeerChecks,
+    /// `allow_expired_certificate`: a chain that fails only on validity periods passes.
+    pub allow_expired: bool,
+    /// `trust_chain_verification: ACCEPT_UNTRUSTED`: every failure is counted and let through.
+    pub accept_untrusted: bool,
+    /// The stats of the listener or cluster using these settings, where failures let through
+    /// are counted (set once that listener or cluster exists).
+    stats: Arc<std::sync::OnceLock<SslStats>>,
 }
 
 impl Validation {
@@ -430,12 +438,80 @@ impl Validation {
         let peer = errors
             .take("", PeerChecks::compile(v, roots.is_some()))
             .unwrap_or_default();
+        if v.allow_expired_certificate && roots.is_none() {
+            errors.push(
+                "allow_expired_certificate",
+                "Certificate validity period is always ignored without trusted CA",
+            );
+        }
         errors.finish(|| Validation {
             roots,
             crls,
             only_leaf_crl: v.only_verify_leaf_cert_crl,
             peer,
+            allow_expired: v.allow_expired_certificate,
+            accept_untrusted: v.trust_chain_verification
+                == certificate_validation_context::TrustChainVerification::AcceptUntrusted as i32,
+            stats: Arc::default(),
         })
+    }
+
+    /// Where failures let through by `ACCEPT_UNTRUSTED` are counted.
+    pub fn attach_stats(&self, stats: &SslStats) {
+        let _ = self.stats.set(stats.clone());
+    }
+
+    /// Envoy's verification of a peer's certificate (`DefaultCertValidator`): the chain, by
+    /// `chain` at a given time (`None` without `trusted_ca`) — again at a time all the
+    /// presented certificates are valid if it failed on validity periods only and
+    /// `allow_expired_certificate` is set — then `name` if given (an upstream's
+    /// `auto_san_validation`), then the SAN matchers and pins. Under `ACCEPT_UNTRUSTED` a
+    /// failure is counted and the certificate accepted (a chain that fails is not checked
+    /// further, as in Envoy).
+    pub fn verify_peer(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        chain: Option<&dyn Fn(UnixTime) -> Result<(), rustls::Error>>,
+        name: Option<&rustls::pki_types::ServerName<'_>>,
+    ) -> Result<(), rustls::Error> {
+        if let Some(chain) = chain {
+            let mut verified = chain(now);
+            if self.allow_expired
+                && verified.as_ref().is_err_and(is_validity_error)
+                && let Some(t) = common_validity(end_entity, intermediates)
+            {
+                verified = chain(t);
+            }
+            if let Err(e) = verified {
+                return self.let_through(e);
+            }
+        }
+        if let Some(name) = name {
+            let carries_name = rustls::server::ParsedCertificate::try_from(end_entity)
+                .is_ok_and(|c| rustls::client::verify_server_name(&c, name).is_ok());
+            if !carries_name {
+                return self.let_through(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                ));
+            }
+        }
+        match self.check_peer(end_entity) {
+            Err(e) => self.let_through(e),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// `Err(e)`, unless `ACCEPT_UNTRUSTED` lets it through (counted).
+    fn let_through(&self, e: rustls::Error) -> Result<(), rustls::Error> {
+        if !self.accept_untrusted {
+            return Err(e);
+        }
+        if let Some(stats) = self.stats.get() {
+            stats.verify_failed(&e);
+        }
+        Ok(())
     }
 
     /// The SAN matchers and pins on the peer's end-entity certificate (see [`peer`]).
@@ -444,6 +520,34 @@ impl Validation {
             .check(end_entity)
             .map_err(rustls::Error::InvalidCertificate)
     }
+}
+
+/// Whether a chain failed on a validity period (what `allow_expired_certificate` forgives).
+fn is_validity_error(e: &rustls::Error) -> bool {
+    use rustls::CertificateError as C;
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. }
+        )
+    )
+}
+
+/// A time at which every presented certificate is within its validity period (the latest
+/// start), if there is one.
+fn common_validity(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> Option<UnixTime> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (mut start, mut end) = (i64::MIN, i64::MAX);
+    for der in std::iter::once(end_entity).chain(intermediates) {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        start = start.max(cert.validity().not_before.timestamp());
+        end = end.min(cert.validity().not_after.timestamp());
+    }
+    let secs = u64::try_from(start).ok()?;
+    (start <= end).then(|| UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs)))
 }
 
 /// Envoy's wording of a failed handshake (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`, logs):
@@ -549,18 +653,25 @@ impl SslStats {
     /// verification has its own counter and is not a `connection_error`; a peer that just
     /// closed (no TLS error) is neither.
     pub fn handshake_failed(&self, e: &std::io::Error) {
-        match tls_error(e) {
-            Some(rustls::Error::NoCertificatesPresented) => self.fail_verify_no_cert.inc(),
-            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Some(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            )) => self.fail_verify_san.inc(),
-            Some(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            )) => self.fail_verify_cert_hash.inc(),
-            Some(rustls::Error::InvalidCertificate(_)) => self.fail_verify_error.inc(),
-            Some(_) => self.connection_error.inc(),
-            None => {}
+        if let Some(e) = tls_error(e) {
+            self.verify_failed(e);
+        }
+    }
+
+    /// Counts a TLS error: a failed verification in its own counter, anything else as a
+    /// `connection_error`.
+    pub fn verify_failed(&self, e: &rustls::Error) {
+        use rustls::CertificateError as C;
+        match e {
+            rustls::Error::NoCertificatesPresented => self.fail_verify_no_cert.inc(),
+            rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            ) => self.fail_verify_san.inc(),
+            rustls::Error::InvalidCertificate(C::ApplicationVerificationFailure) => {
+                self.fail_verify_cert_hash.inc()
+            }
+            rustls::Error::InvalidCertificate(_) => self.fail_verify_error.inc(),
+            _ => self.connection_error.inc(),
         }
     }
 }

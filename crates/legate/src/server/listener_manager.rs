@@ -529,11 +529,13 @@ impl ListenerManager {
             ),
             chains,
             rbac,
-            ssl: l
-                .filter_chains
-                .iter()
-                .any(|c| c.tls.is_some())
-                .then(|| legate_core::tls::SslStats::new(&listener_scope)),
+            ssl: l.filter_chains.iter().any(|c| c.tls.is_some()).then(|| {
+                let ssl = legate_core::tls::SslStats::new(&listener_scope);
+                for tls in l.filter_chains.iter().filter_map(|c| c.tls.as_ref()) {
+                    tls.attach_stats(&ssl);
+                }
+                ssl
+            }),
             config: l,
         });
         let config = &serving.config;
