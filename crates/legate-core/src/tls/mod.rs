@@ -569,6 +569,9 @@ pub fn failure_reason(e: &rustls::Error) -> String {
     format!("TLS_error:|{code}:SSL routines:OPENSSL_internal:{reason}:TLS_error_end")
 }
 
+/// A `ciphers.*`, `versions.*` or `curves.*` counter: its family, its name, the counter.
+type NegotiatedCounter = (&'static str, &'static str, Counter);
+
 /// Envoy's `ssl.*` stats of one context (`listener.<prefix>.ssl.`, `cluster.<name>.ssl.`).
 /// The per-handshake `ciphers.*`, `versions.*` and `curves.*` counters are created on first
 /// use, as Envoy's are.
@@ -577,7 +580,7 @@ pub struct SslStats {
     scope: Scope,
     /// The `ciphers.*`, `versions.*` and `curves.*` counters made so far (family, name): a
     /// handshake finds its three here rather than formatting and looking up their names.
-    negotiated: Arc<std::sync::Mutex<Vec<(&'static str, &'static str, Counter)>>>,
+    negotiated: Arc<std::sync::Mutex<Vec<NegotiatedCounter>>>,
     pub connection_error: Counter,
     pub handshake: Counter,
     pub session_reused: Counter,
