@@ -1618,11 +1618,37 @@ fn admin_prometheus_stats_carry_cluster_tags() {
     );
 }
 
+/// A client whose request says `connection: close` is closed as soon as it has the response,
+/// even if it keeps its side open (Envoy does not wait `delayed_close_timeout` for it).
+#[test]
+fn a_client_that_asked_to_close_is_closed_at_once() {
+    let (_upstream, proxy) = setup("", "", "          delayed_close_timeout: 30s\n");
+    let addr = proxy.addr("ingress");
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let _ = client.read_to_end(&mut seen);
+    assert!(seen.starts_with(b"HTTP/1.1 200"), "{seen:?}");
+    // The client still holds its socket; the proxy's side is gone.
+    let active = proxy.wait_stat(
+        "http.ingress_http.downstream_cx_active",
+        Duration::from_secs(2),
+        |v| v == 0,
+    );
+    assert_eq!(active, Some(0));
+    drop(client);
+}
+
 /// `delayed_close_timeout`: a connection the proxy closes after refusing a malformed request
 /// waits that long for the client to close; a client that does not is closed then, counting
-/// `downstream_cx_delayed_close_timeout`, as in Envoy. After a response with
-/// `connection: close` Envoy closes at once and counts nothing (Legate waits as well, without
-/// counting); a client that closes in time is not counted either.
+/// `downstream_cx_delayed_close_timeout`, as in Envoy. After a response to a request with
+/// `connection: close` the connection is closed at once and nothing is counted; a client that
+/// closes in time is not counted either.
 #[test]
 fn a_client_that_does_not_close_after_a_refusal_counts_a_delayed_close_timeout() {
     let (_upstream, proxy) = setup("", "", "          delayed_close_timeout: 0.3s\n");

@@ -103,7 +103,7 @@ struct Conn<T> {
 /// What follows an exchange.
 enum Next {
     Request,
-    Close,
+    Close(Closing),
     Upgraded(oneshot::Sender<Upgraded>),
 }
 
@@ -145,7 +145,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 // per request: an idle connection's future holds the wait only.
                 match Box::pin(self.answer(head, &service, shutdown)).await? {
                     Next::Request => {}
-                    Next::Close => return Ok(()),
+                    Next::Close(_) => return Ok(()),
                     Next::Upgraded(tx) => {
                         let _ = tx.send(Upgraded::new(Box::new(self.io), self.read.freeze()));
                         return Ok(());
@@ -216,15 +216,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
     ) -> Result<Next, Error> {
         let next = match head {
             Ok(Some(head)) => self.exchange(head, service, shutdown).await?,
-            Ok(None) => Next::Close,
+            Ok(None) => Next::Close(Closing::AfterResponse),
             Err(Error::Codec(refused)) => {
                 self.refuse(service.codec_error(refused)).await?;
                 return Err(Error::Codec(refused));
             }
             Err(e) => return Err(e),
         };
-        if let Next::Close = next {
-            self.close(Closing::AfterResponse).await?;
+        if let Next::Close(why) = next {
+            self.close(why).await?;
         }
         Ok(next)
     }
@@ -324,11 +324,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         if switching {
             return Ok(match upgrade_tx {
                 Some(tx) => Next::Upgraded(tx),
-                None => Next::Close,
+                None => Next::Close(Closing::AfterResponse),
             });
         }
         if close || !incoming.complete() || shutdown.is_requested() {
-            return Ok(Next::Close);
+            // The client said this was its last request and nothing of a next one has come.
+            let client_done = !keep_alive && incoming.complete() && self.read.is_empty();
+            return Ok(Next::Close(if client_done {
+                Closing::ClientDone
+            } else {
+                Closing::AfterResponse
+            }));
         }
         Ok(Next::Request)
     }
@@ -441,15 +447,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         self.close(Closing::AfterRefusal).await
     }
 
-    /// Flushes and closes the write side, then waits (up to `delayed_close_timeout`) for the
-    /// client to close, discarding what it still sends: a socket closed with unread bytes
-    /// resets the connection, and the client could lose the response. A wait that runs out
-    /// after a refusal counts `downstream_cx_delayed_close_timeout`, as Envoy's does (Envoy
-    /// closes a connection at once after a response with `connection: close`, so counts none
-    /// there).
+    /// Flushes and closes the write side, then — unless the client itself ended the
+    /// connection — waits (up to `delayed_close_timeout`) for the client to close, discarding
+    /// what it still sends: a socket closed with unread bytes resets the connection, and the
+    /// client could lose the response. A wait that runs out after a refusal counts
+    /// `downstream_cx_delayed_close_timeout`, as Envoy's does.
     async fn close(&mut self, why: Closing) -> Result<(), Error> {
         poll_fn(|cx| self.poll_flush(cx)).await?;
         poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await?;
+        if why == Closing::ClientDone {
+            return Ok(());
+        }
         let delayed_close = self.limits.delayed_close;
         let drain = async {
             loop {
@@ -496,6 +504,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
 /// Why the proxy closes a connection.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Closing {
+    /// The client asked to close (`connection: close`, or HTTP/1.0 without keep-alive) and
+    /// sent nothing after its request: closed at once, as Envoy closes it.
+    ClientDone,
     /// A response said `connection: close` (or the connection drains).
     AfterResponse,
     /// A request was refused (a codec error).
