@@ -613,15 +613,8 @@ impl ClientCertVerifier for ClientVerifier {
                     .map(|_| ())
             }
         });
-        self.validation.verify_peer(
-            end_entity,
-            intermediates,
-            now,
-            chain
-                .as_ref()
-                .map(|c| c as &dyn Fn(UnixTime) -> Result<(), rustls::Error>),
-            None,
-        )?;
+        self.validation
+            .verify_peer(end_entity, intermediates, now, chain, None)?;
         Ok(ClientCertVerified::assertion())
     }
 

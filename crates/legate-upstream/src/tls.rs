@@ -381,9 +381,7 @@ impl ServerCertVerifier for Verifier {
             end_entity,
             intermediates,
             now,
-            chain
-                .as_ref()
-                .map(|c| c as &dyn Fn(UnixTime) -> Result<(), rustls::Error>),
+            chain,
             self.san_override.as_ref(),
         )?;
         Ok(ServerCertVerified::assertion())

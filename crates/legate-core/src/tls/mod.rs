@@ -473,10 +473,10 @@ impl Validation {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-        chain: Option<&dyn Fn(UnixTime) -> Result<(), rustls::Error>>,
+        chain: Option<impl Fn(UnixTime) -> Result<(), rustls::Error>>,
         name: Option<&rustls::pki_types::ServerName<'_>>,
     ) -> Result<(), rustls::Error> {
-        if let Some(chain) = chain {
+        if let Some(chain) = &chain {
             let mut verified = chain(now);
             if self.allow_expired
                 && verified.as_ref().is_err_and(is_validity_error)
