@@ -24,10 +24,9 @@
 
 use std::future::poll_fn;
 use std::io::{self, BufRead, IoSlice, Read, Write};
+use std::ops::DerefMut;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-
-use std::ops::DerefMut;
 
 use rustls::{ClientConnection, ConnectionCommon, ProtocolVersion, ServerConnection, SideData};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
