@@ -163,7 +163,11 @@ impl DownstreamTls {
             }
             accepts.push(v.peer.identity().to_vec());
             accepts.extend(v.crls.iter().map(|c| c.to_vec()));
-            accepts.push(vec![u8::from(v.only_leaf_crl)]);
+            accepts.push(vec![
+                u8::from(v.only_leaf_crl),
+                u8::from(v.allow_expired),
+                u8::from(v.accept_untrusted),
+            ]);
         }
         if !common.tls_certificate_sds_secret_configs.is_empty()
             && policy == OcspStaplePolicy::MustStaple

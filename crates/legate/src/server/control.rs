@@ -113,7 +113,8 @@ impl Control {
     /// Puts the bootstrap in force: static clusters (with their EDS endpoints), CDS, static
     /// listeners, LDS. A static listener that cannot start is fatal, as in Envoy.
     pub fn start(&mut self, config: Config) -> Result<(), String> {
-        self.apply_static_clusters(config.clusters);
+        let (_, _, stale) = self.apply_static_clusters(config.clusters);
+        debug_assert!(stale.is_empty(), "no static cluster exists before start-up");
         if self.sources.cds.is_some() {
             self.watch(Watched::Cds);
             self.load_cds();
@@ -200,9 +201,19 @@ impl Control {
                 return;
             }
         };
-        let (added, modified, removed) = self.apply_static_clusters(config.clusters);
+        // Make before break: the clusters the new listeners route to are in force before
+        // they start, and those only the old ones used go once they are replaced (a request
+        // in between would find its route's cluster gone: 503, `cluster_not_found`).
+        let (added, modified, stale) = self.apply_static_clusters(config.clusters);
         self.warm();
         let applied = self.listeners.commit(prepared);
+        let removed = if stale.is_empty() {
+            0
+        } else {
+            let (_, _, removed) = self.update_clusters(Vec::new(), stale, false);
+            self.refresh_cluster_dump();
+            removed
+        };
         tracing::info!(
             "caught SIGHUP: configuration reloaded (listeners {applied}; clusters added: {added}, modified: {modified}, removed: {removed})"
         );
@@ -218,13 +229,13 @@ impl Control {
         self.listeners.draining()
     }
 
-    /// Puts the bootstrap's clusters in force: new and changed ones in, missing ones out
-    /// (static ones only); returns how many were added, modified and removed. A name CDS
-    /// held becomes static.
+    /// Puts the bootstrap's new and changed clusters in force; returns how many were added
+    /// and modified, and the static clusters it no longer has, for the caller to remove
+    /// (after the listeners that route to them are replaced). A name CDS held becomes static.
     fn apply_static_clusters(
         &mut self,
         clusters: Vec<Resource<ClusterConfig>>,
-    ) -> (usize, usize, usize) {
+    ) -> (usize, usize, Vec<String>) {
         let names: HashSet<String> = clusters.iter().map(|c| c.config.name.clone()).collect();
         let remove: Vec<String> = self
             .static_clusters
@@ -242,10 +253,10 @@ impl Control {
                 upsert.push(config);
             }
         }
-        let summary = self.update_clusters(upsert, remove, false);
+        let (added, modified, _) = self.update_clusters(upsert, Vec::new(), false);
         self.static_clusters = records;
         self.refresh_cluster_dump();
-        summary
+        (added, modified, remove)
     }
 
     /// Replaces and removes clusters in one swap, EDS clusters with their endpoints read
