@@ -113,11 +113,6 @@ where
         &self.conn
     }
 
-    /// The socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
-    }
-
     /// Sends what rustls has queued, as far as the socket takes it.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut io = Socket {

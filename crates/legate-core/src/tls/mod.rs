@@ -497,8 +497,8 @@ impl Validation {
                 ));
             }
         }
-        match self.check_peer(end_entity) {
-            Err(e) => self.let_through(e),
+        match self.peer.check(end_entity) {
+            Err(e) => self.let_through(rustls::Error::InvalidCertificate(e)),
             Ok(()) => Ok(()),
         }
     }
@@ -512,13 +512,6 @@ impl Validation {
             stats.verify_failed(&e);
         }
         Ok(())
-    }
-
-    /// The SAN matchers and pins on the peer's end-entity certificate (see [`peer`]).
-    pub fn check_peer(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-        self.peer
-            .check(end_entity)
-            .map_err(rustls::Error::InvalidCertificate)
     }
 }
 
