@@ -22,50 +22,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::downstream_tls_context::OcspStaplePolicy;
-use legate_core::ocsp::OcspResponse;
+use rustls::SignatureScheme;
 use rustls::server::ClientHello;
 use rustls::sign::CertifiedKey;
-use rustls::{SignatureAlgorithm, SignatureScheme};
 
-use crate::sds::CertificateSecret;
-
-/// One certificate a context can serve.
-#[derive(Debug, Clone)]
-pub struct ServedCert {
-    pub key: Arc<CertifiedKey>,
-    /// `key` with its `ocsp_staple`, and the parsed response.
-    pub stapled: Option<(Arc<CertifiedKey>, Arc<OcspResponse>)>,
-    /// The certificate carries the TLS feature extension with `status_request`.
-    pub must_staple: bool,
-    /// The names it serves ([`legate_core::x509::server_name_patterns`]), read once.
-    pub names: Vec<String>,
-}
-
-impl ServedCert {
-    pub fn plain(key: Arc<CertifiedKey>) -> ServedCert {
-        ServedCert {
-            names: names_of(&key),
-            key,
-            stapled: None,
-            must_staple: false,
-        }
-    }
-
-    fn is_ecdsa(&self) -> bool {
-        self.key.key.algorithm() == SignatureAlgorithm::ECDSA
-    }
-
-    fn serves(&self, pattern: &str) -> bool {
-        self.names.iter().any(|n| n == pattern)
-    }
-}
-
-/// The SNI patterns of a certificate's leaf.
-pub fn names_of(key: &CertifiedKey) -> Vec<String> {
-    key.end_entity_cert()
-        .map(|c| legate_core::x509::server_name_patterns(c.as_ref()))
-        .unwrap_or_default()
-}
+use legate_core::tls::ServedCert;
+use legate_core::tls::sds::CertificateSecret;
 
 /// The wildcard pattern an SNI falls under: `.example.com` for `www.example.com` (Envoy looks
 /// from the second character for the dot, and wants something after it).

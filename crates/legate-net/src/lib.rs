@@ -7,7 +7,7 @@
 //! filters' configuration and byte moving ([`tcp_proxy`], [`pump`], [`direct_response`],
 //! [`rbac`]), the UDP proxy of UDP listeners ([`udp_proxy`]), and
 //! downstream TLS termination ([`tls`]): the certificate a handshake gets ([`cert_select`]),
-//! certificates from SDS files ([`sds`]), session resumption ([`session_ticket`]).
+//! certificates from SDS files ([`legate_core::tls::sds`]), session resumption ([`session_ticket`]).
 
 pub mod cert_select;
 pub mod direct_response;
@@ -18,7 +18,6 @@ pub mod listener_filter;
 pub mod proxy_protocol;
 pub mod pump;
 pub mod rbac;
-pub mod sds;
 pub mod session_ticket;
 pub mod tcp_proxy;
 pub mod tls;

@@ -13,6 +13,10 @@
 //! * Client certificates: `validation_context.trusted_ca` asks for one and verifies it if
 //!   given; `require_client_certificate` refuses a handshake without one, and so do SAN
 //!   matchers and certificate pins ([`legate_core::tls::peer`]), which pins do without a CA.
+//! * Validation settings from SDS (`validation_context_sds_secret_config`,
+//!   `combined_validation_context`): the configurations are built again when the secret
+//!   changes ([`Validated`]), with fresh session caches and ticket contexts, as Envoy builds a
+//!   new context: a session from the old CA is not resumed under the new one.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,15 +24,14 @@ use std::time::{Duration, SystemTime};
 use legate_api::pb::envoy::config::core::v3::TransportSocket;
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
     DownstreamTlsContext, TlsCertificate,
-    common_tls_context::ValidationContextType,
     downstream_tls_context::{OcspStaplePolicy, SessionTicketKeysType},
 };
 use legate_core::ocsp::{self, OcspResponse};
-use legate_core::tls::{self, Side, SslStats, Validation};
+use legate_core::tls::sds::{CertificateSecret, Validated};
+use legate_core::tls::{self, ServedCert, Side, SslStats, Validation};
 use legate_core::x509::TlsInfo;
 
-use crate::cert_select::{CertSelector, Chosen, ServedCert, StapleAction};
-use crate::sds::CertificateSecret;
+use crate::cert_select::{CertSelector, Chosen, StapleAction};
 use crate::session_ticket::{self, TicketKeys};
 use crate::tls_inspector::{self, DEFAULT_MAX_CLIENT_HELLO_SIZE, Inspection};
 use legate_core::{Compiled, ConfigError, Errors, within};
@@ -51,19 +54,34 @@ const UPSTREAM_TLS_CONTEXT: &str = "envoy.extensions.transport_sockets.tls.v3.Up
 pub struct DownstreamTls {
     uses_sds: bool,
     selector: CertSelector,
+    /// The rustls configurations, built again when an SDS validation secret changes.
+    configs: Arc<Validated<Configs>>,
+    /// Listed by the admin `/certs` while this context lives.
+    _certificates: Arc<legate_core::x509::ContextCertificates>,
+}
+
+/// A context's rustls configurations, built from its validation settings.
+struct Configs {
     config: Arc<ServerConfig>,
     /// `config` without ALPN, for hellos that offer none of `alpn_protocols`.
     without_alpn: Arc<ServerConfig>,
-    /// The client-certificate settings (shared with the verifier), for [`Self::attach_stats`].
-    validation: Option<Validation>,
-    /// Listed by the admin `/certs` while this context lives.
-    _certificates: Arc<legate_core::x509::ContextCertificates>,
+}
+
+/// What a context's configurations are built from, besides its validation settings.
+struct Settings {
+    ctx: DownstreamTlsContext,
+    params: tls::Params,
+    /// `require_client_certificate`.
+    require: bool,
+    /// The certificates served (or the names of their SDS secrets), for the session-id context.
+    served: Vec<Vec<u8>>,
+    alpn: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for DownstreamTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DownstreamTls")
-            .field("alpn_protocols", &self.config.alpn_protocols)
+            .field("uses_sds", &self.uses_sds)
             .finish_non_exhaustive()
     }
 }
@@ -132,43 +150,10 @@ impl DownstreamTls {
                 "No TLS certificates found for server context",
             );
         }
-        let validation = match &common.validation_context_type {
-            None => None,
-            Some(ValidationContextType::ValidationContext(v)) => errors.take(
-                "common_tls_context.validation_context",
-                Validation::compile(v),
-            ),
-            Some(_) => {
-                errors.push(
-                    "common_tls_context",
-                    "only an inline validation_context is supported by Legate",
-                );
-                None
-            }
-        };
         let require = ctx
             .require_client_certificate
             .as_ref()
             .is_some_and(|v| v.value);
-        let roots = validation.as_ref().and_then(|v| v.roots.clone());
-        // What decides which clients this context accepts goes into its session-id context,
-        // as Envoy hashes its validation settings into it: a ticket is only resumed by a
-        // context that would have accepted the same client.
-        let mut accepts: Vec<Vec<u8>> = vec![vec![u8::from(require)]];
-        if let Some(v) = &validation {
-            for ta in v.roots.iter().flat_map(|r| r.roots.iter()) {
-                accepts.push(ta.subject.to_vec());
-                accepts.push(ta.subject_public_key_info.to_vec());
-                accepts.extend(ta.name_constraints.as_ref().map(|n| n.to_vec()));
-            }
-            accepts.push(v.peer.identity().to_vec());
-            accepts.extend(v.crls.iter().map(|c| c.to_vec()));
-            accepts.push(vec![
-                u8::from(v.only_leaf_crl),
-                u8::from(v.allow_expired),
-                u8::from(v.accept_untrusted),
-            ]);
-        }
         if !common.tls_certificate_sds_secret_configs.is_empty()
             && policy == OcspStaplePolicy::MustStaple
         {
@@ -185,85 +170,29 @@ impl DownstreamTls {
                 "SDS and non-SDS TLS certificates may not be mixed in server contexts",
             );
         }
-        // SAN matchers and pins make a certificate mandatory, as in Envoy; pins work without
-        // `trusted_ca` (the certificate is then checked against them alone).
-        let checks_peer = validation.as_ref().is_some_and(|v| !v.peer.is_empty());
-        if require && roots.is_none() && !checks_peer {
-            errors.push(
-                "require_client_certificate",
-                "requiring a client certificate needs common_tls_context.validation_context.trusted_ca in Legate",
-            );
-        }
-        if !errors.0.is_empty() {
-            return Err(errors.0);
-        }
-        let builder = match ServerConfig::builder_with_provider(params.provider.clone())
-            .with_protocol_versions(&params.versions)
-        {
-            Ok(b) => b,
-            Err(e) => {
-                return Err(vec![ConfigError::new(
-                    "common_tls_context.tls_params",
-                    format!("inconsistent TLS parameters: {e}"),
-                )]);
-            }
+        // What the context serves goes into its session-id context (with what it accepts).
+        let served: Vec<Vec<u8>> = certs
+            .iter()
+            .flat_map(|c| c.key.cert.iter().map(|c| c.to_vec()))
+            .chain(secrets.iter().map(|s| s.name.as_bytes().to_vec()))
+            .collect();
+        let alpn: Vec<Vec<u8>> = common
+            .alpn_protocols
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        let settings = Settings {
+            ctx: ctx.clone(),
+            params,
+            require,
+            served,
+            alpn,
         };
-        // Envoy asks for a certificate whenever there is something to check it against, and
-        // insists on one when required, or when SAN matchers or pins must pass (not under
-        // ACCEPT_UNTRUSTED, which lets every failure through).
-        let accept_untrusted = validation.as_ref().is_some_and(|v| v.accept_untrusted);
-        let mandatory = require || (checks_peer && !accept_untrusted);
-        let builder = match (roots, validation.clone()) {
-            (Some(roots), Some(validation)) => {
-                let mut v =
-                    WebPkiClientVerifier::builder_with_provider(roots, params.provider.clone());
-                if !mandatory {
-                    v = v.allow_unauthenticated();
-                }
-                if !validation.crls.is_empty() {
-                    v = v
-                        .with_crls(validation.crls.iter().cloned())
-                        .enforce_revocation_expiration();
-                    if validation.only_leaf_crl {
-                        v = v.only_check_end_entity_revocation();
-                    }
-                }
-                match v.build() {
-                    Ok(inner) => builder.with_client_cert_verifier(Arc::new(ClientVerifier {
-                        chain: Some(inner),
-                        validation,
-                        mandatory,
-                        provider: params.provider.clone(),
-                    })),
-                    Err(e) => {
-                        return Err(vec![ConfigError::new(
-                            "common_tls_context.validation_context.trusted_ca",
-                            format!("Failed to load trusted CA certificates: {e}"),
-                        )]);
-                    }
-                }
-            }
-            (None, Some(validation)) if checks_peer => {
-                builder.with_client_cert_verifier(Arc::new(ClientVerifier {
-                    chain: None,
-                    validation,
-                    mandatory,
-                    provider: params.provider.clone(),
-                }))
-            }
-            _ => builder.with_no_client_auth(),
+        let configs = errors.take("", Validated::compile(&common, move |v| settings.build(v)));
+        let Some(configs) = configs.filter(|_| errors.0.is_empty()) else {
+            return Err(errors.0);
         };
         let uses_sds = !secrets.is_empty();
-        let context = session_ticket::context_id(
-            certs
-                .iter()
-                .flat_map(|c| c.key.cert.iter().map(|c| c.as_ref()))
-                .chain(secrets.iter().map(|s| s.name.as_bytes()))
-                .chain(accepts.iter().map(|a| a.as_slice())),
-        );
-        let Some(resumption) = errors.take("", Resumption::compile(ctx, context)) else {
-            return Err(errors.0);
-        };
         let sds_certificates = secrets
             .iter()
             .map(|s| {
@@ -277,29 +206,16 @@ impl DownstreamTls {
             policy,
             full_scan_on_sni_mismatch: ctx.full_scan_certs_on_sni_mismatch.is_some_and(|v| v.value),
         };
-        // The certificate is chosen before rustls sees the hello (`accept`); each handshake's
-        // configuration then carries it.
-        let mut config = builder.with_cert_resolver(Arc::new(Chosen(None)));
-        resumption.apply(&mut config);
-        // BoringSSL's default, and Envoy's unless `prefer_client_ciphers`: the server's order.
-        config.ignore_client_order = !ctx.prefer_client_ciphers;
-        config.alpn_protocols = common
-            .alpn_protocols
-            .iter()
-            .map(|p| p.as_bytes().to_vec())
-            .collect();
-        let mut without_alpn = config.clone();
-        without_alpn.alpn_protocols.clear();
+        let certificates = legate_core::x509::ContextCertificates::register(
+            &common,
+            sds_certificates,
+            configs.ca_secret(),
+        );
         Ok(DownstreamTls {
             uses_sds,
             selector,
-            config: Arc::new(config),
-            without_alpn: Arc::new(without_alpn),
-            validation,
-            _certificates: legate_core::x509::ContextCertificates::register(
-                &common,
-                sds_certificates,
-            ),
+            configs,
+            _certificates: certificates,
         })
     }
 
@@ -311,9 +227,7 @@ impl DownstreamTls {
     /// The listener's `ssl.*` stats, where client-certificate failures that
     /// `ACCEPT_UNTRUSTED` lets through are counted.
     pub fn attach_stats(&self, stats: &SslStats) {
-        if let Some(v) = &self.validation {
-            v.attach_stats(stats);
-        }
+        self.configs.attach_stats(stats);
     }
 
     /// The TLS handshake on an accepted connection, counted in `stats`, within `timeout`
@@ -335,7 +249,12 @@ impl DownstreamTls {
             // The certificate served, also for `%DOWNSTREAM_LOCAL_*%` and `By=` in
             // x-forwarded-client-cert.
             local = selection.key.clone();
-            let ours = &self.config.alpn_protocols;
+            let Some(configs) = self.configs.current() else {
+                return Err(std::io::Error::other(
+                    "the validation context's SDS secret has not arrived",
+                ));
+            };
+            let ours = &configs.config.alpn_protocols;
             let offered_ours = match hello.alpn() {
                 Some(mut offered) => {
                     ours.is_empty() || offered.any(|p| ours.iter().any(|o| o == p))
@@ -343,9 +262,9 @@ impl DownstreamTls {
                 None => true,
             };
             let base = if offered_ours {
-                &self.config
+                &configs.config
             } else {
-                &self.without_alpn
+                &configs.without_alpn
             };
             let mut config = ServerConfig::clone(base);
             config.cert_resolver = Arc::new(Chosen(selection.key));
@@ -384,6 +303,111 @@ impl DownstreamTls {
                 Err(HandshakeError::Failed(e))
             }
         }
+    }
+}
+
+impl Settings {
+    /// The configurations for `validation` (client certificates, session contexts).
+    fn build(&self, validation: Option<Validation>) -> Compiled<Configs> {
+        let roots = validation.as_ref().and_then(|v| v.roots.clone());
+        // What decides which clients this context accepts goes into its session-id context,
+        // as Envoy hashes its validation settings into it: a ticket is only resumed by a
+        // context that would have accepted the same client.
+        let mut accepts: Vec<Vec<u8>> = vec![vec![u8::from(self.require)]];
+        if let Some(v) = &validation {
+            for ta in v.roots.iter().flat_map(|r| r.roots.iter()) {
+                accepts.push(ta.subject.to_vec());
+                accepts.push(ta.subject_public_key_info.to_vec());
+                accepts.extend(ta.name_constraints.as_ref().map(|n| n.to_vec()));
+            }
+            accepts.push(v.peer.identity().to_vec());
+            accepts.extend(v.crls.iter().map(|c| c.to_vec()));
+            accepts.push(vec![
+                u8::from(v.only_leaf_crl),
+                u8::from(v.allow_expired),
+                u8::from(v.accept_untrusted),
+            ]);
+        }
+        // SAN matchers and pins make a certificate mandatory, as in Envoy; pins work without
+        // `trusted_ca` (the certificate is then checked against them alone).
+        let checks_peer = validation.as_ref().is_some_and(|v| !v.peer.is_empty());
+        if self.require && roots.is_none() && !checks_peer {
+            return Err(vec![ConfigError::new(
+                "require_client_certificate",
+                "requiring a client certificate needs common_tls_context.validation_context.trusted_ca in Legate",
+            )]);
+        }
+        let provider = &self.params.provider;
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&self.params.versions)
+            .map_err(|e| {
+                vec![ConfigError::new(
+                    "common_tls_context.tls_params",
+                    format!("inconsistent TLS parameters: {e}"),
+                )]
+            })?;
+        // Envoy asks for a certificate whenever there is something to check it against, and
+        // insists on one when required, or when SAN matchers or pins must pass (not under
+        // ACCEPT_UNTRUSTED, which lets every failure through).
+        let accept_untrusted = validation.as_ref().is_some_and(|v| v.accept_untrusted);
+        let mandatory = self.require || (checks_peer && !accept_untrusted);
+        let builder = match (roots, validation) {
+            (Some(roots), Some(validation)) => {
+                let mut v = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+                if !mandatory {
+                    v = v.allow_unauthenticated();
+                }
+                if !validation.crls.is_empty() {
+                    v = v
+                        .with_crls(validation.crls.iter().cloned())
+                        .enforce_revocation_expiration();
+                    if validation.only_leaf_crl {
+                        v = v.only_check_end_entity_revocation();
+                    }
+                }
+                let inner = v.build().map_err(|e| {
+                    vec![ConfigError::new(
+                        "common_tls_context.validation_context.trusted_ca",
+                        format!("Failed to load trusted CA certificates: {e}"),
+                    )]
+                })?;
+                builder.with_client_cert_verifier(Arc::new(ClientVerifier {
+                    chain: Some(inner),
+                    validation,
+                    mandatory,
+                    provider: provider.clone(),
+                }))
+            }
+            (None, Some(validation)) if checks_peer => {
+                builder.with_client_cert_verifier(Arc::new(ClientVerifier {
+                    chain: None,
+                    validation,
+                    mandatory,
+                    provider: provider.clone(),
+                }))
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let context = session_ticket::context_id(
+            self.served
+                .iter()
+                .chain(accepts.iter())
+                .map(|a| a.as_slice()),
+        );
+        let resumption = Resumption::compile(&self.ctx, context)?;
+        // The certificate is chosen before rustls sees the hello (`accept`); each handshake's
+        // configuration then carries it.
+        let mut config = builder.with_cert_resolver(Arc::new(Chosen(None)));
+        resumption.apply(&mut config);
+        // BoringSSL's default, and Envoy's unless `prefer_client_ciphers`: the server's order.
+        config.ignore_client_order = !self.ctx.prefer_client_ciphers;
+        config.alpn_protocols = self.alpn.clone();
+        let mut without_alpn = config.clone();
+        without_alpn.alpn_protocols.clear();
+        Ok(Configs {
+            config: Arc::new(config),
+            without_alpn: Arc::new(without_alpn),
+        })
     }
 }
 
@@ -500,7 +524,7 @@ fn served_cert(
     let mut stapled = CertifiedKey::clone(&key);
     stapled.ocsp = Some(der);
     Ok(ServedCert {
-        names: crate::cert_select::names_of(&key),
+        names: tls::names_of(&key),
         key,
         stapled: Some((Arc::new(stapled), Arc::new(response))),
         must_staple,

@@ -5,7 +5,10 @@
 //! As in Envoy, the server's certificate chain is verified only when `validation_context`
 //! gives a `trusted_ca` (without one any certificate is accepted, unless pinned by
 //! `verify_certificate_hash` / `verify_certificate_spki`), and its names only against the SAN
-//! matchers (not against `sni`). `sni` is sent as given. Without
+//! matchers (not against `sni`). The client certificate (at most one, as Envoy's client
+//! contexts) and the validation context may come from SDS files
+//! ([`legate_core::tls::sds`]); a new validation secret builds the configurations again.
+//! `sni` is sent as given. Without
 //! `alpn_protocols`, HTTP connections offer their protocol (`h2` or `http/1.1`) as Envoy's
 //! pools do, and tcp_proxy connections offer none.
 
@@ -13,9 +16,8 @@ use std::io;
 use std::sync::Arc;
 
 use legate_api::pb::envoy::config::core::v3::{TransportSocket, UpstreamHttpProtocolOptions};
-use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
-    UpstreamTlsContext, common_tls_context::ValidationContextType,
-};
+use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use legate_core::tls::sds::{CertificateSecret, Validated};
 use legate_core::tls::{self, Side, Validation};
 use legate_core::{Compiled, ConfigError, Errors};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -52,6 +54,16 @@ pub struct ConnectionName {
 /// A compiled `UpstreamTlsContext`.
 pub struct UpstreamTls {
     auto_name: Option<AutoName>,
+    /// The rustls configurations, built again when an SDS validation secret changes.
+    configs: Arc<Validated<Configs>>,
+    /// `sni`; without one, no SNI is sent (rustls needs a name: the host's IP, not sent).
+    server_name: ServerName<'static>,
+    /// Listed by the admin `/certs` while this context lives.
+    _certificates: Arc<legate_core::x509::ContextCertificates>,
+}
+
+/// A context's rustls configurations, built from its validation settings.
+struct Configs {
     /// The verification settings, for connections whose names come from requests.
     validation: Validation,
     roots_verifier: Option<Arc<WebPkiServerVerifier>>,
@@ -61,10 +73,6 @@ pub struct UpstreamTls {
     h1_config: Arc<ClientConfig>,
     /// For HTTP/2 connections (`h2` offered when `alpn_protocols` is empty).
     h2_config: Arc<ClientConfig>,
-    /// `sni`; without one, no SNI is sent (rustls needs a name: the host's IP, not sent).
-    server_name: ServerName<'static>,
-    /// Listed by the admin `/certs` while this context lives.
-    _certificates: Arc<legate_core::x509::ContextCertificates>,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -96,31 +104,29 @@ impl UpstreamTls {
         ) else {
             return Err(errors.0);
         };
-        let mut keys = Vec::new();
+        let mut cert = ClientCert::None;
         for (i, c) in common.tls_certificates.iter().enumerate() {
             if let Some(k) = errors.take(
                 &format!("common_tls_context.tls_certificates[{i}]"),
                 tls::certified_key(c, &params.provider),
             ) {
-                keys.push(k);
+                cert = ClientCert::Inline(k);
             }
         }
-        let validation = match &common.validation_context_type {
-            None => Validation::default(),
-            Some(ValidationContextType::ValidationContext(v)) => errors
-                .take(
-                    "common_tls_context.validation_context",
-                    Validation::compile(v),
-                )
-                .unwrap_or_default(),
-            Some(_) => {
-                errors.push(
-                    "common_tls_context",
-                    "only an inline validation_context is supported by Legate",
-                );
-                Validation::default()
+        for (i, c) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
+            match CertificateSecret::subscribe(c, &params.provider) {
+                Ok(s) => cert = ClientCert::Sds(s),
+                Err(e) => errors.0.push(e.within(&format!(
+                    "common_tls_context.tls_certificate_sds_secret_configs[{i}]"
+                ))),
             }
-        };
+        }
+        if common.tls_certificates.len() + common.tls_certificate_sds_secret_configs.len() > 1 {
+            errors.push(
+                "common_tls_context",
+                "Multiple TLS certificates are not supported for client contexts",
+            );
+        }
         let server_name = if ctx.sni.is_empty() {
             None
         } else {
@@ -132,88 +138,47 @@ impl UpstreamTls {
                 }
             }
         };
-        if !errors.0.is_empty() {
+        let secret_certificate = match &cert {
+            ClientCert::Sds(s) => {
+                let s = s.clone();
+                vec![Box::new(move || s.key()) as legate_core::x509::SecretCertificate]
+            }
+            _ => Vec::new(),
+        };
+        let settings = Settings {
+            params,
+            cert: Arc::new(cert),
+            sends_sni: server_name.is_some(),
+            max_session_keys: ctx.max_session_keys.as_ref().map(|v| v.value),
+            alpn: common
+                .alpn_protocols
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
+        };
+        let configs = errors.take("", Validated::compile(&common, move |v| settings.build(v)));
+        let Some(configs) = configs.filter(|_| errors.0.is_empty()) else {
             return Err(errors.0);
-        }
-        let roots_verifier = match &validation.roots {
-            Some(roots) => {
-                let mut builder = WebPkiServerVerifier::builder_with_provider(
-                    roots.clone(),
-                    params.provider.clone(),
-                );
-                if !validation.crls.is_empty() {
-                    builder = builder
-                        .with_crls(validation.crls.iter().cloned())
-                        .enforce_revocation_expiration();
-                    if validation.only_leaf_crl {
-                        builder = builder.only_check_end_entity_revocation();
-                    }
-                }
-                match builder.build() {
-                    Ok(inner) => Some(inner),
-                    Err(e) => {
-                        return Err(vec![ConfigError::new(
-                            "common_tls_context.validation_context.trusted_ca",
-                            format!("Failed to load trusted CA certificates: {e}"),
-                        )]);
-                    }
-                }
-            }
-            None => None,
         };
-        let verifier: Arc<dyn ServerCertVerifier> = Arc::new(Verifier {
-            inner: roots_verifier.clone(),
-            validation: validation.clone(),
-            san_override: None,
-            provider: params.provider.clone(),
-        });
-        let builder = match ClientConfig::builder_with_provider(params.provider.clone())
-            .with_protocol_versions(&params.versions)
-        {
-            Ok(b) => b,
-            Err(e) => {
-                return Err(vec![ConfigError::new(
-                    "common_tls_context.tls_params",
-                    format!("inconsistent TLS parameters: {e}"),
-                )]);
-            }
-        };
-        let mut config = builder
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_cert_resolver(Arc::new(ClientCerts { keys }));
-        // Envoy sends SNI only when `sni` is set.
-        config.enable_sni = server_name.is_some();
-        config.resumption = resumption(ctx.max_session_keys.as_ref().map(|v| v.value));
-        config.alpn_protocols = common
-            .alpn_protocols
-            .iter()
-            .map(|p| p.as_bytes().to_vec())
-            .collect();
-        let mut h1_config = config.clone();
-        let mut h2_config = config.clone();
-        if config.alpn_protocols.is_empty() {
-            h1_config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            h2_config.alpn_protocols = vec![b"h2".to_vec()];
-        }
+        let certificates = legate_core::x509::ContextCertificates::register(
+            &common,
+            secret_certificate,
+            configs.ca_secret(),
+        );
         Ok(UpstreamTls {
             auto_name: None,
-            validation,
-            roots_verifier,
-            config: Arc::new(config),
-            h1_config: Arc::new(h1_config),
-            h2_config: Arc::new(h2_config),
+            configs,
             server_name: server_name.unwrap_or(ServerName::IpAddress(
                 std::net::Ipv4Addr::UNSPECIFIED.into(),
             )),
-            _certificates: legate_core::x509::ContextCertificates::register(&common, Vec::new()),
+            _certificates: certificates,
         })
     }
 
     /// The cluster's `ssl.*` stats, where certificate failures that `ACCEPT_UNTRUSTED` lets
     /// through are counted.
     pub fn attach_stats(&self, stats: &legate_core::tls::SslStats) {
-        self.validation.attach_stats(stats);
+        self.configs.attach_stats(stats);
     }
 
     /// Takes a cluster's `upstream_http_protocol_options` (`auto_sni`, `auto_san_validation`,
@@ -269,10 +234,15 @@ impl UpstreamTls {
         protocol: Option<crate::pool::Protocol>,
         name: Option<&ConnectionName>,
     ) -> io::Result<ClientTlsStream> {
+        let Some(configs) = self.configs.current() else {
+            return Err(io::Error::other(
+                "the validation context's SDS secret has not arrived",
+            ));
+        };
         let config = match protocol {
-            None => &self.config,
-            Some(crate::pool::Protocol::Http1) => &self.h1_config,
-            Some(crate::pool::Protocol::Http2) => &self.h2_config,
+            None => &configs.config,
+            Some(crate::pool::Protocol::Http1) => &configs.h1_config,
+            Some(crate::pool::Protocol::Http2) => &configs.h2_config,
         };
         let Some(name) = name else {
             return handshake(stream, config.clone(), self.server_name.clone()).await;
@@ -289,8 +259,8 @@ impl UpstreamTls {
         named
             .dangerous()
             .set_certificate_verifier(Arc::new(Verifier {
-                inner: self.roots_verifier.clone(),
-                validation: self.validation.clone(),
+                inner: configs.roots_verifier.clone(),
+                validation: configs.validation.clone(),
                 san_override: name.san.clone(),
                 provider,
             }));
@@ -315,27 +285,106 @@ fn resumption(max_session_keys: Option<u32>) -> rustls::client::Resumption {
     }
 }
 
-/// The client certificate offered when the server asks for one: the first of
-/// `tls_certificates` the server's signature schemes allow.
+/// The client certificate offered when the server asks for one (Envoy's client contexts
+/// take at most one), if the server's signature schemes allow it.
 #[derive(Debug)]
-struct ClientCerts {
-    keys: Vec<Arc<CertifiedKey>>,
+enum ClientCert {
+    None,
+    Inline(Arc<CertifiedKey>),
+    /// The certificate the SDS secret holds when the server asks.
+    Sds(Arc<CertificateSecret>),
 }
 
-impl ResolvesClientCert for ClientCerts {
+impl ResolvesClientCert for ClientCert {
     fn resolve(
         &self,
         _root_hint_subjects: &[&[u8]],
         sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        self.keys
-            .iter()
-            .find(|k| k.key.choose_scheme(sigschemes).is_some())
-            .cloned()
+        let key = match self {
+            ClientCert::None => None,
+            ClientCert::Inline(k) => Some(k.clone()),
+            ClientCert::Sds(s) => s.key(),
+        };
+        key.filter(|k| k.key.choose_scheme(sigschemes).is_some())
     }
 
     fn has_certs(&self) -> bool {
-        !self.keys.is_empty()
+        !matches!(self, ClientCert::None)
+    }
+}
+
+/// What a context's configurations are built from, besides its validation settings.
+struct Settings {
+    params: tls::Params,
+    cert: Arc<ClientCert>,
+    /// `sni` is set.
+    sends_sni: bool,
+    max_session_keys: Option<u32>,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl Settings {
+    /// The configurations for `validation` (as Envoy, none: any certificate is accepted).
+    fn build(&self, validation: Option<Validation>) -> Compiled<Configs> {
+        let validation = validation.unwrap_or_default();
+        let provider = &self.params.provider;
+        let roots_verifier = match &validation.roots {
+            Some(roots) => {
+                let mut builder =
+                    WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone());
+                if !validation.crls.is_empty() {
+                    builder = builder
+                        .with_crls(validation.crls.iter().cloned())
+                        .enforce_revocation_expiration();
+                    if validation.only_leaf_crl {
+                        builder = builder.only_check_end_entity_revocation();
+                    }
+                }
+                Some(builder.build().map_err(|e| {
+                    vec![ConfigError::new(
+                        "common_tls_context.validation_context.trusted_ca",
+                        format!("Failed to load trusted CA certificates: {e}"),
+                    )]
+                })?)
+            }
+            None => None,
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = Arc::new(Verifier {
+            inner: roots_verifier.clone(),
+            validation: validation.clone(),
+            san_override: None,
+            provider: provider.clone(),
+        });
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&self.params.versions)
+            .map_err(|e| {
+                vec![ConfigError::new(
+                    "common_tls_context.tls_params",
+                    format!("inconsistent TLS parameters: {e}"),
+                )]
+            })?;
+        let mut config = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(self.cert.clone());
+        // Envoy sends SNI only when `sni` is set.
+        config.enable_sni = self.sends_sni;
+        config.resumption = resumption(self.max_session_keys);
+        config.alpn_protocols = self.alpn.clone();
+        let mut h1_config = config.clone();
+        let mut h2_config = config.clone();
+        if config.alpn_protocols.is_empty() {
+            h1_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            h2_config.alpn_protocols = vec![b"h2".to_vec()];
+        }
+        Ok(Configs {
+            validation,
+            roots_verifier,
+            config: Arc::new(config),
+            h1_config: Arc::new(h1_config),
+            h2_config: Arc::new(h2_config),
+        })
     }
 }
 

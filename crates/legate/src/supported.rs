@@ -896,6 +896,16 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "tls_certificate_sds_secret_configs",
                 "alpn_protocols",
                 "validation_context",
+                "validation_context_sds_secret_config",
+                "combined_validation_context",
+            ],
+        ),
+        (
+            TLS,
+            "CommonTlsContext.CombinedCertificateValidationContext",
+            &[
+                "default_validation_context",
+                "validation_context_sds_secret_config",
             ],
         ),
         (
@@ -904,7 +914,11 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             &["certificate_chain", "private_key", "ocsp_staple"],
         ),
         (TLS, "SdsSecretConfig", &["name", "sds_config"]),
-        (TLS, "Secret", &["name", "tls_certificate"]),
+        (
+            TLS,
+            "Secret",
+            &["name", "tls_certificate", "validation_context"],
+        ),
         (
             TLS,
             "TlsParameters",
@@ -1107,6 +1121,8 @@ const NOTES: &str = "
 | `UpstreamTlsContext.enforce_rsa_key_usage` | Accepted and ignored, as Envoy 1.40 ignores it (the field is deprecated). |
 | `CertificateValidationContext.allow_expired_certificate` | Requires `trusted_ca`, as in Envoy. A chain that fails only on a validity period is verified again at the latest start of the presented certificates' validity periods (BoringSSL ignores the expiry errors themselves): the chain passes when those periods overlap, and its CRLs are judged at that time too. |
 | `SubjectAltNameMatcher.oid` | A dotted object identifier (`1.3.6.1.4.1.311.20.2.3`); BoringSSL's short and long names (`msUPN`) are refused. |
+| `CommonTlsContext.validation_context_sds_secret_config`, `combined_validation_context` | The secret comes from a file source (`path_config_source`), re-read when it or the CA and CRL files it names are replaced. As Envoy builds a new context, each TLS context using the secret is built again from its `default_validation_context` merged with the secret's (protobuf merge: set fields replace, lists append), with fresh session caches and ticket contexts, so a session established under the old CA is not resumed; an update that one context cannot be built from is rejected for all (`sds.<name>.update_rejected`). Until the secret arrives, handshakes fail; a cluster added by CDS gets its secrets just after it is in force rather than warming first. |
+| `UpstreamTlsContext` certificates | At most one (`tls_certificates` or `tls_certificate_sds_secret_configs`), as Envoy's client contexts; an SDS certificate is read from the secret in force when the server asks for one. |
 | `DownstreamTlsContext.require_client_certificate` | Requires `validation_context.trusted_ca`, or certificate pins (`verify_certificate_hash`, `verify_certificate_spki`). |
 | `DownstreamTlsContext.session_timeout` | The lifetime of tickets, at most 7 days (TLS 1.3's limit; longer values are cut to it). The stateful (session id) cache keeps up to 20,480 sessions without a time limit of its own. |
 | `DownstreamTlsContext.session_ticket_keys` | Keys are 80 bytes as in Envoy; the first seals new tickets (AES-256-GCM under the key's last 32 bytes) and all open them. Tickets are shared between Legate listeners and processes with the same keys, not with Envoy (its ticket format is BoringSSL's). |

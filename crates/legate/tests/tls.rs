@@ -927,6 +927,101 @@ fn upstream_tls_sni_validation_and_client_certificates() {
     }
 }
 
+/// Upstream TLS with its client certificate and its validation context from one SDS file, as
+/// service meshes configure it: the certificate is presented (the upstream requires one), the
+/// upstream's certificate is verified against the secret's CA, under a default SAN matcher
+/// with `combined_validation_context`, and replacing the CA file changes the verdict for new
+/// connections.
+#[test]
+fn upstream_tls_takes_its_certificate_and_validation_context_from_sds() {
+    let ca = Ca::new("up-sds");
+    let other = Ca::new("up-sds-other");
+    let server = ca.leaf("upstream", &["backend.example.com"]);
+    let proxy_leaf = ca.leaf("proxy", &["proxy.example.com"]);
+    let backend = TlsUpstream::start(&server, Some(&ca), &[]);
+    let ca_file = ca.dir.join("current-ca.pem");
+    rename_into_place(&ca.ca_file(), &ca_file);
+    // A secrets file holds one secret (Envoy refuses a file with two).
+    let sds = ca.dir.join("sds.yaml");
+    std::fs::write(&sds, validation_secret(&ca_file, "1")).unwrap();
+    let certificate_file = ca.dir.join("sds-certificate.yaml");
+    std::fs::write(
+        &certificate_file,
+        format!(
+            "resources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: proxy\n  tls_certificate:\n    certificate_chain: {{filename: {}}}\n    private_key: {{filename: {}}}\n",
+            proxy_leaf.cert.display(),
+            proxy_leaf.key.display()
+        ),
+    )
+    .unwrap();
+    let certificate_sds = format!(
+        "          tls_certificate_sds_secret_configs:\n          - {{name: proxy, sds_config: {}}}\n",
+        sds_config(&certificate_file)
+    );
+    let combined = |san: &str| {
+        format!(
+            "          combined_validation_context:\n            default_validation_context:\n              match_typed_subject_alt_names:\n              - san_type: DNS\n                matcher: {{exact: {san}}}\n            validation_context_sds_secret_config: {{name: roots, sds_config: {}}}\n",
+            sds_config(&sds)
+        )
+    };
+    let tls = |validation: &str| {
+        upstream_tls(&format!(
+            "        common_tls_context:\n{certificate_sds}{validation}"
+        ))
+    };
+    let clusters = [
+        cluster(
+            "alone",
+            backend.addr,
+            &tls(&format!(
+                "          validation_context_sds_secret_config: {{name: roots, sds_config: {}}}\n",
+                sds_config(&sds)
+            )),
+        ),
+        cluster(
+            "combined",
+            backend.addr,
+            &tls(&combined("backend.example.com")),
+        ),
+        cluster(
+            "wrong_host",
+            backend.addr,
+            &tls(&combined("other.example.com")),
+        ),
+    ]
+    .concat();
+    let routes: String = ["alone", "combined", "wrong_host"]
+        .iter()
+        .map(|c| {
+            format!(
+                "              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n"
+            )
+        })
+        .collect();
+    let hcm = hcm("alone").replace(
+        "              - match: { prefix: \"/\" }\n                route: { cluster: alone }\n",
+        &routes,
+    );
+    let config = format!(
+        "node: {{id: edge, cluster: edge}}\n{}",
+        bootstrap(&listener("plain", "", &chain(&[&hcm])), &clusters)
+    );
+    let proxy = start_proxy(&config);
+    let addr = proxy.addr("plain");
+    let status = |path: &str| e2e::http_get(addr, path, &[]).status;
+    assert_eq!(status("/alone"), 200);
+    assert_eq!(status("/combined"), 200);
+    assert_eq!(status("/wrong_host"), 503);
+    let stat = |c: &str, n: &str| proxy.stat(&format!("cluster.{c}.ssl.{n}")).unwrap_or(0);
+    assert_eq!(stat("wrong_host", "fail_verify_san"), 1);
+
+    // Another CA in the file the secret names: the upstream's certificate is no longer trusted.
+    rename_into_place(&other.ca_file(), &ca_file);
+    eventually("the new CA in force", || status("/alone") == 503);
+    assert_eq!(status("/combined"), 503);
+    assert!(stat("combined", "fail_verify_error") >= 1);
+}
+
 /// Upstream TLS sessions resume on the next connection (the test upstream closes each one
 /// after its response), unless `max_session_keys` is 0.
 #[test]
@@ -1262,6 +1357,141 @@ fn certificates_from_sds_files_rotate_while_connections_stay_open() {
     std::fs::rename(&staged, &sds).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(presented(addr, &ca), Some(der(&one)));
+}
+
+/// An SDS config pointing at the secrets file `path`.
+fn sds_config(path: &Path) -> String {
+    format!(
+        "{{path_config_source: {{path: {}}}, resource_api_version: V3}}",
+        path.display()
+    )
+}
+
+/// A secrets file holding one `validation_context` secret named `roots`, trusting `ca_file`.
+fn validation_secret(ca_file: &Path, version: &str) -> String {
+    format!(
+        "version_info: \"{version}\"\nresources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: roots\n  validation_context:\n    trusted_ca: {{filename: {}}}\n",
+        ca_file.display()
+    )
+}
+
+/// Client certificates checked against a validation context from an SDS file, alone
+/// (`validation_context_sds_secret_config`) and under a default that adds a SAN matcher
+/// (`combined_validation_context`). Replacing the CA file the secret names changes which
+/// clients pass for new handshakes, a session from before the change is not resumed (the
+/// context is built anew, as Envoy builds a new one), and a broken update changes nothing.
+#[test]
+fn client_certificates_verified_by_a_validation_context_from_sds_that_rotates() {
+    let old = Ca::new("sds-old-ca");
+    let new = Ca::new("sds-new-ca");
+    let server = old.leaf("server", &["sds.example.com"]);
+    let old_client = old.leaf("client", &["client.example.com"]);
+    let old_other = old.leaf("other", &["other.example.com"]);
+    let new_client = new.leaf("client", &["client.example.com"]);
+    let ca_file = old.dir.join("current-ca.pem");
+    rename_into_place(&old.ca_file(), &ca_file);
+    let sds = old.dir.join("sds.yaml");
+    std::fs::write(&sds, validation_secret(&ca_file, "1")).unwrap();
+    let require = "          require_client_certificate: true\n";
+    let with_validation = |validation: &str| {
+        tls_socket(&[&server], require).replace(
+            "          common_tls_context:\n",
+            &format!("          common_tls_context:\n{validation}"),
+        )
+    };
+    let alone = with_validation(&format!(
+        "            validation_context_sds_secret_config: {{name: roots, sds_config: {}}}\n",
+        sds_config(&sds)
+    ));
+    let combined = with_validation(&format!(
+        "            combined_validation_context:\n              default_validation_context:\n                match_typed_subject_alt_names:\n                - san_type: DNS\n                  matcher: {{exact: client.example.com}}\n              validation_context_sds_secret_config: {{name: roots, sds_config: {}}}\n",
+        sds_config(&sds)
+    ));
+    let optional = alone.replace(require, "");
+    let upstream = Upstream::start();
+    let listeners = [
+        listener("alone", "", &chain(&[&alone, &hcm("app")])),
+        listener("optional", "", &chain(&[&optional, &hcm("app")])),
+        listener("combined", "", &chain(&[&combined, &hcm("app")])),
+    ]
+    .concat();
+    let config = format!(
+        "node: {{id: edge, cluster: edge}}\n{}",
+        bootstrap(&listeners, &cluster("app", upstream.addr, ""))
+    );
+    let proxy = start_proxy(&config);
+    let name = "sds.example.com";
+    let get = |listener: &str, cert: Option<&Leaf>| {
+        let config = client(old.roots(), &[&rustls::version::TLS13], &[], cert);
+        handshake(proxy.addr(listener), config, name)
+            .and_then(|mut s| https_get(&mut s, "/", name))
+            .map(|r| r.status)
+    };
+    assert_eq!(get("alone", Some(&old_client)), Ok(200));
+    assert_eq!(get("alone", Some(&old_other)), Ok(200));
+    assert!(get("alone", Some(&new_client)).is_err());
+    assert!(get("alone", None).is_err());
+    assert_eq!(get("combined", Some(&old_client)), Ok(200));
+    assert!(
+        get("combined", Some(&old_other)).is_err(),
+        "the default's SAN matcher"
+    );
+    assert!(get("combined", Some(&new_client)).is_err());
+
+    let stat = |l: &str, n: &str| proxy.stat(&format!("listener.{l}.ssl.{n}")).unwrap_or(0);
+    eventually("refusals counted", || {
+        stat("alone", "fail_verify_error") == 1 && stat("alone", "fail_verify_no_cert") == 1
+    });
+
+    // A session made under the old CA resumes while it is in force.
+    let store = Arc::new(rustls::client::ClientSessionMemoryCache::new(16));
+    let resuming = resuming_client(&old, &[&rustls::version::TLS13], &store);
+    assert!(!resumed(proxy.addr("optional"), resuming.clone(), name));
+    assert!(resumed(proxy.addr("optional"), resuming.clone(), name));
+
+    // The CA file the secret names is replaced: the new CA's clients pass, the old ones not.
+    rename_into_place(&new.ca_file(), &ca_file);
+    eventually("the new CA in force", || {
+        get("alone", Some(&new_client)) == Ok(200)
+    });
+    let refused = stat("alone", "fail_verify_error");
+    assert!(get("alone", Some(&old_client)).is_err());
+    assert_eq!(get("combined", Some(&new_client)), Ok(200));
+    assert!(get("combined", Some(&old_client)).is_err());
+    // The session from before is not resumed: the context is a new one, as in Envoy.
+    assert!(!resumed(proxy.addr("optional"), resuming, name));
+
+    // An update whose CA cannot be read is rejected: the CA in force stays.
+    let staged = old.dir.join("sds.staged");
+    std::fs::write(
+        &staged,
+        validation_secret(&old.dir.join("missing.pem"), "2"),
+    )
+    .unwrap();
+    std::fs::rename(&staged, &sds).unwrap();
+    eventually("the rejected update", || {
+        proxy.stat("sds.roots.update_rejected") == Some(1)
+    });
+    // So is a file with two secrets, or with another secret than the one named (as Envoy).
+    let good = validation_secret(&new.ca_file(), "3");
+    let two = good.clone() + &good["resources:\n".len() + good.find("resources:\n").unwrap()..];
+    for (i, bad) in [two, good.replace("name: roots", "name: other")]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&staged, bad).unwrap();
+        std::fs::rename(&staged, &sds).unwrap();
+        eventually("the rejected update", || {
+            proxy.stat("sds.roots.update_rejected") == Some(2 + i as u64)
+        });
+    }
+    assert_eq!(get("alone", Some(&new_client)), Ok(200));
+    assert!(get("alone", Some(&old_client)).is_err());
+    eventually("refusals counted", || {
+        stat("alone", "fail_verify_error") == refused + 2
+    });
+    assert_eq!(stat("combined", "fail_verify_san"), 1);
+    assert_eq!(stat("combined", "fail_verify_error"), 2);
 }
 
 /// A listener requiring client certificates from `ca`, with `validation` added to its

@@ -203,7 +203,7 @@ pub fn certs(_: &AdminState, _: &Query) -> Reply {
             Json::object()
                 .field(
                     "ca_cert",
-                    Json::Array(context.ca_cert.iter().map(details).collect()),
+                    Json::Array(context.ca_cert().iter().map(details).collect()),
                 )
                 .field(
                     "cert_chain",

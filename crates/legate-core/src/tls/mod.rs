@@ -21,8 +21,11 @@ use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, NamedGroup, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
 
 pub mod peer;
+pub mod sds;
+mod served;
 
 pub use peer::PeerChecks;
+pub use served::{ServedCert, names_of};
 
 use crate::stats::{Counter, Scope};
 use crate::{Compiled, ConfigError, Errors, within};
@@ -454,11 +457,6 @@ impl Validation {
                 == certificate_validation_context::TrustChainVerification::AcceptUntrusted as i32,
             stats: Arc::default(),
         })
-    }
-
-    /// Where failures let through by `ACCEPT_UNTRUSTED` are counted.
-    pub fn attach_stats(&self, stats: &SslStats) {
-        let _ = self.stats.set(stats.clone());
     }
 
     /// Envoy's verification of a peer's certificate (`DefaultCertValidator`): the chain, by

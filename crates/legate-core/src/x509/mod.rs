@@ -23,7 +23,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use names::rfc2253;
-pub use registry::{CertificateFile, ContextCertificates, SecretCertificate};
+pub use registry::{CertificateFile, ContextCertificates, SecretCa, SecretCertificate};
 
 /// One subject alternative name of a certificate, rendered as Envoy's `generalNameAsString`
 /// renders it (the form its SAN matchers and `%DOWNSTREAM_PEER_*_SAN%` see).

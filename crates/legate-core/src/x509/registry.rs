@@ -16,10 +16,15 @@ use super::CertificateInfo;
 /// of `trusted_ca`, and the leaf of each `tls_certificates` entry, each with the file it came
 /// from (`<inline>` for inline data), or the current certificate of each SDS secret.
 pub struct ContextCertificates {
-    pub ca_cert: Option<CertificateFile>,
+    ca_cert: Option<CertificateFile>,
+    /// The `trusted_ca` in force, for a validation context from an SDS secret.
+    ca_secret: Option<SecretCa>,
     cert_chain: Vec<CertificateFile>,
     secrets: Vec<SecretCertificate>,
 }
+
+/// The `trusted_ca` a validation context from an SDS secret has now.
+pub type SecretCa = Box<dyn Fn() -> Option<DataSource> + Send + Sync>;
 
 /// The certificate an SDS secret holds now (`None` before it arrives).
 pub type SecretCertificate = Box<dyn Fn() -> Option<Arc<CertifiedKey>> + Send + Sync>;
@@ -48,23 +53,13 @@ static CONTEXTS: Mutex<Vec<Weak<ContextCertificates>>> = Mutex::new(Vec::new());
 impl ContextCertificates {
     /// Reads the certificates of a compiled context (its files were read moments before, so
     /// an error here only drops the entry from `/certs`) and registers them for as long as the
-    /// returned handle lives. `secrets` give the certificates of its SDS secrets.
+    /// returned handle lives. `secrets` give the certificates of its SDS secrets, `ca_secret`
+    /// the CA of its SDS validation context.
     pub fn register(
         common: &CommonTlsContext,
         secrets: Vec<SecretCertificate>,
+        ca_secret: Option<SecretCa>,
     ) -> Arc<ContextCertificates> {
-        let first = |source: Option<&DataSource>| -> Option<CertificateFile> {
-            let source = source?;
-            let (_, path) = crate::tls::read_data_source(source).ok()?;
-            let der = crate::tls::certificates(source, "")
-                .ok()?
-                .into_iter()
-                .next()?;
-            Some(CertificateFile {
-                path,
-                details: CertificateInfo::parse(&der)?,
-            })
-        };
         let ca_cert = match &common.validation_context_type {
             Some(ValidationContextType::ValidationContext(v)) => first(v.trusted_ca.as_ref()),
             _ => None,
@@ -76,6 +71,7 @@ impl ContextCertificates {
             .collect();
         let context = Arc::new(ContextCertificates {
             ca_cert,
+            ca_secret,
             cert_chain,
             secrets,
         });
@@ -83,6 +79,18 @@ impl ContextCertificates {
         all.retain(|c| c.strong_count() > 0);
         all.push(Arc::downgrade(&context));
         context
+    }
+
+    /// The first certificate of the context's `trusted_ca` now. From an SDS secret its path
+    /// is `<inline>`, as for SDS certificates.
+    pub fn ca_cert(&self) -> Option<CertificateFile> {
+        match &self.ca_secret {
+            None => self.ca_cert.clone(),
+            Some(current) => first(current().as_ref()).map(|c| CertificateFile {
+                path: "<inline>".to_owned(),
+                ..c
+            }),
+        }
     }
 
     /// The context's certificates now. An SDS certificate's path is `<inline>`, as Envoy
@@ -107,4 +115,18 @@ impl ContextCertificates {
         let all = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
         all.iter().filter_map(Weak::upgrade).collect()
     }
+}
+
+/// The first certificate of a source, with the path it was read from.
+fn first(source: Option<&DataSource>) -> Option<CertificateFile> {
+    let source = source?;
+    let (_, path) = crate::tls::read_data_source(source).ok()?;
+    let der = crate::tls::certificates(source, "")
+        .ok()?
+        .into_iter()
+        .next()?;
+    Some(CertificateFile {
+        path,
+        details: CertificateInfo::parse(&der)?,
+    })
 }

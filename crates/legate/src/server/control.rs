@@ -22,11 +22,11 @@ use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use legate_api::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use legate_core::config_source::{FileSource, SubscriptionKind, SubscriptionStats};
 use legate_core::proto::bool_or;
+use legate_core::tls::sds::{self, Subscription};
 use legate_http::conn_manager::ProxyContext;
 use legate_http::rds::{Accepted, RdsSubscription};
 use legate_http::route::RouteTable;
 use legate_net::listener::ListenerConfig;
-use legate_net::sds::{CertificateSecret, tls_certificate};
 use legate_upstream::cluster::{EdsConfig, LocalityEndpoints, compile_endpoints};
 use legate_upstream::{ClusterConfig, ClusterUpdate};
 use legate_xds::FileWatcher;
@@ -150,9 +150,9 @@ impl Control {
                 self.load_rds(&source, subs);
             }
             Watched::Sds(source) => {
-                let secrets = CertificateSecret::live()
+                let secrets = sds::live()
                     .into_iter()
-                    .filter(|s| s.source == source)
+                    .filter(|s| *s.source() == source)
                     .collect();
                 self.load_secrets(&source, secrets);
             }
@@ -419,7 +419,10 @@ impl Control {
             Ok(r) => r,
             Err(failed) => return failed.count("cds", &source, &self.cds),
         };
-        match self.apply_cds(&response) {
+        let applied = self.apply_cds(&response);
+        // The SDS secrets of new clusters' TLS contexts.
+        self.feed_secrets();
+        match applied {
             Ok(()) => {
                 self.cds.accepted(&response.version_info);
                 lock(&self.dump).cds_version = response.version_info.clone();
@@ -543,20 +546,17 @@ impl Control {
     }
 
     /// Puts in force what listeners about to start need and nobody has fed yet: their RDS
-    /// tables and SDS certificates (their clusters are in force already).
+    /// tables and SDS secrets (their clusters are in force already, their secrets too).
     fn warm(&mut self) {
         self.feed_rds(unfed_subscriptions(&self.context));
         self.feed_secrets();
     }
 
-    /// Loads the certificates of SDS secrets that have none yet, and watches their files.
+    /// Loads the SDS secrets that have nothing in force yet, and watches their files.
     fn feed_secrets(&mut self) {
-        let mut by_source: HashMap<FileSource, Vec<Arc<CertificateSecret>>> = HashMap::new();
-        for s in CertificateSecret::live()
-            .into_iter()
-            .filter(|s| s.key().is_none())
-        {
-            by_source.entry(s.source.clone()).or_default().push(s);
+        let mut by_source: HashMap<FileSource, Vec<Arc<dyn Subscription>>> = HashMap::new();
+        for s in sds::live().into_iter().filter(|s| !s.installed()) {
+            by_source.entry(s.source().clone()).or_default().push(s);
         }
         for (source, secrets) in by_source {
             self.watch(Watched::Sds(source.clone()));
@@ -564,34 +564,44 @@ impl Control {
         }
     }
 
-    /// Reads `source` and installs the certificate of each of `secrets`.
-    fn load_secrets(&mut self, source: &FileSource, secrets: Vec<Arc<CertificateSecret>>) {
+    /// Reads `source` and installs each of `secrets`.
+    fn load_secrets(&mut self, source: &FileSource, secrets: Vec<Arc<dyn Subscription>>) {
         let response = read(&self.context, source, SECRET);
         for secret in secrets {
             let stats = SubscriptionStats::new(
-                &self.context.store.scope(&format!("sds.{}.", secret.name)),
+                &self.context.store.scope(&format!("sds.{}.", secret.name())),
                 SubscriptionKind::Lds,
             );
             stats.update_attempt.inc();
             let response = match &response {
                 Ok(r) => r,
                 Err(failed) => {
-                    failed.count(&format!("sds (secret '{}')", secret.name), source, &stats);
+                    failed.count(&format!("sds (secret '{}')", secret.name()), source, &stats);
                     continue;
                 }
             };
-            let certificate = response
-                .resources
-                .iter()
-                .filter_map(|any| Secret::decode(any.value.as_slice()).ok())
-                .find(|s| s.name == secret.name)
-                .ok_or_else(|| format!("no secret named '{}'", secret.name))
-                .and_then(|s| {
-                    tls_certificate(s)
-                        .ok_or_else(|| format!("secret '{}' is not a tls_certificate", secret.name))
-                })
-                .and_then(|c| secret.install(&c));
-            match certificate {
+            // As Envoy, a secrets file holds the one secret it is read for.
+            let installed = match &response.resources[..] {
+                [] => Err(format!(
+                    "Missing SDS resources for {} in onConfigUpdate()",
+                    secret.name()
+                )),
+                [any] => Secret::decode(any.value.as_slice())
+                    .map_err(|e| format!("unable to decode the secret: {e}"))
+                    .and_then(|s| {
+                        if s.name == secret.name() {
+                            secret.install(s)
+                        } else {
+                            Err(format!(
+                                "Unexpected SDS secret (expecting {}): {}",
+                                secret.name(),
+                                s.name
+                            ))
+                        }
+                    }),
+                more => Err(format!("Unexpected SDS secrets length: {}", more.len())),
+            };
+            match installed {
                 Ok(()) => {
                     stats.accepted(&response.version_info);
                     // A certificate file replaced by rename reloads the secret too.
@@ -607,10 +617,10 @@ impl Control {
                     stats.update_rejected.inc();
                     tracing::warn!(
                         "sds: secret '{}' from '{}' rejected{}: {e}",
-                        secret.name,
+                        secret.name(),
                         source.path,
-                        if secret.key().is_some() {
-                            ", the certificate in force stays"
+                        if secret.installed() {
+                            ", the version in force stays"
                         } else {
                             ""
                         }
