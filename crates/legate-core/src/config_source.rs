@@ -52,6 +52,30 @@ impl FileSource {
     }
 }
 
+impl FileSource {
+    /// [`Self::from_proto`] for a subscription that starts now: as Envoy, the file must
+    /// exist (it may change, or go and come back, afterwards).
+    pub fn subscribe(source: &ConfigSource) -> Result<FileSource, ConfigError> {
+        let file = FileSource::from_proto(source)?;
+        file.check_exists()?;
+        Ok(file)
+    }
+
+    /// Envoy's check of a file source when its subscription starts.
+    pub fn check_exists(&self) -> Result<(), ConfigError> {
+        if std::path::Path::new(&self.path).exists() {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            "",
+            format!(
+                "paths must refer to an existing path in the system: '{}' does not exist",
+                self.path
+            ),
+        ))
+    }
+}
+
 /// Which xDS subscription a set of stats belongs to: each has Envoy's own set of names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubscriptionKind {

@@ -25,9 +25,9 @@ use crate::route::RouteTable;
 /// Where an `rds` block takes its table from. Only file sources exist yet.
 pub type RdsSource = FileSource;
 
-/// Reads an `rds.config_source`.
+/// Reads an `rds.config_source` (its file must exist, as in Envoy).
 pub fn file_source(source: &ConfigSource) -> Result<RdsSource, ConfigError> {
-    FileSource::from_proto(source)
+    FileSource::subscribe(source)
 }
 
 /// An HCM's `rds` block.

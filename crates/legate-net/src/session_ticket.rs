@@ -1,6 +1,6 @@
 //! Stateless TLS session resumption: the ticket keys of a `DownstreamTlsContext`
-//! (`session_ticket_keys`), or, without them, a random key made when the context is built
-//! (BoringSSL's default, which Envoy keeps).
+//! (`session_ticket_keys`, or those an SDS secret holds now: [`SdsTicketKeys`]), or, without
+//! them, a random key made when the context is built (BoringSSL's default, which Envoy keeps).
 //!
 //! Envoy's key files carry 80 bytes each: a 16-byte name, a 32-byte HMAC key and a 32-byte AES
 //! key. The first key seals new tickets and every key opens them, so keys rotate by putting
@@ -18,8 +18,11 @@ use aws_lc_rs::digest::{Context, SHA256};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use rustls::server::ProducesTickets;
 
-/// The size of one Envoy session ticket key.
-pub const KEY_LEN: usize = 80;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use legate_core::tls::sds::{TICKET_KEY_LEN as KEY_LEN, TicketKeysSecret, check_ticket_key};
+
 const NAME_LEN: usize = 16;
 const AES_KEY_AT: usize = 48;
 const TAG_LEN: usize = 16;
@@ -83,12 +86,7 @@ impl TicketKeys {
 }
 
 fn ticket_key(data: &[u8]) -> Result<TicketKey, String> {
-    if data.len() != KEY_LEN {
-        return Err(format!(
-            "Incorrect TLS session ticket key length. Length {}, expected length {KEY_LEN}.",
-            data.len()
-        ));
-    }
+    check_ticket_key(data)?;
     let mut name = [0u8; NAME_LEN];
     name.copy_from_slice(&data[..NAME_LEN]);
     let key = UnboundKey::new(&AES_256_GCM, &data[AES_KEY_AT..])
@@ -97,6 +95,73 @@ fn ticket_key(data: &[u8]) -> Result<TicketKey, String> {
         name,
         key: LessSafeKey::new(key),
     })
+}
+
+/// A context's ticket keys from an SDS secret (`session_ticket_keys_sds_secret_config`): each
+/// ticket is sealed and opened with the keys in force, so a rotation takes effect at once.
+pub struct SdsTicketKeys {
+    secret: Arc<TicketKeysSecret>,
+    context: [u8; 32],
+    lifetime_secs: u32,
+    /// The keys made from the secret's version in force (by that version).
+    made: ArcSwapOption<(Arc<Vec<Vec<u8>>>, TicketKeys)>,
+}
+
+impl std::fmt::Debug for SdsTicketKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SdsTicketKeys")
+            .field("secret", &self.secret.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SdsTicketKeys {
+    pub fn new(secret: Arc<TicketKeysSecret>, context: [u8; 32], lifetime_secs: u32) -> Self {
+        SdsTicketKeys {
+            secret,
+            context,
+            lifetime_secs,
+            made: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The keys in force (`None` before the secret arrives).
+    fn keys(&self) -> Option<Arc<(Arc<Vec<Vec<u8>>>, TicketKeys)>> {
+        let current = self.secret.current()?;
+        if let Some(made) = self.made.load_full()
+            && Arc::ptr_eq(&made.0, &current)
+        {
+            return Some(made);
+        }
+        // The secret's keys were checked when it was installed.
+        let keys = TicketKeys::from_key_data(
+            current.iter().map(|k| &k[..]),
+            self.context,
+            self.lifetime_secs,
+        )
+        .ok()?;
+        let made = Arc::new((current, keys));
+        self.made.store(Some(made.clone()));
+        Some(made)
+    }
+}
+
+impl ProducesTickets for SdsTicketKeys {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.lifetime_secs
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.keys()?.1.encrypt(plain)
+    }
+
+    fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
+        self.keys()?.1.decrypt(ticket)
+    }
 }
 
 /// The session-id context of a server context: a digest of its certificates and its trusted

@@ -5,7 +5,8 @@
 //! * Several `tls_certificates` per context: the one served (and its OCSP staple) is chosen per
 //!   handshake by [`cert_select`](crate::cert_select), before rustls sees the hello.
 //! * Session resumption: tickets ([`session_ticket`](crate::session_ticket)) and a session
-//!   cache, as `session_ticket_keys` and the `disable_*_session_resumption` fields say.
+//!   cache, as `session_ticket_keys` (or `session_ticket_keys_sds_secret_config`) and the
+//!   `disable_*_session_resumption` fields say.
 //! * Revocation: `crl` (and CRLs in `trusted_ca`) for client certificates.
 //! * ALPN: the server picks from `alpn_protocols`. A client that offers none of them gets no
 //!   ALPN (BoringSSL's behaviour), not rustls's `no_application_protocol` alert: such hellos
@@ -27,18 +28,19 @@ use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
     downstream_tls_context::{OcspStaplePolicy, SessionTicketKeysType},
 };
 use legate_core::ocsp::{self, OcspResponse};
-use legate_core::tls::sds::{CertificateSecret, Validated};
+use legate_core::tls::sds::{CertificateSecret, TicketKeysSecret, Validated};
 use legate_core::tls::{self, ServedCert, Side, SslStats, Validation};
 use legate_core::x509::TlsInfo;
 
 use crate::cert_select::{CertSelector, Chosen, StapleAction};
-use crate::session_ticket::{self, TicketKeys};
+use crate::session_ticket::{self, SdsTicketKeys, TicketKeys};
 use crate::tls_inspector::{self, DEFAULT_MAX_CLIENT_HELLO_SIZE, Inspection};
 use legate_core::{Compiled, ConfigError, Errors, within};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{
-    Accepted, Acceptor, NoServerSessionStorage, ServerSessionMemoryCache, WebPkiClientVerifier,
+    Accepted, Acceptor, NoServerSessionStorage, ProducesTickets, ServerSessionMemoryCache,
+    WebPkiClientVerifier,
 };
 use rustls::sign::CertifiedKey;
 use rustls::{DistinguishedName, ServerConfig};
@@ -417,7 +419,7 @@ impl Settings {
 struct Resumption {
     /// `None`: `disable_stateless_session_resumption` (no tickets: TLS 1.3 sessions are not
     /// resumed, as BoringSSL resumes TLS 1.3 only from tickets).
-    tickets: Option<Arc<TicketKeys>>,
+    tickets: Option<Arc<dyn ProducesTickets>>,
     /// `disable_stateful_session_resumption`.
     stateful: bool,
 }
@@ -449,21 +451,20 @@ impl Resumption {
                 let keys =
                     TicketKeys::from_key_data(data.iter().map(|d| &d[..]), context, lifetime)
                         .map_err(|e| vec![ConfigError::new("session_ticket_keys", e)])?;
-                Some(keys)
+                Some(Arc::new(keys) as _)
             }
-            Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(_)) => {
-                return Err(vec![ConfigError::new(
-                    "session_ticket_keys_sds_secret_config",
-                    "session ticket keys from SDS are not supported by Legate",
-                )]);
+            Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(c)) => {
+                let secret = TicketKeysSecret::subscribe(c)
+                    .map_err(|e| vec![e.within("session_ticket_keys_sds_secret_config")])?;
+                Some(Arc::new(SdsTicketKeys::new(secret, context, lifetime)) as _)
             }
-            _ => Some(
+            _ => Some(Arc::new(
                 TicketKeys::random(context, lifetime)
                     .map_err(|e| vec![ConfigError::new("session_ticket_keys", e)])?,
-            ),
+            ) as _),
         };
         Ok(Resumption {
-            tickets: tickets.map(Arc::new),
+            tickets,
             stateful: !ctx.disable_stateful_session_resumption,
         })
     }

@@ -177,7 +177,7 @@ impl ClusterConfig {
                     let source = e
                         .eds_config
                         .as_ref()
-                        .map(FileSource::from_proto)
+                        .map(FileSource::subscribe)
                         .unwrap_or_else(|| {
                             Err(legate_core::ConfigError::new("", "eds_config is required"))
                         });

@@ -868,6 +868,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "common_tls_context",
                 "require_client_certificate",
                 "session_ticket_keys",
+                "session_ticket_keys_sds_secret_config",
                 "disable_stateless_session_resumption",
                 "disable_stateful_session_resumption",
                 "session_timeout",
@@ -917,7 +918,12 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
         (
             TLS,
             "Secret",
-            &["name", "tls_certificate", "validation_context"],
+            &[
+                "name",
+                "tls_certificate",
+                "validation_context",
+                "session_ticket_keys",
+            ],
         ),
         (
             TLS,
@@ -1110,7 +1116,7 @@ const NOTES: &str = "
 | `Listener.per_connection_buffer_limit_bytes`, `Cluster.per_connection_buffer_limit_bytes` | Validated, not applied as a byte count: bodies stream frame by frame with back-pressure, so a connection never buffers more than a frame or two. |
 | `HttpConnectionManager.drain_timeout` | When a listener drains, HTTP/2 connections get GOAWAY at once (without Envoy's two-step GOAWAY); HTTP/1.1 connections get `connection: close` on their next response, and one still idle `drain_timeout` after the drain began is closed. |
 | `HttpConnectionManager.delayed_close_timeout` | Applied to HTTP/1.1 connections the proxy closes (after `connection: close`, a refused request, a drain): the connection waits that long for the client to close, reading and discarding; a wait that runs out after a refused request counts `downstream_cx_delayed_close_timeout`, as in Envoy. A client that asked to close (its request's `connection: close`, or HTTP/1.0 without keep-alive) and sent nothing after that request is closed at once after the response, as Envoy closes it; when the proxy decides to close (the response's `connection: close`, a drain), Legate waits so that a client's pipelined bytes cannot turn the close into a reset, counting nothing. HTTP/2 connections close when hyper's codec has sent GOAWAY. |
-| `ConfigSource.initial_fetch_timeout` | Validated, not applied: a file source is read at once; a listener whose RDS file is missing or invalid starts without a table (404 until one arrives) rather than warming. |
+| `ConfigSource.initial_fetch_timeout` | Validated, not applied: a file source is read at once (it must exist when the configuration is loaded, as Envoy checks); a listener whose RDS file is invalid starts without a table (404 until a valid one arrives) rather than warming. |
 | `PathConfigSource` (LDS, CDS, RDS, EDS files) | Files are watched for renames onto them (inotify), as Envoy does; writes in place are not seen. Beyond Envoy: SIGHUP re-reads the bootstrap and applies the difference in its static listeners and clusters (changes to `dynamic_resources`, `admin` and stats sinks need a restart). |
 | `TlsInspector.initial_read_buffer_size` | Validated, not applied: Legate peeks up to the hello's size bound (`max_client_hello_size`) at once. |
 | `Listener.listener_filters` and a half-close | Envoy closes a connection (`downstream_listener_filter_remote_close`) when the client's FIN arrives while the listener filters still run, even with all the bytes they need before it (a PROXY header, the data and FIN in one write); Legate decides on the bytes that came and serves the connection, so nothing the client sent is lost. |
@@ -1125,6 +1131,7 @@ const NOTES: &str = "
 | `UpstreamTlsContext` certificates | At most one (`tls_certificates` or `tls_certificate_sds_secret_configs`), as Envoy's client contexts; an SDS certificate is read from the secret in force when the server asks for one. |
 | `DownstreamTlsContext.require_client_certificate` | Requires `validation_context.trusted_ca`, or certificate pins (`verify_certificate_hash`, `verify_certificate_spki`). |
 | `DownstreamTlsContext.session_timeout` | The lifetime of tickets, at most 7 days (TLS 1.3's limit; longer values are cut to it). The stateful (session id) cache keeps up to 20,480 sessions without a time limit of its own. |
+| `DownstreamTlsContext.session_ticket_keys_sds_secret_config` | The keys come from a file source, re-read when it is replaced (and, beyond Envoy 1.40, which does not, when a key file it names is replaced); each ticket is sealed and opened with the keys in force, so a rotation takes effect at once (Envoy builds a new context, which also empties its TLS 1.2 session-id cache; Legate keeps that cache). Until the secret arrives, no ticket is issued or accepted. |
 | `DownstreamTlsContext.session_ticket_keys` | Keys are 80 bytes as in Envoy; the first seals new tickets (AES-256-GCM under the key's last 32 bytes) and all open them. Tickets are shared between Legate listeners and processes with the same keys, not with Envoy (its ticket format is BoringSSL's). |
 | `CertificateValidationContext.crl` | Requires `trusted_ca`. As Envoy (BoringSSL `CRL_CHECK_ALL`), once a CRL is loaded every certificate of the peer's chain needs its issuer's CRL, and an expired CRL fails verification; CRLs inside the `trusted_ca` file are used too. |
 | `UdpSocketConfig.prefer_gro` | Legate reads one datagram at a time (no GRO); as with Envoy's GRO buffer, `prefer_gro: true` (the default of `UdpProxyConfig.upstream_socket_config`) reads datagrams of any size, so `max_rx_datagram_size` limits only sockets with `prefer_gro: false` (the default of `udp_listener_config.downstream_socket_config`). |

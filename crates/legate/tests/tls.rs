@@ -1987,6 +1987,85 @@ fn sessions_resume_across_listeners_sharing_ticket_keys() {
     assert_eq!(stat("a") + stat("c"), 0);
 }
 
+/// Session ticket keys from an SDS file (`session_ticket_keys_sds_secret_config`): listeners
+/// naming the secret resume each other's sessions, and keys rotate with new versions of the
+/// secret (the first key seals, all open), as with inline keys.
+#[test]
+fn session_ticket_keys_from_sds_are_shared_and_rotate() {
+    let ca = Ca::new("sds-tickets");
+    let server = ca.leaf("server", &["tickets.example.com"]);
+    let key = |file: &str, fill: u8| {
+        let path = ca.dir.join(file);
+        std::fs::write(
+            &path,
+            (0..80u8)
+                .map(|i| i.wrapping_mul(7) ^ fill)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        path
+    };
+    let secret = |keys: &[&Path]| {
+        let keys: String = keys
+            .iter()
+            .map(|k| format!("    - filename: {}\n", k.display()))
+            .collect();
+        format!(
+            "resources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: ticket_keys\n  session_ticket_keys:\n    keys:\n{keys}"
+        )
+    };
+    let (one, two) = (key("one.key", 1), key("two.key", 2));
+    let sds = ca.dir.join("tickets.yaml");
+    std::fs::write(&sds, secret(&[&one])).unwrap();
+    let tls = tls_socket(
+        &[&server],
+        &format!(
+            "          session_ticket_keys_sds_secret_config: {{name: ticket_keys, sds_config: {}}}\n",
+            sds_config(&sds)
+        ),
+    );
+    let listeners = [
+        listener("a", "", &chain(&[&tls, &hcm("app")])),
+        listener("b", "", &chain(&[&tls, &hcm("app")])),
+    ]
+    .concat();
+    let upstream = Upstream::start();
+    let config = format!(
+        "node: {{id: edge, cluster: edge}}\n{}",
+        bootstrap(&listeners, &cluster("app", upstream.addr, ""))
+    );
+    let proxy = start_proxy(&config);
+    let name = "tickets.example.com";
+    let fresh = || {
+        let store = Arc::new(rustls::client::ClientSessionMemoryCache::new(32));
+        resuming_client(&ca, &[&rustls::version::TLS13], &store)
+    };
+    let (early, late) = (fresh(), fresh());
+    assert!(!resumed(proxy.addr("a"), early.clone(), name));
+    assert!(resumed(proxy.addr("b"), early.clone(), name));
+    assert!(!resumed(proxy.addr("a"), late.clone(), name));
+
+    // A new version seals with the new key and still opens tickets of the old one.
+    let staged = ca.dir.join("tickets.staged");
+    let replace = |content: String| {
+        std::fs::write(&staged, content).unwrap();
+        std::fs::rename(&staged, &sds).unwrap();
+    };
+    replace(secret(&[&two, &one]));
+    eventually("the second version", || {
+        proxy.stat("sds.ticket_keys.update_success") == Some(2)
+    });
+    assert!(resumed(proxy.addr("b"), early.clone(), name));
+    // Then the old key goes: a session sealed under it is not resumed.
+    replace(secret(&[&two]));
+    eventually("the third version", || {
+        proxy.stat("sds.ticket_keys.update_success") == Some(3)
+    });
+    assert!(!resumed(proxy.addr("a"), late, name));
+    // The session resumed under the second version was sealed with the new key.
+    assert!(resumed(proxy.addr("a"), early, name));
+}
+
 #[test]
 fn bad_session_ticket_keys_are_refused_with_envoys_message() {
     let ca = Ca::new("badkeys");

@@ -1,6 +1,6 @@
-//! SDS secrets from files: `tls_certificate_sds_secret_configs`, and the validation context of
-//! `validation_context_sds_secret_config` / `combined_validation_context`, whose `sds_config`
-//! is a file source. The file holds a `DiscoveryResponse` of `Secret`s; the one with the given
+//! SDS secrets from files: `tls_certificate_sds_secret_configs`, the validation context of
+//! `validation_context_sds_secret_config` / `combined_validation_context`, and
+//! `session_ticket_keys_sds_secret_config`, whose `sds_config` is a file source. The file holds a `DiscoveryResponse` of `Secret`s; the one with the given
 //! name is the secret (its certificates inline or in files of their own). When the file, or a
 //! file the secret names, is replaced, the secret changes for the handshakes that start from
 //! then on; connections already open keep what they had.
@@ -49,7 +49,8 @@ pub trait Subscription: Send + Sync {
 pub fn live() -> Vec<Arc<dyn Subscription>> {
     let certificates = CERTIFICATES.live().into_iter().map(|s| s as _);
     let validations = VALIDATIONS.live().into_iter().map(|s| s as _);
-    certificates.chain(validations).collect()
+    let ticket_keys = TICKET_KEYS.live().into_iter().map(|s| s as _);
+    certificates.chain(validations).chain(ticket_keys).collect()
 }
 
 /// The subscriptions of one kind, by name and source.
@@ -57,6 +58,7 @@ struct Registry<T>(Mutex<Vec<Weak<T>>>);
 
 static CERTIFICATES: Registry<CertificateSecret> = Registry(Mutex::new(Vec::new()));
 static VALIDATIONS: Registry<ValidationSecret> = Registry(Mutex::new(Vec::new()));
+static TICKET_KEYS: Registry<TicketKeysSecret> = Registry(Mutex::new(Vec::new()));
 
 impl<T: Subscription> Registry<T> {
     /// The subscription to `config`'s secret, shared with every context that names it.
@@ -66,7 +68,7 @@ impl<T: Subscription> Registry<T> {
         make: impl FnOnce(String, FileSource) -> T,
     ) -> Result<Arc<T>, ConfigError> {
         let source = match &config.sds_config {
-            Some(s) => FileSource::from_proto(s).map_err(|e| e.within("sds_config"))?,
+            Some(s) => FileSource::subscribe(s).map_err(|e| e.within("sds_config"))?,
             None => {
                 return Err(ConfigError::new(
                     "sds_config",
@@ -74,16 +76,6 @@ impl<T: Subscription> Registry<T> {
                 ));
             }
         };
-        // Envoy's check when it subscribes.
-        if !std::path::Path::new(&source.path).exists() {
-            return Err(ConfigError::new(
-                "sds_config",
-                format!(
-                    "paths must refer to an existing path in the system: '{}' does not exist",
-                    source.path
-                ),
-            ));
-        }
         let mut live = self.0.lock().unwrap_or_else(|p| p.into_inner());
         live.retain(|w| w.strong_count() > 0);
         if let Some(existing) = live
@@ -247,6 +239,85 @@ impl Subscription for ValidationSecret {
             .filter_map(|s| filename(s.as_ref()))
             .collect();
         self.current.store(Some(Arc::new(context)));
+        Ok(())
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The size of one Envoy session ticket key: a 16-byte name, a 32-byte HMAC key and a 32-byte
+/// AES key.
+pub const TICKET_KEY_LEN: usize = 80;
+
+/// Envoy's check of a session ticket key's length.
+pub fn check_ticket_key(data: &[u8]) -> Result<(), String> {
+    if data.len() == TICKET_KEY_LEN {
+        return Ok(());
+    }
+    Err(format!(
+        "Incorrect TLS session ticket key length. Length {}, expected length {TICKET_KEY_LEN}.",
+        data.len()
+    ))
+}
+
+/// Session ticket keys kept current from their SDS file (`session_ticket_keys_sds_secret_config`).
+pub struct TicketKeysSecret {
+    pub name: String,
+    pub source: FileSource,
+    /// The keys in force, each [`TICKET_KEY_LEN`] bytes, the first sealing new tickets.
+    current: ArcSwapOption<Vec<Vec<u8>>>,
+    /// The key files the secret names: replacing one reloads it too.
+    files: Mutex<Vec<PathBuf>>,
+}
+
+impl TicketKeysSecret {
+    /// The secret `config` names, shared with every other context that names it.
+    pub fn subscribe(config: &SdsSecretConfig) -> Result<Arc<TicketKeysSecret>, ConfigError> {
+        TICKET_KEYS.subscribe(config, |name, source| TicketKeysSecret {
+            name,
+            source,
+            current: ArcSwapOption::empty(),
+            files: Mutex::default(),
+        })
+    }
+
+    /// The keys for a ticket sealed or opened now (`None` before the first install).
+    pub fn current(&self) -> Option<Arc<Vec<Vec<u8>>>> {
+        self.current.load_full()
+    }
+}
+
+impl Subscription for TicketKeysSecret {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn source(&self) -> &FileSource {
+        &self.source
+    }
+
+    fn installed(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    fn install(&self, secret: Secret) -> Result<(), String> {
+        let Some(secret::Type::SessionTicketKeys(keys)) = secret.r#type else {
+            return Err(format!("secret '{}' is not session_ticket_keys", self.name));
+        };
+        if keys.keys.is_empty() {
+            return Err("session_ticket_keys.keys: value must contain at least 1 item".into());
+        }
+        let mut data = Vec::new();
+        for (i, source) in keys.keys.iter().enumerate() {
+            let (bytes, _) = super::read_data_source(source).map_err(joined)?;
+            check_ticket_key(&bytes).map_err(|e| format!("session_ticket_keys.keys[{i}]: {e}"))?;
+            data.push(bytes);
+        }
+        self.current.store(Some(Arc::new(data)));
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) =
+            keys.keys.iter().filter_map(|k| filename(Some(k))).collect();
         Ok(())
     }
 

@@ -113,6 +113,15 @@ impl Control {
     /// Puts the bootstrap in force: static clusters (with their EDS endpoints), CDS, static
     /// listeners, LDS. A static listener that cannot start is fatal, as in Envoy.
     pub fn start(&mut self, config: Config) -> Result<(), String> {
+        // As Envoy, the LDS and CDS files must exist when their subscriptions start.
+        for (field, source) in [
+            ("lds_config", &self.sources.lds),
+            ("cds_config", &self.sources.cds),
+        ] {
+            if let Some(Err(e)) = source.as_ref().map(FileSource::check_exists) {
+                return Err(format!("dynamic_resources.{field}: {}", e.message));
+            }
+        }
         let (_, _, stale) = self.apply_static_clusters(config.clusters);
         debug_assert!(stale.is_empty(), "no static cluster exists before start-up");
         if self.sources.cds.is_some() {
