@@ -329,6 +329,7 @@ impl Settings {
                 u8::from(v.allow_expired),
                 u8::from(v.accept_untrusted),
             ]);
+            accepts.extend(v.max_depth.as_ref().map(|(d, _)| d.to_be_bytes().to_vec()));
         }
         // SAN matchers and pins make a certificate mandatory, as in Envoy; pins work without
         // `trusted_ca` (the certificate is then checked against them alone).

@@ -327,7 +327,9 @@ struct Settings {
 impl Settings {
     /// The configurations for `validation` (as Envoy, none: any certificate is accepted).
     fn build(&self, validation: Option<Validation>) -> Compiled<Configs> {
-        let validation = validation.unwrap_or_default();
+        let mut validation = validation.unwrap_or_default();
+        // Envoy 1.40 does not limit an upstream's chain by `max_verify_depth` (probed).
+        validation.max_depth = None;
         let provider = &self.params.provider;
         let roots_verifier = match &validation.roots {
             Some(roots) => {

@@ -948,6 +948,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "trust_chain_verification",
                 "crl",
                 "only_verify_leaf_cert_crl",
+                "max_verify_depth",
             ],
         ),
         (
@@ -1133,6 +1134,7 @@ const NOTES: &str = "
 | `DownstreamTlsContext.session_timeout` | The lifetime of tickets, at most 7 days (TLS 1.3's limit; longer values are cut to it). The stateful (session id) cache keeps up to 20,480 sessions without a time limit of its own. |
 | `DownstreamTlsContext.session_ticket_keys_sds_secret_config` | The keys come from a file source, re-read when it is replaced (and, beyond Envoy 1.40, which does not, when a key file it names is replaced); each ticket is sealed and opened with the keys in force, so a rotation takes effect at once (Envoy builds a new context, which also empties its TLS 1.2 session-id cache; Legate keeps that cache). Until the secret arrives, no ticket is issued or accepted. |
 | `DownstreamTlsContext.session_ticket_keys` | Keys are 80 bytes as in Envoy; the first seals new tickets (AES-256-GCM under the key's last 32 bytes) and all open them. Tickets are shared between Legate listeners and processes with the same keys, not with Envoy (its ticket format is BoringSSL's). |
+| `CertificateValidationContext.max_verify_depth` | As Envoy 1.40 applies it (probed side by side): to client certificates, counting the certificates above the client's up to and including the trust anchor (a depth of 0 passes what a depth of 1 passes); not to upstream certificates, whose chains Envoy 1.40 accepts at any depth. Legate measures the shortest path by issuer and subject names through the presented certificates, where BoringSSL measures the path it built. |
 | `CertificateValidationContext.crl` | Requires `trusted_ca`. As Envoy (BoringSSL `CRL_CHECK_ALL`), once a CRL is loaded every certificate of the peer's chain needs its issuer's CRL, and an expired CRL fails verification; CRLs inside the `trusted_ca` file are used too. |
 | `UdpSocketConfig.prefer_gro` | Legate reads one datagram at a time (no GRO); as with Envoy's GRO buffer, `prefer_gro: true` (the default of `UdpProxyConfig.upstream_socket_config`) reads datagrams of any size, so `max_rx_datagram_size` limits only sockets with `prefer_gro: false` (the default of `udp_listener_config.downstream_socket_config`). |
 | UDP listeners | Legate serves them with one `envoy.filters.udp_listener.udp_proxy` listener filter and no filter chains (QUIC is not supported). |

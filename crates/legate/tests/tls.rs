@@ -146,6 +146,34 @@ impl Ca {
         path
     }
 
+    /// A CA whose certificate this one issues; its leaves carry the chain to this one
+    /// ([`Self::chained_leaf`]).
+    fn intermediate(&self, name: &str) -> Ca {
+        let dir = temp_dir(&format!("tls-{name}"));
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        Ca {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert.pem(),
+            dir,
+            name: name.to_owned(),
+        }
+    }
+
+    /// A leaf whose certificate file holds the leaf and this CA's certificate, as presented.
+    fn chained_leaf(&self, file: &str, names: &[&str]) -> Leaf {
+        let leaf = self.leaf(file, names);
+        let chain = std::fs::read_to_string(&leaf.cert).unwrap() + &self.cert_pem;
+        std::fs::write(&leaf.cert, chain).unwrap();
+        leaf
+    }
+
     fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()) {
@@ -1505,6 +1533,69 @@ fn mtls_listener(name: &str, ca: &Ca, server: &Leaf, validation: &str, extra: &s
         ),
     );
     listener(name, "", &chain(&[&tls, &hcm("app")]))
+}
+
+/// `max_verify_depth` as Envoy 1.40 applies it (checked side by side): a client's chain may
+/// hold that many certificates above the client's, the trust anchor included (a depth of 0
+/// passes what 1 passes), while an upstream's chain is not limited.
+#[test]
+fn max_verify_depth_limits_client_chains_as_in_envoy() {
+    let root = Ca::new("depth-root");
+    let inter = root.intermediate("depth-inter");
+    let server = root.leaf("server", &["depth.example.com"]);
+    let direct = root.leaf("direct", &["client.example.com"]);
+    let chained = inter.chained_leaf("chained", &["client.example.com"]);
+    let require = "          require_client_certificate: true\n";
+    let depth = |n: u32| format!("              max_verify_depth: {n}\n");
+    let upstream = Upstream::start();
+    // An upstream presenting a chain of two CAs, behind a cluster allowing a depth of 1.
+    let backend = TlsUpstream::start(&chained, None, &[]);
+    let limited = cluster(
+        "limited",
+        backend.addr,
+        &upstream_tls(&format!(
+            "        common_tls_context:\n          validation_context:\n            trusted_ca: {{filename: {}}}\n            max_verify_depth: 1\n",
+            root.ca_file().display()
+        )),
+    );
+    let plain = hcm("limited");
+    let listeners = [
+        mtls_listener("depth0", &root, &server, &depth(0), require),
+        mtls_listener("depth1", &root, &server, &depth(1), require),
+        mtls_listener("depth2", &root, &server, &depth(2), require),
+        listener("plain", "", &chain(&[&plain])),
+    ]
+    .concat();
+    let clusters = cluster("app", upstream.addr, "") + &limited;
+    let proxy = start_proxy(&bootstrap(&listeners, &clusters));
+    let name = "depth.example.com";
+    let get = |listener: &str, cert: &Leaf| {
+        let config = client(root.roots(), &[&rustls::version::TLS13], &[], Some(cert));
+        handshake(proxy.addr(listener), config, name)
+            .and_then(|mut s| https_get(&mut s, "/", name))
+            .map(|r| r.status)
+    };
+    for listener in ["depth0", "depth1", "depth2"] {
+        assert_eq!(get(listener, &direct), Ok(200), "{listener}");
+    }
+    assert!(get("depth0", &chained).is_err());
+    assert!(get("depth1", &chained).is_err());
+    assert_eq!(get("depth2", &chained), Ok(200));
+    let stat = |l: &str| {
+        proxy
+            .stat(&format!("listener.{l}.ssl.fail_verify_error"))
+            .unwrap_or(0)
+    };
+    eventually("refusals counted", || {
+        stat("depth0") == 1 && stat("depth1") == 1
+    });
+    assert_eq!(stat("depth2"), 0);
+    let r = e2e::http_get(proxy.addr("plain"), "/", &[]);
+    assert_eq!(
+        r.status, 200,
+        "an upstream's chain is not limited: {}",
+        r.body
+    );
 }
 
 #[test]

@@ -394,6 +394,10 @@ pub struct Validation {
     pub allow_expired: bool,
     /// `trust_chain_verification: ACCEPT_UNTRUSTED`: every failure is counted and let through.
     pub accept_untrusted: bool,
+    /// `max_verify_depth`, with the subjects of the trusted CAs to measure chains by
+    /// ([`chain_depth`]). Envoy 1.40 applies it to client certificates only (probed: an
+    /// upstream's chain longer than the depth is accepted), so upstream contexts clear it.
+    pub max_depth: Option<(u32, Arc<Vec<Vec<u8>>>)>,
     /// The stats of the listener or cluster using these settings, where failures let through
     /// are counted (set once that listener or cluster exists).
     stats: Arc<std::sync::OnceLock<SslStats>>,
@@ -441,6 +445,21 @@ impl Validation {
         let peer = errors
             .take("", PeerChecks::compile(v, roots.is_some()))
             .unwrap_or_default();
+        // The subjects of the trusted CAs, as written in the certificates they issue.
+        let max_depth = v.max_verify_depth.as_ref().map(|d| {
+            let subjects = v
+                .trusted_ca
+                .as_ref()
+                .and_then(|ca| certificates(ca, "trusted_ca").ok())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| {
+                    let (_, cert) = x509_parser::parse_x509_certificate(c.as_ref()).ok()?;
+                    Some(cert.subject().as_raw().to_vec())
+                })
+                .collect();
+            (d.value, Arc::new(subjects))
+        });
         if v.allow_expired_certificate && roots.is_none() {
             errors.push(
                 "allow_expired_certificate",
@@ -455,6 +474,7 @@ impl Validation {
             allow_expired: v.allow_expired_certificate,
             accept_untrusted: v.trust_chain_verification
                 == certificate_validation_context::TrustChainVerification::AcceptUntrusted as i32,
+            max_depth,
             stats: Arc::default(),
         })
     }
@@ -485,6 +505,16 @@ impl Validation {
             if let Err(e) = verified {
                 return self.let_through(e);
             }
+            if let Some((max, anchors)) = &self.max_depth {
+                // Envoy 1.40 passes a chain a trusted CA signed at a depth of 0, as at 1 (probed).
+                let limit = (*max).max(1);
+                if chain_depth(end_entity, intermediates, anchors).is_none_or(|d| d > limit) {
+                    // BoringSSL's X509_V_ERR_CERT_CHAIN_TOO_LONG; the peer gets `unknown_ca`.
+                    return self.let_through(rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::UnknownIssuer,
+                    ));
+                }
+            }
         }
         if let Some(name) = name {
             let carries_name = rustls::server::ParsedCertificate::try_from(end_entity)
@@ -511,6 +541,45 @@ impl Validation {
         }
         Ok(())
     }
+}
+
+/// The depth of a verified chain as `max_verify_depth` counts it: the certificates above the
+/// end entity up to and including the trust anchor (1 when a trusted CA issued it), along the
+/// shortest path of issuer and subject names through the presented `intermediates` to a
+/// subject in `anchors` (raw DER names). BoringSSL measures the path it built; the chain was
+/// verified already, so the shortest one by names is taken. `None` if no path is found.
+fn chain_depth(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    anchors: &[Vec<u8>],
+) -> Option<u32> {
+    let names = |der: &CertificateDer<'_>| {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        Some((
+            cert.subject().as_raw().to_vec(),
+            cert.issuer().as_raw().to_vec(),
+        ))
+    };
+    let chain: Vec<(Vec<u8>, Vec<u8>)> = intermediates.iter().filter_map(names).collect();
+    let mut issuers = vec![names(end_entity)?.1];
+    let mut used = vec![false; chain.len()];
+    for depth in 1..=chain.len() as u32 + 1 {
+        if issuers.iter().any(|i| anchors.contains(i)) {
+            return Some(depth);
+        }
+        let mut next = Vec::new();
+        for (i, (subject, issuer)) in chain.iter().enumerate() {
+            if !used[i] && issuers.contains(subject) {
+                used[i] = true;
+                next.push(issuer.clone());
+            }
+        }
+        if next.is_empty() {
+            return None;
+        }
+        issuers = next;
+    }
+    None
 }
 
 /// Whether a chain failed on a validity period (what `allow_expired_certificate` forgives).
