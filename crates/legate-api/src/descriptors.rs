@@ -43,6 +43,8 @@ pub const POOL_ROOTS: &[&str] = &[
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport",
+    "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
     "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
     "envoy.extensions.filters.udp.udp_proxy.v3.Route",
 ];

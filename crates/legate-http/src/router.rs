@@ -345,7 +345,22 @@ pub(crate) async fn forward(
     info.attempt_count = 1;
     let started = Instant::now();
     info.first_upstream_tx_byte = Some(info.start.elapsed());
-    let sent = pool::send(&cluster, &host, f.worker, protocol, upstream_request);
+    // The downstream connection's addresses, for a cluster whose connections start with a
+    // PROXY header naming them.
+    let downstream = cluster
+        .config
+        .proxy_protocol
+        .as_ref()
+        .and_then(|_| info.downstream_remote_address)
+        .zip(info.downstream_local_address);
+    let sent = pool::send(
+        &cluster,
+        &host,
+        f.worker,
+        protocol,
+        upstream_request,
+        downstream,
+    );
     // Waiting for response headers: the route timeout, and the stream idle timeout (the
     // route's `idle_timeout`, else the connection manager's `stream_idle_timeout`).
     let idle = f

@@ -105,8 +105,12 @@ pub struct ClusterConfig {
     pub max_headers_count: u32,
     /// HTTP/2 settings for upstream connections (windows, HPACK table size).
     pub http2: Http2Settings,
-    /// `transport_socket` `envoy.transport_sockets.tls`: TLS to the hosts.
+    /// `transport_socket` `envoy.transport_sockets.tls`: TLS to the hosts (also inside
+    /// `envoy.transport_sockets.upstream_proxy_protocol`).
     pub tls: Option<std::sync::Arc<crate::tls::UpstreamTls>>,
+    /// `transport_socket` `envoy.transport_sockets.upstream_proxy_protocol`: the PROXY header
+    /// each connection starts with.
+    pub proxy_protocol: Option<Box<crate::proxy_protocol::UpstreamProxyProtocol>>,
     /// `type: EDS`: the endpoints come from this source (none until it sends them). Boxed, as
     /// what only some clusters have: a cluster's size counts ten thousand times in large
     /// configurations.
@@ -318,20 +322,33 @@ impl ClusterConfig {
         ))
         .filter(|d| !d.is_zero());
 
-        let tls = c.transport_socket.as_ref().and_then(|ts| {
+        let transport = c.transport_socket.as_ref().and_then(|ts| {
             errors.take(
                 "transport_socket",
-                crate::tls::UpstreamTls::compile_transport_socket(ts)
-                    .map(|t| std::sync::Arc::new(t.with_auto_name(upstream_http.as_ref()))),
+                crate::proxy_protocol::compile_transport_socket(ts),
             )
         });
-        if tls.is_some()
-            && let Some(path) = c.load_assignment.as_ref().and_then(first_pipe)
-        {
-            errors.push(
-                &path,
-                "TLS to a unix domain socket (pipe) endpoint is not supported by Legate",
-            );
+        let (proxy_protocol, tls) = match transport {
+            Some(t) => (
+                t.proxy_protocol.map(Box::new),
+                t.tls
+                    .map(|t| std::sync::Arc::new(t.with_auto_name(upstream_http.as_ref()))),
+            ),
+            None => (None, None),
+        };
+        if let Some(path) = c.load_assignment.as_ref().and_then(first_pipe) {
+            if tls.is_some() {
+                errors.push(
+                    &path,
+                    "TLS to a unix domain socket (pipe) endpoint is not supported by Legate",
+                );
+            }
+            if proxy_protocol.is_some() {
+                errors.push(
+                    &path,
+                    "the PROXY protocol to a unix domain socket (pipe) endpoint is not supported by Legate",
+                );
+            }
         }
         if eds.is_some() && c.load_assignment.is_some() {
             errors.push(
@@ -341,6 +358,7 @@ impl ClusterConfig {
         }
         errors.finish(|| ClusterConfig {
             tls,
+            proxy_protocol,
             eds,
             original_dst,
             name: c.name.clone(),
@@ -363,11 +381,12 @@ impl ClusterConfig {
     }
 
     /// Whether connections made for `self` can serve `other` as they are: no TLS on either
-    /// side, the same protocol and codec settings. A cluster replaced by one it shares this
+    /// side, the same PROXY header, the same protocol and codec settings. A cluster replaced by one it shares this
     /// with keeps its hosts' connection pools.
     pub fn connections_compatible(&self, other: &ClusterConfig) -> bool {
         self.tls.is_none()
             && other.tls.is_none()
+            && self.proxy_protocol == other.proxy_protocol
             && self.protocol == other.protocol
             && self.http2 == other.http2
             && self.max_headers_count == other.max_headers_count

@@ -13,6 +13,7 @@ pub mod lb;
 pub mod manager;
 pub mod original_dst;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod stats;
 pub mod tls;
 

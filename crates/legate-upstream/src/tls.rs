@@ -43,12 +43,16 @@ struct AutoName {
 /// The name a connection is made for, from a request (see [`UpstreamTls::name_for`]).
 /// Connections made for different names are pooled apart, as Envoy hashes its pools by the
 /// transport socket options these set.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnectionName {
     /// The SNI to send instead of `sni`.
     sni: Option<ServerName<'static>>,
     /// The name the certificate must carry.
     san: Option<ServerName<'static>>,
+    /// The downstream connection's source and destination, which the PROXY header of an
+    /// `upstream_proxy_protocol` cluster names: such connections serve that downstream
+    /// connection only, as in Envoy.
+    pub(crate) proxy: Option<Box<(std::net::SocketAddr, std::net::SocketAddr)>>,
 }
 
 /// A compiled `UpstreamTlsContext`.
@@ -219,6 +223,7 @@ impl UpstreamTls {
                 Ok(Some(ConnectionName {
                     sni: (auto.sni && !is_ip).then(|| name.clone()),
                     san: auto.san_validation.then_some(name),
+                    proxy: None,
                 }))
             }
             None if auto.san_validation => Err(()),
@@ -244,7 +249,7 @@ impl UpstreamTls {
             Some(crate::pool::Protocol::Http1) => &configs.h1_config,
             Some(crate::pool::Protocol::Http2) => &configs.h2_config,
         };
-        let Some(name) = name else {
+        let Some(name) = name.filter(|n| n.sni.is_some() || n.san.is_some()) else {
             return handshake(stream, config.clone(), self.server_name.clone()).await;
         };
         // A configuration for this connection: its SNI, and the name its verifier checks.

@@ -1515,3 +1515,138 @@ fn tls_inspector_fingerprints_client_hellos_like_envoy() {
         );
     }
 }
+
+/// A cluster whose connections start with a PROXY header (`upstream_proxy_protocol`, version
+/// `version`, `extra` under its `config`) around plain TCP.
+fn proxy_protocol_cluster(name: &str, addr: SocketAddr, version: &str, extra: &str) -> String {
+    cluster(
+        name,
+        addr,
+        &format!(
+            "    transport_socket:\n      name: envoy.transport_sockets.upstream_proxy_protocol\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport\n        config: {{version: {version}{extra}}}\n        transport_socket:\n          name: envoy.transport_sockets.raw_buffer\n          typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}}\n"
+        ),
+    )
+}
+
+/// An HTTP upstream answering each request with the first line its connection began with.
+fn first_line_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = seen
+                    .split(|&b| b == b'\n')
+                    .next()
+                    .unwrap_or_default()
+                    .to_vec();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    line.len()
+                );
+                let _ = conn.write_all(&line);
+            });
+        }
+    });
+    addr
+}
+
+/// `upstream_proxy_protocol`: tcp_proxy's upstream connections start with a PROXY header naming
+/// the downstream connection (the addresses a PROXY listener filter restored, if it ran), in
+/// version 1, and in version 2 with `added_tlvs`; an HTTP cluster's connections too (pooled
+/// per downstream connection). The exact bytes, side by side with Envoy.
+#[test]
+fn upstream_proxy_protocol_headers_as_envoy_writes_them() {
+    let upstream = TcpUpstream::start(b"", false);
+    let web = first_line_upstream();
+    let pp_filter = "    listener_filters:\n    - name: envoy.filters.listener.proxy_protocol\n      typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol}\n";
+    let hcm = "      filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: web\n          route_config: {virtual_hosts: [{name: all, domains: [\"*\"], routes: [{match: {prefix: \"/\"}, route: {cluster: web}}]}]}\n          http_filters: [{name: envoy.filters.http.router, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]\n";
+    let listeners = [
+        listener("v1", 0, "", &chain("", &tcp_proxy("v1", "pp_v1", ""))),
+        listener("v2", 0, "", &chain("", &tcp_proxy("v2", "pp_v2", ""))),
+        listener(
+            "restored",
+            0,
+            pp_filter,
+            &chain("", &tcp_proxy("restored", "pp_v1", "")),
+        ),
+        listener("http", 0, "", &chain("", hcm)),
+    ];
+    let clusters = [
+        proxy_protocol_cluster("pp_v1", upstream.addr, "V1", ""),
+        // "legate" in base64, as YAML gives bytes.
+        proxy_protocol_cluster(
+            "pp_v2",
+            upstream.addr,
+            "V2",
+            ", added_tlvs: [{type: 224, value: bGVnYXRl}]",
+        ),
+        proxy_protocol_cluster("web", web, "V1", ""),
+    ]
+    .concat();
+    let proxy = e2e::start_proxy(&bootstrap(&listeners, &clusters));
+    // What the upstream received (it echoes it all once the client is done), and the client's
+    // own address.
+    let send = |listener: &str, data: &[u8]| {
+        let addr = proxy.addr(listener);
+        let mut conn = TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let client = conn.local_addr().unwrap();
+        conn.write_all(data).unwrap();
+        // Envoy closes a connection whose FIN comes while its listener filters run.
+        std::thread::sleep(Duration::from_millis(100));
+        conn.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        (got, client, addr)
+    };
+    let (got, client, addr) = send("v1", b"hello");
+    let expected = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\nhello",
+        client.port(),
+        addr.port()
+    );
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+
+    let (got, client, addr) = send("v2", b"hello");
+    let mut expected = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x15".to_vec();
+    expected.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+    expected.extend_from_slice(&client.port().to_be_bytes());
+    expected.extend_from_slice(&addr.port().to_be_bytes());
+    expected.extend_from_slice(b"\xe0\x00\x06legatehello");
+    assert_eq!(got, expected);
+
+    let (got, _, _) = send(
+        "restored",
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\nhello",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\nhello"
+    );
+
+    let r = e2e::http_get(proxy.addr("http"), "/", &[]);
+    assert_eq!(r.status, 200);
+    let fields: Vec<&str> = r.body.trim_end().split(' ').collect();
+    assert_eq!(
+        &fields[..4],
+        ["PROXY", "TCP4", "127.0.0.1", "127.0.0.1"],
+        "{}",
+        r.body
+    );
+    let listener_port = proxy.addr("http").port().to_string();
+    assert_eq!(
+        fields[5], listener_port,
+        "the downstream connection's destination"
+    );
+}

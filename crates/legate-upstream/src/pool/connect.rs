@@ -2,6 +2,7 @@
 //! transport socket, within `connect_timeout`, counting `upstream_cx_*`; and running an HTTP
 //! connection to its end, counting which side closed it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,17 +25,21 @@ use crate::tls::{ConnectionName, UpstreamStream};
 /// its pool), pending while it connects (within `max_pending_requests`, as in Envoy's TCP
 /// pool). The caller accounts for the connection's end (`upstream_cx_active`,
 /// `upstream_cx_destroy`, the host's `active_connections`).
+///
+/// `downstream`: the downstream connection's source and destination, which a PROXY protocol
+/// header (`upstream_proxy_protocol`) names.
 pub async fn connect(
     cluster: &Cluster,
     host: &Host,
     protocol: Option<Protocol>,
+    downstream: Option<(SocketAddr, SocketAddr)>,
 ) -> Result<(UpstreamStream, ResourceGuard), UpstreamError> {
     let Some(guard) = cluster.breakers.try_acquire(Limit::Connections) else {
         cluster.stats.traffic.upstream_cx_overflow().inc();
         return Err(UpstreamError::Overflow);
     };
     let pending = Pending::new(cluster, host)?;
-    match open(cluster, host, protocol, None).await {
+    match open(cluster, host, protocol, None, downstream).await {
         Ok(stream) => {
             pending.attached();
             Ok((stream, guard))
@@ -50,13 +55,15 @@ pub async fn connect(
 /// (`auto_sni`, `auto_san_validation`): TCP, then the TLS handshake if the cluster has a TLS
 /// transport socket (`protocol` picks what ALPN offers: `None` for raw TCP). As in Envoy,
 /// `connect_timeout` covers both, and a failed handshake is a connect failure (`UF`) whose
-/// transport failure reason is the TLS error. Counts `upstream_cx_total`, `_connect_fail`,
+/// transport failure reason is the TLS error. With `upstream_proxy_protocol`, the PROXY header
+/// goes first, naming `downstream` or else the connection's own addresses. Counts `upstream_cx_total`, `_connect_fail`,
 /// `_connect_timeout`, `_connect_ms` and, once open, `upstream_cx_active`.
 async fn open(
     cluster: &Cluster,
     host: &Host,
     protocol: Option<Protocol>,
     name: Option<&ConnectionName>,
+    downstream: Option<(SocketAddr, SocketAddr)>,
 ) -> Result<UpstreamStream, UpstreamError> {
     let stats = &cluster.stats;
     stats.traffic.upstream_cx_total().inc();
@@ -79,6 +86,11 @@ async fn open(
             .await
             .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
         let _ = tcp.set_nodelay(true);
+        if let Some(proxy) = &cluster.config.proxy_protocol {
+            write_proxy_header(&tcp, proxy, downstream)
+                .await
+                .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
+        }
         let Some(tls) = &cluster.config.tls else {
             return Ok(UpstreamStream::Plain(tcp));
         };
@@ -215,7 +227,14 @@ pub(super) async fn connect_http1(
     slot: Slot,
     pool: PoolHandle,
 ) -> Result<H1, UpstreamError> {
-    let stream = open(cluster, host, Some(Protocol::Http1), name).await?;
+    let stream = open(
+        cluster,
+        host,
+        Some(Protocol::Http1),
+        name,
+        name.and_then(|n| n.proxy.as_deref().copied()),
+    )
+    .await?;
     let (sender, conn) = http1::Builder::new()
         .max_headers(cluster.config.max_headers_count as usize)
         .handshake(TokioIo::new(counted(cluster, stream)))
@@ -241,7 +260,14 @@ pub(super) async fn connect_http2(
     slot: Slot,
     pool: PoolHandle,
 ) -> Result<(http2::SendRequest<Body>, u64), UpstreamError> {
-    let stream = open(cluster, host, Some(Protocol::Http2), name).await?;
+    let stream = open(
+        cluster,
+        host,
+        Some(Protocol::Http2),
+        name,
+        name.and_then(|n| n.proxy.as_deref().copied()),
+    )
+    .await?;
     let o = &cluster.config.http2;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -266,4 +292,27 @@ fn counted(cluster: &Cluster, stream: UpstreamStream) -> CountingIo<UpstreamStre
         t.upstream_cx_rx_bytes_total(),
         t.upstream_cx_tx_bytes_total(),
     )
+}
+
+/// Writes the PROXY header a new connection starts with (it fits the socket's buffer).
+async fn write_proxy_header(
+    tcp: &TcpStream,
+    proxy: &crate::proxy_protocol::UpstreamProxyProtocol,
+    downstream: Option<(SocketAddr, SocketAddr)>,
+) -> std::io::Result<()> {
+    let (source, destination) = match downstream {
+        Some(addresses) => addresses,
+        None => (tcp.local_addr()?, tcp.peer_addr()?),
+    };
+    let header = proxy.header(source, destination);
+    let mut written = 0;
+    while written < header.len() {
+        tcp.writable().await?;
+        match tcp.try_write(&header[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -19,6 +19,7 @@ mod lifetime;
 mod pending;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -364,29 +365,53 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Sends `req` to `host` over worker `worker`'s pool. `req`'s URI must be origin-form for
 /// HTTP/1.1 and absolute for HTTP/2 (the `:scheme` and `:authority`).
-pub async fn send(
-    cluster: &Arc<Cluster>,
-    host: &Arc<Host>,
+///
+/// `downstream`: the downstream connection's source and destination, for clusters whose
+/// connections start with a PROXY header naming them (`upstream_proxy_protocol`).
+pub fn send<'a>(
+    cluster: &'a Arc<Cluster>,
+    host: &'a Arc<Host>,
     worker: usize,
     protocol: Protocol,
     req: Request<Body>,
-) -> Result<Response<ResponseBody>, UpstreamError> {
+    downstream: Option<(SocketAddr, SocketAddr)>,
+) -> impl Future<Output = Result<Response<ResponseBody>, UpstreamError>> + 'a {
+    // The connection's name is worked out before the future: `downstream` is not kept in it.
     let name = match cluster.config.tls.as_ref().map(|t| t.name_for(&req)) {
-        None | Some(Ok(None)) => None,
-        Some(Ok(Some(name))) => Some(name),
+        None | Some(Ok(None)) => Ok(None),
+        Some(Ok(Some(name))) => Ok(Some(name)),
         // What Envoy's check of the certificate against an unusable host ends in.
-        Some(Err(())) => {
-            return Err(UpstreamError::ConnectFailure(
-                legate_core::tls::failure_reason(&rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::NotValidForName,
-                )),
-            ));
-        }
-    };
-    match protocol {
-        Protocol::Http1 => send_http1(cluster, host, worker, req, name).await,
-        Protocol::Http2 => send_http2(cluster, host, worker, req, name).await,
+        Some(Err(())) => Err(UpstreamError::ConnectFailure(
+            legate_core::tls::failure_reason(&rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            )),
+        )),
     }
+    .map(|name| match downstream {
+        Some(downstream) if cluster.config.proxy_protocol.is_some() => {
+            for_downstream(name, downstream)
+        }
+        _ => name,
+    });
+    async move {
+        match protocol {
+            Protocol::Http1 => send_http1(cluster, host, worker, req, name?).await,
+            Protocol::Http2 => send_http2(cluster, host, worker, req, name?).await,
+        }
+    }
+}
+
+/// The name of a connection to an `upstream_proxy_protocol` cluster: for one downstream
+/// connection only. (Out of line: most clusters have no PROXY header.)
+#[cold]
+#[inline(never)]
+fn for_downstream(
+    name: Option<ConnectionName>,
+    downstream: (SocketAddr, SocketAddr),
+) -> Option<ConnectionName> {
+    let mut name = name.unwrap_or_default();
+    name.proxy = Some(Box::new(downstream));
+    Some(name)
 }
 
 async fn send_http1(

@@ -289,7 +289,12 @@ impl TcpProxy {
                 info.upstream_host = Some(host.address);
             }
             info.attempt_count += 1;
-            match legate_upstream::pool::connect(&cluster, &host, None).await {
+            // A PROXY header to the upstream names the downstream connection, as Envoy's
+            // tcp_proxy sets it (after a PROXY listener filter: the addresses it restored).
+            let downstream = info
+                .downstream_remote_address
+                .zip(info.downstream_local_address);
+            match legate_upstream::pool::connect(&cluster, &host, None, downstream).await {
                 Ok((stream, guard)) => {
                     info.upstream_local_address = stream.tcp().and_then(|t| t.local_addr().ok());
                     return Some(Upstream {
