@@ -40,6 +40,8 @@ pub(crate) struct Forwarding<'a> {
     pub cluster: &'a str,
     pub body_state: &'a RequestBodyState,
     pub worker: usize,
+    /// The downstream connection (its addresses name it in an upstream PROXY header).
+    pub connection: &'a crate::conn_manager::Downstream,
     /// The connection's local address when a listener filter restored it (ORIGINAL_DST).
     pub restored_local: Option<std::net::SocketAddr>,
     /// The `Upgrade` type the client asked for (lowercase), if any.
@@ -345,14 +347,11 @@ pub(crate) async fn forward(
     info.attempt_count = 1;
     let started = Instant::now();
     info.first_upstream_tx_byte = Some(info.start.elapsed());
-    // The downstream connection's addresses, for a cluster whose connections start with a
-    // PROXY header naming them.
-    let downstream = cluster
-        .config
-        .proxy_protocol
-        .as_ref()
-        .and_then(|_| info.downstream_remote_address)
-        .zip(info.downstream_local_address);
+    // The downstream connection's addresses (not `x-forwarded-for`'s), for a cluster whose
+    // connections start with a PROXY header naming them.
+    let connection = f.connection;
+    let downstream = (cluster.config.proxy_protocol.is_some() && connection.pipe.is_none())
+        .then_some((connection.peer, connection.local));
     let sent = pool::send(
         &cluster,
         &host,

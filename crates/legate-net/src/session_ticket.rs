@@ -110,7 +110,7 @@ pub struct SdsTicketKeys {
 impl std::fmt::Debug for SdsTicketKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SdsTicketKeys")
-            .field("secret", &self.secret.name)
+            .field("secret", &self.secret.id.name)
             .finish_non_exhaustive()
     }
 }

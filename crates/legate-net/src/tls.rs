@@ -71,7 +71,9 @@ struct Configs {
 
 /// What a context's configurations are built from, besides its validation settings.
 struct Settings {
-    ctx: DownstreamTlsContext,
+    resumption: Resumption,
+    /// `prefer_client_ciphers`.
+    prefer_client_ciphers: bool,
     params: tls::Params,
     /// `require_client_certificate`.
     require: bool,
@@ -176,25 +178,37 @@ impl DownstreamTls {
         let served: Vec<Vec<u8>> = certs
             .iter()
             .flat_map(|c| c.key.cert.iter().map(|c| c.to_vec()))
-            .chain(secrets.iter().map(|s| s.name.as_bytes().to_vec()))
+            .chain(secrets.iter().map(|s| s.id.name.as_bytes().to_vec()))
             .collect();
         let alpn: Vec<Vec<u8>> = common
             .alpn_protocols
             .iter()
             .map(|p| p.as_bytes().to_vec())
             .collect();
+        // What does not depend on the validation settings is compiled once, here: its errors
+        // are the configuration's even while an SDS validation secret has not arrived.
+        let resumption = errors.take("", Resumption::compile(ctx));
+        errors.take(
+            "",
+            params.with_versions(ServerConfig::builder_with_provider(params.provider.clone())),
+        );
+        let Some(resumption) = resumption.filter(|_| errors.0.is_empty()) else {
+            return Err(errors.0);
+        };
         let settings = Settings {
-            ctx: ctx.clone(),
+            resumption,
+            prefer_client_ciphers: ctx.prefer_client_ciphers,
             params,
             require,
             served,
             alpn,
         };
+        let tickets_from_sds = matches!(settings.resumption.tickets, Tickets::Sds(_));
         let configs = errors.take("", Validated::compile(&common, move |v| settings.build(v)));
         let Some(configs) = configs.filter(|_| errors.0.is_empty()) else {
             return Err(errors.0);
         };
-        let uses_sds = !secrets.is_empty();
+        let uses_sds = !secrets.is_empty() || tickets_from_sds || configs.from_sds();
         let sds_certificates = secrets
             .iter()
             .map(|s| {
@@ -221,7 +235,7 @@ impl DownstreamTls {
         })
     }
 
-    /// Whether some certificate comes from an SDS secret.
+    /// Whether some certificate, the validation context or the ticket keys come from SDS.
     pub fn uses_sds(&self) -> bool {
         self.uses_sds
     }
@@ -341,14 +355,9 @@ impl Settings {
             )]);
         }
         let provider = &self.params.provider;
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&self.params.versions)
-            .map_err(|e| {
-                vec![ConfigError::new(
-                    "common_tls_context.tls_params",
-                    format!("inconsistent TLS parameters: {e}"),
-                )]
-            })?;
+        let builder = self
+            .params
+            .with_versions(ServerConfig::builder_with_provider(provider.clone()))?;
         // Envoy asks for a certificate whenever there is something to check it against, and
         // insists on one when required, or when SAN matchers or pins must pass (not under
         // ACCEPT_UNTRUSTED, which lets every failure through).
@@ -397,13 +406,12 @@ impl Settings {
                 .chain(accepts.iter())
                 .map(|a| a.as_slice()),
         );
-        let resumption = Resumption::compile(&self.ctx, context)?;
         // The certificate is chosen before rustls sees the hello (`accept`); each handshake's
         // configuration then carries it.
         let mut config = builder.with_cert_resolver(Arc::new(Chosen(None)));
-        resumption.apply(&mut config);
+        self.resumption.apply(&mut config, context)?;
         // BoringSSL's default, and Envoy's unless `prefer_client_ciphers`: the server's order.
-        config.ignore_client_order = !self.ctx.prefer_client_ciphers;
+        config.ignore_client_order = !self.prefer_client_ciphers;
         config.alpn_protocols = self.alpn.clone();
         let mut without_alpn = config.clone();
         without_alpn.alpn_protocols.clear();
@@ -414,15 +422,30 @@ impl Settings {
     }
 }
 
-/// Session resumption as a `DownstreamTlsContext` configures it. Envoy (BoringSSL) resumes
-/// both ways by default: stateless, with tickets sealed under `session_ticket_keys` or a random
-/// key of the context's own; stateful (TLS 1.2 session ids), from a per-context cache.
+/// Session resumption as a `DownstreamTlsContext` configures it, compiled once (its key files
+/// read, its SDS secret subscribed); each build of the context's configurations makes its own
+/// ticketer and session cache from it ([`Self::apply`]). Envoy (BoringSSL) resumes both ways
+/// by default: stateless, with tickets sealed under `session_ticket_keys` or a random key of
+/// the context's own; stateful (TLS 1.2 session ids), from a per-context cache.
 struct Resumption {
-    /// `None`: `disable_stateless_session_resumption` (no tickets: TLS 1.3 sessions are not
-    /// resumed, as BoringSSL resumes TLS 1.3 only from tickets).
-    tickets: Option<Arc<dyn ProducesTickets>>,
+    tickets: Tickets,
+    /// The tickets' lifetime (`session_timeout`).
+    lifetime: u32,
     /// `disable_stateful_session_resumption`.
     stateful: bool,
+}
+
+/// Where a context's ticket keys come from.
+enum Tickets {
+    /// `disable_stateless_session_resumption`: no tickets (TLS 1.3 sessions are not resumed,
+    /// as BoringSSL resumes TLS 1.3 only from tickets).
+    Disabled,
+    /// A random key made with each build of the context, as BoringSSL makes one per context.
+    Random,
+    /// `session_ticket_keys`, read.
+    Keys(Vec<Vec<u8>>),
+    /// `session_ticket_keys_sds_secret_config`.
+    Sds(Arc<TicketKeysSecret>),
 }
 
 /// BoringSSL's default session lifetime (`SSL_DEFAULT_SESSION_TIMEOUT`), Envoy's without
@@ -434,14 +457,16 @@ const TLS13_TICKETS: usize = 2;
 const SESSION_CACHE_SIZE: usize = 20 * 1024;
 
 impl Resumption {
-    fn compile(ctx: &DownstreamTlsContext, context: [u8; 32]) -> Compiled<Resumption> {
+    fn compile(ctx: &DownstreamTlsContext) -> Compiled<Resumption> {
         let lifetime = match &ctx.session_timeout {
             None => DEFAULT_SESSION_TIMEOUT_SECS,
             // rustls refuses tickets living longer than TLS 1.3's 7 days.
             Some(d) => d.seconds.clamp(0, 7 * 24 * 3600) as u32,
         };
         let tickets = match &ctx.session_ticket_keys_type {
-            Some(SessionTicketKeysType::DisableStatelessSessionResumption(true)) => None,
+            Some(SessionTicketKeysType::DisableStatelessSessionResumption(true)) => {
+                Tickets::Disabled
+            }
             Some(SessionTicketKeysType::SessionTicketKeys(k)) => {
                 let mut data = Vec::new();
                 for (i, source) in k.keys.iter().enumerate() {
@@ -449,40 +474,52 @@ impl Resumption {
                     let (bytes, _) = tls::read_data_source(source).map_err(|e| within(e, &path))?;
                     data.push(bytes);
                 }
-                let keys =
-                    TicketKeys::from_key_data(data.iter().map(|d| &d[..]), context, lifetime)
-                        .map_err(|e| vec![ConfigError::new("session_ticket_keys", e)])?;
-                Some(Arc::new(keys) as _)
+                // Checked now (the lengths), made per build.
+                TicketKeys::from_key_data(data.iter().map(|d| &d[..]), [0; 32], lifetime)
+                    .map_err(|e| vec![ConfigError::new("session_ticket_keys", e)])?;
+                Tickets::Keys(data)
             }
-            Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(c)) => {
-                let secret = TicketKeysSecret::subscribe(c)
-                    .map_err(|e| vec![e.within("session_ticket_keys_sds_secret_config")])?;
-                Some(Arc::new(SdsTicketKeys::new(secret, context, lifetime)) as _)
-            }
-            _ => Some(Arc::new(
-                TicketKeys::random(context, lifetime)
-                    .map_err(|e| vec![ConfigError::new("session_ticket_keys", e)])?,
-            ) as _),
+            Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(c)) => Tickets::Sds(
+                TicketKeysSecret::subscribe(c)
+                    .map_err(|e| vec![e.within("session_ticket_keys_sds_secret_config")])?,
+            ),
+            _ => Tickets::Random,
         };
         Ok(Resumption {
             tickets,
+            lifetime,
             stateful: !ctx.disable_stateful_session_resumption,
         })
     }
 
-    fn apply(&self, config: &mut ServerConfig) {
+    /// Gives `config` a session cache and a ticketer of its own, for the session-id context
+    /// `context`.
+    fn apply(&self, config: &mut ServerConfig, context: [u8; 32]) -> Compiled<()> {
         config.session_storage = if self.stateful {
             ServerSessionMemoryCache::new(SESSION_CACHE_SIZE)
         } else {
             Arc::new(NoServerSessionStorage {})
         };
-        match &self.tickets {
-            Some(keys) => {
-                config.ticketer = keys.clone();
-                config.send_tls13_tickets = TLS13_TICKETS;
+        let failed = |e: String| vec![ConfigError::new("session_ticket_keys", e)];
+        let ticketer: Arc<dyn ProducesTickets> = match &self.tickets {
+            Tickets::Disabled => {
+                config.send_tls13_tickets = 0;
+                return Ok(());
             }
-            None => config.send_tls13_tickets = 0,
-        }
+            Tickets::Random => {
+                Arc::new(TicketKeys::random(context, self.lifetime).map_err(failed)?)
+            }
+            Tickets::Keys(data) => Arc::new(
+                TicketKeys::from_key_data(data.iter().map(|d| &d[..]), context, self.lifetime)
+                    .map_err(failed)?,
+            ),
+            Tickets::Sds(secret) => {
+                Arc::new(SdsTicketKeys::new(secret.clone(), context, self.lifetime))
+            }
+        };
+        config.ticketer = ticketer;
+        config.send_tls13_tickets = TLS13_TICKETS;
+        Ok(())
     }
 }
 

@@ -21,7 +21,13 @@ use prost::Message;
 use crate::tls::UpstreamTls;
 
 pub const TRANSPORT_SOCKET: &str = "envoy.transport_sockets.upstream_proxy_protocol";
+const TRANSPORT_SOCKET_TYPE: &str =
+    "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport";
 const RAW_BUFFER: &str = "envoy.transport_sockets.raw_buffer";
+const RAW_BUFFER_TYPE: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+/// The most a version 2 header's TLVs may take: its length field is 16 bits, of which an IPv6
+/// address block takes 36.
+const MAX_TLV_BYTES: usize = u16::MAX as usize - 36;
 
 /// The version 2 signature.
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -44,7 +50,13 @@ pub struct Transport {
 /// Compiles a cluster's `transport_socket` (paths relative to it): TLS, or the PROXY protocol
 /// around TLS or plain text.
 pub fn compile_transport_socket(ts: &TransportSocket) -> Compiled<Transport> {
-    if !is(ts, TRANSPORT_SOCKET, "ProxyProtocolUpstreamTransport") {
+    if is(ts, RAW_BUFFER, RAW_BUFFER_TYPE) {
+        return Ok(Transport {
+            proxy_protocol: None,
+            tls: None,
+        });
+    }
+    if !is(ts, TRANSPORT_SOCKET, TRANSPORT_SOCKET_TYPE) {
         return Ok(Transport {
             proxy_protocol: None,
             tls: Some(UpstreamTls::compile_transport_socket(ts)?),
@@ -65,7 +77,7 @@ pub fn compile_transport_socket(ts: &TransportSocket) -> Compiled<Transport> {
     let mut errors = Errors::default();
     let proxy_protocol = errors.take("typed_config.config", compile(&config));
     let tls = match &config.transport_socket {
-        Some(inner) if is(inner, RAW_BUFFER, "RawBuffer") => None,
+        Some(inner) if is(inner, RAW_BUFFER, RAW_BUFFER_TYPE) => None,
         Some(inner) => errors.take(
             "typed_config.transport_socket",
             UpstreamTls::compile_transport_socket(inner),
@@ -78,12 +90,12 @@ pub fn compile_transport_socket(ts: &TransportSocket) -> Compiled<Transport> {
     })
 }
 
-/// Whether a transport socket is the extension `name`, by its `typed_config`'s type (the
-/// message's short name) or, without one, by its name.
+/// Whether a transport socket is the extension `name`, by its `typed_config`'s type or,
+/// without one, by its name.
 fn is(ts: &TransportSocket, name: &str, message: &str) -> bool {
     match &ts.config_type {
         Some(transport_socket::ConfigType::TypedConfig(any)) => {
-            legate_api::any::type_name(&any.type_url).rsplit('.').next() == Some(message)
+            legate_api::any::type_name(&any.type_url) == message
         }
         _ => ts.name == name,
     }
@@ -105,6 +117,13 @@ fn compile(config: &ProxyProtocolUpstreamTransport) -> Compiled<UpstreamProxyPro
                 "a TLV type is one byte (0 to 255)",
             ),
         }
+    }
+    let tlv_bytes: usize = added_tlvs.iter().map(|(_, v)| 3 + v.len()).sum();
+    if tlv_bytes > MAX_TLV_BYTES {
+        errors.push(
+            "added_tlvs",
+            format!("the TLVs take {tlv_bytes} bytes, more than a header holds ({MAX_TLV_BYTES})"),
+        );
     }
     errors.finish(|| UpstreamProxyProtocol {
         version,

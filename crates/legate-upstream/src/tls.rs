@@ -363,14 +363,9 @@ impl Settings {
             san_override: None,
             provider: provider.clone(),
         });
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&self.params.versions)
-            .map_err(|e| {
-                vec![ConfigError::new(
-                    "common_tls_context.tls_params",
-                    format!("inconsistent TLS parameters: {e}"),
-                )]
-            })?;
+        let builder = self
+            .params
+            .with_versions(ClientConfig::builder_with_provider(provider.clone()))?;
         let mut config = builder
             .dangerous()
             .with_custom_certificate_verifier(verifier)

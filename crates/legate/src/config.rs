@@ -274,7 +274,7 @@ fn uses_rds(l: &ListenerConfig<NetworkFilter>) -> bool {
     })
 }
 
-/// Whether a listener's certificates come from SDS.
+/// Whether some of a listener's TLS settings come from SDS.
 fn uses_sds(l: &ListenerConfig<NetworkFilter>) -> bool {
     l.filter_chains
         .iter()

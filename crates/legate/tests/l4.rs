@@ -1635,7 +1635,12 @@ fn upstream_proxy_protocol_headers_as_envoy_writes_them() {
         "PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\nhello"
     );
 
-    let r = e2e::http_get(proxy.addr("http"), "/", &[]);
+    // The connection's addresses, not those `x-forwarded-for` claims.
+    let r = e2e::http_get(
+        proxy.addr("http"),
+        "/",
+        &[("x-forwarded-for", "203.0.113.9")],
+    );
     assert_eq!(r.status, 200);
     let fields: Vec<&str> = r.body.trim_end().split(' ').collect();
     assert_eq!(

@@ -58,6 +58,21 @@ pub struct Params {
     pub versions: Vec<&'static SupportedProtocolVersion>,
 }
 
+impl Params {
+    /// The protocol versions as rustls takes them for a configuration's builder.
+    pub fn with_versions<S: rustls::ConfigSide>(
+        &self,
+        builder: rustls::ConfigBuilder<S, rustls::WantsVersions>,
+    ) -> Compiled<rustls::ConfigBuilder<S, rustls::WantsVerifier>> {
+        builder.with_protocol_versions(&self.versions).map_err(|e| {
+            vec![ConfigError::new(
+                "common_tls_context.tls_params",
+                format!("inconsistent TLS parameters: {e}"),
+            )]
+        })
+    }
+}
+
 /// BoringSSL cipher names (as Envoy takes them) that rustls implements, with rustls's suite,
 /// in the order of Envoy's default `cipher_suites` (its preference when none are given).
 const CIPHERS: &[(&str, CipherSuite)] = &[
@@ -407,10 +422,23 @@ impl Validation {
     pub fn compile(v: &CertificateValidationContext) -> Compiled<Validation> {
         let mut errors = Errors::default();
         let mut crls = Vec::new();
+        // The subjects of the trusted CAs, as the certificates they issue name them, for
+        // `max_verify_depth`.
+        let mut anchors = Vec::new();
         let roots = match &v.trusted_ca {
             Some(ca) => errors
                 .take("", certificates(ca, "trusted_ca"))
                 .map(|certs| {
+                    if v.max_verify_depth.is_some() {
+                        anchors = certs
+                            .iter()
+                            .filter_map(|c| {
+                                let (_, cert) =
+                                    x509_parser::parse_x509_certificate(c.as_ref()).ok()?;
+                                Some(cert.subject().as_raw().to_vec())
+                            })
+                            .collect();
+                    }
                     if let Ok((pem, _)) = read_data_source(ca) {
                         crls.extend(
                             CertificateRevocationListDer::pem_slice_iter(&pem)
@@ -445,21 +473,10 @@ impl Validation {
         let peer = errors
             .take("", PeerChecks::compile(v, roots.is_some()))
             .unwrap_or_default();
-        // The subjects of the trusted CAs, as written in the certificates they issue.
-        let max_depth = v.max_verify_depth.as_ref().map(|d| {
-            let subjects = v
-                .trusted_ca
-                .as_ref()
-                .and_then(|ca| certificates(ca, "trusted_ca").ok())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|c| {
-                    let (_, cert) = x509_parser::parse_x509_certificate(c.as_ref()).ok()?;
-                    Some(cert.subject().as_raw().to_vec())
-                })
-                .collect();
-            (d.value, Arc::new(subjects))
-        });
+        let max_depth = v
+            .max_verify_depth
+            .as_ref()
+            .map(|d| (d.value, Arc::new(anchors)));
         if v.allow_expired_certificate && roots.is_none() {
             errors.push(
                 "allow_expired_certificate",

@@ -35,14 +35,51 @@ use crate::{Compiled, ConfigError};
 
 /// A secret some TLS context subscribes to, as the control thread feeds it.
 pub trait Subscription: Send + Sync {
-    fn name(&self) -> &str;
-    fn source(&self) -> &FileSource;
+    fn id(&self) -> &SecretId;
     /// Whether a version of the secret is in force.
     fn installed(&self) -> bool;
     /// Puts `secret` (the resource named so) in force; on error what is in force stays.
     fn install(&self, secret: Secret) -> Result<(), String>;
+
+    fn name(&self) -> &str {
+        &self.id().name
+    }
+
+    fn source(&self) -> &FileSource {
+        &self.id().source
+    }
+
     /// The files whose replacement reloads the secret.
-    fn files(&self) -> Vec<PathBuf>;
+    fn files(&self) -> Vec<PathBuf> {
+        lock(&self.id().files).clone()
+    }
+}
+
+/// What names a subscription: the secret's name and source, and the files the version in
+/// force names (certificates, keys, CAs: replacing one reloads the secret too).
+#[derive(Debug)]
+pub struct SecretId {
+    pub name: String,
+    pub source: FileSource,
+    files: Mutex<Vec<PathBuf>>,
+}
+
+impl SecretId {
+    fn new(name: String, source: FileSource) -> SecretId {
+        SecretId {
+            name,
+            source,
+            files: Mutex::default(),
+        }
+    }
+
+    fn set_files(&self, files: Vec<PathBuf>) {
+        *lock(&self.files) = files;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Every secret some TLS context uses.
@@ -65,7 +102,7 @@ impl<T: Subscription> Registry<T> {
     fn subscribe(
         &self,
         config: &SdsSecretConfig,
-        make: impl FnOnce(String, FileSource) -> T,
+        make: impl FnOnce(SecretId) -> T,
     ) -> Result<Arc<T>, ConfigError> {
         let source = match &config.sds_config {
             Some(s) => FileSource::subscribe(s).map_err(|e| e.within("sds_config"))?,
@@ -76,7 +113,7 @@ impl<T: Subscription> Registry<T> {
                 ));
             }
         };
-        let mut live = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = lock(&self.0);
         live.retain(|w| w.strong_count() > 0);
         if let Some(existing) = live
             .iter()
@@ -85,13 +122,13 @@ impl<T: Subscription> Registry<T> {
         {
             return Ok(existing);
         }
-        let secret = Arc::new(make(config.name.clone(), source));
+        let secret = Arc::new(make(SecretId::new(config.name.clone(), source)));
         live.push(Arc::downgrade(&secret));
         Ok(secret)
     }
 
     fn live(&self) -> Vec<Arc<T>> {
-        let mut live = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = lock(&self.0);
         live.retain(|w| w.strong_count() > 0);
         live.iter().filter_map(Weak::upgrade).collect()
     }
@@ -99,20 +136,17 @@ impl<T: Subscription> Registry<T> {
 
 /// A TLS certificate kept current from its SDS file.
 pub struct CertificateSecret {
-    pub name: String,
-    pub source: FileSource,
+    pub id: SecretId,
     provider: Arc<CryptoProvider>,
     /// The certificate in force, with the names it serves (read once per install).
     served: ArcSwapOption<ServedCert>,
-    /// The certificate and key files the secret names: replacing one reloads it too.
-    files: Mutex<Vec<PathBuf>>,
 }
 
 impl std::fmt::Debug for CertificateSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertificateSecret")
-            .field("name", &self.name)
-            .field("source", &self.source.path)
+            .field("name", &self.id.name)
+            .field("source", &self.id.source.path)
             .finish_non_exhaustive()
     }
 }
@@ -125,12 +159,10 @@ impl CertificateSecret {
         config: &SdsSecretConfig,
         provider: &Arc<CryptoProvider>,
     ) -> Result<Arc<CertificateSecret>, ConfigError> {
-        CERTIFICATES.subscribe(config, |name, source| CertificateSecret {
-            name,
-            source,
+        CERTIFICATES.subscribe(config, |id| CertificateSecret {
+            id,
             provider: provider.clone(),
             served: ArcSwapOption::empty(),
-            files: Mutex::default(),
         })
     }
 
@@ -146,12 +178,8 @@ impl CertificateSecret {
 }
 
 impl Subscription for CertificateSecret {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn source(&self) -> &FileSource {
-        &self.source
+    fn id(&self) -> &SecretId {
+        &self.id
     }
 
     fn installed(&self) -> bool {
@@ -160,7 +188,10 @@ impl Subscription for CertificateSecret {
 
     fn install(&self, secret: Secret) -> Result<(), String> {
         let Some(secret::Type::TlsCertificate(certificate)) = secret.r#type else {
-            return Err(format!("secret '{}' is not a tls_certificate", self.name));
+            return Err(format!(
+                "secret '{}' is not a tls_certificate",
+                self.id.name
+            ));
         };
         if certificate.ocsp_staple.is_some() {
             return Err(
@@ -169,34 +200,25 @@ impl Subscription for CertificateSecret {
         }
         let key = super::certified_key(&certificate, &self.provider).map_err(joined)?;
         self.served.store(Some(Arc::new(ServedCert::plain(key))));
-        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = certificate_files(&certificate);
+        self.id.set_files(certificate_files(&certificate));
         Ok(())
-    }
-
-    fn files(&self) -> Vec<PathBuf> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
 /// A validation context kept current from its SDS file, and the contexts built from it.
 pub struct ValidationSecret {
-    pub name: String,
-    pub source: FileSource,
+    pub id: SecretId,
     current: ArcSwapOption<CertificateValidationContext>,
     /// The contexts to rebuild when it changes.
     users: Mutex<Vec<Weak<dyn Rebuild>>>,
-    /// The CA and CRL files it names: replacing one reloads it too.
-    files: Mutex<Vec<PathBuf>>,
 }
 
 impl ValidationSecret {
     fn subscribe(config: &SdsSecretConfig) -> Result<Arc<ValidationSecret>, ConfigError> {
-        VALIDATIONS.subscribe(config, |name, source| ValidationSecret {
-            name,
-            source,
+        VALIDATIONS.subscribe(config, |id| ValidationSecret {
+            id,
             current: ArcSwapOption::empty(),
             users: Mutex::default(),
-            files: Mutex::default(),
         })
     }
 
@@ -207,12 +229,8 @@ impl ValidationSecret {
 }
 
 impl Subscription for ValidationSecret {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn source(&self) -> &FileSource {
-        &self.source
+    fn id(&self) -> &SecretId {
+        &self.id
     }
 
     fn installed(&self) -> bool {
@@ -223,10 +241,10 @@ impl Subscription for ValidationSecret {
         let Some(secret::Type::ValidationContext(context)) = secret.r#type else {
             return Err(format!(
                 "secret '{}' is not a validation_context",
-                self.name
+                self.id.name
             ));
         };
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users = lock(&self.users);
         users.retain(|w| w.strong_count() > 0);
         // Every context is built before any is changed: the update is all or nothing.
         let mut commits = Vec::new();
@@ -234,16 +252,14 @@ impl Subscription for ValidationSecret {
             commits.push(user.prepare(&context)?);
         }
         commits.into_iter().for_each(|commit| commit());
-        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = [&context.trusted_ca, &context.crl]
-            .into_iter()
-            .filter_map(|s| filename(s.as_ref()))
-            .collect();
+        self.id.set_files(
+            [&context.trusted_ca, &context.crl]
+                .into_iter()
+                .filter_map(|s| filename(s.as_ref()))
+                .collect(),
+        );
         self.current.store(Some(Arc::new(context)));
         Ok(())
-    }
-
-    fn files(&self) -> Vec<PathBuf> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -264,22 +280,17 @@ pub fn check_ticket_key(data: &[u8]) -> Result<(), String> {
 
 /// Session ticket keys kept current from their SDS file (`session_ticket_keys_sds_secret_config`).
 pub struct TicketKeysSecret {
-    pub name: String,
-    pub source: FileSource,
+    pub id: SecretId,
     /// The keys in force, each [`TICKET_KEY_LEN`] bytes, the first sealing new tickets.
     current: ArcSwapOption<Vec<Vec<u8>>>,
-    /// The key files the secret names: replacing one reloads it too.
-    files: Mutex<Vec<PathBuf>>,
 }
 
 impl TicketKeysSecret {
     /// The secret `config` names, shared with every other context that names it.
     pub fn subscribe(config: &SdsSecretConfig) -> Result<Arc<TicketKeysSecret>, ConfigError> {
-        TICKET_KEYS.subscribe(config, |name, source| TicketKeysSecret {
-            name,
-            source,
+        TICKET_KEYS.subscribe(config, |id| TicketKeysSecret {
+            id,
             current: ArcSwapOption::empty(),
-            files: Mutex::default(),
         })
     }
 
@@ -290,12 +301,8 @@ impl TicketKeysSecret {
 }
 
 impl Subscription for TicketKeysSecret {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn source(&self) -> &FileSource {
-        &self.source
+    fn id(&self) -> &SecretId {
+        &self.id
     }
 
     fn installed(&self) -> bool {
@@ -304,7 +311,10 @@ impl Subscription for TicketKeysSecret {
 
     fn install(&self, secret: Secret) -> Result<(), String> {
         let Some(secret::Type::SessionTicketKeys(keys)) = secret.r#type else {
-            return Err(format!("secret '{}' is not session_ticket_keys", self.name));
+            return Err(format!(
+                "secret '{}' is not session_ticket_keys",
+                self.id.name
+            ));
         };
         if keys.keys.is_empty() {
             return Err("session_ticket_keys.keys: value must contain at least 1 item".into());
@@ -316,13 +326,9 @@ impl Subscription for TicketKeysSecret {
             data.push(bytes);
         }
         self.current.store(Some(Arc::new(data)));
-        *self.files.lock().unwrap_or_else(|p| p.into_inner()) =
-            keys.keys.iter().filter_map(|k| filename(Some(k))).collect();
+        self.id
+            .set_files(keys.keys.iter().filter_map(|k| filename(Some(k))).collect());
         Ok(())
-    }
-
-    fn files(&self) -> Vec<PathBuf> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -416,7 +422,7 @@ impl<T: Send + Sync + 'static> Validated<T> {
                 validated.built.store(Some(Arc::new(built)));
             }
             Some(secret) => {
-                let mut users = secret.users.lock().unwrap_or_else(|p| p.into_inner());
+                let mut users = lock(&secret.users);
                 if let Some(current) = secret.current() {
                     let commit = validated
                         .clone()
@@ -435,6 +441,11 @@ impl<T: Send + Sync + 'static> Validated<T> {
     /// not arrived (the handshake is refused).
     pub fn current(&self) -> Option<Arc<T>> {
         self.built.load_full()
+    }
+
+    /// Whether the validation settings come from an SDS secret.
+    pub fn from_sds(&self) -> bool {
+        self.secret.is_some()
     }
 
     /// For the admin `/certs` of a context whose validation context comes from SDS: the

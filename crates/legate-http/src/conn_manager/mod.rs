@@ -469,6 +469,7 @@ impl HttpConnectionManager {
                     cluster: &cluster,
                     body_state,
                     worker: conn.downstream.worker,
+                    connection: &conn.downstream,
                     restored_local: conn
                         .downstream
                         .local_restored

@@ -77,6 +77,11 @@ async fn open(
             if cluster.config.tls.is_some() {
                 return Err("TLS to a unix domain socket is not supported".to_owned());
             }
+            if cluster.config.proxy_protocol.is_some() {
+                return Err(
+                    "the PROXY protocol to a unix domain socket is not supported".to_owned(),
+                );
+            }
             let unix = connect_unix(path)
                 .await
                 .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
