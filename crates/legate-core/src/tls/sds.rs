@@ -1,9 +1,10 @@
 //! SDS secrets from files: `tls_certificate_sds_secret_configs`, the validation context of
 //! `validation_context_sds_secret_config` / `combined_validation_context`, and
-//! `session_ticket_keys_sds_secret_config`, whose `sds_config` is a file source. The file holds a `DiscoveryResponse` of `Secret`s; the one with the given
-//! name is the secret (its certificates inline or in files of their own). When the file, or a
-//! file the secret names, is replaced, the secret changes for the handshakes that start from
-//! then on; connections already open keep what they had.
+//! `session_ticket_keys_sds_secret_config`, whose `sds_config` is a file source. The file
+//! holds a `DiscoveryResponse` with the one `Secret` it is read for (as Envoy, a file with
+//! another or with more is refused); its certificates and keys are inline or in files of their
+//! own. When the file, or a file the secret names, is replaced, the secret changes for the
+//! handshakes that start from then on; connections already open keep what they had.
 //!
 //! Secrets are shared, as Envoy's secret manager shares them: every TLS context naming the
 //! same secret at the same source uses one subscription, registered process-wide (contexts are
