@@ -428,10 +428,7 @@ impl Control {
             Ok(r) => r,
             Err(failed) => return failed.count("cds", &source, &self.cds),
         };
-        let applied = self.apply_cds(&response);
-        // The SDS secrets of new clusters' TLS contexts.
-        self.feed_secrets();
-        match applied {
+        match self.apply_cds(&response) {
             Ok(()) => {
                 self.cds.accepted(&response.version_info);
                 lock(&self.dump).cds_version = response.version_info.clone();
@@ -509,6 +506,9 @@ impl Control {
             .filter(|name| !records.contains_key(*name))
             .cloned()
             .collect();
+        // The SDS secrets of the new clusters' TLS contexts, before they are in force (Envoy
+        // warms a cluster until its secrets arrive).
+        self.feed_secrets();
         let (added, modified, removed) = self.update_clusters(upsert, remove, true);
         self.dynamic_clusters = records;
         if added + modified + removed > 0 {
