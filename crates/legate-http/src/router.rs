@@ -39,11 +39,9 @@ pub(crate) struct Forwarding<'a> {
     pub forward: &'a Forward,
     pub cluster: &'a str,
     pub body_state: &'a RequestBodyState,
-    pub worker: usize,
-    /// The downstream connection (its addresses name it in an upstream PROXY header).
+    /// The downstream connection: its worker, its addresses (a restored local address for an
+    /// ORIGINAL_DST cluster, both for an upstream PROXY header).
     pub connection: &'a crate::conn_manager::Downstream,
-    /// The connection's local address when a listener filter restored it (ORIGINAL_DST).
-    pub restored_local: Option<std::net::SocketAddr>,
     /// The `Upgrade` type the client asked for (lowercase), if any.
     pub upgrade: Option<String>,
     pub downstream_upgrade: Option<crate::h1::OnUpgrade>,
@@ -259,7 +257,7 @@ pub(crate) async fn forward(
     };
     let pick = hash.unwrap_or_else(|| fastrand::u64(..));
     let lb_context = legate_upstream::original_dst::LbContext {
-        restored_local: f.restored_local,
+        restored_local: f.connection.local_restored.then_some(f.connection.local),
         headers: Some(&parts.headers),
     };
     let Some(host) = cluster.choose_host_for(pick, &lb_context) else {
@@ -355,7 +353,7 @@ pub(crate) async fn forward(
     let sent = pool::send(
         &cluster,
         &host,
-        f.worker,
+        f.connection.worker,
         protocol,
         upstream_request,
         downstream,

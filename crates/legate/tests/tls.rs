@@ -1998,21 +1998,20 @@ fn tls13_session_tickets_leave_with_the_first_response_as_in_envoy() {
     assert!(resumed(proxy.addr("tls"), config, name), "not resumed");
 }
 
+/// An 80-byte session ticket key file in `ca`'s directory; keys of different `fill` differ in
+/// every byte (their names too).
+fn ticket_key_file(ca: &Ca, file: &str, fill: u8) -> PathBuf {
+    let path = ca.dir.join(file);
+    let key: Vec<u8> = (0..80u8).map(|i| i.wrapping_mul(31) ^ fill).collect();
+    std::fs::write(&path, key).unwrap();
+    path
+}
+
 #[test]
 fn sessions_resume_across_listeners_sharing_ticket_keys() {
     let ca = Ca::new("tickets");
     let server = ca.leaf("server", &["tickets.example.com"]);
-    let key = |file: &str, fill: u8| {
-        let path = ca.dir.join(file);
-        std::fs::write(
-            &path,
-            (0..80u8)
-                .map(|i| i.wrapping_mul(31) ^ fill)
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
-        path
-    };
+    let key = |file: &str, fill: u8| ticket_key_file(&ca, file, fill);
     let (shared, other) = (key("shared.key", 1), key("other.key", 2));
     let keys = |path: &Path| {
         format!(
@@ -2085,17 +2084,7 @@ fn sessions_resume_across_listeners_sharing_ticket_keys() {
 fn session_ticket_keys_from_sds_are_shared_and_rotate() {
     let ca = Ca::new("sds-tickets");
     let server = ca.leaf("server", &["tickets.example.com"]);
-    let key = |file: &str, fill: u8| {
-        let path = ca.dir.join(file);
-        std::fs::write(
-            &path,
-            (0..80u8)
-                .map(|i| i.wrapping_mul(7) ^ fill)
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
-        path
-    };
+    let key = |file: &str, fill: u8| ticket_key_file(&ca, file, fill);
     let secret = |keys: &[&Path]| {
         let keys: String = keys
             .iter()

@@ -790,11 +790,11 @@ fn tls_operators_in_a_tcp_proxy_access_log() {
     );
 }
 
-/// `/certs` for a context whose certificate comes from an SDS secret (a file source): the
-/// secret's certificate, with the path its `certificate_chain` names.
-#[test]
-fn admin_certs_shows_sds_certificates() {
-    let pki = pki();
+/// `/certs` of a listener whose certificate comes from an SDS secret (a file source) and whose
+/// `common_tls_context` has `validation` (given the PKI's files), compared with what Envoy
+/// lists: the secret's certificate as `<inline>` (Envoy reads the secret's files into inline
+/// data) and the CA from `ca_path`.
+fn check_certs_of_sds_context(pki: &Pki, validation: &str, ca_path: &str) {
     let upstream = Upstream::start();
     let sds = pki.dir.join("sds.yaml");
     std::fs::write(
@@ -815,11 +815,8 @@ fn admin_certs_shows_sds_certificates() {
             tls_certificate_sds_secret_configs:
             - name: proxy
               sds_config: {{path_config_source: {{path: {sds}}}, resource_api_version: V3}}
-            validation_context:
-              trusted_ca: {{filename: {ca}}}
-"#,
+{validation}"#,
         sds = sds.display(),
-        ca = pki.ca.cert.display(),
     );
     // Envoy requires a node identity for any xDS subscription, SDS from a file too.
     let config = format!(
@@ -831,8 +828,7 @@ fn admin_certs_shows_sds_certificates() {
     );
     let proxy = start_proxy(&config);
     let expected = serde_json::json!({ "certificates": [{
-        "ca_cert": [cert_details(&pki.ca, pki.ca.cert.to_str().unwrap(), &[])],
-        // Envoy reads the secret's files into inline data.
+        "ca_cert": [cert_details(&pki.ca, ca_path, &[])],
         "cert_chain": [cert_details(
             &pki.proxy,
             "<inline>",
@@ -848,22 +844,23 @@ fn admin_certs_shows_sds_certificates() {
     assert_eq!(response.body, envoy_pretty(&expected));
 }
 
+/// `/certs` for a context whose certificate comes from an SDS secret: the secret's
+/// certificate, and the inline validation context's CA with its path.
+#[test]
+fn admin_certs_shows_sds_certificates() {
+    let pki = pki();
+    let validation = format!(
+        "            validation_context:\n              trusted_ca: {{filename: {}}}\n",
+        pki.ca.cert.display()
+    );
+    check_certs_of_sds_context(&pki, &validation, pki.ca.cert.to_str().unwrap());
+}
+
 /// `/certs` for a context whose validation context comes from an SDS secret: the CA of the
-/// secret in force, as Envoy lists it.
+/// secret in force, as Envoy lists it (`<inline>`).
 #[test]
 fn admin_certs_shows_the_ca_of_an_sds_validation_context() {
     let pki = pki();
-    let upstream = Upstream::start();
-    let sds = pki.dir.join("sds.yaml");
-    std::fs::write(
-        &sds,
-        format!(
-            "version_info: \"1\"\nresources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: proxy\n  tls_certificate:\n    certificate_chain: {{filename: {}}}\n    private_key: {{filename: {}}}\n",
-            pki.proxy.cert.display(),
-            pki.proxy.key.display()
-        ),
-    )
-    .unwrap();
     let roots = pki.dir.join("roots.yaml");
     std::fs::write(
         &roots,
@@ -873,45 +870,9 @@ fn admin_certs_shows_the_ca_of_an_sds_validation_context() {
         ),
     )
     .unwrap();
-    let tls = format!(
-        r#"      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
-            - name: proxy
-              sds_config: {{path_config_source: {{path: {sds}}}, resource_api_version: V3}}
-            validation_context_sds_secret_config:
-              name: roots
-              sds_config: {{path_config_source: {{path: {roots}}}, resource_api_version: V3}}
-"#,
-        sds = sds.display(),
-        roots = roots.display(),
+    let validation = format!(
+        "            validation_context_sds_secret_config:\n              name: roots\n              sds_config: {{path_config_source: {{path: {}}}, resource_api_version: V3}}\n",
+        roots.display()
     );
-    // Envoy requires a node identity for any xDS subscription, SDS from a file too.
-    let config = format!(
-        "node: {{id: edge, cluster: edge}}\n{}",
-        bootstrap(
-            &[listener("sds", &format!("{tls}{}", hcm("", "")))],
-            upstream.addr
-        )
-    );
-    let proxy = start_proxy(&config);
-    let expected = serde_json::json!({ "certificates": [{
-        "ca_cert": [cert_details(&pki.ca, "<inline>", &[])],
-        // Envoy reads the secret's files into inline data.
-        "cert_chain": [cert_details(
-            &pki.proxy,
-            "<inline>",
-            &[
-                ("dns", "proxy.example.com"),
-                ("uri", "spiffe://legate/proxy"),
-                ("ip_address", "127.0.0.1"),
-            ],
-        )],
-    }]});
-    let response = e2e::http_get(proxy.admin.unwrap(), "/certs", &[]);
-    assert_eq!(response.status, 200);
-    assert_eq!(response.body, envoy_pretty(&expected));
+    check_certs_of_sds_context(&pki, &validation, "<inline>");
 }

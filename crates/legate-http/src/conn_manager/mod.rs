@@ -468,12 +468,7 @@ impl HttpConnectionManager {
                     forward,
                     cluster: &cluster,
                     body_state,
-                    worker: conn.downstream.worker,
                     connection: &conn.downstream,
-                    restored_local: conn
-                        .downstream
-                        .local_restored
-                        .then_some(conn.downstream.local),
                     upgrade,
                     downstream_upgrade,
                 };
