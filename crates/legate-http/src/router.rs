@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header};
 
 use http_body::{Frame, SizeHint};
-use hyper_util::rt::TokioIo;
 use legate_core::stream_info::{Protocol as DownstreamProtocol, ResponseFlags, StreamInfo};
 use legate_upstream::body::{self, Body, BoxError};
 use legate_upstream::breaker::{Limit, ResourceGuard};
@@ -508,7 +507,7 @@ pub(crate) async fn forward(
 
     if switching {
         if let Some(downstream) = f.downstream_upgrade {
-            let upstream = hyper::upgrade::on(&mut response);
+            let upstream = response.body_mut().upgrade();
             stats.downstream_cx_upgrades_total.inc();
             stats.downstream_cx_upgrades_active.inc();
             let upgrades_active = stats.downstream_cx_upgrades_active;
@@ -583,16 +582,15 @@ fn rewrite_request(
 /// Copies bytes both ways between an upgraded client and upstream (WebSocket and friends).
 async fn tunnel(
     downstream: crate::h1::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: Option<pool::Upgraded>,
     _active: ActiveRequest,
     _guard: ResourceGuard,
     cluster: Arc<Cluster>,
 ) {
-    let (Some(mut down), Ok(up)) = (downstream.upgraded().await, upstream.await) else {
+    let (Some(mut down), Some(mut up)) = (downstream.upgraded().await, upstream) else {
         cluster.stats.traffic.upstream_rq_active().dec();
         return;
     };
-    let mut up = TokioIo::new(up);
     let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
     cluster.stats.traffic.upstream_rq_active().dec();
 }

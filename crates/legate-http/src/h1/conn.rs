@@ -20,7 +20,9 @@ use legate_upstream::body::{Body, BoxError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
-use super::body::{BodyError, BodySender, Decoder, RequestBody, Room};
+use legate_core::http1::{self, Decoder};
+
+use super::body::{BodyError, BodySender, RequestBody, Room};
 use super::encode::{self, Exchange, Framing};
 use super::head::{self, Head, Limits};
 use super::upgrade::{OnUpgrade, Upgraded};
@@ -162,13 +164,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             if !self.read.is_empty() {
-                if let Some(end) = head::find_end(&self.read, self.searched) {
+                if let Some(end) = http1::find_end(&self.read, self.searched) {
                     self.searched = 0;
                     return head::parse(&mut self.read, end, &self.limits)
                         .map(Some)
                         .map_err(Error::Codec);
                 }
-                self.searched = head::resume_at(self.read.len());
+                self.searched = http1::resume_at(self.read.len());
                 if self.read.len() > self.limits.max_header_bytes + 2 {
                     return Err(Error::Codec(CodecError::HEADERS_TOO_LARGE));
                 }
@@ -246,7 +248,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         let head_request = parts.method == Method::HEAD;
         let connect = parts.method == Method::CONNECT;
         let (body, sender) = match framing {
-            head::Framing::Empty => (RequestBody::empty(), None),
+            http1::Framing::Empty => (RequestBody::empty(), None),
             _ => {
                 let (body, sender) = RequestBody::channel(framing);
                 (body, Some(sender))
@@ -292,7 +294,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 || shutdown.is_requested()
                 || incoming.abandoned
                 || incoming.broken
-                || head::has_token(&parts.headers, header::CONNECTION, "close"));
+                || http1::has_token(&parts.headers, header::CONNECTION, "close"));
         let exchange = Exchange {
             head_request,
             close,
@@ -373,8 +375,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                         Poll::Ready(Ok(_)) => {}
                         Poll::Ready(Err(e)) => return Err(e.into()),
                     },
-                    Err(e) => {
-                        sender.send(Err(e));
+                    Err(http1::Malformed) => {
+                        sender.send(Err(BodyError::Malformed));
                         incoming.sender = None;
                         incoming.broken = true;
                         return Ok(());
@@ -421,7 +423,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                         sending.put(&mut self.out, data)?;
                     }
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::Response(e))),
+                Poll::Ready(Some(Err(e))) => {
+                    // What came before the failure still goes out (as Envoy sends it): the
+                    // client sees the response cut short by the framing it was promised.
+                    let _ = self.poll_flush(cx);
+                    return Poll::Ready(Err(Error::Response(e)));
+                }
                 Poll::Ready(None) => sending.end(&mut self.out)?,
                 Poll::Pending => {
                     ready!(self.poll_flush(cx))?;

@@ -8,6 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{StatusCode, response};
 use http_body::SizeHint;
+pub(super) use legate_core::http1::{CHUNK_END, LAST_CHUNK, chunk_size};
 
 /// How a response body is delimited on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +64,7 @@ pub(super) fn head(
         );
         Framing::Chunked
     };
-    if exchange.close && !super::head::has_token(headers, header::CONNECTION, "close") {
+    if exchange.close && !legate_core::http1::has_token(headers, header::CONNECTION, "close") {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 
@@ -99,24 +100,6 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         length = Some(n);
     }
     length
-}
-
-/// The size line before a chunk of `len` bytes.
-pub(super) fn chunk_size(out: &mut BytesMut, len: usize) {
-    use std::fmt::Write as _;
-    let _ = write!(Hex(out), "{len:x}\r\n");
-}
-
-pub(super) const CHUNK_END: &[u8] = b"\r\n";
-pub(super) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
-struct Hex<'a>(&'a mut BytesMut);
-
-impl std::fmt::Write for Hex<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.put_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 /// The `date` header's value for now, formatted once a second per thread.

@@ -4,8 +4,12 @@
 //! (`content-length` or `transfer-encoding: chunked`, never guessed).
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{HeaderMap, Method, Uri, Version};
+
+use legate_core::http1::{
+    Framing, Lines, content_length, has_token, header_field, leading_blank_lines, tokens,
+};
 
 use super::CodecError;
 
@@ -24,14 +28,6 @@ pub struct Limits {
     pub delayed_close_timeouts: Option<legate_core::stats::Counter>,
 }
 
-/// How the request body is delimited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-}
-
 /// A parsed request head.
 #[derive(Debug)]
 pub(super) struct Head {
@@ -45,38 +41,6 @@ pub(super) struct Head {
     /// The connection may turn into a tunnel after the response: `connection: upgrade` with
     /// an `upgrade` header, or CONNECT.
     pub upgrade: bool,
-}
-
-/// Where the head in `buf` ends (the index after its blank line), scanning from `from` (bytes
-/// before it were searched by an earlier call). Leading blank lines are not a head's end.
-pub(super) fn find_end(buf: &[u8], from: usize) -> Option<usize> {
-    let start = leading_blank_lines(buf);
-    let mut at = from.max(start);
-    while let Some(i) = memchr::memchr(b'\n', &buf[at..]) {
-        let lf = at + i;
-        // A blank line: `\n\n` or `\n\r\n` (bare LF line endings are accepted, as by Envoy).
-        if lf > start
-            && (buf[lf - 1] == b'\n'
-                || (buf[lf - 1] == b'\r' && lf >= start + 2 && buf[lf - 2] == b'\n'))
-        {
-            return Some(lf + 1);
-        }
-        at = lf + 1;
-    }
-    None
-}
-
-/// Where the search may resume after `len` bytes were searched without finding an end: the
-/// last three bytes may start a blank line.
-pub(super) fn resume_at(len: usize) -> usize {
-    len.saturating_sub(3)
-}
-
-/// The number of empty lines a client may send between requests (RFC 9112 §2.2).
-fn leading_blank_lines(buf: &[u8]) -> usize {
-    buf.iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count()
 }
 
 /// Parses the head occupying `buf[..end]` and removes it from `buf`.
@@ -105,7 +69,8 @@ pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<H
         if count > limits.max_headers {
             return Err(CodecError::HEADERS_TOO_LARGE);
         }
-        let (name, value) = header_field(&bytes, start, stop)?;
+        let (name, value) =
+            header_field(&bytes, start, stop).map_err(|_| CodecError::BAD_REQUEST)?;
         headers.append(name, value);
     }
 
@@ -139,29 +104,6 @@ pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<H
         expect_continue,
         upgrade,
     })
-}
-
-/// The lines of a head as `(start, end)` ranges without their line ending.
-struct Lines<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Iterator for Lines<'_> {
-    type Item = (usize, usize);
-
-    fn next(&mut self) -> Option<(usize, usize)> {
-        let rest = self.bytes.get(self.at..)?;
-        let lf = self.at + memchr::memchr(b'\n', rest)?;
-        let start = self.at;
-        self.at = lf + 1;
-        let end = if lf > start && self.bytes[lf - 1] == b'\r' {
-            lf - 1
-        } else {
-            lf
-        };
-        Some((start, end))
-    }
 }
 
 /// `method SP request-target SP HTTP-version`, single spaces, nothing else.
@@ -232,34 +174,6 @@ fn request_target(method: &Method, target: Bytes) -> Result<Uri, CodecError> {
     Ok(uri)
 }
 
-/// `name: value` — the name a token with no whitespace before the colon, the value trimmed
-/// of surrounding whitespace and free of control characters (NUL, bare CR) other than HTAB.
-fn header_field(
-    bytes: &Bytes,
-    start: usize,
-    end: usize,
-) -> Result<(HeaderName, HeaderValue), CodecError> {
-    let line = &bytes[start..end];
-    // A line starting with whitespace continues the previous value (obsolete line folding),
-    // which Envoy refuses.
-    let colon = memchr::memchr(b':', line).ok_or(CodecError::BAD_REQUEST)?;
-    let name = &line[..colon];
-    let mut from = start + colon + 1;
-    let mut to = end;
-    while from < to && matches!(bytes[from], b' ' | b'\t') {
-        from += 1;
-    }
-    while to > from && matches!(bytes[to - 1], b' ' | b'\t') {
-        to -= 1;
-    }
-    // `HeaderName` takes tokens only (no whitespace before the colon); `HeaderValue` refuses
-    // control characters other than HTAB (NUL, a bare CR).
-    let name = HeaderName::from_bytes(name).map_err(|_| CodecError::BAD_REQUEST)?;
-    let value = HeaderValue::from_maybe_shared(bytes.slice(from..to))
-        .map_err(|_| CodecError::BAD_REQUEST)?;
-    Ok((name, value))
-}
-
 /// The body's framing from `transfer-encoding` and `content-length`; both at once are
 /// refused (request smuggling), as by Envoy without `allow_chunked_length`.
 fn framing(headers: &HeaderMap) -> Result<Framing, CodecError> {
@@ -277,49 +191,11 @@ fn framing(headers: &HeaderMap) -> Result<Framing, CodecError> {
         }
         return Ok(Framing::Chunked);
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-                return Err(CodecError::BAD_REQUEST);
-            }
-            let n: u64 = std::str::from_utf8(item)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(CodecError::BAD_REQUEST)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(CodecError::BAD_REQUEST);
-            }
-            length = Some(n);
-        }
-    }
+    let length = content_length(headers).map_err(|_| CodecError::BAD_REQUEST)?;
     Ok(match length {
         None | Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
     })
-}
-
-/// Whether a `name` header lists `token` (case-insensitive): `connection: close` and the like.
-pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// The comma-separated tokens of every `name` header, trimmed.
-fn tokens(headers: &HeaderMap, name: HeaderName) -> Vec<&str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .collect()
 }
 
 #[cfg(test)]
@@ -336,28 +212,12 @@ mod tests {
 
     fn head(raw: &[u8]) -> Result<Head, CodecError> {
         let mut buf = BytesMut::from(raw);
-        let end = find_end(&buf, 0).expect("a complete head");
+        let end = legate_core::http1::find_end(&buf, 0).expect("a complete head");
         let head = parse(&mut buf, end, &LIMITS);
         if head.is_ok() {
             assert_eq!(&buf[..], b"rest", "the head is removed, the rest stays");
         }
         head
-    }
-
-    #[test]
-    fn finds_the_end_with_either_line_ending_and_resumes() {
-        assert_eq!(
-            find_end(b"GET / HTTP/1.1\r\nhost: x\r\n\r\nbody", 0),
-            Some(27)
-        );
-        assert_eq!(find_end(b"GET / HTTP/1.1\nhost: x\n\n", 0), Some(24));
-        assert_eq!(find_end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(22));
-        assert_eq!(find_end(b"GET / HTTP/1.1\r\nhost: x\r\n", 0), None);
-        let whole = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
-        for cut in 1..whole.len() {
-            let resume = resume_at(cut);
-            assert_eq!(find_end(whole, resume), Some(whole.len()), "cut at {cut}");
-        }
     }
 
     #[test]

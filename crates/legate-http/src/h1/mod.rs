@@ -8,7 +8,8 @@
 //! always delimited (`content-length`, chunked, or the connection's end when it must close).
 //! An idle connection holds no buffers: read and write buffers live only while a request does.
 //!
-//! The pieces: `head` parses a request head, `body` decodes a request body and hands it over,
+//! The pieces: `head` parses a request head, `body` hands a request body over (the wire
+//! pieces shared with the upstream client are in `legate_core::http1`),
 //! `encode` writes a response head and frames its body, `conn` runs the connection, and
 //! `upgrade` hands the socket over when a response switches protocols (WebSocket, CONNECT).
 

@@ -1,19 +1,19 @@
 //! Opening upstream connections: TCP or a unix domain socket, then TLS when the cluster has a
-//! transport socket, within `connect_timeout`, counting `upstream_cx_*`; and running an HTTP
-//! connection to its end, counting which side closed it.
+//! transport socket, within `connect_timeout`, counting `upstream_cx_*`; and accounting for an
+//! HTTP connection's end, counting which side closed it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use legate_core::io::counting::CountingIo;
 use tokio::net::TcpStream;
 
-use super::lifetime::{Lifetime, PoolHandle, next_id};
+use super::lifetime::{IdleWatch, Lifetime, PoolHandle, next_id};
 use super::pending::{Pending, Slot};
-use super::{H1, Protocol, UpstreamError};
+use super::{H1, Meta, Protocol, UpstreamError};
 use crate::body::Body;
 use crate::breaker::{Limit, ResourceGuard};
 use crate::host::Host;
@@ -168,37 +168,36 @@ fn os_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Runs a connection to its end under its limits in time (its timer, see [`Lifetime`]), then
-/// accounts for it, as closed by the upstream (`upstream_cx_destroy_remote`) or by Legate
-/// (`_local`). The upstream closed it when it failed (a reset, a response cut short) or ended
-/// while its pool still held it (an idle HTTP/1.1 connection, the open HTTP/2 one: nothing on
-/// Legate's side let it go); Legate did when its pool had let it go (idle timeout,
-/// `max_requests_per_connection`, `connection: close`, the cluster gone). Nothing is checked
-/// per request.
+/// What accounts for the end of an HTTP connection, started now under its limits in time
+/// (its timer, see [`Lifetime`]): called with whether the upstream closed it
+/// (`upstream_cx_destroy_remote`) rather than Legate (`_local`). The upstream closed it when
+/// it failed (a reset, a response cut short) or ended while its pool still held it (an idle
+/// connection, the open HTTP/2 one: nothing on Legate's side let it go); Legate did when its
+/// pool had let it go (idle timeout, `max_requests_per_connection`, `connection: close`, the
+/// cluster gone). Nothing is counted per request.
 ///
-/// The task holds the stats it updates and only weak references to the host and the pool: the
-/// pool holds the connection's sender, so a strong one would keep both alive forever once the
-/// cluster is replaced or the host removed (dropping the pool is what closes its idle
-/// connections).
-fn drive<F, T, E>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: Slot, lifetime: Lifetime, conn: F)
-where
-    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
-{
+/// It holds the stats it updates and only a weak reference to the host: the host's pools
+/// hold the connection, so a strong one would keep them alive forever once the host is
+/// removed (dropping a pool is what closes its idle connections).
+fn end_of(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    slot: Slot,
+    lifetime: Lifetime,
+) -> impl FnOnce(bool) + Send + 'static {
     let traffic = cluster.stats.traffic;
     let length = cluster.stats.upstream_cx_length_ms;
     let host = Arc::downgrade(host);
     let opened = Instant::now();
-    let (id, pool) = (lifetime.id, lifetime.pool.clone());
     let timer = lifetime.start(traffic);
-    tokio::spawn(async move {
-        let failed = conn.await.is_err();
+    move |by_upstream: bool| {
         if let Some(timer) = timer {
             timer.abort();
         }
         drop(slot);
         traffic.upstream_cx_active().dec();
         traffic.upstream_cx_destroy().inc();
-        if failed || pool.holds(id) {
+        if by_upstream {
             traffic.upstream_cx_destroy_remote().inc();
         } else {
             traffic.upstream_cx_destroy_local().inc();
@@ -208,6 +207,20 @@ where
             host.active_connections
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+}
+
+/// Runs an HTTP/2 connection to its end on a task of its own, then accounts for it (see
+/// [`end_of`]: the upstream closed it if it failed or its pool still held it).
+fn drive<F, T, E>(cluster: &Arc<Cluster>, host: &Arc<Host>, slot: Slot, lifetime: Lifetime, conn: F)
+where
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+{
+    let (id, pool) = (lifetime.id, lifetime.pool.clone());
+    let end = end_of(cluster, host, slot, lifetime);
+    tokio::spawn(async move {
+        let failed = conn.await.is_err();
+        end(failed || pool.holds(id));
     });
 }
 
@@ -217,6 +230,7 @@ fn lifetime(cluster: &Cluster, pool: PoolHandle) -> Lifetime {
         id: next_id(),
         pool,
         idle_timeout: cluster.config.idle_timeout,
+        idle_watch: None,
         retire_at: cluster
             .config
             .max_connection_duration
@@ -240,21 +254,23 @@ pub(super) async fn connect_http1(
         name.and_then(|n| n.proxy.as_deref().copied()),
     )
     .await?;
-    let (sender, conn) = http1::Builder::new()
-        .max_headers(cluster.config.max_headers_count as usize)
-        .handshake(TokioIo::new(counted(cluster, stream)))
-        .await
-        .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
     cluster.stats.traffic.upstream_cx_http1_total().inc();
-    let lifetime = lifetime(cluster, pool);
-    let conn_of_pool = H1 {
-        sender,
+    let mut lifetime = lifetime(cluster, pool);
+    let watch = Arc::new(IdleWatch::default());
+    lifetime.idle_watch = Some(watch.clone());
+    let meta = Meta {
         uses: 0,
         id: lifetime.id,
         retire_at: lifetime.retire_at,
     };
-    drive(cluster, host, slot, lifetime, conn.with_upgrades());
-    Ok(conn_of_pool)
+    let end = end_of(cluster, host, slot, lifetime);
+    let conn = crate::http1::Connection::new(
+        counted(cluster, stream),
+        cluster.config.max_headers_count as usize,
+        std::task::Waker::from(watch),
+        Box::new(end),
+    );
+    Ok(H1 { conn, meta })
 }
 
 /// Opens an HTTP/2 connection in `slot`, for the pool `pool` finds: its sender and number.

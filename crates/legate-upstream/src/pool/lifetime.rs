@@ -7,12 +7,15 @@
 //! pool and closed once its requests are done.
 //!
 //! Each connection has a timer task of its own, stopped when the connection ends: it wakes at
-//! the next deadline and looks the connection up in its pool by number. Nothing is done per
-//! request (the task that runs the connection is not woken by the timer, nor the timer by
-//! the connection's traffic).
+//! the next deadline and looks the connection up in its pool by number. An HTTP/1.1
+//! connection's task also watches it while it is idle: the connection, checked in, registers
+//! the task's [`IdleWatch`] with its socket, and the task closes it if the host closes it (or
+//! sends anything). Nothing is done per request (the timer is not woken by the connection's
+//! traffic).
 
-use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::Wake;
 use std::time::{Duration, Instant};
 
 use super::HostPool;
@@ -48,12 +51,31 @@ pub(super) fn next_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Wakes an HTTP/1.1 connection's task when its idle socket has something to say (it is
+/// the waker the idle connection's socket holds).
+#[derive(Default)]
+pub(super) struct IdleWatch {
+    woken: tokio::sync::Notify,
+}
+
+impl Wake for IdleWatch {
+    fn wake(self: Arc<Self>) {
+        self.woken.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.notify_one();
+    }
+}
+
 /// The limits in time of one connection, watched by its task.
 pub(super) struct Lifetime {
     pub(super) id: u64,
     pub(super) pool: PoolHandle,
     /// Closes the connection after this long idle.
     pub(super) idle_timeout: Option<Duration>,
+    /// An HTTP/1.1 connection's: woken when its host may have closed it while idle.
+    pub(super) idle_watch: Option<Arc<IdleWatch>>,
     /// Retires the connection then (`max_connection_duration` from its opening).
     pub(super) retire_at: Option<Instant>,
 }
@@ -62,7 +84,7 @@ impl Lifetime {
     /// Starts the connection's timer task, if it has a limit; abort it when the connection
     /// ends.
     pub(super) fn start(self, traffic: ClusterTraffic) -> Option<tokio::task::AbortHandle> {
-        if self.idle_timeout.is_none() && self.retire_at.is_none() {
+        if self.idle_timeout.is_none() && self.retire_at.is_none() && self.idle_watch.is_none() {
             return None;
         }
         Some(tokio::spawn(self.watch(traffic)).abort_handle())
@@ -73,11 +95,29 @@ impl Lifetime {
         let mut idle_check = self.idle_timeout.map(|t| Instant::now() + t);
         loop {
             let next = match (retire_at, idle_check) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) | (None, Some(a)) => a,
-                (None, None) => return,
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (Some(a), None) | (None, Some(a)) => Some(a),
+                (None, None) => None,
             };
-            tokio::time::sleep_until(next.into()).await;
+            let deadline = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            match &self.idle_watch {
+                Some(watch) => {
+                    tokio::select! {
+                        () = deadline => {}
+                        () = watch.woken.notified() => {
+                            self.pool.with(|p| p.recheck_idle(self.id));
+                            continue;
+                        }
+                    }
+                }
+                None if next.is_none() => return,
+                None => deadline.await,
+            }
             let now = Instant::now();
             if retire_at.is_some_and(|at| at <= now) {
                 retire_at = None;

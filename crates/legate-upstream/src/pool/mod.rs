@@ -3,8 +3,9 @@
 //! a time; HTTP/2 multiplexes every request of the worker over one connection per host (the
 //! requests that arrive while it is being opened wait for it).
 //!
-//! A pooled HTTP/1.1 connection goes back to the pool only when its response body has been
-//! read to the end (an unfinished response leaves it unusable). A request that could not be
+//! A pooled HTTP/1.1 connection (Legate's own codec, [`crate::http1`]) goes back to the pool
+//! only when its response body has been read to the end (an unfinished response leaves it
+//! unusable); an idle one the host closes is closed at once. A request that could not be
 //! written at all because a reused keep-alive connection had just been closed by the host is
 //! sent again on a fresh connection: this is the keep-alive race behind Envoy's intermittent
 //! "503 UC" (Envoy issues #6190, #9747, #14981); Legate does not surface it.
@@ -30,12 +31,14 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use http::{Request, Response};
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::host::Host;
+pub use crate::http1::Upgraded;
+use crate::http1::{self, Outgoing, Unsent};
 use crate::manager::Cluster;
 use crate::tls::ConnectionName;
 pub use crate::tls::UpstreamStream;
@@ -95,7 +98,12 @@ impl UpstreamError {
 
 /// One of a pool's HTTP/1.1 connections, in the pool or out of it with a request.
 struct H1 {
-    sender: http1::SendRequest<Body>,
+    conn: http1::Connection,
+    meta: Meta,
+}
+
+/// What the pool knows of an HTTP/1.1 connection.
+struct Meta {
     /// Requests sent on it so far.
     uses: u32,
     /// Its number, by which its task finds it in the pool (see [`lifetime`]).
@@ -104,7 +112,7 @@ struct H1 {
     retire_at: Option<Instant>,
 }
 
-impl H1 {
+impl Meta {
     fn retired(&self, now: Instant) -> bool {
         self.retire_at.is_some_and(|at| at <= now)
     }
@@ -152,9 +160,7 @@ impl HostPool {
 
     fn is_unused(&self, idle_timeout: Option<Duration>) -> bool {
         let mut idle = lock(&self.idle);
-        idle.retain(|i| {
-            !i.conn.sender.is_closed() && idle_timeout.is_none_or(|t| i.since.elapsed() < t)
-        });
+        idle.retain(|i| idle_timeout.is_none_or(|t| i.since.elapsed() < t));
         idle.is_empty()
             && match &*lock(&self.h2) {
                 H2::None => true,
@@ -169,7 +175,8 @@ impl HostPool {
 
     /// Takes the most recently used idle connection that is still open, within the cluster's
     /// `idle_timeout` and not retired (the others are dropped, which closes them; one past
-    /// its idle timeout whose timer has not fired yet counts as timed out).
+    /// its idle timeout whose timer has not fired yet counts as timed out). The host's close
+    /// of one is normally seen at once (see [`HostPool::recheck_idle`]); this looks again.
     fn checkout(&self, cluster: &Cluster) -> Option<H1> {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
@@ -181,19 +188,20 @@ impl HostPool {
             if timed_out {
                 cluster.stats.traffic.upstream_cx_idle_timeout().inc();
             }
-            if entry.conn.sender.is_closed() || timed_out || entry.conn.retired(now) {
-                continue; // dropping the sender closes the connection
+            let mut conn = entry.conn;
+            if timed_out || conn.meta.retired(now) || !conn.conn.usable(std::task::Waker::noop()) {
+                continue; // dropping it closes it
             }
-            return Some(entry.conn);
+            return Some(conn);
         }
         None
     }
 
     /// Puts a connection whose response has ended back (unless it is retired: then it is
     /// dropped, which closes it), waking a request waiting for one.
-    fn check_in(&self, conn: H1) {
+    fn check_in(&self, mut conn: H1) {
         let now = Instant::now();
-        if conn.retired(now) {
+        if conn.meta.retired(now) || !conn.conn.watch_idle() {
             return;
         }
         lock(&self.idle).push(Idle { conn, since: now });
@@ -202,12 +210,26 @@ impl HostPool {
         }
     }
 
+    /// Idle connection `id` may have been closed by its host (its watch was woken): closes it
+    /// if so, else watches it again.
+    fn recheck_idle(&self, id: u64) {
+        let mut idle = lock(&self.idle);
+        let Some(at) = idle.iter().position(|i| i.conn.meta.id == id) else {
+            return;
+        };
+        if !idle[at].conn.conn.watch_idle() {
+            let closed = idle.remove(at);
+            drop(idle);
+            drop(closed);
+        }
+    }
+
     /// Since when connection `id` is idle: in the pool (HTTP/1.1), or open without a stream
     /// (HTTP/2). `None`: it is busy, or not in the pool.
     fn idle_since(&self, id: u64) -> Option<Instant> {
         let idle = lock(&self.idle)
             .iter()
-            .find(|i| i.conn.id == id)
+            .find(|i| i.conn.meta.id == id)
             .map(|i| i.since);
         idle.or_else(|| match &*lock(&self.h2) {
             H2::Open(open) if open.streams.id == id => open.streams.idle_since(),
@@ -217,7 +239,7 @@ impl HostPool {
 
     /// Whether connection `id` is in the pool: idle (HTTP/1.1), or its HTTP/2 connection.
     fn holds(&self, id: u64) -> bool {
-        lock(&self.idle).iter().any(|i| i.conn.id == id)
+        lock(&self.idle).iter().any(|i| i.conn.meta.id == id)
             || matches!(&*lock(&self.h2), H2::Open(open) if open.streams.id == id)
     }
 
@@ -225,7 +247,7 @@ impl HostPool {
     fn close_idle(&self, id: u64) -> bool {
         let mut idle = lock(&self.idle);
         let before = idle.len();
-        idle.retain(|i| i.conn.id != id);
+        idle.retain(|i| i.conn.meta.id != id);
         if before != idle.len() {
             return true;
         }
@@ -418,63 +440,70 @@ async fn send_http1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     worker: usize,
-    mut req: Request<Body>,
+    req: Request<Body>,
     name: Option<ConnectionName>,
 ) -> Result<Response<ResponseBody>, UpstreamError> {
     let pool = cluster
         .pool(worker, host)
         .for_name(name.as_ref(), cluster.config.idle_timeout);
+    let mut request = Outgoing::new(req);
     let mut attached = false;
     loop {
-        let (mut conn, reused) = match pool.checkout(cluster) {
+        let (H1 { conn, mut meta }, reused) = match pool.checkout(cluster) {
             Some(conn) => (conn, true),
             None => {
                 let handle = pool.handle(host, worker);
                 wait_for_http1(cluster, host, &pool, handle, name.as_ref()).await?
             }
         };
-        if conn.sender.ready().await.is_err() {
-            if reused {
-                continue;
-            }
-            return Err(UpstreamError::ConnectionTermination(
-                "connection closed before the request was sent".into(),
-            ));
-        }
         if !attached {
             attached = true;
             count_attached(cluster, host);
         }
-        match conn.sender.try_send_request(req).await {
-            Ok(response) => {
-                conn.uses += 1;
-                let reusable = cluster
-                    .config
-                    .max_requests_per_connection
-                    .is_none_or(|max| conn.uses < max);
-                if !reusable {
-                    // Closed once this response is read (its sender dropped here).
-                    cluster.stats.traffic.upstream_cx_max_requests().inc();
-                }
-                let release = reusable.then(|| Release {
-                    conn,
-                    cluster: cluster.clone(),
-                    host: host.clone(),
-                    worker,
-                    name: name.clone(),
-                });
-                return Ok(response.map(|inner| ResponseBody {
-                    inner,
-                    release,
-                    stream: None,
-                }));
+        let (response, exchange) = match conn.exchange(request).response().await {
+            Ok(sent) => sent,
+            // Not written at all: the reused connection had just closed. Try a fresh one.
+            Err((_, Some(Unsent(unsent)))) if reused => {
+                request = unsent;
+                continue;
             }
-            Err(mut e) => match e.take_message() {
-                // Not written at all: the reused connection had just closed. Try a fresh one.
-                Some(unsent) if reused => req = unsent,
-                _ => return Err(classify(&e.into_error())),
-            },
+            Err((e, _)) => return Err(http1_error(e)),
+        };
+        meta.uses += 1;
+        let reusable = cluster
+            .config
+            .max_requests_per_connection
+            .is_none_or(|max| meta.uses < max);
+        if !reusable {
+            // Closed once this response is read.
+            cluster.stats.traffic.upstream_cx_max_requests().inc();
         }
+        let release = reusable.then(|| Release {
+            meta,
+            cluster: cluster.clone(),
+            host: host.clone(),
+            worker,
+            name: name.clone(),
+        });
+        let mut body = ResponseBody {
+            inner: Inner::H1 {
+                exchange: Some(exchange),
+                release,
+            },
+        };
+        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS && body.is_end_stream() {
+            // No body (HEAD, 204, 304, `content-length: 0`): the connection is free now.
+            body.finish();
+        }
+        return Ok(response.map(|()| body));
+    }
+}
+
+/// Sorts an HTTP/1.1 exchange's failure into Envoy's reset reasons.
+fn http1_error(e: http1::Error) -> UpstreamError {
+    match e {
+        http1::Error::Protocol(details) => UpstreamError::ProtocolError(details.into()),
+        e => UpstreamError::ConnectionTermination(e.to_string()),
     }
 }
 
@@ -556,10 +585,11 @@ async fn send_http2(
     sender.ready().await.map_err(|e| classify(&e))?;
     count_attached(cluster, host);
     let response = sender.send_request(req).await.map_err(|e| classify(&e))?;
-    Ok(response.map(|inner| ResponseBody {
-        inner,
-        release: None,
-        stream: Some(stream),
+    Ok(response.map(|body| ResponseBody {
+        inner: Inner::H2 {
+            body,
+            stream: Some(stream),
+        },
     }))
 }
 
@@ -646,7 +676,7 @@ pub fn classify(e: &hyper::Error) -> UpstreamError {
 
 /// A pooled HTTP/1.1 connection waiting for its response body to end.
 struct Release {
-    conn: H1,
+    meta: Meta,
     cluster: Arc<Cluster>,
     host: Arc<Host>,
     worker: usize,
@@ -656,53 +686,123 @@ struct Release {
 /// An upstream response body. Reading it to the end returns its HTTP/1.1 connection to the
 /// pool, or ends its HTTP/2 stream's count.
 pub struct ResponseBody {
-    inner: Incoming,
-    release: Option<Release>,
-    /// HTTP/2: the stream, counted open until the body ends or is dropped.
-    stream: Option<StreamGuard>,
+    inner: Inner,
+}
+
+// The HTTP/1.1 variant is the common one (and the body is boxed on its way downstream).
+#[allow(clippy::large_enum_variant)]
+enum Inner {
+    H1 {
+        /// `None` once the response has ended (or failed).
+        exchange: Option<http1::Exchange>,
+        /// Where the connection goes back to (`None`: it is not reused).
+        release: Option<Release>,
+    },
+    H2 {
+        body: Incoming,
+        /// The stream, counted open until the body ends or is dropped.
+        stream: Option<StreamGuard>,
+    },
 }
 
 impl ResponseBody {
+    /// The response has ended: an HTTP/1.1 connection goes back to its pool if it can carry
+    /// another request, an HTTP/2 stream stops counting.
     fn finish(&mut self) {
-        self.stream = None;
-        if let Some(r) = self.release.take() {
-            r.cluster
-                .pool(r.worker, &r.host)
-                .for_name(r.name.as_ref(), r.cluster.config.idle_timeout)
-                .check_in(r.conn);
+        match &mut self.inner {
+            Inner::H1 { exchange, release } => {
+                let conn = exchange.take().and_then(http1::Exchange::finish);
+                if let (Some(conn), Some(r)) = (conn, release.take()) {
+                    r.cluster
+                        .pool(r.worker, &r.host)
+                        .for_name(r.name.as_ref(), r.cluster.config.idle_timeout)
+                        .check_in(H1 { conn, meta: r.meta });
+                }
+            }
+            Inner::H2 { stream, .. } => *stream = None,
+        }
+    }
+
+    /// The connection of a `101 Switching Protocols` response (HTTP/1.1 only).
+    pub fn upgrade(&mut self) -> Option<Upgraded> {
+        match &mut self.inner {
+            Inner::H1 { exchange, .. } => exchange.take().map(http1::Exchange::upgrade),
+            Inner::H2 { .. } => None,
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // A body nobody read whose end has come (one with no bytes): its connection is free.
+        if let Inner::H1 {
+            exchange: Some(exchange),
+            ..
+        } = &self.inner
+            && exchange.is_end_stream()
+        {
+            self.finish();
         }
     }
 }
 
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                self.release = None;
-                self.stream = None;
-            }
-            _ => {
-                if self.inner.is_end_stream() {
-                    self.finish();
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.inner {
+            Inner::H1 { exchange, .. } => {
+                let Some(ex) = exchange.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match ex.poll_data(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(None) => {
+                        self.finish();
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(Ok(data))) => {
+                        if ex.is_end_stream() {
+                            self.finish();
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        *exchange = None;
+                        Poll::Ready(Some(Err(e.into())))
+                    }
                 }
             }
+            Inner::H2 { body, stream } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => *stream = None,
+                    Poll::Ready(Some(Err(_))) => *stream = None,
+                    _ if body.is_end_stream() => *stream = None,
+                    _ => {}
+                }
+                polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::H1 { exchange, .. } => exchange.as_ref().is_none_or(|e| e.is_end_stream()),
+            Inner::H2 { body, .. } => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::H1 { exchange, .. } => exchange
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), |e| e.size_hint()),
+            Inner::H2 { body, .. } => body.size_hint(),
+        }
     }
 }

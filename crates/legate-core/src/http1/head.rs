@@ -1,0 +1,171 @@
+//! A message head on the wire: where it ends, its lines, and its header fields.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+
+use super::Malformed;
+
+/// Where the head in `buf` ends (the index after its blank line), scanning from `from` (bytes
+/// before it were searched by an earlier call). Leading blank lines are not a head's end.
+pub fn find_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = leading_blank_lines(buf);
+    let mut at = from.max(start);
+    while let Some(i) = memchr::memchr(b'\n', &buf[at..]) {
+        let lf = at + i;
+        // A blank line: `\n\n` or `\n\r\n` (bare LF line endings are accepted, as by Envoy).
+        if lf > start
+            && (buf[lf - 1] == b'\n'
+                || (buf[lf - 1] == b'\r' && lf >= start + 2 && buf[lf - 2] == b'\n'))
+        {
+            return Some(lf + 1);
+        }
+        at = lf + 1;
+    }
+    None
+}
+
+/// Where the search may resume after `len` bytes were searched without finding an end: the
+/// last three bytes may start a blank line.
+pub fn resume_at(len: usize) -> usize {
+    len.saturating_sub(3)
+}
+
+/// The number of empty lines a peer may send before a message (RFC 9112 §2.2).
+pub fn leading_blank_lines(buf: &[u8]) -> usize {
+    buf.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
+}
+
+/// The lines of a head as `(start, end)` ranges without their line ending.
+pub struct Lines<'a> {
+    pub bytes: &'a [u8],
+    pub at: usize,
+}
+
+impl Iterator for Lines<'_> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let rest = self.bytes.get(self.at..)?;
+        let lf = self.at + memchr::memchr(b'\n', rest)?;
+        let start = self.at;
+        self.at = lf + 1;
+        let end = if lf > start && self.bytes[lf - 1] == b'\r' {
+            lf - 1
+        } else {
+            lf
+        };
+        Some((start, end))
+    }
+}
+
+/// `name: value` — the name a token with no whitespace before the colon, the value trimmed
+/// of surrounding whitespace and free of control characters (NUL, bare CR) other than HTAB.
+/// The value shares `bytes`.
+pub fn header_field(
+    bytes: &Bytes,
+    start: usize,
+    end: usize,
+) -> Result<(HeaderName, HeaderValue), Malformed> {
+    let line = &bytes[start..end];
+    // A line starting with whitespace continues the previous value (obsolete line folding),
+    // which Envoy refuses.
+    let colon = memchr::memchr(b':', line).ok_or(Malformed)?;
+    let name = &line[..colon];
+    let mut from = start + colon + 1;
+    let mut to = end;
+    while from < to && matches!(bytes[from], b' ' | b'\t') {
+        from += 1;
+    }
+    while to > from && matches!(bytes[to - 1], b' ' | b'\t') {
+        to -= 1;
+    }
+    // `HeaderName` takes tokens only (no whitespace before the colon); `HeaderValue` refuses
+    // control characters other than HTAB (NUL, a bare CR).
+    let name = HeaderName::from_bytes(name).map_err(|_| Malformed)?;
+    let value = HeaderValue::from_maybe_shared(bytes.slice(from..to)).map_err(|_| Malformed)?;
+    Ok((name, value))
+}
+
+/// The `content-length` of a head (`None`: it has none). Repeated values, in one header or
+/// several, must agree.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Malformed> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+                return Err(Malformed);
+            }
+            let n: u64 = std::str::from_utf8(item)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(Malformed)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Malformed);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// Whether a `name` header lists `token` (case-insensitive): `connection: close` and the like.
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The comma-separated tokens of every `name` header, trimmed.
+pub fn tokens(headers: &HeaderMap, name: HeaderName) -> Vec<&str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_end_with_either_line_ending_and_resumes() {
+        assert_eq!(
+            find_end(b"GET / HTTP/1.1\r\nhost: x\r\n\r\nbody", 0),
+            Some(27)
+        );
+        assert_eq!(find_end(b"GET / HTTP/1.1\nhost: x\n\n", 0), Some(24));
+        assert_eq!(find_end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(22));
+        assert_eq!(find_end(b"GET / HTTP/1.1\r\nhost: x\r\n", 0), None);
+        let whole = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        for cut in 1..whole.len() {
+            let resume = resume_at(cut);
+            assert_eq!(find_end(whole, resume), Some(whole.len()), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn content_lengths_must_agree() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(content_length(&headers), Ok(None));
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("3, 3"));
+        assert_eq!(content_length(&headers), Ok(Some(3)));
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        assert_eq!(content_length(&headers), Err(Malformed));
+        for bad in ["-1", "", "1 2", "0x5", "99999999999999999999"] {
+            let mut headers = HeaderMap::new();
+            headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(bad));
+            assert_eq!(content_length(&headers), Err(Malformed), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! A request on the wire: the request line and headers, then its body in the framing Envoy's
+//! codec picks — `content-length` when the request has one, nothing for a request that ends
+//! with its headers (with `content-length: 0` unless its method takes no body), else chunked.
+//! The body is taken from the downstream as it comes and gathered into as few writes as it
+//! allows; its trailers are dropped (HTTP/1.1 upstreams get none from Envoy unless
+//! `enable_trailers`, which Legate does not take).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Method, Request};
+use http_body::Body as _;
+use legate_core::http1::{CHUNK_END, LAST_CHUNK, chunk_size};
+
+use crate::body::{Body, BoxError};
+
+/// Body bytes gathered before they are written (more waits for the next write).
+const GATHER_LIMIT: usize = 64 * 1024;
+
+/// A request on its way out: the bytes encoded and not yet written, and the body still to
+/// come. Nothing in it belongs to a connection: a request none of whose bytes were written can
+/// go out on another one.
+pub(crate) struct Outgoing {
+    pub(super) out: BytesMut,
+    body: Option<Body>,
+    framing: Framing,
+    pub(super) head_request: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// Nothing after the head.
+    None,
+    /// This many body bytes still to send.
+    Length(u64),
+    Chunked,
+}
+
+impl Outgoing {
+    /// Encodes `request`'s head; its URI must be origin-form (`/path?query`).
+    pub(crate) fn new(request: Request<Body>) -> Outgoing {
+        let (mut parts, body) = request.into_parts();
+        let headers = &mut parts.headers;
+        let ended = body.is_end_stream();
+        let framing = match legate_core::http1::content_length(headers) {
+            Ok(Some(n)) => Framing::Length(n),
+            _ if ended => {
+                if !bodiless(&parts.method) && !headers.contains_key(header::CONTENT_LENGTH) {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                }
+                Framing::None
+            }
+            _ => {
+                headers.remove(header::CONTENT_LENGTH);
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+                Framing::Chunked
+            }
+        };
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut out = BytesMut::with_capacity(256 + headers.len() * 48);
+        out.put_slice(parts.method.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(target.as_bytes());
+        out.put_slice(b" HTTP/1.1\r\n");
+        for (name, value) in headers.iter() {
+            out.put_slice(name.as_str().as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(value.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(b"\r\n");
+        Outgoing {
+            out,
+            body: (!ended && framing != Framing::None).then_some(body),
+            framing,
+            head_request: parts.method == Method::HEAD,
+        }
+    }
+
+    /// Whether the whole request has been encoded (what is left is in `out`).
+    pub(super) fn body_done(&self) -> bool {
+        self.body.is_none()
+    }
+
+    /// Takes what the body has ready into `out`, up to [`GATHER_LIMIT`]. `Err`: the body
+    /// failed (the downstream's request broke off).
+    pub(super) fn gather(&mut self, cx: &mut Context<'_>) -> Result<(), BoxError> {
+        while let Some(body) = self.body.as_mut()
+            && self.out.len() < GATHER_LIMIT
+        {
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.put(data);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.body = None;
+                    return Err(e);
+                }
+                Poll::Ready(None) => {
+                    self.body = None;
+                    if self.framing == Framing::Chunked {
+                        self.out.put_slice(LAST_CHUNK);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        match &mut self.framing {
+            Framing::None => {}
+            Framing::Length(left) => {
+                // Never past the length announced (the downstream codec checked it).
+                let n = (data.len() as u64).min(*left) as usize;
+                *left -= n as u64;
+                self.out.put_slice(&data[..n]);
+            }
+            Framing::Chunked => {
+                chunk_size(&mut self.out, data.len());
+                self.out.put_slice(&data);
+                self.out.put_slice(CHUNK_END);
+            }
+        }
+    }
+}
+
+/// Methods whose requests carry no body, to which Envoy adds no `content-length: 0`.
+fn bodiless(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::TRACE | Method::CONNECT
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(request: Request<Body>) -> String {
+        String::from_utf8(Outgoing::new(request).out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn frames_as_envoy() {
+        let get = Request::get("/a?b")
+            .header("host", "x")
+            .body(crate::body::empty());
+        assert_eq!(
+            encoded(get.unwrap()),
+            "GET /a?b HTTP/1.1\r\nhost: x\r\n\r\n"
+        );
+        let post = Request::post("/").body(crate::body::empty()).unwrap();
+        assert_eq!(
+            encoded(post),
+            "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+        let sized = Request::post("/")
+            .header("content-length", "2")
+            .body(crate::body::full("hi"))
+            .unwrap();
+        assert_eq!(
+            encoded(sized),
+            "POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\n"
+        );
+        let streamed = Request::put("/").body(crate::body::full("hi")).unwrap();
+        let mut outgoing = Outgoing::new(streamed);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        outgoing.gather(&mut cx).unwrap();
+        assert!(outgoing.body_done());
+        assert_eq!(
+            &outgoing.out[..],
+            b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+        );
+    }
+}
