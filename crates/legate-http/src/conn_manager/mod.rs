@@ -473,8 +473,11 @@ impl HttpConnectionManager {
                     downstream_upgrade,
                 };
                 // Boxed: the router's future is large, and the stream's task should not carry it
-                // inline through every state change.
-                Box::pin(crate::router::forward(self, forwarding, parts, body, info)).await
+                // inline through every state change. In a statement of its own: a temporary of
+                // the statement that awaits keeps its room in this future too (rustc keeps it
+                // alive across the await, rust-lang/rust#69663).
+                let forward = Box::pin(crate::router::forward(self, forwarding, parts, body, info));
+                forward.await
             }
         }
     }

@@ -144,8 +144,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             loop {
                 let head = self.read_head(shutdown).await;
                 // Everything after the wait (the service's future included) is one allocation
-                // per request: an idle connection's future holds the wait only.
-                match Box::pin(self.answer(head, &service, shutdown)).await? {
+                // per request: an idle connection's future holds the wait only. In a statement
+                // of its own: a temporary of the awaiting statement would keep its room in the
+                // connection's future too (rust-lang/rust#69663).
+                let answer = Box::pin(self.answer(head, &service, shutdown));
+                match answer.await? {
                     Next::Request => {}
                     Next::Close(_) => return Ok(()),
                     Next::Upgraded(tx) => {

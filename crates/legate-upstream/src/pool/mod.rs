@@ -418,7 +418,11 @@ pub fn send<'a>(
     async move {
         match protocol {
             Protocol::Http1 => send_http1(cluster, host, worker, req, name?).await,
-            Protocol::Http2 => send_http2(cluster, host, worker, req, name?).await,
+            Protocol::Http2 => {
+                // Boxed: HTTP/2's future is twice HTTP/1.1's, which every request would carry.
+                let sending = Box::pin(send_http2(cluster, host, worker, req, name?));
+                sending.await
+            }
         }
     }
 }
@@ -452,8 +456,12 @@ async fn send_http1(
         let (H1 { conn, mut meta }, reused) = match pool.checkout(cluster) {
             Some(conn) => (conn, true),
             None => {
+                // The cold path (it may open a connection) is boxed, in a statement of its own:
+                // inline, or as a temporary of the awaiting statement (rust-lang/rust#69663),
+                // it would make every request's future as large as a TLS handshake's.
                 let handle = pool.handle(host, worker);
-                wait_for_http1(cluster, host, &pool, handle, name.as_ref()).await?
+                let waiting = Box::pin(wait_for_http1(cluster, host, &pool, handle, name.as_ref()));
+                waiting.await?
             }
         };
         if !attached {
@@ -578,8 +586,10 @@ async fn send_http2(
     let (mut sender, stream) = match open {
         Some(open) => open,
         None => {
+            // Boxed as for HTTP/1.1 (see `send_http1`).
             let handle = pool.handle(host, worker);
-            wait_for_http2(cluster, host, &pool, handle, name).await?
+            let waiting = Box::pin(wait_for_http2(cluster, host, &pool, handle, name));
+            waiting.await?
         }
     };
     sender.ready().await.map_err(|e| classify(&e))?;
