@@ -427,8 +427,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    // What came before the failure still goes out (as Envoy sends it): the
-                    // client sees the response cut short by the framing it was promised.
+                    // What came before the failure is flushed as far as the socket takes it at
+                    // once (Envoy sends it): the client sees the response cut short by the
+                    // framing it was promised.
                     let _ = self.poll_flush(cx);
                     return Poll::Ready(Err(Error::Response(e)));
                 }

@@ -1,12 +1,14 @@
 //! Legate's HTTP/1.1 client codec: one request at a time on a keep-alive connection to a host.
 //!
-//! There is no task per connection and no channel: the request's own task writes the request
-//! and reads the response head (an [`Exchange`]), and whoever reads the response body reads it
-//! from the socket, writing what is left of the request body meanwhile — so a host that
-//! answers before it has read the whole request is answered as Envoy's codec does. Between
-//! requests the connection waits in its pool, registered to wake the connection's watch task
-//! (see `pool::lifetime`) if the host closes it or sends anything: such a connection is closed
-//! at once, counted as closed by the host.
+//! No task runs the connection and no channel carries its messages: the request's own task
+//! writes the request and reads the response head (an [`Exchange`]), and whoever reads the
+//! response body reads it from the socket, writing what is left of the request body meanwhile
+//! — so a host that answers before it has read the whole request is answered as Envoy's codec
+//! does. Between requests the connection waits in its pool, registered to wake the
+//! connection's watch task (see `pool::lifetime`, which otherwise only keeps its limits in
+//! time) if the host closes it or sends anything: such a connection is closed at once, counted
+//! as closed by the host. A response the codec refuses closes the connection from Legate's
+//! side, as Envoy counts it.
 //!
 //! The pieces: `request` encodes a request and frames its body, `response` parses a response
 //! head; the body decoding is `legate_core::http1`'s, shared with the downstream codec.
@@ -92,13 +94,15 @@ impl Connection {
     }
 
     /// Whether the idle connection is still usable (the host has not closed it, nor sent
-    /// anything), registering `waker` to be woken when that changes.
+    /// anything), registering `waker` to be woken when that changes. (Its read buffer is
+    /// kept, not grown: what is left of it serves the next responses without an allocation.)
     pub(crate) fn usable(&mut self, waker: &Waker) -> bool {
         if self.peer_closed || !self.read.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(waker);
-        match self.poll_read(&mut cx) {
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        match Pin::new(&mut self.io).poll_read(&mut cx, &mut ReadBuf::uninit(&mut byte)) {
             Poll::Pending => true,
             // End of stream, an error, or bytes no request asked for.
             Poll::Ready(_) => {
@@ -201,11 +205,11 @@ impl Exchange {
         loop {
             self.request.gather(cx).map_err(Error::Body)?;
             if self.request.out.is_empty() {
-                if self.request.body_done() {
-                    // Flushing only matters to TLS, which may hold a record back.
-                    if let Poll::Ready(Err(_)) = Pin::new(&mut self.conn.io).poll_flush(cx) {
-                        self.write_failed = true;
-                    }
+                // Everything taken so far is written: flushed too, which only matters to TLS
+                // (it may hold records back while the socket is full) — the host may be
+                // waiting for them before the body goes on.
+                if let Poll::Ready(Err(_)) = Pin::new(&mut self.conn.io).poll_flush(cx) {
+                    self.write_failed = true;
                 }
                 return Ok(());
             }
@@ -240,10 +244,7 @@ impl Exchange {
                     conn.max_headers,
                     self.request.head_request,
                 )
-                .map_err(|details| {
-                    conn.peer_closed = true;
-                    Error::Protocol(details)
-                })?;
+                .map_err(Error::Protocol)?;
                 let status = head.response.status();
                 let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
                 if status.is_informational() && !switching {
@@ -257,7 +258,6 @@ impl Exchange {
                 return Poll::Ready(Ok(head.response));
             }
             if conn.read.len() > MAX_HEAD_BYTES {
-                conn.peer_closed = true;
                 return Poll::Ready(Err(Error::Protocol("http1.headers_too_large")));
             }
             self.searched = resume_at(conn.read.len());
@@ -284,10 +284,7 @@ impl Exchange {
                 Ok(Some(data)) => return Poll::Ready(Some(Ok(data))),
                 Ok(None) if self.decoder.is_done() => return Poll::Ready(None),
                 Ok(None) => {}
-                Err(_) => {
-                    self.conn.peer_closed = true;
-                    return Poll::Ready(Some(Err(Error::Protocol("http1.codec_error"))));
-                }
+                Err(_) => return Poll::Ready(Some(Err(Error::Protocol("http1.codec_error")))),
             }
             match ready!(self.conn.poll_read(cx)) {
                 Ok(0) if self.decoder.end_at_close() => return Poll::Ready(None),

@@ -76,7 +76,9 @@ impl Outgoing {
         out.put_slice(b"\r\n");
         Outgoing {
             out,
-            body: (!ended && framing != Framing::None).then_some(body),
+            // (A body announced but already ended is polled once more: its end is the error.)
+            body: (framing != Framing::None && !(ended && framing == Framing::Length(0)))
+                .then_some(body),
             framing,
             head_request: parts.method == Method::HEAD,
         }
@@ -106,8 +108,13 @@ impl Outgoing {
                 }
                 Poll::Ready(None) => {
                     self.body = None;
-                    if self.framing == Framing::Chunked {
-                        self.out.put_slice(LAST_CHUNK);
+                    match self.framing {
+                        Framing::Chunked => self.out.put_slice(LAST_CHUNK),
+                        // The host would wait for the rest, and take the next request for it.
+                        Framing::Length(left) if left > 0 => {
+                            return Err("request body shorter than its content-length".into());
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -183,5 +190,18 @@ mod tests {
             &outgoing.out[..],
             b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_body_shorter_than_its_length_fails_the_request() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for body in [crate::body::full("hi"), crate::body::empty()] {
+            let short = Request::post("/")
+                .header("content-length", "5")
+                .body(body)
+                .unwrap();
+            let mut outgoing = Outgoing::new(short);
+            assert!(outgoing.gather(&mut cx).is_err());
+        }
     }
 }

@@ -290,16 +290,23 @@ pub(super) async fn connect_http2(
     )
     .await?;
     let o = &cluster.config.http2;
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+    let handshake = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(o.initial_stream_window_size)
         .initial_connection_window_size(o.initial_connection_window_size)
         .header_table_size(o.hpack_table_size)
         .handshake(TokioIo::new(counted(cluster, stream)))
-        .await
-        .map_err(|e| UpstreamError::ConnectionTermination(e.to_string()))?;
-    cluster.stats.traffic.upstream_cx_http2_total().inc();
+        .await;
     let lifetime = lifetime(cluster, pool);
+    let (sender, conn) = match handshake {
+        Ok(handshake) => handshake,
+        Err(e) => {
+            // The connection was counted open: it ends here.
+            end_of(cluster, host, slot, lifetime)(true);
+            return Err(UpstreamError::ConnectionTermination(e.to_string()));
+        }
+    };
+    cluster.stats.traffic.upstream_cx_http2_total().inc();
     let id = lifetime.id;
     drive(cluster, host, slot, lifetime, conn);
     Ok((sender, id))

@@ -81,8 +81,8 @@ pub(super) struct Lifetime {
 }
 
 impl Lifetime {
-    /// Starts the connection's timer task, if it has a limit; abort it when the connection
-    /// ends.
+    /// Starts the connection's timer task, if it has a limit or an idle watch; abort it when
+    /// the connection ends.
     pub(super) fn start(self, traffic: ClusterTraffic) -> Option<tokio::task::AbortHandle> {
         if self.idle_timeout.is_none() && self.retire_at.is_none() && self.idle_watch.is_none() {
             return None;

@@ -5,10 +5,11 @@
 //!
 //! A pooled HTTP/1.1 connection (Legate's own codec, [`crate::http1`]) goes back to the pool
 //! only when its response body has been read to the end (an unfinished response leaves it
-//! unusable); an idle one the host closes is closed at once. A request that could not be
-//! written at all because a reused keep-alive connection had just been closed by the host is
-//! sent again on a fresh connection: this is the keep-alive race behind Envoy's intermittent
-//! "503 UC" (Envoy issues #6190, #9747, #14981); Legate does not surface it.
+//! unusable); an idle one the host closes is closed at once, so a request is not handed a
+//! connection whose close has already arrived. A request that could not be written at all
+//! because a reused connection had just been closed is sent again on another: this narrows
+//! the keep-alive race behind Envoy's intermittent "503 UC" (Envoy issues #6190, #9747,
+//! #14981) to a close that crosses a request already written, which still ends in 503 UC.
 //!
 //! A request that finds no idle connection waits for one as Envoy's pending request does
 //! ([`pending`]), within the cluster's `max_pending_requests`. A connection's limits in time
@@ -201,10 +202,17 @@ impl HostPool {
     /// dropped, which closes it), waking a request waiting for one.
     fn check_in(&self, mut conn: H1) {
         let now = Instant::now();
-        if conn.meta.retired(now) || !conn.conn.watch_idle() {
+        if conn.meta.retired(now) {
             return;
         }
-        lock(&self.idle).push(Idle { conn, since: now });
+        // Watched under the lock: a close seen by the watch task at once finds it in the pool.
+        let mut idle = lock(&self.idle);
+        if !conn.conn.watch_idle() {
+            drop(idle);
+            return;
+        }
+        idle.push(Idle { conn, since: now });
+        drop(idle);
         if let Some(signal) = self.signal.get() {
             signal.wake();
         }
@@ -470,7 +478,7 @@ async fn send_http1(
         }
         let (response, exchange) = match conn.exchange(request).response().await {
             Ok(sent) => sent,
-            // Not written at all: the reused connection had just closed. Try a fresh one.
+            // Not written at all: the reused connection had just closed. Try another.
             Err((_, Some(Unsent(unsent)))) if reused => {
                 request = unsent;
                 continue;
@@ -491,7 +499,10 @@ async fn send_http1(
             cluster: cluster.clone(),
             host: host.clone(),
             worker,
-            name: name.clone(),
+            named: match &pool {
+                PoolRef::Own(_) => None,
+                PoolRef::Named(p) => Some(p.clone()),
+            },
         });
         let mut body = ResponseBody {
             inner: Inner::H1 {
@@ -690,7 +701,9 @@ struct Release {
     cluster: Arc<Cluster>,
     host: Arc<Host>,
     worker: usize,
-    name: Option<ConnectionName>,
+    /// The per-name pool it came from, held so that the pool (which its watch task finds
+    /// by a weak reference) outlives the response.
+    named: Option<Arc<HostPool>>,
 }
 
 /// An upstream response body. Reading it to the end returns its HTTP/1.1 connection to the
@@ -723,10 +736,11 @@ impl ResponseBody {
             Inner::H1 { exchange, release } => {
                 let conn = exchange.take().and_then(http1::Exchange::finish);
                 if let (Some(conn), Some(r)) = (conn, release.take()) {
-                    r.cluster
-                        .pool(r.worker, &r.host)
-                        .for_name(r.name.as_ref(), r.cluster.config.idle_timeout)
-                        .check_in(H1 { conn, meta: r.meta });
+                    let conn = H1 { conn, meta: r.meta };
+                    match &r.named {
+                        Some(pool) => pool.check_in(conn),
+                        None => r.cluster.pool(r.worker, &r.host).check_in(conn),
+                    }
                 }
             }
             Inner::H2 { stream, .. } => *stream = None,
