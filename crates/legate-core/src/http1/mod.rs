@@ -1,14 +1,14 @@
 //! The HTTP/1.1 wire pieces both of Legate's codecs use — the downstream server's
 //! (`legate-http`) and the upstream client's (`legate-upstream`): finding a head's end and its
-//! lines, header fields as Envoy's codec takes them, a body's framing and decoding, and chunked
-//! coding.
+//! lines, header fields as Envoy's codec takes them, a body's framing and decoding, and writing
+//! header fields and chunked coding.
 
 mod body;
-mod chunk;
+mod encode;
 mod head;
 
 pub use body::{Decoder, Framing};
-pub use chunk::{CHUNK_END, LAST_CHUNK, chunk_size};
+pub use encode::{CHUNK_END, LAST_CHUNK, chunk_size, put_fields};
 pub use head::{
     Lines, content_length, find_end, has_token, header_field, leading_blank_lines, resume_at,
     tokens,

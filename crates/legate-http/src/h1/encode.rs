@@ -79,13 +79,7 @@ pub(super) fn head(
         with_date(|date| out.put_slice(date));
         out.put_slice(b"\r\n");
     }
-    for (name, value) in headers.iter() {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"\r\n");
+    legate_core::http1::put_fields(out, headers);
     framing
 }
 

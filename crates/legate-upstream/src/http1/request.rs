@@ -12,7 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Request};
 use http_body::Body as _;
-use legate_core::http1::{CHUNK_END, LAST_CHUNK, chunk_size};
+use legate_core::http1::{CHUNK_END, LAST_CHUNK, chunk_size, put_fields};
 
 use crate::body::{Body, BoxError};
 
@@ -67,13 +67,7 @@ impl Outgoing {
         out.put_u8(b' ');
         out.put_slice(target.as_bytes());
         out.put_slice(b" HTTP/1.1\r\n");
-        for (name, value) in headers.iter() {
-            out.put_slice(name.as_str().as_bytes());
-            out.put_slice(b": ");
-            out.put_slice(value.as_bytes());
-            out.put_slice(b"\r\n");
-        }
-        out.put_slice(b"\r\n");
+        put_fields(&mut out, headers);
         Outgoing {
             out,
             // (A body announced but already ended is polled once more: its end is the error.)
