@@ -295,7 +295,8 @@ pub(crate) async fn forward(
     }
     strip_hop_by_hop(&mut parts.headers, f.upgrade.is_some());
     // `proxy_100_continue` is off (Envoy's default): the `100 Continue` comes from the proxy
-    // (hyper's codec sends it when the body is first read) and the expectation stops here.
+    // (Legate's HTTP/1.1 codec sends it at once, hyper's HTTP/2 one when the body is first
+    // read) and the expectation stops here.
     if parts
         .headers
         .get(header::EXPECT)
