@@ -380,31 +380,18 @@ fn original_dst_cluster_takes_the_destination_from_a_header() {
 /// An HTTP/1.1 upstream that answers every request with `200` and `tag` as the body, and
 /// closes the connection.
 fn http_upstream(ip: &str, tag: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind((ip, 0)).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = conn.write_all(
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{tag}",
-                        tag.len()
-                    )
-                    .as_bytes(),
-                );
-            });
+    e2e::thread_per_connection(ip, move |mut conn| {
+        if !e2e::read_through_head(&mut conn, &mut Vec::new()) {
+            return;
         }
-    });
-    addr
+        let _ = conn.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{tag}",
+                tag.len()
+            )
+            .as_bytes(),
+        );
+    })
 }
 
 /// An HTTP route to an ORIGINAL_DST cluster forwards a redirected request to its original

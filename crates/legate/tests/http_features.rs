@@ -8,7 +8,7 @@
 mod e2e;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -246,50 +246,42 @@ fn a_slow_reading_client_gets_a_large_response_whole() {
 /// An upstream that reads a request body slowly (4 KiB every millisecond, with a pause),
 /// then answers with the number of body bytes it read.
 fn slow_reading_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                let mut read = 0;
-                let mut buf = vec![0u8; 4096];
-                let mut rounds = 0;
-                while read < length {
-                    let n = s.read(&mut buf[..(length - read).min(4096)]).unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    read += n;
-                    rounds += 1;
-                    std::thread::sleep(Duration::from_millis(if rounds == 50 { 500 } else { 1 }));
-                }
-                let body = read.to_string();
-                let _ = s.write_all(
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
-            });
+    thread_per_connection("127.0.0.1", |mut s| {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
         }
-    });
-    addr
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut read = 0;
+        let mut buf = vec![0u8; 4096];
+        let mut rounds = 0;
+        while read < length {
+            let n = s.read(&mut buf[..(length - read).min(4096)]).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            read += n;
+            rounds += 1;
+            std::thread::sleep(Duration::from_millis(if rounds == 50 { 500 } else { 1 }));
+        }
+        let body = read.to_string();
+        let _ = s.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    })
 }
 
 #[test]
@@ -1128,32 +1120,23 @@ fn an_h2_upstream_connection_without_a_stream_past_idle_timeout_is_closed() {
 /// later, as a server's keep-alive timeout does; a request for `/close` gets
 /// `connection: close` and the connection closed at once.
 fn closing_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match conn.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                if head.starts_with(b"GET /close ") {
-                    let _ = conn.write_all(
-                        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
-                    );
-                    return;
-                }
-                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
-                std::thread::sleep(Duration::from_millis(200));
-            });
+    thread_per_connection("127.0.0.1", |mut conn| {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match conn.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
         }
-    });
-    addr
+        if head.starts_with(b"GET /close ") {
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok");
+            return;
+        }
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        std::thread::sleep(Duration::from_millis(200));
+    })
 }
 
 /// Which side closed an upstream connection, as Envoy counts it: the upstream closing an idle

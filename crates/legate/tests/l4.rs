@@ -1530,35 +1530,23 @@ fn proxy_protocol_cluster(name: &str, addr: SocketAddr, version: &str, extra: &s
 
 /// An HTTP upstream answering each request with the first line its connection began with.
 fn first_line_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = seen
-                    .split(|&b| b == b'\n')
-                    .next()
-                    .unwrap_or_default()
-                    .to_vec();
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    line.len()
-                );
-                let _ = conn.write_all(&line);
-            });
+    e2e::thread_per_connection("127.0.0.1", |mut conn| {
+        let mut seen = Vec::new();
+        if !e2e::read_through_head(&mut conn, &mut seen) {
+            return;
         }
-    });
-    addr
+        let line = seen
+            .split(|&b| b == b'\n')
+            .next()
+            .unwrap_or_default()
+            .to_vec();
+        let _ = write!(
+            conn,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            line.len()
+        );
+        let _ = conn.write_all(&line);
+    })
 }
 
 /// `upstream_proxy_protocol`: tcp_proxy's upstream connections start with a PROXY header naming

@@ -8,7 +8,7 @@
 mod e2e;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,19 +31,12 @@ struct Scripted {
 
 impl Scripted {
     fn start(script: impl Fn(&str) -> (Vec<u8>, bool) + Send + Sync + 'static) -> Scripted {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let script: Arc<Script> = Arc::new(script);
         let (h, c) = (heads.clone(), connections.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                c.fetch_add(1, Ordering::SeqCst);
-                let (heads, script) = (h.clone(), script.clone());
-                std::thread::spawn(move || serve(conn, &heads, &*script));
-            }
+        let addr = thread_per_connection("127.0.0.1", move |conn| {
+            c.fetch_add(1, Ordering::SeqCst);
+            serve(conn, &h, &script);
         });
         Scripted {
             addr,

@@ -94,13 +94,14 @@ impl Connection {
     }
 
     /// Whether the idle connection is still usable (the host has not closed it, nor sent
-    /// anything), registering `waker` to be woken when that changes. (Its read buffer is
-    /// kept, not grown: what is left of it serves the next responses without an allocation.)
-    pub(crate) fn usable(&mut self, waker: &Waker) -> bool {
+    /// anything), registering `waker` (`None`: the connection's watch task) to be woken when
+    /// that changes. (Its read buffer is kept, not grown: what is left of it serves the next
+    /// responses without an allocation.)
+    pub(crate) fn usable(&mut self, waker: Option<&Waker>) -> bool {
         if self.peer_closed || !self.read.is_empty() {
             return false;
         }
-        let mut cx = Context::from_waker(waker);
+        let mut cx = Context::from_waker(waker.unwrap_or(&self.watch));
         let mut byte = [std::mem::MaybeUninit::uninit(); 1];
         match Pin::new(&mut self.io).poll_read(&mut cx, &mut ReadBuf::uninit(&mut byte)) {
             Poll::Pending => true,
@@ -110,12 +111,6 @@ impl Connection {
                 false
             }
         }
-    }
-
-    /// [`Connection::usable`], registering the connection's watch task.
-    pub(crate) fn watch_idle(&mut self) -> bool {
-        let watch = self.watch.clone();
-        self.usable(&watch)
     }
 
     /// Starts sending `request`.

@@ -190,7 +190,10 @@ impl HostPool {
                 cluster.stats.traffic.upstream_cx_idle_timeout().inc();
             }
             let mut conn = entry.conn;
-            if timed_out || conn.meta.retired(now) || !conn.conn.usable(std::task::Waker::noop()) {
+            if timed_out
+                || conn.meta.retired(now)
+                || !conn.conn.usable(Some(std::task::Waker::noop()))
+            {
                 continue; // dropping it closes it
             }
             return Some(conn);
@@ -207,7 +210,7 @@ impl HostPool {
         }
         // Watched under the lock: a close seen by the watch task at once finds it in the pool.
         let mut idle = lock(&self.idle);
-        if !conn.conn.watch_idle() {
+        if !conn.conn.usable(None) {
             drop(idle);
             return;
         }
@@ -225,7 +228,7 @@ impl HostPool {
         let Some(at) = idle.iter().position(|i| i.conn.meta.id == id) else {
             return;
         };
-        if !idle[at].conn.conn.watch_idle() {
+        if !idle[at].conn.conn.usable(None) {
             let closed = idle.remove(at);
             drop(idle);
             drop(closed);

@@ -3,7 +3,7 @@
 //! the "still serving, never panicked" check every hostile-input test ends with.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -453,4 +453,36 @@ impl RawConn {
     pub fn take_leftover(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)
     }
+}
+
+/// A test upstream listening on `ip` (port 0) that hands every connection to `serve` on a
+/// thread of its own; its address.
+pub fn thread_per_connection(
+    ip: &str,
+    serve: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = Arc::new(serve);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(conn));
+        }
+    });
+    addr
+}
+
+/// Reads from `conn` into `seen` until it holds a blank line (the end of a request head);
+/// `false` if the connection ended first.
+pub fn read_through_head(conn: &mut TcpStream, seen: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
 }
