@@ -109,11 +109,17 @@ def run_main(main):
 # ---------------------------------------------------------------------------------------------
 # /proc readings.
 
-def cpu_seconds(pid):
-    """utime + stime of the whole process (all threads), in seconds."""
+def cpu_times(pid):
+    """(utime, stime) of the whole process (all threads), in seconds: the time in the process's
+    own code and the time the kernel spent on its behalf (for a proxy on loopback, mostly TCP)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid):
+    """utime + stime of the whole process (all threads), in seconds."""
+    return sum(cpu_times(pid))
 
 
 def rss_mib(pid, field="VmRSS"):
@@ -179,12 +185,15 @@ class RssSampler(Background):
                 pass
 
 
-def record_usage(res, cpu_s, rss):
+def record_usage(res, cpu_s, rss, user_s=None):
     """Adds to a load generator's result the process's CPU time over the run (in total and per
-    request) and its RSS and fd peaks (an RssSampler); returns the requests counted (at least 1)."""
+    request; with `user_s`, also the user-space part per request) and its RSS and fd peaks (an
+    RssSampler); returns the requests counted (at least 1)."""
     reqs = max(res["requests"], 1)
     res["cpu_s"] = cpu_s
     res["cpu_us_per_req"] = cpu_s * 1e6 / reqs
+    if user_s is not None:
+        res["user_us_per_req"] = user_s * 1e6 / reqs
     res["rss_peak_mib"] = rss.peak
     res["fds_peak"] = rss.peak_fds
     return reqs

@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import (LOAD_CPU, PROXY_CPU, RESULTS, ROOT, WRK_DONE_LUA, RssSampler, busy_ports, cpu_seconds, fmt, get,
+from common import (LOAD_CPU, PROXY_CPU, RESULTS, ROOT, WRK_DONE_LUA, RssSampler, busy_ports, cpu_seconds, cpu_times, fmt, get,
                     guarded, h2load_summary, loadavg, median, missing_binaries, print_row, print_table_head,
                     read_load_before, record_usage, rss_mib, run_load, run_main, spawn, start_nginx, stop, tail,
                     tool_versions, wrk, write_nginx_conf)
@@ -369,13 +369,13 @@ def main() -> int:
                                               h2_log if measured else None)
                         if args.warmup:
                             go(args.warmup, measured=False)
-                        cpu0, ncpu0 = cpu_seconds(proc.pid), cpu_seconds(nginx.pid)
+                        (user0, sys0), ncpu0 = cpu_times(proc.pid), cpu_seconds(nginx.pid)
                         with RssSampler(proc.pid) as rss:
                             res = go(args.duration)
-                        cpu1, ncpu1 = cpu_seconds(proc.pid), cpu_seconds(nginx.pid)
+                        (user1, sys1), ncpu1 = cpu_times(proc.pid), cpu_seconds(nginx.pid)
                         if proc.poll() is not None:
                             raise RuntimeError(f"{name} died during {test}")
-                        reqs = record_usage(res, cpu1 - cpu0, rss)
+                        reqs = record_usage(res, user1 + sys1 - user0 - sys0, rss, user_s=user1 - user0)
                         res["upstream_cpu_us_per_req"] = (ncpu1 - ncpu0) * 1e6 / reqs
                         sample[test] = res
                         warn = ""
@@ -385,7 +385,7 @@ def main() -> int:
                         p999 = f"  p99.9 {res['p999_ms']:6.2f} ms" if "p999_ms" in res else ""
                         print(f"  round {rnd + 1}/{args.rounds} {name:<8} {test:<6} {res['rps']:9.0f} rps{mib}  "
                               f"p50 {res.get('p50_ms', 0):6.2f} ms  p99 {res.get('p99_ms', 0):6.2f} ms{p999}  "
-                              f"cpu {res['cpu_us_per_req']:6.1f} us/req  fds {res['fds_peak']}{warn}", flush=True)
+                              f"cpu {res['cpu_us_per_req']:6.1f} us/req (user {res['user_us_per_req']:5.1f})  fds {res['fds_peak']}{warn}", flush=True)
                     sample["load_rss_mib"] = max(sample[t]["rss_peak_mib"] for t in tests)
                     peaks = ", ".join(f"{t} {sample[t]['rss_peak_mib']:.1f}" for t in tests)
                     print(f"  round {rnd + 1}/{args.rounds} {name:<8} RSS idle {sample['idle_rss_mib']:.1f} MiB, "
@@ -409,11 +409,12 @@ def main() -> int:
     # Per test: its throughput (MiB/s for 1mb, requests/s otherwise), p50, p99, CPU per request.
     columns = {"rps": ("rps", "{:,.0f}"), "p50_ms": ("p50", "{:.2f} ms"), "p99_ms": ("p99", "{:.2f} ms"),
                "p999_ms": ("p99.9", "{:.2f} ms"),
-               "cpu_us_per_req": ("CPU/req", "{:.1f} µs"), "mib_per_s": ("MiB/s", "{:,.0f}")}
+               "cpu_us_per_req": ("CPU/req", "{:.1f} µs"), "user_us_per_req": ("user/req", "{:.1f} µs"),
+               "mib_per_s": ("MiB/s", "{:,.0f}")}
     metrics, headers, units = [], [], []
     for test in tests:
         latency = ("p50_ms", "p99_ms", "p999_ms") if test == "rate" else ("p50_ms", "p99_ms")
-        for metric in (("mib_per_s",) if test == "1mb" else ("rps",)) + latency + ("cpu_us_per_req",):
+        for metric in (("mib_per_s",) if test == "1mb" else ("rps",)) + latency + ("cpu_us_per_req", "user_us_per_req"):
             metrics.append((test, metric))
             headers.append(f"{test} {columns[metric][0]}")
             units.append(columns[metric][1])
@@ -460,6 +461,8 @@ def main() -> int:
     if ratios:
         print("\n(ratios are Legate's value divided by the peer's: above 1 is better for rps and MiB/s, below 1 "
               "is better for latency, CPU and RSS)")
+    print("(user/req is the part of CPU/req spent in the process's own code; the rest is the kernel's, on "
+          "loopback mostly TCP)")
     print("(the nginx row's CPU/req and RSS are nginx's own, serving directly)")
 
     out = RESULTS / "http_bench.json"
