@@ -1,7 +1,9 @@
 //! The header names the proxy reads and writes on every request, parsed once. A `&str` name
 //! passed to `HeaderMap` is parsed and hashed on each call; a `HeaderName` constant is not.
 
-use http::{HeaderMap, HeaderName};
+use std::cell::RefCell;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -18,8 +20,6 @@ pub const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 pub const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
-pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The `x-envoy-*` request headers Envoy removes from requests that are not internal
 /// (`ConnectionManagerUtility::cleanInternalHeaders`), and the client's own
@@ -46,4 +46,56 @@ pub const ENVOY_CONTROL_HEADERS: [HeaderName; 15] = [
 /// names present is cheaper than hashing each control header's name to remove it.
 pub fn any_envoy_header(headers: &HeaderMap) -> bool {
     headers.keys().any(|k| k.as_str().starts_with("x-envoy-"))
+}
+
+/// The decimal digits of 0 to 999, each right-aligned in three bytes.
+static DIGITS: [u8; 3000] = {
+    let mut table = [0u8; 3000];
+    let mut n = 0;
+    while n < 1000 {
+        table[3 * n] = b'0' + (n / 100) as u8;
+        table[3 * n + 1] = b'0' + (n / 10 % 10) as u8;
+        table[3 * n + 2] = b'0' + (n % 10) as u8;
+        n += 1;
+    }
+    table
+};
+
+/// A number as a header value (`x-envoy-upstream-service-time`, `x-envoy-expected-rq-timeout-ms`)
+/// without allocating on every request: below 1,000 it points into a static table; above, the
+/// last such value a thread made is kept (a route's timeout repeats on every request).
+pub fn decimal(n: u64) -> HeaderValue {
+    if let Ok(i) = usize::try_from(n)
+        && i < 1000
+    {
+        let skip = match i {
+            0..10 => 2,
+            10..100 => 1,
+            _ => 0,
+        };
+        let digits = &DIGITS[3 * i + skip..3 * i + 3];
+        // Digits only: always a valid header value.
+        return HeaderValue::from_static(
+            std::str::from_utf8(digits).expect("the table holds ASCII digits"),
+        );
+    }
+    thread_local! {
+        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((m, value)) if *m == n => value.clone(),
+        _ => last.insert((n, HeaderValue::from(n))).1.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_read_as_their_number() {
+        for n in [0, 7, 10, 99, 100, 999, 1000, 15000, 15000, 15001, u64::MAX] {
+            assert_eq!(decimal(n).to_str().unwrap(), n.to_string());
+        }
+    }
 }

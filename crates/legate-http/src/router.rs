@@ -23,9 +23,8 @@ use legate_upstream::{Cluster, UpstreamProtocol};
 use crate::conn_manager::{HttpConnectionManager, Outcome, RequestBodyState};
 use crate::hash_policy::HashInput;
 use crate::headers::{
-    KEEP_ALIVE, PROXY_CONNECTION, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_INTERNAL,
-    X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS, X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
-    X_ENVOY_UPSTREAM_SERVICE_TIME,
+    X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_INTERNAL, X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS,
+    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME,
 };
 use crate::local_reply::LocalReply;
 use crate::rewrite::AuthorityRewrite;
@@ -67,45 +66,57 @@ pub(crate) fn requested_upgrade<B>(req: &Request<B>) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
-/// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1); `te: trailers` survives, as
-/// gRPC needs it.
-const HOP_BY_HOP: &[header::HeaderName] = &[
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-];
+/// Whether a header is hop-by-hop, never forwarded (RFC 9110 §7.6.1): `connection`,
+/// `keep-alive`, `proxy-connection`, `transfer-encoding`, `upgrade`, `te` (but `te: trailers`
+/// survives, as gRPC needs it) and `proxy-authenticate`.
+fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    // By length first: most names are not compared at all.
+    let name = name.as_str();
+    match name.len() {
+        2 => name == "te",
+        7 => name == "upgrade",
+        10 => name == "connection" || name == "keep-alive",
+        16 => name == "proxy-connection",
+        17 => name == "transfer-encoding",
+        18 => name == "proxy-authenticate",
+        _ => false,
+    }
+}
+
+/// The number of hop-by-hop header names.
+const HOP_BY_HOP_NAMES: usize = 7;
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names present is cheaper than hashing
-    // each hop-by-hop name to remove it.
-    let hop_by_hop = |name: &header::HeaderName| {
-        HOP_BY_HOP.contains(name)
-            || *name == header::TE
-            || *name == KEEP_ALIVE
-            || *name == PROXY_CONNECTION
-    };
-    if !headers.keys().any(hop_by_hop) {
-        return;
+    // One pass over the names present, then only those are removed: most messages carry none
+    // or one (`connection: keep-alive`), and a removal hashes its name whether it is there or
+    // not. `keys` yields each name once, so the names found fit one slot each.
+    let mut present: [Option<header::HeaderName>; HOP_BY_HOP_NAMES] = Default::default();
+    for (slot, name) in present
+        .iter_mut()
+        .zip(headers.keys().filter(|n| is_hop_by_hop(n)))
+    {
+        *slot = Some(name.clone());
     }
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+    for name in present.into_iter().flatten() {
+        let kept = keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE);
+        if kept {
+            continue;
+        }
+        if name == header::TE {
+            // `te: trailers` survives (gRPC needs it), nothing else of `te` does.
+            let trailers = headers
+                .get_all(header::TE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+            headers.remove(header::TE);
+            if trailers {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
             continue;
         }
         headers.remove(name);
-    }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -285,13 +296,17 @@ pub(crate) async fn forward(
         .get(X_ENVOY_INTERNAL)
         .is_some_and(|v| v.as_bytes() == b"true");
     // The request as the upstream sees it: rewrites, then header mutations.
-    let (path, authority) = rewrite_request(f.forward, &mut parts, info);
+    let rewritten = rewrite_request(f.forward, &mut parts, info);
     apply_request_mutations(f.selected, &mut parts.headers, info);
     if hcm.logs_request_headers() {
         // Envoy's access log sees the request as the router changed it.
         info.request_headers = parts.headers.clone();
-        info.request.path.clone_from(&path);
-        info.request.authority.clone_from(&authority);
+        if let Some(path) = &rewritten.path {
+            info.request.path.clone_from(path);
+        }
+        if let Some(authority) = &rewritten.authority {
+            info.request.authority.clone_from(authority);
+        }
     }
     strip_hop_by_hop(&mut parts.headers, f.upgrade.is_some());
     // `proxy_100_continue` is off (Envoy's default): the `100 Continue` comes from the proxy
@@ -307,7 +322,7 @@ pub(crate) async fn forward(
     if let Some((timeout, _)) = deadline.filter(|_| !hcm.config.suppress_envoy_headers) {
         parts.headers.insert(
             X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
-            HeaderValue::from(timeout.as_millis() as u64),
+            crate::headers::decimal(timeout.as_millis() as u64),
         );
     }
     let protocol = match cluster.config.protocol {
@@ -318,14 +333,31 @@ pub(crate) async fn forward(
         }
         UpstreamProtocol::UseDownstream => Protocol::Http1,
     };
+    let path = rewritten.path.as_deref().unwrap_or(&info.request.path);
+    let authority = rewritten
+        .authority
+        .as_deref()
+        .unwrap_or(&info.request.authority);
     match protocol {
         Protocol::Http1 => {
             if info.protocol == DownstreamProtocol::Http2 {
                 join_cookies(&mut parts.headers);
             }
             parts.version = Version::HTTP_11;
-            parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
-            if let Ok(v) = HeaderValue::from_str(&authority) {
+            // An HTTP/1.1 request in origin form whose path is unchanged keeps its target and
+            // its `host`; anything else is made anew.
+            let same_target = parts.uri.scheme().is_none()
+                && parts.uri.path_and_query().map(|p| p.as_str()) == Some(path);
+            if !same_target {
+                parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            }
+            // Exactly one `host`, the authority (a repeated `host` goes out as one).
+            let mut hosts = parts.headers.get_all(header::HOST).iter();
+            let same_host = hosts
+                .next()
+                .is_some_and(|h| h.as_bytes() == authority.as_bytes())
+                && hosts.next().is_none();
+            if !same_host && let Ok(v) = HeaderValue::from_str(authority) {
                 parts.headers.insert(header::HOST, v);
             }
         }
@@ -488,9 +520,10 @@ pub(crate) async fn forward(
     strip_hop_by_hop(response.headers_mut(), switching);
     if !switching {
         // Envoy leaves it off a 101 (Switching Protocols).
-        response
-            .headers_mut()
-            .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(service_ms));
+        response.headers_mut().insert(
+            X_ENVOY_UPSTREAM_SERVICE_TIME,
+            crate::headers::decimal(service_ms),
+        );
     }
     // `%RESPONSE_CODE%` and `%RESP(...)%` in response header mutations see the upstream's
     // response.
@@ -526,21 +559,30 @@ pub(crate) async fn forward(
     parts.version = Version::HTTP_11;
     let tracked = UpstreamBody {
         inner: upstream_body,
-        deadline: deadline.map(|(_, at)| Box::pin(tokio::time::sleep_until(at.into()))),
-        idle: idle.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+        deadline: deadline.map(|(_, at)| at),
+        idle,
+        timer: None,
+        streaming: false,
+        idle_timeouts: stats.downstream_rq_idle_timeout,
         _guards: Some((active, rq_guard)),
         cluster,
     };
     Outcome::Response(Response::from_parts(parts, body::boxed(tracked)))
 }
 
-/// Applies the route's path and host rewrites; returns the upstream path and authority, and
-/// records the originals in `x-envoy-original-path` / `x-envoy-original-host` as Envoy does.
+/// The path and authority a route's rewrites give the upstream (`None`: the request's own).
+struct Rewritten {
+    path: Option<String>,
+    authority: Option<String>,
+}
+
+/// Applies the route's path and host rewrites, and records the originals in
+/// `x-envoy-original-path` / `x-envoy-original-host` as Envoy does.
 fn rewrite_request(
     forward: &Forward,
     parts: &mut http::request::Parts,
     info: &StreamInfo,
-) -> (String, String) {
+) -> Rewritten {
     let original_path = info.request.path.as_str();
     let original_authority = info.request.authority.as_str();
     let (path, authority) = {
@@ -574,10 +616,7 @@ fn rewrite_request(
             .headers
             .insert(crate::rewrite::X_ENVOY_ORIGINAL_HOST, v);
     }
-    (
-        path.unwrap_or_else(|| original_path.to_owned()),
-        authority.unwrap_or_else(|| original_authority.to_owned()),
-    )
+    Rewritten { path, authority }
 }
 
 /// Copies bytes both ways between an upgraded client and upstream (WebSocket and friends).
@@ -615,14 +654,48 @@ pub(crate) fn apply_response_mutations(
 }
 
 /// The upstream response body on its way downstream: holds the request's host and breaker
-/// accounting until the body ends, and enforces the rest of the route timeout.
+/// accounting until the body ends, and enforces the rest of the route timeout and the stream
+/// idle timeout.
 struct UpstreamBody {
     inner: ResponseBody,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The stream idle timeout and its timer, restarted by every frame.
-    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    /// When the route timeout ends the response.
+    deadline: Option<Instant>,
+    /// The stream idle timeout: the longest wait for the next frame.
+    idle: Option<Duration>,
+    /// One timer for whichever of the two comes first, armed only once the body has to wait
+    /// (a body already received costs no timer) and restarted by every frame after that.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A data frame has gone through.
+    streaming: bool,
+    /// The connection manager's `downstream_rq_idle_timeout`, counted as Envoy counts a stream
+    /// idle past its timeout after the response began.
+    idle_timeouts: legate_core::stats::Counter,
     _guards: Option<(ActiveRequest, ResourceGuard)>,
     cluster: Arc<Cluster>,
+}
+
+impl UpstreamBody {
+    /// The route timeout (when its deadline has passed) or the idle timeout ended the body.
+    fn expired(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.timer = None;
+        self.idle = None;
+        if self.deadline.take().is_some_and(|d| d <= Instant::now()) {
+            self.cluster.stats.traffic.upstream_rq_timeout().inc();
+            Poll::Ready(Some(Err("upstream request timeout".into())))
+        } else {
+            self.idle_timeouts.inc();
+            Poll::Ready(Some(Err("stream idle timeout".into())))
+        }
+    }
+
+    /// When the timer must fire if no frame comes before.
+    fn next_expiry(&self) -> Option<Instant> {
+        let idle = self.idle.map(|t| Instant::now() + t);
+        match (self.deadline, idle) {
+            (Some(d), Some(i)) => Some(d.min(i)),
+            (d, i) => d.or(i),
+        }
+    }
 }
 
 impl http_body::Body for UpstreamBody {
@@ -633,26 +706,40 @@ impl http_body::Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(deadline) = self.deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            self.deadline = None;
-            self.cluster.stats.traffic.upstream_rq_timeout().inc();
-            return Poll::Ready(Some(Err("upstream request timeout".into())));
-        }
         let polled = Pin::new(&mut self.inner)
             .poll_frame(cx)
             .map(|frame| frame.map(|r| r.map_err(BoxError::from)));
-        if let Some((timeout, timer)) = self.idle.as_mut() {
-            if polled.is_ready() {
-                let at = tokio::time::Instant::now() + *timeout;
-                timer.as_mut().reset(at);
-            } else if timer.as_mut().poll(cx).is_ready() {
-                self.idle = None;
-                return Poll::Ready(Some(Err("stream idle timeout".into())));
+        if let Poll::Ready(frame) = &polled {
+            // The first frame (all of a small body) and the end pass without a look at the
+            // clock; a body that keeps streaming is held to the deadline frame by frame, since
+            // it may never wait.
+            let data = matches!(frame, Some(Ok(_)));
+            if data && std::mem::replace(&mut self.streaming, true) {
+                if self.deadline.is_some_and(|d| d <= Instant::now()) {
+                    return self.expired();
+                }
+                // A frame restarts the idle timeout (the route's deadline stays where it is).
+                if self.idle.is_some()
+                    && self.timer.is_some()
+                    && let Some(at) = self.next_expiry()
+                    && let Some(timer) = self.timer.as_mut()
+                {
+                    timer.as_mut().reset(at.into());
+                }
             }
+            return polled;
         }
-        polled
+        if self.timer.is_none() {
+            let Some(at) = self.next_expiry() else {
+                return Poll::Pending;
+            };
+            self.timer = Some(Box::pin(tokio::time::sleep_until(at.into())));
+        }
+        let timer = self.timer.as_mut().expect("armed above");
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.expired()
     }
 
     fn is_end_stream(&self) -> bool {

@@ -714,6 +714,74 @@ fn stream_idle_timeout_answers_408_when_the_client_stalls_its_body() {
     );
 }
 
+/// Sends `GET path` and reads the response head (200) and what follows; returns how long until
+/// the body was cut (`None`: it was not, the response ended properly).
+fn cut_body_after(proxy: &Legate, path: &str) -> Option<Duration> {
+    let mut c = RawConn::connect(proxy.addr("ingress"));
+    let started = Instant::now();
+    c.send(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let head = c.read_head().expect("the response head");
+    assert_eq!(head.status, 200, "{head:?}");
+    match c.read_body(head, false) {
+        Some(_) => None,
+        None => Some(started.elapsed()),
+    }
+}
+
+#[test]
+fn the_route_timeout_cuts_a_response_body_that_outlasts_it() {
+    // 30 chunks 100 ms apart: never idle for long, but 3 s in all against a 0.5 s route timeout.
+    let (_upstream, proxy) = setup(", timeout: 0.5s", "", "");
+    let took = cut_body_after(&proxy, "/chunks/30/100").expect("the body was not cut");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(2500),
+        "cut after {took:?}"
+    );
+    assert_eq!(
+        proxy.wait_stat(
+            "cluster.backend.upstream_rq_timeout",
+            Duration::from_secs(2),
+            |v| v >= 1
+        ),
+        Some(1)
+    );
+    // A body that stalls: its second chunk would come after 3 s.
+    let took = cut_body_after(&proxy, "/chunks/2/3000").expect("the body was not cut");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(2500),
+        "cut after {took:?}"
+    );
+    let timeouts = "cluster.backend.upstream_rq_timeout";
+    assert_eq!(
+        proxy.wait_stat(timeouts, Duration::from_secs(2), |v| v >= 2),
+        Some(2)
+    );
+    // A body within the timeout is whole.
+    assert_eq!(cut_body_after(&proxy, "/chunks/3/50"), None);
+}
+
+#[test]
+fn the_stream_idle_timeout_cuts_a_response_body_that_stalls() {
+    // The second chunk comes after 3 s; the stream may be idle for 0.5 s.
+    let (_upstream, proxy) = setup("", "", "          stream_idle_timeout: 0.5s\n");
+    let took = cut_body_after(&proxy, "/chunks/2/3000").expect("the body was not cut");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(2500),
+        "cut after {took:?}"
+    );
+    assert_eq!(
+        proxy.wait_stat(
+            "http.ingress_http.downstream_rq_idle_timeout",
+            Duration::from_secs(2),
+            |v| v >= 1
+        ),
+        Some(1)
+    );
+    // Chunks 200 ms apart keep the stream alive past 0.5 s in all.
+    assert_eq!(cut_body_after(&proxy, "/chunks/6/200"), None);
+}
+
 /// Requests from 127.0.0.1 are internal (trusted): only then does Envoy honour
 /// `x-envoy-*` control headers.
 const TRUSTED_LOOPBACK: &str = "          use_remote_address: true
