@@ -82,9 +82,9 @@ pub fn header_field(
     while to > from && matches!(bytes[to - 1], b' ' | b'\t') {
         to -= 1;
     }
-    // `HeaderName` takes tokens only (no whitespace before the colon); `HeaderValue` refuses
+    // A name is a token only (no whitespace before the colon); `HeaderValue` refuses
     // control characters other than HTAB (NUL, a bare CR).
-    let name = HeaderName::from_bytes(name).map_err(|_| Malformed)?;
+    let name = super::names::parse(name).map_err(|_| Malformed)?;
     let value = HeaderValue::from_maybe_shared(bytes.slice(from..to)).map_err(|_| Malformed)?;
     Ok((name, value))
 }

@@ -6,6 +6,7 @@
 mod body;
 mod encode;
 mod head;
+pub mod names;
 
 pub use body::{Decoder, Framing};
 pub use encode::{CHUNK_END, LAST_CHUNK, chunk_size, put_fields};
