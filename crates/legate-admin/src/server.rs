@@ -53,7 +53,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
                     info.downstream_remote_address = Some(peer);
                     info.downstream_direct_remote_address = Some(peer);
                     info.downstream_local_address = local;
-                    info.request.method = req.method().as_str().to_owned();
+                    info.request.method =
+                        legate_core::stream_info::RequestLine::method_name(req.method());
                     info.request.path = req
                         .uri()
                         .path_and_query()

@@ -2,6 +2,7 @@
 //! access logs, `%VARIABLE%` header substitutions and stats read. Envoy calls this
 //! `StreamInfo`; the fields follow its accessors so that the format operators map one to one.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -131,11 +132,32 @@ impl ResponseFlags {
 /// `:authority` and `:scheme`.
 #[derive(Clone, Debug, Default)]
 pub struct RequestLine {
-    pub method: String,
+    /// Borrowed for the standard methods (no allocation per request).
+    pub method: Cow<'static, str>,
     /// Path and query, as received (after the connection manager's normalisation).
     pub path: String,
     pub authority: String,
-    pub scheme: String,
+    pub scheme: Cow<'static, str>,
+}
+
+impl RequestLine {
+    /// A method's name, borrowed for the standard methods.
+    pub fn method_name(method: &http::Method) -> Cow<'static, str> {
+        use http::Method;
+        let name = match *method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::HEAD => "HEAD",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::OPTIONS => "OPTIONS",
+            Method::PATCH => "PATCH",
+            Method::CONNECT => "CONNECT",
+            Method::TRACE => "TRACE",
+            _ => return Cow::Owned(method.as_str().to_owned()),
+        };
+        Cow::Borrowed(name)
+    }
 }
 
 /// Everything recorded about one stream.

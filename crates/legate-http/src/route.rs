@@ -275,8 +275,18 @@ struct DomainIndex {
 
 impl DomainIndex {
     fn find(&self, host: &str) -> Option<usize> {
-        let host = host.to_ascii_lowercase();
-        if let Some(&i) = self.exact.get(&host) {
+        if self.exact.is_empty() && self.suffix.is_empty() && self.prefix.is_empty() {
+            // `domains: ["*"]` alone: nothing to compare.
+            return self.default;
+        }
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        if let Some(&i) = self.exact.get(host) {
             return Some(i);
         }
         // A wildcard never matches an empty remainder: `*-bar.foo.com` misses `-bar.foo.com`.

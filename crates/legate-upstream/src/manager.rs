@@ -9,7 +9,6 @@
 //! snapshot of its own, replaced by endpoint updates (EDS); a host that stays keeps its
 //! connection pools.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -273,7 +272,8 @@ fn count_hash_tables(stats: &ClusterStats, membership: &Membership) {
 #[derive(Debug, Default)]
 pub struct ClusterSet {
     clusters: Vec<Arc<Cluster>>,
-    by_name: HashMap<Arc<str>, usize>,
+    /// Fx-hashed: a name is looked up on every request, and names come from configuration.
+    by_name: rustc_hash::FxHashMap<Arc<str>, usize>,
 }
 
 impl ClusterSet {
@@ -377,7 +377,7 @@ impl ClusterManager {
         let mut clusters: Vec<Option<Arc<Cluster>>> =
             current.clusters.iter().cloned().map(Some).collect();
         let mut summary = UpdateSummary::default();
-        let mut index: HashMap<Arc<str>, usize> = current.by_name.clone();
+        let mut index = current.by_name.clone();
         for name in &update.remove {
             if let Some(i) = index.remove(name.as_str()) {
                 clusters[i] = None;

@@ -318,14 +318,14 @@ impl RequestHeaderMatch {
     fn value(&self, info: &StreamInfo) -> Option<String> {
         let line = &info.request;
         let pseudo = match self.name.as_str() {
-            ":method" => Some(&line.method),
-            ":path" => Some(&line.path),
-            ":authority" => Some(&line.authority),
-            ":scheme" => Some(&line.scheme),
+            ":method" => Some(&*line.method),
+            ":path" => Some(line.path.as_str()),
+            ":authority" => Some(line.authority.as_str()),
+            ":scheme" => Some(&*line.scheme),
             _ => None,
         };
         if let Some(v) = pseudo {
-            return (!v.is_empty()).then(|| v.clone());
+            return (!v.is_empty()).then(|| v.to_owned());
         }
         let name = self.header.as_ref()?;
         let mut values = info.request_headers.get_all(name).iter();

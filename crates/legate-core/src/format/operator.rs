@@ -705,14 +705,14 @@ impl HeaderLookup {
             HeaderSource::Request => {
                 let line = &info.request;
                 let pseudo = match key {
-                    HeaderKey::Method => Some(&line.method),
-                    HeaderKey::Path => Some(&line.path),
-                    HeaderKey::Authority => Some(&line.authority),
-                    HeaderKey::Scheme => Some(&line.scheme),
+                    HeaderKey::Method => Some(&*line.method),
+                    HeaderKey::Path => Some(line.path.as_str()),
+                    HeaderKey::Authority => Some(line.authority.as_str()),
+                    HeaderKey::Scheme => Some(&*line.scheme),
                     _ => None,
                 };
                 if let Some(value) = pseudo {
-                    return (!value.is_empty()).then_some(Cow::Borrowed(value.as_str()));
+                    return (!value.is_empty()).then_some(Cow::Borrowed(value));
                 }
                 &info.request_headers
             }

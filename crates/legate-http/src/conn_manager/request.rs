@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::{HeaderMap, HeaderName, HeaderValue, Version, header};
 use legate_api::pb::envoy::config::core::v3::http_protocol_options::HeadersWithUnderscoresAction;
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::PathWithEscapedSlashesAction;
-use legate_core::stream_info::{ResponseFlags, StreamInfo};
+use legate_core::stream_info::{RequestLine, ResponseFlags, StreamInfo};
 
 use super::{ConnectionState, HttpConnectionManager};
 use crate::h1::TargetWithFragment;
@@ -90,7 +90,7 @@ impl HttpConnectionManager {
         // A request the codec refuses outright (426 for HTTP/1.0) is logged without its
         // headers, as Envoy's codec never parsed them.
         if prepared.as_ref().is_err_and(|r| r.details != "low_version") {
-            info.request.method = parts.method.as_str().to_owned();
+            info.request.method = RequestLine::method_name(&parts.method);
             info.request.path = match parts.extensions.get::<TargetWithFragment>() {
                 Some(target) => String::from_utf8_lossy(&target.0).into_owned(),
                 None => parts
@@ -316,10 +316,10 @@ impl HttpConnectionManager {
             &config.client_cert_details,
         );
 
-        info.request.method = parts.method.as_str().to_owned();
+        info.request.method = RequestLine::method_name(&parts.method);
         info.request.path = path;
         info.request.authority = host;
-        info.request.scheme = conn.downstream.scheme().to_owned();
+        info.request.scheme = conn.downstream.scheme().into();
         if self.logs_request_headers() {
             info.request_headers = parts.headers.clone();
         }
