@@ -48,6 +48,23 @@ pub fn any_envoy_header(headers: &HeaderMap) -> bool {
     headers.keys().any(|k| k.as_str().starts_with("x-envoy-"))
 }
 
+/// Whether `name` is present. On the small maps of most messages a look through the names
+/// present is cheaper than `contains_key`, which hashes the name.
+pub fn has(headers: &HeaderMap, name: &HeaderName) -> bool {
+    if headers.keys_len() > 16 {
+        return headers.contains_key(name);
+    }
+    headers.keys().any(|k| k == name)
+}
+
+/// Removes every `name` header, looking first whether there is one (see [`has`]): most
+/// messages carry none of the headers the proxy strips.
+pub fn remove(headers: &mut HeaderMap, name: &HeaderName) {
+    if has(headers, name) {
+        headers.remove(name);
+    }
+}
+
 /// The decimal digits of 0 to 999, each right-aligned in three bytes.
 static DIGITS: [u8; 3000] = {
     let mut table = [0u8; 3000];

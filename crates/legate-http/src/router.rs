@@ -66,44 +66,54 @@ pub(crate) fn requested_upgrade<B>(req: &Request<B>) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
-/// Whether a header is hop-by-hop, never forwarded (RFC 9110 §7.6.1): `connection`,
-/// `keep-alive`, `proxy-connection`, `transfer-encoding`, `upgrade`, `te` (but `te: trailers`
-/// survives, as gRPC needs it) and `proxy-authenticate`.
-fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+/// The hop-by-hop headers, never forwarded (RFC 9110 §7.6.1) — but `te: trailers` survives, as
+/// gRPC needs it.
+static HOP_BY_HOP: [header::HeaderName; 7] = [
+    header::CONNECTION,
+    header::HeaderName::from_static("keep-alive"),
+    header::HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Where a header is in [`HOP_BY_HOP`], if it is hop-by-hop.
+fn hop_by_hop_index(name: &header::HeaderName) -> Option<usize> {
     // By length first: most names are not compared at all.
     let name = name.as_str();
-    match name.len() {
-        2 => name == "te",
-        7 => name == "upgrade",
-        10 => name == "connection" || name == "keep-alive",
-        16 => name == "proxy-connection",
-        17 => name == "transfer-encoding",
-        18 => name == "proxy-authenticate",
-        _ => false,
-    }
+    let index = match name.len() {
+        10 if name == "connection" => 0,
+        10 if name == "keep-alive" => 1,
+        16 if name == "proxy-connection" => 2,
+        17 if name == "transfer-encoding" => 3,
+        7 if name == "upgrade" => 4,
+        2 if name == "te" => 5,
+        18 if name == "proxy-authenticate" => 6,
+        _ => return None,
+    };
+    Some(index)
 }
-
-/// The number of hop-by-hop header names.
-const HOP_BY_HOP_NAMES: usize = 7;
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names present, then only those are removed: most messages carry none
     // or one (`connection: keep-alive`), and a removal hashes its name whether it is there or
-    // not. `keys` yields each name once, so the names found fit one slot each.
-    let mut present: [Option<header::HeaderName>; HOP_BY_HOP_NAMES] = Default::default();
-    for (slot, name) in present
-        .iter_mut()
-        .zip(headers.keys().filter(|n| is_hop_by_hop(n)))
-    {
-        *slot = Some(name.clone());
+    // not.
+    let present = headers
+        .keys()
+        .filter_map(hop_by_hop_index)
+        .fold(0u8, |set, i| set | 1 << i);
+    if present == 0 {
+        return;
     }
-    for name in present.into_iter().flatten() {
-        let kept = keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE);
-        if kept {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) == 0 {
+            continue;
+        }
+        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
             continue;
         }
         if name == header::TE {
-            // `te: trailers` survives (gRPC needs it), nothing else of `te` does.
             let trailers = headers
                 .get_all(header::TE)
                 .iter()

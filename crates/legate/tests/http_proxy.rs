@@ -47,6 +47,61 @@ fn proxies_to_an_http1_upstream_with_envoys_request_headers() {
 }
 
 #[test]
+fn hop_by_hop_headers_stop_at_the_proxy_both_ways() {
+    // An upstream answering with every hop-by-hop header beside two end-to-end ones; it keeps
+    // what it was sent.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let upstream = thread_per_connection("127.0.0.1", move |mut conn| {
+        use std::io::Write;
+        let mut head = Vec::new();
+        while read_through_head(&mut conn, &mut head) {
+            kept.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head).to_lowercase());
+            head.clear();
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\
+                  keep-alive: timeout=5\r\nproxy-connection: keep-alive\r\nupgrade: h2c\r\n\
+                  te: trailers\r\nx-end-to-end: yes\r\ncache-control: no-store\r\n\r\nok",
+            );
+        }
+    });
+    let config = front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream, ""),
+        "",
+    );
+    let proxy = start_proxy(&config);
+    let mut c = RawConn::connect(proxy.addr("ingress"));
+    let request = "GET /hop HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\n\
+                   keep-alive: timeout=5\r\nproxy-connection: keep-alive\r\n\
+                   te: trailers, deflate\r\nx-end-to-end: yes\r\n\r\n";
+    c.send(request.as_bytes()).unwrap();
+    let r = c.read_response(false).expect("a response").response;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "ok");
+    for name in ["keep-alive", "proxy-connection", "upgrade"] {
+        assert_eq!(r.header(name), None, "{name} reached the client: {r:?}");
+    }
+    // As on requests, `te: trailers` passes.
+    assert_eq!(r.header("te"), Some("trailers"));
+    assert_eq!(r.header("x-end-to-end"), Some("yes"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let heads = seen.lock().unwrap().clone();
+    let head = heads.last().expect("the upstream got the request");
+    for name in ["connection", "keep-alive", "proxy-connection"] {
+        assert!(
+            !head.contains(&format!("\r\n{name}:")),
+            "{name} reached the upstream: {head}"
+        );
+    }
+    // `te` survives as `trailers` alone.
+    assert!(head.contains("\r\nte: trailers\r\n"), "{head}");
+    assert!(head.contains("\r\nx-end-to-end: yes\r\n"), "{head}");
+}
+
+#[test]
 fn bridges_http1_and_http2_in_all_four_combinations() {
     let upstream = Upstream::start();
     let clusters = format!(

@@ -265,8 +265,8 @@ impl HttpConnectionManager {
             append_xff(&mut parts.headers, peer.ip());
         }
         // Internal: one hop only (a single `x-forwarded-for` address) from an internal address.
-        let internal = xff_count(&parts.headers) == 1
-            && remote.is_some_and(|remote| self.is_internal(remote.ip()));
+        let internal = remote.is_some_and(|remote| self.is_internal(remote.ip()))
+            && xff_count(&parts.headers) == 1;
         if internal {
             parts
                 .headers
@@ -293,12 +293,14 @@ impl HttpConnectionManager {
             }
         }
         let scheme = HeaderValue::from_static(conn.downstream.scheme());
-        if config.use_remote_address || !parts.headers.contains_key(X_FORWARDED_PROTO) {
+        if config.use_remote_address || !crate::headers::has(&parts.headers, &X_FORWARDED_PROTO) {
             parts.headers.insert(X_FORWARDED_PROTO, scheme);
         }
         let regenerate =
             config.use_remote_address && !internal && !config.preserve_external_request_id;
-        if config.generate_request_id && (regenerate || !parts.headers.contains_key(X_REQUEST_ID)) {
+        if config.generate_request_id
+            && (regenerate || !crate::headers::has(&parts.headers, &X_REQUEST_ID))
+        {
             parts.headers.insert(X_REQUEST_ID, uuid_v4());
         }
         if !internal && let Some(table) = table {

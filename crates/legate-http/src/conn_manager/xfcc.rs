@@ -33,7 +33,7 @@ pub(super) fn mutate(
     let tls = match tls {
         Some(t) if mode != Mode::Sanitize && t.peer_certificate_presented() => t,
         _ => {
-            headers.remove(X_FORWARDED_CLIENT_CERT);
+            crate::headers::remove(headers, &X_FORWARDED_CLIENT_CERT);
             return;
         }
     };
