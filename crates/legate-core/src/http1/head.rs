@@ -61,6 +61,50 @@ impl Iterator for Lines<'_> {
     }
 }
 
+/// The headers the codecs read for a message's framing and its connection, noted while a head
+/// is parsed (or in one pass over a map), so that a head without them is not searched for them:
+/// each lookup in a `HeaderMap` hashes its name, present or not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen(u8);
+
+impl Seen {
+    pub const CONNECTION: Seen = Seen(1);
+    pub const CONTENT_LENGTH: Seen = Seen(1 << 1);
+    pub const TRANSFER_ENCODING: Seen = Seen(1 << 2);
+    pub const UPGRADE: Seen = Seen(1 << 3);
+    pub const EXPECT: Seen = Seen(1 << 4);
+    pub const DATE: Seen = Seen(1 << 5);
+
+    /// The noted headers among the names of `headers`.
+    pub fn of(headers: &HeaderMap) -> Seen {
+        let mut seen = Seen::default();
+        for name in headers.keys() {
+            seen.note(name);
+        }
+        seen
+    }
+
+    /// Notes `name` if it is one of the headers [`Seen`] tracks.
+    pub fn note(&mut self, name: &HeaderName) {
+        // By length first: most names are not compared at all.
+        let name = name.as_str();
+        let flag = match name.len() {
+            10 if name == "connection" => Seen::CONNECTION,
+            14 if name == "content-length" => Seen::CONTENT_LENGTH,
+            17 if name == "transfer-encoding" => Seen::TRANSFER_ENCODING,
+            7 if name == "upgrade" => Seen::UPGRADE,
+            6 if name == "expect" => Seen::EXPECT,
+            4 if name == "date" => Seen::DATE,
+            _ => return,
+        };
+        self.0 |= flag.0;
+    }
+
+    pub fn has(self, flag: Seen) -> bool {
+        self.0 & flag.0 != 0
+    }
+}
+
 /// `name: value` — the name a token with no whitespace before the colon, the value trimmed
 /// of surrounding whitespace and free of control characters (NUL, bare CR) other than HTAB.
 /// The value shares `bytes`.

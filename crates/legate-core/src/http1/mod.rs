@@ -11,7 +11,7 @@ pub mod names;
 pub use body::{Decoder, Framing};
 pub use encode::{CHUNK_END, LAST_CHUNK, chunk_size, put_fields};
 pub use head::{
-    Lines, content_length, find_end, has_token, header_field, leading_blank_lines, resume_at,
+    Lines, Seen, content_length, find_end, has_token, header_field, leading_blank_lines, resume_at,
     tokens,
 };
 

@@ -8,6 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{StatusCode, response};
 use http_body::SizeHint;
+use legate_core::http1::Seen;
 pub(super) use legate_core::http1::{CHUNK_END, LAST_CHUNK, chunk_size};
 
 /// How a response body is delimited on the wire.
@@ -37,10 +38,16 @@ pub(super) fn head(
 ) -> Framing {
     let status = parts.status;
     let headers = &mut parts.headers;
+    // One pass over the names for the headers looked at below.
+    let seen = Seen::of(headers);
     if status.is_informational() || status == StatusCode::NO_CONTENT {
         // Never a body, and no length either (RFC 9110 §8.6).
-        headers.remove(header::CONTENT_LENGTH);
-        headers.remove(header::TRANSFER_ENCODING);
+        if seen.has(Seen::CONTENT_LENGTH) {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        if seen.has(Seen::TRANSFER_ENCODING) {
+            headers.remove(header::TRANSFER_ENCODING);
+        }
     }
     let framing = if exchange.head_request
         || status.is_informational()
@@ -48,11 +55,17 @@ pub(super) fn head(
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::None
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if seen.has(Seen::TRANSFER_ENCODING) {
         // Any coding the upstream applied is passed on, chunked last: the body is re-chunked.
-        headers.remove(header::CONTENT_LENGTH);
+        if seen.has(Seen::CONTENT_LENGTH) {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         Framing::Chunked
-    } else if let Some(length) = content_length(headers) {
+    } else if let Some(length) = seen
+        .has(Seen::CONTENT_LENGTH)
+        .then(|| content_length(headers))
+        .flatten()
+    {
         Framing::Length(length)
     } else if let Some(length) = hint.exact() {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -64,7 +77,10 @@ pub(super) fn head(
         );
         Framing::Chunked
     };
-    if exchange.close && !legate_core::http1::has_token(headers, header::CONNECTION, "close") {
+    if exchange.close
+        && !(seen.has(Seen::CONNECTION)
+            && legate_core::http1::has_token(headers, header::CONNECTION, "close"))
+    {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 
@@ -74,7 +90,7 @@ pub(super) fn head(
     out.put_u8(b' ');
     out.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.put_slice(b"\r\n");
-    if !headers.contains_key(header::DATE) {
+    if !seen.has(Seen::DATE) {
         out.put_slice(b"date: ");
         with_date(|date| out.put_slice(date));
         out.put_slice(b"\r\n");

@@ -8,7 +8,7 @@ use http::header;
 use http::{HeaderMap, Method, Uri, Version};
 
 use legate_core::http1::{
-    Framing, Lines, content_length, has_token, header_field, leading_blank_lines, tokens,
+    Framing, Lines, Seen, content_length, has_token, header_field, leading_blank_lines, tokens,
 };
 
 use super::CodecError;
@@ -60,6 +60,7 @@ pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<H
     let (method, uri, version, fragment) = request_line_parts(&bytes, request_line)?;
 
     let mut headers = HeaderMap::with_capacity(16);
+    let mut seen = Seen::default();
     let mut count = 0;
     for (start, stop) in lines.by_ref() {
         if start == stop {
@@ -71,19 +72,21 @@ pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<H
         }
         let (name, value) =
             header_field(&bytes, start, stop).map_err(|_| CodecError::BAD_REQUEST)?;
+        seen.note(&name);
         headers.append(name, value);
     }
 
-    let framing = framing(&headers)?;
+    let framing = framing(&headers, seen)?;
+    let connection =
+        |token| seen.has(Seen::CONNECTION) && has_token(&headers, header::CONNECTION, token);
     let keep_alive = match version {
-        Version::HTTP_11 => !has_token(&headers, header::CONNECTION, "close"),
-        _ => has_token(&headers, header::CONNECTION, "keep-alive"),
+        Version::HTTP_11 => !connection("close"),
+        _ => connection("keep-alive"),
     };
-    let upgrade = method == Method::CONNECT
-        || (headers.contains_key(header::UPGRADE)
-            && has_token(&headers, header::CONNECTION, "upgrade"));
+    let upgrade = method == Method::CONNECT || (seen.has(Seen::UPGRADE) && connection("upgrade"));
     let expect_continue = version == Version::HTTP_11
         && framing != Framing::Empty
+        && seen.has(Seen::EXPECT)
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -176,10 +179,13 @@ fn request_target(method: &Method, target: Bytes) -> Result<Uri, CodecError> {
 
 /// The body's framing from `transfer-encoding` and `content-length`; both at once are
 /// refused (request smuggling), as by Envoy without `allow_chunked_length`.
-fn framing(headers: &HeaderMap) -> Result<Framing, CodecError> {
+fn framing(headers: &HeaderMap, seen: Seen) -> Result<Framing, CodecError> {
+    if !seen.has(Seen::TRANSFER_ENCODING) && !seen.has(Seen::CONTENT_LENGTH) {
+        return Ok(Framing::Empty);
+    }
     let codings = tokens(headers, header::TRANSFER_ENCODING);
     if let Some(last) = codings.last() {
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if seen.has(Seen::CONTENT_LENGTH) {
             return Err(CodecError::CONTENT_LENGTH_AND_CHUNKED);
         }
         // Only `chunked` delimits a request body; it must come last (RFC 9112 §6.3).

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap};
 use http::{Response, StatusCode, Version};
 use legate_core::http1::{
-    Framing, Lines, content_length, has_token, header_field, leading_blank_lines, tokens,
+    Framing, Lines, Seen, content_length, has_token, header_field, leading_blank_lines, tokens,
 };
 
 /// A parsed response head.
@@ -38,6 +38,7 @@ pub(super) fn parse(
     let (start, stop) = lines.next().ok_or("http1.codec_error")?;
     let (version, status) = status_line(&bytes[start..stop])?;
     let mut headers = HeaderMap::with_capacity(12);
+    let mut seen = Seen::default();
     for (start, stop) in lines.by_ref() {
         if start == stop {
             break;
@@ -46,12 +47,15 @@ pub(super) fn parse(
             return Err("http1.too_many_headers");
         }
         let (name, value) = header_field(&bytes, start, stop).map_err(|_| "http1.codec_error")?;
+        seen.note(&name);
         headers.append(name, value);
     }
-    let framing = framing(&headers, status, head_request)?;
+    let framing = framing(&headers, seen, status, head_request)?;
+    let connection =
+        |token| seen.has(Seen::CONNECTION) && has_token(&headers, header::CONNECTION, token);
     let keep_alive = match version {
-        Version::HTTP_11 => !has_token(&headers, header::CONNECTION, "close"),
-        _ => has_token(&headers, header::CONNECTION, "keep-alive"),
+        Version::HTTP_11 => !connection("close"),
+        _ => connection("keep-alive"),
     };
     let mut response = Response::new(());
     *response.status_mut() = status;
@@ -88,6 +92,7 @@ fn status_line(line: &[u8]) -> Result<(Version, StatusCode), Refusal> {
 /// without `allow_chunked_length`, and so is a coding other than chunked last.
 fn framing(
     headers: &HeaderMap,
+    seen: Seen,
     status: StatusCode,
     head_request: bool,
 ) -> Result<Framing, Refusal> {
@@ -98,15 +103,22 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    let codings = tokens(headers, header::TRANSFER_ENCODING);
+    let codings = if seen.has(Seen::TRANSFER_ENCODING) {
+        tokens(headers, header::TRANSFER_ENCODING)
+    } else {
+        Vec::new()
+    };
     if let Some(last) = codings.last() {
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if seen.has(Seen::CONTENT_LENGTH) {
             return Err("http1.content_length_and_chunked_not_allowed");
         }
         if !last.eq_ignore_ascii_case("chunked") || codings.len() > 1 {
             return Err("http1.invalid_transfer_encoding");
         }
         return Ok(Framing::Chunked);
+    }
+    if !seen.has(Seen::CONTENT_LENGTH) {
+        return Ok(Framing::UntilClose);
     }
     Ok(
         match content_length(headers).map_err(|_| "http1.content_length_not_allowed")? {
