@@ -629,7 +629,9 @@ fn rewrite_request(
     Rewritten { path, authority }
 }
 
-/// Copies bytes both ways between an upgraded client and upstream (WebSocket and friends).
+/// Copies bytes both ways between an upgraded client and upstream (WebSocket and friends)
+/// until either side ends its stream: then the other side's is ended too and the tunnel
+/// closes, as Envoy closes an upgraded stream (no half-closed tunnel waits on a client).
 async fn tunnel(
     downstream: crate::h1::OnUpgrade,
     upstream: Option<pool::Upgraded>,
@@ -637,11 +639,22 @@ async fn tunnel(
     _guard: ResourceGuard,
     cluster: Arc<Cluster>,
 ) {
-    let (Some(mut down), Some(mut up)) = (downstream.upgraded().await, upstream) else {
+    let (Some(down), Some(up)) = (downstream.upgraded().await, upstream) else {
         cluster.stats.traffic.upstream_rq_active().dec();
         return;
     };
-    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    use tokio::io::AsyncWriteExt as _;
+    let (mut down_read, mut down_write) = tokio::io::split(down);
+    let (mut up_read, mut up_write) = tokio::io::split(up);
+    tokio::select! {
+        _ = tokio::io::copy(&mut down_read, &mut up_write) => {
+            // The client ended first: the proxy closes the upstream connection.
+            let _ = up_write.shutdown().await;
+        }
+        _ = tokio::io::copy(&mut up_read, &mut down_write) => {
+            let _ = down_write.shutdown().await;
+        }
+    }
     cluster.stats.traffic.upstream_rq_active().dec();
 }
 

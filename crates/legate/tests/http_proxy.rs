@@ -283,6 +283,81 @@ fn websocket_upgrades_tunnel_bytes_both_ways() {
 }
 
 #[test]
+fn a_websocket_tunnel_counts_which_side_closed_its_upstream_connection() {
+    use std::io::{Read, Write};
+    // `/bye` answers 101, sends `bye` and closes; anything else answers 101 and echoes until
+    // the proxy closes.
+    let upstream = thread_per_connection("127.0.0.1", |mut conn| {
+        let mut head = Vec::new();
+        if !read_through_head(&mut conn, &mut head) {
+            return;
+        }
+        let switching = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
+                          upgrade: websocket\r\n\r\n";
+        let _ = conn.write_all(switching);
+        if head.starts_with(b"GET /bye ") {
+            let _ = conn.write_all(b"bye");
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = conn.read(&mut buf) {
+            let _ = conn.write_all(&buf[..n]);
+        }
+    });
+    let hcm = "          upgrade_configs:\n          - upgrade_type: websocket\n";
+    let proxy = start_proxy(&front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream, ""),
+        hcm,
+    ));
+    let upgrade = |path: &str| {
+        let mut c = RawConn::connect(proxy.addr("ingress"));
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        );
+        c.send(request.as_bytes()).unwrap();
+        let head = c.read_head().expect("a response");
+        assert_eq!(head.status, 101, "{head:?}");
+        c
+    };
+    let stat = |name: &str, want: u64| {
+        proxy.wait_stat(
+            &format!("cluster.backend.{name}"),
+            Duration::from_secs(5),
+            |v| v >= want,
+        )
+    };
+
+    // The upstream closes: a remote close.
+    let mut c = upgrade("/bye");
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "the tunnel stayed open"
+    );
+    assert_eq!(stat("upstream_cx_destroy_remote", 1), Some(1));
+    assert_eq!(
+        proxy.stat("cluster.backend.upstream_cx_destroy_local"),
+        Some(0)
+    );
+
+    // The client closes: the proxy closes the upstream connection, a local close.
+    let mut c = upgrade("/echo");
+    c.send(b"ping").unwrap();
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 4];
+    c.stream.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    drop(c);
+    assert_eq!(stat("upstream_cx_destroy_local", 1), Some(1));
+    assert_eq!(
+        proxy.stat("cluster.backend.upstream_cx_destroy_remote"),
+        Some(1)
+    );
+}
+
+#[test]
 fn upgrades_not_configured_are_refused_with_403() {
     let upstream = Upstream::start();
     let legate = Legate::start(&front_proxy(

@@ -320,13 +320,20 @@ impl Exchange {
     /// The connection after a `101 Switching Protocols`: bytes both ways from now on, the
     /// host's first ones possibly read already.
     pub(crate) fn upgrade(self) -> Upgraded {
-        Upgraded { conn: self.conn }
+        Upgraded {
+            conn: self.conn,
+            shut_down: false,
+        }
     }
 }
 
-/// An upstream connection that switched protocols (WebSocket and friends).
+/// An upstream connection that switched protocols (WebSocket and friends). Its close counts as
+/// the host's (`upstream_cx_destroy_remote`) when the host ended its side first, as Legate's
+/// otherwise (the client went away, and the proxy closed the tunnel).
 pub struct Upgraded {
     conn: Connection,
+    /// The proxy has ended its side (the client's side ended first).
+    shut_down: bool,
 }
 
 impl std::fmt::Debug for Upgraded {
@@ -348,7 +355,13 @@ impl AsyncRead for Upgraded {
             read.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.conn.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let result = ready!(Pin::new(&mut self.conn.io).poll_read(cx, buf));
+        let ended = result.is_err() || buf.filled().len() == before;
+        if ended && !self.shut_down {
+            self.conn.peer_closed = true;
+        }
+        Poll::Ready(result)
     }
 }
 
@@ -366,6 +379,7 @@ impl AsyncWrite for Upgraded {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shut_down = true;
         Pin::new(&mut self.conn.io).poll_shutdown(cx)
     }
 }
