@@ -734,21 +734,23 @@ impl http_body::Body for UpstreamBody {
             .map(|frame| frame.map(|r| r.map_err(BoxError::from)));
         if let Poll::Ready(frame) = &polled {
             // The first frame (all of a small body) and the end pass without a look at the
-            // clock; a body that keeps streaming is held to the deadline frame by frame, since
-            // it may never wait.
-            let data = matches!(frame, Some(Ok(_)));
-            if data && std::mem::replace(&mut self.streaming, true) {
-                if self.deadline.is_some_and(|d| d <= Instant::now()) {
-                    return self.expired();
-                }
-                // A frame restarts the idle timeout (the route's deadline stays where it is).
-                if self.idle.is_some()
-                    && self.timer.is_some()
-                    && let Some(at) = self.next_expiry()
-                    && let Some(timer) = self.timer.as_mut()
-                {
-                    timer.as_mut().reset(at.into());
-                }
+            // clock; a body that keeps streaming is held to the deadline frame by frame from
+            // its second data frame, since it may never wait.
+            let data = matches!(frame, Some(Ok(f)) if f.is_data());
+            if data
+                && std::mem::replace(&mut self.streaming, true)
+                && self.deadline.is_some_and(|d| d <= Instant::now())
+            {
+                return self.expired();
+            }
+            // Any frame restarts the idle timeout of a body that has waited (the route's
+            // deadline stays where it is).
+            if self.idle.is_some()
+                && self.timer.is_some()
+                && let Some(at) = self.next_expiry()
+                && let Some(timer) = self.timer.as_mut()
+            {
+                timer.as_mut().reset(at.into());
             }
             return polled;
         }

@@ -778,6 +778,9 @@ fn the_stream_idle_timeout_cuts_a_response_body_that_stalls() {
         ),
         Some(1)
     );
+    // Every frame restarts the timeout, the first one too: a body whose first chunk comes
+    // after 0.3 s, the next two 0.3 s apart, is whole.
+    assert_eq!(cut_body_after(&proxy, "/chunks/3/300/300"), None);
     // Chunks 200 ms apart keep the stream alive past 0.5 s in all.
     assert_eq!(cut_body_after(&proxy, "/chunks/6/200"), None);
 }

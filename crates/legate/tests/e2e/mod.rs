@@ -28,7 +28,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// An upstream test server. Paths:
 /// * `/status/N` answers N; `/delay/MS` waits MS ms first; `/bytes/N` streams N bytes;
-/// * `/chunks/N/MS` streams N chunks `chunk-<i>\n`, MS ms apart (headers at once);
+/// * `/chunks/N/MS[/FIRST]` streams N chunks `chunk-<i>\n`, MS ms apart (headers at once, the
+///   first chunk after FIRST ms, at once by default);
 /// * `/echo-stream` streams the request body back frame by frame as it arrives;
 /// * `/trailers` answers `trailers` with the response trailer `x-upstream-trailer: done`;
 /// * anything else answers 200 with a JSON echo of the request (method, path, headers, body
@@ -246,13 +247,16 @@ async fn respond(
         }
         (Some("chunks"), Some(n)) => {
             let n: usize = n.parse().unwrap_or(0);
-            let ms: u64 = parts.next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
+            let mut delays = parts.next().unwrap_or("").split('/');
+            let mut delay = || delays.next().and_then(|ms| ms.parse().ok()).unwrap_or(0u64);
+            let (ms, first) = (delay(), delay());
             let stream = futures_util::stream::unfold(0usize, move |i| async move {
                 if i >= n {
                     return None;
                 }
-                if i > 0 {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                let wait = if i > 0 { ms } else { first };
+                if wait > 0 {
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
                 let frame = Frame::data(Bytes::from(format!("chunk-{i}\n")));
                 Some((Ok::<_, Infallible>(frame), i + 1))
