@@ -201,6 +201,13 @@ impl HcmConfig {
         }
         legate_core::extension::check_access_logs(&h.access_log, &mut errors);
         let common = h.common_http_protocol_options.unwrap_or_default();
+        if common.max_response_headers_kb.is_some() {
+            // Envoy's own check: the option is an upstream one.
+            errors.push(
+                "common_http_protocol_options.max_response_headers_kb",
+                "max_response_headers_kb cannot be set on http_connection_manager.",
+            );
+        }
         let internal = h.internal_address_config.clone().unwrap_or_default();
         let mut internal_cidrs = Vec::new();
         for (i, c) in internal.cidr_ranges.iter().enumerate() {

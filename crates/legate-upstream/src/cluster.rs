@@ -103,6 +103,9 @@ pub struct ClusterConfig {
     /// `max_connection_duration`: an upstream connection is retired this long after opening.
     pub max_connection_duration: Option<Duration>,
     pub max_headers_count: u32,
+    /// `max_response_headers_kb`: the largest response head a host may send (unset: 80 KiB for
+    /// HTTP/1.1, Envoy's default; the HTTP/2 codec's own limit otherwise).
+    pub max_response_headers_kb: Option<u32>,
     /// HTTP/2 settings for upstream connections (windows, HPACK table size).
     pub http2: Http2Settings,
     /// `transport_socket` `envoy.transport_sockets.tls`: TLS to the hosts (also inside
@@ -376,6 +379,7 @@ impl ClusterConfig {
             idle_timeout,
             max_connection_duration,
             max_headers_count: u32_or(common.max_headers_count.as_ref(), 100),
+            max_response_headers_kb: common.max_response_headers_kb.as_ref().map(|v| v.value),
             http2,
         })
     }
@@ -390,9 +394,16 @@ impl ClusterConfig {
             && self.protocol == other.protocol
             && self.http2 == other.http2
             && self.max_headers_count == other.max_headers_count
+            && self.max_response_headers_kb == other.max_response_headers_kb
             && self.max_requests_per_connection == other.max_requests_per_connection
             && self.idle_timeout == other.idle_timeout
             && self.max_connection_duration == other.max_connection_duration
+    }
+
+    /// The largest HTTP/1.1 response head, in bytes.
+    pub fn max_http1_response_head(&self) -> usize {
+        self.max_response_headers_kb
+            .map_or(80 * 1024, |kb| kb as usize * 1024)
     }
 
     /// All endpoints of every priority and locality.

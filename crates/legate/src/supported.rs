@@ -401,6 +401,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             &[
                 "idle_timeout",
                 "max_headers_count",
+                "max_response_headers_kb",
                 "max_connection_duration",
                 "headers_with_underscores_action",
                 "max_requests_per_connection",

@@ -306,6 +306,62 @@ fn malformed_response_heads_are_upstream_protocol_errors() {
 }
 
 #[test]
+fn max_response_headers_kb_bounds_a_response_head() {
+    // `/n` answers with n header lines of about 1 KB each.
+    let host = Scripted::start(|head| {
+        let lines: usize = head
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.trim_start_matches('/').parse().ok())
+            .unwrap_or(0);
+        let mut reply = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..lines {
+            reply.extend_from_slice(format!("x-{i}: {}\r\n", "v".repeat(1000)).as_bytes());
+        }
+        reply.extend_from_slice(b"content-length: 2\r\n\r\nok");
+        (reply, true)
+    });
+    let options = r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: {max_response_headers_kb: 4}
+        explicit_http_config: {http_protocol_options: {}}"#;
+    let proxy = start_proxy_one_worker(&front_proxy(
+        "              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n",
+        &cluster("backend", host.addr, options),
+        "",
+    ));
+    let addr = proxy.addr("ingress");
+    // 3 lines fit in 4 KiB, 5 do not.
+    assert_eq!(http_get(addr, "/3", &[]).status, 200);
+    let refused = http_get(addr, "/5", &[]);
+    assert_eq!(refused.status, 502, "{refused:?}");
+    assert!(
+        refused.body.ends_with("reset reason: protocol error"),
+        "{refused:?}"
+    );
+    assert_eq!(http_get(addr, "/0", &[]).status, 200);
+
+    // The same bound on an HTTP/2 upstream's response headers.
+    let upstream = Upstream::start();
+    let options = r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: {max_response_headers_kb: 4}
+        explicit_http_config: {http2_protocol_options: {}}"#;
+    let proxy = start_proxy_one_worker(&front_proxy(
+        "              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n",
+        &cluster("backend", upstream.addr, options),
+        "",
+    ));
+    let addr = proxy.addr("ingress");
+    assert_eq!(http_get(addr, "/headers/2", &[]).status, 200);
+    let refused = http_get(addr, "/headers/6", &[]);
+    assert!(refused.status >= 500, "{refused:?}");
+    assert_eq!(http_get(addr, "/headers/0", &[]).status, 200);
+}
+
+#[test]
 fn a_response_body_cut_short_is_not_completed_downstream() {
     let host = Scripted::start(|_| {
         (

@@ -34,8 +34,6 @@ use crate::tls::UpstreamStream;
 
 /// Read buffer space asked for at each read.
 const READ_SIZE: usize = 16 * 1024;
-/// The most bytes of a response head (Envoy 1.40 refuses one over 80 KiB).
-const MAX_HEAD_BYTES: usize = 80 * 1024;
 
 /// What an HTTP/1.1 connection runs over: TCP, TLS or a unix domain socket, counting the
 /// cluster's `upstream_cx_{rx,tx}_bytes_total`.
@@ -55,6 +53,9 @@ pub(crate) struct Connection {
     watch: Waker,
     /// `max_headers_count` of the cluster.
     max_headers: usize,
+    /// The most bytes of a response head, and of a trailer section: the cluster's
+    /// `max_response_headers_kb` (Envoy 1.40 refuses a head over 80 KiB by default).
+    max_head_bytes: usize,
     on_close: Option<OnClose>,
 }
 
@@ -82,13 +83,19 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl Connection {
-    pub(crate) fn new(io: Io, max_headers: usize, watch: Waker, on_close: OnClose) -> Self {
+    pub(crate) fn new(
+        io: Io,
+        (max_headers, max_head_bytes): (usize, usize),
+        watch: Waker,
+        on_close: OnClose,
+    ) -> Self {
         Connection {
             io,
             read: BytesMut::new(),
             peer_closed: false,
             watch,
             max_headers,
+            max_head_bytes,
             on_close: Some(on_close),
         }
     }
@@ -230,7 +237,7 @@ impl Exchange {
         loop {
             let conn = &mut self.conn;
             if let Some(end) = find_end(&conn.read, self.searched)
-                && end <= MAX_HEAD_BYTES
+                && end <= conn.max_head_bytes
             {
                 self.searched = 0;
                 let head = response::parse(
@@ -247,12 +254,12 @@ impl Exchange {
                     // expectation itself, and passes no other 1xx on by default.
                     continue;
                 }
-                self.decoder = Decoder::new(head.framing, MAX_HEAD_BYTES);
+                self.decoder = Decoder::new(head.framing, conn.max_head_bytes);
                 // After a `101` the connection is no longer HTTP.
                 self.keep_alive = head.keep_alive && !switching;
                 return Poll::Ready(Ok(head.response));
             }
-            if conn.read.len() > MAX_HEAD_BYTES {
+            if conn.read.len() > conn.max_head_bytes {
                 return Poll::Ready(Err(Error::Protocol("http1.headers_too_large")));
             }
             self.searched = resume_at(conn.read.len());

@@ -266,7 +266,10 @@ pub(super) async fn connect_http1(
     let end = end_of(cluster, host, slot, lifetime);
     let conn = crate::http1::Connection::new(
         counted(cluster, stream),
-        cluster.config.max_headers_count as usize,
+        (
+            cluster.config.max_headers_count as usize,
+            cluster.config.max_http1_response_head(),
+        ),
         std::task::Waker::from(watch),
         Box::new(end),
     );
@@ -290,11 +293,16 @@ pub(super) async fn connect_http2(
     )
     .await?;
     let o = &cluster.config.http2;
-    let handshake = http2::Builder::new(TokioExecutor::new())
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .initial_stream_window_size(o.initial_stream_window_size)
         .initial_connection_window_size(o.initial_connection_window_size)
-        .header_table_size(o.hpack_table_size)
+        .header_table_size(o.hpack_table_size);
+    if let Some(kb) = cluster.config.max_response_headers_kb {
+        builder.max_header_list_size(kb.saturating_mul(1024));
+    }
+    let handshake = builder
         .handshake(TokioIo::new(counted(cluster, stream)))
         .await;
     let lifetime = lifetime(cluster, pool);

@@ -30,6 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 /// * `/status/N` answers N; `/delay/MS` waits MS ms first; `/bytes/N` streams N bytes;
 /// * `/chunks/N/MS[/FIRST]` streams N chunks `chunk-<i>\n`, MS ms apart (headers at once, the
 ///   first chunk after FIRST ms, at once by default);
+/// * `/headers/N` answers with N headers `x-<i>` of 1,000 bytes each;
 /// * `/echo-stream` streams the request body back frame by frame as it arrives;
 /// * `/trailers` answers `trailers` with the response trailer `x-upstream-trailer: done`;
 /// * anything else answers 200 with a JSON echo of the request (method, path, headers, body
@@ -230,6 +231,13 @@ async fn respond(
                 .status(code)
                 .body(Full::new(Bytes::from("status")).boxed())
                 .unwrap());
+        }
+        (Some("headers"), Some(n)) => {
+            let mut response = Response::builder();
+            for i in 0..n.parse().unwrap_or(0) {
+                response = response.header(format!("x-{i}"), "v".repeat(1000));
+            }
+            return Ok(response.body(Full::new(Bytes::from("ok")).boxed()).unwrap());
         }
         (Some("delay"), Some(ms)) => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
