@@ -729,34 +729,31 @@ fn cut_body_after(proxy: &Legate, path: &str) -> Option<Duration> {
     }
 }
 
+/// Asserts that the body of `GET path` is cut about 0.5 s after the request.
+fn assert_cut_after_half_a_second(proxy: &Legate, path: &str) {
+    let took = cut_body_after(proxy, path).unwrap_or_else(|| panic!("{path}: not cut"));
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(2500),
+        "{path}: cut after {took:?}"
+    );
+}
+
+/// Asserts that the stat `name` reaches `n` (within 2 s).
+fn assert_stat_reaches(proxy: &Legate, name: &str, n: u64) {
+    let seen = proxy.wait_stat(name, Duration::from_secs(2), |v| v >= n);
+    assert_eq!(seen, Some(n), "{name}");
+}
+
 #[test]
 fn the_route_timeout_cuts_a_response_body_that_outlasts_it() {
-    // 30 chunks 100 ms apart: never idle for long, but 3 s in all against a 0.5 s route timeout.
     let (_upstream, proxy) = setup(", timeout: 0.5s", "", "");
-    let took = cut_body_after(&proxy, "/chunks/30/100").expect("the body was not cut");
-    assert!(
-        took >= Duration::from_millis(450) && took < Duration::from_millis(2500),
-        "cut after {took:?}"
-    );
-    assert_eq!(
-        proxy.wait_stat(
-            "cluster.backend.upstream_rq_timeout",
-            Duration::from_secs(2),
-            |v| v >= 1
-        ),
-        Some(1)
-    );
-    // A body that stalls: its second chunk would come after 3 s.
-    let took = cut_body_after(&proxy, "/chunks/2/3000").expect("the body was not cut");
-    assert!(
-        took >= Duration::from_millis(450) && took < Duration::from_millis(2500),
-        "cut after {took:?}"
-    );
     let timeouts = "cluster.backend.upstream_rq_timeout";
-    assert_eq!(
-        proxy.wait_stat(timeouts, Duration::from_secs(2), |v| v >= 2),
-        Some(2)
-    );
+    // 30 chunks 100 ms apart: never idle for long, but 3 s in all against a 0.5 s route timeout.
+    assert_cut_after_half_a_second(&proxy, "/chunks/30/100");
+    assert_stat_reaches(&proxy, timeouts, 1);
+    // A body that stalls: its second chunk would come after 3 s.
+    assert_cut_after_half_a_second(&proxy, "/chunks/2/3000");
+    assert_stat_reaches(&proxy, timeouts, 2);
     // A body within the timeout is whole.
     assert_eq!(cut_body_after(&proxy, "/chunks/3/50"), None);
 }
@@ -765,19 +762,8 @@ fn the_route_timeout_cuts_a_response_body_that_outlasts_it() {
 fn the_stream_idle_timeout_cuts_a_response_body_that_stalls() {
     // The second chunk comes after 3 s; the stream may be idle for 0.5 s.
     let (_upstream, proxy) = setup("", "", "          stream_idle_timeout: 0.5s\n");
-    let took = cut_body_after(&proxy, "/chunks/2/3000").expect("the body was not cut");
-    assert!(
-        took >= Duration::from_millis(450) && took < Duration::from_millis(2500),
-        "cut after {took:?}"
-    );
-    assert_eq!(
-        proxy.wait_stat(
-            "http.ingress_http.downstream_rq_idle_timeout",
-            Duration::from_secs(2),
-            |v| v >= 1
-        ),
-        Some(1)
-    );
+    assert_cut_after_half_a_second(&proxy, "/chunks/2/3000");
+    assert_stat_reaches(&proxy, "http.ingress_http.downstream_rq_idle_timeout", 1);
     // Every frame restarts the timeout, the first one too: a body whose first chunk comes
     // after 0.3 s, the next two 0.3 s apart, is whole.
     assert_eq!(cut_body_after(&proxy, "/chunks/3/300/300"), None);

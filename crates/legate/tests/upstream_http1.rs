@@ -321,16 +321,23 @@ fn max_response_headers_kb_bounds_a_response_head() {
         reply.extend_from_slice(b"content-length: 2\r\n\r\nok");
         (reply, true)
     });
-    let options = r#"    typed_extension_protocol_options:
+    // A proxy to `addr` speaking `protocol` (`http_protocol_options` or `http2_protocol_options`)
+    // with response heads up to 4 KiB.
+    let proxy_with_4_kib = |addr, protocol: &str| {
+        let options = format!(
+            r#"    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        common_http_protocol_options: {max_response_headers_kb: 4}
-        explicit_http_config: {http_protocol_options: {}}"#;
-    let proxy = start_proxy_one_worker(&front_proxy(
-        "              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n",
-        &cluster("backend", host.addr, options),
-        "",
-    ));
+        common_http_protocol_options: {{max_response_headers_kb: 4}}
+        explicit_http_config: {{{protocol}: {{}}}}"#
+        );
+        start_proxy_one_worker(&front_proxy(
+            "              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n",
+            &cluster("backend", addr, &options),
+            "",
+        ))
+    };
+    let proxy = proxy_with_4_kib(host.addr, "http_protocol_options");
     let addr = proxy.addr("ingress");
     // 3 lines fit in 4 KiB, 5 do not.
     assert_eq!(http_get(addr, "/3", &[]).status, 200);
@@ -344,16 +351,7 @@ fn max_response_headers_kb_bounds_a_response_head() {
 
     // The same bound on an HTTP/2 upstream's response headers.
     let upstream = Upstream::start();
-    let options = r#"    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        common_http_protocol_options: {max_response_headers_kb: 4}
-        explicit_http_config: {http2_protocol_options: {}}"#;
-    let proxy = start_proxy_one_worker(&front_proxy(
-        "              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n",
-        &cluster("backend", upstream.addr, options),
-        "",
-    ));
+    let proxy = proxy_with_4_kib(upstream.addr, "http2_protocol_options");
     let addr = proxy.addr("ingress");
     assert_eq!(http_get(addr, "/headers/2", &[]).status, 200);
     let refused = http_get(addr, "/headers/6", &[]);
