@@ -362,9 +362,10 @@ impl AsyncRead for Upgraded {
             read.advance(n);
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
+        let (before, room) = (buf.filled().len(), buf.remaining() > 0);
         let result = ready!(Pin::new(&mut self.conn.io).poll_read(cx, buf));
-        let ended = result.is_err() || buf.filled().len() == before;
+        // Nothing read into room for something: the host's end of stream.
+        let ended = result.is_err() || (room && buf.filled().len() == before);
         if ended && !self.shut_down {
             self.conn.peer_closed = true;
         }
