@@ -10,6 +10,9 @@
 # Usage: bench/instructions.sh [legate binary] [requests]
 #   prints the instructions per request for /direct (direct_response) and / (proxied)
 #   With H2=1, the clients speak HTTP/2 cleartext (prior knowledge) instead of HTTP/1.1.
+#   With TLS=1, HTTPS keep-alive (TLS 1.3, HTTP/1.1) on the configs bench/tls_bench.py writes
+#   (run `bench/tls_bench.py --quick --only legate --tests https` once first): / only, and
+#   the count includes the 50 connections' handshakes.
 #   With KEEP=<dir>, the callgrind outputs stay there (direct.out, proxied.out) for
 #   `callgrind_annotate --inclusive=yes <file>`.
 set -euo pipefail
@@ -18,8 +21,15 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/target/release/legate}
 N=${2:-20000}
 CONF=$ROOT/bench/results/http_bench
+URL=http://127.0.0.1:18410
+MAKER="bench/http_bench.py --quick --only legate"
+if [[ -n ${TLS:-} ]]; then
+    CONF=$ROOT/bench/results/tls_bench
+    URL=https://127.0.0.1:18810
+    MAKER="bench/tls_bench.py --quick --only legate --tests https"
+fi
 [[ -f $CONF/bootstrap_legate.yaml && -f $CONF/nginx.conf ]] || {
-    echo "no configs in $CONF: run bench/http_bench.py --quick --only legate first" >&2
+    echo "no configs in $CONF: run $MAKER first" >&2
     exit 2
 }
 for tool in valgrind callgrind_control h2load nginx curl; do
@@ -33,6 +43,10 @@ if [[ -n ${H2:-} ]]; then
     CLIENT=()
     PROTOCOL=h2c
 fi
+if [[ -n ${TLS:-} ]]; then
+    CLIENT=(--h1)
+    PROTOCOL="HTTPS (TLS 1.3, HTTP/1.1)"
+fi
 
 OUT=$(mktemp -d)
 nginx -c "$CONF/nginx.conf" > "$OUT/nginx.log" 2>&1 &
@@ -45,13 +59,13 @@ count() { # path name
         "$BIN" -c "$CONF/bootstrap_legate.yaml" --concurrency 1 > "$OUT/legate.log" 2>&1 &
     local proxy=$!
     for _ in $(seq 1 120); do
-        curl -s -o /dev/null http://127.0.0.1:18410/direct && break
+        curl -sk -o /dev/null "$URL$path" && break
         sleep 0.5
     done
-    h2load "${CLIENT[@]}" -n 2000 -c 50 -t 1 "http://127.0.0.1:18410$path" > /dev/null
+    h2load "${CLIENT[@]}" -n 2000 -c 50 -t 1 "$URL$path" > /dev/null
     callgrind_control -i on "$proxy" > /dev/null 2>&1
     local done_
-    done_=$(h2load "${CLIENT[@]}" -n "$N" -c 50 -t 1 "http://127.0.0.1:18410$path" | awk '/^requests:/ {print $8}')
+    done_=$(h2load "${CLIENT[@]}" -n "$N" -c 50 -t 1 "$URL$path" | awk '/^requests:/ {print $8}')
     callgrind_control -i off "$proxy" > /dev/null 2>&1
     kill -TERM "$proxy"
     wait "$proxy" 2> /dev/null || true
@@ -66,5 +80,7 @@ count() { # path name
 }
 
 echo "callgrind: $BIN, $N requests per path, $PROTOCOL clients"
-count /direct direct
+if [[ -z ${TLS:-} ]]; then
+    count /direct direct
+fi
 count / proxied
