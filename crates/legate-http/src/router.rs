@@ -214,370 +214,377 @@ fn route_timeout(forward: &Forward, headers: &mut HeaderMap) -> Option<Duration>
     (!timeout.is_zero()).then_some(timeout)
 }
 
-pub(crate) async fn forward(
-    hcm: &HttpConnectionManager,
-    f: Forwarding<'_>,
+/// Sends the request to a host of the route's cluster and returns its response, or the local
+/// reply for the way it failed. (A function returning an async block rather than an `async
+/// fn`: the block uses `f` and `parts` where it captured them, where an `async fn` would hold a
+/// second copy of its arguments in its future.)
+pub(crate) fn forward<'a>(
+    hcm: &'a HttpConnectionManager,
+    f: Forwarding<'a>,
     mut parts: http::request::Parts,
     request_body: Body,
-    info: &mut StreamInfo,
-) -> Outcome {
-    let stats = &hcm.stats;
-    let Some(cluster) = hcm.context.clusters.get(f.cluster) else {
-        stats.no_cluster.inc();
-        return LocalReply::new(
-            f.forward.cluster_not_found_status,
-            "",
-            "cluster_not_found",
-            ResponseFlags::NO_CLUSTER_FOUND,
-        )
-        .into();
-    };
-    info.upstream_cluster = Some(cluster.name.clone());
-
-    // Upgrades: the route's `upgrade_configs` override the connection manager's.
-    if let Some(kind) = &f.upgrade {
-        let enabled = f
-            .forward
-            .upgrades
-            .iter()
-            .find(|(t, _)| t == kind)
-            .or_else(|| hcm.config.upgrades.iter().find(|(t, _)| t == kind))
-            .is_some_and(|(_, on)| *on);
-        if !enabled {
-            stats.downstream_rq_ws_on_non_ws_route.inc();
-            return LocalReply::new(403, "", "upgrade_failed", 0)
-                .closing()
-                .into();
-        }
-        // Other requests were counted by the connection manager.
-        stats.rq_total.inc();
-    }
-
-    let deadline = route_timeout(f.forward, &mut parts.headers).map(|t| (t, Instant::now() + t));
-    // The route's `hash_policy`, evaluated (as Envoy's `computeHashKey`) only when the
-    // cluster balances on a hash; the key takes the place of the random number in the host
-    // choice. A generated cookie goes out with the upstream's response.
-    let mut set_cookies = Vec::new();
-    let hash = match &f.forward.hash_policy {
-        Some(policy) if cluster.uses_hash() => policy.generate(
-            &HashInput {
-                headers: &parts.headers,
-                method: parts.method.as_str(),
-                path: &info.request.path,
-                authority: &info.request.authority,
-                scheme: &info.request.scheme,
-                remote: info.downstream_remote_address,
-                connection: info
-                    .downstream_direct_remote_address
-                    .zip(info.downstream_local_address),
-            },
-            &mut set_cookies,
-        ),
-        _ => None,
-    };
-    let pick = hash.unwrap_or_else(|| fastrand::u64(..));
-    let lb_context = legate_upstream::original_dst::LbContext {
-        restored_local: f.connection.local_restored.then_some(f.connection.local),
-        headers: Some(&parts.headers),
-    };
-    let Some(host) = cluster.choose_host_for(pick, &lb_context) else {
-        cluster.stats.traffic.upstream_cx_none_healthy().inc();
-        return LocalReply::new(
-            503,
-            "no healthy upstream",
-            "no_healthy_upstream",
-            ResponseFlags::NO_HEALTHY_UPSTREAM,
-        )
-        .into();
-    };
-    if host.pipe.is_some() {
-        info.upstream_pipe = host.pipe.clone();
-    } else {
-        info.upstream_host = Some(host.address);
-    }
-    let Some(rq_guard) = cluster.breakers.try_acquire(Limit::Requests) else {
-        cluster.stats.traffic.upstream_rq_active_overflow().inc();
-        return reset_reply(&UpstreamError::Overflow).into();
-    };
-
-    // Envoy splits the cluster's response stats by the request's origin.
-    let internal = parts
-        .headers
-        .get(X_ENVOY_INTERNAL)
-        .is_some_and(|v| v.as_bytes() == b"true");
-    // The request as the upstream sees it: rewrites, then header mutations.
-    let rewritten = rewrite_request(f.forward, &mut parts, info);
-    apply_request_mutations(f.selected, &mut parts.headers, info);
-    if hcm.logs_request_headers() {
-        // Envoy's access log sees the request as the router changed it.
-        info.request_headers = parts.headers.clone();
-        if let Some(path) = &rewritten.path {
-            info.request.path.clone_from(path);
-        }
-        if let Some(authority) = &rewritten.authority {
-            info.request.authority.clone_from(authority);
-        }
-    }
-    strip_hop_by_hop(&mut parts.headers, f.upgrade.is_some());
-    // `proxy_100_continue` is off (Envoy's default): the `100 Continue` comes from the proxy
-    // (Legate's HTTP/1.1 codec sends it at once, hyper's HTTP/2 one when the body is first
-    // read) and the expectation stops here.
-    if parts
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-    {
-        parts.headers.remove(header::EXPECT);
-    }
-    if let Some((timeout, _)) = deadline.filter(|_| !hcm.config.suppress_envoy_headers) {
-        parts.headers.insert(
-            X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
-            crate::headers::decimal(timeout.as_millis() as u64),
-        );
-    }
-    let protocol = match cluster.config.protocol {
-        UpstreamProtocol::Http2 => Protocol::Http2,
-        UpstreamProtocol::Http1 => Protocol::Http1,
-        UpstreamProtocol::UseDownstream if info.protocol == DownstreamProtocol::Http2 => {
-            Protocol::Http2
-        }
-        UpstreamProtocol::UseDownstream => Protocol::Http1,
-    };
-    let path = rewritten.path.as_deref().unwrap_or(&info.request.path);
-    let authority = rewritten
-        .authority
-        .as_deref()
-        .unwrap_or(&info.request.authority);
-    match protocol {
-        Protocol::Http1 => {
-            if info.protocol == DownstreamProtocol::Http2 {
-                join_cookies(&mut parts.headers);
-            }
-            parts.version = Version::HTTP_11;
-            // An HTTP/1.1 request in origin form whose path is unchanged keeps its target and
-            // its `host`; anything else is made anew.
-            let same_target = parts.uri.scheme().is_none()
-                && parts.uri.path_and_query().map(|p| p.as_str()) == Some(path);
-            if !same_target {
-                parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
-            }
-            // Exactly one `host`, the authority (a repeated `host` goes out as one).
-            let mut hosts = parts.headers.get_all(header::HOST).iter();
-            let same_host = hosts
-                .next()
-                .is_some_and(|h| h.as_bytes() == authority.as_bytes())
-                && hosts.next().is_none();
-            if !same_host && let Ok(v) = HeaderValue::from_str(authority) {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
-        Protocol::Http2 => {
-            parts.version = Version::HTTP_2;
-            parts.uri = format!("http://{authority}{path}")
-                .parse()
-                .unwrap_or_else(|_| Uri::from_static("/"));
-            parts.headers.remove(header::HOST);
-        }
-    }
-    let upstream_request = Request::from_parts(parts, request_body);
-
-    let cstats = &cluster.stats;
-    cstats.traffic.upstream_rq_active().inc();
-    let active = ActiveRequest::new(host.clone());
-    info.attempt_count = 1;
-    let started = Instant::now();
-    info.first_upstream_tx_byte = Some(info.start.elapsed());
-    // The downstream connection's addresses (not `x-forwarded-for`'s), for a cluster whose
-    // connections start with a PROXY header naming them.
-    let connection = f.connection;
-    let downstream = (cluster.config.proxy_protocol.is_some() && connection.pipe.is_none())
-        .then_some((connection.peer, connection.local));
-    let sent = pool::send(
-        &cluster,
-        &host,
-        f.connection.worker,
-        protocol,
-        upstream_request,
-        downstream,
-    );
-    // Waiting for response headers: the route timeout, and the stream idle timeout (the
-    // route's `idle_timeout`, else the connection manager's `stream_idle_timeout`).
-    let idle = f
-        .forward
-        .idle_timeout
-        .or(hcm.config.stream_idle_timeout)
-        .filter(|t| !t.is_zero());
-    // One timer for whichever of the two comes first.
-    let idle_at = idle.map(|t| Instant::now() + t);
-    let (first, idle_first) = match (deadline.map(|(_, at)| at), idle_at) {
-        (Some(route), Some(idle)) if idle < route => (Some(idle), true),
-        (Some(route), _) => (Some(route), false),
-        (None, idle) => (idle, idle.is_some()),
-    };
-    let timer = async {
-        match first {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
-    };
-    let result = tokio::select! {
-        r = sent => Some(r),
-        _ = timer => None,
-    };
-    let result = match result {
-        Some(r) => r,
-        None if idle_first => {
-            cstats.traffic.upstream_rq_active().dec();
-            stats.downstream_rq_idle_timeout.inc();
-            // Envoy's `onIdleTimeout`: 504 once the client has sent its whole request (the
-            // upstream is the one stalling), 408 while the request is still incomplete.
-            let complete = f
-                .body_state
-                .complete
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let status = if complete { 504 } else { 408 };
+    info: &'a mut StreamInfo,
+) -> impl Future<Output = Outcome> + 'a {
+    async move {
+        let stats = &hcm.stats;
+        let Some(cluster) = hcm.context.clusters.get(f.cluster) else {
+            stats.no_cluster.inc();
             return LocalReply::new(
-                status,
-                "stream timeout",
-                "stream_idle_timeout",
-                ResponseFlags::STREAM_IDLE_TIMEOUT,
+                f.forward.cluster_not_found_status,
+                "",
+                "cluster_not_found",
+                ResponseFlags::NO_CLUSTER_FOUND,
             )
             .into();
+        };
+        info.upstream_cluster = Some(cluster.name.clone());
+
+        // Upgrades: the route's `upgrade_configs` override the connection manager's.
+        if let Some(kind) = &f.upgrade {
+            let enabled = f
+                .forward
+                .upgrades
+                .iter()
+                .find(|(t, _)| t == kind)
+                .or_else(|| hcm.config.upgrades.iter().find(|(t, _)| t == kind))
+                .is_some_and(|(_, on)| *on);
+            if !enabled {
+                stats.downstream_rq_ws_on_non_ws_route.inc();
+                return LocalReply::new(403, "", "upgrade_failed", 0)
+                    .closing()
+                    .into();
+            }
+            // Other requests were counted by the connection manager.
+            stats.rq_total.inc();
         }
-        None => {
-            cstats.traffic.upstream_rq_active().dec();
-            cstats.traffic.upstream_rq_timeout().inc();
-            host.rq_timeout
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            cstats.response(504, started.elapsed().as_millis() as u64, internal);
+
+        let deadline =
+            route_timeout(f.forward, &mut parts.headers).map(|t| (t, Instant::now() + t));
+        // The route's `hash_policy`, evaluated (as Envoy's `computeHashKey`) only when the
+        // cluster balances on a hash; the key takes the place of the random number in the host
+        // choice. A generated cookie goes out with the upstream's response.
+        let mut set_cookies = Vec::new();
+        let hash = match &f.forward.hash_policy {
+            Some(policy) if cluster.uses_hash() => policy.generate(
+                &HashInput {
+                    headers: &parts.headers,
+                    method: parts.method.as_str(),
+                    path: &info.request.path,
+                    authority: &info.request.authority,
+                    scheme: &info.request.scheme,
+                    remote: info.downstream_remote_address,
+                    connection: info
+                        .downstream_direct_remote_address
+                        .zip(info.downstream_local_address),
+                },
+                &mut set_cookies,
+            ),
+            _ => None,
+        };
+        let pick = hash.unwrap_or_else(|| fastrand::u64(..));
+        let lb_context = legate_upstream::original_dst::LbContext {
+            restored_local: f.connection.local_restored.then_some(f.connection.local),
+            headers: Some(&parts.headers),
+        };
+        let Some(host) = cluster.choose_host_for(pick, &lb_context) else {
+            cluster.stats.traffic.upstream_cx_none_healthy().inc();
             return LocalReply::new(
-                504,
-                "upstream request timeout",
-                "upstream_response_timeout",
-                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                503,
+                "no healthy upstream",
+                "no_healthy_upstream",
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
             )
             .into();
+        };
+        if host.pipe.is_some() {
+            info.upstream_pipe = host.pipe.clone();
+        } else {
+            info.upstream_host = Some(host.address);
         }
-    };
-    // `%UPSTREAM_PROTOCOL%`: the request reached a connection (Envoy's upstream info has the
-    // protocol from then on): a response came, or the connection ended or reset under it.
-    if !matches!(
-        result,
-        Err(UpstreamError::ConnectFailure(_)
-            | UpstreamError::ConnectTimeout
-            | UpstreamError::Overflow)
-    ) {
-        info.upstream_protocol = Some(match protocol {
-            Protocol::Http1 => DownstreamProtocol::Http11,
-            Protocol::Http2 => DownstreamProtocol::Http2,
-        });
-    }
-    let mut response = match result {
-        Ok(r) => r,
-        Err(_)
-            if f.body_state
-                .malformed
-                .load(std::sync::atomic::Ordering::Relaxed) =>
+        let Some(rq_guard) = cluster.breakers.try_acquire(Limit::Requests) else {
+            cluster.stats.traffic.upstream_rq_active_overflow().inc();
+            return reset_reply(&UpstreamError::Overflow).into();
+        };
+
+        // Envoy splits the cluster's response stats by the request's origin.
+        let internal = parts
+            .headers
+            .get(X_ENVOY_INTERNAL)
+            .is_some_and(|v| v.as_bytes() == b"true");
+        // The request as the upstream sees it: rewrites, then header mutations.
+        let rewritten = rewrite_request(f.forward, &mut parts, info);
+        apply_request_mutations(f.selected, &mut parts.headers, info);
+        if hcm.logs_request_headers() {
+            // Envoy's access log sees the request as the router changed it.
+            info.request_headers = parts.headers.clone();
+            if let Some(path) = &rewritten.path {
+                info.request.path.clone_from(path);
+            }
+            if let Some(authority) = &rewritten.authority {
+                info.request.authority.clone_from(authority);
+            }
+        }
+        strip_hop_by_hop(&mut parts.headers, f.upgrade.is_some());
+        // `proxy_100_continue` is off (Envoy's default): the `100 Continue` comes from the proxy
+        // (Legate's HTTP/1.1 codec sends it at once, hyper's HTTP/2 one when the body is first
+        // read) and the expectation stops here.
+        if parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
         {
-            // The upstream request failed because the client's body was malformed: Envoy's
-            // codec answers such a request with 400 and closes the connection.
-            cstats.traffic.upstream_rq_active().dec();
-            cstats.traffic.upstream_rq_tx_reset().inc();
-            return LocalReply::new(
-                400,
-                "Bad Request",
-                "codec_error",
-                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
-            )
-            .into();
+            parts.headers.remove(header::EXPECT);
         }
-        Err(e) => {
-            cstats.traffic.upstream_rq_active().dec();
-            if !matches!(
-                e,
-                UpstreamError::ConnectFailure(_)
-                    | UpstreamError::ConnectTimeout
-                    | UpstreamError::Overflow
-            ) {
-                cstats.traffic.upstream_rq_rx_reset().inc();
-            }
-            host.rq_error
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(why) = e.transport_failure_reason() {
-                info.upstream_transport_failure_reason = Some(why.to_owned());
-            }
-            let reply = reset_reply(&e);
-            if reply.status >= 500 {
-                cstats.response(reply.status, started.elapsed().as_millis() as u64, internal);
-            }
-            return reply.into();
+        if let Some((timeout, _)) = deadline.filter(|_| !hcm.config.suppress_envoy_headers) {
+            parts.headers.insert(
+                X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+                crate::headers::decimal(timeout.as_millis() as u64),
+            );
         }
-    };
-    let service_ms = started.elapsed().as_millis() as u64;
-    info.first_upstream_rx_byte = Some(info.start.elapsed());
-    let status = response.status().as_u16();
-    cstats.response(status, service_ms, internal);
-    if status < 500 {
-        host.rq_success
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    } else {
-        host.rq_error
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    info.response_code_details = Some("via_upstream".into());
+        let protocol = match cluster.config.protocol {
+            UpstreamProtocol::Http2 => Protocol::Http2,
+            UpstreamProtocol::Http1 => Protocol::Http1,
+            UpstreamProtocol::UseDownstream if info.protocol == DownstreamProtocol::Http2 => {
+                Protocol::Http2
+            }
+            UpstreamProtocol::UseDownstream => Protocol::Http1,
+        };
+        let path = rewritten.path.as_deref().unwrap_or(&info.request.path);
+        let authority = rewritten
+            .authority
+            .as_deref()
+            .unwrap_or(&info.request.authority);
+        match protocol {
+            Protocol::Http1 => {
+                if info.protocol == DownstreamProtocol::Http2 {
+                    join_cookies(&mut parts.headers);
+                }
+                parts.version = Version::HTTP_11;
+                // An HTTP/1.1 request in origin form whose path is unchanged keeps its target and
+                // its `host`; anything else is made anew.
+                let same_target = parts.uri.scheme().is_none()
+                    && parts.uri.path_and_query().map(|p| p.as_str()) == Some(path);
+                if !same_target {
+                    parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+                }
+                // Exactly one `host`, the authority (a repeated `host` goes out as one).
+                let mut hosts = parts.headers.get_all(header::HOST).iter();
+                let same_host = hosts
+                    .next()
+                    .is_some_and(|h| h.as_bytes() == authority.as_bytes())
+                    && hosts.next().is_none();
+                if !same_host && let Ok(v) = HeaderValue::from_str(authority) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+            Protocol::Http2 => {
+                parts.version = Version::HTTP_2;
+                parts.uri = format!("http://{authority}{path}")
+                    .parse()
+                    .unwrap_or_else(|_| Uri::from_static("/"));
+                parts.headers.remove(header::HOST);
+            }
+        }
+        let upstream_request = Request::from_parts(parts, request_body);
 
-    let switching = status == 101;
-    strip_hop_by_hop(response.headers_mut(), switching);
-    if !switching {
-        // Envoy leaves it off a 101 (Switching Protocols).
-        response.headers_mut().insert(
-            X_ENVOY_UPSTREAM_SERVICE_TIME,
-            crate::headers::decimal(service_ms),
+        let cstats = &cluster.stats;
+        cstats.traffic.upstream_rq_active().inc();
+        let active = ActiveRequest::new(host.clone());
+        info.attempt_count = 1;
+        let started = Instant::now();
+        info.first_upstream_tx_byte = Some(info.start.elapsed());
+        // The downstream connection's addresses (not `x-forwarded-for`'s), for a cluster whose
+        // connections start with a PROXY header naming them.
+        let connection = f.connection;
+        let downstream = (cluster.config.proxy_protocol.is_some() && connection.pipe.is_none())
+            .then_some((connection.peer, connection.local));
+        let sent = pool::send(
+            &cluster,
+            &host,
+            f.connection.worker,
+            protocol,
+            upstream_request,
+            downstream,
         );
-    }
-    // `%RESPONSE_CODE%` and `%RESP(...)%` in response header mutations see the upstream's
-    // response.
-    info.response_code = Some(status);
-    if f.selected
-        .response_mutations()
-        .any(|m| m.add.iter().any(|a| a.formatter.is_some()))
-    {
-        info.response_headers = Some(response.headers().clone());
-    }
-    apply_response_mutations(f.selected, response.headers_mut(), info);
-    for cookie in set_cookies {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-
-    if switching {
-        if let Some(downstream) = f.downstream_upgrade {
-            let upstream = response.body_mut().upgrade();
-            stats.downstream_cx_upgrades_total.inc();
-            stats.downstream_cx_upgrades_active.inc();
-            let upgrades_active = stats.downstream_cx_upgrades_active;
-            let cluster = cluster.clone();
-            tokio::spawn(async move {
-                tunnel(downstream, upstream, active, rq_guard, cluster).await;
-                upgrades_active.dec();
+        // Waiting for response headers: the route timeout, and the stream idle timeout (the
+        // route's `idle_timeout`, else the connection manager's `stream_idle_timeout`).
+        let idle = f
+            .forward
+            .idle_timeout
+            .or(hcm.config.stream_idle_timeout)
+            .filter(|t| !t.is_zero());
+        // One timer for whichever of the two comes first.
+        let idle_at = idle.map(|t| Instant::now() + t);
+        let (first, idle_first) = match (deadline.map(|(_, at)| at), idle_at) {
+            (Some(route), Some(idle)) if idle < route => (Some(idle), true),
+            (Some(route), _) => (Some(route), false),
+            (None, idle) => (idle, idle.is_some()),
+        };
+        let timer = async {
+            match first {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = sent => Some(r),
+            _ = timer => None,
+        };
+        let result = match result {
+            Some(r) => r,
+            None if idle_first => {
+                cstats.traffic.upstream_rq_active().dec();
+                stats.downstream_rq_idle_timeout.inc();
+                // Envoy's `onIdleTimeout`: 504 once the client has sent its whole request (the
+                // upstream is the one stalling), 408 while the request is still incomplete.
+                let complete = f
+                    .body_state
+                    .complete
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let status = if complete { 504 } else { 408 };
+                return LocalReply::new(
+                    status,
+                    "stream timeout",
+                    "stream_idle_timeout",
+                    ResponseFlags::STREAM_IDLE_TIMEOUT,
+                )
+                .into();
+            }
+            None => {
+                cstats.traffic.upstream_rq_active().dec();
+                cstats.traffic.upstream_rq_timeout().inc();
+                host.rq_timeout
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cstats.response(504, started.elapsed().as_millis() as u64, internal);
+                return LocalReply::new(
+                    504,
+                    "upstream request timeout",
+                    "upstream_response_timeout",
+                    ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                )
+                .into();
+            }
+        };
+        // `%UPSTREAM_PROTOCOL%`: the request reached a connection (Envoy's upstream info has the
+        // protocol from then on): a response came, or the connection ended or reset under it.
+        if !matches!(
+            result,
+            Err(UpstreamError::ConnectFailure(_)
+                | UpstreamError::ConnectTimeout
+                | UpstreamError::Overflow)
+        ) {
+            info.upstream_protocol = Some(match protocol {
+                Protocol::Http1 => DownstreamProtocol::Http11,
+                Protocol::Http2 => DownstreamProtocol::Http2,
             });
         }
-        return Outcome::Response(response.map(|_| body::empty()));
+        let mut response = match result {
+            Ok(r) => r,
+            Err(_)
+                if f.body_state
+                    .malformed
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                // The upstream request failed because the client's body was malformed: Envoy's
+                // codec answers such a request with 400 and closes the connection.
+                cstats.traffic.upstream_rq_active().dec();
+                cstats.traffic.upstream_rq_tx_reset().inc();
+                return LocalReply::new(
+                    400,
+                    "Bad Request",
+                    "codec_error",
+                    ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                )
+                .into();
+            }
+            Err(e) => {
+                cstats.traffic.upstream_rq_active().dec();
+                if !matches!(
+                    e,
+                    UpstreamError::ConnectFailure(_)
+                        | UpstreamError::ConnectTimeout
+                        | UpstreamError::Overflow
+                ) {
+                    cstats.traffic.upstream_rq_rx_reset().inc();
+                }
+                host.rq_error
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(why) = e.transport_failure_reason() {
+                    info.upstream_transport_failure_reason = Some(why.to_owned());
+                }
+                let reply = reset_reply(&e);
+                if reply.status >= 500 {
+                    cstats.response(reply.status, started.elapsed().as_millis() as u64, internal);
+                }
+                return reply.into();
+            }
+        };
+        let service_ms = started.elapsed().as_millis() as u64;
+        info.first_upstream_rx_byte = Some(info.start.elapsed());
+        let status = response.status().as_u16();
+        cstats.response(status, service_ms, internal);
+        if status < 500 {
+            host.rq_success
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            host.rq_error
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        info.response_code_details = Some("via_upstream".into());
+
+        let switching = status == 101;
+        strip_hop_by_hop(response.headers_mut(), switching);
+        if !switching {
+            // Envoy leaves it off a 101 (Switching Protocols).
+            response.headers_mut().insert(
+                X_ENVOY_UPSTREAM_SERVICE_TIME,
+                crate::headers::decimal(service_ms),
+            );
+        }
+        // `%RESPONSE_CODE%` and `%RESP(...)%` in response header mutations see the upstream's
+        // response.
+        info.response_code = Some(status);
+        if f.selected
+            .response_mutations()
+            .any(|m| m.add.iter().any(|a| a.formatter.is_some()))
+        {
+            info.response_headers = Some(response.headers().clone());
+        }
+        apply_response_mutations(f.selected, response.headers_mut(), info);
+        for cookie in set_cookies {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+
+        if switching {
+            if let Some(downstream) = f.downstream_upgrade {
+                let upstream = response.body_mut().upgrade();
+                stats.downstream_cx_upgrades_total.inc();
+                stats.downstream_cx_upgrades_active.inc();
+                let upgrades_active = stats.downstream_cx_upgrades_active;
+                let cluster = cluster.clone();
+                tokio::spawn(async move {
+                    tunnel(downstream, upstream, active, rq_guard, cluster).await;
+                    upgrades_active.dec();
+                });
+            }
+            return Outcome::Response(response.map(|_| body::empty()));
+        }
+        let (mut parts, upstream_body) = response.into_parts();
+        // The downstream codec writes its own version: an HTTP/1.0 upstream's response goes to an
+        // HTTP/1.1 client as HTTP/1.1, as Envoy sends it.
+        parts.version = Version::HTTP_11;
+        let tracked = UpstreamBody {
+            inner: upstream_body,
+            deadline: deadline.map(|(_, at)| at),
+            idle,
+            timer: None,
+            streaming: false,
+            idle_timeouts: stats.downstream_rq_idle_timeout,
+            _guards: Some((active, rq_guard)),
+            cluster,
+        };
+        Outcome::Response(Response::from_parts(parts, body::boxed(tracked)))
     }
-    let (mut parts, upstream_body) = response.into_parts();
-    // The downstream codec writes its own version: an HTTP/1.0 upstream's response goes to an
-    // HTTP/1.1 client as HTTP/1.1, as Envoy sends it.
-    parts.version = Version::HTTP_11;
-    let tracked = UpstreamBody {
-        inner: upstream_body,
-        deadline: deadline.map(|(_, at)| at),
-        idle,
-        timer: None,
-        streaming: false,
-        idle_timeouts: stats.downstream_rq_idle_timeout,
-        _guards: Some((active, rq_guard)),
-        cluster,
-    };
-    Outcome::Response(Response::from_parts(parts, body::boxed(tracked)))
 }
 
 /// The path and authority a route's rewrites give the upstream (`None`: the request's own).

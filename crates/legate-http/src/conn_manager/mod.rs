@@ -235,121 +235,124 @@ impl HttpConnectionManager {
         }
     }
 
-    /// One request: Envoy's decode path, then the response's encode path.
-    async fn handle(
-        self: &Arc<Self>,
+    /// One request: Envoy's decode path, then the response's encode path. (An async block, not
+    /// an `async fn`: see [`crate::router::forward`].)
+    fn handle<'a>(
+        self: &'a Arc<Self>,
         req: Request<DownstreamBody>,
         on_upgrade: Option<crate::h1::OnUpgrade>,
-        conn: &Arc<ConnectionState>,
-    ) -> Response<Body> {
-        let stats = &self.stats;
-        conn.active_streams.fetch_add(1, Ordering::Relaxed);
-        let config = &self.config;
-        let received = Arc::new(RequestBodyState::default());
-        // Until the response exists, the stream's accounting is in `stream`: a client that
-        // goes away drops it, and it is accounted as a downstream disconnect.
-        let mut stream = InFlight(Some(Box::new(StreamEnd {
-            info: conn.stream_info(),
-            hcm: self.clone(),
-            received: received.clone(),
-            conn: conn.clone(),
-        })));
-        let info = &mut stream.end().info;
-        info.protocol = match req.version() {
-            Version::HTTP_10 => Protocol::Http10,
-            Version::HTTP_2 => Protocol::Http2,
-            _ => Protocol::Http11,
-        };
-        let codec = if info.protocol == Protocol::Http2 {
-            2
-        } else {
-            1
-        };
-        if conn.codec.swap(codec, Ordering::Relaxed) == 0 {
-            self.count_codec(codec);
-        }
-        stats.downstream_rq_total.inc();
-        if codec == 2 {
-            stats.downstream_rq_http2_total.inc();
-        } else {
-            stats.downstream_rq_http1_total.inc();
-        }
-        stats.downstream_rq_active.inc();
+        conn: &'a Arc<ConnectionState>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'a {
+        async move {
+            let stats = &self.stats;
+            conn.active_streams.fetch_add(1, Ordering::Relaxed);
+            let config = &self.config;
+            let received = Arc::new(RequestBodyState::default());
+            // Until the response exists, the stream's accounting is in `stream`: a client that
+            // goes away drops it, and it is accounted as a downstream disconnect.
+            let mut stream = InFlight(Some(Box::new(StreamEnd {
+                info: conn.stream_info(),
+                hcm: self.clone(),
+                received: received.clone(),
+                conn: conn.clone(),
+            })));
+            let info = &mut stream.end().info;
+            info.protocol = match req.version() {
+                Version::HTTP_10 => Protocol::Http10,
+                Version::HTTP_2 => Protocol::Http2,
+                _ => Protocol::Http11,
+            };
+            let codec = if info.protocol == Protocol::Http2 {
+                2
+            } else {
+                1
+            };
+            if conn.codec.swap(codec, Ordering::Relaxed) == 0 {
+                self.count_codec(codec);
+            }
+            stats.downstream_rq_total.inc();
+            if codec == 2 {
+                stats.downstream_rq_http2_total.inc();
+            } else {
+                stats.downstream_rq_http1_total.inc();
+            }
+            stats.downstream_rq_active.inc();
 
-        let served = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let last_request = config
-            .max_requests_per_connection
-            .is_some_and(|max| served >= max);
+            let served = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
+            let last_request = config
+                .max_requests_per_connection
+                .is_some_and(|max| served >= max);
 
-        let upgrade = crate::router::requested_upgrade(&req);
-        let downstream_upgrade = on_upgrade.filter(|_| upgrade.is_some());
-        let (mut parts, body) = req.into_parts();
-        received
-            .complete
-            .store(body.is_end_stream(), Ordering::Relaxed);
-        let request_body = body::boxed(CountingBody {
-            inner: body,
-            count: received.clone(),
-            drop_trailers: info.protocol != Protocol::Http2,
-        });
+            let upgrade = crate::router::requested_upgrade(&req);
+            let downstream_upgrade = on_upgrade.filter(|_| upgrade.is_some());
+            let (mut parts, body) = req.into_parts();
+            received
+                .complete
+                .store(body.is_end_stream(), Ordering::Relaxed);
+            let request_body = body::boxed(CountingBody {
+                inner: body,
+                count: received.clone(),
+                drop_trailers: info.protocol != Protocol::Http2,
+            });
 
-        // The route table in force when the request starts serves it to the end.
-        let table = self.routes.table();
-        let outcome = match self.prepare(&mut parts, info, conn, table.as_deref()) {
-            Err(reply) => Outcome::Local(reply),
-            Ok(()) => {
-                let routed = self.route(
-                    table.as_deref(),
-                    parts,
-                    request_body,
-                    &received,
-                    info,
-                    conn,
-                    upgrade,
-                    downstream_upgrade,
-                );
-                match self.config.request_timeout {
-                    None => routed.await,
-                    Some(timeout) => {
-                        // `request_timeout`: the whole request must arrive in time; the timer
-                        // is disarmed by the request's end or by the response's start.
-                        let expired = async {
-                            tokio::time::sleep(timeout).await;
-                            if received.complete.load(Ordering::Relaxed) {
-                                std::future::pending::<()>().await;
-                            }
-                        };
-                        tokio::select! {
-                            outcome = routed => outcome,
-                            _ = expired => {
-                                stats.downstream_rq_timeout.inc();
-                                Outcome::Local(LocalReply::new(408, "request timeout", "request_overall_timeout", 0))
+            // The route table in force when the request starts serves it to the end.
+            let table = self.routes.table();
+            let outcome = match self.prepare(&mut parts, info, conn, table.as_deref()) {
+                Err(reply) => Outcome::Local(reply),
+                Ok(()) => {
+                    let routed = self.route(
+                        table.as_deref(),
+                        parts,
+                        request_body,
+                        &received,
+                        info,
+                        conn,
+                        upgrade,
+                        downstream_upgrade,
+                    );
+                    match self.config.request_timeout {
+                        None => routed.await,
+                        Some(timeout) => {
+                            // `request_timeout`: the whole request must arrive in time; the timer
+                            // is disarmed by the request's end or by the response's start.
+                            let expired = async {
+                                tokio::time::sleep(timeout).await;
+                                if received.complete.load(Ordering::Relaxed) {
+                                    std::future::pending::<()>().await;
+                                }
+                            };
+                            tokio::select! {
+                                outcome = routed => outcome,
+                                _ = expired => {
+                                    stats.downstream_rq_timeout.inc();
+                                    Outcome::Local(LocalReply::new(408, "request timeout", "request_overall_timeout", 0))
+                                }
                             }
                         }
                     }
                 }
+            };
+            let mut close = false;
+            let mut response = match outcome {
+                Outcome::Local(reply) => {
+                    info.response_flags.set(reply.flag);
+                    info.response_code_details = Some(reply.details.to_owned());
+                    close = reply.close;
+                    self.local_reply(reply, info)
+                }
+                Outcome::Response(r) => r,
+            };
+            let drain_close = conn.drain_close.load(Ordering::Relaxed);
+            self.finish_response_headers(&mut response, info, last_request || close || drain_close);
+            if last_request {
+                stats.downstream_cx_max_requests_reached.inc();
+                if info.protocol == Protocol::Http2 {
+                    conn.close.request();
+                }
             }
-        };
-        let mut close = false;
-        let mut response = match outcome {
-            Outcome::Local(reply) => {
-                info.response_flags.set(reply.flag);
-                info.response_code_details = Some(reply.details.to_owned());
-                close = reply.close;
-                self.local_reply(reply, info)
-            }
-            Outcome::Response(r) => r,
-        };
-        let drain_close = conn.drain_close.load(Ordering::Relaxed);
-        self.finish_response_headers(&mut response, info, last_request || close || drain_close);
-        if last_request {
-            stats.downstream_cx_max_requests_reached.inc();
-            if info.protocol == Protocol::Http2 {
-                conn.close.request();
-            }
+            let end = stream.0.take().expect("the stream is in flight");
+            self.track(response, end)
         }
-        let end = stream.0.take().expect("the stream is in flight");
-        self.track(response, end)
     }
 
     /// The response of a stream on its way out: accounted for (stats, access logs) when its
