@@ -2,6 +2,7 @@
 //! passed to `HeaderMap` is parsed and hashed on each call; a `HeaderName` constant is not.
 
 use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -63,6 +64,32 @@ pub fn remove(headers: &mut HeaderMap, name: &HeaderName) {
     if has(headers, name) {
         headers.remove(name);
     }
+}
+
+/// Calls `f` with the `date` header's value for now, formatted once a second per thread.
+pub fn with_date<R>(f: impl FnOnce(&HeaderValue) -> R) -> R {
+    thread_local! {
+        static DATE: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs || cached.1.is_empty() {
+            let formatted = httpdate::fmt_http_date(now);
+            *cached = (
+                secs,
+                HeaderValue::from_str(&formatted).expect("an HTTP date is a valid header value"),
+            );
+        }
+        f(&cached.1)
+    })
+}
+
+/// The `date` header's value for now (see [`with_date`]).
+pub fn date_value() -> HeaderValue {
+    with_date(HeaderValue::clone)
 }
 
 /// The decimal digits of 0 to 999, each right-aligned in three bytes.

@@ -326,8 +326,7 @@ pub(crate) fn forward<'a>(
         }
         strip_hop_by_hop(&mut parts.headers, f.upgrade.is_some());
         // `proxy_100_continue` is off (Envoy's default): the `100 Continue` comes from the proxy
-        // (Legate's HTTP/1.1 codec sends it at once, hyper's HTTP/2 one when the body is first
-        // read) and the expectation stops here.
+        // (both codecs send it as the request arrives) and the expectation stops here.
         if parts
             .headers
             .get(header::EXPECT)
@@ -704,18 +703,61 @@ struct UpstreamBody {
     cluster: Arc<Cluster>,
 }
 
+/// Why a response body was broken off after its head went downstream: the response flag the
+/// stream is logged with (UT, SI, or the upstream's UC, UR, UPE).
+#[derive(Debug)]
+pub(crate) struct BodyCut {
+    pub flag: u32,
+    cause: BoxError,
+}
+
+impl BodyCut {
+    fn error(flag: u32, cause: impl Into<BoxError>) -> BoxError {
+        Box::new(BodyCut {
+            flag,
+            cause: cause.into(),
+        })
+    }
+
+    /// An upstream failure, by its reset reason.
+    fn upstream(e: BoxError) -> BoxError {
+        let flag = match e.downcast_ref::<UpstreamError>() {
+            Some(UpstreamError::RemoteReset(_)) => ResponseFlags::UPSTREAM_REMOTE_RESET,
+            Some(UpstreamError::ProtocolError(_)) => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+            _ => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+        };
+        BodyCut::error(flag, e)
+    }
+}
+
+impl std::fmt::Display for BodyCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.cause.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyCut {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.cause)
+    }
+}
+
 impl UpstreamBody {
     /// The route timeout (when its deadline has passed) or the idle timeout ended the body.
     fn expired(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.timer = None;
         self.idle = None;
-        if self.deadline.take().is_some_and(|d| d <= Instant::now()) {
+        let cut = if self.deadline.take().is_some_and(|d| d <= Instant::now()) {
             self.cluster.stats.traffic.upstream_rq_timeout().inc();
-            Poll::Ready(Some(Err("upstream request timeout".into())))
+            BodyCut::error(
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                "upstream request timeout",
+            )
         } else {
             self.idle_timeouts.inc();
-            Poll::Ready(Some(Err("stream idle timeout".into())))
-        }
+            BodyCut::error(ResponseFlags::STREAM_IDLE_TIMEOUT, "stream idle timeout")
+        };
+        Poll::Ready(Some(Err(cut)))
     }
 
     /// When the timer must fire if no frame comes before.
@@ -738,7 +780,7 @@ impl http_body::Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner)
             .poll_frame(cx)
-            .map(|frame| frame.map(|r| r.map_err(BoxError::from)));
+            .map(|frame| frame.map(|r| r.map_err(BodyCut::upstream)));
         if let Poll::Ready(frame) = &polled {
             // The first frame (all of a small body) and the end pass without a look at the
             // clock; a body that keeps streaming is held to the deadline frame by frame from

@@ -1593,8 +1593,90 @@ fn h2_window_update_overflow_is_a_flow_control_error() {
 }
 
 #[test]
-fn a_client_gone_before_its_response_is_logged_with_dc_and_not_left_active() {
-    let (upstream, mut proxy) = setup(
+fn h2_a_stream_the_client_resets_is_cancelled_and_logged() {
+    let (upstream, mut proxy) = setup_logged();
+    let c = RawH2::connect(proxy.addr("ingress"));
+    c.wait(Duration::from_secs(5), |s| s.settings > 0);
+    c.get(1, "/delay/1000").unwrap();
+    // The request reached the upstream; then the client cancels it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.connection_count() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()).unwrap();
+    // Logged with DR (downstream remote reset), not DC; counted as a reset the proxy received.
+    assert_eq!(logged(&proxy, 1), "0 DR /delay/1000\n");
+    assert_eq!(
+        proxy.stat("http.ingress_http.downstream_rq_rx_reset"),
+        Some(1)
+    );
+    assert_eq!(
+        proxy.stat("http.ingress_http.downstream_rq_tx_reset"),
+        Some(0)
+    );
+    // The connection serves on.
+    c.get(3, "/").unwrap();
+    let seen = c.wait(Duration::from_secs(5), |s| s.ended.contains(&3));
+    assert_eq!(seen.status_of(3), Some(200), "{seen:?}");
+    assert_eq!(seen.status_of(1), None, "{seen:?}");
+    proxy.assert_still_serving("ingress");
+}
+
+#[test]
+fn h2_expect_100_continue_gets_100_before_the_body_is_sent() {
+    let (upstream, mut proxy) = setup_h2();
+    let c = RawH2::connect(proxy.addr("ingress"));
+    c.wait(Duration::from_secs(5), |s| s.settings > 0);
+    let block = block_of(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/upload"),
+        (":authority", "example.com"),
+        ("content-length", "5"),
+        ("expect", "100-continue"),
+    ]);
+    c.send(HEADERS, END_HEADERS, 1, &block).unwrap();
+    // No body yet: the proxy must invite it.
+    let seen = c.wait(Duration::from_secs(3), |s| s.status_of(1).is_some());
+    assert_eq!(seen.status_of(1), Some(100), "{seen:?}");
+    c.send(DATA, END_STREAM, 1, b"hello").unwrap();
+    let seen = c.wait(Duration::from_secs(5), |s| s.ended.contains(&1));
+    let statuses: Vec<_> = seen
+        .headers
+        .iter()
+        .filter(|(stream, _)| *stream == 1)
+        .map(|(_, status)| *status)
+        .collect();
+    assert_eq!(statuses, [Some(100), Some(200)], "{seen:?}");
+    let echo = upstream.last();
+    assert_eq!(echo.body_len, 5);
+    // Envoy answers `100-continue` itself and does not forward the expectation.
+    assert_eq!(echo.header("expect"), None);
+    // Envoy counts the `100` as a response of its own.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.stat("http.ingress_http.downstream_rq_active") != Some(0)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (stat, value) in [
+        ("http.ingress_http.downstream_rq_1xx", 1),
+        ("http.ingress_http.downstream_rq_2xx", 1),
+        ("http.ingress_http.downstream_rq_completed", 2),
+        (
+            "listener.127.0.0.1_0.http.ingress_http.downstream_rq_1xx",
+            1,
+        ),
+    ] {
+        assert_eq!(proxy.stat(stat), Some(value), "{stat}");
+    }
+    assert_h2_still_serving(&mut proxy);
+}
+
+/// A proxy that logs each stream's response code, flags and path to `access.log`.
+fn setup_logged() -> (Upstream, Legate) {
+    setup(
         r#"          access_log:
           - name: envoy.access_loggers.file
             typed_config:
@@ -1604,7 +1686,27 @@ fn a_client_gone_before_its_response_is_logged_with_dc_and_not_left_active() {
                 text_format_source:
                   inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)%\n"
 "#,
-    );
+    )
+}
+
+/// The access log once it has `lines` lines and no stream is active (or after 5 s).
+fn logged(proxy: &Legate, lines: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(proxy.dir.join("access.log")).unwrap_or_default();
+        if (log.lines().count() >= lines
+            && proxy.stat("http.ingress_http.downstream_rq_active") == Some(0))
+            || Instant::now() >= deadline
+        {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_client_gone_before_its_response_is_logged_with_dc_and_not_left_active() {
+    let (upstream, mut proxy) = setup_logged();
     let addr = proxy.addr("ingress");
     for _ in 0..3 {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -1618,21 +1720,20 @@ fn a_client_gone_before_its_response_is_logged_with_dc_and_not_left_active() {
         std::thread::sleep(Duration::from_millis(100));
         drop(s);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut log = String::new();
-    while Instant::now() < deadline {
-        log = std::fs::read_to_string(proxy.dir.join("access.log")).unwrap_or_default();
-        if log.lines().count() >= 3
-            && proxy.stat("http.ingress_http.downstream_rq_active") == Some(0)
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let log = logged(&proxy, 3);
     assert_eq!(
         log.lines().collect::<Vec<_>>(),
         ["0 DC /delay/1000"; 3],
         "{log}"
+    );
+    // Envoy counts a stream the client abandons as reset.
+    assert_eq!(
+        proxy.stat("http.ingress_http.downstream_rq_rx_reset"),
+        Some(3)
+    );
+    assert_eq!(
+        proxy.stat("http.ingress_http.downstream_rq_tx_reset"),
+        Some(0)
     );
     assert_eq!(
         proxy.stat("http.ingress_http.downstream_rq_active"),

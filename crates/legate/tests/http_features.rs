@@ -325,8 +325,11 @@ fn expect_100_continue_gets_100_then_the_response() {
     assert_eq!(r.response.status, 200);
     let seen = upstream.last();
     assert_eq!(seen.body_len, 5);
-    // Envoy answers `100-continue` itself and does not forward the expectation.
+    // Envoy answers `100-continue` itself and does not forward the expectation; it counts the
+    // `100` as a response.
     assert_eq!(seen.header("expect"), None);
+    assert_stat_reaches(&proxy, "http.ingress_http.downstream_rq_1xx", 1);
+    assert_stat_reaches(&proxy, "http.ingress_http.downstream_rq_completed", 2);
 }
 
 #[test]
@@ -769,6 +772,41 @@ fn the_stream_idle_timeout_cuts_a_response_body_that_stalls() {
     assert_eq!(cut_body_after(&proxy, "/chunks/3/300/300"), None);
     // Chunks 200 ms apart keep the stream alive past 0.5 s in all.
     assert_eq!(cut_body_after(&proxy, "/chunks/6/200"), None);
+}
+
+#[test]
+fn a_response_body_cut_by_a_timeout_is_logged_with_its_cause_and_counted_as_reset() {
+    const FORMAT: &str = "              log_format: {text_format_source: {inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)%\\n\"}}";
+    let logged = access_log_hcm(FORMAT);
+    // The route timeout: UT.
+    let (_upstream, proxy) = setup(", timeout: 0.5s", "", &logged);
+    assert!(cut_body_after(&proxy, "/chunks/30/100").is_some());
+    assert_eq!(
+        access_log_lines(&proxy.dir.join("access.log"), 1),
+        ["200 UT /chunks/30/100"]
+    );
+    assert_reset_by_the_proxy(&proxy);
+    drop(proxy);
+    // The stream idle timeout: SI.
+    let (_upstream, proxy) = setup(
+        "",
+        "",
+        &format!("{logged}          stream_idle_timeout: 0.5s\n"),
+    );
+    assert!(cut_body_after(&proxy, "/chunks/2/3000").is_some());
+    assert_eq!(
+        access_log_lines(&proxy.dir.join("access.log"), 1),
+        ["200 SI /chunks/2/3000"]
+    );
+    assert_reset_by_the_proxy(&proxy);
+}
+
+/// One stream was reset by the proxy: Envoy counts it in `downstream_rq_tx_reset`, and (as it
+/// counts every reset) in `downstream_rq_rx_reset`.
+fn assert_reset_by_the_proxy(proxy: &Legate) {
+    for stat in ["downstream_rq_tx_reset", "downstream_rq_rx_reset"] {
+        assert_stat_reaches(proxy, &format!("http.ingress_http.{stat}"), 1);
+    }
 }
 
 /// Requests from 127.0.0.1 are internal (trusted): only then does Envoy honour

@@ -120,12 +120,25 @@ fn fill(conn: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
 }
 
 fn proxy_to(host: &Scripted) -> Legate {
+    proxy_with(host, "")
+}
+
+fn proxy_with(host: &Scripted, hcm_extra: &str) -> Legate {
     start_proxy_one_worker(&front_proxy(
         "              - match: {prefix: \"/\"}\n                route: {cluster: backend}\n",
         &cluster("backend", host.addr, ""),
-        "",
+        hcm_extra,
     ))
 }
+
+/// Logs each stream's response code, flags and protocol to `access.log`.
+const ACCESS_LOG: &str = r#"          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: "{dir}/access.log"
+              log_format: {text_format_source: {inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %PROTOCOL%\n"}}
+"#;
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
@@ -372,7 +385,7 @@ fn a_response_body_cut_short_is_not_completed_downstream() {
             true,
         )
     });
-    let proxy = proxy_to(&host);
+    let proxy = proxy_with(&host, ACCESS_LOG);
     let mut conn = RawConn::connect(proxy.addr("ingress"));
     conn.set_timeout(Duration::from_secs(5));
     conn.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
@@ -381,6 +394,66 @@ fn a_response_body_cut_short_is_not_completed_downstream() {
     assert_eq!(head.header("content-length"), Some("100"));
     // The client sees the connection end before the 100 bytes it was promised.
     assert!(conn.read_body(head, false).is_none());
+    // Over HTTP/2, the stream is reset after the head and the bytes that came.
+    let (status, body, ended) = h2_get_to_the_end(proxy.addr("ingress"));
+    assert_eq!(status, 200);
+    assert_eq!(body, b"only ten b");
+    assert_eq!(ended, Err(Some(h2::Reason::INTERNAL_ERROR)));
+    // Each stream is counted as reset by the proxy, and (as Envoy counts every reset) as a
+    // reset received.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while proxy.stat("http.ingress_http.downstream_rq_active") != Some(0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for stat in ["downstream_rq_tx_reset", "downstream_rq_rx_reset"] {
+        let name = format!("http.ingress_http.{stat}");
+        assert_eq!(proxy.stat(&name), Some(2), "{name}");
+    }
+    // Logged with the upstream's cause, not as a downstream disconnect: Envoy's codec takes a
+    // body cut short by the end of the connection for a protocol error.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut log = String::new();
+    while log.lines().count() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        log = std::fs::read_to_string(proxy.dir.join("access.log")).unwrap_or_default();
+    }
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["200 UPE HTTP/1.1", "200 UPE HTTP/2"]
+    );
+}
+
+/// A GET over h2c: the status, the body bytes that came, and how the body ended (`Ok` at its
+/// end, the reset's reason otherwise).
+fn h2_get_to_the_end(addr: SocketAddr) -> (u16, Vec<u8>, Result<(), Option<h2::Reason>>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = h2::client::handshake(stream).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut sender = sender.ready().await.unwrap();
+        let request = http::Request::get("http://x/").body(()).unwrap();
+        let (response, _) = sender.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        let ended = loop {
+            match body.data().await {
+                Some(Ok(chunk)) => got.extend_from_slice(&chunk),
+                Some(Err(e)) => break Err(e.reason()),
+                None => break Ok(()),
+            }
+        };
+        (status, got, ended)
+    })
 }
 
 #[test]

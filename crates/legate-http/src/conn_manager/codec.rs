@@ -1,9 +1,8 @@
 //! Serving one downstream connection: the codec `codec_type` asks for (HTTP/1.1 only —
-//! Legate's own codec, HTTP/2 only — hyper's, or AUTO, which reads the first bytes for the
+//! Legate's own codec, HTTP/2 only — the `h2` crate's, or AUTO, which reads the first bytes for the
 //! h2c preface), configured from the connection manager's limits, and the connection-level
 //! timers (`idle_timeout`, `max_connection_duration`) and drain.
 
-use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::mem::MaybeUninit;
@@ -16,10 +15,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use legate_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
 use legate_core::io::counting::CountingIo;
 use legate_core::lifecycle::Phase;
@@ -27,44 +22,11 @@ use legate_upstream::body::{Body, BoxError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use super::h2_guard::{H2Guard, H2Stats};
-use super::stream::DownstreamBody;
+use super::stream::{DownstreamBody, RequestBodyState};
 use super::{ConnectionState, Downstream, HttpConnectionManager};
 use crate::h1::{self, Rewind};
 
-/// Envoy's flood protection against rapid reset (CVE-2023-44487): a client resetting streams
-/// faster than the server accepts them is cut off.
-const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 100;
-const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
-
-/// HTTP/2 settings (the HTTP2 codec, and AUTO when the client sends the preface).
-macro_rules! configure_http2 {
-    ($builder:expr, $hcm:expr) => {{
-        let o = &$hcm.config.http2;
-        $builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(header_bytes(&$hcm) as u32)
-            .max_concurrent_streams(
-                o.max_concurrent_streams
-                    .as_ref()
-                    .map_or(2_147_483_647, |v| v.value),
-            )
-            .initial_stream_window_size(
-                o.initial_stream_window_size
-                    .as_ref()
-                    .map_or(256 << 20, |v| v.value),
-            )
-            .initial_connection_window_size(
-                o.initial_connection_window_size
-                    .as_ref()
-                    .map_or(256 << 20, |v| v.value),
-            )
-            .max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
-            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS));
-    }};
-}
-
-fn header_bytes(hcm: &HttpConnectionManager) -> usize {
+pub(super) fn header_bytes(hcm: &HttpConnectionManager) -> usize {
     hcm.config.max_request_headers_kb as usize * 1024
 }
 
@@ -123,7 +85,7 @@ impl HttpConnectionManager {
             let conn = async {
                 match self.config.codec {
                     CodecType::Http1 => self.serve_h1(io, streams, shutdown, BytesMut::new()).await,
-                    // Boxed (as below): hyper's HTTP/2 connection is large, and every HTTP/1
+                    // Boxed (as below): an HTTP/2 connection is large, and every HTTP/1
                     // connection's task would be sized for it.
                     CodecType::Http2 => {
                         Box::pin(self.serve_h2(Rewind::new(io, Bytes::new()), streams, shutdown))
@@ -204,39 +166,6 @@ impl HttpConnectionManager {
             }
             Ok(()) => Ok(()),
         })
-    }
-
-    /// HTTP/2, with hyper's codec; a shutdown sends GOAWAY and lets the streams in flight
-    /// finish.
-    async fn serve_h2<T>(
-        &self,
-        io: T,
-        streams: Streams,
-        shutdown: &h1::Shutdown,
-    ) -> Result<(), BoxError>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        configure_http2!(builder, self);
-        let service = service_fn(move |req: Request<Incoming>| {
-            let streams = streams.clone();
-            async move {
-                let req = req.map(DownstreamBody::H2);
-                Ok::<_, Infallible>(streams.hcm.handle(req, None, &streams.state).await)
-            }
-        });
-        let stats = *self
-            .h2_stats
-            .get_or_init(|| H2Stats::new(&self.context.store.scope("")));
-        let io = H2Guard::new(io, self.h2_limits, stats);
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        tokio::select! {
-            ended = conn.as_mut() => return ended.map_err(Into::into),
-            () = shutdown.requested() => conn.as_mut().graceful_shutdown(),
-        }
-        conn.await.map_err(Into::into)
     }
 
     /// Runs a connection to its end, closing it gracefully (`state.shutdown`) when it has been
@@ -366,9 +295,9 @@ fn fired(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) -> impl Future<Output
 /// The connection manager's side of a connection: each request to `handle`, each request
 /// the codec refused to a local reply.
 #[derive(Clone)]
-struct Streams {
-    hcm: Arc<HttpConnectionManager>,
-    state: Arc<ConnectionState>,
+pub(super) struct Streams {
+    pub(super) hcm: Arc<HttpConnectionManager>,
+    pub(super) state: Arc<ConnectionState>,
 }
 
 impl h1::Service for Streams {
@@ -380,12 +309,21 @@ impl h1::Service for Streams {
         let streams = self.clone();
         async move {
             let request = request.map(DownstreamBody::H1);
-            streams.hcm.handle(request, upgrade, &streams.state).await
+            let received = Arc::new(RequestBodyState::default());
+            streams
+                .hcm
+                .handle(request, upgrade, &streams.state, received)
+                .await
         }
     }
 
     fn codec_error(&self, error: h1::CodecError) -> Response<Body> {
         self.hcm.codec_reply(error, &self.state)
+    }
+
+    fn continued(&self) {
+        // Envoy counts the `100` as a response: `downstream_rq_1xx` and `_completed`.
+        self.hcm.stats.response(100);
     }
 }
 

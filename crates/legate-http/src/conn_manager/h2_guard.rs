@@ -1,4 +1,4 @@
-//! What Envoy enforces on a downstream HTTP/2 connection and hyper's codec does not, as a
+//! What Envoy enforces on a downstream HTTP/2 connection and the `h2` codec does not, as a
 //! layer between the socket and the codec that follows the frame headers going each way.
 //!
 //! Messaging errors end the connection: Envoy's default
@@ -16,7 +16,7 @@
 //! - `max_outbound_control_frames` (1000): PING and SETTINGS ACKs owed to the client and not
 //!   yet written. Envoy reads a connection's frames whether or not the client reads what it
 //!   sends back, so a client that floods PINGs or SETTINGS without reading makes the ACKs pile
-//!   up in Envoy's output queue until the connection is closed. hyper's codec stops reading
+//!   up in Envoy's output queue until the connection is closed. the `h2` codec stops reading
 //!   while it cannot write, which bounds memory but would keep such a connection open for
 //!   good; so while the socket takes no more bytes, the guard reads ahead (into a bounded
 //!   buffer the codec gets later, unchanged) and counts the ACKs the frames it read will be
@@ -28,10 +28,10 @@
 //!   the client opened, plus one. `http2.inbound_priority_frames_flood`.
 //!
 //! Past a limit, or after a messaging error, the connection ends: reads and writes fail, and
-//! hyper drops it.
+//! the codec ends the connection.
 //! `max_inbound_window_update_frames_per_data_frame_sent` is not applied, as in Envoy 1.40
 //! (which kept a connection that sent 100,000 WINDOW_UPDATE frames before any request), nor
-//! `max_outbound_frames` (the frames hyper's codec holds are not in sight here).
+//! `max_outbound_frames` (the frames the codec holds are not in sight here).
 
 use std::io;
 use std::pin::Pin;

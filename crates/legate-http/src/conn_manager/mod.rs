@@ -26,6 +26,7 @@ use legate_upstream::ClusterManager;
 use legate_upstream::body::{self, Body};
 
 mod codec;
+mod h2;
 mod h2_guard;
 mod request;
 mod stream;
@@ -33,7 +34,7 @@ mod xfcc;
 
 use request::{append_via, forwarded_proto};
 pub(crate) use stream::RequestBodyState;
-use stream::{CountingBody, DownstreamBody, StreamBody, StreamEnd};
+use stream::{CountingBody, DownstreamBody, Ended, StreamBody, StreamEnd};
 
 use crate::hcm::{HcmConfig, RouteSource};
 use crate::local_reply::LocalReply;
@@ -138,7 +139,7 @@ pub struct HttpConnectionManager {
     pub stats: HcmStats,
     pub access_logs: Vec<AccessLogger>,
     pub context: Arc<ProxyContext>,
-    /// What Envoy enforces on HTTP/2 connections beyond hyper's codec: the flood limits, and
+    /// What Envoy enforces on HTTP/2 connections beyond the `h2` codec: the flood limits, and
     /// the `http2.*` counters, made by the first HTTP/2 connection (as Envoy makes its codec
     /// stats).
     h2_limits: h2_guard::H2Limits,
@@ -242,12 +243,12 @@ impl HttpConnectionManager {
         req: Request<DownstreamBody>,
         on_upgrade: Option<crate::h1::OnUpgrade>,
         conn: &'a Arc<ConnectionState>,
+        received: Arc<RequestBodyState>,
     ) -> impl Future<Output = Response<Body>> + Send + 'a {
         async move {
             let stats = &self.stats;
             conn.active_streams.fetch_add(1, Ordering::Relaxed);
             let config = &self.config;
-            let received = Arc::new(RequestBodyState::default());
             // Until the response exists, the stream's accounting is in `stream`: a client that
             // goes away drops it, and it is accounted as a downstream disconnect.
             let mut stream = InFlight(Some(Box::new(StreamEnd {
@@ -585,7 +586,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(end) = self.0.take() {
-            end.finish(0, false);
+            end.finish(0, Ended::ByClient);
         }
     }
 }

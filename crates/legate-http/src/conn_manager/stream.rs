@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
 use legate_core::stream_info::{ResponseFlags, StreamInfo};
 use legate_upstream::body::{Body, BoxError};
 
@@ -23,23 +22,43 @@ pub(super) struct StreamEnd {
     pub(super) conn: Arc<ConnectionState>,
 }
 
+/// How a stream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Its response was sent whole.
+    Complete,
+    /// The client went away or reset the stream first: flag DC, or DR for a reset.
+    ByClient,
+    /// The proxy reset it, its response broken off (the cause is among its flags).
+    ByProxy,
+}
+
 impl StreamEnd {
-    pub(super) fn finish(mut self: Box<Self>, sent: u64, complete: bool) {
+    pub(super) fn finish(mut self: Box<Self>, sent: u64, ended: Ended) {
         let info = &mut self.info;
         let elapsed = info.start.elapsed();
         info.duration = Some(elapsed);
         info.last_downstream_tx_byte = Some(elapsed);
         info.bytes_sent = sent;
         info.bytes_received = self.received.bytes.load(Ordering::Relaxed);
-        if !complete {
+        let stats = &self.hcm.stats;
+        if ended != Ended::Complete {
+            // Envoy counts every stream that ends without its response as reset, whoever
+            // reset it: the client (RST_STREAM, a closed connection) or the proxy.
+            stats.downstream_rq_rx_reset.inc();
+        }
+        if ended == Ended::ByClient {
             info.response_flags
-                .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                .set(if self.received.reset.load(Ordering::Relaxed) {
+                    ResponseFlags::DOWNSTREAM_REMOTE_RESET
+                } else {
+                    ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION
+                });
         }
         let conn = &self.conn;
         conn.last_active_ms
             .store(conn.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
         conn.active_streams.fetch_sub(1, Ordering::Relaxed);
-        let stats = &self.hcm.stats;
         stats.downstream_rq_active.dec();
         // Only a stream that sent a response counts as completed (Envoy's `chargeStats`).
         if let Some(code) = info.response_code {
@@ -85,7 +104,18 @@ impl http_body::Body for StreamBody {
                 }
             }
             Poll::Ready(None) => self.complete = true,
-            _ => {}
+            // The response cannot be finished: the codec resets the stream (HTTP/1.1: closes
+            // the connection), which ends it here.
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(mut end) = self.end.take() {
+                    if let Some(cut) = e.downcast_ref::<crate::router::BodyCut>() {
+                        end.info.response_flags.set(cut.flag);
+                    }
+                    end.hcm.stats.downstream_rq_tx_reset.inc();
+                    end.finish(self.sent, Ended::ByProxy);
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }
@@ -102,15 +132,22 @@ impl http_body::Body for StreamBody {
 impl Drop for StreamBody {
     fn drop(&mut self) {
         if let Some(end) = self.end.take() {
-            let complete = self.complete || self.inner.is_end_stream();
-            end.finish(self.sent, complete);
+            let ended = if self.complete || self.inner.is_end_stream() {
+                Ended::Complete
+            } else {
+                Ended::ByClient
+            };
+            end.finish(self.sent, ended);
         }
     }
 }
 
-/// What the connection manager learns of a request body as it streams upstream.
+/// What the connection manager learns of a request body as it streams upstream, and of the
+/// stream from its codec.
 #[derive(Debug, Default)]
 pub(crate) struct RequestBodyState {
+    /// The client reset the stream (HTTP/2 RST_STREAM): logged `DR` rather than `DC`.
+    pub reset: std::sync::atomic::AtomicBool,
     pub bytes: AtomicU64,
     /// The client sent a malformed body (a bad chunk size, a short body): a downstream
     /// protocol error, not an upstream failure.
@@ -122,7 +159,7 @@ pub(crate) struct RequestBodyState {
 /// A request body as a codec delivers it.
 pub(crate) enum DownstreamBody {
     H1(crate::h1::RequestBody),
-    H2(Incoming),
+    H2(super::h2::RequestBody),
 }
 
 impl http_body::Body for DownstreamBody {

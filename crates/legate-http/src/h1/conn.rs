@@ -272,6 +272,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         if expect_continue {
             // `proxy_100_continue` off: the proxy itself invites the body, at once.
             self.out.put(b"HTTP/1.1 100 Continue\r\n\r\n");
+            service.continued();
         }
         let call = service.call(Request::from_parts(parts, body), upgrade_rx);
         let mut call = std::pin::pin!(call);

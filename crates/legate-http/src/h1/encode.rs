@@ -1,10 +1,7 @@
 //! A response on the wire: the status line and headers (with `date`, and `connection: close`
 //! when the connection ends after it), and the framing its body is sent in.
 
-use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{StatusCode, response};
 use http_body::SizeHint;
@@ -92,7 +89,7 @@ pub(super) fn head(
     out.put_slice(b"\r\n");
     if !seen.has(Seen::DATE) {
         out.put_slice(b"date: ");
-        with_date(|date| out.put_slice(date));
+        crate::headers::with_date(|date| out.put_slice(date.as_bytes()));
         out.put_slice(b"\r\n");
     }
     legate_core::http1::put_fields(out, headers);
@@ -110,22 +107,6 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         length = Some(n);
     }
     length
-}
-
-/// The `date` header's value for now, formatted once a second per thread.
-fn with_date(f: impl FnOnce(&[u8])) {
-    thread_local! {
-        static DATE: RefCell<(u64, Bytes)> = const { RefCell::new((0, Bytes::new())) };
-    }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with(|cell| {
-        let mut cached = cell.borrow_mut();
-        if cached.0 != secs || cached.1.is_empty() {
-            *cached = (secs, Bytes::from(httpdate::fmt_http_date(now)));
-        }
-        f(&cached.1);
-    });
 }
 
 #[cfg(test)]

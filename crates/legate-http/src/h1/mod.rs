@@ -86,6 +86,9 @@ pub trait Service: Send + 'static {
 
     /// The local reply to a request the codec refused; the connection closes after it.
     fn codec_error(&self, error: CodecError) -> Response<Body>;
+
+    /// The codec sent `100 Continue` to a request that expects it.
+    fn continued(&self);
 }
 
 /// Asks a connection to close: at once if it is between requests, else after the response

@@ -290,11 +290,9 @@ impl Exchange {
             }
             match ready!(self.conn.poll_read(cx)) {
                 Ok(0) if self.decoder.end_at_close() => return Poll::Ready(None),
-                Ok(0) => {
-                    return Poll::Ready(Some(Err(Error::Closed(
-                        "connection closed before the response body ended".into(),
-                    ))));
-                }
+                // A body cut short by the host's end of stream is a protocol error in Envoy's
+                // codec (flag UPE), unlike a connection reset.
+                Ok(0) => return Poll::Ready(Some(Err(Error::Protocol("premature EOF")))),
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Some(Err(Error::Closed(e.to_string())))),
             }

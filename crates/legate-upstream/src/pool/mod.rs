@@ -55,8 +55,8 @@ pub enum Protocol {
     Http2,
 }
 
-/// Why a request got no response headers from upstream. Each maps to an Envoy response flag
-/// and reset reason.
+/// Why a request got no response headers from upstream, or not the rest of its body. Each
+/// maps to an Envoy response flag and reset reason.
 #[derive(Clone, Debug)]
 pub enum UpstreamError {
     /// `UF`: the TCP connection could not be made; the transport failure reason.
@@ -87,6 +87,17 @@ impl UpstreamError {
         }
     }
 
+    /// What happened, beside the reset reason.
+    fn detail(&self) -> &str {
+        match self {
+            UpstreamError::ConnectFailure(d)
+            | UpstreamError::ConnectionTermination(d)
+            | UpstreamError::RemoteReset(d)
+            | UpstreamError::ProtocolError(d) => d,
+            UpstreamError::ConnectTimeout | UpstreamError::Overflow => "",
+        }
+    }
+
     /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
     pub fn transport_failure_reason(&self) -> Option<&str> {
         match self {
@@ -96,6 +107,17 @@ impl UpstreamError {
         }
     }
 }
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.detail() {
+            "" => f.write_str(self.reset_reason()),
+            detail => write!(f, "{}: {detail}", self.reset_reason()),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}
 
 /// One of a pool's HTTP/1.1 connections, in the pool or out of it with a request.
 struct H1 {
@@ -800,7 +822,7 @@ impl http_body::Body for ResponseBody {
                     }
                     Poll::Ready(Some(Err(e))) => {
                         *exchange = None;
-                        Poll::Ready(Some(Err(e.into())))
+                        Poll::Ready(Some(Err(http1_error(e).into())))
                     }
                 }
             }
@@ -812,7 +834,7 @@ impl http_body::Body for ResponseBody {
                     _ if body.is_end_stream() => *stream = None,
                     _ => {}
                 }
-                polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)))
+                polled.map(|frame| frame.map(|r| r.map_err(|e| classify(&e).into())))
             }
         }
     }
