@@ -395,8 +395,11 @@ pub(crate) fn forward<'a>(
         // The downstream connection's addresses (not `x-forwarded-for`'s), for a cluster whose
         // connections start with a PROXY header naming them.
         let connection = f.connection;
-        let downstream = (cluster.config.proxy_protocol.is_some() && connection.pipe.is_none())
-            .then_some((connection.peer, connection.local));
+        let downstream = cluster
+            .config
+            .proxy_protocol
+            .as_ref()
+            .and_then(|_| connection.remote_address().zip(connection.local_address()));
         let sent = pool::send(
             &cluster,
             &host,

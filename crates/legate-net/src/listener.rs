@@ -142,12 +142,6 @@ impl<F> ListenerConfig<F> {
                 .as_ref()
                 .is_none_or(|m| *m == FilterChainMatch::default()))
         .then_some(0);
-        if pipe.is_some() && !l.listener_filters.is_empty() {
-            errors.push(
-                "listener_filters",
-                "listener filters on a unix domain socket (pipe) listener are not supported by Legate",
-            );
-        }
         let listener_filters = if is_udp {
             Some(ListenerFilters::default())
         } else {

@@ -12,7 +12,9 @@
 //! few bytes therefore clears tokio's readiness (`try_io` with `WouldBlock`), and the next wait
 //! returns only when more bytes (or the peer's FIN) arrive.
 
+use std::future::Future;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use legate_api::pb::envoy::config::listener::v3::{Listener, ListenerFilter, listener_filter};
@@ -22,8 +24,8 @@ use legate_core::proto::{duration_or, u32_or};
 use legate_core::stats::{Counter, Gauge, ImportMode, Scope};
 use legate_core::{Compiled, ConfigError, Errors};
 use prost::Message;
-use tokio::io::Interest;
-use tokio::net::TcpStream;
+use tokio::io::{Interest, Ready};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::http_inspector::{self, HttpInspectorStats};
 use crate::proxy_protocol::{self, ProxyProtocolConfig, ProxyProtocolStats, TlvRule};
@@ -269,6 +271,82 @@ pub enum Rejection {
     FilterError,
 }
 
+/// An accepted socket the listener filters can inspect: a TCP connection, or one to a unix
+/// domain socket (`pipe`) listener.
+pub trait Inspected: AsFd + Sync {
+    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send;
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// The destination before NAT, for `original_dst`: none on a unix domain socket.
+    fn original_destination(&self) -> Option<std::net::SocketAddr>;
+}
+
+impl Inspected for TcpStream {
+    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send {
+        TcpStream::ready(self, interest)
+    }
+
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        TcpStream::try_io(self, interest, f)
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+
+    fn original_destination(&self) -> Option<std::net::SocketAddr> {
+        original_destination(self)
+    }
+}
+
+impl Inspected for UnixStream {
+    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send {
+        UnixStream::ready(self, interest)
+    }
+
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        UnixStream::try_io(self, interest, f)
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        UnixStream::readable(self)
+    }
+
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        UnixStream::try_read(self, buf)
+    }
+
+    /// A unix domain socket has no IP destination: Envoy's `original_dst` leaves it alone.
+    fn original_destination(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+}
+
+/// Copies the bytes waiting on `socket` into `buf` without taking them (`recv` with
+/// `MSG_PEEK`, which any stream socket supports); never blocks.
+fn peek(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the length of the call, and
+    // `socket` is an open descriptor borrowed for it.
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 pub(crate) enum PeekEnd {
     /// The peer closed (FIN) with these many bytes unread.
     Closed,
@@ -279,8 +357,7 @@ pub(crate) enum PeekEnd {
 
 /// Peeks until `decide` gives a verdict on the bytes so far.
 pub(crate) async fn peek_until<T>(
-    stream: &TcpStream,
-    peeker: &std::net::TcpStream,
+    stream: &impl Inspected,
     buf: &mut [u8],
     mut decide: impl FnMut(&[u8]) -> Option<T>,
 ) -> Result<T, PeekEnd> {
@@ -292,7 +369,7 @@ pub(crate) async fn peek_until<T>(
         let closed = ready.is_read_closed();
         let mut end = None;
         let r = stream.try_io(Interest::READABLE, || {
-            let n = peeker.peek(buf)?;
+            let n = peek(stream.as_fd(), buf)?;
             if let Some(v) = decide(&buf[..n]) {
                 return Ok(v);
             }
@@ -319,7 +396,7 @@ impl ListenerFilters {
     /// Runs the filters on an accepted connection.
     pub async fn run(
         &self,
-        stream: &TcpStream,
+        stream: &impl Inspected,
         stats: &ListenerFilterStats,
     ) -> Result<Detected, Rejection> {
         stats.pre_cx_active.inc();
@@ -354,28 +431,26 @@ impl ListenerFilters {
 
     async fn inspect(
         &self,
-        stream: &TcpStream,
+        stream: &impl Inspected,
         stats: &ListenerFilterStats,
         detected: &mut Detected,
     ) -> Result<(), Rejection> {
-        // A second descriptor of the socket for `peek` (std's, which borrows nothing
-        // uninitialised); it shares the socket and is closed when inspection ends.
-        let peeker: std::net::TcpStream = std::os::fd::AsFd::as_fd(stream)
-            .try_clone_to_owned()
-            .map_err(|_| Rejection::FilterError)?
-            .into();
         let mut buf = vec![0u8; self.peek_limit()];
         for filter in &self.filters {
             match filter {
                 ListenerFilterKind::TlsInspector(config) => {
                     let limit = config.peek_limit().min(buf.len());
-                    let verdict = peek_until(stream, &peeker, &mut buf[..limit], |data| {
-                        match tls_inspector::inspect(data, config.max_client_hello_size) {
-                            tls_inspector::Inspection::NeedMore => None,
-                            v => Some(v),
-                        }
-                    })
-                    .await;
+                    let verdict =
+                        peek_until(
+                            stream,
+                            &mut buf[..limit],
+                            |data| match tls_inspector::inspect(data, config.max_client_hello_size)
+                            {
+                                tls_inspector::Inspection::NeedMore => None,
+                                v => Some(v),
+                            },
+                        )
+                        .await;
                     let Some(s) = &stats.tls else { continue };
                     match verdict {
                         Ok(tls_inspector::Inspection::Tls(hello)) => {
@@ -430,13 +505,16 @@ impl ListenerFilters {
                         continue;
                     }
                     let limit = http_inspector::MAX_INSPECT_SIZE.min(buf.len());
-                    let verdict = peek_until(stream, &peeker, &mut buf[..limit], |data| {
-                        match http_inspector::inspect(data) {
-                            http_inspector::Detection::NeedMore => None,
-                            d => Some(d),
-                        }
-                    })
-                    .await;
+                    let verdict =
+                        peek_until(
+                            stream,
+                            &mut buf[..limit],
+                            |data| match http_inspector::inspect(data) {
+                                http_inspector::Detection::NeedMore => None,
+                                d => Some(d),
+                            },
+                        )
+                        .await;
                     let Some(s) = &stats.http else { continue };
                     let detection = match verdict {
                         Ok(d) => d,
@@ -445,7 +523,7 @@ impl ListenerFilters {
                             // Bytes that end before a request line could: not HTTP; nothing at all:
                             // the peer left.
                             let mut probe = [0u8; 1];
-                            if peeker.peek(&mut probe).unwrap_or(0) == 0 {
+                            if peek(stream.as_fd(), &mut probe).unwrap_or(0) == 0 {
                                 return Err(Rejection::RemoteClose);
                             }
                             http_inspector::Detection::NotHttp
@@ -464,20 +542,23 @@ impl ListenerFilters {
                 ListenerFilterKind::OriginalDst => {
                     // Envoy leaves the local address as it is when the kernel has no original
                     // destination for the socket (no conntrack entry): not an error.
-                    if let Some(original) = original_destination(stream) {
+                    if let Some(original) = stream.original_destination() {
                         detected.restored_local = Some(original);
                     }
                 }
                 ListenerFilterKind::ProxyProtocol(config) => {
                     let Some(s) = &stats.proxy else { continue };
                     let limit = proxy_protocol::PEEK_LIMIT.min(buf.len());
-                    let verdict = peek_until(stream, &peeker, &mut buf[..limit], |data| {
-                        match proxy_protocol::parse(data) {
-                            proxy_protocol::Parse::NeedMore => None,
-                            p => Some(p),
-                        }
-                    })
-                    .await;
+                    let verdict =
+                        peek_until(
+                            stream,
+                            &mut buf[..limit],
+                            |data| match proxy_protocol::parse(data) {
+                                proxy_protocol::Parse::NeedMore => None,
+                                p => Some(p),
+                            },
+                        )
+                        .await;
                     match verdict {
                         Ok(proxy_protocol::Parse::Header(header)) => {
                             let (found, disallowed, _) = s.version(header.version);
@@ -491,7 +572,7 @@ impl ListenerFilters {
                             let extensions =
                                 take_header(stream, header.length, header.tlv_start).await?;
                             let Some(tlvs) = proxy_protocol::tlvs(&extensions) else {
-                                s.version(header.version).2.inc();
+                                s.error(header.version);
                                 return Err(Rejection::FilterError);
                             };
                             detected.metadata = config.metadata(&tlvs).map(std::sync::Arc::new);
@@ -502,7 +583,7 @@ impl ListenerFilters {
                             }
                         }
                         Ok(proxy_protocol::Parse::Malformed(version)) => {
-                            s.version(version).2.inc();
+                            s.error(version);
                             return Err(Rejection::FilterError);
                         }
                         Ok(proxy_protocol::Parse::NotProxy) | Err(PeekEnd::Full) => {
@@ -510,6 +591,7 @@ impl ListenerFilters {
                                 s.not_found_allowed.inc();
                             } else {
                                 s.not_found_disallowed.inc();
+                                s.errors.inc();
                                 return Err(Rejection::FilterError);
                             }
                         }
@@ -532,7 +614,7 @@ impl ListenerFilters {
 /// filters' timeout, so a header that claims more than it sends ends in a timeout; returns
 /// those from `keep_from` on (its TLVs), the rest dropped as it comes.
 async fn take_header(
-    stream: &TcpStream,
+    stream: &impl Inspected,
     length: usize,
     keep_from: usize,
 ) -> Result<Vec<u8>, Rejection> {

@@ -254,6 +254,9 @@ pub struct ProxyProtocolStats {
     pub not_found_disallowed: Counter,
     /// `versions.v1.*`, `versions.v2.*`: (found, disallowed, error).
     pub versions: [(Counter, Counter, Counter); 2],
+    /// The root `downstream_cx_proxy_proto_error` Envoy still keeps: a header that is
+    /// malformed or missing (where one is required).
+    pub errors: Counter,
 }
 
 impl ProxyProtocolStats {
@@ -275,7 +278,14 @@ impl ProxyProtocolStats {
             not_found_allowed: scope.counter("not_found_allowed"),
             not_found_disallowed: scope.counter("not_found_disallowed"),
             versions: [version("v1"), version("v2")],
+            errors: root.counter("downstream_cx_proxy_proto_error"),
         }
+    }
+
+    /// A malformed header of version `v`.
+    pub fn error(&self, v: u8) {
+        self.version(v).2.inc();
+        self.errors.inc();
     }
 
     pub fn version(&self, v: u8) -> &(Counter, Counter, Counter) {

@@ -998,6 +998,7 @@ fn proxy_protocol_restores_addresses_like_envoy() {
             && proxy.stat("proxy_proto.versions.v2.found") == Some(2)
             && proxy.stat("proxy_proto.not_found_disallowed") == Some(1)
             && proxy.stat("proxy_proto.versions.v1.error") == Some(1)
+            && proxy.stat("downstream_cx_proxy_proto_error") == Some(2)
             && proxy.stat("proxy_proto.optional.not_found_allowed") == Some(1)
             && proxy.stat("listener.strict.downstream_pre_cx_timeout") == Some(1)
     });

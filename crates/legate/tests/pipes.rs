@@ -335,6 +335,96 @@ static_resources:
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The PROXY protocol on a pipe listener (a load balancer in front speaking to the proxy over
+/// a socket file): the header gives the connection its addresses for the access log and
+/// `x-forwarded-for` (the direct peer stays the path); a connection without one is closed
+/// and counted.
+#[test]
+fn proxy_protocol_on_a_pipe_listener() {
+    let upstream = Upstream::start();
+    let (dir, path) = socket_path("pipe-pp");
+    let log = dir.join("access.log");
+    let yaml = format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {{pipe: {{path: "{path}"}}}}
+    listener_filters:
+    - name: envoy.filters.listener.proxy_protocol
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": {HCM}
+          stat_prefix: ingress_http
+          use_remote_address: true
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": {FILE_LOG}
+              path: {log}
+              log_format: {{text_format: "{ADDRESS_LOG}\n"}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            virtual_hosts:
+            - name: local
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: web}}
+  clusters:
+{cluster}"#,
+        log = log.display(),
+        cluster = static_cluster("web", &tcp_address(upstream.addr), ""),
+    );
+    let proxy = start_proxy(&yaml);
+    let exchange = |bytes: &[u8]| {
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        raw
+    };
+    let request = b"GET /pp HTTP/1.1\r\nhost: pipe.test\r\nconnection: close\r\n\r\n";
+    let mut v1 = b"PROXY TCP4 192.0.2.10 192.0.2.20 5555 80\r\n".to_vec();
+    v1.extend_from_slice(request);
+    let raw = exchange(&v1);
+    let r = parse_response(&raw).unwrap_or_else(|| panic!("no response: {raw:?}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        upstream.last().header("x-forwarded-for"),
+        Some("192.0.2.10")
+    );
+    // No header: closed without a response.
+    assert_eq!(exchange(request), b"");
+    let lines = wait_lines(&log, 1);
+    let up = upstream.addr;
+    let addresses =
+        format!("R=192.0.2.10:5555 L=192.0.2.20:80 D={path} RN=192.0.2.10 P=[80] U={up} UL=");
+    assert!(lines[0].starts_with(&addresses), "{lines:?}");
+    for (stat, value) in [
+        ("proxy_proto.versions.v1.found", 1),
+        ("proxy_proto.not_found_disallowed", 1),
+        ("downstream_cx_proxy_proto_error", 1),
+    ] {
+        assert_eq!(
+            proxy.wait_stat(stat, Duration::from_secs(5), |v| v == value),
+            Some(value),
+            "{stat}"
+        );
+    }
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// tcp_proxy on pipe listeners, to a TCP upstream and to an upstream on a socket file: the
 /// bytes go through both ways; the access log shows the listener's path downstream, the
 /// upstream's path for `%UPSTREAM_HOST%` and `-` for `%UPSTREAM_LOCAL_ADDRESS%`; `/clusters`
@@ -525,7 +615,7 @@ fn validate(yaml: &str) -> String {
 
 /// A pipe with an empty path is refused, naming the field; a valid one validates. (Legate
 /// also names what it does not serve on a pipe listener: `mode` on an abstract name, TLS,
-/// listener filters, chain matching on addresses.)
+/// chain matching on addresses.)
 #[test]
 fn bad_pipe_configs_are_refused_with_their_path() {
     let config = |address: &str, chain_extra: &str, listener_extra: &str| {
@@ -546,6 +636,13 @@ fn bad_pipe_configs_are_refused_with_their_path() {
         "",
         "",
     ));
+    assert_eq!(out, "");
+    // Listener filters run on a pipe listener's connections.
+    let filters = r#"    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}
+"#;
+    let out = validate(&config("{pipe: {path: \"/tmp/x.sock\"}}", "", filters));
     assert_eq!(out, "");
     let out = validate(&config("{pipe: {path: \"\"}}", "", ""));
     if target_is_envoy() {
@@ -568,15 +665,6 @@ fn bad_pipe_configs_are_refused_with_their_path() {
         let out = validate(&config("{pipe: {path: \"/tmp/x.sock\"}}", tls, ""));
         assert!(
             out.contains("static_resources.listeners[0].filter_chains[0].transport_socket"),
-            "{out}"
-        );
-        let filters = r#"    listener_filters:
-    - name: envoy.filters.listener.tls_inspector
-      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}
-"#;
-        let out = validate(&config("{pipe: {path: \"/tmp/x.sock\"}}", "", filters));
-        assert!(
-            out.contains("static_resources.listeners[0].listener_filters"),
             "{out}"
         );
         // Two listeners on one path: the second bind would replace the first one's socket.

@@ -120,11 +120,24 @@ pub struct Downstream {
     pub dynamic_metadata: Option<Arc<legate_core::metadata::DynamicMetadata>>,
     /// The listener's path, for a connection to a unix domain socket (`pipe`) listener: then
     /// `peer`, `direct_peer` and `local` hold no real address (there is no IP), and Envoy
-    /// shows the path for all three.
+    /// shows the path for all three — unless a PROXY header gave `peer` and `local`.
     pub pipe: Option<Arc<str>>,
+    /// A PROXY header gave `peer` (the socket's peer is the proxy in front).
+    pub proxied: bool,
 }
 
 impl Downstream {
+    /// The client's address, if it has one: not on a pipe, unless a PROXY header gave it.
+    pub fn remote_address(&self) -> Option<SocketAddr> {
+        (self.pipe.is_none() || self.proxied).then_some(self.peer)
+    }
+
+    /// The address the client connected to, if it has one: not on a pipe, unless a PROXY
+    /// header gave it.
+    pub fn local_address(&self) -> Option<SocketAddr> {
+        (self.pipe.is_none() || self.local_restored).then_some(self.local)
+    }
+
     /// The scheme the client used on this connection.
     pub fn scheme(&self) -> &'static str {
         if self.tls { "https" } else { "http" }
@@ -172,8 +185,8 @@ impl ConnectionState {
     fn stream_info(&self) -> StreamInfo {
         let downstream = &self.downstream;
         let mut info = StreamInfo::new(downstream.id);
+        info.downstream_local_address = downstream.local_address();
         if downstream.pipe.is_none() {
-            info.downstream_local_address = Some(downstream.local);
             info.downstream_direct_local_address = downstream.direct_local;
             info.downstream_direct_remote_address = Some(downstream.direct_peer);
         }

@@ -237,14 +237,10 @@ impl HttpConnectionManager {
         // The downstream address (Envoy's `mutateRequestHeaders`): on the edge, the peer — or,
         // with `xff_num_trusted_hops` N, the N-th address from the right of the incoming
         // `x-forwarded-for`; behind a proxy, the address N+1 from the right.
-        // On a unix domain socket (`pipe`) the peer has no IP address (`None`): Envoy appends
-        // nothing to `x-forwarded-for` for it, and an address without IP is neither internal
-        // nor an external address to report.
-        let peer = conn
-            .downstream
-            .pipe
-            .is_none()
-            .then_some(conn.downstream.peer);
+        // On a unix domain socket (`pipe`) the peer has no IP address (`None`) unless a PROXY
+        // header gave one: Envoy appends nothing to `x-forwarded-for` for it, and an address
+        // without IP is neither internal nor an external address to report.
+        let peer = conn.downstream.remote_address();
         let hops = config.xff_num_trusted_hops;
         let from_xff =
             |skip: u32| xff_address(&parts.headers, skip).map(|ip| SocketAddr::new(ip, 0));

@@ -201,10 +201,10 @@ impl TcpProxy {
         // connection's task holds what lives across the exchange for the connection's life.
         let mut info = Box::new(StreamInfo::new(conn.id));
         info.protocol = Protocol::Tcp;
+        info.downstream_remote_address = conn.remote_address();
+        info.downstream_local_address = conn.local_address();
         if conn.pipe.is_none() {
-            info.downstream_remote_address = Some(conn.peer);
             info.downstream_direct_remote_address = Some(conn.direct_peer);
-            info.downstream_local_address = Some(conn.local);
             info.downstream_direct_local_address = conn.direct_local;
         }
         info.downstream_pipe = conn.pipe.clone();

@@ -351,6 +351,7 @@ async fn accept_loop(
             tls_fingerprints: None,
             dynamic_metadata: None,
             pipe: pipe.clone(),
+            proxied: false,
         };
         let serving = serving.clone();
         let shared = shared.clone();
@@ -549,11 +550,19 @@ async fn prepare(
     hand_off: bool,
 ) -> Prepared {
     let config = &serving.config;
-    // A unix domain socket listener has no listener filters (refused in its config).
-    let detected = if let (false, Some(tcp)) = (config.listener_filters.is_empty(), stream.tcp()) {
+    let filters = &config.listener_filters;
+    let detected = if filters.is_empty() {
+        Detected::default()
+    } else {
         // Boxed, as the handshake below: a connection's task keeps only what lives for the
         // whole connection.
-        match Box::pin(config.listener_filters.run(tcp, &serving.filter_stats)).await {
+        let ran = match &stream {
+            Conn::Plain(tcp) => Box::pin(filters.run(tcp, &serving.filter_stats)).await,
+            Conn::Unix(unix) => Box::pin(filters.run(unix, &serving.filter_stats)).await,
+            // TLS is terminated after the filters.
+            Conn::Tls(_) => Ok(Detected::default()),
+        };
+        match ran {
             Ok(d) => d,
             Err(why) => {
                 tracing::debug!(
@@ -564,13 +573,12 @@ async fn prepare(
                 return Prepared::Ended(None);
             }
         }
-    } else {
-        Detected::default()
     };
     // A PROXY header gives the connection its original addresses; the direct peer (the
     // proxy in front) stays for `direct_source_prefix_ranges` and the logs.
     if let Some((source, _)) = detected.proxied {
         downstream.peer = source;
+        downstream.proxied = true;
     }
     downstream.tls_fingerprints = detected.fingerprints.clone();
     downstream.dynamic_metadata = detected.metadata.clone();
