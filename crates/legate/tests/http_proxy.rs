@@ -407,6 +407,54 @@ fn streams_a_large_body_without_buffering_it() {
     );
 }
 
+#[test]
+fn streams_a_large_body_to_an_h2c_client_without_buffering_it() {
+    let upstream = Upstream::start();
+    let legate = Legate::start(&front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend, timeout: 0s}"),
+        &cluster("backend", upstream.addr, ""),
+        "",
+    ));
+    let (addr, pid) = (legate.addr("ingress"), legate.pid());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // 64 MiB over one stream, paced by the client's window: the proxy holds at most its send
+    // buffer of it.
+    let before = rss_kb(pid);
+    let (total, peak_rss) = runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = h2::client::handshake(stream).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut sender = sender.ready().await.unwrap();
+        let request = http::Request::get("http://x/bytes/67108864")
+            .body(())
+            .unwrap();
+        let (response, _) = sender.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let (mut total, mut peak_rss) = (0usize, 0u64);
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            total += chunk.len();
+            if total % (8 << 20) < chunk.len() {
+                peak_rss = peak_rss.max(rss_kb(pid));
+            }
+        }
+        (total, peak_rss)
+    });
+    assert_eq!(total, 64 << 20);
+    assert!(
+        peak_rss < before + 16 * 1024,
+        "legate's RSS grew from {before} kB to {peak_rss} kB while streaming"
+    );
+}
+
 /// The names of the stats under `prefix` that `proxy` shows, with their values.
 fn stats_under(proxy: &Legate, prefix: &str) -> std::collections::BTreeMap<String, String> {
     let text = http_get(proxy.admin.expect("no admin"), "/stats", &[]).body;
