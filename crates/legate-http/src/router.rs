@@ -481,7 +481,10 @@ pub(crate) fn forward<'a>(
             });
         }
         let mut response = match result {
-            Ok(r) => r,
+            Ok(r) => {
+                info.upstream_local_address = r.body().local_address();
+                r
+            }
             Err(_)
                 if f.body_state
                     .malformed

@@ -801,6 +801,21 @@ fn a_response_body_cut_by_a_timeout_is_logged_with_its_cause_and_counted_as_rese
     assert_reset_by_the_proxy(&proxy);
 }
 
+#[test]
+fn the_upstream_connections_own_address_is_logged_for_http1_and_http2_upstreams() {
+    const FORMAT: &str = "              log_format: {text_format_source: {inline_string: \"%UPSTREAM_LOCAL_ADDRESS% %UPSTREAM_HOST%\\n\"}}";
+    let logged = access_log_hcm(FORMAT);
+    for cluster_extra in ["", H2_UPSTREAM] {
+        let (upstream, proxy) = setup("", cluster_extra, &logged);
+        assert_eq!(http_get(proxy.addr("ingress"), "/", &[]).status, 200);
+        let lines = access_log_lines(&proxy.dir.join("access.log"), 1);
+        let (local, host) = lines[0].split_once(' ').unwrap();
+        assert_eq!(host, upstream.addr.to_string());
+        let local: SocketAddr = local.parse().unwrap_or_else(|_| panic!("{lines:?}"));
+        assert!(local.ip().is_loopback() && local.port() != 0, "{lines:?}");
+    }
+}
+
 /// One stream was reset by the proxy: Envoy counts it in `downstream_rq_tx_reset`, and (as it
 /// counts every reset) in `downstream_rq_rx_reset`.
 fn assert_reset_by_the_proxy(proxy: &Legate) {

@@ -407,8 +407,9 @@ static_resources:
     assert_eq!(exchange(request), b"");
     let lines = wait_lines(&log, 1);
     let up = upstream.addr;
-    let addresses =
-        format!("R=192.0.2.10:5555 L=192.0.2.20:80 D={path} RN=192.0.2.10 P=[80] U={up} UL=");
+    let addresses = format!(
+        "R=192.0.2.10:5555 L=192.0.2.20:80 D={path} RN=192.0.2.10 P=[80] U={up} UL=127.0.0.1:"
+    );
     assert!(lines[0].starts_with(&addresses), "{lines:?}");
     for (stat, value) in [
         ("proxy_proto.versions.v1.found", 1),

@@ -262,6 +262,7 @@ pub(super) async fn connect_http1(
         uses: 0,
         id: lifetime.id,
         retire_at: lifetime.retire_at,
+        local: local_address(&stream),
     };
     let end = end_of(cluster, host, slot, lifetime);
     let conn = crate::http1::Connection::new(
@@ -283,7 +284,7 @@ pub(super) async fn connect_http2(
     name: Option<&ConnectionName>,
     slot: Slot,
     pool: PoolHandle,
-) -> Result<(http2::SendRequest<Body>, u64), UpstreamError> {
+) -> Result<(http2::SendRequest<Body>, u64, Option<SocketAddr>), UpstreamError> {
     let stream = open(
         cluster,
         host,
@@ -302,6 +303,7 @@ pub(super) async fn connect_http2(
     if let Some(kb) = cluster.config.max_response_headers_kb {
         builder.max_header_list_size(kb.saturating_mul(1024));
     }
+    let local = local_address(&stream);
     let handshake = builder
         .handshake(TokioIo::new(counted(cluster, stream)))
         .await;
@@ -317,7 +319,13 @@ pub(super) async fn connect_http2(
     cluster.stats.traffic.upstream_cx_http2_total().inc();
     let id = lifetime.id;
     drive(cluster, host, slot, lifetime, conn);
-    Ok((sender, id))
+    Ok((sender, id, local))
+}
+
+/// A new connection's own address (`%UPSTREAM_LOCAL_ADDRESS%`), asked of the kernel once; none
+/// for a unix domain socket.
+fn local_address(stream: &UpstreamStream) -> Option<SocketAddr> {
+    stream.tcp().and_then(|tcp| tcp.local_addr().ok())
 }
 
 /// An HTTP connection's stream, counting the cluster's `upstream_cx_{rx,tx}_bytes_total`.

@@ -133,6 +133,8 @@ struct Meta {
     id: u64,
     /// `max_connection_duration` after its opening: not used for another request then.
     retire_at: Option<Instant>,
+    /// Its own address, none on a unix domain socket.
+    local: Option<SocketAddr>,
 }
 
 impl Meta {
@@ -341,15 +343,18 @@ struct Streams {
     open: AtomicU32,
     /// Milliseconds after `opened` when the last stream ended.
     idle_since_ms: AtomicU64,
+    /// The connection's own address, none on a unix domain socket.
+    local: Option<SocketAddr>,
 }
 
 impl Streams {
-    fn new(id: u64) -> Self {
+    fn new(id: u64, local: Option<SocketAddr>) -> Self {
         Streams {
             id,
             opened: Instant::now(),
             open: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
+            local,
         }
     }
 
@@ -511,6 +516,7 @@ async fn send_http1(
             Err((e, _)) => return Err(http1_error(e)),
         };
         meta.uses += 1;
+        let local = meta.local;
         let reusable = cluster
             .config
             .max_requests_per_connection
@@ -534,6 +540,7 @@ async fn send_http1(
                 exchange: Some(exchange),
                 release,
             },
+            local,
         };
         if response.status() != http::StatusCode::SWITCHING_PROTOCOLS && body.is_end_stream() {
             // No body (HEAD, 204, 304, `content-length: 0`): the connection is free now.
@@ -631,11 +638,13 @@ async fn send_http2(
     sender.ready().await.map_err(|e| classify(&e))?;
     count_attached(cluster, host);
     let response = sender.send_request(req).await.map_err(|e| classify(&e))?;
+    let local = stream.0.local;
     Ok(response.map(|body| ResponseBody {
         inner: Inner::H2 {
             body,
             stream: Some(stream),
         },
+        local,
     }))
 }
 
@@ -664,11 +673,11 @@ async fn wait_for_http2(
                 let (cluster, host) = (cluster.clone(), host.clone());
                 let opening = async move {
                     let slot = Slot::for_http2(&cluster);
-                    let (sender, id) =
+                    let (sender, id, local) =
                         connect_http2(&cluster, &host, name.as_ref(), slot, handle).await?;
                     Ok(H2Open {
                         sender,
-                        streams: Arc::new(Streams::new(id)),
+                        streams: Arc::new(Streams::new(id, local)),
                     })
                 }
                 .boxed()
@@ -735,6 +744,8 @@ struct Release {
 /// pool, or ends its HTTP/2 stream's count.
 pub struct ResponseBody {
     inner: Inner,
+    /// The address of the connection it came on (`%UPSTREAM_LOCAL_ADDRESS%`).
+    local: Option<SocketAddr>,
 }
 
 // The HTTP/1.1 variant is the common one (and the body is boxed on its way downstream).
@@ -754,6 +765,11 @@ enum Inner {
 }
 
 impl ResponseBody {
+    /// The upstream connection's own address, none on a unix domain socket.
+    pub fn local_address(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
     /// The response has ended: an HTTP/1.1 connection goes back to its pool if it can carry
     /// another request, an HTTP/2 stream stops counting.
     fn finish(&mut self) {
