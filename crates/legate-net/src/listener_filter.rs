@@ -282,50 +282,41 @@ pub trait Inspected: AsFd + Sync {
     fn original_destination(&self) -> Option<std::net::SocketAddr>;
 }
 
-impl Inspected for TcpStream {
-    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send {
-        TcpStream::ready(self, interest)
-    }
+/// Implements [`Inspected`] for a tokio socket type by its own methods; `$original` gives the
+/// destination before NAT.
+macro_rules! inspected {
+    ($socket:ty, $original:expr) => {
+        impl Inspected for $socket {
+            fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send {
+                <$socket>::ready(self, interest)
+            }
 
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        TcpStream::try_io(self, interest, f)
-    }
+            fn try_io<R>(
+                &self,
+                interest: Interest,
+                f: impl FnOnce() -> io::Result<R>,
+            ) -> io::Result<R> {
+                <$socket>::try_io(self, interest, f)
+            }
 
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        TcpStream::readable(self)
-    }
+            fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+                <$socket>::readable(self)
+            }
 
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        TcpStream::try_read(self, buf)
-    }
+            fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                <$socket>::try_read(self, buf)
+            }
 
-    fn original_destination(&self) -> Option<std::net::SocketAddr> {
-        original_destination(self)
-    }
+            fn original_destination(&self) -> Option<std::net::SocketAddr> {
+                $original(self)
+            }
+        }
+    };
 }
 
-impl Inspected for UnixStream {
-    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send {
-        UnixStream::ready(self, interest)
-    }
-
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        UnixStream::try_io(self, interest, f)
-    }
-
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        UnixStream::readable(self)
-    }
-
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        UnixStream::try_read(self, buf)
-    }
-
-    /// A unix domain socket has no IP destination: Envoy's `original_dst` leaves it alone.
-    fn original_destination(&self) -> Option<std::net::SocketAddr> {
-        None
-    }
-}
+inspected!(TcpStream, original_destination);
+// A unix domain socket has no IP destination: Envoy's `original_dst` leaves it alone.
+inspected!(UnixStream, |_: &UnixStream| None);
 
 /// Copies the bytes waiting on `socket` into `buf` without taking them (`recv` with
 /// `MSG_PEEK`, which any stream socket supports); never blocks.

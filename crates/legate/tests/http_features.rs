@@ -36,24 +36,6 @@ fn setup(route_extra: &str, cluster_extra: &str, hcm_extra: &str) -> (Upstream, 
     (upstream, proxy)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// An h2c connection made with the `h2` crate (which, unlike hyper's client, exposes
-/// trailers and frame timing).
-async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = h2::client::handshake(stream).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender.ready().await.unwrap()
-}
-
 fn access_log_hcm(format: &str) -> String {
     format!(
         r#"          access_log:

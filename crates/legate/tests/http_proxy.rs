@@ -416,20 +416,11 @@ fn streams_a_large_body_to_an_h2c_client_without_buffering_it() {
         "",
     ));
     let (addr, pid) = (legate.addr("ingress"), legate.pid());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     // 64 MiB over one stream, paced by the client's window: the proxy holds at most its send
     // buffer of it.
     let before = rss_kb(pid);
-    let (total, peak_rss) = runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = h2::client::handshake(stream).await.unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut sender = sender.ready().await.unwrap();
+    let (total, peak_rss) = runtime().block_on(async move {
+        let mut sender = h2_connect(addr).await;
         let request = http::Request::get("http://x/bytes/67108864")
             .body(())
             .unwrap();

@@ -211,24 +211,24 @@ fn pipe_address(path: &str) -> String {
 
 const ADDRESS_LOG: &str = "R=%DOWNSTREAM_REMOTE_ADDRESS% L=%DOWNSTREAM_LOCAL_ADDRESS% D=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS% RN=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% P=[%DOWNSTREAM_LOCAL_PORT%] U=%UPSTREAM_HOST% UL=%UPSTREAM_LOCAL_ADDRESS%";
 
-/// HTTP over a pipe listener: a stale regular file at the path is replaced, `mode` is
-/// applied, the access log shows the path for every downstream address, `x-forwarded-for`
-/// passes through unchanged with `use_remote_address: true` (nothing appended, no
-/// `x-envoy-internal`), stats and `/listeners` name the listener by its path.
-#[test]
-fn http_over_a_pipe_listener() {
-    let upstream = Upstream::start();
-    let (dir, path) = socket_path("pipe-http");
-    std::fs::write(&path, b"stale").unwrap();
-    let log = dir.join("access.log");
-    let yaml = format!(
+/// A config with the listener `ingress` at `address` (with `listener_extra`, e.g. its
+/// listener filters) serving HTTP with `use_remote_address`, logging each request in `format`
+/// to `log`, routing all to `upstream`.
+fn http_on_a_pipe(
+    address: &str,
+    listener_extra: &str,
+    log: &Path,
+    format: &str,
+    upstream: SocketAddr,
+) -> String {
+    format!(
         r#"admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
 static_resources:
   listeners:
   - name: ingress
-    address: {{pipe: {{path: "{path}", mode: 384}}}}
-    filter_chains:
+    address: {address}
+{listener_extra}    filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
@@ -240,7 +240,7 @@ static_resources:
             typed_config:
               "@type": {FILE_LOG}
               path: {log}
-              log_format: {{text_format: "{ADDRESS_LOG} XFF=%REQ(X-FORWARDED-FOR)%\n"}}
+              log_format: {{text_format: "{format}\n"}}
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
@@ -255,7 +255,26 @@ static_resources:
   clusters:
 {cluster}"#,
         log = log.display(),
-        cluster = static_cluster("web", &tcp_address(upstream.addr), ""),
+        cluster = static_cluster("web", &tcp_address(upstream), ""),
+    )
+}
+
+/// HTTP over a pipe listener: a stale regular file at the path is replaced, `mode` is
+/// applied, the access log shows the path for every downstream address, `x-forwarded-for`
+/// passes through unchanged with `use_remote_address: true` (nothing appended, no
+/// `x-envoy-internal`), stats and `/listeners` name the listener by its path.
+#[test]
+fn http_over_a_pipe_listener() {
+    let upstream = Upstream::start();
+    let (dir, path) = socket_path("pipe-http");
+    std::fs::write(&path, b"stale").unwrap();
+    let log = dir.join("access.log");
+    let yaml = http_on_a_pipe(
+        &format!("{{pipe: {{path: \"{path}\", mode: 384}}}}"),
+        "",
+        &log,
+        &format!("{ADDRESS_LOG} XFF=%REQ(X-FORWARDED-FOR)%"),
+        upstream.addr,
     );
     let proxy = start_proxy(&yaml);
 
@@ -344,45 +363,17 @@ fn proxy_protocol_on_a_pipe_listener() {
     let upstream = Upstream::start();
     let (dir, path) = socket_path("pipe-pp");
     let log = dir.join("access.log");
-    let yaml = format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {{pipe: {{path: "{path}"}}}}
-    listener_filters:
+    let proxy_protocol = r#"    listener_filters:
     - name: envoy.filters.listener.proxy_protocol
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM}
-          stat_prefix: ingress_http
-          use_remote_address: true
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": {FILE_LOG}
-              path: {log}
-              log_format: {{text_format: "{ADDRESS_LOG}\n"}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            virtual_hosts:
-            - name: local
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: web}}
-  clusters:
-{cluster}"#,
-        log = log.display(),
-        cluster = static_cluster("web", &tcp_address(upstream.addr), ""),
+"#;
+    let yaml = http_on_a_pipe(
+        &pipe_address(&path),
+        proxy_protocol,
+        &log,
+        ADDRESS_LOG,
+        upstream.addr,
     );
     let proxy = start_proxy(&yaml);
     let exchange = |bytes: &[u8]| {

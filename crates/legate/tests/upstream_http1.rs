@@ -185,17 +185,8 @@ fn requests_are_framed_as_envoy_frames_them() {
 
 /// A POST over h2c whose body comes after its headers, with no `content-length`.
 fn h2_post_without_length(addr: SocketAddr, body: Bytes) -> u16 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = h2::client::handshake(stream).await.unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut sender = sender.ready().await.unwrap();
+    runtime().block_on(async move {
+        let mut sender = h2_connect(addr).await;
         let request = http::Request::post("http://x/").body(()).unwrap();
         let (response, mut stream) = sender.send_request(request, false).unwrap();
         stream.send_data(body, true).unwrap();
@@ -428,17 +419,8 @@ fn a_response_body_cut_short_is_not_completed_downstream() {
 /// A GET over h2c: the status, the body bytes that came, and how the body ended (`Ok` at its
 /// end, the reset's reason otherwise).
 fn h2_get_to_the_end(addr: SocketAddr) -> (u16, Vec<u8>, Result<(), Option<h2::Reason>>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = h2::client::handshake(stream).await.unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut sender = sender.ready().await.unwrap();
+    runtime().block_on(async move {
+        let mut sender = h2_connect(addr).await;
         let request = http::Request::get("http://x/").body(()).unwrap();
         let (response, _) = sender.send_request(request, true).unwrap();
         let response = response.await.unwrap();

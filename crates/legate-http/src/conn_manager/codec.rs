@@ -1,7 +1,7 @@
 //! Serving one downstream connection: the codec `codec_type` asks for (HTTP/1.1 only —
-//! Legate's own codec, HTTP/2 only — the `h2` crate's, or AUTO, which reads the first bytes for the
-//! h2c preface), configured from the connection manager's limits, and the connection-level
-//! timers (`idle_timeout`, `max_connection_duration`) and drain.
+//! Legate's own codec, HTTP/2 only — the `h2` crate's, see [`super::h2`], or AUTO, which reads
+//! the first bytes for the h2c preface), configured from the connection manager's limits, and
+//! the connection-level timers (`idle_timeout`, `max_connection_duration`) and drain.
 
 use std::future::{Future, poll_fn};
 use std::io;

@@ -486,3 +486,23 @@ pub fn read_through_head(conn: &mut TcpStream, seen: &mut Vec<u8>) -> bool {
     }
     true
 }
+
+/// A current-thread runtime for a test's async clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An h2c connection made with the `h2` crate (which, unlike hyper's client, exposes
+/// trailers, resets and flow control), ready for a request; the connection runs on the
+/// caller's runtime.
+pub async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.ready().await.unwrap()
+}
