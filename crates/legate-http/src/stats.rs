@@ -37,6 +37,7 @@ pub struct HcmStats {
     pub downstream_rq_failed_path_normalization: Counter,
     pub downstream_rq_rx_reset: Counter,
     pub downstream_rq_tx_reset: Counter,
+    pub downstream_rq_response_before_rq_complete: Counter,
     pub downstream_rq_non_relative_path: Counter,
     pub downstream_rq_ws_on_non_ws_route: Counter,
     pub downstream_rq_idle_timeout: Counter,
@@ -80,7 +81,6 @@ impl HcmStats {
             "downstream_rq_http3_total",
             "downstream_rq_too_large",
             "downstream_rq_overload_close",
-            "downstream_rq_response_before_rq_complete",
             "downstream_rq_max_duration_reached",
             "rs_too_large",
         ] {
@@ -119,6 +119,9 @@ impl HcmStats {
             downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
             downstream_rq_tx_reset: c("downstream_rq_tx_reset"),
+            downstream_rq_response_before_rq_complete: c(
+                "downstream_rq_response_before_rq_complete",
+            ),
             downstream_rq_non_relative_path: c("downstream_rq_non_relative_path"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),

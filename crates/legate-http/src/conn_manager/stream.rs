@@ -46,6 +46,11 @@ impl StreamEnd {
             // Envoy counts every stream that ends without its response as reset, whoever
             // reset it: the client (RST_STREAM, a closed connection) or the proxy.
             stats.downstream_rq_rx_reset.inc();
+        } else if !self.received.complete.load(Ordering::Relaxed) {
+            // Answered before the request ended (a local reply, an upstream that answers an
+            // upload early): Envoy resets the stream, and counts that as a reset too.
+            stats.downstream_rq_response_before_rq_complete.inc();
+            stats.downstream_rq_rx_reset.inc();
         }
         if ended == Ended::ByClient {
             info.response_flags
