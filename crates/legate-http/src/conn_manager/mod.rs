@@ -269,6 +269,7 @@ impl HttpConnectionManager {
                 hcm: self.clone(),
                 received: received.clone(),
                 conn: conn.clone(),
+                answered_early: false,
             })));
             let info = &mut stream.end().info;
             info.protocol = match req.version() {
@@ -347,8 +348,12 @@ impl HttpConnectionManager {
                 }
             };
             let mut close = false;
+            // An upgrade, refused or made: Envoy never marks its request as received, and
+            // counts it as answered before it ended.
+            let mut upgrade_answered = false;
             let mut response = match outcome {
                 Outcome::Local(reply) => {
+                    upgrade_answered = reply.details == "upgrade_failed";
                     info.response_flags.set(reply.flag);
                     info.response_code_details = Some(reply.details.to_owned());
                     close = reply.close;
@@ -364,7 +369,9 @@ impl HttpConnectionManager {
                     conn.close.request();
                 }
             }
-            let end = stream.0.take().expect("the stream is in flight");
+            let mut end = stream.0.take().expect("the stream is in flight");
+            end.answered_early =
+                upgrade_answered || response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             self.track(response, end)
         }
     }
@@ -532,6 +539,7 @@ impl HttpConnectionManager {
             hcm: self.clone(),
             received: Arc::default(),
             conn: conn.clone(),
+            answered_early: false,
         });
         self.track(response, end)
     }

@@ -20,6 +20,9 @@ pub(super) struct StreamEnd {
     pub(super) hcm: Arc<HttpConnectionManager>,
     pub(super) received: Arc<RequestBodyState>,
     pub(super) conn: Arc<ConnectionState>,
+    /// An upgrade's request, refused or tunnelled: Envoy has not marked it as received,
+    /// however complete it was.
+    pub(super) answered_early: bool,
 }
 
 /// How a stream ended.
@@ -46,7 +49,7 @@ impl StreamEnd {
             // Envoy counts every stream that ends without its response as reset, whoever
             // reset it: the client (RST_STREAM, a closed connection) or the proxy.
             stats.downstream_rq_rx_reset.inc();
-        } else if !self.received.complete.load(Ordering::Relaxed) {
+        } else if self.answered_early || !self.received.complete.load(Ordering::Relaxed) {
             // Answered before the request ended (a local reply, an upstream that answers an
             // upload early): Envoy resets the stream, and counts that as a reset too.
             stats.downstream_rq_response_before_rq_complete.inc();

@@ -124,7 +124,7 @@ pub const INTENTIONAL: &[Documented] = &[];
 pub const KNOWN_DIFFERENCES: &[Documented] = &[
     // ---- stats Legate does not emit (yet) ------------------------------------------------
     known("*", ALL, "stat http.ingress_http.downstream_cx_destroy_*", "Legate does not record which side closed a downstream connection (destroy_local/remote, *_active_rq)"),
-    known("*", ALL, "stat http.ingress_http.downstream_rq_rx_reset|stat http.ingress_http.downstream_rq_response_before_rq_complete", "a response before the request ended: Envoy also counts some requests complete on arrival (local replies of its header checks, upgrades); Legate counts a request whose body it had not read, where Envoy had read it (a connect failure)"),
+    known("*", ALL, "stat http.ingress_http.downstream_rq_rx_reset|stat http.ingress_http.downstream_rq_response_before_rq_complete", "a response before the request ended: Envoy also counts some local replies of its header checks (HTTP/1.0, a missing Host, headers over the limit) however complete the request; Legate counts a request whose body it had not read, where Envoy had read it (a connect failure)"),
     known("*", ALL, "stat http.ingress_http.downstream_cx_protocol_error", "codec-level protocol errors (426 for HTTP/1.0, 431, a bad HTTP/2 preface) are not counted"),
     // ---- connect failures ----------------------------------------------------------------
     known("connect_failure", &[1], "log %BYTES_RECEIVED%", "Envoy counts the 7-byte request body it read before the connect failure (when it reads it before the refused connect is reported: one CI run in several it does not); Legate reports 0 (the body was never polled)").on_some_runs(),
