@@ -66,6 +66,13 @@ pub fn remove(headers: &mut HeaderMap, name: &HeaderName) {
     }
 }
 
+/// Whether a request says `expect: 100-continue` (in any case).
+pub fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// Calls `f` with the `date` header's value for now, formatted once a second per thread.
 pub fn with_date<R>(f: impl FnOnce(&HeaderValue) -> R) -> R {
     thread_local! {

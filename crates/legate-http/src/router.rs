@@ -67,7 +67,7 @@ pub(crate) fn requested_upgrade<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// The hop-by-hop headers, never forwarded (RFC 9110 §7.6.1) — but `te: trailers` survives, as
-/// gRPC needs it.
+/// gRPC needs it. `proxy-authenticate` stays last: the others are [`connection_specific`].
 static HOP_BY_HOP: [header::HeaderName; 7] = [
     header::CONNECTION,
     header::HeaderName::from_static("keep-alive"),
@@ -77,6 +77,17 @@ static HOP_BY_HOP: [header::HeaderName; 7] = [
     header::TE,
     header::PROXY_AUTHENTICATE,
 ];
+
+/// The hop-by-hop headers HTTP/2 forbids outright (RFC 9113 §8.2.2): all of [`HOP_BY_HOP`]
+/// but `proxy-authenticate`.
+pub(crate) fn connection_specific() -> &'static [header::HeaderName] {
+    &HOP_BY_HOP[..6]
+}
+
+/// Whether `name` is one of [`connection_specific`].
+pub(crate) fn is_connection_specific(name: &header::HeaderName) -> bool {
+    hop_by_hop_index(name).is_some_and(|i| i < 6)
+}
 
 /// Where a header is in [`HOP_BY_HOP`], if it is hop-by-hop.
 fn hop_by_hop_index(name: &header::HeaderName) -> Option<usize> {
@@ -327,11 +338,7 @@ pub(crate) fn forward<'a>(
         strip_hop_by_hop(&mut parts.headers, f.upgrade.is_some());
         // `proxy_100_continue` is off (Envoy's default): the `100 Continue` comes from the proxy
         // (both codecs send it as the request arrives) and the expectation stops here.
-        if parts
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-        {
+        if crate::headers::expects_continue(&parts.headers) {
             parts.headers.remove(header::EXPECT);
         }
         if let Some((timeout, _)) = deadline.filter(|_| !hcm.config.suppress_envoy_headers) {

@@ -224,25 +224,15 @@ async fn serve_stream(
 fn expects_continue(headers: &HeaderMap, body_follows: bool) -> bool {
     body_follows
         && crate::headers::has(headers, &header::EXPECT)
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        && crate::headers::expects_continue(headers)
 }
 
 /// Removes what RFC 9113 §8.2.2 forbids in an HTTP/2 message (the codec would refuse the
 /// response): `connection` and the headers it names, `keep-alive`, `proxy-connection`,
 /// `transfer-encoding`, `upgrade`, and `te`.
 fn strip_connection_specific(headers: &mut HeaderMap) {
-    const NAMES: [&str; 6] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-    ];
     // One pass over the names present: responses from the router carry none.
-    if !headers.keys().any(|k| NAMES.contains(&k.as_str())) {
+    if !headers.keys().any(crate::router::is_connection_specific) {
         return;
     }
     if let Some(connection) = headers.remove(header::CONNECTION)
@@ -252,7 +242,7 @@ fn strip_connection_specific(headers: &mut HeaderMap) {
             headers.remove(name.trim());
         }
     }
-    for name in NAMES {
+    for name in crate::router::connection_specific() {
         headers.remove(name);
     }
 }

@@ -87,9 +87,7 @@ pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<H
     let expect_continue = version == Version::HTTP_11
         && framing != Framing::Empty
         && seen.has(Seen::EXPECT)
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        && crate::headers::expects_continue(&headers);
 
     let mut request = http::Request::new(());
     if let Some(fragment) = fragment {
