@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::{Legate, cluster, temp_dir};
+use e2e::{Legate, ScratchDir, cluster, temp_dir};
 
 /// A TCP upstream. `tag` is written first on every connection; then, in `stream` mode, every
 /// byte is echoed as it arrives and the write side is shut once the client finishes; otherwise
@@ -177,7 +177,8 @@ fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn tcp_proxy_half_close_stats_and_access_log() {
     let upstream = TcpUpstream::start(b"", false);
-    let log = temp_dir("l4-log").join("tcp.log");
+    let scratch = ScratchDir::new("l4-log");
+    let log = scratch.join("tcp.log");
     let access_log = format!(
         "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: \"%UPSTREAM_CLUSTER% %BYTES_RECEIVED% %BYTES_SENT% %PROTOCOL% %RESPONSE_FLAGS% %REQUESTED_SERVER_NAME%\\n\"}}}}\n",
         log.display()
@@ -1042,7 +1043,8 @@ fn v2_body(source: [u8; 4], port: u16, tlvs: &[(u8, &[u8])]) -> Vec<u8> {
 #[test]
 fn proxy_protocol_tlvs_become_dynamic_metadata_like_envoy() {
     let upstream = TcpUpstream::start(b"", true);
-    let log = temp_dir("l4-tlv").join("tlv.log");
+    let scratch = ScratchDir::new("l4-tlv");
+    let log = scratch.join("tlv.log");
     let ns = "envoy.filters.listener.proxy_protocol";
     let access_log = format!(
         "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: \"%DOWNSTREAM_REMOTE_PORT% [%DYNAMIC_METADATA({ns}:vpce)%] [%DYNAMIC_METADATA(my.ns:alpn)%] [%DYNAMIC_METADATA({ns})%] [%DYNAMIC_METADATA({ns}:vpce):3%]\\n\"}}}}\n",
@@ -1154,7 +1156,8 @@ fn served_after(addr: SocketAddr, header: &[u8]) -> bool {
 #[test]
 fn network_rbac_matches_tlv_metadata_and_records_shadow_verdicts_like_envoy() {
     let upstream = TcpUpstream::start(b"", true);
-    let log = temp_dir("l4-rbac-md").join("rbac.log");
+    let scratch = ScratchDir::new("l4-rbac-md");
+    let log = scratch.join("rbac.log");
     let rbac = r#"      filters:
       - name: envoy.filters.network.rbac
         typed_config:
@@ -1457,7 +1460,8 @@ fn grease_hello() -> Vec<u8> {
 #[test]
 fn tls_inspector_fingerprints_client_hellos_like_envoy() {
     let upstream = TcpUpstream::start(b"", false);
-    let log = temp_dir("l4-ja").join("ja.log");
+    let scratch = ScratchDir::new("l4-ja");
+    let log = scratch.join("ja.log");
     let access_log = format!(
         "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: \"%REQUESTED_SERVER_NAME% %TLS_JA3_FINGERPRINT% %TLS_JA4_FINGERPRINT%\\n\"}}}}\n",
         log.display()

@@ -762,7 +762,7 @@ fn sessions_take_a_connection_slot_of_the_cluster() {
 fn a_session_ends_when_eds_removes_its_host() {
     let a = tagged_echo(b"A");
     let b = tagged_echo(b"B");
-    let dir = e2e::temp_dir("udp-eds");
+    let dir = e2e::ScratchDir::new("udp-eds");
     let eds = dir.join("eds.yaml");
     let assignment = |host: SocketAddr| {
         format!(
