@@ -1,6 +1,6 @@
-//! A connection that is plain TCP, TLS over TCP or a unix domain socket, for code that handles
-//! all (tcp_proxy, upstream pools): one `AsyncRead`/`AsyncWrite` that forwards to whichever it
-//! holds, vectored writes included.
+//! A connection that is plain TCP, TLS or a unix domain socket, for code that handles all
+//! (tcp_proxy, upstream pools): one `AsyncRead`/`AsyncWrite` that forwards to whichever it
+//! holds, vectored writes included; and the socket under a TLS stream ([`Transport`]).
 
 pub mod counting;
 pub mod tls;
@@ -12,27 +12,114 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-/// Plain TCP, a TLS stream (`T`) over TCP, or a unix domain socket (`pipe` addresses). The
-/// TLS stream is boxed: it is large, and most connections are plain.
+/// Plain TCP, a TLS stream (`T`, over either socket), or a unix domain socket (`pipe`
+/// addresses). The TLS stream is boxed: it is large, and most connections are plain.
 pub enum MaybeTls<T> {
     Plain(TcpStream),
     Tls(Box<T>),
     Unix(UnixStream),
 }
 
-/// A TLS stream over TCP that can give back its socket.
-pub trait OverTcp {
-    fn tcp(&self) -> &TcpStream;
+/// A TLS stream that can give back its socket.
+pub trait OverTransport {
+    fn transport(&self) -> &Transport;
 }
 
-impl<T: OverTcp> MaybeTls<T> {
+impl<T: OverTransport> MaybeTls<T> {
     /// The TCP socket underneath; none for a unix domain socket.
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
             MaybeTls::Plain(s) => Some(s),
-            MaybeTls::Tls(s) => Some(s.tcp()),
+            MaybeTls::Tls(s) => s.transport().tcp(),
             MaybeTls::Unix(_) => None,
         }
+    }
+}
+
+/// The socket a TLS stream runs over: TCP, or a unix domain socket (`pipe` addresses).
+pub enum Transport {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Transport {
+    /// The TCP socket; none for a unix domain socket.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Transport::Tcp(s) => Some(s),
+            Transport::Unix(_) => None,
+        }
+    }
+
+    /// Waits until the socket may have bytes to read (see [`Transport::try_read`]).
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.readable().await,
+            Transport::Unix(s) => s.readable().await,
+        }
+    }
+
+    /// Reads what has arrived without waiting: `WouldBlock` when nothing has.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.try_read(buf),
+            Transport::Unix(s) => s.try_read(buf),
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Transport::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 }
 

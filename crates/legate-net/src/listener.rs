@@ -167,12 +167,6 @@ impl<F> ListenerConfig<F> {
             if pipe.is_some() {
                 pipe_chain_errors(chain, &path, &mut errors);
             }
-            if pipe.is_some() && chain.transport_socket.is_some() {
-                errors.push(
-                    &format!("{path}.transport_socket"),
-                    "TLS on a unix domain socket (pipe) listener is not supported by Legate",
-                );
-            }
             let tls = chain.transport_socket.as_ref().and_then(|ts| {
                 errors.take(
                     &format!("{path}.transport_socket"),

@@ -35,6 +35,7 @@ use legate_core::x509::TlsInfo;
 use crate::cert_select::{CertSelector, Chosen, StapleAction};
 use crate::session_ticket::{self, SdsTicketKeys, TicketKeys};
 use crate::tls_inspector::{self, DEFAULT_MAX_CLIENT_HELLO_SIZE, Inspection};
+use legate_core::io::Transport;
 use legate_core::{Compiled, ConfigError, Errors, within};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -44,7 +45,6 @@ use rustls::server::{
 };
 use rustls::sign::CertifiedKey;
 use rustls::{DistinguishedName, ServerConfig};
-use tokio::net::TcpStream;
 
 /// A client's TLS connection, handshake done.
 pub type ServerTlsStream = legate_core::io::tls::TlsStream<rustls::ServerConnection>;
@@ -250,7 +250,7 @@ impl DownstreamTls {
     /// (`transport_socket_connect_timeout`) if set.
     pub async fn accept(
         &self,
-        mut stream: TcpStream,
+        mut stream: Transport,
         stats: &SslStats,
         timeout: Option<Duration>,
     ) -> Result<(ServerTlsStream, TlsInfo), HandshakeError> {
@@ -575,7 +575,7 @@ fn served_cert(
 /// say whether the client asked for an OCSP staple, so the bytes rustls reads are kept (a
 /// hello is ~0.5 KB) and parsed for it too. (Peeking at the hello first cost three system
 /// calls and a zeroed 16 KB buffer per handshake.)
-async fn read_client_hello(stream: &mut TcpStream) -> std::io::Result<(Accepted, bool)> {
+async fn read_client_hello(stream: &mut Transport) -> std::io::Result<(Accepted, bool)> {
     use std::io::{Error, ErrorKind};
     let mut acceptor = Acceptor::default();
     let mut seen = Vec::new();
@@ -610,7 +610,7 @@ async fn read_client_hello(stream: &mut TcpStream) -> std::io::Result<(Accepted,
 
 /// Sends the alert of a handshake that failed before it had a connection. The alert is a
 /// courtesy: the handshake failed whether or not it is sent.
-async fn send_alert(stream: &mut TcpStream, mut alert: rustls::server::AcceptedAlert) {
+async fn send_alert(stream: &mut Transport, mut alert: rustls::server::AcceptedAlert) {
     let mut bytes = Vec::new();
     if alert.write_all(&mut bytes).is_ok() {
         let _ = tokio::io::AsyncWriteExt::write_all(stream, &bytes).await;
@@ -619,7 +619,7 @@ async fn send_alert(stream: &mut TcpStream, mut alert: rustls::server::AcceptedA
 
 /// A reader of the socket that keeps a copy of what it reads.
 struct Tee<'a> {
-    stream: &'a TcpStream,
+    stream: &'a Transport,
     seen: &'a mut Vec<u8>,
 }
 

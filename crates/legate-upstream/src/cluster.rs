@@ -339,19 +339,13 @@ impl ClusterConfig {
             ),
             None => (None, None),
         };
-        if let Some(path) = c.load_assignment.as_ref().and_then(first_pipe) {
-            if tls.is_some() {
-                errors.push(
-                    &path,
-                    "TLS to a unix domain socket (pipe) endpoint is not supported by Legate",
-                );
-            }
-            if proxy_protocol.is_some() {
-                errors.push(
-                    &path,
-                    "the PROXY protocol to a unix domain socket (pipe) endpoint is not supported by Legate",
-                );
-            }
+        if let Some(path) = c.load_assignment.as_ref().and_then(first_pipe)
+            && proxy_protocol.is_some()
+        {
+            errors.push(
+                &path,
+                "the PROXY protocol to a unix domain socket (pipe) endpoint is not supported by Legate",
+            );
         }
         if eds.is_some() && c.load_assignment.is_some() {
             errors.push(

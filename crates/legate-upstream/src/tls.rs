@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use legate_api::pb::envoy::config::core::v3::{TransportSocket, UpstreamHttpProtocolOptions};
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use legate_core::io::Transport;
 use legate_core::tls::sds::{CertificateSecret, Validated};
 use legate_core::tls::{self, Side, Validation};
 use legate_core::{Compiled, ConfigError, Errors};
@@ -25,7 +26,6 @@ use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use tokio::net::TcpStream;
 
 /// `upstream_http_protocol_options`: the name a connection is made for, taken from each
 /// request (Envoy's router sets it from the request's host, or `override_auto_sni_header`).
@@ -235,7 +235,7 @@ impl UpstreamTls {
     /// for `name` if the cluster takes names from requests.
     pub async fn connect(
         &self,
-        stream: TcpStream,
+        stream: Transport,
         protocol: Option<crate::pool::Protocol>,
         name: Option<&ConnectionName>,
     ) -> io::Result<ClientTlsStream> {
@@ -510,7 +510,7 @@ pub type ClientTlsStream = legate_core::io::tls::TlsStream<rustls::ClientConnect
 
 /// The client's handshake on a new connection.
 async fn handshake(
-    stream: TcpStream,
+    stream: Transport,
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
 ) -> io::Result<ClientTlsStream> {

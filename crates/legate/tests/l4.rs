@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use e2e::dynamic::free_port;
 use e2e::{Legate, ScratchDir, cluster, temp_dir};
 
 /// A TCP upstream. `tag` is written first on every connection; then, in `stream` mode, every
@@ -105,15 +106,6 @@ fn client_hello(sni: &str, alpn: &[&str]) -> Vec<u8> {
         conn.write_tls(&mut out).unwrap();
     }
     out
-}
-
-/// A free loopback port (for configs that match on the destination port).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 const TLS_INSPECTOR: &str = r#"    - name: envoy.filters.listener.tls_inspector

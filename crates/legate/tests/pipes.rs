@@ -606,8 +606,8 @@ fn validate(yaml: &str) -> String {
 }
 
 /// A pipe with an empty path is refused, naming the field; a valid one validates. (Legate
-/// also names what it does not serve on a pipe listener: `mode` on an abstract name, TLS,
-/// chain matching on addresses.)
+/// also names what it does not serve on a pipe listener: `mode` on an abstract name, chain
+/// matching on addresses.)
 #[test]
 fn bad_pipe_configs_are_refused_with_their_path() {
     let config = |address: &str, chain_extra: &str, listener_extra: &str| {
@@ -647,16 +647,6 @@ fn bad_pipe_configs_are_refused_with_their_path() {
         let out = validate(&config("{pipe: {path: \"@abstract\", mode: 384}}", "", ""));
         assert!(
             out.contains("static_resources.listeners[0].address.pipe.mode"),
-            "{out}"
-        );
-        let tls = r#"      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-"#;
-        let out = validate(&config("{pipe: {path: \"/tmp/x.sock\"}}", tls, ""));
-        assert!(
-            out.contains("static_resources.listeners[0].filter_chains[0].transport_socket"),
             "{out}"
         );
         // Two listeners on one path: the second bind would replace the first one's socket.

@@ -252,8 +252,32 @@ fn handshake(addr: SocketAddr, config: Arc<ClientConfig>, sni: &str) -> Result<T
     Ok(tls)
 }
 
+/// A TLS client over a unix domain socket (a `pipe` listener), handshake done.
+fn handshake_unix(
+    path: &Path,
+    config: Arc<ClientConfig>,
+    sni: &str,
+) -> Result<StreamOwned<ClientConnection, std::os::unix::net::UnixStream>, String> {
+    let socket = std::os::unix::net::UnixStream::connect(path).map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    let conn = ClientConnection::new(config, name).unwrap();
+    let mut tls = StreamOwned::new(conn, socket);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(tls)
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// An HTTP/1.1 request over TLS; the response, or why there is none.
-fn https_get(tls: &mut Tls, path: &str, host: &str) -> Result<e2e::RawResponse, String> {
+fn https_get(tls: &mut impl ReadWrite, path: &str, host: &str) -> Result<e2e::RawResponse, String> {
     let req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
     tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
@@ -429,6 +453,79 @@ fn terminates_tls_12_and_13_with_alpn_and_https_scheme() {
         assert!(text.contains("ALPN protocol: h2"), "{text}");
         assert!(text.contains("Protocol  : TLSv1.2"), "{text}");
     }
+}
+
+/// TLS over unix domain sockets both ways, as in Envoy: a `pipe` listener terminates it (its
+/// chain chosen by the SNI the tls_inspector read), and a cluster whose endpoint is a pipe
+/// originates it (SNI, the CA and the SAN verified) — here to that same listener, from a TCP
+/// one. A client whose SNI no chain names is closed and counted.
+#[test]
+fn tls_over_unix_domain_sockets_both_ways() {
+    let ca = Ca::new("pipe");
+    let leaf = ca.leaf("pipe", &["pipe.example.com"]);
+    let upstream = Upstream::start();
+    let sock = ca.dir.join("tls.sock");
+    let pipe_listener = format!(
+        "  - name: pipe_tls\n    stat_prefix: pipe_tls\n    address: {{pipe: {{path: \"{}\"}}}}\n    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n      typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}\n    filter_chains:\n{}",
+        sock.display(),
+        chain(&[
+            "      filter_chain_match: {server_names: [pipe.example.com]}\n",
+            &tls_socket(&[&leaf], ""),
+            &hcm("web"),
+        ])
+    );
+    let over_pipe = format!(
+        r#"  - name: over_pipe
+    connect_timeout: 1s
+    type: STATIC
+{}
+    load_assignment:
+      cluster_name: over_pipe
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address: {{pipe: {{path: "{}"}}}}
+"#,
+        upstream_tls(&format!(
+            "        sni: pipe.example.com\n        common_tls_context:\n          validation_context:\n            trusted_ca: {{filename: {}}}\n            match_typed_subject_alt_names:\n            - san_type: DNS\n              matcher: {{exact: pipe.example.com}}\n",
+            ca.ca_file().display()
+        )),
+        sock.display()
+    );
+    let config = bootstrap(
+        &(listener("edge", "", &chain(&[&hcm("over_pipe")])) + &pipe_listener),
+        &(cluster("web", upstream.addr, "") + &over_pipe),
+    );
+    let proxy = start_proxy(&config);
+    let edge = proxy.listeners["edge"];
+
+    // TCP in, TLS over the pipe to the pipe listener, plain TCP to the upstream.
+    let r = e2e::http_get(edge, "/through", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(upstream.last().path, "/through");
+    assert_eq!(proxy.stat("cluster.over_pipe.ssl.handshake"), Some(1));
+    assert_eq!(
+        proxy.stat("cluster.over_pipe.upstream_cx_connect_fail"),
+        Some(0)
+    );
+
+    // A client of the pipe listener itself.
+    let roots = client(ca.roots(), BOTH, &["http/1.1"], None);
+    let mut tls = handshake_unix(&sock, roots.clone(), "pipe.example.com").unwrap();
+    let r = https_get(&mut tls, "/direct", "pipe.example.com").unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(upstream.last().path, "/direct");
+    assert_eq!(upstream.last().header("x-forwarded-proto"), Some("https"));
+    eventually("the pipe listener's handshakes", || {
+        proxy.stat("listener.pipe_tls.ssl.handshake") == Some(2)
+    });
+
+    // No chain for this name: closed before any handshake.
+    assert!(handshake_unix(&sock, roots, "other.example.com").is_err());
+    eventually("no_filter_chain_match", || {
+        proxy.stat("listener.pipe_tls.no_filter_chain_match") == Some(1)
+    });
+    assert_eq!(proxy.stat("listener.pipe_tls.ssl.handshake"), Some(2));
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! A TLS connection over TCP: rustls's `ServerConnection` or `ClientConnection` over the
-//! `TcpStream`, as an `AsyncRead`/`AsyncWrite` ([`TlsStream`]). tokio-rustls's streams did this
+//! A TLS connection: rustls's `ServerConnection` or `ClientConnection` over a TCP or unix
+//! domain socket ([`Transport`]), as an `AsyncRead`/`AsyncWrite` ([`TlsStream`]). tokio-rustls's streams did this
 //! job; this one does less work and writes less, as Envoy (BoringSSL) does:
 //!
 //! * **Session tickets ride with the response.** A TLS 1.3 server makes its tickets when the
@@ -30,12 +30,13 @@ use std::task::{Context, Poll, ready};
 
 use rustls::{ClientConnection, ConnectionCommon, ProtocolVersion, ServerConnection, SideData};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+
+use super::Transport;
 
 /// A TLS connection, handshake done: `C` is rustls's `ServerConnection` (from
 /// [`TlsStream::accept`]) or `ClientConnection` (from [`TlsStream::connect`]).
 pub struct TlsStream<C> {
-    tcp: TcpStream,
+    socket: Transport,
     conn: C,
     /// The peer's side is closed: close_notify or a TCP EOF came.
     peer_closed: bool,
@@ -45,15 +46,15 @@ pub struct TlsStream<C> {
 impl TlsStream<ServerConnection> {
     /// Completes the handshake `conn` started (after the ClientHello). In TLS 1.3 the session
     /// tickets stay queued for the first write.
-    pub async fn accept(tcp: TcpStream, conn: ServerConnection) -> io::Result<Self> {
-        Self::handshake(tcp, conn, true).await
+    pub async fn accept(socket: Transport, conn: ServerConnection) -> io::Result<Self> {
+        Self::handshake(socket, conn, true).await
     }
 }
 
 impl TlsStream<ClientConnection> {
     /// The client's handshake, from its ClientHello.
-    pub async fn connect(tcp: TcpStream, conn: ClientConnection) -> io::Result<Self> {
-        Self::handshake(tcp, conn, false).await
+    pub async fn connect(socket: Transport, conn: ClientConnection) -> io::Result<Self> {
+        Self::handshake(socket, conn, false).await
     }
 }
 
@@ -65,13 +66,13 @@ where
     /// Drives the handshake, writing each flight as it comes; with `leave_tls13_tail`, what a
     /// TLS 1.3 connection has queued when its handshake completes stays queued.
     async fn handshake(
-        mut tcp: TcpStream,
+        mut socket: Transport,
         mut conn: C,
         leave_tls13_tail: bool,
     ) -> io::Result<Self> {
         poll_fn(|cx| {
-            let mut io = Socket {
-                tcp: &mut tcp,
+            let mut io = Io {
+                socket: &mut socket,
                 cx: &mut *cx,
             };
             loop {
@@ -101,7 +102,7 @@ where
         })
         .await?;
         Ok(TlsStream {
-            tcp,
+            socket,
             conn,
             peer_closed: false,
             close_notify_sent: false,
@@ -115,8 +116,8 @@ where
 
     /// Sends what rustls has queued, as far as the socket takes it.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut io = Socket {
-            tcp: &mut self.tcp,
+        let mut io = Io {
+            socket: &mut self.socket,
             cx,
         };
         write_queued(&mut *self.conn, &mut io)
@@ -127,7 +128,7 @@ where
 /// (`Pending`, the task woken when it has room).
 fn write_queued<D: SideData>(
     conn: &mut ConnectionCommon<D>,
-    io: &mut Socket<'_, '_>,
+    io: &mut Io<'_, '_>,
 ) -> Poll<io::Result<()>> {
     while conn.wants_write() {
         match conn.write_tls(io) {
@@ -142,15 +143,15 @@ fn write_queued<D: SideData>(
 
 /// The socket as `Read`/`Write` for rustls, within a poll: `WouldBlock` when it is not ready,
 /// with the task registered to be woken when it is.
-struct Socket<'a, 'b> {
-    tcp: &'a mut TcpStream,
+struct Io<'a, 'b> {
+    socket: &'a mut Transport,
     cx: &'a mut Context<'b>,
 }
 
-impl Read for Socket<'_, '_> {
+impl Read for Io<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut buf = ReadBuf::new(buf);
-        match Pin::new(&mut *self.tcp).poll_read(self.cx, &mut buf) {
+        match Pin::new(&mut *self.socket).poll_read(self.cx, &mut buf) {
             Poll::Ready(Ok(())) => Ok(buf.filled().len()),
             Poll::Ready(Err(e)) => Err(e),
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
@@ -158,13 +159,13 @@ impl Read for Socket<'_, '_> {
     }
 }
 
-impl Write for Socket<'_, '_> {
+impl Write for Io<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored(&[IoSlice::new(buf)])
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match Pin::new(&mut *self.tcp).poll_write_vectored(self.cx, bufs) {
+        match Pin::new(&mut *self.socket).poll_write_vectored(self.cx, bufs) {
             Poll::Ready(r) => r,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -218,8 +219,8 @@ where
                     }
                 }
             }
-            let mut io = Socket {
-                tcp: &mut this.tcp,
+            let mut io = Io {
+                socket: &mut this.socket,
                 cx: &mut *cx,
             };
             match this.conn.read_tls(&mut io) {
@@ -293,12 +294,12 @@ where
         if this.peer_closed {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+        Pin::new(&mut this.socket).poll_shutdown(cx)
     }
 }
 
-impl<C> super::OverTcp for TlsStream<C> {
-    fn tcp(&self) -> &TcpStream {
-        &self.tcp
+impl<C> super::OverTransport for TlsStream<C> {
+    fn transport(&self) -> &Transport {
+        &self.socket
     }
 }

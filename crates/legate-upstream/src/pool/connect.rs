@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use legate_core::io::Transport;
 use legate_core::io::counting::CountingIo;
 use tokio::net::TcpStream;
 
@@ -71,35 +72,40 @@ async fn open(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     let result = tokio::time::timeout(cluster.config.connect_timeout, async {
-        if let Some(path) = &host.pipe {
-            // A unix domain socket host (plain only: a static cluster with TLS and a pipe
-            // endpoint is refused; one from EDS fails here).
-            if cluster.config.tls.is_some() {
-                return Err("TLS to a unix domain socket is not supported".to_owned());
+        let socket = match &host.pipe {
+            // A unix domain socket host (without the PROXY protocol: a static cluster asking
+            // for it with a pipe endpoint is refused; one from EDS fails here).
+            Some(path) => {
+                if cluster.config.proxy_protocol.is_some() {
+                    return Err(
+                        "the PROXY protocol to a unix domain socket is not supported".to_owned(),
+                    );
+                }
+                let unix = connect_unix(path)
+                    .await
+                    .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
+                Transport::Unix(unix)
             }
-            if cluster.config.proxy_protocol.is_some() {
-                return Err(
-                    "the PROXY protocol to a unix domain socket is not supported".to_owned(),
-                );
+            None => {
+                let tcp = TcpStream::connect(host.address)
+                    .await
+                    .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
+                let _ = tcp.set_nodelay(true);
+                if let Some(proxy) = &cluster.config.proxy_protocol {
+                    write_proxy_header(&tcp, proxy, downstream)
+                        .await
+                        .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
+                }
+                Transport::Tcp(tcp)
             }
-            let unix = connect_unix(path)
-                .await
-                .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
-            return Ok(UpstreamStream::Unix(unix));
-        }
-        let tcp = TcpStream::connect(host.address)
-            .await
-            .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
-        let _ = tcp.set_nodelay(true);
-        if let Some(proxy) = &cluster.config.proxy_protocol {
-            write_proxy_header(&tcp, proxy, downstream)
-                .await
-                .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
-        }
-        let Some(tls) = &cluster.config.tls else {
-            return Ok(UpstreamStream::Plain(tcp));
         };
-        match tls.connect(tcp, protocol, name).await {
+        let Some(tls) = &cluster.config.tls else {
+            return Ok(match socket {
+                Transport::Tcp(tcp) => UpstreamStream::Plain(tcp),
+                Transport::Unix(unix) => UpstreamStream::Unix(unix),
+            });
+        };
+        match tls.connect(socket, protocol, name).await {
             Ok(s) => {
                 if let Some(ssl) = &cluster.ssl {
                     ssl.handshake_done(s.connection());

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use legate_core::io::Transport;
 use legate_core::lifecycle::{self, Phase};
 use legate_core::stats::{Counter, Gauge, Histogram, ImportMode, Store, Unit};
 use legate_http::conn_manager::Downstream;
@@ -627,10 +628,15 @@ async fn prepare(
     if !fc.name.is_empty() {
         downstream.filter_chain_name = Some(fc.name.clone());
     }
-    // TLS is terminated on TCP only (a `pipe` listener's config refuses it).
-    let conn = match (&fc.tls, &serving.ssl, stream) {
-        (Some(tls), Some(ssl), Conn::Plain(stream)) => {
-            match Box::pin(tls.accept(stream, ssl, fc.transport_socket_connect_timeout)).await {
+    let conn = match (&fc.tls, &serving.ssl) {
+        (Some(tls), Some(ssl)) => {
+            let socket = match stream {
+                Conn::Plain(tcp) => Transport::Tcp(tcp),
+                Conn::Unix(unix) => Transport::Unix(unix),
+                // Nothing terminates TLS before the chain is chosen.
+                Conn::Tls(_) => return Prepared::Ended(Some(opened)),
+            };
+            match Box::pin(tls.accept(socket, ssl, fc.transport_socket_connect_timeout)).await {
                 Ok((s, tls_info)) => {
                     downstream.tls = true;
                     downstream.tls_info = Some(Arc::new(tls_info));
@@ -654,7 +660,7 @@ async fn prepare(
                 }
             }
         }
-        (_, _, stream) => stream,
+        _ => stream,
     };
     // The SNI: the tls_inspector's, or the terminated handshake's.
     let server_name = match &downstream.requested_server_name {

@@ -30,14 +30,23 @@ pub struct DynProxy {
     seq: AtomicU64,
 }
 
-/// A port free right now on 127.0.0.1 (bound, read, released), for listeners that must keep
-/// their address when they are replaced.
+/// A port free right now on 127.0.0.1 (bound and released), for listeners that must keep
+/// their address when they are replaced. Taken below the kernel's ephemeral range (32768 and
+/// up by default), where every client socket of every test gets its local port: a port from
+/// `bind(0)` could be taken by a connection before the proxy binds it. Each test process walks
+/// its own sequence of candidates.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        let port = (FIRST + (start + n * 97) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn local(port: u16) -> SocketAddr {
