@@ -446,6 +446,55 @@ fn streams_a_large_body_to_an_h2c_client_without_buffering_it() {
     );
 }
 
+/// Bodies larger than the client's stream window, on many streams at once: each arrives whole
+/// as the client opens its window (the last chunk of a body is queued before room is claimed
+/// for it, and must still go out only as the window allows).
+#[test]
+fn bodies_beyond_the_clients_stream_window_arrive_whole() {
+    let upstream = Upstream::start();
+    let legate = Legate::start(&front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream.addr, ""),
+        "",
+    ));
+    let addr = legate.addr("ingress");
+    let lengths = runtime().block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = h2::client::Builder::new()
+            .initial_window_size(1024)
+            .handshake::<_, bytes::Bytes>(stream)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut sender = sender.ready().await.unwrap();
+        let mut responses = Vec::new();
+        for i in 0..10 {
+            let request = http::Request::get(format!("http://x/bytes/{}", 30_000 + i))
+                .body(())
+                .unwrap();
+            responses.push(sender.send_request(request, true).unwrap().0);
+            sender = sender.ready().await.unwrap();
+        }
+        let mut lengths = Vec::new();
+        for response in responses {
+            let mut body = response.await.unwrap().into_body();
+            let mut total = 0;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                // The client gives the window back slowly, a frame at a time.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                assert!(chunk.len() <= 1024, "a frame of {} bytes", chunk.len());
+                total += chunk.len();
+            }
+            lengths.push(total);
+        }
+        lengths
+    });
+    let want: Vec<usize> = (0..10).map(|i| 30_000 + i).collect();
+    assert_eq!(lengths, want);
+}
+
 /// The names of the stats under `prefix` that `proxy` shows, with their values.
 fn stats_under(proxy: &Legate, prefix: &str) -> std::collections::BTreeMap<String, String> {
     let text = http_get(proxy.admin.expect("no admin"), "/stats", &[]).body;

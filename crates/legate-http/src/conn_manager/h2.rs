@@ -38,6 +38,9 @@ const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 100;
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// Response bytes buffered per stream beyond what its send window lets out.
 const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// The largest last chunk of a response body queued before room is claimed for it (most
+/// bodies, read with their head, are one such chunk).
+const MAX_LAST_CHUNK_UNCLAIMED: usize = 64 * 1024;
 
 impl HttpConnectionManager {
     /// The codec's settings from the connection manager's `http2_protocol_options` and limits.
@@ -320,8 +323,11 @@ impl Pipe {
                 }
                 None => (Bytes::new(), true),
             };
-            if chunk.is_empty() {
-                // An empty chunk (the end of the body) needs no room.
+            if chunk.is_empty() || (end && chunk.len() <= MAX_LAST_CHUNK_UNCLAIMED) {
+                // The end of the body is queued without claiming room first: the codec sends
+                // it as the windows open, and the stream holds no more than it would have
+                // held here waiting for them. (Any other chunk waits: the room it may claim
+                // is what bounds what the codec buffers.)
                 if let Some(ended) = self.send_data(chunk, end) {
                     return Poll::Ready(ended);
                 }
