@@ -12,14 +12,20 @@ fn route(m: &str, action: &str) -> String {
     format!("              - match: {m}\n                {action}\n")
 }
 
+/// A front proxy routing every request to the cluster `backend` at `upstream`, with
+/// `cluster_extra` in the cluster and `hcm_extra` in the connection manager.
+fn all_to_backend(upstream: std::net::SocketAddr, cluster_extra: &str, hcm_extra: &str) -> String {
+    front_proxy(
+        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
+        &cluster("backend", upstream, cluster_extra),
+        hcm_extra,
+    )
+}
+
 #[test]
 fn proxies_to_an_http1_upstream_with_envoys_request_headers() {
     let upstream = Upstream::start();
-    let config = front_proxy(
-        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-        &cluster("backend", upstream.addr, ""),
-        "",
-    );
+    let config = all_to_backend(upstream.addr, "", "");
     let legate = Legate::start(&config);
     let r = http_get(
         legate.addr("ingress"),
@@ -67,11 +73,7 @@ fn hop_by_hop_headers_stop_at_the_proxy_both_ways() {
             );
         }
     });
-    let config = front_proxy(
-        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-        &cluster("backend", upstream, ""),
-        "",
-    );
+    let config = all_to_backend(upstream, "", "");
     let proxy = start_proxy(&config);
     let mut c = RawConn::connect(proxy.addr("ingress"));
     let request = "GET /hop HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\n\
@@ -257,11 +259,7 @@ fn websocket_upgrades_tunnel_bytes_both_ways() {
     use std::io::{Read, Write};
     let upstream = Upstream::start();
     let hcm = "          upgrade_configs:\n          - upgrade_type: websocket\n";
-    let legate = Legate::start(&front_proxy(
-        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-        &cluster("backend", upstream.addr, ""),
-        hcm,
-    ));
+    let legate = Legate::start(&all_to_backend(upstream.addr, "", hcm));
     let mut s = std::net::TcpStream::connect(legate.addr("ingress")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(
@@ -305,11 +303,7 @@ fn a_websocket_tunnel_counts_which_side_closed_its_upstream_connection() {
         }
     });
     let hcm = "          upgrade_configs:\n          - upgrade_type: websocket\n";
-    let proxy = start_proxy(&front_proxy(
-        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-        &cluster("backend", upstream, ""),
-        hcm,
-    ));
+    let proxy = start_proxy(&all_to_backend(upstream, "", hcm));
     let upgrade = |path: &str| {
         let mut c = RawConn::connect(proxy.addr("ingress"));
         let request = format!(
@@ -360,11 +354,7 @@ fn a_websocket_tunnel_counts_which_side_closed_its_upstream_connection() {
 #[test]
 fn upgrades_not_configured_are_refused_with_403() {
     let upstream = Upstream::start();
-    let legate = Legate::start(&front_proxy(
-        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-        &cluster("backend", upstream.addr, ""),
-        "",
-    ));
+    let legate = Legate::start(&all_to_backend(upstream.addr, "", ""));
     let r = http_get(
         legate.addr("ingress"),
         "/ws",
@@ -452,11 +442,7 @@ fn streams_a_large_body_to_an_h2c_client_without_buffering_it() {
 #[test]
 fn bodies_beyond_the_clients_stream_window_arrive_whole() {
     let upstream = Upstream::start();
-    let legate = Legate::start(&front_proxy(
-        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-        &cluster("backend", upstream.addr, ""),
-        "",
-    ));
+    let legate = Legate::start(&all_to_backend(upstream.addr, "", ""));
     let addr = legate.addr("ingress");
     let lengths = runtime().block_on(async move {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -517,11 +503,7 @@ fn cluster_stats_are_named_and_counted_as_in_envoy() {
     let upstream = Upstream::start();
     let breakers = "    circuit_breakers:\n      thresholds:\n      - priority: HIGH\n        \
                     track_remaining: true\n        max_requests: 7\n";
-    let config = front_proxy(
-        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-        &cluster("backend", upstream.addr, breakers),
-        "",
-    );
+    let config = all_to_backend(upstream.addr, breakers, "");
     let run = |proxy: Legate| {
         let r = http_get(proxy.addr("ingress"), "/", &[]);
         assert_eq!(r.status, 200, "{r:?}");
@@ -570,11 +552,7 @@ fn requests_wait_for_a_connection_within_max_pending_requests_as_in_envoy() {
     let upstream = Upstream::start();
     let breakers =
         "    circuit_breakers: {thresholds: [{max_connections: 1, max_pending_requests: 2}]}\n";
-    let config = front_proxy(
-        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-        &cluster("backend", upstream.addr, breakers),
-        "",
-    );
+    let config = all_to_backend(upstream.addr, breakers, "");
     let run = |proxy: Legate| {
         let addr = proxy.addr("ingress");
         let first = std::thread::spawn(move || http_get(addr, "/delay/800", &[]));
@@ -633,11 +611,7 @@ fn rss_kb(pid: i32) -> u64 {
 fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let upstream = Upstream::start();
     let mut legate = Legate::start_with(
-        &front_proxy(
-            &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-            &cluster("backend", upstream.addr, ""),
-            "",
-        ),
+        &all_to_backend(upstream.addr, "", ""),
         &["--drain-time-s", "10"],
     );
     let addr = legate.addr("ingress");
@@ -659,11 +633,7 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
 #[test]
 fn hostile_http1_input_gets_a_clean_error_and_the_proxy_keeps_serving() {
     let upstream = Upstream::start();
-    let legate = Legate::start(&front_proxy(
-        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-        &cluster("backend", upstream.addr, ""),
-        "",
-    ));
+    let legate = Legate::start(&all_to_backend(upstream.addr, "", ""));
     let addr = legate.addr("ingress");
     // Content-Length with Transfer-Encoding: Envoy refuses it (400); Legate's codec follows
     // RFC 9112 §6.3 instead: the chunked framing alone counts (no smuggled bytes reach the
@@ -744,11 +714,7 @@ fn hostile_http1_input_gets_a_clean_error_and_the_proxy_keeps_serving() {
 fn sigterm_with_a_thousand_requests_in_flight_loses_none() {
     let upstream = Upstream::start();
     let mut legate = Legate::start_with(
-        &front_proxy(
-            &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-            &cluster("backend", upstream.addr, H2_UPSTREAM),
-            "",
-        ),
+        &all_to_backend(upstream.addr, H2_UPSTREAM, ""),
         &["--drain-time-s", "20"],
     );
     let addr = legate.addr("ingress");
@@ -811,12 +777,7 @@ fn sigterm_with_a_thousand_requests_in_flight_loses_none() {
 #[test]
 fn admin_access_log_path_records_admin_requests() {
     let upstream = Upstream::start();
-    let config = front_proxy(
-        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-        &cluster("backend", upstream.addr, ""),
-        "",
-    )
-    .replace(
+    let config = all_to_backend(upstream.addr, "", "").replace(
         "admin:\n",
         "admin:\n  access_log_path: \"{dir}/admin.log\"\n",
     );
@@ -835,11 +796,7 @@ fn admin_access_log_path_records_admin_requests() {
 #[test]
 fn ipv4_compat_lets_an_ipv6_listener_accept_ipv4_clients() {
     let upstream = Upstream::start();
-    let config = front_proxy(
-        &route("{prefix: \"/\"}", "route: {cluster: backend}"),
-        &cluster("backend", upstream.addr, ""),
-        "",
-    )
+    let config = all_to_backend(upstream.addr, "", "")
     .replacen(
         "    address: {socket_address: {address: 127.0.0.1, port_value: 0}}\n    filter_chains:",
         "    address: {socket_address: {address: \"::\", port_value: 0, ipv4_compat: true}}\n    filter_chains:",
