@@ -241,18 +241,10 @@ type Tls = StreamOwned<ClientConnection, TcpStream>;
 fn handshake(addr: SocketAddr, config: Arc<ClientConfig>, sni: &str) -> Result<Tls, String> {
     let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let name = ServerName::try_from(sni.to_owned()).unwrap();
-    let conn = ClientConnection::new(config, name).unwrap();
-    let mut tls = StreamOwned::new(conn, tcp);
-    while tls.conn.is_handshaking() {
-        tls.conn
-            .complete_io(&mut tls.sock)
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(tls)
+    handshake_over(tcp, config, sni)
 }
 
-/// A TLS client over a unix domain socket (a `pipe` listener), handshake done.
+/// [`handshake`] over a unix domain socket (a `pipe` listener).
 fn handshake_unix(
     path: &Path,
     config: Arc<ClientConfig>,
@@ -262,6 +254,14 @@ fn handshake_unix(
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
+    handshake_over(socket, config, sni)
+}
+
+fn handshake_over<S: Read + Write>(
+    socket: S,
+    config: Arc<ClientConfig>,
+    sni: &str,
+) -> Result<StreamOwned<ClientConnection, S>, String> {
     let name = ServerName::try_from(sni.to_owned()).unwrap();
     let conn = ClientConnection::new(config, name).unwrap();
     let mut tls = StreamOwned::new(conn, socket);
