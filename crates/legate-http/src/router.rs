@@ -45,6 +45,9 @@ pub(crate) struct Forwarding<'a> {
     pub downstream_upgrade: Option<crate::h1::OnUpgrade>,
 }
 
+/// The details of the local reply refusing an upgrade the route does not allow (403).
+pub(crate) const UPGRADE_FAILED: &str = "upgrade_failed";
+
 /// The upgrade a request asks for: `Upgrade: <type>` with `Connection: upgrade`.
 pub(crate) fn requested_upgrade<B>(req: &Request<B>) -> Option<String> {
     if req.version() == Version::HTTP_2 {
@@ -261,9 +264,7 @@ pub(crate) fn forward<'a>(
                 .is_some_and(|(_, on)| *on);
             if !enabled {
                 stats.downstream_rq_ws_on_non_ws_route.inc();
-                return LocalReply::new(403, "", "upgrade_failed", 0)
-                    .closing()
-                    .into();
+                return LocalReply::new(403, "", UPGRADE_FAILED, 0).closing().into();
             }
             // Other requests were counted by the connection manager.
             stats.rq_total.inc();

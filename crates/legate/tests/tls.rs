@@ -521,11 +521,30 @@ fn tls_over_unix_domain_sockets_both_ways() {
     });
 
     // No chain for this name: closed before any handshake.
-    assert!(handshake_unix(&sock, roots, "other.example.com").is_err());
+    assert!(handshake_unix(&sock, roots.clone(), "other.example.com").is_err());
     eventually("no_filter_chain_match", || {
         proxy.stat("listener.pipe_tls.no_filter_chain_match") == Some(1)
     });
     assert_eq!(proxy.stat("listener.pipe_tls.ssl.handshake"), Some(2));
+
+    // Garbage instead of a ClientHello: closed, and the listener keeps serving.
+    let mut garbage = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = garbage.read_to_end(&mut rest);
+    assert!(!rest.starts_with(b"HTTP/"), "{rest:?}");
+    let mut tls = handshake_unix(&sock, roots, "pipe.example.com").unwrap();
+    assert_eq!(
+        https_get(&mut tls, "/after", "pipe.example.com")
+            .unwrap()
+            .status,
+        200
+    );
 }
 
 #[test]

@@ -353,7 +353,7 @@ impl HttpConnectionManager {
             let mut upgrade_answered = false;
             let mut response = match outcome {
                 Outcome::Local(reply) => {
-                    upgrade_answered = reply.details == "upgrade_failed";
+                    upgrade_answered = reply.details == crate::router::UPGRADE_FAILED;
                     info.response_flags.set(reply.flag);
                     info.response_code_details = Some(reply.details.to_owned());
                     close = reply.close;
