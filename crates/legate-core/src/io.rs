@@ -59,6 +59,22 @@ impl Transport {
         }
     }
 
+    /// Waits until the socket may take bytes (see [`Transport::try_write`]).
+    pub async fn writable(&self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.writable().await,
+            Transport::Unix(s) => s.writable().await,
+        }
+    }
+
+    /// Writes what the socket takes without waiting: `WouldBlock` when it takes nothing.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.try_write(buf),
+            Transport::Unix(s) => s.try_write(buf),
+        }
+    }
+
     /// Reads what has arrived without waiting: `WouldBlock` when nothing has.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

@@ -339,14 +339,6 @@ impl ClusterConfig {
             ),
             None => (None, None),
         };
-        if let Some(path) = c.load_assignment.as_ref().and_then(first_pipe)
-            && proxy_protocol.is_some()
-        {
-            errors.push(
-                &path,
-                "the PROXY protocol to a unix domain socket (pipe) endpoint is not supported by Legate",
-            );
-        }
         if eds.is_some() && c.load_assignment.is_some() {
             errors.push(
                 "load_assignment",
@@ -657,33 +649,6 @@ pub fn compile_endpoints(la: &ClusterLoadAssignment) -> Compiled<Vec<Vec<Localit
         localities.shrink_to_fit();
     }
     errors.finish(|| priorities)
-}
-
-/// The path (from `load_assignment`) of the first endpoint on a unix domain socket, if any.
-fn first_pipe(la: &ClusterLoadAssignment) -> Option<String> {
-    la.endpoints.iter().enumerate().find_map(|(i, locality)| {
-        locality
-            .lb_endpoints
-            .iter()
-            .enumerate()
-            .find_map(|(j, lb)| match &lb.host_identifier {
-                Some(lb_endpoint::HostIdentifier::Endpoint(e))
-                    if e.address.as_ref().is_some_and(|a| {
-                        matches!(
-                            a.address,
-                            Some(
-                                legate_api::pb::envoy::config::core::v3::address::Address::Pipe(_)
-                            )
-                        )
-                    }) =>
-                {
-                    Some(format!(
-                        "load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address.pipe"
-                    ))
-                }
-                _ => None,
-            })
-    })
 }
 
 /// Fails if two clusters share a name, as Envoy's cluster manager does.

@@ -180,6 +180,21 @@ impl UpstreamProxyProtocol {
             }
         }
     }
+
+    /// The header for a connection whose addresses are unknown (between unix domain
+    /// sockets): version 1's `UNKNOWN`, version 2's `LOCAL` command (which a receiver takes
+    /// as a connection of the proxy's own), without TLVs.
+    pub fn header_without_addresses(&self) -> Vec<u8> {
+        match self.version {
+            1 => b"PROXY UNKNOWN\r\n".to_vec(),
+            _ => {
+                let mut header = V2_SIGNATURE.to_vec();
+                // Version 2, command LOCAL; family and protocol unspecified; no address block.
+                header.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+                header
+            }
+        }
+    }
 }
 
 fn v6(ip: IpAddr) -> std::net::Ipv6Addr {
@@ -228,5 +243,9 @@ mod tests {
             v1.header(s, d6),
             b"PROXY TCP6 ::ffff:10.0.0.1 ::1 5000 80\r\n"
         );
+        assert_eq!(v1.header_without_addresses(), b"PROXY UNKNOWN\r\n");
+        let mut local = V2_SIGNATURE.to_vec();
+        local.extend_from_slice(&[0x20, 0, 0, 0]);
+        assert_eq!(v2.header_without_addresses(), local);
     }
 }

@@ -498,6 +498,77 @@ static_resources:
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A PROXY header to an endpoint on a unix socket names the downstream connection, as Envoy
+/// writes it: tcp_proxy from a TCP listener to a pipe endpoint (version 1). From a pipe
+/// listener to a pipe endpoint there are no addresses to name: Legate sends version 2's
+/// `LOCAL` header (Envoy 1.40 crashes on that config; that part runs against Legate only).
+#[test]
+fn proxy_protocol_to_a_pipe_endpoint() {
+    let (dir, pipe_in) = socket_path("pipe-pp");
+    let up_path = dir.join("up.sock").to_str().unwrap().to_owned();
+    unix_echo(&up_path, b"");
+    let proxy_protocol = |version: &str| {
+        format!(
+            r#"    transport_socket:
+      name: envoy.transport_sockets.upstream_proxy_protocol
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport
+        config: {{version: {version}}}
+        transport_socket: {{name: envoy.transport_sockets.raw_buffer, typed_config: {{"@type": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}}}}"#
+        )
+    };
+    let listener = |name: &str, address: &str, cluster: &str| {
+        format!(
+            r#"  - name: {name}
+    address: {address}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": {TCP_PROXY}
+          stat_prefix: {name}
+          cluster: {cluster}
+"#
+        )
+    };
+    let (mut listeners, mut clusters) = (
+        listener(
+            "tcp_in",
+            "{socket_address: {address: 127.0.0.1, port_value: 0}}",
+            "v1",
+        ),
+        static_cluster("v1", &pipe_address(&up_path), &proxy_protocol("V1")),
+    );
+    if !target_is_envoy() {
+        listeners += &listener("pipe_in", &pipe_address(&pipe_in), "v2");
+        clusters += &static_cluster("v2", &pipe_address(&up_path), &proxy_protocol("V2"));
+    }
+    let proxy = start_proxy(&format!(
+        "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\nstatic_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}"
+    ));
+    let tcp_in = proxy.listeners["tcp_in"];
+    let mut s = std::net::TcpStream::connect(tcp_in).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let client = s.local_addr().unwrap();
+    s.write_all(b"hello").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut echoed = Vec::new();
+    let _ = s.read_to_end(&mut echoed);
+    let header = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+        client.port(),
+        tcp_in.port()
+    );
+    assert_eq!(String::from_utf8_lossy(&echoed), format!("{header}hello"));
+    if !target_is_envoy() {
+        let mut local = b"\r\n\r\n\0\r\nQUIT\n\x20\0\0\0".to_vec();
+        local.extend_from_slice(b"world");
+        assert_eq!(unix_exchange(&pipe_in, b"world"), local);
+    }
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// HTTP clusters whose endpoint is a unix socket: HTTP/1.1 to a socket file, HTTP/2 to a
 /// name in the abstract namespace, from a TCP listener; `%UPSTREAM_HOST%` is the path and
 /// `%UPSTREAM_LOCAL_ADDRESS%` is `-`.

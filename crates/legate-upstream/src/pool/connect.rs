@@ -73,32 +73,24 @@ async fn open(
     let started = Instant::now();
     let result = tokio::time::timeout(cluster.config.connect_timeout, async {
         let socket = match &host.pipe {
-            // A unix domain socket host (without the PROXY protocol: a static cluster asking
-            // for it with a pipe endpoint is refused; one from EDS fails here).
-            Some(path) => {
-                if cluster.config.proxy_protocol.is_some() {
-                    return Err(
-                        "the PROXY protocol to a unix domain socket is not supported".to_owned(),
-                    );
-                }
-                let unix = connect_unix(path)
+            Some(path) => Transport::Unix(
+                connect_unix(path)
                     .await
-                    .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
-                Transport::Unix(unix)
-            }
+                    .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?,
+            ),
             None => {
                 let tcp = TcpStream::connect(host.address)
                     .await
                     .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
                 let _ = tcp.set_nodelay(true);
-                if let Some(proxy) = &cluster.config.proxy_protocol {
-                    write_proxy_header(&tcp, proxy, downstream)
-                        .await
-                        .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
-                }
                 Transport::Tcp(tcp)
             }
         };
+        if let Some(proxy) = &cluster.config.proxy_protocol {
+            write_proxy_header(&socket, proxy, downstream)
+                .await
+                .map_err(|e| format!("delayed connect error: {}", os_reason(&e)))?;
+        }
         let Some(tls) = &cluster.config.tls else {
             return Ok(match socket {
                 Transport::Tcp(tcp) => UpstreamStream::Plain(tcp),
@@ -344,21 +336,28 @@ fn counted(cluster: &Cluster, stream: UpstreamStream) -> CountingIo<UpstreamStre
     )
 }
 
-/// Writes the PROXY header a new connection starts with (it fits the socket's buffer).
+/// Writes the PROXY header a new connection starts with (it fits the socket's buffer): the
+/// downstream connection's addresses, else the connection's own; a unix domain socket with no
+/// downstream addresses (the downstream came over a pipe too) gets a header without any
+/// (`LOCAL` in version 2, `UNKNOWN` in version 1).
 async fn write_proxy_header(
-    tcp: &TcpStream,
+    socket: &Transport,
     proxy: &crate::proxy_protocol::UpstreamProxyProtocol,
     downstream: Option<(SocketAddr, SocketAddr)>,
 ) -> std::io::Result<()> {
-    let (source, destination) = match downstream {
-        Some(addresses) => addresses,
-        None => (tcp.local_addr()?, tcp.peer_addr()?),
+    let addresses = match (downstream, socket.tcp()) {
+        (Some(addresses), _) => Some(addresses),
+        (None, Some(tcp)) => Some((tcp.local_addr()?, tcp.peer_addr()?)),
+        (None, None) => None,
     };
-    let header = proxy.header(source, destination);
+    let header = match addresses {
+        Some((source, destination)) => proxy.header(source, destination),
+        None => proxy.header_without_addresses(),
+    };
     let mut written = 0;
     while written < header.len() {
-        tcp.writable().await?;
-        match tcp.try_write(&header[written..]) {
+        socket.writable().await?;
+        match socket.try_write(&header[written..]) {
             Ok(n) => written += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
