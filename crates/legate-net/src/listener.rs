@@ -258,19 +258,6 @@ fn pipe_chain_errors(
             }
         }
     }
-    for (j, f) in chain.filters.iter().enumerate() {
-        if let Some(legate_api::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
-            any,
-        )) = &f.config_type
-            && legate_api::any::type_name(&any.type_url)
-                == "envoy.extensions.filters.network.rbac.v3.RBAC"
-        {
-            errors.push(
-                &format!("{path}.filters[{j}]"),
-                "the network RBAC filter on a unix domain socket (pipe) listener is not supported by Legate",
-            );
-        }
-    }
 }
 
 fn display(l: &Listener, address: Option<SocketAddr>) -> String {

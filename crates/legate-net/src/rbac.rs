@@ -11,7 +11,7 @@
 //! The L7 rules (headers, paths, CEL conditions, authenticated principals) are refused with
 //! their field path: they have no meaning for a connection.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use legate_api::pb::envoy::config::rbac::v3::{
     Permission, Principal, Rbac as RbacRules, permission, principal, rbac,
@@ -26,9 +26,11 @@ use crate::filter_chain::Cidr;
 
 /// What a connection looks like to the rules.
 pub struct Connection<'a> {
-    pub remote: SocketAddr,
-    pub direct_remote: SocketAddr,
-    pub local: SocketAddr,
+    /// The addresses: none on a unix domain socket (a PROXY header may give the remote and
+    /// local ones), where no IP or port rule matches, as in Envoy.
+    pub remote: Option<SocketAddr>,
+    pub direct_remote: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
     /// SNI, empty if none.
     pub server_name: &'a str,
     pub metadata: Option<&'a DynamicMetadata>,
@@ -55,11 +57,11 @@ impl Perm {
             Perm::And(all) => all.iter().all(|p| p.matches(c)),
             Perm::Or(any) => any.iter().any(|p| p.matches(c)),
             Perm::Not(p) => !p.matches(c),
-            Perm::DestinationIp(cidr) => cidr.contains(c.local.ip()),
-            Perm::DestinationPort(port) => c.local.port() == *port,
-            Perm::DestinationPorts(start, end) => {
-                (*start..*end).contains(&i64::from(c.local.port()))
-            }
+            Perm::DestinationIp(cidr) => c.local.is_some_and(|l| cidr.contains(l.ip())),
+            Perm::DestinationPort(port) => c.local.is_some_and(|l| l.port() == *port),
+            Perm::DestinationPorts(start, end) => c
+                .local
+                .is_some_and(|l| (*start..*end).contains(&i64::from(l.port()))),
             Perm::ServerName(m) => m.matches(c.server_name),
             Perm::Metadata(m) => m.matches(c.metadata),
         }
@@ -80,14 +82,14 @@ enum Id {
 
 impl Id {
     fn matches(&self, c: &Connection<'_>) -> bool {
-        let ip = |a: SocketAddr| -> IpAddr { a.ip() };
+        let within = |cidr: &Cidr, a: Option<SocketAddr>| a.is_some_and(|a| cidr.contains(a.ip()));
         match self {
             Id::Any => true,
             Id::And(all) => all.iter().all(|p| p.matches(c)),
             Id::Or(any) => any.iter().any(|p| p.matches(c)),
             Id::Not(p) => !p.matches(c),
-            Id::RemoteIp(cidr) => cidr.contains(ip(c.remote)),
-            Id::DirectRemoteIp(cidr) => cidr.contains(ip(c.direct_remote)),
+            Id::RemoteIp(cidr) => within(cidr, c.remote),
+            Id::DirectRemoteIp(cidr) => within(cidr, c.direct_remote),
             Id::Metadata(m) => m.matches(c.metadata),
         }
     }

@@ -569,6 +569,80 @@ fn proxy_protocol_to_a_pipe_endpoint() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The network RBAC filter on a pipe listener: a connection over a unix socket has no IP or
+/// port, so no rule on them matches — an IP principal denies it, a port permission under `not`
+/// allows it — as in Envoy.
+#[test]
+fn network_rbac_on_a_pipe_listener() {
+    let (dir, by_ip) = socket_path("pipe-rbac");
+    let not_port = dir.join("p.sock").to_str().unwrap().to_owned();
+    let listener = |name: &str, path: &str, policy: &str| {
+        format!(
+            r#"  - name: {name}
+    address: {{pipe: {{path: "{path}"}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: {name}.
+          rules:
+            action: ALLOW
+            policies:
+              p: {policy}
+      - name: envoy.filters.network.echo
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo}}
+"#
+        )
+    };
+    let yaml = format!(
+        "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\nstatic_resources:\n  listeners:\n{}{}",
+        listener(
+            "by_ip",
+            &by_ip,
+            "{permissions: [{any: true}], principals: [{remote_ip: {address_prefix: 0.0.0.0, prefix_len: 0}}]}"
+        ),
+        listener(
+            "not_port",
+            &not_port,
+            "{permissions: [{not_rule: {destination_port: 80}}], principals: [{any: true}]}"
+        ),
+    );
+    let proxy = start_proxy(&yaml);
+    // Without a half-close: Envoy's echo may close on the client's FIN before it has echoed.
+    let echoed = |path: &str, data: &[u8]| {
+        let mut s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(data).unwrap();
+        let mut got = vec![0u8; data.len()];
+        let mut n = 0;
+        while n < got.len() {
+            match s.read(&mut got[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        got.truncate(n);
+        got
+    };
+    assert_eq!(echoed(&by_ip, b"denied?"), b"");
+    assert_eq!(echoed(&not_port, b"allowed"), b"allowed");
+    for (name, want) in [
+        ("by_ip.rbac.denied", 1),
+        ("by_ip.rbac.allowed", 0),
+        ("not_port.rbac.allowed", 1),
+        ("not_port.rbac.denied", 0),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proxy.stat(name) != Some(want) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(proxy.stat(name), Some(want), "{name}");
+    }
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// HTTP clusters whose endpoint is a unix socket: HTTP/1.1 to a socket file, HTTP/2 to a
 /// name in the abstract namespace, from a TCP listener; `%UPSTREAM_HOST%` is the path and
 /// `%UPSTREAM_LOCAL_ADDRESS%` is `-`.

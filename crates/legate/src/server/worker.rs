@@ -689,9 +689,9 @@ async fn prepare(
 /// metadata, for the access logs.
 fn rbac_denies(filters: &[NetworkRbac], downstream: &mut Downstream, server_name: &str) -> bool {
     let connection = RbacConnection {
-        remote: downstream.peer,
-        direct_remote: downstream.direct_peer,
-        local: downstream.local,
+        remote: downstream.remote_address(),
+        direct_remote: downstream.pipe.is_none().then_some(downstream.direct_peer),
+        local: downstream.local_address(),
         server_name,
         metadata: downstream.dynamic_metadata.as_deref(),
     };
