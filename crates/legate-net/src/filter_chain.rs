@@ -95,11 +95,13 @@ fn mask(ip: IpAddr, len: u8) -> IpAddr {
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionFacts<'a> {
     /// The destination: the listener's local address (`destination_port`, `prefix_ranges`).
-    pub local: SocketAddr,
+    /// The addresses are `None` on a unix domain socket (unless a PROXY header gave them):
+    /// only chains that leave the criterion unset match there, as in Envoy.
+    pub local: Option<SocketAddr>,
     /// The source, as a PROXY protocol header may have restored it (`source_*`).
-    pub remote: SocketAddr,
+    pub remote: Option<SocketAddr>,
     /// The peer of the TCP connection (`direct_source_prefix_ranges`).
-    pub direct_remote: SocketAddr,
+    pub direct_remote: Option<SocketAddr>,
     /// SNI, lower-cased; empty if none.
     pub server_name: &'a str,
     /// `tls`, or `raw_buffer` when no listener filter detected a transport.
@@ -109,13 +111,16 @@ pub struct ConnectionFacts<'a> {
 }
 
 impl ConnectionFacts<'_> {
-    /// `SAME_IP_OR_LOOPBACK`: from the canonical loopback address (127.0.0.1 or ::1: Envoy's
-    /// `isLoopbackAddress`, not all of 127/8) or from the address it connected to.
+    /// `SAME_IP_OR_LOOPBACK`: over a unix domain socket, from the canonical loopback address
+    /// (127.0.0.1 or ::1: Envoy's `isLoopbackAddress`, not all of 127/8) or from the address
+    /// it connected to.
     fn is_local(&self) -> bool {
-        let ip = self.remote.ip();
+        let Some(ip) = self.remote.map(|r| r.ip()) else {
+            return true;
+        };
         ip == IpAddr::V4(Ipv4Addr::LOCALHOST)
             || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
-            || ip == self.local.ip()
+            || Some(ip) == self.local.map(|l| l.ip())
     }
 }
 
@@ -191,10 +196,15 @@ impl<V: Default> Cidrs<V> {
 }
 
 impl<V> Cidrs<V> {
-    fn find(&self, ip: IpAddr) -> Option<&V> {
+    /// The longest range holding `ip`; with no address (a unix domain socket), the chains
+    /// that leave the ranges unset (kept under `ANY_V4`, as under `ANY_V6`).
+    fn find(&self, ip: Option<IpAddr>) -> Option<&V> {
         self.entries
             .iter()
-            .find(|(c, _)| c.contains(ip))
+            .find(|(c, _)| match ip {
+                Some(ip) => c.contains(ip),
+                None => *c == Cidr::ANY_V4,
+            })
             .map(|(_, v)| v)
     }
 
@@ -459,9 +469,9 @@ impl FilterChainIndex {
 
     /// The chain that serves a connection, if any (index into the listener's `filter_chains`).
     pub fn find(&self, c: &ConnectionFacts<'_>) -> Option<usize> {
-        let port = c.local.port();
-        let dsts = self.root.find(|&p| p == port)?;
-        let names = dsts.find(c.local.ip())?;
+        let port = c.local.map(|l| l.port());
+        let dsts = self.root.find(|&p| Some(p) == port)?;
+        let names = dsts.find(c.local.map(|l| l.ip()))?;
         let transports = names.find(c.server_name)?;
         let alpns = transports.find(|t| **t == *c.transport_protocol)?;
         let directs = c
@@ -470,12 +480,12 @@ impl FilterChainIndex {
             .find_map(|p| alpns.entries.iter().find(|(k, _)| **k == **p))
             .map(|(_, v)| v)
             .or(alpns.any.as_ref())?;
-        let types = directs.find(c.direct_remote.ip())?;
+        let types = directs.find(c.direct_remote.map(|d| d.ip()))?;
         let specific = if c.is_local() { 1 } else { 2 };
         let sources = types[specific].as_ref().or(types[0].as_ref())?;
-        let ports = sources.find(c.remote.ip())?;
-        let remote_port = c.remote.port();
-        *ports.find(|&p| p == remote_port)?
+        let ports = sources.find(c.remote.map(|r| r.ip()))?;
+        let remote_port = c.remote.map(|r| r.port());
+        *ports.find(|&p| Some(p) == remote_port)?
     }
 }
 

@@ -164,9 +164,6 @@ impl<F> ListenerConfig<F> {
                     filters.push(f);
                 }
             }
-            if pipe.is_some() {
-                pipe_chain_errors(chain, &path, &mut errors);
-            }
             let tls = chain.transport_socket.as_ref().and_then(|ts| {
                 errors.take(
                     &format!("{path}.transport_socket"),
@@ -227,36 +224,6 @@ impl<F> ListenerConfig<F> {
                 DEFAULT_BUFFER_LIMIT,
             ),
         })
-    }
-}
-
-/// What a chain of a unix domain socket (`pipe`) listener may not ask for in Legate: its
-/// connections have no IP address or port, so chain matching on them and the network RBAC
-/// filter (whose rules are about addresses) are refused rather than decided on a stand-in.
-fn pipe_chain_errors(
-    chain: &legate_api::pb::envoy::config::listener::v3::FilterChain,
-    path: &str,
-    errors: &mut Errors,
-) {
-    if let Some(m) = &chain.filter_chain_match {
-        for (field, set) in [
-            ("destination_port", m.destination_port.is_some()),
-            ("prefix_ranges", !m.prefix_ranges.is_empty()),
-            ("source_type", m.source_type != 0),
-            ("source_prefix_ranges", !m.source_prefix_ranges.is_empty()),
-            (
-                "direct_source_prefix_ranges",
-                !m.direct_source_prefix_ranges.is_empty(),
-            ),
-            ("source_ports", !m.source_ports.is_empty()),
-        ] {
-            if set {
-                errors.push(
-                    &format!("{path}.filter_chain_match.{field}"),
-                    "matching on addresses or ports on a unix domain socket (pipe) listener is not supported by Legate",
-                );
-            }
-        }
     }
 }
 

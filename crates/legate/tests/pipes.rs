@@ -613,7 +613,8 @@ fn network_rbac_on_a_pipe_listener() {
     let echoed = |path: &str, data: &[u8]| {
         let mut s = UnixStream::connect(path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(data).unwrap();
+        // A denied connection may be closed before the write.
+        let _ = s.write_all(data);
         let mut got = vec![0u8; data.len()];
         let mut n = 0;
         while n < got.len() {
@@ -638,6 +639,74 @@ fn network_rbac_on_a_pipe_listener() {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(proxy.stat(name), Some(want), "{name}");
+    }
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Filter chain matching on a pipe listener, as Envoy does it: a connection over a unix
+/// socket has no port or IP address, so only chains that leave those criteria unset match,
+/// and it counts as `SAME_IP_OR_LOOPBACK`. A PROXY header gives it the addresses it names,
+/// matched as on TCP. (Envoy 1.40 answers those erratically on a pipe listener — resets, or
+/// closes without the chain's reply, where the same chains on TCP answer — so the PROXY cases
+/// run against Legate only.)
+#[test]
+fn filter_chains_match_on_a_pipe_listener() {
+    let (dir, plain) = socket_path("pipe-fcm");
+    let proxied = dir.join("p.sock").to_str().unwrap().to_owned();
+    let chain = |m: &str, reply: &str| {
+        format!(
+            r#"    - filter_chain_match: {m}
+      filters:
+      - name: envoy.filters.network.direct_response
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.direct_response.v3.Config
+          response: {{inline_string: {reply}}}
+"#
+        )
+    };
+    let chains = [
+        chain("{destination_port: 80}", "port"),
+        chain(
+            "{prefix_ranges: [{address_prefix: 127.0.0.0, prefix_len: 8}]}",
+            "destination",
+        ),
+        chain(
+            "{source_prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}",
+            "source",
+        ),
+        chain("{source_type: EXTERNAL}", "external"),
+        chain("{source_type: SAME_IP_OR_LOOPBACK}", "local"),
+    ]
+    .concat();
+    let yaml = format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: plain
+    address: {{pipe: {{path: "{plain}"}}}}
+    filter_chains:
+{chains}  - name: proxied
+    address: {{pipe: {{path: "{proxied}"}}}}
+    listener_filters:
+    - name: envoy.filters.listener.proxy_protocol
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol}}
+    filter_chains:
+{chains}"#
+    );
+    let proxy = start_proxy(&yaml);
+    assert_eq!(unix_exchange(&plain, b""), b"local");
+    if !target_is_envoy() {
+        // From 192.0.2.9 to 127.0.0.1:80, by the PROXY header: the destination port first.
+        let header = b"PROXY TCP4 192.0.2.9 127.0.0.1 5000 80\r\n";
+        assert_eq!(unix_exchange(&proxied, header), b"port");
+        // From 10.1.2.3 to 192.0.2.1:443: the source type comes before the source ranges.
+        let header = b"PROXY TCP4 10.1.2.3 192.0.2.1 5000 443\r\n";
+        assert_eq!(unix_exchange(&proxied, header), b"external");
+        // From 192.0.2.9 to 127.0.0.1:443: the destination range.
+        let header = b"PROXY TCP4 192.0.2.9 127.0.0.1 5000 443\r\n";
+        assert_eq!(unix_exchange(&proxied, header), b"destination");
     }
     drop(proxy);
     let _ = std::fs::remove_dir_all(dir);
@@ -751,8 +820,8 @@ fn validate(yaml: &str) -> String {
 }
 
 /// A pipe with an empty path is refused, naming the field; a valid one validates. (Legate
-/// also names what it does not serve on a pipe listener: `mode` on an abstract name, chain
-/// matching on addresses.)
+/// also refuses `mode` on an abstract name, as Envoy does at bind time, and two listeners on
+/// one path.)
 #[test]
 fn bad_pipe_configs_are_refused_with_their_path() {
     let config = |address: &str, chain_extra: &str, listener_extra: &str| {
@@ -804,14 +873,6 @@ fn bad_pipe_configs_are_refused_with_their_path() {
         assert!(
             out.contains("static_resources.listeners[1]")
                 && out.contains("has duplicate address '/tmp/legate-twice.sock'"),
-            "{out}"
-        );
-        let by_source = "      filter_chain_match: {source_prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}\n";
-        let out = validate(&config("{pipe: {path: \"/tmp/x.sock\"}}", by_source, ""));
-        assert!(
-            out.contains(
-                "static_resources.listeners[0].filter_chains[0].filter_chain_match.source_prefix_ranges"
-            ),
             "{out}"
         );
     }

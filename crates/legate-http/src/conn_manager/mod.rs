@@ -132,6 +132,11 @@ impl Downstream {
         (self.pipe.is_none() || self.proxied).then_some(self.peer)
     }
 
+    /// The connection's direct peer, if it has an address: not on a pipe.
+    pub fn direct_remote_address(&self) -> Option<SocketAddr> {
+        self.pipe.is_none().then_some(self.direct_peer)
+    }
+
     /// The address the client connected to, if it has one: not on a pipe, unless a PROXY
     /// header gave it.
     pub fn local_address(&self) -> Option<SocketAddr> {

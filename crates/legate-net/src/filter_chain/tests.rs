@@ -48,9 +48,9 @@ impl Conn {
     }
     fn find(&self, index: &FilterChainIndex) -> Option<usize> {
         index.find(&ConnectionFacts {
-            local: self.dst.parse().unwrap(),
-            remote: self.src.parse().unwrap(),
-            direct_remote: self.direct.unwrap_or(self.src).parse().unwrap(),
+            local: Some(self.dst.parse().unwrap()),
+            remote: Some(self.src.parse().unwrap()),
+            direct_remote: Some(self.direct.unwrap_or(self.src).parse().unwrap()),
             server_name: self.sni,
             transport_protocol: self.transport,
             application_protocols: &self.alpn,

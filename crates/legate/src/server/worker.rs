@@ -603,9 +603,9 @@ async fn prepare(
         }
     }
     let facts = ConnectionFacts {
-        local: downstream.local,
-        remote: downstream.peer,
-        direct_remote: downstream.direct_peer,
+        local: downstream.local_address(),
+        remote: downstream.remote_address(),
+        direct_remote: downstream.direct_remote_address(),
         server_name: &detected.server_name,
         transport_protocol: detected.transport_protocol(),
         application_protocols: &detected.application_protocols,
@@ -690,7 +690,7 @@ async fn prepare(
 fn rbac_denies(filters: &[NetworkRbac], downstream: &mut Downstream, server_name: &str) -> bool {
     let connection = RbacConnection {
         remote: downstream.remote_address(),
-        direct_remote: downstream.pipe.is_none().then_some(downstream.direct_peer),
+        direct_remote: downstream.direct_remote_address(),
         local: downstream.local_address(),
         server_name,
         metadata: downstream.dynamic_metadata.as_deref(),
