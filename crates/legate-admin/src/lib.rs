@@ -40,8 +40,8 @@ pub mod server;
 pub mod server_info;
 pub mod state;
 
-pub use config::AdminConfig;
-pub use server::serve;
+pub use config::{AdminAddress, AdminConfig};
+pub use server::{AdminListener, serve};
 pub use state::{
     AdminControl, AdminState, ConfigDumpSource, DrainOptions, DynamicListener, DynamicResource,
     ListenerInfo, LogLevel, ServerInfo, ServerState,

@@ -8,6 +8,7 @@
 //! method. HEAD gets the GET headers without a body (hyper drops it).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 
 use crate::endpoints::{self, Reply};
 use crate::query::Query;
@@ -27,61 +28,91 @@ use crate::state::AdminState;
 /// The largest form body accepted (runtime overrides are small).
 const MAX_FORM_BODY: usize = 64 * 1024;
 
+/// The admin server's socket: TCP, or a unix domain socket (`pipe`, whose path stands for
+/// the peer's and the local address in the access log, as in Envoy).
+pub enum AdminListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, Arc<str>),
+}
+
 /// Serves the admin endpoints on `listener` until the task running this future is aborted
 /// (which drops the listener). Each connection runs in its own task.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+pub async fn serve(listener: AdminListener, state: Arc<AdminState>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: wait rather than spin.
-                tracing::warn!("admin: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let local = stream.local_addr().ok();
-            let service = service_fn(move |req: Request<Incoming>| {
+        let accepted = match &listener {
+            AdminListener::Tcp(l) => l.accept().await.map(|(stream, peer)| {
+                let local = stream.local_addr().ok();
                 let state = Arc::clone(&state);
-                async move {
-                    if state.access_logs.is_empty() {
-                        return Ok::<_, Infallible>(handle(state, req).await);
-                    }
-                    let mut info = legate_core::stream_info::StreamInfo::new(0);
-                    info.downstream_remote_address = Some(peer);
-                    info.downstream_direct_remote_address = Some(peer);
-                    info.downstream_local_address = local;
-                    info.request.method =
-                        legate_core::stream_info::RequestLine::method_name(req.method());
-                    info.request.path = req
-                        .uri()
-                        .path_and_query()
-                        .map_or_else(String::new, |p| p.as_str().to_owned());
-                    info.request_headers = req.headers().clone();
-                    let response = handle(Arc::clone(&state), req).await;
-                    info.response_code = Some(response.status().as_u16());
-                    info.response_headers = Some(response.headers().clone());
-                    info.bytes_sent = hyper::body::Body::size_hint(response.body())
-                        .exact()
-                        .unwrap_or(0);
-                    info.duration = Some(info.start.elapsed());
-                    let runtime = state.runtime.snapshot();
-                    for log in &state.access_logs {
-                        log.log(&info, &runtime);
-                    }
-                    Ok(response)
-                }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!("admin: connection error: {e}");
+                tokio::spawn(serve_connection(stream, Peer::Tcp(peer, local), state));
+            }),
+            AdminListener::Unix(l, path) => l.accept().await.map(|(stream, _)| {
+                let state = Arc::clone(&state);
+                tokio::spawn(serve_connection(stream, Peer::Pipe(path.clone()), state));
+            }),
+        };
+        if let Err(e) = accepted {
+            // Out of file descriptors and the like: wait rather than spin.
+            tracing::warn!("admin: accept failed: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Who an admin connection is, for the access log.
+#[derive(Clone)]
+enum Peer {
+    /// The peer's address and the local one.
+    Tcp(SocketAddr, Option<SocketAddr>),
+    /// The listener's path.
+    Pipe(Arc<str>),
+}
+
+async fn serve_connection<S>(stream: S, peer: Peer, state: Arc<AdminState>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let state = Arc::clone(&state);
+        let peer = peer.clone();
+        async move {
+            if state.access_logs.is_empty() {
+                return Ok::<_, Infallible>(handle(state, req).await);
             }
-        });
+            let mut info = legate_core::stream_info::StreamInfo::new(0);
+            match peer {
+                Peer::Tcp(remote, local) => {
+                    info.downstream_remote_address = Some(remote);
+                    info.downstream_direct_remote_address = Some(remote);
+                    info.downstream_local_address = local;
+                }
+                Peer::Pipe(path) => info.downstream_pipe = Some(path),
+            }
+            info.request.method = legate_core::stream_info::RequestLine::method_name(req.method());
+            info.request.path = req
+                .uri()
+                .path_and_query()
+                .map_or_else(String::new, |p| p.as_str().to_owned());
+            info.request_headers = req.headers().clone();
+            let response = handle(Arc::clone(&state), req).await;
+            info.response_code = Some(response.status().as_u16());
+            info.response_headers = Some(response.headers().clone());
+            info.bytes_sent = hyper::body::Body::size_hint(response.body())
+                .exact()
+                .unwrap_or(0);
+            info.duration = Some(info.start.elapsed());
+            let runtime = state.runtime.snapshot();
+            for log in &state.access_logs {
+                log.log(&info, &runtime);
+            }
+            Ok(response)
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!("admin: connection error: {e}");
     }
 }
 

@@ -27,6 +27,7 @@ use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
     DownstreamTlsContext, TlsCertificate,
     downstream_tls_context::{OcspStaplePolicy, SessionTicketKeysType},
 };
+use legate_core::io::Transport;
 use legate_core::ocsp::{self, OcspResponse};
 use legate_core::tls::sds::{CertificateSecret, TicketKeysSecret, Validated};
 use legate_core::tls::{self, ServedCert, Side, SslStats, Validation};
@@ -35,7 +36,6 @@ use legate_core::x509::TlsInfo;
 use crate::cert_select::{CertSelector, Chosen, StapleAction};
 use crate::session_ticket::{self, SdsTicketKeys, TicketKeys};
 use crate::tls_inspector::{self, DEFAULT_MAX_CLIENT_HELLO_SIZE, Inspection};
-use legate_core::io::Transport;
 use legate_core::{Compiled, ConfigError, Errors, within};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};

@@ -54,9 +54,16 @@ pub enum NetworkFilter {
     Rbac(Arc<NetworkRbacConfig>),
 }
 
+/// Where a statsd sink's datagrams go: a UDP address, or a unix datagram socket (`pipe`).
+#[derive(Debug)]
+pub enum StatsdAddress {
+    Udp(SocketAddr),
+    Pipe(legate_core::address::Pipe),
+}
+
 #[derive(Debug)]
 pub struct StatsdSinkConfig {
-    pub address: SocketAddr,
+    pub address: StatsdAddress,
     pub prefix: String,
 }
 
@@ -462,7 +469,8 @@ fn network_filter(f: &Filter, clusters: &HashSet<&str>) -> Compiled<NetworkFilte
     Ok(NetworkFilter::HttpConnectionManager(Arc::new(config)))
 }
 
-/// A statsd sink. Statsd speaks UDP whatever the address's `protocol` says, as in Envoy.
+/// A statsd sink. Statsd speaks UDP whatever the address's `protocol` says, or datagrams over
+/// a unix socket (`pipe`), as in Envoy.
 fn statsd_sink(s: &StatsdSink) -> Compiled<StatsdSinkConfig> {
     let err = |path: &str, msg: String| Err(vec![ConfigError::new(path, msg)]);
     let Some(statsd_sink::StatsdSpecifier::Address(addr)) = &s.statsd_specifier else {
@@ -471,6 +479,17 @@ fn statsd_sink(s: &StatsdSink) -> Compiled<StatsdSinkConfig> {
             "an address is required (tcp_cluster_name is not supported by Legate)".into(),
         );
     };
+    let prefix = if s.prefix.is_empty() {
+        "envoy".into()
+    } else {
+        s.prefix.clone()
+    };
+    if let Some(pipe) = legate_core::address::pipe(addr) {
+        return Ok(StatsdSinkConfig {
+            address: StatsdAddress::Pipe(pipe.map_err(|e| legate_core::within(e, "address"))?),
+            prefix,
+        });
+    }
     let Some(address::Address::SocketAddress(sa)) = &addr.address else {
         return err("address", "a socket address is required".into());
     };
@@ -490,12 +509,8 @@ fn statsd_sink(s: &StatsdSink) -> Compiled<StatsdSinkConfig> {
         }
     };
     Ok(StatsdSinkConfig {
-        address: SocketAddr::new(ip, port),
-        prefix: if s.prefix.is_empty() {
-            "envoy".into()
-        } else {
-            s.prefix.clone()
-        },
+        address: StatsdAddress::Udp(SocketAddr::new(ip, port)),
+        prefix,
     })
 }
 

@@ -9,6 +9,7 @@ mod e2e;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -1378,6 +1379,72 @@ fn the_h2_connection_failing_to_open_fails_every_request_waiting_for_it() {
 // ------------------------------------------------------------------------------------------
 // Stats sinks and access logs
 // ------------------------------------------------------------------------------------------
+
+/// Statsd sinks on a unix datagram socket (`pipe`) and on an IPv6 address: each gets the
+/// flush's lines, the same counter deltas (the second sink used to get zeros). Over the unix socket Legate packs lines into datagrams of up to 8 KiB: the
+/// socket's queue holds 10 datagrams (`net.unix.max_dgram_qlen`), and Envoy, which sends one
+/// line a datagram, loses most of a flush there — that part runs against Legate only.
+#[test]
+fn statsd_sinks_on_a_unix_socket_and_on_ipv6() {
+    let dir = ScratchDir::new("statsd-pipe");
+    let path = dir.join("statsd.sock");
+    let unix = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let udp6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    let port6 = udp6.local_addr().unwrap().port();
+    // Each sink's lines, read as they come (a receiver that waits would drop some).
+    let collect = |recv: Box<dyn Fn(&mut [u8]) -> std::io::Result<usize> + Send>| {
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(n) = recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    sink.lock().unwrap().extend(text.lines().map(str::to_owned));
+                }
+            }
+        });
+        lines
+    };
+    unix.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    udp6.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let from_unix = collect(Box::new(move |buf| unix.recv(buf)));
+    let from_udp6 = collect(Box::new(move |buf| udp6.recv(buf)));
+    let upstream = Upstream::start();
+    let sink = |address: String| {
+        format!(
+            "- name: envoy.stat_sinks.statsd\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.config.metrics.v3.StatsdSink\n    address: {address}\n"
+        )
+    };
+    let mut sinks = sink(format!(
+        "{{socket_address: {{address: \"::1\", port_value: {port6}}}}}"
+    ));
+    if !target_is_envoy() {
+        sinks += &sink(format!("{{pipe: {{path: \"{}\"}}}}", path.display()));
+    }
+    let config = front_proxy(&catch_all(""), &cluster("backend", upstream.addr, ""), "")
+        + &format!("stats_flush_interval: 1s\nstats_sinks:\n{sinks}");
+    let proxy = start_proxy(&config);
+    for _ in 0..3 {
+        assert_eq!(http_get(proxy.addr("ingress"), "/", &[]).status, 200);
+    }
+    let wanted = "envoy.cluster.backend.upstream_rq_total:3|c";
+    let mut receivers = vec![("IPv6", from_udp6)];
+    if !target_is_envoy() {
+        receivers.push(("unix", from_unix));
+    }
+    for (name, lines) in receivers {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lines.lock().unwrap().iter().any(|l| l == wanted) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let lines = lines.lock().unwrap();
+        assert!(lines.iter().any(|l| l == wanted), "{name}: {lines:?}");
+    }
+}
 
 #[test]
 fn the_statsd_sink_receives_counters_after_each_flush() {

@@ -712,6 +712,56 @@ static_resources:
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The admin server on a unix socket, as Envoy serves it: the endpoints answer over the socket
+/// file, whose `mode` is applied, and the admin access log shows the path for the peer. (Runs
+/// against Legate only: the harness finds Envoy's listeners through a TCP admin address.)
+#[test]
+fn admin_on_a_pipe() {
+    if target_is_envoy() {
+        return;
+    }
+    let (dir, path) = socket_path("pipe-admin");
+    let log = dir.join("admin.log");
+    let proxy = Legate::start(&format!(
+        r#"admin:
+  address: {{pipe: {{path: "{path}", mode: 384}}}}
+  access_log:
+  - name: envoy.access_loggers.file
+    typed_config:
+      "@type": {FILE_LOG}
+      path: {log}
+      log_format: {{text_format: "%REQ(:PATH)% %RESPONSE_CODE% R=%DOWNSTREAM_REMOTE_ADDRESS% L=%DOWNSTREAM_LOCAL_ADDRESS%\n"}}
+static_resources:
+  listeners:
+  - name: echo
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.echo
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo}}
+"#,
+        log = log.display()
+    ));
+    assert!(proxy.admin.is_none());
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let r = unix_get(&path, "/ready", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "LIVE\n"), "{r:?}");
+    let r = unix_get(&path, "/listeners", &[]);
+    assert!(r.body.contains("echo::127.0.0.1:"), "{r:?}");
+    let lines = wait_lines(&log, 2);
+    assert_eq!(
+        lines,
+        [
+            format!("/ready 200 R={path} L={path}"),
+            format!("/listeners 200 R={path} L={path}")
+        ]
+    );
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// HTTP clusters whose endpoint is a unix socket: HTTP/1.1 to a socket file, HTTP/2 to a
 /// name in the abstract namespace, from a TCP listener; `%UPSTREAM_HOST%` is the path and
 /// `%UPSTREAM_LOCAL_ADDRESS%` is `-`.

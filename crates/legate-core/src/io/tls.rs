@@ -1,6 +1,7 @@
 //! A TLS connection: rustls's `ServerConnection` or `ClientConnection` over a TCP or unix
-//! domain socket ([`Transport`]), as an `AsyncRead`/`AsyncWrite` ([`TlsStream`]). tokio-rustls's streams did this
-//! job; this one does less work and writes less, as Envoy (BoringSSL) does:
+//! domain socket ([`Transport`]), as an `AsyncRead`/`AsyncWrite` ([`TlsStream`]).
+//! tokio-rustls's streams did this job; this one does less work and writes less, as Envoy
+//! (BoringSSL) does:
 //!
 //! * **Session tickets ride with the response.** A TLS 1.3 server makes its tickets when the
 //!   client's Finished arrives, after its own flight; tokio-rustls flushed them on their own at

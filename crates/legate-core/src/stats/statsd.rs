@@ -41,6 +41,16 @@ impl Store {
     /// The statsd lines of one flush; `use_tags` sends tag-extracted names and DogStatsD tags.
     pub fn statsd_lines_with(&self, prefix: &str, use_tags: bool) -> Vec<String> {
         let prefix = if prefix.is_empty() { "envoy" } else { prefix };
+        self.statsd_lines_unprefixed(use_tags)
+            .into_iter()
+            .map(|line| format!("{prefix}.{line}"))
+            .collect()
+    }
+
+    /// The statsd lines of one flush without a prefix (`cluster.foo.upstream_rq_200:3|c`), for
+    /// sinks with different prefixes. Taking them latches the counters' deltas: every sink of
+    /// a flush must be given the same lines.
+    pub fn statsd_lines_unprefixed(&self, use_tags: bool) -> Vec<String> {
         let producer = self.tag_producer();
         let name = |full: &'_ str, extracted: &'_ str| -> String {
             if use_tags { extracted } else { full }.to_string()
@@ -51,7 +61,7 @@ impl Store {
         counters.sort_by_cached_key(|c| c.name());
         for c in counters.iter().filter(|c| c.used()) {
             lines.push(format!(
-                "{prefix}.{}:{}|c{}",
+                "{}:{}|c{}",
                 name(&c.name(), c.tag_extracted_name(producer)),
                 c.latch(),
                 tag_suffix(c.tags(producer), use_tags)
@@ -62,7 +72,7 @@ impl Store {
         gauges.sort_by_cached_key(|g| g.name());
         for g in gauges.iter().filter(|g| g.used()) {
             lines.push(format!(
-                "{prefix}.{}:{}|g{}",
+                "{}:{}|g{}",
                 name(&g.name(), g.tag_extracted_name(producer)),
                 g.value(),
                 tag_suffix(g.tags(producer), use_tags)
@@ -75,7 +85,7 @@ impl Store {
             let metric = name(&h.name(), h.tag_extracted_name(producer));
             let tags = tag_suffix(h.tags(producer), use_tags);
             for (value, count) in h.interval_bins().representative_samples() {
-                let mut line = format!("{prefix}.{metric}:{value}|ms");
+                let mut line = format!("{metric}:{value}|ms");
                 if count > 1 {
                     let _ = write!(line, "|@{}", 1.0 / count as f64);
                 }

@@ -17,6 +17,7 @@ pub mod listener_manager;
 pub mod udp;
 pub mod worker;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -177,14 +178,29 @@ pub fn run(
         shed_startup_memory();
     }
 
-    let admin_listener = match admin_config.as_ref().and_then(|a| a.address) {
-        Some(addr) => {
+    let admin_listener = match admin_config.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(legate_admin::AdminAddress::Tcp(addr)) => {
             let socket = control_runtime
                 .block_on(tokio::net::TcpListener::bind(addr))
                 .map_err(|e| format!("cannot bind the admin address {addr}: {e}"))?;
             let bound = socket.local_addr().map_err(|e| e.to_string())?;
             tracing::info!("admin address: {bound}");
-            Some(socket)
+            Some(legate_admin::AdminListener::Tcp(socket))
+        }
+        Some(legate_admin::AdminAddress::Pipe(pipe)) => {
+            let cannot =
+                |e: std::io::Error| format!("cannot bind the admin address {}: {e}", pipe.path);
+            let socket = listener::bind_pipe(pipe, 1)
+                .map_err(cannot)?
+                .pop()
+                .expect("one socket was asked for");
+            let _runtime = control_runtime.enter();
+            let socket = tokio::net::UnixListener::from_std(socket).map_err(cannot)?;
+            tracing::info!("admin address: {}", pipe.path);
+            Some(legate_admin::AdminListener::Unix(
+                socket,
+                pipe.path.as_str().into(),
+            ))
         }
         None => None,
     };
@@ -435,35 +451,125 @@ fn resident_bytes() -> u64 {
     pages * 4096
 }
 
-/// Flushes stats to the statsd sinks every `stats_flush_interval`.
+/// Flushes stats to the statsd sinks every `stats_flush_interval`. Over UDP a datagram that
+/// cannot be sent is dropped; a unix socket's receiver is waited for, within the interval.
 async fn flush_stats(
     store: Arc<Store>,
     sinks: Vec<crate::config::StatsdSinkConfig>,
     interval: Duration,
 ) {
-    let socket = if sinks.is_empty() {
-        None
-    } else {
-        match tokio::net::UdpSocket::bind("0.0.0.0:0").await {
-            Ok(s) => Some(s),
+    let mut sockets: Vec<_> = sinks
+        .iter()
+        .filter_map(|sink| match SinkSocket::open(&sink.address) {
+            Ok(socket) => Some((socket, sink.prefix.as_str())),
             Err(e) => {
-                tracing::error!("statsd sink: cannot open a UDP socket: {e}");
+                tracing::error!("statsd sink {:?}: cannot open a socket: {e}", sink.address);
                 None
             }
-        }
-    };
+        })
+        .collect();
     let mut tick = tokio::time::interval(interval);
     tick.tick().await;
     loop {
         tick.tick().await;
         store.flush_interval();
-        let Some(socket) = &socket else { continue };
-        for sink in &sinks {
-            for line in store.statsd_lines(&sink.prefix) {
-                let _ = socket.send_to(line.as_bytes(), sink.address).await;
+        if sockets.is_empty() {
+            continue;
+        }
+        // Once for all the sinks: taking the lines takes the counters' deltas.
+        let lines = store.statsd_lines_unprefixed(false);
+        for (socket, prefix) in &mut sockets {
+            let prefixed = lines.iter().map(|line| format!("{prefix}.{line}"));
+            socket.send(prefixed, interval).await;
+        }
+    }
+}
+
+/// A statsd sink's socket.
+enum SinkSocket {
+    /// A UDP socket of the address's family, and the address.
+    Udp(tokio::net::UdpSocket, SocketAddr),
+    /// A unix datagram socket's address, and a socket connected to it once the receiver is
+    /// there (connected, the socket waits while the receiver's queue is full).
+    Unix(
+        std::os::unix::net::SocketAddr,
+        Option<tokio::net::UnixDatagram>,
+    ),
+}
+
+impl SinkSocket {
+    fn open(address: &crate::config::StatsdAddress) -> std::io::Result<SinkSocket> {
+        Ok(match address {
+            crate::config::StatsdAddress::Udp(to) => {
+                let any: SocketAddr = if to.is_ipv4() {
+                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let socket = std::net::UdpSocket::bind(any)?;
+                socket.set_nonblocking(true)?;
+                SinkSocket::Udp(tokio::net::UdpSocket::from_std(socket)?, *to)
+            }
+            crate::config::StatsdAddress::Pipe(pipe) => SinkSocket::Unix(pipe.socket_addr()?, None),
+        })
+    }
+
+    /// Sends a flush's lines: over UDP one datagram each, as Envoy sends them; over a unix
+    /// socket, whose receive queue holds few datagrams however small
+    /// (`net.unix.max_dgram_qlen`, 10 by default), as many lines to a datagram as fit in
+    /// 8 KiB (statsd takes lines separated by newlines), waiting for the receiver at most
+    /// `within`.
+    async fn send(&mut self, lines: impl Iterator<Item = String>, within: Duration) {
+        const UNIX_DATAGRAM: usize = 8 * 1024;
+        match self {
+            SinkSocket::Udp(socket, to) => {
+                for line in lines {
+                    let _ = socket.send_to(line.as_bytes(), &*to).await;
+                }
+            }
+            SinkSocket::Unix(to, connected) => {
+                if connected.is_none() {
+                    *connected = connect_datagram(to).ok();
+                }
+                let Some(socket) = connected else {
+                    return;
+                };
+                let mut datagrams = vec![String::with_capacity(UNIX_DATAGRAM)];
+                for line in lines {
+                    let last = datagrams.last_mut().expect("never empty");
+                    if !last.is_empty() && last.len() + 1 + line.len() > UNIX_DATAGRAM {
+                        datagrams.push(line);
+                    } else {
+                        if !last.is_empty() {
+                            last.push('\n');
+                        }
+                        last.push_str(&line);
+                    }
+                }
+                let sent = tokio::time::timeout(within, async {
+                    for datagram in datagrams.iter().filter(|d| !d.is_empty()) {
+                        socket.send(datagram.as_bytes()).await?;
+                    }
+                    std::io::Result::Ok(())
+                })
+                .await;
+                if let Ok(Err(_)) = sent {
+                    // The receiver went away: connect again at the next flush.
+                    *connected = None;
+                }
             }
         }
     }
+}
+
+/// A unix datagram socket connected to `to`.
+fn connect_datagram(
+    to: &std::os::unix::net::SocketAddr,
+) -> std::io::Result<tokio::net::UnixDatagram> {
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    socket.connect_addr(to)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::UnixDatagram::from_std(socket)
 }
 
 enum Signal {
