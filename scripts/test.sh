@@ -36,12 +36,12 @@ for tool in openssl curl; do
   fi
 done
 
-# A clean checkout builds the tests in about 4 GiB (with the fuzz targets); incremental build
+# A clean checkout builds the tests in about 3 GiB (with the fuzz targets); incremental build
 # state would only add to it in a one-off run.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 free_kib=$(df --output=avail -k . | tail -1)
 if [ "$free_kib" -lt $((8 * 1024 * 1024)) ]; then
-  echo "warning: $((free_kib / 1024)) MiB free on $(df --output=target . | tail -1); the build needs about 4 GiB" >&2
+  echo "warning: $((free_kib / 1024)) MiB free on $(df --output=target . | tail -1); the build needs about 3 GiB" >&2
 fi
 
 step "cargo build"
