@@ -67,6 +67,8 @@ enum Peer {
     Pipe(Arc<str>),
 }
 
+/// Serves one admin connection (HTTP/1.1 or HTTP/2), logging each request when the admin
+/// server has access logs.
 async fn serve_connection<S>(stream: S, peer: Peer, state: Arc<AdminState>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
