@@ -13,7 +13,7 @@
 //!     control: Arc::new(MyControl),              // impl AdminControl: quit, drain, logs...
 //!     access_logs,                               // admin.access_log / access_log_path
 //! });
-//! let task = tokio::spawn(legate_admin::serve(tcp_listener, state));
+//! let task = tokio::spawn(legate_admin::serve(AdminListener::Tcp(tcp_listener), state));
 //! ```
 //!
 //! Modules: [`config`] (the `Admin` bootstrap section compiled), [`state`] (what the binary

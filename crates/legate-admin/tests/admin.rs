@@ -263,7 +263,10 @@ async fn start() -> (SocketAddr, Arc<Control>, tokio::task::JoinHandle<()>) {
     let state = Arc::new(state(Arc::clone(&control)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(legate_admin::serve(listener, state));
+    let task = tokio::spawn(legate_admin::serve(
+        legate_admin::AdminListener::Tcp(listener),
+        state,
+    ));
     (addr, control, task)
 }
 

@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e::{Legate, Upstream, http_get, parse_response, start_proxy, target_is_envoy, temp_dir};
+use e2e::{
+    Legate, ScratchDir, Upstream, http_get, parse_response, start_proxy, target_is_envoy, temp_dir,
+};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -28,9 +30,10 @@ const TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const FILE_LOG: &str = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
 
-/// A socket path in a fresh directory of its own (short: `sun_path` holds 108 bytes).
-fn socket_path(tag: &str) -> (PathBuf, String) {
-    let dir = temp_dir(tag);
+/// A socket path in a fresh directory of its own (short: `sun_path` holds 108 bytes), removed
+/// with what the test wrote in it when the directory is dropped.
+fn socket_path(tag: &str) -> (ScratchDir, String) {
+    let dir = ScratchDir::new(tag);
     let path = dir.join("s.sock");
     let text = path.to_str().unwrap().to_owned();
     (dir, text)
@@ -350,8 +353,6 @@ fn http_over_a_pipe_listener() {
         json["listener_statuses"][0]["local_address"]["pipe"]["path"],
         serde_json::Value::String(path.clone())
     );
-    drop(proxy);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The PROXY protocol on a pipe listener (a load balancer in front speaking to the proxy over
@@ -413,8 +414,6 @@ fn proxy_protocol_on_a_pipe_listener() {
             "{stat}"
         );
     }
-    drop(proxy);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// tcp_proxy on pipe listeners, to a TCP upstream and to an upstream on a socket file: the
@@ -494,8 +493,6 @@ static_resources:
         proxy.stat(&format!("listener.{to_pipe}.downstream_cx_total")),
         Some(1)
     );
-    drop(proxy);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A PROXY header to an endpoint on a unix socket names the downstream connection, as Envoy
@@ -565,8 +562,6 @@ fn proxy_protocol_to_a_pipe_endpoint() {
         local.extend_from_slice(b"world");
         assert_eq!(unix_exchange(&pipe_in, b"world"), local);
     }
-    drop(proxy);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The network RBAC filter on a pipe listener: a connection over a unix socket has no IP or
@@ -640,8 +635,6 @@ fn network_rbac_on_a_pipe_listener() {
         }
         assert_eq!(proxy.stat(name), Some(want), "{name}");
     }
-    drop(proxy);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Filter chain matching on a pipe listener, as Envoy does it: a connection over a unix
@@ -695,7 +688,7 @@ static_resources:
     filter_chains:
 {chains}"#
     );
-    let proxy = start_proxy(&yaml);
+    let _proxy = start_proxy(&yaml);
     assert_eq!(unix_exchange(&plain, b""), b"local");
     if !target_is_envoy() {
         // From 192.0.2.9 to 127.0.0.1:80, by the PROXY header: the destination port first.
@@ -708,8 +701,6 @@ static_resources:
         let header = b"PROXY TCP4 192.0.2.9 127.0.0.1 5000 443\r\n";
         assert_eq!(unix_exchange(&proxied, header), b"destination");
     }
-    drop(proxy);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The admin server on a unix socket, as Envoy serves it: the endpoints answer over the socket
@@ -758,8 +749,6 @@ static_resources:
             format!("/listeners 200 R={path} L={path}")
         ]
     );
-    drop(proxy);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// HTTP clusters whose endpoint is a unix socket: HTTP/1.1 to a socket file, HTTP/2 to a
@@ -835,8 +824,6 @@ static_resources:
         clusters.contains(&format!("h2::{h2_name}::rq_total::1\n")),
         "{clusters}"
     );
-    drop(proxy);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn fastrand_tag() -> u32 {
