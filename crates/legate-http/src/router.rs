@@ -81,15 +81,19 @@ static HOP_BY_HOP: [header::HeaderName; 7] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// How many of [`HOP_BY_HOP`], from the first, HTTP/2 forbids outright (RFC 9113 §8.2.2): all
+/// but `proxy-authenticate`.
+const CONNECTION_SPECIFIC: usize = HOP_BY_HOP.len() - 1;
+
 /// The hop-by-hop headers HTTP/2 forbids outright (RFC 9113 §8.2.2): all of [`HOP_BY_HOP`]
 /// but `proxy-authenticate`.
 pub(crate) fn connection_specific() -> &'static [header::HeaderName] {
-    &HOP_BY_HOP[..6]
+    &HOP_BY_HOP[..CONNECTION_SPECIFIC]
 }
 
 /// Whether `name` is one of [`connection_specific`].
 pub(crate) fn is_connection_specific(name: &header::HeaderName) -> bool {
-    hop_by_hop_index(name).is_some_and(|i| i < 6)
+    hop_by_hop_index(name).is_some_and(|i| i < CONNECTION_SPECIFIC)
 }
 
 /// Where a header is in [`HOP_BY_HOP`], if it is hop-by-hop.

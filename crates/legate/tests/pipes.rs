@@ -34,9 +34,13 @@ const FILE_LOG: &str = "type.googleapis.com/envoy.extensions.access_loggers.file
 /// with what the test wrote in it when the directory is dropped.
 fn socket_path(tag: &str) -> (ScratchDir, String) {
     let dir = ScratchDir::new(tag);
-    let path = dir.join("s.sock");
-    let text = path.to_str().unwrap().to_owned();
-    (dir, text)
+    let path = socket_in(&dir, "s.sock");
+    (dir, path)
+}
+
+/// The path of socket file `name` in `dir`, as a config names it.
+fn socket_in(dir: &ScratchDir, name: &str) -> String {
+    dir.join(name).to_str().unwrap().to_owned()
 }
 
 /// Sends one HTTP/1.1 request over the unix socket at `path` and reads the response to its
@@ -424,8 +428,8 @@ fn proxy_protocol_on_a_pipe_listener() {
 fn tcp_proxy_over_pipes() {
     let tcp_up = tcp_echo(b"tcp:");
     let (dir, to_tcp) = socket_path("pipe-l4");
-    let to_pipe = dir.join("p.sock").to_str().unwrap().to_owned();
-    let up_path = dir.join("up.sock").to_str().unwrap().to_owned();
+    let to_pipe = socket_in(&dir, "p.sock");
+    let up_path = socket_in(&dir, "up.sock");
     unix_echo(&up_path, b"unix:");
     let log = dir.join("tcp.log");
     let listener = |name: &str, path: &str, cluster: &str| {
@@ -502,7 +506,7 @@ static_resources:
 #[test]
 fn proxy_protocol_to_a_pipe_endpoint() {
     let (dir, pipe_in) = socket_path("pipe-pp");
-    let up_path = dir.join("up.sock").to_str().unwrap().to_owned();
+    let up_path = socket_in(&dir, "up.sock");
     unix_echo(&up_path, b"");
     let proxy_protocol = |version: &str| {
         format!(
@@ -570,7 +574,7 @@ fn proxy_protocol_to_a_pipe_endpoint() {
 #[test]
 fn network_rbac_on_a_pipe_listener() {
     let (dir, by_ip) = socket_path("pipe-rbac");
-    let not_port = dir.join("p.sock").to_str().unwrap().to_owned();
+    let not_port = socket_in(&dir, "p.sock");
     let listener = |name: &str, path: &str, policy: &str| {
         format!(
             r#"  - name: {name}
@@ -646,7 +650,7 @@ fn network_rbac_on_a_pipe_listener() {
 #[test]
 fn filter_chains_match_on_a_pipe_listener() {
     let (dir, plain) = socket_path("pipe-fcm");
-    let proxied = dir.join("p.sock").to_str().unwrap().to_owned();
+    let proxied = socket_in(&dir, "p.sock");
     let chain = |m: &str, reply: &str| {
         format!(
             r#"    - filter_chain_match: {m}
