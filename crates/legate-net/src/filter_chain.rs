@@ -24,71 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use legate_api::pb::envoy::config::core::v3::CidrRange;
 use legate_api::pb::envoy::config::listener::v3::FilterChainMatch;
 use legate_api::pb::envoy::config::listener::v3::filter_chain_match::ConnectionSourceType;
-
-/// An IP network (`CidrRange`), stored masked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    network: IpAddr,
-    len: u8,
-}
-
-impl Cidr {
-    pub const ANY_V4: Cidr = Cidr {
-        network: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        len: 0,
-    };
-    pub const ANY_V6: Cidr = Cidr {
-        network: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        len: 0,
-    };
-
-    /// A prefix length beyond the address width is clamped to it, as Envoy does.
-    pub fn new(ip: IpAddr, len: u32) -> Cidr {
-        let len = len.min(if ip.is_ipv4() { 32 } else { 128 }) as u8;
-        Cidr {
-            network: mask(ip, len),
-            len,
-        }
-    }
-
-    pub fn compile(range: &CidrRange) -> Result<Cidr, String> {
-        let ip: IpAddr = range
-            .address_prefix
-            .parse()
-            .map_err(|_| format!("malformed IP address: {}", range.address_prefix))?;
-        Ok(Cidr::new(
-            ip,
-            range.prefix_len.as_ref().map_or(0, |v| v.value),
-        ))
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.network.is_ipv4() && mask(ip, self.len) == self.network
-    }
-
-    pub fn prefix_len(&self) -> u8 {
-        self.len
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.len)
-    }
-}
-
-fn mask(ip: IpAddr, len: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(a) => {
-            let m = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
-        }
-        IpAddr::V6(a) => {
-            let m = u128::MAX.checked_shl(128 - len as u32).unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
-        }
-    }
-}
+pub use legate_core::address::Cidr;
 
 /// What is known about a new connection when its filter chain is chosen: its addresses and
 /// what the listener filters detected.

@@ -19,6 +19,7 @@
 //!   changes ([`Validated`]), with fresh session caches and ticket contexts, as Envoy builds a
 //!   new context: a session from the old CA is not resumed under the new one.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +30,7 @@ use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use legate_core::io::Transport;
 use legate_core::ocsp::{self, OcspResponse};
+use legate_core::tls::key_log::KeyLog;
 use legate_core::tls::sds::{CertificateSecret, TicketKeysSecret, Validated};
 use legate_core::tls::{self, ServedCert, Side, SslStats, Validation};
 use legate_core::x509::TlsInfo;
@@ -55,6 +57,8 @@ const UPSTREAM_TLS_CONTEXT: &str = "envoy.extensions.transport_sockets.tls.v3.Up
 /// A compiled `DownstreamTlsContext`.
 pub struct DownstreamTls {
     uses_sds: bool,
+    /// `common_tls_context.key_log`.
+    key_log: Option<KeyLog>,
     selector: CertSelector,
     /// The rustls configurations, built again when an SDS validation secret changes.
     configs: Arc<Validated<Configs>>,
@@ -154,6 +158,10 @@ impl DownstreamTls {
                 "No TLS certificates found for server context",
             );
         }
+        let key_log = common
+            .key_log
+            .as_ref()
+            .and_then(|k| errors.take("common_tls_context.key_log", KeyLog::compile(k)));
         let require = ctx
             .require_client_certificate
             .as_ref()
@@ -229,6 +237,7 @@ impl DownstreamTls {
         );
         Ok(DownstreamTls {
             uses_sds,
+            key_log,
             selector,
             configs,
             _certificates: certificates,
@@ -247,10 +256,12 @@ impl DownstreamTls {
     }
 
     /// The TLS handshake on an accepted connection, counted in `stats`, within `timeout`
-    /// (`transport_socket_connect_timeout`) if set.
+    /// (`transport_socket_connect_timeout`) if set. `addresses` (local, remote; `None` on a
+    /// unix domain socket) decide whether the key log applies.
     pub async fn accept(
         &self,
         mut stream: Transport,
+        addresses: (Option<SocketAddr>, Option<SocketAddr>),
         stats: &SslStats,
         timeout: Option<Duration>,
     ) -> Result<(ServerTlsStream, TlsInfo), HandshakeError> {
@@ -284,6 +295,13 @@ impl DownstreamTls {
             };
             let mut config = ServerConfig::clone(base);
             config.cert_resolver = Arc::new(Chosen(selection.key));
+            if let Some(log) = self
+                .key_log
+                .as_ref()
+                .and_then(|k| k.for_connection(addresses.0, addresses.1))
+            {
+                config.key_log = log;
+            }
             match accepted.into_connection(Arc::new(config)) {
                 Ok(conn) => ServerTlsStream::accept(stream, conn).await,
                 Err((error, alert)) => {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use legate_api::pb::envoy::config::core::v3::{TransportSocket, UpstreamHttpProtocolOptions};
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use legate_core::io::Transport;
+use legate_core::tls::key_log::KeyLog;
 use legate_core::tls::sds::{CertificateSecret, Validated};
 use legate_core::tls::{self, Side, Validation};
 use legate_core::{Compiled, ConfigError, Errors};
@@ -58,6 +59,8 @@ pub struct ConnectionName {
 /// A compiled `UpstreamTlsContext`.
 pub struct UpstreamTls {
     auto_name: Option<AutoName>,
+    /// `common_tls_context.key_log`.
+    key_log: Option<KeyLog>,
     /// The rustls configurations, built again when an SDS validation secret changes.
     configs: Arc<Validated<Configs>>,
     /// `sni`; without one, no SNI is sent (rustls needs a name: the host's IP, not sent).
@@ -142,6 +145,10 @@ impl UpstreamTls {
                 }
             }
         };
+        let key_log = common
+            .key_log
+            .as_ref()
+            .and_then(|k| errors.take("common_tls_context.key_log", KeyLog::compile(k)));
         let secret_certificate = match &cert {
             ClientCert::Sds(s) => {
                 let s = s.clone();
@@ -171,6 +178,7 @@ impl UpstreamTls {
         );
         Ok(UpstreamTls {
             auto_name: None,
+            key_log,
             configs,
             server_name: server_name.unwrap_or(ServerName::IpAddress(
                 std::net::Ipv4Addr::UNSPECIFIED.into(),
@@ -249,11 +257,29 @@ impl UpstreamTls {
             Some(crate::pool::Protocol::Http1) => &configs.h1_config,
             Some(crate::pool::Protocol::Http2) => &configs.h2_config,
         };
+        let key_log = self.key_log.as_ref().and_then(|k| {
+            let tcp = stream.tcp();
+            k.for_connection(
+                tcp.and_then(|t| t.local_addr().ok()),
+                tcp.and_then(|t| t.peer_addr().ok()),
+            )
+        });
         let Some(name) = name.filter(|n| n.sni.is_some() || n.san.is_some()) else {
-            return handshake(stream, config.clone(), self.server_name.clone()).await;
+            let config = match key_log {
+                Some(log) => {
+                    let mut logged = ClientConfig::clone(config);
+                    logged.key_log = log;
+                    Arc::new(logged)
+                }
+                None => config.clone(),
+            };
+            return handshake(stream, config, self.server_name.clone()).await;
         };
         // A configuration for this connection: its SNI, and the name its verifier checks.
         let mut named = ClientConfig::clone(config);
+        if let Some(log) = key_log {
+            named.key_log = log;
+        }
         if name.san.is_some() {
             // rustls keys its session cache by the name connected to, which is not the name
             // checked when only `auto_san_validation` is on, and it does not verify the

@@ -880,6 +880,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             &[
                 "common_tls_context",
                 "require_client_certificate",
+                "require_sni",
                 "session_ticket_keys",
                 "session_ticket_keys_sds_secret_config",
                 "disable_stateless_session_resumption",
@@ -912,7 +913,13 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "validation_context",
                 "validation_context_sds_secret_config",
                 "combined_validation_context",
+                "key_log",
             ],
+        ),
+        (
+            TLS,
+            "TlsKeyLog",
+            &["path", "local_address_range", "remote_address_range"],
         ),
         (
             TLS,
@@ -1151,6 +1158,8 @@ const NOTES: &str = "
 | `SubjectAltNameMatcher.oid` | A dotted object identifier (`1.3.6.1.4.1.311.20.2.3`); BoringSSL's short and long names (`msUPN`) are refused. |
 | `CommonTlsContext.validation_context_sds_secret_config`, `combined_validation_context` | The secret comes from a file source (`path_config_source`), re-read when it or the CA and CRL files it names are replaced. As Envoy builds a new context, each TLS context using the secret is built again from its `default_validation_context` merged with the secret's (protobuf merge: set fields replace, lists append), with fresh session caches and ticket contexts, so a session established under the old CA is not resumed; an update that one context cannot be built from (a draining listener's too) is rejected for all (`sds.<name>.update_rejected`). Until the secret arrives, handshakes fail (a cluster from CDS is put in force after its secrets are read; one whose secret file lacks the secret is put in force without it, where Envoy keeps it warming). |
 | `UpstreamTlsContext` certificates | At most one (`tls_certificates` or `tls_certificate_sds_secret_configs`), as Envoy's client contexts; an SDS certificate is read from the secret in force when the server asks for one. |
+| `CommonTlsContext.key_log` | Secrets in the NSS key log format (`CLIENT_RANDOM` for TLS 1.2; the handshake and traffic secrets, and `EXPORTER_SECRET`, for TLS 1.3, as rustls names them), appended to `path` for connections whose local and remote addresses are in the ranges (a unix domain socket matches only empty ranges); downstream, the addresses are the ones a PROXY header restored. The file is opened when the context is built, and a write error is logged, not fatal. |
+| `DownstreamTlsContext.require_sni` | Accepted and ignored, as in Envoy 1.40, which does not implement it (the field is hidden as not implemented): a hello without a server name is served. |
 | `DownstreamTlsContext.require_client_certificate` | Requires `validation_context.trusted_ca`, or certificate pins (`verify_certificate_hash`, `verify_certificate_spki`). |
 | `DownstreamTlsContext.session_timeout` | The lifetime of tickets, at most 7 days (TLS 1.3's limit; longer values are cut to it). The stateful (session id) cache keeps up to 20,480 sessions without a time limit of its own. |
 | `DownstreamTlsContext.session_ticket_keys_sds_secret_config` | The keys come from a file source, re-read when it is replaced (and, beyond Envoy 1.40, which does not, when a key file it names is replaced); each ticket is sealed and opened with the keys in force, so a rotation takes effect at once (Envoy builds a new context, which also empties its TLS 1.2 session-id cache; Legate keeps that cache). Until the secret arrives, no ticket is issued or accepted. |

@@ -2722,3 +2722,207 @@ fn auto_sni_and_san_validation_take_the_name_from_each_request() {
         stat("with_matchers", "fail_verify_san") == 1
     });
 }
+
+/// One `openssl s_client` exchange: a GET over `version` (`-tls1_2` / `-tls1_3`), with the
+/// client's own key log written to `key_log`; `sni` `None` sends no server name. Whether a
+/// response came back.
+fn s_client_get(addr: SocketAddr, version: &str, sni: Option<&str>, key_log: &Path) -> bool {
+    let mut args = vec![
+        "s_client".to_string(),
+        "-connect".into(),
+        addr.to_string(),
+        version.into(),
+        "-keylogfile".into(),
+        key_log.display().to_string(),
+        "-ign_eof".into(),
+    ];
+    match sni {
+        Some(name) => args.extend(["-servername".into(), name.into()]),
+        None => args.push("-noservername".into()),
+    }
+    let mut child = std::process::Command::new("openssl")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.1\r\nhost: kl.example.com\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("HTTP/1.1 200")
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `key_log` writes the secrets of the connections in its address ranges: every line the proxy
+/// writes is one the client derived too (openssl's own key log), for TLS 1.3 (handshake and
+/// traffic secrets) and TLS 1.2 (`CLIENT_RANDOM`). `require_sni` is accepted and, as in Envoy,
+/// has no effect.
+#[test]
+fn key_log_writes_the_secrets_the_client_has_and_require_sni_is_envoys_no_op() {
+    let ca = Ca::new("keylog");
+    let leaf = ca.leaf("kl", &["kl.example.com"]);
+    let upstream = Upstream::start();
+    let dir = e2e::ScratchDir::new("keylog");
+    let (logged, filtered) = (dir.join("logged.keys"), dir.join("filtered.keys"));
+    let key_log = |path: &Path, ranges: &str| {
+        format!(
+            "            key_log:\n              path: {}\n{ranges}",
+            path.display()
+        )
+    };
+    let listeners = [
+        listener(
+            "logged",
+            "",
+            &chain(&[
+                &tls_socket(&[&leaf], "          require_sni: true\n"),
+                &key_log(&logged, ""),
+                &hcm("app"),
+            ]),
+        ),
+        listener(
+            "filtered",
+            "",
+            &chain(&[
+                &tls_socket(&[&leaf], ""),
+                &key_log(
+                    &filtered,
+                    "              remote_address_range: [{address_prefix: 10.0.0.0, prefix_len: 8}]\n",
+                ),
+                &hcm("app"),
+            ]),
+        ),
+    ]
+    .concat();
+    // Upstream: `openssl s_server` keeps its own key log; the proxy's cluster logs too.
+    let backend_port = e2e::dynamic::free_port();
+    let backend_keys = dir.join("backend.keys");
+    let upstream_keys = dir.join("upstream.keys");
+    let mut backend = std::process::Command::new("openssl")
+        .args(["s_server", "-accept"])
+        .arg(format!("127.0.0.1:{backend_port}"))
+        .arg("-cert")
+        .arg(&leaf.cert)
+        .arg("-key")
+        .arg(&leaf.key)
+        .arg("-keylogfile")
+        .arg(&backend_keys)
+        .args(["-www", "-quiet"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let listeners = listeners + &listener("plain", "", &chain(&[&hcm("tls_up")]));
+    let clusters = cluster("app", upstream.addr, "")
+        + &cluster(
+            "tls_up",
+            SocketAddr::from(([127, 0, 0, 1], backend_port)),
+            &upstream_tls(&format!(
+                "        sni: kl.example.com\n        common_tls_context:\n{}",
+                key_log(&upstream_keys, "")
+                    .replace("            key_log", "          key_log")
+                    .replace("              path", "            path")
+            )),
+        );
+    let proxy = start_proxy(&bootstrap(&listeners, &clusters));
+
+    let client_keys = dir.join("client.keys");
+    for version in ["-tls1_3", "-tls1_2"] {
+        assert!(
+            s_client_get(
+                proxy.addr("logged"),
+                version,
+                Some("kl.example.com"),
+                &client_keys
+            ),
+            "{version} through the logged listener"
+        );
+    }
+    let labels = [
+        "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+        "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+        "CLIENT_TRAFFIC_SECRET_0",
+        "SERVER_TRAFFIC_SECRET_0",
+        "CLIENT_RANDOM",
+    ];
+    // Envoy writes the file from its access-log flush thread (every 10 s by default).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let has_all = |lines: &[String]| {
+        labels
+            .iter()
+            .all(|label| lines.iter().any(|l| l.starts_with(&format!("{label} "))))
+    };
+    while !has_all(&lines(&logged)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ours = lines(&logged);
+    let theirs = lines(&client_keys);
+    assert!(
+        has_all(&ours),
+        "{labels:?} expected in the proxy's key log: {ours:#?}"
+    );
+    for line in &ours {
+        assert!(
+            theirs.contains(line),
+            "the proxy logged a secret the client did not derive: {line}\nclient: {theirs:#?}"
+        );
+    }
+
+    // The upstream connection's secrets, as the backend derived them.
+    eventually("the backend listening", || {
+        TcpStream::connect(("127.0.0.1", backend_port)).is_ok()
+    });
+    let response = e2e::http_get(proxy.addr("plain"), "/", &[]);
+    let _ = backend.kill();
+    let _ = backend.wait();
+    assert_eq!(response.status, 200, "{response:?}");
+    // Upstream connections are TLS 1.2 unless configured otherwise, as in Envoy.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lines(&upstream_keys).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ours = lines(&upstream_keys);
+    let theirs = lines(&backend_keys);
+    assert!(
+        ours.iter().any(|l| l.starts_with("CLIENT_RANDOM ")),
+        "{ours:#?}"
+    );
+    for line in &ours {
+        assert!(
+            theirs.contains(line),
+            "not the backend's: {line}\nbackend: {theirs:#?}"
+        );
+    }
+
+    // A connection from 127.0.0.1 is outside 10.0.0.0/8: nothing is logged for it.
+    assert!(s_client_get(
+        proxy.addr("filtered"),
+        "-tls1_3",
+        Some("kl.example.com"),
+        &dir.join("client2.keys")
+    ));
+    assert!(lines(&filtered).is_empty(), "{:?}", lines(&filtered));
+
+    // Envoy 1.40 does not implement `require_sni` (the field is hidden as not implemented):
+    // a hello without a server name is served all the same.
+    assert!(s_client_get(
+        proxy.addr("logged"),
+        "-tls1_3",
+        None,
+        &dir.join("client3.keys")
+    ));
+    assert_eq!(proxy.stat("listener.logged.ssl.connection_error"), Some(0));
+}

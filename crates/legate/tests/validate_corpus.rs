@@ -9,7 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{envoy, legate, repo_root};
+use common::{ScratchDir, envoy, legate, repo_root};
 
 #[derive(Debug)]
 enum Expect {
@@ -109,7 +109,7 @@ fn corpus_matches_expectations_and_envoy() {
 /// refuse them (or accept them) alike, and Legate must answer with an error, never a crash.
 #[test]
 fn hostile_inputs_are_refused_like_envoy() {
-    let dir = tempdir("hostile");
+    let dir = ScratchDir::new("hostile");
     // (file, Legate accepts, Envoy accepts)
     let mut cases: Vec<(PathBuf, bool, bool)> = Vec::new();
     let mut write_differing = |name: &str, bytes: &[u8], legate: bool, envoy: bool| {
@@ -223,12 +223,6 @@ fn missing_file_is_a_clear_error() {
         "{}",
         out.output
     );
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("legate-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// The configs in `examples/` run as they are in Envoy; in Legate they validate, or say which

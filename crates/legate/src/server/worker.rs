@@ -636,7 +636,9 @@ async fn prepare(
                 // Nothing terminates TLS before the chain is chosen.
                 Conn::Tls(_) => return Prepared::Ended(Some(opened)),
             };
-            match Box::pin(tls.accept(socket, ssl, fc.transport_socket_connect_timeout)).await {
+            let addresses = (downstream.local_address(), downstream.remote_address());
+            let handshake = tls.accept(socket, addresses, ssl, fc.transport_socket_connect_timeout);
+            match Box::pin(handshake).await {
                 Ok((s, tls_info)) => {
                     downstream.tls = true;
                     downstream.tls_info = Some(Arc::new(tls_info));

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+mod scratch;
+pub use scratch::ScratchDir;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
