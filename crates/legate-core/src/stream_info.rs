@@ -160,6 +160,37 @@ impl RequestLine {
     }
 }
 
+/// Which moment of a stream or connection an access log entry records
+/// (`envoy.data.accesslog.v3.AccessLogType`, printed by `%ACCESS_LOG_TYPE%`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessLogType {
+    #[default]
+    NotSet,
+    /// tcp_proxy connected to the upstream (`flush_access_log_on_connected`).
+    TcpUpstreamConnected,
+    /// tcp_proxy's `access_log_flush_interval` passed.
+    TcpPeriodic,
+    TcpConnectionEnd,
+    /// The HTTP connection manager's stream ended.
+    DownstreamEnd,
+    /// The UDP proxy's session ended.
+    UdpSessionEnd,
+}
+
+impl AccessLogType {
+    /// Envoy's name of the value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLogType::NotSet => "NotSet",
+            AccessLogType::TcpUpstreamConnected => "TcpUpstreamConnected",
+            AccessLogType::TcpPeriodic => "TcpPeriodic",
+            AccessLogType::TcpConnectionEnd => "TcpConnectionEnd",
+            AccessLogType::DownstreamEnd => "DownstreamEnd",
+            AccessLogType::UdpSessionEnd => "UdpSessionEnd",
+        }
+    }
+}
+
 /// Everything recorded about one stream.
 #[derive(Clone, Debug)]
 pub struct StreamInfo {
@@ -168,6 +199,8 @@ pub struct StreamInfo {
     /// Monotonic start, for durations.
     pub start: Instant,
     pub protocol: Protocol,
+    /// What the access log entry being written records (`%ACCESS_LOG_TYPE%`).
+    pub access_log_type: AccessLogType,
     /// The downstream peer as Envoy sees it after `x-forwarded-for` processing.
     pub downstream_remote_address: Option<SocketAddr>,
     /// The downstream peer of the TCP connection.
@@ -253,6 +286,7 @@ impl StreamInfo {
             start_time: SystemTime::now(),
             start: Instant::now(),
             protocol: Protocol::default(),
+            access_log_type: AccessLogType::NotSet,
             downstream_remote_address: None,
             downstream_direct_remote_address: None,
             downstream_local_address: None,

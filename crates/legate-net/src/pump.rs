@@ -26,12 +26,50 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ByteCounters<'a> {
     pub counters: [Option<&'a Counter>; 2],
+    /// The connection's own running total, for whoever reads it while the exchange runs
+    /// (tcp_proxy's periodic access log).
+    pub total: Option<&'a AtomicU64>,
 }
 
 impl ByteCounters<'_> {
     fn add(&self, n: u64) {
         for c in self.counters.iter().flatten() {
             c.add(n);
+        }
+        if let Some(t) = self.total {
+            t.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What ends an exchange besides its two sides finishing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    /// Nothing moved in either direction for this long (`None`: no idle timeout).
+    pub idle: Option<Duration>,
+    /// The exchange ends at this instant, whatever is moving (tcp_proxy's
+    /// `max_downstream_connection_duration`).
+    pub deadline: Option<Instant>,
+}
+
+impl Limits {
+    /// When the timer must next wake, after the last byte moved at `last_activity`.
+    fn next_wake(&self, last_activity: Instant) -> Option<Instant> {
+        let idle_due = self.idle.map(|idle| last_activity + idle);
+        match (idle_due, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether a limit is reached at `now`, and which.
+    fn reached(&self, last_activity: Instant, now: Instant) -> Option<End> {
+        if self.deadline.is_some_and(|d| now >= d) {
+            Some(End::MaxDuration)
+        } else if self.idle.is_some_and(|idle| now >= last_activity + idle) {
+            Some(End::IdleTimeout)
+        } else {
+            None
         }
     }
 }
@@ -50,6 +88,8 @@ pub enum End {
     Closed,
     /// No byte moved for the idle timeout.
     IdleTimeout,
+    /// [`Limits::deadline`] passed.
+    MaxDuration,
     /// A read or write failed (a reset, usually).
     Error,
 }
@@ -148,21 +188,24 @@ impl Direction {
     }
 }
 
-/// Proxies between `a` and `b` until both directions finish, one fails, or nothing moves for
-/// `idle` (`None`: no idle timeout).
+/// Proxies between `a` and `b` until both directions finish, one fails, or a limit is
+/// reached.
 pub async fn exchange(
     a: &TcpStream,
     b: &TcpStream,
-    idle: Option<Duration>,
+    limits: Limits,
     from_a: ByteCounters<'_>,
     from_b: ByteCounters<'_>,
 ) -> Outcome {
     let mut ways = [Direction::default(), Direction::default()];
     let mut first_to_close = None;
     let mut last_activity = Instant::now();
-    // Armed only with an idle timeout; when it fires early (bytes moved since it was set) it
-    // is set again from the last activity, so moving bytes costs no timer update.
-    let mut timer = std::pin::pin!(tokio::time::sleep(idle.unwrap_or_default()));
+    // Armed only with a limit; when it fires early (bytes moved since it was set) it is set
+    // again from the last activity, so moving bytes costs no timer update.
+    let first_wake = limits.next_wake(last_activity);
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(
+        first_wake.unwrap_or(last_activity).into()
+    ));
     let end = std::future::poll_fn(|cx| {
         for (i, way) in ways.iter_mut().enumerate() {
             if way.done {
@@ -187,13 +230,13 @@ pub async fn exchange(
         if ways.iter().all(|w| w.done) {
             return Poll::Ready(End::Closed);
         }
-        if let Some(idle) = idle {
+        if let Some(mut wake) = first_wake {
             while timer.as_mut().poll(cx).is_ready() {
-                let due = last_activity + idle;
-                if Instant::now() >= due {
-                    return Poll::Ready(End::IdleTimeout);
+                if let Some(end) = limits.reached(last_activity, Instant::now()) {
+                    return Poll::Ready(end);
                 }
-                timer.as_mut().reset(due.into());
+                wake = limits.next_wake(last_activity).unwrap_or(wake);
+                timer.as_mut().reset(wake.into());
             }
         }
         Poll::Pending
@@ -219,25 +262,28 @@ impl Activity {
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    async fn idle_for(&self, idle: Duration) {
+    /// Waits until a limit is reached (forever without one), and says which.
+    async fn limit(&self, limits: Limits) -> End {
         loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let due = self.start + last + idle;
-            if Instant::now() >= due {
-                return;
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            if let Some(end) = limits.reached(last, Instant::now()) {
+                return end;
             }
-            tokio::time::sleep_until(due.into()).await;
+            match limits.next_wake(last) {
+                Some(wake) => tokio::time::sleep_until(wake.into()).await,
+                None => std::future::pending().await,
+            }
         }
     }
 }
 
-/// Runs the two directions of an [`exchange_io`] to their end (or the idle timeout) and reports
+/// Runs the two directions of an [`exchange_io`] to their end (or a limit) and reports
 /// how it ended. The directions are pinned where the caller made them: moved in, each would be
 /// held again by every combinator here, for the whole life of the connection.
 async fn both_ways<F, B>(
     forward: Pin<&mut F>,
     backward: Pin<&mut B>,
-    idle: Option<Duration>,
+    limits: Limits,
     activity: &Activity,
     a_to_b: &AtomicU64,
     b_to_a: &AtomicU64,
@@ -262,15 +308,16 @@ where
         r
     };
     let both = async { tokio::try_join!(forward, backward).map(|_| ()) };
-    let end = match idle {
-        Some(idle) => tokio::select! {
+    let end = if limits.idle.is_some() || limits.deadline.is_some() {
+        tokio::select! {
             r = both => if r.is_ok() { End::Closed } else { End::Error },
-            _ = activity.idle_for(idle) => End::IdleTimeout,
-        },
-        None => match both.await {
+            end = activity.limit(limits) => end,
+        }
+    } else {
+        match both.await {
             Ok(()) => End::Closed,
             Err(_) => End::Error,
-        },
+        }
     };
     Outcome {
         end,
@@ -321,7 +368,7 @@ pub async fn drain(s: &TcpStream, linger: Duration) {
 pub async fn exchange_io<A, B>(
     a: A,
     b: B,
-    idle: Option<Duration>,
+    limits: Limits,
     from_a: ByteCounters<'_>,
     from_b: ByteCounters<'_>,
 ) -> Outcome
@@ -338,7 +385,7 @@ where
     let (a_to_b, b_to_a) = (AtomicU64::new(0), AtomicU64::new(0));
     let forward = std::pin::pin!(one_way_io(a_read, b_write, from_a, &a_to_b, &activity));
     let backward = std::pin::pin!(one_way_io(b_read, a_write, from_b, &b_to_a, &activity));
-    both_ways(forward, backward, idle, &activity, &a_to_b, &b_to_a).await
+    both_ways(forward, backward, limits, &activity, &a_to_b, &b_to_a).await
 }
 
 async fn one_way_io<R, W>(

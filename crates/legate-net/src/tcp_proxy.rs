@@ -10,7 +10,7 @@ use legate_api::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 use legate_api::pb::envoy::r#type::v3::hash_policy;
 use legate_core::access_log::AccessLogger;
-use legate_core::proto::{duration_or, u32_or};
+use legate_core::proto::{duration, duration_or, u32_or};
 use legate_core::stats::{Counter, Gauge, ImportMode, Scope};
 use legate_core::{Compiled, Errors};
 
@@ -67,9 +67,26 @@ pub struct TcpProxyConfig {
     /// downstream IP (Envoy's `Network::HashPolicyImpl`; `filter_state` is refused by the
     /// support table).
     pub hash_source_ip: bool,
+    /// `max_downstream_connection_duration`: the connection is closed this long after the
+    /// filter took it, plus a random share of up to `max_duration_jitter_percent` of it.
+    pub max_duration: Option<Duration>,
+    pub max_duration_jitter_percent: f64,
+    /// `access_log_options.flush_access_log_on_connected` (or the deprecated field of that
+    /// name): an entry once the upstream is connected.
+    pub flush_access_log_on_connected: bool,
+    /// `access_log_options.access_log_flush_interval` (or the deprecated field): an entry
+    /// every interval while the connection lasts.
+    pub access_log_flush_interval: Option<Duration>,
 }
 
 impl TcpProxyConfig {
+    /// When a connection the filter took at `start` must be closed, if ever: the maximum
+    /// duration plus its jitter (`random` in [0, 1)).
+    pub fn deadline(&self, start: std::time::Instant, random: f64) -> Option<std::time::Instant> {
+        let max = self.max_duration?;
+        Some(start + max + max.mul_f64(self.max_duration_jitter_percent / 100.0 * random))
+    }
+
     /// Compiles the filter's config; the fields Legate does not implement are refused by the
     /// support table before this runs.
     pub fn compile(p: &TcpProxy) -> Compiled<Self> {
@@ -112,7 +129,40 @@ impl TcpProxyConfig {
             }
         }
         let idle = duration_or(p.idle_timeout.as_ref(), DEFAULT_IDLE_TIMEOUT);
+        // Envoy's rules: the options message or the deprecated fields, not both.
+        #[allow(deprecated)]
+        let (flush_access_log_on_connected, flush_interval) = match &p.access_log_options {
+            Some(options) => {
+                if p.flush_access_log_on_connected {
+                    errors.push(
+                        "access_log_options",
+                        "Only one of flush_access_log_on_connected or access_log_options can be specified.",
+                    );
+                }
+                if p.access_log_flush_interval.is_some() {
+                    errors.push(
+                        "access_log_options",
+                        "Only one of access_log_flush_interval or access_log_options can be specified.",
+                    );
+                }
+                (
+                    options.flush_access_log_on_connected,
+                    options.access_log_flush_interval.as_ref(),
+                )
+            }
+            None => (
+                p.flush_access_log_on_connected,
+                p.access_log_flush_interval.as_ref(),
+            ),
+        };
         errors.finish(|| TcpProxyConfig {
+            max_duration: p.max_downstream_connection_duration.as_ref().map(duration),
+            max_duration_jitter_percent: p
+                .max_downstream_connection_duration_jitter_percentage
+                .as_ref()
+                .map_or(0.0, |j| j.value),
+            flush_access_log_on_connected,
+            access_log_flush_interval: flush_interval.map(duration),
             hash_source_ip,
             stat_prefix: p.stat_prefix.clone(),
             cluster,
@@ -187,5 +237,81 @@ mod tests {
         let picks: Vec<&str> = (0..8).map(|r| c.pick(r)).collect();
         assert_eq!(picks, ["a", "b", "b", "b", "a", "b", "b", "b"]);
         assert_eq!(ClusterChoice::One("x".into()).pick(99), "x");
+    }
+
+    fn config(yaml_fields: impl FnOnce(&mut TcpProxy)) -> Compiled<TcpProxyConfig> {
+        let mut p = TcpProxy {
+            stat_prefix: "t".into(),
+            cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())),
+            ..Default::default()
+        };
+        yaml_fields(&mut p);
+        TcpProxyConfig::compile(&p)
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn access_log_options_or_the_deprecated_fields_not_both() {
+        use legate_api::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::TcpAccessLogOptions;
+        use legate_api::pb::google::protobuf::Duration as ProtoDuration;
+        let second = ProtoDuration {
+            seconds: 1,
+            nanos: 0,
+        };
+        let c = config(|p| {
+            p.access_log_options = Some(TcpAccessLogOptions {
+                access_log_flush_interval: Some(second),
+                flush_access_log_on_connected: true,
+                ..Default::default()
+            })
+        })
+        .unwrap();
+        assert_eq!(c.access_log_flush_interval, Some(Duration::from_secs(1)));
+        assert!(c.flush_access_log_on_connected);
+        let c = config(|p| {
+            p.access_log_flush_interval = Some(second);
+            p.flush_access_log_on_connected = true;
+        })
+        .unwrap();
+        assert_eq!(c.access_log_flush_interval, Some(Duration::from_secs(1)));
+        assert!(c.flush_access_log_on_connected);
+        let errors = config(|p| {
+            p.access_log_options = Some(TcpAccessLogOptions::default());
+            p.flush_access_log_on_connected = true;
+            p.access_log_flush_interval = Some(second);
+        })
+        .unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "access_log_options: Only one of flush_access_log_on_connected or access_log_options can be specified.",
+                "access_log_options: Only one of access_log_flush_interval or access_log_options can be specified.",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_deadline_adds_up_to_the_jitter() {
+        let start = std::time::Instant::now();
+        let c = config(|p| {
+            p.max_downstream_connection_duration =
+                Some(legate_api::pb::google::protobuf::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                });
+            p.max_downstream_connection_duration_jitter_percentage =
+                Some(legate_api::pb::envoy::r#type::v3::Percent { value: 50.0 });
+        })
+        .unwrap();
+        assert_eq!(
+            c.deadline(start, 0.0),
+            Some(start + Duration::from_secs(10))
+        );
+        assert_eq!(
+            c.deadline(start, 0.5),
+            Some(start + Duration::from_millis(12_500))
+        );
+        assert_eq!(config(|_| {}).unwrap().deadline(start, 0.5), None);
     }
 }

@@ -218,8 +218,19 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "max_connect_attempts",
                 "access_log",
                 "hash_policy",
+                "max_downstream_connection_duration",
+                "max_downstream_connection_duration_jitter_percentage",
+                "access_log_flush_interval",
+                "flush_access_log_on_connected",
+                "access_log_options",
             ],
         ),
+        (
+            "envoy.extensions.filters.network.tcp_proxy.v3",
+            "TcpProxy.TcpAccessLogOptions",
+            &["access_log_flush_interval", "flush_access_log_on_connected"],
+        ),
+        ("envoy.type.v3", "Percent", &["value"]),
         ("envoy.type.v3", "HashPolicy", &["source_ip"]),
         ("envoy.type.v3", "HashPolicy.SourceIp", &[]),
         (
@@ -1170,6 +1181,8 @@ const NOTES: &str = "
 | `UdpSocketConfig.prefer_gro` | Legate reads one datagram at a time (no GRO); as with Envoy's GRO buffer, `prefer_gro: true` (the default of `UdpProxyConfig.upstream_socket_config`) reads datagrams of any size, so `max_rx_datagram_size` limits only sockets with `prefer_gro: false` (the default of `udp_listener_config.downstream_socket_config`). |
 | UDP listeners | Legate serves them with one `envoy.filters.udp_listener.udp_proxy` listener filter and no filter chains (QUIC is not supported). |
 | `ssl.sigalgs.*` stats | Not counted (rustls does not report the negotiated signature scheme). |
+| `TcpProxy.max_downstream_connection_duration` | The connection is closed (both sides, pending bytes dropped, as Envoy's `NoFlush`) once the duration, plus a random share of up to `max_downstream_connection_duration_jitter_percentage` of it, has passed, even while bytes flow; counted in `tcp.<prefix>.max_downstream_connection_duration`, flagged `DT` in the access log. The time counts from when tcp_proxy takes the connection, after a TLS handshake on its chain; Envoy starts it when the filter chain is created, before the handshake. |
+| `TcpProxy.access_log_options` (and the deprecated `access_log_flush_interval`, `flush_access_log_on_connected`) | An entry of type `TcpUpstreamConnected` once the upstream is connected, and of type `TcpPeriodic` every interval with the bytes moved so far and the duration so far, before the last (`TcpConnectionEnd`); `%ACCESS_LOG_TYPE%` prints the type (`DownstreamEnd` for HTTP streams, `UdpSessionEnd` for UDP sessions, `NotSet` elsewhere, as in Envoy). The options message and the deprecated fields are refused together, with Envoy's messages; `flush_access_log_on_start` is refused. |
 | `RBAC.enforcement_type` (network filter) | Both values accepted: the rules (addresses, SNI) cannot change during a connection, so Legate decides once, when the connection is set up (after the TLS handshake, if any); Envoy decides at the first byte, so a denied client that sends nothing is closed at once by Legate and only when it sends by Envoy. By then Envoy's tcp_proxy has connected upstream (and may have relayed the upstream's first bytes) and logs the connection; Legate opens no upstream connection for a denied client and writes no tcp_proxy access-log line for it. |
 | `Address.pipe` (unix domain sockets) | Listeners serve the HTTP connection manager, tcp_proxy, echo and direct_response on a pipe, after its listener filters (a PROXY header gives the connection its addresses, as in Envoy; `original_dst` leaves a pipe's connections alone); TLS is terminated on a pipe listener as on TCP (its chain chosen by the SNI the tls_inspector read); the network RBAC filter runs on a pipe listener's connections, where no rule on an IP address or a port matches (none is there, unless a PROXY header gave it), as in Envoy; a pipe connection matches, as in Envoy, only the filter chains that leave the port and IP criteria unset (one listing `0.0.0.0/0` counts as unset), and as `SAME_IP_OR_LOOPBACK`; addresses a PROXY header gave are matched as on TCP. Cluster endpoints may be pipes for HTTP/1.1, HTTP/2 and tcp_proxy, in plain text or TLS (`UpstreamTlsContext`, with its SNI and validation as over TCP), with or without a PROXY header (the downstream connection's addresses, as Envoy writes them; with none to name — a pipe listener in front — version 2's `LOCAL` header or version 1's `UNKNOWN`, where Envoy 1.40 crashes); a UDP proxy finds no host on a pipe. `mode` is refused for an abstract ('@') path, as Envoy does. The admin server listens on a pipe as on TCP (`mode` applied; its access log shows the path for both addresses, as Envoy's does). A statsd sink sends its datagrams to a pipe (a unix datagram socket) as to a UDP address. |
 ";

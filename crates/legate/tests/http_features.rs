@@ -1527,7 +1527,8 @@ fn json_access_logs_write_one_typed_object_per_request() {
                   cluster: "%UPSTREAM_CLUSTER%"
                   missing: "%REQ(X-NOT-THERE)%"
                   fixed: "literal"
-                  nested: {proto: "%PROTOCOL%"}"#,
+                  nested: {proto: "%PROTOCOL%"}
+                  kind: "%ACCESS_LOG_TYPE%""#,
     );
     let (_upstream, proxy) = setup("", "", &hcm);
     let addr = proxy.addr("ingress");
@@ -1545,6 +1546,7 @@ fn json_access_logs_write_one_typed_object_per_request() {
     assert_eq!(first["missing"], serde_json::Value::Null);
     assert_eq!(first["fixed"], "literal");
     assert_eq!(first["nested"]["proto"], "HTTP/1.1");
+    assert_eq!(first["kind"], "DownstreamEnd");
     let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
     assert_eq!(second["code"], 503);
 }

@@ -1640,3 +1640,106 @@ fn upstream_proxy_protocol_headers_as_envoy_writes_them() {
         "the downstream connection's destination"
     );
 }
+
+/// `max_downstream_connection_duration` closes a connection that is still busy, counted in
+/// `tcp.<prefix>.max_downstream_connection_duration` and flagged `DT`; `access_log_options`
+/// writes an entry once the upstream is connected and one per `access_log_flush_interval`
+/// with the bytes so far, before the last one (`%ACCESS_LOG_TYPE%` tells them apart). Runs
+/// against Envoy too (`LEGATE_E2E_PROXY=envoy`).
+#[test]
+fn tcp_proxy_max_connection_duration_and_periodic_access_log() {
+    let upstream = TcpUpstream::start(b"", true);
+    let scratch = ScratchDir::new("l4-duration");
+    let log = scratch.join("tcp.log");
+    let extra = format!(
+        "          max_downstream_connection_duration: 0.8s
+          max_downstream_connection_duration_jitter_percentage: {{value: 25}}
+          access_log_options:
+            access_log_flush_interval: 0.25s
+            flush_access_log_on_connected: true
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+              log_format: {{text_format_source: {{inline_string: \"%ACCESS_LOG_TYPE% %BYTES_RECEIVED% %BYTES_SENT% %RESPONSE_FLAGS%\\n\"}}}}
+",
+        log.display()
+    );
+    let config = bootstrap(
+        &[listener(
+            "tcp",
+            0,
+            "",
+            &chain("", &tcp_proxy("capped", "backend", &extra)),
+        )],
+        &cluster("backend", upstream.addr, ""),
+    );
+    let proxy = e2e::start_proxy(&config);
+    let mut s = TcpStream::connect(proxy.addr("tcp")).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let started = Instant::now();
+    // Busy all along: a byte out and its echo back every 50 ms, until the proxy closes.
+    let mut sent = 0u64;
+    let mut echoed = 0u64;
+    let closed_after = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the connection outlived its maximum duration"
+        );
+        if s.write_all(b"x").is_ok() {
+            sent += 1;
+        }
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => break started.elapsed(),
+            Ok(n) => echoed += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break started.elapsed(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        closed_after >= Duration::from_millis(750) && closed_after < Duration::from_millis(2500),
+        "closed after {closed_after:?} (0.8 s, up to 25% more)"
+    );
+    assert!(echoed > 5 && echoed <= sent, "{echoed} of {sent}");
+    eventually("the maximum duration to be counted", || {
+        proxy.stat("tcp.capped.max_downstream_connection_duration") == Some(1)
+    });
+    assert_eq!(proxy.stat("tcp.capped.idle_timeout"), Some(0));
+    // Envoy writes access log files from a flush thread: wait for the last entry.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let entries = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("TcpConnectionEnd") || Instant::now() > deadline {
+            break text.lines().map(str::to_owned).collect::<Vec<_>>();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let fields: Vec<Vec<&str>> = entries.iter().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(
+        fields.first().map(|f| f[0]),
+        Some("TcpUpstreamConnected"),
+        "{entries:#?}"
+    );
+    let last = fields.last().unwrap();
+    assert_eq!(last[0], "TcpConnectionEnd", "{entries:#?}");
+    assert_eq!(last[3], "DT", "{entries:#?}");
+    let (received, bytes_sent): (u64, u64) = (last[1].parse().unwrap(), last[2].parse().unwrap());
+    assert!(received >= echoed && bytes_sent >= echoed, "{entries:#?}");
+    let periodic: Vec<&Vec<&str>> = fields.iter().filter(|f| f[0] == "TcpPeriodic").collect();
+    assert!(
+        (2..=4).contains(&periodic.len()),
+        "one entry per 0.25 s of a ~0.8 s connection: {entries:#?}"
+    );
+    let mut before = 0u64;
+    for f in periodic {
+        let n: u64 = f[1].parse().unwrap();
+        assert!(n >= before && n <= received, "{entries:#?}");
+        before = n;
+        assert_eq!(f[3], "-", "{entries:#?}");
+    }
+}

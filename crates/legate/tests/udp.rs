@@ -537,7 +537,7 @@ fn a_session_that_ends_writes_its_access_log_line() {
             path: "{{dir}}/udp.log"
             log_format:
               text_format_source:
-                inline_string: "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %UPSTREAM_HOST% %UPSTREAM_LOCAL_ADDRESS% %UPSTREAM_CLUSTER% rx=%BYTES_RECEIVED% tx=%BYTES_SENT% flags=%RESPONSE_FLAGS% protocol=%PROTOCOL% id=%CONNECTION_ID% code=%RESPONSE_CODE%\n"
+                inline_string: "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %UPSTREAM_HOST% %UPSTREAM_LOCAL_ADDRESS% %UPSTREAM_CLUSTER% rx=%BYTES_RECEIVED% tx=%BYTES_SENT% flags=%RESPONSE_FLAGS% protocol=%PROTOCOL% id=%CONNECTION_ID% code=%RESPONSE_CODE% type=%ACCESS_LOG_TYPE%\n"
         - name: envoy.access_loggers.file
           typed_config:
             '@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
@@ -571,7 +571,7 @@ fn a_session_that_ends_writes_its_access_log_line() {
     assert_eq!(
         read("udp.log"),
         format!(
-            "{} {to} {} {session_socket} - rx=11 tx=11 flags=- protocol=- id=0 code=0\n",
+            "{} {to} {} {session_socket} - rx=11 tx=11 flags=- protocol=- id=0 code=0 type=UdpSessionEnd\n",
             a.local_addr().unwrap(),
             echo.addr
         )

@@ -143,6 +143,8 @@ pub(crate) enum Operator {
     UniqueId,
     ConnectionId,
     Protocol,
+    /// `%ACCESS_LOG_TYPE%`.
+    AccessLogType,
     RouteName,
     UpstreamRequestAttemptCount,
     /// Read once when the format is compiled, as Envoy does.
@@ -361,6 +363,7 @@ pub(crate) fn parse(
         "UPSTREAM_CLUSTER_RAW" => (Syntax::CommandOnly, Operator::UpstreamCluster),
         "CONNECTION_ID" => (Syntax::CommandOnly, Operator::ConnectionId),
         "PROTOCOL" => (Syntax::CommandOnly, Operator::Protocol),
+        "ACCESS_LOG_TYPE" => (Syntax::CommandOnly, Operator::AccessLogType),
         "ROUTE_NAME" => (Syntax::CommandOnly, Operator::RouteName),
         "LOCAL_REPLY_BODY" => (Syntax::CommandOnly, Operator::LocalReplyBody),
         "UPSTREAM_REQUEST_ATTEMPT_COUNT" => {
@@ -609,6 +612,9 @@ impl Operator {
             Operator::FilterChainName => info.filter_chain_name.as_deref().and_then(non_empty),
             Operator::UniqueId => Some(Value::Str(Cow::Owned(crate::uuid::v4_string()))),
             Operator::ConnectionId => Some(Value::Int(info.connection_id.into())),
+            Operator::AccessLogType => {
+                Some(Value::Str(Cow::Borrowed(info.access_log_type.as_str())))
+            }
             Operator::Protocol => match info.protocol {
                 crate::stream_info::Protocol::Tcp => None,
                 p => Some(Value::Str(Cow::Borrowed(p.as_str()))),
@@ -756,7 +762,6 @@ fn truncate(value: Cow<'_, str>, max: usize) -> Cow<'_, str> {
 /// Command operators that Envoy 1.40 knows and Legate does not implement yet: refused with a
 /// message that says so, rather than Envoy's "Not supported field" (which would suggest a typo).
 pub(crate) const ENVOY_ONLY_OPERATORS: &[&str] = &[
-    "ACCESS_LOG_TYPE",
     "GRPC_STATUS",
     "GRPC_STATUS_NUMBER",
     "REQUEST_HEADERS_BYTES",

@@ -39,6 +39,7 @@ pub(super) enum Ended {
 impl StreamEnd {
     pub(super) fn finish(mut self: Box<Self>, sent: u64, ended: Ended) {
         let info = &mut self.info;
+        info.access_log_type = legate_core::stream_info::AccessLogType::DownstreamEnd;
         let elapsed = info.start.elapsed();
         info.duration = Some(elapsed);
         info.last_downstream_tx_byte = Some(elapsed);

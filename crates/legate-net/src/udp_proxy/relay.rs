@@ -15,7 +15,7 @@ use std::time::Duration;
 use legate_core::access_log::AccessLogger;
 use legate_core::runtime::Runtime;
 use legate_core::stats::Counter;
-use legate_core::stream_info::{Protocol, StreamInfo};
+use legate_core::stream_info::{AccessLogType, Protocol, StreamInfo};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -359,6 +359,7 @@ impl UdpProxy {
         session.relay.abort();
         self.stats.downstream_sess_active.dec();
         if let Some(mut info) = session.info.take() {
+            info.access_log_type = AccessLogType::UdpSessionEnd;
             info.bytes_received = session.rx_bytes;
             info.bytes_sent = session.tx_bytes.load(Ordering::Relaxed);
             info.duration = Some(info.elapsed());

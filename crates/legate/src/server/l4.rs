@@ -3,14 +3,15 @@
 //! matched filter chain runs on its connection; the HTTP connection manager is one of them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use legate_core::access_log::AccessLogger;
 use legate_core::lifecycle::Phase;
 use legate_core::stats::{Counter, Scope};
-use legate_core::stream_info::{Protocol, StreamInfo};
+use legate_core::stream_info::{AccessLogType, Protocol, StreamInfo};
 use legate_http::conn_manager::{Downstream, HttpConnectionManager, ProxyContext};
-use legate_net::pump::{self, ByteCounters, End, Side};
+use legate_net::pump::{self, ByteCounters, End, Limits, Side};
 use legate_net::tcp_proxy::{TcpProxyConfig, TcpProxyStats};
 use legate_net::tls::ServerTlsStream;
 use legate_upstream::Cluster;
@@ -197,6 +198,9 @@ impl TcpProxy {
 
     async fn serve(&self, downstream: Conn, conn: Box<Downstream>, server_name: &str) {
         self.stats.downstream_cx_total.inc();
+        let deadline = self
+            .config
+            .deadline(std::time::Instant::now(), fastrand::f64());
         // On the heap, and dropped before the bytes flow when no access log needs it: a
         // connection's task holds what lives across the exchange for the connection's life.
         let mut info = Box::new(StreamInfo::new(conn.id));
@@ -217,28 +221,81 @@ impl TcpProxy {
         info.filter_chain_name = conn.filter_chain_name.clone();
         let restored_local = conn.local_restored.then_some(conn.local);
         drop(conn);
-        let Some(upstream) = Box::pin(self.connect(restored_local, &mut info)).await else {
-            self.log(info);
-            return;
+        let connect = Box::pin(self.connect(restored_local, &mut info));
+        let connected = match deadline {
+            Some(at) => tokio::time::timeout_at(at.into(), connect).await,
+            None => Ok(connect.await),
+        };
+        let upstream = match connected {
+            Ok(Some(upstream)) => upstream,
+            Ok(None) => return self.log_end(info),
+            Err(_) => {
+                self.max_duration_reached(&mut info);
+                return self.log_end(info);
+            }
+        };
+        if self.config.flush_access_log_on_connected {
+            self.log(&mut info, AccessLogType::TcpUpstreamConnected);
+        }
+        let limits = Limits {
+            idle: self.config.idle_timeout,
+            deadline,
         };
         if self.access_logs.is_empty() {
             drop(info);
-            self.exchange(downstream, upstream, None).await;
+            self.exchange(downstream, upstream, limits, None).await;
         } else {
-            self.exchange(downstream, upstream, Some(&mut info)).await;
-            self.log(info);
+            self.exchange(downstream, upstream, limits, Some(&mut info))
+                .await;
+            self.log_end(info);
         }
     }
 
-    /// Writes the connection's access log lines (if it has access logs).
-    fn log(&self, mut info: Box<StreamInfo>) {
+    /// `max_downstream_connection_duration` passed: counted, and flagged for the access log.
+    fn max_duration_reached(&self, info: &mut StreamInfo) {
+        self.stats.max_downstream_connection_duration.inc();
+        info.response_flags
+            .set(legate_core::stream_info::ResponseFlags::DURATION_TIMEOUT);
+    }
+
+    /// Writes the connection's last access log entry (if it has access logs).
+    fn log_end(&self, mut info: Box<StreamInfo>) {
+        self.log(&mut info, AccessLogType::TcpConnectionEnd);
+    }
+
+    /// Writes an access log entry of type `kind`, with the duration so far.
+    fn log(&self, info: &mut StreamInfo, kind: AccessLogType) {
         if self.access_logs.is_empty() {
             return;
         }
+        info.access_log_type = kind;
         info.duration = Some(info.elapsed());
         let runtime = self.context.runtime.snapshot();
         for log in &self.access_logs {
-            log.log(&info, &runtime);
+            log.log(info, &runtime);
+        }
+    }
+
+    /// Runs `pump` to its end, writing a `TcpPeriodic` access log entry `every` interval
+    /// with the bytes moved so far (`moved`: from downstream, from upstream).
+    async fn log_periodically(
+        &self,
+        pump: impl std::future::Future<Output = pump::Outcome>,
+        every: Duration,
+        info: &mut StreamInfo,
+        moved: &[AtomicU64; 2],
+    ) -> pump::Outcome {
+        let mut pump = std::pin::pin!(pump);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                outcome = &mut pump => return outcome,
+                _ = ticks.tick() => {
+                    info.bytes_received = moved[0].load(Ordering::Relaxed);
+                    info.bytes_sent = moved[1].load(Ordering::Relaxed);
+                    self.log(info, AccessLogType::TcpPeriodic);
+                }
+            }
         }
     }
 
@@ -322,40 +379,58 @@ impl TcpProxy {
 
     /// Moves the bytes between the two connections until the exchange ends, then counts how
     /// it ended. `info`: the access log's record, when there is an access log.
-    async fn exchange(&self, downstream: Conn, upstream: Upstream, info: Option<&mut StreamInfo>) {
+    async fn exchange(
+        &self,
+        downstream: Conn,
+        upstream: Upstream,
+        limits: Limits,
+        mut info: Option<&mut StreamInfo>,
+    ) {
         let stats = &self.stats;
         let opened = std::time::Instant::now();
+        let periodic = self
+            .config
+            .access_log_flush_interval
+            .filter(|_| info.is_some());
+        // The connection's own byte totals, read by the periodic access log entries.
+        let moved = [AtomicU64::new(0), AtomicU64::new(0)];
         let from_downstream = ByteCounters {
             counters: [
                 Some(&stats.downstream_cx_rx_bytes_total),
                 Some(&upstream.l4.tx_bytes),
             ],
+            total: periodic.map(|_| &moved[0]),
         };
         let from_upstream = ByteCounters {
             counters: [
                 Some(&stats.downstream_cx_tx_bytes_total),
                 Some(&upstream.l4.rx_bytes),
             ],
+            total: periodic.map(|_| &moved[1]),
         };
-        let idle = self.config.idle_timeout;
-        let outcome =
-            if let (Conn::Plain(d), UpstreamStream::Plain(u)) = (&downstream, &upstream.stream) {
-                // Plain on both sides: the readiness-driven pump, which holds no buffer while idle.
-                pump::exchange(d, u, idle, from_downstream, from_upstream).await
-            } else {
-                // Boxed: TLS connections are rarer and hold far more anyway; inline, this would
-                // size every plain connection's task for it.
-                Box::pin(pump::exchange_io(
-                    downstream,
-                    upstream.stream,
-                    idle,
-                    from_downstream,
-                    from_upstream,
-                ))
-                .await
-            };
-        if outcome.end == End::IdleTimeout {
-            stats.idle_timeout.inc();
+        let pump = run_pump(
+            downstream,
+            upstream.stream,
+            limits,
+            from_downstream,
+            from_upstream,
+        );
+        let outcome = match (periodic, info.as_deref_mut()) {
+            (Some(every), Some(info)) => {
+                Box::pin(self.log_periodically(pump, every, info, &moved)).await
+            }
+            _ => pump.await,
+        };
+        match outcome.end {
+            End::IdleTimeout => stats.idle_timeout.inc(),
+            End::MaxDuration => {
+                if let Some(info) = info.as_deref_mut() {
+                    self.max_duration_reached(info);
+                } else {
+                    stats.max_downstream_connection_duration.inc();
+                }
+            }
+            End::Closed | End::Error => {}
         }
         let cs = &upstream.cluster.stats;
         if outcome.first_to_close == Some(Side::B) {
@@ -378,8 +453,33 @@ impl TcpProxy {
         upstream
             .host
             .active_connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            .fetch_sub(1, Ordering::Relaxed);
         drop(upstream.guard);
+    }
+}
+
+/// Moves bytes between the connections until the exchange ends (both closed when it does).
+async fn run_pump(
+    downstream: Conn,
+    upstream: UpstreamStream,
+    limits: Limits,
+    from_downstream: ByteCounters<'_>,
+    from_upstream: ByteCounters<'_>,
+) -> pump::Outcome {
+    if let (Conn::Plain(d), UpstreamStream::Plain(u)) = (&downstream, &upstream) {
+        // Plain on both sides: the readiness-driven pump, which holds no buffer while idle.
+        pump::exchange(d, u, limits, from_downstream, from_upstream).await
+    } else {
+        // Boxed: TLS connections are rarer and hold far more anyway; inline, this would size
+        // every plain connection's task for it.
+        Box::pin(pump::exchange_io(
+            downstream,
+            upstream,
+            limits,
+            from_downstream,
+            from_upstream,
+        ))
+        .await
     }
 }
 

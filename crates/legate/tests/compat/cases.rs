@@ -611,6 +611,7 @@ response_headers_to_add:
   - header: {key: x-req, value: "%REQ(user-agent)%"}
   - header: {key: x-year, value: "%START_TIME(%Y)%"}
   - header: {key: x-mixed, value: "a-%PROTOCOL%-b"}
+  - header: {key: x-log-type, value: "%ACCESS_LOG_TYPE%"}
   - header: {key: x-literal, value: "100%% sure"}
   response_headers_to_add:
   - header: {key: x-upstream-addr, value: "%UPSTREAM_REMOTE_ADDRESS%"}
