@@ -14,6 +14,7 @@ pub mod matcher;
 pub mod metadata;
 pub mod ocsp;
 pub mod proto;
+pub mod proxy_protocol;
 pub mod runtime;
 pub mod stats;
 pub mod stream_info;

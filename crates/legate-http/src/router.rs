@@ -404,14 +404,12 @@ pub(crate) fn forward<'a>(
         info.attempt_count = 1;
         let started = Instant::now();
         info.first_upstream_tx_byte = Some(info.start.elapsed());
-        // The downstream connection's addresses (not `x-forwarded-for`'s), for a cluster whose
-        // connections start with a PROXY header naming them.
+        // The downstream connection's addresses (not `x-forwarded-for`'s) and the TLVs its
+        // PROXY header passed on, for a cluster whose connections start with a PROXY header.
         let connection = f.connection;
-        let downstream = cluster
-            .config
-            .proxy_protocol
-            .as_ref()
-            .and_then(|_| connection.remote_address().zip(connection.local_address()));
+        let downstream = cluster.config.proxy_protocol.as_ref().and_then(|_| {
+            connection.proxy_protocol_data(&[], legate_core::proxy_protocol::MergePolicy::default())
+        });
         let sent = pool::send(
             &cluster,
             &host,

@@ -21,6 +21,7 @@ use legate_api::pb::envoy::config::listener::v3::{Listener, ListenerFilter, list
 use legate_api::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol;
 use legate_api::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use legate_core::proto::{duration_or, u32_or};
+use legate_core::proxy_protocol::PassThrough;
 use legate_core::stats::{Counter, Gauge, ImportMode, Scope};
 use legate_core::{Compiled, ConfigError, Errors};
 use prost::Message;
@@ -159,8 +160,16 @@ fn compile_filter(f: &ListenerFilter) -> Compiled<ListenerFilterKind> {
                     format!("unable to decode ProxyProtocol: {e}"),
                 )]
             })?;
+            let pass_through = match &c.pass_through_tlvs {
+                Some(p) => Some(
+                    PassThrough::compile(p)
+                        .map_err(|e| legate_core::within(e, "typed_config.pass_through_tlvs"))?,
+                ),
+                None => None,
+            };
             Ok(ListenerFilterKind::ProxyProtocol(ProxyProtocolConfig {
                 allow_without: c.allow_requests_without_proxy_protocol,
+                pass_through,
                 // Version enum: V1 = 0, V2 = 1.
                 disallowed: c
                     .disallowed_versions
@@ -217,6 +226,8 @@ pub struct Detected {
     pub fingerprints: Option<std::sync::Arc<legate_core::stream_info::TlsFingerprints>>,
     /// The dynamic metadata the filters set (the proxy_protocol filter's TLV rules).
     pub metadata: Option<std::sync::Arc<legate_core::metadata::DynamicMetadata>>,
+    /// The TLVs of the PROXY header that its `pass_through_tlvs` keeps for the upstream.
+    pub proxy_tlvs: Vec<legate_core::proxy_protocol::Tlv>,
 }
 
 impl Detected {
@@ -567,6 +578,7 @@ impl ListenerFilters {
                                 return Err(Rejection::FilterError);
                             };
                             detected.metadata = config.metadata(&tlvs).map(std::sync::Arc::new);
+                            detected.proxy_tlvs = config.passed_on(&tlvs);
                             found.inc();
                             detected.proxied = header.addresses;
                             if let Some((_, destination)) = header.addresses {

@@ -15,6 +15,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use legate_core::metadata::{DynamicMetadata, sanitize_utf8};
+use legate_core::proxy_protocol::{PassThrough, Tlv};
 use legate_core::stats::{Counter, Scope};
 
 /// Version 2's signature.
@@ -218,6 +219,8 @@ pub struct ProxyProtocolConfig {
     pub stat_prefix: String,
     /// `rules`: the TLVs that become dynamic metadata.
     pub rules: Vec<TlvRule>,
+    /// `pass_through_tlvs`: the TLVs kept for the upstream's PROXY header (none without it).
+    pub pass_through: Option<PassThrough>,
 }
 
 /// The namespace of the metadata a rule without `metadata_namespace` sets.
@@ -232,6 +235,17 @@ pub struct TlvRule {
 }
 
 impl ProxyProtocolConfig {
+    /// The TLVs of a header that `pass_through_tlvs` keeps for the upstream, in order.
+    pub fn passed_on(&self, tlvs: &[(u8, &[u8])]) -> Vec<Tlv> {
+        let Some(pass) = &self.pass_through else {
+            return Vec::new();
+        };
+        tlvs.iter()
+            .filter(|(kind, _)| pass.keeps(*kind))
+            .map(|(kind, value)| (*kind, value.to_vec()))
+            .collect()
+    }
+
     /// The dynamic metadata the rules make of a header's TLVs; `None` when they make none.
     /// Of two TLVs of one type the first counts, as in Envoy. A value that is not UTF-8 has
     /// each stray byte replaced by `!`, as Envoy's metadata strings do.

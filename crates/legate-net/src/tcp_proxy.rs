@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use legate_api::pb::envoy::config::accesslog::v3::AccessLog;
 use legate_api::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    TcpProxy, tcp_proxy::ClusterSpecifier,
+    ProxyProtocolTlvMergePolicy, TcpProxy, tcp_proxy::ClusterSpecifier,
 };
 use legate_api::pb::envoy::r#type::v3::hash_policy;
 use legate_core::access_log::AccessLogger;
 use legate_core::proto::{duration, duration_or, u32_or};
+use legate_core::proxy_protocol::{MergePolicy, Tlv};
 use legate_core::stats::{Counter, Gauge, ImportMode, Scope};
 use legate_core::{Compiled, Errors};
 
@@ -77,6 +78,10 @@ pub struct TcpProxyConfig {
     /// `access_log_options.access_log_flush_interval` (or the deprecated field): an entry
     /// every interval while the connection lasts.
     pub access_log_flush_interval: Option<Duration>,
+    /// `proxy_protocol_tlvs`, merged by `proxy_protocol_tlv_merge_policy` into what an
+    /// `upstream_proxy_protocol` cluster's header carries.
+    pub proxy_protocol_tlvs: Vec<Tlv>,
+    pub tlv_merge_policy: MergePolicy,
 }
 
 impl TcpProxyConfig {
@@ -155,7 +160,27 @@ impl TcpProxyConfig {
                 p.access_log_flush_interval.as_ref(),
             ),
         };
+        let mut proxy_protocol_tlvs = Vec::new();
+        for (i, tlv) in p.proxy_protocol_tlvs.iter().enumerate() {
+            match u8::try_from(tlv.r#type) {
+                Ok(kind) => proxy_protocol_tlvs.push((kind, tlv.value.clone())),
+                Err(_) => errors.push(
+                    &format!("proxy_protocol_tlvs[{i}].type"),
+                    "value must be less than 256",
+                ),
+            }
+        }
+        let tlv_merge_policy =
+            match ProxyProtocolTlvMergePolicy::try_from(p.proxy_protocol_tlv_merge_policy) {
+                Ok(ProxyProtocolTlvMergePolicy::OverwriteByTypeIfExistsOrAdd) => {
+                    MergePolicy::OverwriteByType
+                }
+                Ok(ProxyProtocolTlvMergePolicy::AppendIfExistsOrAdd) => MergePolicy::Append,
+                _ => MergePolicy::AddIfAbsent,
+            };
         errors.finish(|| TcpProxyConfig {
+            proxy_protocol_tlvs,
+            tlv_merge_policy,
             max_duration: p.max_downstream_connection_duration.as_ref().map(duration),
             max_duration_jitter_percent: p
                 .max_downstream_connection_duration_jitter_percentage

@@ -9,6 +9,7 @@
 //! connection ([`crate::tls::ConnectionName`]). A connection made for no downstream one names
 //! its own local and remote addresses.
 
+use legate_core::proxy_protocol::{PassThrough, Tlv};
 use std::net::{IpAddr, SocketAddr};
 
 use legate_api::pb::envoy::config::core::v3::{
@@ -37,6 +38,8 @@ const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 pub struct UpstreamProxyProtocol {
     /// 1 or 2.
     pub version: u8,
+    /// `pass_through_tlvs`: which of the downstream's TLVs go on (none without it).
+    pub pass_through: Option<PassThrough>,
     /// `added_tlvs` (version 2 only), in order.
     pub added_tlvs: Vec<(u8, Vec<u8>)>,
 }
@@ -125,16 +128,23 @@ fn compile(config: &ProxyProtocolUpstreamTransport) -> Compiled<UpstreamProxyPro
             format!("the TLVs take {tlv_bytes} bytes, more than a header holds ({MAX_TLV_BYTES})"),
         );
     }
+    let pass_through = p
+        .pass_through_tlvs
+        .as_ref()
+        .and_then(|pt| errors.take("pass_through_tlvs", PassThrough::compile(pt)));
     errors.finish(|| UpstreamProxyProtocol {
         version,
+        pass_through,
         added_tlvs,
     })
 }
 
 impl UpstreamProxyProtocol {
     /// The header for a connection from `source` to `destination` (the families made one:
-    /// IPv4 addresses are written IPv4-mapped when the other address is IPv6).
-    pub fn header(&self, source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    /// IPv4 addresses are written IPv4-mapped when the other address is IPv6). Version 2
+    /// carries `added_tlvs` first, then those of `passed` (the downstream's) that
+    /// `pass_through_tlvs` lets on and `added_tlvs` do not replace, as Envoy writes them.
+    pub fn header(&self, source: SocketAddr, destination: SocketAddr, passed: &[Tlv]) -> Vec<u8> {
         let (source, destination) = same_family(source, destination);
         match self.version {
             1 => {
@@ -164,7 +174,16 @@ impl UpstreamProxyProtocol {
                 };
                 body.extend_from_slice(&source.port().to_be_bytes());
                 body.extend_from_slice(&destination.port().to_be_bytes());
-                for (kind, value) in &self.added_tlvs {
+                let passed = passed.iter().filter(|(kind, _)| {
+                    self.pass_through.as_ref().is_some_and(|p| p.keeps(*kind))
+                        && !self.added_tlvs.iter().any(|(k, _)| k == kind)
+                });
+                for (kind, value) in self.added_tlvs.iter().chain(passed) {
+                    // The header's length is 16 bits: a passed TLV that would not fit is left
+                    // out (`added_tlvs` fit, checked with the configuration).
+                    if body.len() + 3 + value.len() > usize::from(u16::MAX) {
+                        continue;
+                    }
                     body.push(*kind);
                     body.extend_from_slice(&(value.len() as u16).to_be_bytes());
                     body.extend_from_slice(value);
@@ -224,26 +243,41 @@ mod tests {
         );
         let v1 = UpstreamProxyProtocol {
             version: 1,
+            pass_through: None,
             added_tlvs: Vec::new(),
         };
         assert_eq!(
-            v1.header(s, d),
+            v1.header(s, d, &[]),
             b"PROXY TCP4 10.0.0.1 10.0.0.2 5000 443\r\n"
         );
         let v2 = UpstreamProxyProtocol {
             version: 2,
+            pass_through: None,
             added_tlvs: vec![(0xe0, b"ab".to_vec())],
         };
         let mut expected = V2_SIGNATURE.to_vec();
         expected.extend_from_slice(&[0x21, 0x11, 0, 17, 10, 0, 0, 1, 10, 0, 0, 2]);
         expected.extend_from_slice(&[0x13, 0x88, 0x01, 0xbb, 0xe0, 0, 2, b'a', b'b']);
-        assert_eq!(v2.header(s, d), expected);
+        assert_eq!(v2.header(s, d, &[(0xe1, b"no".to_vec())]), expected);
         let d6: SocketAddr = "[::1]:80".parse().unwrap();
         assert_eq!(
-            v1.header(s, d6),
+            v1.header(s, d6, &[]),
             b"PROXY TCP6 ::ffff:10.0.0.1 ::1 5000 80\r\n"
         );
         assert_eq!(v1.header_without_addresses(), b"PROXY UNKNOWN\r\n");
+        // Passed TLVs that would overflow the header's 16-bit length are left out.
+        let all = UpstreamProxyProtocol {
+            version: 2,
+            pass_through: Some(PassThrough::All),
+            added_tlvs: Vec::new(),
+        };
+        let big = vec![
+            (1, vec![0u8; 40_000]),
+            (2, vec![0u8; 40_000]),
+            (3, b"c".to_vec()),
+        ];
+        let header = all.header(s, d, &big);
+        assert_eq!(header.len(), 16 + 12 + 3 + 40_000 + 4);
         let mut local = V2_SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0, 0, 0]);
         assert_eq!(v2.header_without_addresses(), local);

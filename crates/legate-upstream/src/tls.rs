@@ -53,7 +53,7 @@ pub struct ConnectionName {
     /// The downstream connection's source and destination, which the PROXY header of an
     /// `upstream_proxy_protocol` cluster names: such connections serve that downstream
     /// connection only, as in Envoy.
-    pub(crate) proxy: Option<Box<(std::net::SocketAddr, std::net::SocketAddr)>>,
+    pub(crate) proxy: Option<Box<legate_core::proxy_protocol::ProxyProtocolData>>,
 }
 
 /// A compiled `UpstreamTlsContext`.

@@ -152,6 +152,7 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "allow_requests_without_proxy_protocol",
                 "disallowed_versions",
                 "stat_prefix",
+                "pass_through_tlvs",
                 "rules",
             ],
         ),
@@ -223,6 +224,8 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "access_log_flush_interval",
                 "flush_access_log_on_connected",
                 "access_log_options",
+                "proxy_protocol_tlvs",
+                "proxy_protocol_tlv_merge_policy",
             ],
         ),
         (
@@ -878,7 +881,16 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
             "ProxyProtocolUpstreamTransport",
             &["config", "transport_socket"],
         ),
-        (CORE, "ProxyProtocolConfig", &["version", "added_tlvs"]),
+        (
+            CORE,
+            "ProxyProtocolConfig",
+            &["version", "added_tlvs", "pass_through_tlvs"],
+        ),
+        (
+            CORE,
+            "ProxyProtocolPassThroughTLVs",
+            &["match_type", "tlv_type"],
+        ),
         (CORE, "TlvEntry", &["type", "value"]),
         (
             "envoy.extensions.transport_sockets.raw_buffer.v3",
@@ -1175,7 +1187,7 @@ const NOTES: &str = "
 | `DownstreamTlsContext.session_timeout` | The lifetime of tickets, at most 7 days (TLS 1.3's limit; longer values are cut to it). The stateful (session id) cache keeps up to 20,480 sessions without a time limit of its own. |
 | `DownstreamTlsContext.session_ticket_keys_sds_secret_config` | The keys come from a file source, re-read when it is replaced (and, beyond Envoy 1.40, which does not, when a key file it names is replaced); each ticket is sealed and opened with the keys in force, so a rotation takes effect at once (Envoy builds a new context, which also empties its TLS 1.2 session-id cache; Legate keeps that cache). Until the secret arrives, no ticket is issued or accepted. |
 | `DownstreamTlsContext.session_ticket_keys` | Keys are 80 bytes as in Envoy; the first seals new tickets (AES-256-GCM under the key's last 32 bytes) and all open them. Tickets are shared between Legate listeners and processes with the same keys, not with Envoy (its ticket format is BoringSSL's). |
-| `envoy.transport_sockets.upstream_proxy_protocol` (clusters) | Each upstream connection starts with the PROXY header (version 1, or 2 with `added_tlvs`), before TLS if the wrapped transport socket is TLS. The header names the downstream connection (the client's address as restored by a PROXY listener filter, and the address it reached), as Envoy's tcp_proxy and router do; HTTP connections to such a cluster are pooled per downstream connection, as Envoy pools them by the header's addresses. Pipe endpoints get the same header, or one without addresses when there are none to name (see `Address.pipe`); `pass_through_tlvs` is refused (here and on the listener filter). |
+| `envoy.transport_sockets.upstream_proxy_protocol` (clusters) | Each upstream connection starts with the PROXY header (version 1, or 2 with `added_tlvs`), before TLS if the wrapped transport socket is TLS. The header names the downstream connection (the client's address as restored by a PROXY listener filter, and the address it reached), as Envoy's tcp_proxy and router do; HTTP connections to such a cluster are pooled per downstream connection, as Envoy pools them by the header's addresses. Pipe endpoints get the same header, or one without addresses when there are none to name (see `Address.pipe`). TLVs, as Envoy writes them: `added_tlvs` first, then the downstream's TLVs that `pass_through_tlvs` lets on (none without it) and `added_tlvs` do not replace — those the proxy_protocol listener filter kept by its own `pass_through_tlvs` (none without it), merged with tcp_proxy's `proxy_protocol_tlvs` by `proxy_protocol_tlv_merge_policy` (with no PROXY header in, tcp_proxy's TLVs alone); a passed TLV that would overflow the header's 16-bit length is left out. Per-host TLVs are not available: an endpoint's `metadata`, where Envoy reads them, is refused. |
 | `CertificateValidationContext.max_verify_depth` | As Envoy 1.40 applies it (probed side by side): to client certificates, counting the certificates above the client's up to and including the trust anchor (a depth of 0 passes what a depth of 1 passes); not to upstream certificates, whose chains Envoy 1.40 accepts at any depth. Legate measures the shortest path by issuer and subject names through the presented certificates, where BoringSSL measures the path it built. |
 | `CertificateValidationContext.crl` | Requires `trusted_ca`. As Envoy (BoringSSL `CRL_CHECK_ALL`), once a CRL is loaded every certificate of the peer's chain needs its issuer's CRL, and an expired CRL fails verification; CRLs inside the `trusted_ca` file are used too. |
 | `UdpSocketConfig.prefer_gro` | Legate reads one datagram at a time (no GRO); as with Envoy's GRO buffer, `prefer_gro: true` (the default of `UdpProxyConfig.upstream_socket_config`) reads datagrams of any size, so `max_rx_datagram_size` limits only sockets with `prefer_gro: false` (the default of `udp_listener_config.downstream_socket_config`). |

@@ -1743,3 +1743,189 @@ fn tcp_proxy_max_connection_duration_and_periodic_access_log() {
         assert_eq!(f[3], "-", "{entries:#?}");
     }
 }
+
+/// The TLVs of a PROXY header, split from the bytes after a version 2 header of TCP over IPv4
+/// (12 address bytes); `None` if `got` does not start with one.
+fn upstream_tlvs(got: &[u8]) -> Option<(Vec<u8>, Vec<(u8, Vec<u8>)>, Vec<u8>)> {
+    let rest = got.strip_prefix(b"\r\n\r\n\0\r\nQUIT\n\x21\x11".as_slice())?;
+    let length = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+    let (body, after) = rest[2..].split_at(length);
+    let (addresses, mut tlvs) = body.split_at(12);
+    let mut found = Vec::new();
+    while let [kind, high, low, more @ ..] = tlvs {
+        let n = usize::from(u16::from_be_bytes([*high, *low]));
+        found.push((*kind, more[..n].to_vec()));
+        tlvs = &more[n..];
+    }
+    Some((addresses.to_vec(), found, after.to_vec()))
+}
+
+/// PROXY protocol TLVs passed through to the upstream, side by side with Envoy 1.40: the
+/// listener filter keeps the TLVs its `pass_through_tlvs` names (none without it), the
+/// cluster's `pass_through_tlvs` picks among them (none without it), `added_tlvs` come first
+/// and replace a passed TLV of the same type; tcp_proxy's `proxy_protocol_tlvs` add TLVs when
+/// no PROXY header came in (`ADD_IF_ABSENT`), or merge with the received ones by its merge
+/// policy (replacing those of their types, ahead of the rest; or appended).
+#[test]
+fn proxy_protocol_tlvs_pass_through_to_the_upstream_like_envoy() {
+    let upstream = TcpUpstream::start(b"", false);
+    let pp_filter = |pass: &str| {
+        format!(
+            "    listener_filters:\n    - name: envoy.filters.listener.proxy_protocol\n      typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol{pass}}}\n"
+        )
+    };
+    let include = |types: &str| format!("{{match_type: INCLUDE, tlv_type: [{types}]}}");
+    let tcp_tlvs = |policy: &str| {
+        format!("          proxy_protocol_tlvs: [{{type: 240, value: dGNw}}]\n{policy}")
+    };
+    let listeners = [
+        // The listener keeps 0xE1 and 0xE2; the cluster passes all, and adds its own 0xE2.
+        listener(
+            "keep_some",
+            0,
+            &pp_filter(&format!(", pass_through_tlvs: {}", include("225, 226"))),
+            &chain("", &tcp_proxy("a", "pass_all", "")),
+        ),
+        // The listener keeps all; the cluster passes 0xE3 only.
+        listener(
+            "keep_all",
+            0,
+            &pp_filter(", pass_through_tlvs: {}"),
+            &chain("", &tcp_proxy("b", "pass_e3", "")),
+        ),
+        // The listener keeps none: nothing to pass.
+        listener(
+            "keep_none",
+            0,
+            &pp_filter(""),
+            &chain("", &tcp_proxy("c", "pass_all", "")),
+        ),
+        // No PROXY header came in: tcp_proxy's TLVs, with the connection's addresses.
+        listener(
+            "from_tcp_proxy",
+            0,
+            "",
+            &chain("", &tcp_proxy("d", "pass_all", &tcp_tlvs(""))),
+        ),
+        // A PROXY header came in: tcp_proxy's TLVs are ignored (ADD_IF_ABSENT)...
+        listener(
+            "absent_only",
+            0,
+            &pp_filter(", pass_through_tlvs: {}"),
+            &chain("", &tcp_proxy("e", "pass_all", &tcp_tlvs(""))),
+        ),
+        // ... or they replace those of the same type...
+        listener(
+            "overwritten",
+            0,
+            &pp_filter(", pass_through_tlvs: {}"),
+            &chain(
+                "",
+                &tcp_proxy(
+                    "g",
+                    "pass_all",
+                    "          proxy_protocol_tlvs: [{type: 240, value: dGNw}, {type: 225, value: dGNw}]\n          proxy_protocol_tlv_merge_policy: OVERWRITE_BY_TYPE_IF_EXISTS_OR_ADD\n",
+                ),
+            ),
+        ),
+        // ... or are appended.
+        listener(
+            "appended",
+            0,
+            &pp_filter(", pass_through_tlvs: {}"),
+            &chain(
+                "",
+                &tcp_proxy(
+                    "f",
+                    "pass_all",
+                    &tcp_tlvs(
+                        "          proxy_protocol_tlv_merge_policy: APPEND_IF_EXISTS_OR_ADD\n",
+                    ),
+                ),
+            ),
+        ),
+    ];
+    let clusters = [
+        // "override" in base64.
+        proxy_protocol_cluster(
+            "pass_all",
+            upstream.addr,
+            "V2",
+            ", pass_through_tlvs: {}, added_tlvs: [{type: 226, value: b3ZlcnJpZGU=}]",
+        ),
+        proxy_protocol_cluster(
+            "pass_e3",
+            upstream.addr,
+            "V2",
+            &format!(", pass_through_tlvs: {}", include("227")),
+        ),
+    ]
+    .concat();
+    let proxy = e2e::start_proxy(&bootstrap(&listeners, &clusters));
+    let incoming = v2_header(
+        1,
+        0x11,
+        &v2_body(
+            TEST_NET,
+            56324,
+            &[(0xE1, b"one"), (0xE3, b"three"), (0xE2, b"two")],
+        ),
+    );
+    let send = |listener: &str, header: &[u8]| {
+        let mut conn = TcpStream::connect(proxy.addr(listener)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let client = conn.local_addr().unwrap();
+        conn.write_all(header).unwrap();
+        conn.write_all(b"hello").unwrap();
+        // Envoy closes a connection whose FIN comes while its listener filters run.
+        std::thread::sleep(Duration::from_millis(100));
+        conn.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        let (addresses, tlvs, after) = upstream_tlvs(&got)
+            .unwrap_or_else(|| panic!("{listener}: no version 2 header in {got:?}"));
+        assert_eq!(after, b"hello", "{listener}");
+        (addresses, tlvs, client)
+    };
+    let tlv = |kind: u8, value: &[u8]| (kind, value.to_vec());
+    let received_addresses = v2_body(TEST_NET, 56324, &[]);
+    // Envoy writes the cluster's `added_tlvs` first, then the passed ones in their order.
+    let added = || tlv(0xE2, b"override");
+    for (listener, expected) in [
+        ("keep_some", vec![added(), tlv(0xE1, b"one")]),
+        ("keep_all", vec![tlv(0xE3, b"three")]),
+        ("keep_none", vec![added()]),
+        (
+            "absent_only",
+            vec![added(), tlv(0xE1, b"one"), tlv(0xE3, b"three")],
+        ),
+        (
+            "appended",
+            vec![
+                added(),
+                tlv(0xE1, b"one"),
+                tlv(0xE3, b"three"),
+                tlv(0xF0, b"tcp"),
+            ],
+        ),
+        (
+            "overwritten",
+            vec![
+                added(),
+                tlv(0xF0, b"tcp"),
+                tlv(0xE1, b"tcp"),
+                tlv(0xE3, b"three"),
+            ],
+        ),
+    ] {
+        let (addresses, tlvs, _) = send(listener, &incoming);
+        assert_eq!(addresses, received_addresses, "{listener}");
+        assert_eq!(tlvs, expected, "{listener}");
+    }
+    let (addresses, tlvs, client) = send("from_tcp_proxy", b"");
+    let mut own = vec![127, 0, 0, 1, 127, 0, 0, 1];
+    own.extend_from_slice(&client.port().to_be_bytes());
+    own.extend_from_slice(&proxy.addr("from_tcp_proxy").port().to_be_bytes());
+    assert_eq!(addresses, own);
+    assert_eq!(tlvs, vec![added(), tlv(0xF0, b"tcp")]);
+}

@@ -124,6 +124,8 @@ pub struct Downstream {
     pub pipe: Option<Arc<str>>,
     /// A PROXY header gave `peer` (the socket's peer is the proxy in front).
     pub proxied: bool,
+    /// The TLVs of that header the listener filter's `pass_through_tlvs` kept.
+    pub proxy_tlvs: Vec<legate_core::proxy_protocol::Tlv>,
 }
 
 impl Downstream {
@@ -141,6 +143,28 @@ impl Downstream {
     /// header gave it.
     pub fn local_address(&self) -> Option<SocketAddr> {
         (self.pipe.is_none() || self.local_restored).then_some(self.local)
+    }
+
+    /// What a PROXY header sent upstream names (Envoy's PROXY protocol state): the
+    /// connection's addresses (those a PROXY header restored, if one came in) and the TLVs
+    /// the listener filter kept of it, merged with `configured` by `policy` (tcp_proxy's
+    /// `proxy_protocol_tlvs`). `None` without addresses (a pipe, unless a header gave them).
+    pub fn proxy_protocol_data(
+        &self,
+        configured: &[legate_core::proxy_protocol::Tlv],
+        policy: legate_core::proxy_protocol::MergePolicy,
+    ) -> Option<legate_core::proxy_protocol::ProxyProtocolData> {
+        let (source, destination) = self.remote_address().zip(self.local_address())?;
+        let tlvs = if self.proxied {
+            policy.merge(&self.proxy_tlvs, configured)
+        } else {
+            configured.to_vec()
+        };
+        Some(legate_core::proxy_protocol::ProxyProtocolData {
+            source,
+            destination,
+            tlvs,
+        })
     }
 
     /// The scheme the client used on this connection.

@@ -10,6 +10,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use legate_core::io::Transport;
 use legate_core::io::counting::CountingIo;
+use legate_core::proxy_protocol::ProxyProtocolData;
 use tokio::net::TcpStream;
 
 use super::lifetime::{IdleWatch, Lifetime, PoolHandle, next_id};
@@ -27,13 +28,13 @@ use crate::tls::{ConnectionName, UpstreamStream};
 /// pool). The caller accounts for the connection's end (`upstream_cx_active`,
 /// `upstream_cx_destroy`, the host's `active_connections`).
 ///
-/// `downstream`: the downstream connection's source and destination, which a PROXY protocol
-/// header (`upstream_proxy_protocol`) names.
+/// `downstream`: the downstream connection's PROXY protocol state (its addresses and TLVs),
+/// which a PROXY header (`upstream_proxy_protocol`) names.
 pub async fn connect(
     cluster: &Cluster,
     host: &Host,
     protocol: Option<Protocol>,
-    downstream: Option<(SocketAddr, SocketAddr)>,
+    downstream: Option<&ProxyProtocolData>,
 ) -> Result<(UpstreamStream, ResourceGuard), UpstreamError> {
     let Some(guard) = cluster.breakers.try_acquire(Limit::Connections) else {
         cluster.stats.traffic.upstream_cx_overflow().inc();
@@ -64,7 +65,7 @@ async fn open(
     host: &Host,
     protocol: Option<Protocol>,
     name: Option<&ConnectionName>,
-    downstream: Option<(SocketAddr, SocketAddr)>,
+    downstream: Option<&ProxyProtocolData>,
 ) -> Result<UpstreamStream, UpstreamError> {
     let stats = &cluster.stats;
     stats.traffic.upstream_cx_total().inc();
@@ -249,7 +250,7 @@ pub(super) async fn connect_http1(
         host,
         Some(Protocol::Http1),
         name,
-        name.and_then(|n| n.proxy.as_deref().copied()),
+        name.and_then(|n| n.proxy.as_deref()),
     )
     .await?;
     cluster.stats.traffic.upstream_cx_http1_total().inc();
@@ -288,7 +289,7 @@ pub(super) async fn connect_http2(
         host,
         Some(Protocol::Http2),
         name,
-        name.and_then(|n| n.proxy.as_deref().copied()),
+        name.and_then(|n| n.proxy.as_deref()),
     )
     .await?;
     let o = &cluster.config.http2;
@@ -343,16 +344,12 @@ fn counted(cluster: &Cluster, stream: UpstreamStream) -> CountingIo<UpstreamStre
 async fn write_proxy_header(
     socket: &Transport,
     proxy: &crate::proxy_protocol::UpstreamProxyProtocol,
-    downstream: Option<(SocketAddr, SocketAddr)>,
+    downstream: Option<&ProxyProtocolData>,
 ) -> std::io::Result<()> {
-    let addresses = match (downstream, socket.tcp()) {
-        (Some(addresses), _) => Some(addresses),
-        (None, Some(tcp)) => Some((tcp.local_addr()?, tcp.peer_addr()?)),
-        (None, None) => None,
-    };
-    let header = match addresses {
-        Some((source, destination)) => proxy.header(source, destination),
-        None => proxy.header_without_addresses(),
+    let header = match (downstream, socket.tcp()) {
+        (Some(d), _) => proxy.header(d.source, d.destination, &d.tlvs),
+        (None, Some(tcp)) => proxy.header(tcp.local_addr()?, tcp.peer_addr()?, &[]),
+        (None, None) => proxy.header_without_addresses(),
     };
     let mut written = 0;
     while written < header.len() {

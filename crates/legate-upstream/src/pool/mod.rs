@@ -20,6 +20,7 @@ mod connect;
 mod lifetime;
 mod pending;
 
+use legate_core::proxy_protocol::ProxyProtocolData;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -426,15 +427,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Sends `req` to `host` over worker `worker`'s pool. `req`'s URI must be origin-form for
 /// HTTP/1.1 and absolute for HTTP/2 (the `:scheme` and `:authority`).
 ///
-/// `downstream`: the downstream connection's source and destination, for clusters whose
-/// connections start with a PROXY header naming them (`upstream_proxy_protocol`).
+/// `downstream`: the downstream connection's PROXY protocol state (addresses and TLVs), for
+/// clusters whose connections start with a PROXY header naming them
+/// (`upstream_proxy_protocol`).
 pub fn send<'a>(
     cluster: &'a Arc<Cluster>,
     host: &'a Arc<Host>,
     worker: usize,
     protocol: Protocol,
     req: Request<Body>,
-    downstream: Option<(SocketAddr, SocketAddr)>,
+    downstream: Option<ProxyProtocolData>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, UpstreamError>> + 'a {
     // The connection's name is worked out before the future: `downstream` is not kept in it.
     let name = match cluster.config.tls.as_ref().map(|t| t.name_for(&req)) {
@@ -471,7 +473,7 @@ pub fn send<'a>(
 #[inline(never)]
 fn for_downstream(
     name: Option<ConnectionName>,
-    downstream: (SocketAddr, SocketAddr),
+    downstream: ProxyProtocolData,
 ) -> Option<ConnectionName> {
     let mut name = name.unwrap_or_default();
     name.proxy = Some(Box::new(downstream));

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use legate_core::access_log::AccessLogger;
 use legate_core::lifecycle::Phase;
+use legate_core::proxy_protocol::ProxyProtocolData;
 use legate_core::stats::{Counter, Scope};
 use legate_core::stream_info::{AccessLogType, Protocol, StreamInfo};
 use legate_http::conn_manager::{Downstream, HttpConnectionManager, ProxyContext};
@@ -220,8 +221,14 @@ impl TcpProxy {
         info.dynamic_metadata = conn.dynamic_metadata.clone();
         info.filter_chain_name = conn.filter_chain_name.clone();
         let restored_local = conn.local_restored.then_some(conn.local);
+        // What a PROXY header to the upstream names, as Envoy's tcp_proxy sets it: the
+        // addresses (after a PROXY listener filter, the ones it restored) and the TLVs.
+        let proxy_data = conn.proxy_protocol_data(
+            &self.config.proxy_protocol_tlvs,
+            self.config.tlv_merge_policy,
+        );
         drop(conn);
-        let connect = Box::pin(self.connect(restored_local, &mut info));
+        let connect = Box::pin(self.connect(restored_local, proxy_data.as_ref(), &mut info));
         let connected = match deadline {
             Some(at) => tokio::time::timeout_at(at.into(), connect).await,
             None => Ok(connect.await),
@@ -305,6 +312,7 @@ impl TcpProxy {
     async fn connect(
         &self,
         restored_local: Option<std::net::SocketAddr>,
+        proxy_data: Option<&ProxyProtocolData>,
         info: &mut StreamInfo,
     ) -> Option<Upstream> {
         use legate_core::stream_info::ResponseFlags as flags;
@@ -346,12 +354,7 @@ impl TcpProxy {
                 info.upstream_host = Some(host.address);
             }
             info.attempt_count += 1;
-            // A PROXY header to the upstream names the downstream connection, as Envoy's
-            // tcp_proxy sets it (after a PROXY listener filter: the addresses it restored).
-            let downstream = info
-                .downstream_remote_address
-                .zip(info.downstream_local_address);
-            match legate_upstream::pool::connect(&cluster, &host, None, downstream).await {
+            match legate_upstream::pool::connect(&cluster, &host, None, proxy_data).await {
                 Ok((stream, guard)) => {
                     info.upstream_local_address = stream.tcp().and_then(|t| t.local_addr().ok());
                     return Some(Upstream {

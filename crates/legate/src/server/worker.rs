@@ -353,6 +353,7 @@ async fn accept_loop(
             dynamic_metadata: None,
             pipe: pipe.clone(),
             proxied: false,
+            proxy_tlvs: Vec::new(),
         };
         let serving = serving.clone();
         let shared = shared.clone();
@@ -580,6 +581,7 @@ async fn prepare(
     if let Some((source, _)) = detected.proxied {
         downstream.peer = source;
         downstream.proxied = true;
+        downstream.proxy_tlvs = detected.proxy_tlvs.clone();
     }
     downstream.tls_fingerprints = detected.fingerprints.clone();
     downstream.dynamic_metadata = detected.metadata.clone();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod scratch;
+#[allow(unused_imports)]
 pub use scratch::ScratchDir;
 
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@ pub use extra::*;
 
 #[path = "../common/scratch.rs"]
 mod scratch;
+#[allow(unused_imports)]
 pub use scratch::{ScratchDir, temp_dir};
 
 use std::collections::HashMap;
