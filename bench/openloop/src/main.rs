@@ -47,6 +47,10 @@ struct Args {
     /// then count as timeouts)
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
+    /// Also list the N slowest requests, in the order they were due, with when they were due:
+    /// shows whether the tail comes in bursts or at a period
+    #[arg(long, default_value_t = 0)]
+    slowest: usize,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,9 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
 struct Report {
     /// Latencies of the answered requests, from when each was due (nanoseconds).
     latencies: Vec<u64>,
+    /// (latency, when it was due since the start), nanoseconds, of each answered request.
+    timeline: Vec<(u64, u64)>,
+    start: Option<Instant>,
     /// How late the generator noticed each request was due (nanoseconds).
     schedule_lag: Vec<u64>,
     non_2xx: u64,
@@ -175,9 +182,13 @@ impl Conn {
                 ));
             };
             self.wire = Wire::Idle;
-            report
-                .latencies
-                .push(nanos(now.saturating_duration_since(due)));
+            let latency = nanos(now.saturating_duration_since(due));
+            report.latencies.push(latency);
+            if let Some(start) = report.start {
+                report
+                    .timeline
+                    .push((latency, nanos(due.saturating_duration_since(start))));
+            }
             if !(200..300).contains(&r.status) {
                 report.non_2xx += 1;
             }
@@ -220,6 +231,7 @@ fn run(args: &Args) -> Result<Report, String> {
         scheduled: total,
         latencies: Vec::with_capacity(total as usize),
         schedule_lag: Vec::with_capacity(total as usize),
+        start: (args.slowest > 0).then_some(start),
         ..Report::default()
     };
     let mut next = 0u64;
@@ -380,6 +392,24 @@ impl Report {
             ms(percentile(&self.schedule_lag, 99.0)),
             ms(self.schedule_lag.last().copied().unwrap_or(0))
         )?;
+        if args.slowest > 0 {
+            self.timeline.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            self.timeline.truncate(args.slowest);
+            self.timeline.sort_unstable_by_key(|&(_, due)| due);
+            writeln!(
+                out,
+                "the {} slowest, in the order they were due:",
+                self.timeline.len()
+            )?;
+            for (latency, due) in &self.timeline {
+                writeln!(
+                    out,
+                    "  due at {:9.3} ms  latency {:7.3} ms",
+                    ms(*due),
+                    ms(*latency)
+                )?;
+            }
+        }
         writeln!(
             out,
             "JSON {{\"scheduled\": {}, \"requests\": {answered}, \"errors\": {}, \"timeouts\": {}, \

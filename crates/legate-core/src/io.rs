@@ -59,6 +59,14 @@ impl Transport {
         }
     }
 
+    /// Waits until the peer has sent bytes (left unread) or closed.
+    pub async fn peer_sent(&self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => tcp_peer_sent(s).await,
+            Transport::Unix(s) => unix_peer_sent(s).await,
+        }
+    }
+
     /// Waits until the socket may take bytes (see [`Transport::try_write`]).
     pub async fn writable(&self) -> io::Result<()> {
         match self {
@@ -80,6 +88,26 @@ impl Transport {
         match self {
             Transport::Tcp(s) => s.try_read(buf),
             Transport::Unix(s) => s.try_read(buf),
+        }
+    }
+}
+
+/// Waits until the peer has sent bytes (left unread: peeked) or closed. Readiness alone is not
+/// enough: it may be reported before anything arrived.
+pub async fn tcp_peer_sent(s: &TcpStream) -> io::Result<()> {
+    s.peek(&mut [0u8; 1]).await.map(|_| ())
+}
+
+/// [`tcp_peer_sent`] for a unix domain socket.
+pub async fn unix_peer_sent(s: &UnixStream) -> io::Result<()> {
+    loop {
+        s.readable().await?;
+        let mut byte = [std::mem::MaybeUninit::uninit()];
+        match s.try_io(tokio::io::Interest::READABLE, || {
+            socket2::SockRef::from(s).peek(&mut byte)
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result.map(|_| ()),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use legate_api::pb::envoy::config::accesslog::v3::AccessLog;
 use legate_api::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    ProxyProtocolTlvMergePolicy, TcpProxy, tcp_proxy::ClusterSpecifier,
+    ProxyProtocolTlvMergePolicy, TcpProxy, UpstreamConnectMode, tcp_proxy::ClusterSpecifier,
 };
 use legate_api::pb::envoy::r#type::v3::hash_policy;
 use legate_core::access_log::AccessLogger;
@@ -82,6 +82,36 @@ pub struct TcpProxyConfig {
     /// `upstream_proxy_protocol` cluster's header carries.
     pub proxy_protocol_tlvs: Vec<Tlv>,
     pub tlv_merge_policy: MergePolicy,
+    /// `upstream_connect_mode: ON_DOWNSTREAM_DATA`: the upstream connection waits for the
+    /// client's first bytes. (`ON_DOWNSTREAM_TLS_HANDSHAKE` is what Legate always does: a TLS
+    /// chain's handshake is over before tcp_proxy runs.)
+    pub connect_on_data: bool,
+    /// `backoff_options`: the wait before each further connect attempt.
+    pub backoff: Option<Backoff>,
+}
+
+/// Envoy's jittered exponential backoff (`BackoffStrategy`): before each retry, a random
+/// wait below the current interval, which starts at `base` and doubles up to `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The waits before the retries, in order; `random` gives numbers in [0, 1).
+    pub fn waits(self, mut random: impl FnMut() -> f64) -> impl Iterator<Item = Duration> {
+        let mut interval = self.base;
+        std::iter::from_fn(move || {
+            let wait = interval.mul_f64(random()).min(self.max);
+            interval = if interval > self.max / 2 {
+                self.max
+            } else {
+                interval * 2
+            };
+            Some(wait)
+        })
+    }
 }
 
 impl TcpProxyConfig {
@@ -178,7 +208,32 @@ impl TcpProxyConfig {
                 Ok(ProxyProtocolTlvMergePolicy::AppendIfExistsOrAdd) => MergePolicy::Append,
                 _ => MergePolicy::AddIfAbsent,
             };
+        let connect_on_data = matches!(
+            UpstreamConnectMode::try_from(p.upstream_connect_mode),
+            Ok(UpstreamConnectMode::OnDownstreamData)
+        );
+        if p.upstream_connect_mode != UpstreamConnectMode::Immediate as i32
+            && p.max_early_data_bytes.is_none()
+        {
+            errors.push(
+                "max_early_data_bytes",
+                "max_early_data_bytes must be set when upstream_connect_mode is not IMMEDIATE",
+            );
+        }
+        let backoff = p.backoff_options.as_ref().map(|b| {
+            let base = b.base_interval.as_ref().map(duration).unwrap_or_default();
+            let max = b.max_interval.as_ref().map_or(base * 10, duration);
+            if max < base {
+                errors.push(
+                    "backoff_options",
+                    "max_backoff_interval must be greater or equal to base_backoff_interval",
+                );
+            }
+            Backoff { base, max }
+        });
         errors.finish(|| TcpProxyConfig {
+            connect_on_data,
+            backoff,
             proxy_protocol_tlvs,
             tlv_merge_policy,
             max_duration: p.max_downstream_connection_duration.as_ref().map(duration),
@@ -312,6 +367,41 @@ mod tests {
             [
                 "access_log_options: Only one of flush_access_log_on_connected or access_log_options can be specified.",
                 "access_log_options: Only one of access_log_flush_interval or access_log_options can be specified.",
+            ]
+        );
+    }
+
+    #[test]
+    fn backoff_waits_below_an_interval_that_doubles_up_to_the_max() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+        };
+        let almost_one = || 0.999_999;
+        let waits: Vec<u128> = b.waits(almost_one).take(5).map(|d| d.as_millis()).collect();
+        assert_eq!(waits, [99, 199, 399, 499, 499]);
+        let half: Vec<u128> = b.waits(|| 0.5).take(4).map(|d| d.as_millis()).collect();
+        assert_eq!(half, [50, 100, 200, 250]);
+        let errors = config(|p| {
+            p.backoff_options = Some(legate_api::pb::envoy::config::core::v3::BackoffStrategy {
+                base_interval: Some(legate_api::pb::google::protobuf::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                max_interval: Some(legate_api::pb::google::protobuf::Duration {
+                    seconds: 0,
+                    nanos: 500_000_000,
+                }),
+            });
+            p.upstream_connect_mode = UpstreamConnectMode::OnDownstreamData as i32;
+        })
+        .unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "max_early_data_bytes: max_early_data_bytes must be set when upstream_connect_mode is not IMMEDIATE",
+                "backoff_options: max_backoff_interval must be greater or equal to base_backoff_interval",
             ]
         );
     }

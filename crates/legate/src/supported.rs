@@ -226,8 +226,14 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "access_log_options",
                 "proxy_protocol_tlvs",
                 "proxy_protocol_tlv_merge_policy",
+                "upstream_connect_mode",
+                "max_early_data_bytes",
+                "backoff_options",
+                "downstream_idle_timeout",
+                "upstream_idle_timeout",
             ],
         ),
+        (CORE, "BackoffStrategy", &["base_interval", "max_interval"]),
         (
             "envoy.extensions.filters.network.tcp_proxy.v3",
             "TcpProxy.TcpAccessLogOptions",
@@ -1194,6 +1200,9 @@ const NOTES: &str = "
 | UDP listeners | Legate serves them with one `envoy.filters.udp_listener.udp_proxy` listener filter and no filter chains (QUIC is not supported). |
 | `ssl.sigalgs.*` stats | Not counted (rustls does not report the negotiated signature scheme). |
 | `TcpProxy.max_downstream_connection_duration` | The connection is closed (both sides, pending bytes dropped, as Envoy's `NoFlush`) once the duration, plus a random share of up to `max_downstream_connection_duration_jitter_percentage` of it, has passed, even while bytes flow; counted in `tcp.<prefix>.max_downstream_connection_duration`, flagged `DT` in the access log. The time counts from when tcp_proxy takes the connection, after a TLS handshake on its chain; Envoy starts it when the filter chain is created, before the handshake. |
+| `TcpProxy.upstream_connect_mode` | `ON_DOWNSTREAM_DATA`: the upstream connection is made once the client has sent something (or closed); the bytes wait in the socket (TLS: in rustls) until the exchange reads them, so `max_early_data_bytes`, required as in Envoy, bounds nothing more. `ON_DOWNSTREAM_TLS_HANDSHAKE` is what Legate always does: a chain's TLS handshake is over before tcp_proxy runs. |
+| `TcpProxy.backoff_options` | Before each further connect attempt, a random wait below an interval that starts at `base_interval` and doubles up to `max_interval` (10 times the base by default), as Envoy's jittered backoff. |
+| `TcpProxy.downstream_idle_timeout`, `upstream_idle_timeout` | Accepted and ignored, as Envoy 1.40 does (hidden there as not implemented). |
 | `TcpProxy.access_log_options` (and the deprecated `access_log_flush_interval`, `flush_access_log_on_connected`) | An entry of type `TcpUpstreamConnected` once the upstream is connected, and of type `TcpPeriodic` every interval with the bytes moved so far and the duration so far, before the last (`TcpConnectionEnd`); `%ACCESS_LOG_TYPE%` prints the type (`DownstreamEnd` for HTTP streams, `UdpSessionEnd` for UDP sessions, `NotSet` elsewhere, as in Envoy). The options message and the deprecated fields are refused together, with Envoy's messages; `flush_access_log_on_start` is refused. |
 | `RBAC.enforcement_type` (network filter) | Both values accepted: the rules (addresses, SNI) cannot change during a connection, so Legate decides once, when the connection is set up (after the TLS handshake, if any); Envoy decides at the first byte, so a denied client that sends nothing is closed at once by Legate and only when it sends by Envoy. By then Envoy's tcp_proxy has connected upstream (and may have relayed the upstream's first bytes) and logs the connection; Legate opens no upstream connection for a denied client and writes no tcp_proxy access-log line for it. |
 | `Address.pipe` (unix domain sockets) | Listeners serve the HTTP connection manager, tcp_proxy, echo and direct_response on a pipe, after its listener filters (a PROXY header gives the connection its addresses, as in Envoy; `original_dst` leaves a pipe's connections alone); TLS is terminated on a pipe listener as on TCP (its chain chosen by the SNI the tls_inspector read); the network RBAC filter runs on a pipe listener's connections, where no rule on an IP address or a port matches (none is there, unless a PROXY header gave it), as in Envoy; a pipe connection matches, as in Envoy, only the filter chains that leave the port and IP criteria unset (one listing `0.0.0.0/0` counts as unset), and as `SAME_IP_OR_LOOPBACK`; addresses a PROXY header gave are matched as on TCP. Cluster endpoints may be pipes for HTTP/1.1, HTTP/2 and tcp_proxy, in plain text or TLS (`UpstreamTlsContext`, with its SNI and validation as over TCP), with or without a PROXY header (the downstream connection's addresses, as Envoy writes them; with none to name — a pipe listener in front — version 2's `LOCAL` header or version 1's `UNKNOWN`, where Envoy 1.40 crashes); a UDP proxy finds no host on a pipe. `mode` is refused for an abstract ('@') path, as Envoy does. The admin server listens on a pipe as on TCP (`mode` applied; its access log shows the path for both addresses, as Envoy's does). A statsd sink sends its datagrams to a pipe (a unix datagram socket) as to a UDP address. |

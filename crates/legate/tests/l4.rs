@@ -1929,3 +1929,101 @@ fn proxy_protocol_tlvs_pass_through_to_the_upstream_like_envoy() {
     assert_eq!(addresses, own);
     assert_eq!(tlvs, vec![added(), tlv(0xF0, b"tcp")]);
 }
+
+/// `upstream_connect_mode: ON_DOWNSTREAM_DATA`: no upstream connection for a client that sends
+/// nothing (a server-first upstream's greeting waits), one as soon as it sends; with
+/// `IMMEDIATE` the greeting comes first. `backoff_options` spaces the connect attempts to a
+/// closed port, all counted. Runs against Envoy too (`LEGATE_E2E_PROXY=envoy`).
+#[test]
+fn tcp_proxy_connects_on_downstream_data_and_backs_off_between_attempts() {
+    let upstream = TcpUpstream::start(b"hello from the server\n", true);
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let lazy = "          upstream_connect_mode: ON_DOWNSTREAM_DATA\n          max_early_data_bytes: 1024\n";
+    let backoff = "          max_connect_attempts: 4\n          backoff_options: {base_interval: 0.1s, max_interval: 0.2s}\n";
+    let config = bootstrap(
+        &[
+            listener(
+                "lazy",
+                0,
+                "",
+                &chain("", &tcp_proxy("lazy", "lazy_backend", lazy)),
+            ),
+            listener(
+                "eager",
+                0,
+                "",
+                &chain("", &tcp_proxy("eager", "eager_backend", "")),
+            ),
+            listener(
+                "retry",
+                0,
+                "",
+                &chain("", &tcp_proxy("retry", "closed", backoff)),
+            ),
+        ],
+        &[
+            cluster("lazy_backend", upstream.addr, ""),
+            cluster("eager_backend", upstream.addr, ""),
+            cluster("closed", closed, ""),
+        ]
+        .concat(),
+    );
+    let proxy = e2e::start_proxy(&config);
+
+    let mut eager = TcpStream::connect(proxy.addr("eager")).unwrap();
+    eager
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut greeting = [0u8; 22];
+    eager.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"hello from the server\n");
+
+    let mut lazy = TcpStream::connect(proxy.addr("lazy")).unwrap();
+    lazy.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let silent = lazy.read(&mut buf);
+    assert!(
+        matches!(&silent, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "nothing before the client speaks: {silent:?}"
+    );
+    assert_eq!(
+        proxy.stat("cluster.lazy_backend.upstream_cx_total"),
+        Some(0)
+    );
+    lazy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    lazy.write_all(b"ping").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 26 {
+        let n = lazy.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"hello from the server\nping");
+    assert_eq!(
+        proxy.stat("cluster.lazy_backend.upstream_cx_total"),
+        Some(1)
+    );
+
+    // Four attempts, with waits below 0.1, 0.2 and 0.2 s between them.
+    let started = Instant::now();
+    let mut refused = TcpStream::connect(proxy.addr("retry")).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = refused.read_to_end(&mut rest);
+    let took = started.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    eventually("four failed attempts", || {
+        proxy.stat("cluster.closed.upstream_cx_connect_fail") == Some(4)
+    });
+    assert_eq!(
+        proxy.stat("cluster.closed.upstream_cx_connect_attempts_exceeded"),
+        Some(1)
+    );
+}

@@ -2926,3 +2926,40 @@ fn key_log_writes_the_secrets_the_client_has_and_require_sni_is_envoys_no_op() {
     ));
     assert_eq!(proxy.stat("listener.logged.ssl.connection_error"), Some(0));
 }
+
+/// `upstream_connect_mode: ON_DOWNSTREAM_DATA` behind a TLS-terminating chain: the handshake
+/// alone makes no upstream connection; the first application bytes do. Passes against Envoy
+/// 1.40 too.
+#[test]
+fn tcp_proxy_on_downstream_data_after_a_tls_handshake() {
+    let ca = Ca::new("lazy-tls");
+    let leaf = ca.leaf("lazy", &["lazy.example.com"]);
+    let upstream = e2e::thread_per_connection("127.0.0.1", |mut conn| {
+        let _ = conn.write_all(b"greeting\n");
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let tcp_proxy = "      filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: lazy\n          cluster: app\n          upstream_connect_mode: ON_DOWNSTREAM_DATA\n          max_early_data_bytes: 1024\n";
+    let proxy = start_proxy(&bootstrap(
+        &listener("lazy", "", &chain(&[&tls_socket(&[&leaf], ""), tcp_proxy])),
+        &cluster("app", upstream, ""),
+    ));
+    let config = client(ca.roots(), BOTH, &[], None);
+    let mut tls = handshake(proxy.addr("lazy"), config, "lazy.example.com").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(proxy.stat("cluster.app.upstream_cx_total"), Some(0));
+    tls.write_all(b"ping").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < 13 {
+        let n = tls.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"greeting\nping");
+    assert_eq!(proxy.stat("cluster.app.upstream_cx_total"), Some(1));
+}

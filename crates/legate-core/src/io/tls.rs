@@ -115,6 +115,17 @@ where
         &self.conn
     }
 
+    /// Waits until the peer has sent something past the handshake, or closed: plaintext
+    /// rustls already holds, else the socket's next bytes (a TLS error counts too: the next
+    /// read reports it).
+    pub async fn peer_sent(&mut self) -> io::Result<()> {
+        match self.conn.process_new_packets() {
+            Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => Ok(()),
+            Ok(_) => self.socket.peer_sent().await,
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Sends what rustls has queued, as far as the socket takes it.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut io = Io {

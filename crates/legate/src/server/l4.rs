@@ -228,7 +228,14 @@ impl TcpProxy {
             self.config.tlv_merge_policy,
         );
         drop(conn);
-        let connect = Box::pin(self.connect(restored_local, proxy_data.as_ref(), &mut info));
+        let mut downstream = downstream;
+        let connect = Box::pin(async {
+            if self.config.connect_on_data {
+                peer_sent(&mut downstream).await;
+            }
+            self.connect(restored_local, proxy_data.as_ref(), &mut info)
+                .await
+        });
         let connected = match deadline {
             Some(at) => tokio::time::timeout_at(at.into(), connect).await,
             None => Ok(connect.await),
@@ -338,7 +345,14 @@ impl TcpProxy {
             .flatten()
             .map(|a| legate_upstream::hashing::xxhash64(a.ip().to_string().as_bytes()));
         let pick = || hash.unwrap_or_else(|| fastrand::u64(..));
-        for _ in 0..self.config.max_connect_attempts {
+        // `backoff_options`: a wait before each further attempt.
+        let mut waits = self.config.backoff.map(|b| b.waits(fastrand::f64));
+        for attempt in 0..self.config.max_connect_attempts {
+            if attempt > 0
+                && let Some(wait) = waits.as_mut().and_then(Iterator::next)
+            {
+                tokio::time::sleep(wait).await;
+            }
             let lb_context = legate_upstream::original_dst::LbContext {
                 restored_local,
                 headers: None,
@@ -459,6 +473,16 @@ impl TcpProxy {
             .fetch_sub(1, Ordering::Relaxed);
         drop(upstream.guard);
     }
+}
+
+/// Waits until the client has sent something or closed (`upstream_connect_mode:
+/// ON_DOWNSTREAM_DATA`); the bytes stay where they are, for the exchange to read.
+async fn peer_sent(downstream: &mut Conn) {
+    let _ = match downstream {
+        Conn::Plain(s) => legate_core::io::tcp_peer_sent(s).await,
+        Conn::Unix(s) => legate_core::io::unix_peer_sent(s).await,
+        Conn::Tls(s) => s.peer_sent().await,
+    };
 }
 
 /// Moves bytes between the connections until the exchange ends (both closed when it does).
