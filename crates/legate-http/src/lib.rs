@@ -19,3 +19,4 @@ pub mod route_match;
 pub mod router;
 pub mod stats;
 pub mod substitution;
+pub mod tunnel;

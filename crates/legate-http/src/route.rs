@@ -933,7 +933,7 @@ fn is_protected_header(name: &str) -> bool {
 }
 
 #[allow(deprecated)] // `append` is deprecated in favour of `append_action`, and still honoured.
-fn header_mutations(
+pub(crate) fn header_mutations(
     add: &[HeaderValueOption],
     remove: &[String],
     field: &str,

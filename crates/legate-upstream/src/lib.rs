@@ -18,6 +18,7 @@ pub mod pool;
 pub mod proxy_protocol;
 pub mod stats;
 pub mod tls;
+pub mod tunnel;
 
 pub use cluster::{ClusterConfig, LbPolicy, UpstreamProtocol};
 pub use manager::{Cluster, ClusterManager, ClusterSet, ClusterUpdate, Membership};

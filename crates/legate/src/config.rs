@@ -24,6 +24,7 @@ use legate_core::config_source::FileSource;
 use legate_core::proto::{bool_or, duration_or};
 use legate_core::{Compiled, ConfigError, Errors};
 use legate_http::hcm::HcmConfig;
+use legate_http::tunnel::TunnelConfig;
 use legate_net::listener::{ListenerConfig, check_unique};
 use legate_net::rbac::NetworkRbacConfig;
 use legate_net::tcp_proxy::TcpProxyConfig;
@@ -43,7 +44,8 @@ pub struct NodeOverrides {
 #[derive(Debug)]
 pub enum NetworkFilter {
     HttpConnectionManager(Arc<HcmConfig>),
-    TcpProxy(Arc<TcpProxyConfig>),
+    /// tcp_proxy, and its `tunneling_config` if set.
+    TcpProxy(Arc<TcpProxyConfig>, Option<Arc<TunnelConfig>>),
     Echo,
     /// `envoy.filters.network.direct_response`: the bytes to write before closing.
     DirectResponse(Arc<[u8]>),
@@ -406,8 +408,19 @@ fn network_filter(f: &Filter, clusters: &HashSet<&str>) -> Compiled<NetworkFilte
         TCP_PROXY_TYPE => {
             let p =
                 TcpProxy::decode(any.value.as_slice()).map_err(|e| decode_error("TcpProxy", e))?;
-            let config = TcpProxyConfig::compile(&p).map_err(within)?;
-            return Ok(NetworkFilter::TcpProxy(Arc::new(config)));
+            let mut errors = legate_core::Errors::default();
+            let config = errors.take("", TcpProxyConfig::compile(&p));
+            let tunnel = match &p.tunneling_config {
+                Some(t) => errors
+                    .take("tunneling_config", TunnelConfig::compile(t))
+                    .map(Arc::new),
+                None => None,
+            };
+            let config = errors.finish(|| config).map_err(within)?;
+            return Ok(NetworkFilter::TcpProxy(
+                Arc::new(config.expect("compiled when there are no errors")),
+                tunnel,
+            ));
         }
         ECHO_TYPE => return Ok(NetworkFilter::Echo),
         SNI_CLUSTER_TYPE => return Ok(NetworkFilter::SniCluster),

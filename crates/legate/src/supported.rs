@@ -231,7 +231,13 @@ pub fn messages() -> Vec<(String, &'static [&'static str])> {
                 "backoff_options",
                 "downstream_idle_timeout",
                 "upstream_idle_timeout",
+                "tunneling_config",
             ],
+        ),
+        (
+            "envoy.extensions.filters.network.tcp_proxy.v3",
+            "TcpProxy.TunnelingConfig",
+            &["hostname", "use_post", "headers_to_add", "post_path"],
         ),
         (CORE, "BackoffStrategy", &["base_interval", "max_interval"]),
         (
@@ -1201,6 +1207,7 @@ const NOTES: &str = "
 | `ssl.sigalgs.*` stats | Not counted (rustls does not report the negotiated signature scheme). |
 | `TcpProxy.max_downstream_connection_duration` | The connection is closed (both sides, pending bytes dropped, as Envoy's `NoFlush`) once the duration, plus a random share of up to `max_downstream_connection_duration_jitter_percentage` of it, has passed, even while bytes flow; counted in `tcp.<prefix>.max_downstream_connection_duration`, flagged `DT` in the access log. The time counts from when tcp_proxy takes the connection, after a TLS handshake on its chain; Envoy starts it when the filter chain is created, before the handshake. |
 | `TcpProxy.upstream_connect_mode` | `ON_DOWNSTREAM_DATA`: the upstream connection is made once the client has sent something (or closed); the bytes wait in the socket (TLS: in rustls) until the exchange reads them, so `max_early_data_bytes`, required as in Envoy, bounds nothing more. `ON_DOWNSTREAM_TLS_HANDSHAKE` is what Legate always does: a chain's TLS handshake is over before tcp_proxy runs. |
+| `TcpProxy.tunneling_config` | The client's bytes go over an HTTP request to the host, on the cluster's HTTP pool (HTTP/2 when the cluster is configured for it, else HTTP/1.1): `CONNECT` to the formatted `hostname` (authority-form on HTTP/1.1 with `host`, `:authority` on HTTP/2), or with `use_post` a `POST` to `post_path` (`/` by default) whose request and response bodies carry the bytes; `headers_to_add` with their values formatted. The tunnel opens on any 2xx over HTTP/1.1 and on a 200 over HTTP/2, as in Envoy; another answer fails the attempt (`UF`, and `URX` once `max_connect_attempts` are spent; `%UPSTREAM_TRANSPORT_FAILURE_REASON%` `tunnel_response:<status>`). A client's half-close ends the request (the `CONNECT` stream or connection half-closes, the `POST` body ends). `propagate_response_headers`, `propagate_response_trailers` and the request-id fields are refused. |
 | `TcpProxy.backoff_options` | Before each further connect attempt, a random wait below an interval that starts at `base_interval` and doubles up to `max_interval` (10 times the base by default), as Envoy's jittered backoff. |
 | `TcpProxy.downstream_idle_timeout`, `upstream_idle_timeout` | Accepted and ignored, as Envoy 1.40 does (hidden there as not implemented). |
 | `TcpProxy.access_log_options` (and the deprecated `access_log_flush_interval`, `flush_access_log_on_connected`) | An entry of type `TcpUpstreamConnected` once the upstream is connected, and of type `TcpPeriodic` every interval with the bytes moved so far and the duration so far, before the last (`TcpConnectionEnd`); `%ACCESS_LOG_TYPE%` prints the type (`DownstreamEnd` for HTTP streams, `UdpSessionEnd` for UDP sessions, `NotSet` elsewhere, as in Envoy). The options message and the deprecated fields are refused together, with Envoy's messages; `flush_access_log_on_start` is refused. |

@@ -2027,3 +2027,247 @@ fn tcp_proxy_connects_on_downstream_data_and_backs_off_between_attempts() {
         Some(1)
     );
 }
+
+/// What a tunnel server saw of a request that opens a tunnel.
+#[derive(Clone, Debug)]
+struct TunnelHead {
+    method: String,
+    uri: String,
+    version: http::Version,
+    headers: Vec<(String, String)>,
+}
+
+/// An HTTP/1.1 and HTTP/2 server of tunnels: a `CONNECT` is answered 200 (403 for a
+/// `deny.example.com` authority) and its bytes echoed; a `POST` is answered 200 with its
+/// request body streamed back as the response body.
+struct TunnelServer {
+    addr: SocketAddr,
+    heads: Arc<std::sync::Mutex<Vec<TunnelHead>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TunnelServer {
+    fn start() -> TunnelServer {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads: Arc<std::sync::Mutex<Vec<TunnelHead>>> = Arc::default();
+        let seen = heads.clone();
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |mut req: hyper::Request<hyper::body::Incoming>| {
+                            seen.lock().unwrap().push(TunnelHead {
+                                method: req.method().to_string(),
+                                uri: req.uri().to_string(),
+                                version: req.version(),
+                                headers: req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or("").to_owned())
+                                    })
+                                    .collect(),
+                            });
+                            async move {
+                                use http_body_util::BodyExt;
+                                type Reply = hyper::Response<
+                                    http_body_util::combinators::BoxBody<
+                                        bytes::Bytes,
+                                        hyper::Error,
+                                    >,
+                                >;
+                                let empty = || {
+                                    http_body_util::Empty::new()
+                                        .map_err(|never| match never {})
+                                        .boxed()
+                                };
+                                if req.method() == http::Method::POST {
+                                    return Ok::<Reply, hyper::Error>(hyper::Response::new(
+                                        req.into_body().boxed(),
+                                    ));
+                                }
+                                if req.uri().host() == Some("deny.example.com") {
+                                    let mut r = hyper::Response::new(empty());
+                                    *r.status_mut() = http::StatusCode::FORBIDDEN;
+                                    return Ok(r);
+                                }
+                                let upgrade = hyper::upgrade::on(&mut req);
+                                tokio::spawn(async move {
+                                    let Ok(upgraded) = upgrade.await else { return };
+                                    let mut io = TokioIo::new(upgraded);
+                                    let mut buf = vec![0u8; 4096];
+                                    loop {
+                                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                                        match io.read(&mut buf).await {
+                                            Ok(0) | Err(_) => {
+                                                let _ = io.shutdown().await;
+                                                return;
+                                            }
+                                            Ok(n) => {
+                                                if io.write_all(&buf[..n]).await.is_err() {
+                                                    return;
+                                                }
+                                            }
+                                        }
+                                    }
+                                });
+                                Ok(hyper::Response::new(empty()))
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TunnelServer {
+            addr,
+            heads,
+            _runtime: runtime,
+        }
+    }
+}
+
+/// `tunneling_config`: tcp_proxy carries the client's bytes over `CONNECT` (HTTP/1.1 and
+/// HTTP/2) or `POST` (`use_post`, `post_path`) to an HTTP upstream, with the formatted
+/// `hostname` and `headers_to_add`; the bytes come back both ways and a half-close ends the
+/// tunnel cleanly. A refused tunnel (403) closes the client's connection, flagged `UF,URX` as
+/// in Envoy. Runs against Envoy too (`LEGATE_E2E_PROXY=envoy`).
+#[test]
+fn tcp_proxy_tunnels_over_http_connect_and_post_like_envoy() {
+    let server = TunnelServer::start();
+    let scratch = ScratchDir::new("l4-tunnel");
+    let log = scratch.join("tunnel.log");
+    let tunnel = |extra: &str, hostname: &str| {
+        format!(
+            "          tunneling_config:\n            hostname: \"{hostname}\"\n            headers_to_add:\n            - header: {{key: x-tunnel, value: \"from %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%\"}}\n{extra}"
+        )
+    };
+    let post = "            use_post: true\n            post_path: /tunnel\n";
+    let mine = "example.com:%DOWNSTREAM_LOCAL_PORT%";
+    let access_log = format!(
+        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {}\n              log_format: {{text_format_source: {{inline_string: \"%RESPONSE_FLAGS%\\n\"}}}}\n",
+        log.display()
+    );
+    let listeners = [
+        listener(
+            "h1_connect",
+            0,
+            "",
+            &chain("", &tcp_proxy("a", "h1", &tunnel("", mine))),
+        ),
+        listener(
+            "h1_post",
+            0,
+            "",
+            &chain("", &tcp_proxy("b", "h1", &tunnel(post, mine))),
+        ),
+        listener(
+            "h2_connect",
+            0,
+            "",
+            &chain("", &tcp_proxy("c", "h2", &tunnel("", mine))),
+        ),
+        listener(
+            "h2_post",
+            0,
+            "",
+            &chain("", &tcp_proxy("d", "h2", &tunnel(post, mine))),
+        ),
+        listener(
+            "refused",
+            0,
+            "",
+            &chain(
+                "",
+                &tcp_proxy(
+                    "e",
+                    "h1_refused",
+                    &(tunnel("", "deny.example.com:443") + &access_log),
+                ),
+            ),
+        ),
+    ];
+    let clusters = [
+        cluster("h1", server.addr, ""),
+        cluster("h1_refused", server.addr, ""),
+        cluster("h2", server.addr, e2e::H2_UPSTREAM),
+    ]
+    .concat();
+    let proxy = e2e::start_proxy(&bootstrap(&listeners, &clusters));
+    for (name, method, version) in [
+        ("h1_connect", "CONNECT", http::Version::HTTP_11),
+        ("h1_post", "POST", http::Version::HTTP_11),
+        ("h2_connect", "CONNECT", http::Version::HTTP_2),
+        ("h2_post", "POST", http::Version::HTTP_2),
+    ] {
+        let addr = proxy.addr(name);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut echoed = [0u8; 5];
+        for word in [b"hello", b"world"] {
+            s.write_all(word).unwrap();
+            s.read_exact(&mut echoed)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(&echoed, word, "{name}");
+        }
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let ended = s.read_to_end(&mut rest);
+        assert!(
+            ended.is_ok() && rest.is_empty(),
+            "{name}: {ended:?} {rest:?}"
+        );
+        let head = server.heads.lock().unwrap().last().cloned().unwrap();
+        let authority = format!("example.com:{}", addr.port());
+        assert_eq!(head.method, method, "{name}: {head:?}");
+        assert_eq!(head.version, version, "{name}: {head:?}");
+        let header = |n: &str| {
+            head.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            header("x-tunnel"),
+            Some("from 127.0.0.1"),
+            "{name}: {head:?}"
+        );
+        match (method, version) {
+            ("CONNECT", http::Version::HTTP_11) => {
+                assert_eq!(head.uri, authority, "{name}");
+                assert_eq!(header("host"), Some(authority.as_str()), "{name}");
+            }
+            ("CONNECT", _) => assert_eq!(head.uri, authority, "{name}"),
+            ("POST", http::Version::HTTP_11) => {
+                assert_eq!(head.uri, "/tunnel", "{name}");
+                assert_eq!(header("host"), Some(authority.as_str()), "{name}");
+                assert_eq!(header("transfer-encoding"), Some("chunked"), "{name}");
+            }
+            _ => assert_eq!(head.uri, format!("http://{authority}/tunnel"), "{name}"),
+        }
+    }
+
+    let mut s = TcpStream::connect(proxy.addr("refused")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    eventually("the refused tunnel counted", || {
+        proxy.stat("cluster.h1_refused.upstream_cx_connect_attempts_exceeded") == Some(1)
+    });
+    eventually("the refused tunnel logged", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l == "UF,URX\n")
+    });
+}

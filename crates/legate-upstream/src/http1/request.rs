@@ -39,7 +39,8 @@ enum Framing {
 }
 
 impl Outgoing {
-    /// Encodes `request`'s head; its URI must be origin-form (`/path?query`).
+    /// Encodes `request`'s head; its URI must be origin-form (`/path?query`), or for `CONNECT`
+    /// authority-form (`host:port`).
     pub(crate) fn new(request: Request<Body>) -> Outgoing {
         let (mut parts, body) = request.into_parts();
         let headers = &mut parts.headers;
@@ -61,7 +62,10 @@ impl Outgoing {
                 Framing::Chunked
             }
         };
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let target = match (&parts.method, parts.uri.authority()) {
+            (&Method::CONNECT, Some(authority)) => authority.as_str(),
+            _ => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        };
         let mut out = BytesMut::with_capacity(256 + headers.len() * 48);
         out.put_slice(parts.method.as_str().as_bytes());
         out.put_u8(b' ');

@@ -12,11 +12,13 @@ use legate_core::proxy_protocol::ProxyProtocolData;
 use legate_core::stats::{Counter, Scope};
 use legate_core::stream_info::{AccessLogType, Protocol, StreamInfo};
 use legate_http::conn_manager::{Downstream, HttpConnectionManager, ProxyContext};
+use legate_http::tunnel::TunnelConfig;
 use legate_net::pump::{self, ByteCounters, End, Limits, Side};
 use legate_net::tcp_proxy::{TcpProxyConfig, TcpProxyStats};
 use legate_net::tls::ServerTlsStream;
 use legate_upstream::Cluster;
 use legate_upstream::pool::{UpstreamError, UpstreamStream};
+use legate_upstream::tunnel::{Tunnel, TunnelError};
 use tokio::sync::watch;
 
 use crate::config::NetworkFilter;
@@ -51,12 +53,13 @@ impl ChainFilter {
                             .join("\n")
                     })?,
             )),
-            Some(NetworkFilter::TcpProxy(c)) => {
+            Some(NetworkFilter::TcpProxy(c, tunnel)) => {
                 let cluster_from_sni = filters
                     .iter()
                     .any(|f| matches!(f, NetworkFilter::SniCluster));
                 ChainFilter::TcpProxy(Arc::new(TcpProxy::new(
                     c.clone(),
+                    tunnel.clone(),
                     context.clone(),
                     cluster_from_sni,
                 )?))
@@ -135,6 +138,8 @@ pub type Conn = legate_core::io::MaybeTls<ServerTlsStream>;
 /// A running tcp_proxy filter.
 pub struct TcpProxy {
     config: Arc<TcpProxyConfig>,
+    /// `tunneling_config`: the bytes go over an HTTP request to the host.
+    tunnel: Option<Arc<TunnelConfig>>,
     /// The cluster is the connection's SNI when it has one (`sni_cluster`).
     cluster_from_sni: bool,
     stats: TcpProxyStats,
@@ -166,6 +171,7 @@ impl TcpProxy {
     /// `cluster_from_sni`: an `sni_cluster` filter runs before it.
     pub fn new(
         config: Arc<TcpProxyConfig>,
+        tunnel: Option<Arc<TunnelConfig>>,
         context: Arc<ProxyContext>,
         cluster_from_sni: bool,
     ) -> Result<Self, String> {
@@ -189,6 +195,7 @@ impl TcpProxy {
             }
         }
         Ok(TcpProxy {
+            tunnel,
             cluster_from_sni,
             stats: TcpProxyStats::new(&root, &config.stat_prefix),
             config,
@@ -221,6 +228,7 @@ impl TcpProxy {
         info.dynamic_metadata = conn.dynamic_metadata.clone();
         info.filter_chain_name = conn.filter_chain_name.clone();
         let restored_local = conn.local_restored.then_some(conn.local);
+        let worker = conn.worker;
         // What a PROXY header to the upstream names, as Envoy's tcp_proxy sets it: the
         // addresses (after a PROXY listener filter, the ones it restored) and the TLVs.
         let proxy_data = conn.proxy_protocol_data(
@@ -233,7 +241,7 @@ impl TcpProxy {
             if self.config.connect_on_data {
                 peer_sent(&mut downstream).await;
             }
-            self.connect(restored_local, proxy_data.as_ref(), &mut info)
+            self.connect(restored_local, worker, proxy_data.as_ref(), &mut info)
                 .await
         });
         let connected = match deadline {
@@ -319,6 +327,7 @@ impl TcpProxy {
     async fn connect(
         &self,
         restored_local: Option<std::net::SocketAddr>,
+        worker: usize,
         proxy_data: Option<&ProxyProtocolData>,
         info: &mut StreamInfo,
     ) -> Option<Upstream> {
@@ -368,12 +377,30 @@ impl TcpProxy {
                 info.upstream_host = Some(host.address);
             }
             info.attempt_count += 1;
+            if let Some(tunnel) = &self.tunnel {
+                match self
+                    .open_tunnel(tunnel, &cluster, &host, worker, proxy_data, info)
+                    .await
+                {
+                    Ok(tunnel) => {
+                        return Some(Upstream {
+                            link: Link::Tunnel(Box::new(tunnel)),
+                            guard: None,
+                            host,
+                            cluster,
+                            l4,
+                        });
+                    }
+                    Err(true) => return None,
+                    Err(false) => continue,
+                }
+            }
             match legate_upstream::pool::connect(&cluster, &host, None, proxy_data).await {
                 Ok((stream, guard)) => {
                     info.upstream_local_address = stream.tcp().and_then(|t| t.local_addr().ok());
                     return Some(Upstream {
-                        stream,
-                        guard,
+                        link: Link::Connection(stream),
+                        guard: Some(guard),
                         host,
                         cluster,
                         l4,
@@ -391,7 +418,56 @@ impl TcpProxy {
         }
         l4.attempts_exceeded.inc();
         info.response_flags.set(flags::UPSTREAM_CONNECTION_FAILURE);
+        info.response_flags
+            .set(flags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
         None
+    }
+
+    /// Opens a tunnel to `host` (`tunneling_config`). `Err(true)`: give up (the cluster is
+    /// full), `Err(false)`: this attempt failed (the reason is in `info`).
+    async fn open_tunnel(
+        &self,
+        tunnel: &TunnelConfig,
+        cluster: &Arc<Cluster>,
+        host: &Arc<legate_upstream::host::Host>,
+        worker: usize,
+        proxy_data: Option<&ProxyProtocolData>,
+        info: &mut StreamInfo,
+    ) -> Result<Tunnel, bool> {
+        use legate_core::stream_info::ResponseFlags as flags;
+        // Over HTTP/2 when the cluster speaks it, else over HTTP/1.1, as Envoy picks.
+        let protocol = match cluster.config.protocol {
+            legate_upstream::UpstreamProtocol::Http2 => legate_upstream::pool::Protocol::Http2,
+            _ => legate_upstream::pool::Protocol::Http1,
+        };
+        let Some(request) = tunnel.request(info, protocol, cluster.config.tls.is_some()) else {
+            info.upstream_transport_failure_reason = Some("invalid tunnel hostname".into());
+            return Err(false);
+        };
+        let opening = legate_upstream::tunnel::open(
+            cluster,
+            host,
+            worker,
+            protocol,
+            request,
+            proxy_data.cloned(),
+        );
+        match Box::pin(opening).await {
+            Ok(t) => Ok(t),
+            Err(TunnelError::Upstream(UpstreamError::Overflow)) => {
+                info.response_flags.set(flags::UPSTREAM_OVERFLOW);
+                Err(true)
+            }
+            Err(TunnelError::Upstream(e)) => {
+                info.upstream_transport_failure_reason =
+                    e.transport_failure_reason().map(str::to_owned);
+                Err(false)
+            }
+            Err(TunnelError::Refused(status)) => {
+                info.upstream_transport_failure_reason = Some(format!("tunnel_response:{status}"));
+                Err(false)
+            }
+        }
     }
 
     /// Moves the bytes between the two connections until the exchange ends, then counts how
@@ -411,23 +487,25 @@ impl TcpProxy {
             .filter(|_| info.is_some());
         // The connection's own byte totals, read by the periodic access log entries.
         let moved = [AtomicU64::new(0), AtomicU64::new(0)];
+        // A tunnel's connection counts its own bytes (the HTTP pool's).
+        let own = matches!(upstream.link, Link::Connection(_));
         let from_downstream = ByteCounters {
             counters: [
                 Some(&stats.downstream_cx_rx_bytes_total),
-                Some(&upstream.l4.tx_bytes),
+                own.then_some(&upstream.l4.tx_bytes),
             ],
             total: periodic.map(|_| &moved[0]),
         };
         let from_upstream = ByteCounters {
             counters: [
                 Some(&stats.downstream_cx_tx_bytes_total),
-                Some(&upstream.l4.rx_bytes),
+                own.then_some(&upstream.l4.rx_bytes),
             ],
             total: periodic.map(|_| &moved[1]),
         };
         let pump = run_pump(
             downstream,
-            upstream.stream,
+            upstream.link,
             limits,
             from_downstream,
             from_upstream,
@@ -449,12 +527,6 @@ impl TcpProxy {
             }
             End::Closed | End::Error => {}
         }
-        let cs = &upstream.cluster.stats;
-        if outcome.first_to_close == Some(Side::B) {
-            cs.traffic.upstream_cx_destroy_remote().inc();
-        } else {
-            cs.traffic.upstream_cx_destroy_local().inc();
-        }
         if let Some(info) = info {
             info.bytes_received = outcome.a_to_b;
             info.bytes_sent = outcome.b_to_a;
@@ -462,6 +534,14 @@ impl TcpProxy {
                 info.response_flags
                     .set(legate_core::stream_info::ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
             }
+        }
+        // The end of tcp_proxy's own connection (a tunnel's is the HTTP pool's to count).
+        let Some(guard) = upstream.guard else { return };
+        let cs = &upstream.cluster.stats;
+        if outcome.first_to_close == Some(Side::B) {
+            cs.traffic.upstream_cx_destroy_remote().inc();
+        } else {
+            cs.traffic.upstream_cx_destroy_local().inc();
         }
         cs.traffic.upstream_cx_active().dec();
         cs.traffic.upstream_cx_destroy().inc();
@@ -471,7 +551,7 @@ impl TcpProxy {
             .host
             .active_connections
             .fetch_sub(1, Ordering::Relaxed);
-        drop(upstream.guard);
+        drop(guard);
     }
 }
 
@@ -488,32 +568,56 @@ async fn peer_sent(downstream: &mut Conn) {
 /// Moves bytes between the connections until the exchange ends (both closed when it does).
 async fn run_pump(
     downstream: Conn,
-    upstream: UpstreamStream,
+    upstream: Link,
     limits: Limits,
     from_downstream: ByteCounters<'_>,
     from_upstream: ByteCounters<'_>,
 ) -> pump::Outcome {
-    if let (Conn::Plain(d), UpstreamStream::Plain(u)) = (&downstream, &upstream) {
-        // Plain on both sides: the readiness-driven pump, which holds no buffer while idle.
-        pump::exchange(d, u, limits, from_downstream, from_upstream).await
-    } else {
-        // Boxed: TLS connections are rarer and hold far more anyway; inline, this would size
-        // every plain connection's task for it.
-        Box::pin(pump::exchange_io(
-            downstream,
-            upstream,
-            limits,
-            from_downstream,
-            from_upstream,
-        ))
-        .await
+    match (&downstream, upstream) {
+        (Conn::Plain(d), Link::Connection(UpstreamStream::Plain(u))) => {
+            // Plain on both sides: the readiness-driven pump, which holds no buffer while
+            // idle.
+            pump::exchange(d, &u, limits, from_downstream, from_upstream).await
+        }
+        // Boxed: TLS connections and tunnels are rarer and hold far more anyway; inline, these
+        // would size every plain connection's task for them.
+        (_, Link::Connection(u)) => {
+            Box::pin(pump::exchange_io(
+                downstream,
+                u,
+                limits,
+                from_downstream,
+                from_upstream,
+            ))
+            .await
+        }
+        (_, Link::Tunnel(t)) => {
+            Box::pin(pump::exchange_io(
+                downstream,
+                t,
+                limits,
+                from_downstream,
+                from_upstream,
+            ))
+            .await
+        }
     }
+}
+
+/// How the bytes reach the host.
+enum Link {
+    /// A connection (TCP, or a unix socket) of tcp_proxy's own.
+    Connection(UpstreamStream),
+    /// A tunnel over an HTTP request (`tunneling_config`), on a connection of the cluster's
+    /// HTTP pool, which counts that connection.
+    Tunnel(Box<Tunnel>),
 }
 
 /// A connected upstream and what its exchange counts into.
 struct Upstream {
-    stream: UpstreamStream,
-    guard: legate_upstream::breaker::ResourceGuard,
+    link: Link,
+    /// tcp_proxy's own connection's place within the cluster's connection limit.
+    guard: Option<legate_upstream::breaker::ResourceGuard>,
     host: Arc<legate_upstream::host::Host>,
     cluster: Arc<Cluster>,
     l4: ClusterL4Stats,
