@@ -491,10 +491,24 @@ mod tests {
             duration: 0.2,
             connections: 1,
             timeout: 5.0,
+            slowest: 3,
         };
         let mut report = run(&args).unwrap();
         server.join().unwrap();
         assert_eq!(report.latencies.len(), 20);
+        // The slowest come last: the queue only grows.
+        let mut printed = Vec::new();
+        Report {
+            latencies: report.latencies.clone(),
+            timeline: report.timeline.clone(),
+            ..Report::default()
+        }
+        .print(&args, &mut printed)
+        .unwrap();
+        let printed = String::from_utf8(printed).unwrap();
+        let slowest: Vec<&str> = printed.lines().filter(|l| l.contains("due at")).collect();
+        assert_eq!(slowest.len(), 3, "{printed}");
+        assert!(slowest[2].contains("due at   190.000 ms"), "{printed}");
         assert_eq!((report.errors, report.timeouts), (0, 0));
         report.latencies.sort_unstable();
         let first = Duration::from_nanos(report.latencies[0]);
