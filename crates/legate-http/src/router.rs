@@ -413,7 +413,7 @@ pub(crate) fn forward<'a>(
         let sent = pool::send(
             &cluster,
             &host,
-            f.connection.worker,
+            f.connection.worker as usize,
             protocol,
             upstream_request,
             downstream,

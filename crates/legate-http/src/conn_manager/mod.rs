@@ -106,7 +106,7 @@ pub struct Downstream {
     /// The name of the filter chain serving the connection, if it has one.
     pub filter_chain_name: Option<Arc<str>>,
     /// The worker serving it, which picks the worker's upstream connection pools.
-    pub worker: usize,
+    pub worker: u32,
     /// TLS was terminated on this connection (`x-forwarded-proto` and `:scheme` are `https`).
     pub tls: bool,
     /// The SNI the client sent, if any (`%REQUESTED_SERVER_NAME%`).
@@ -124,8 +124,10 @@ pub struct Downstream {
     pub pipe: Option<Arc<str>>,
     /// A PROXY header gave `peer` (the socket's peer is the proxy in front).
     pub proxied: bool,
-    /// The TLVs of that header the listener filter's `pass_through_tlvs` kept.
-    pub proxy_tlvs: Vec<legate_core::proxy_protocol::Tlv>,
+    /// The TLVs of that header the listener filter's `pass_through_tlvs` kept, if any (behind
+    /// a pointer: most connections have none, and this struct is in every connection's
+    /// memory).
+    pub proxy_tlvs: Option<Arc<Vec<legate_core::proxy_protocol::Tlv>>>,
 }
 
 impl Downstream {
@@ -156,7 +158,10 @@ impl Downstream {
     ) -> Option<legate_core::proxy_protocol::ProxyProtocolData> {
         let (source, destination) = self.remote_address().zip(self.local_address())?;
         let tlvs = if self.proxied {
-            policy.merge(&self.proxy_tlvs, configured)
+            policy.merge(
+                self.proxy_tlvs.as_deref().map_or(&[], Vec::as_slice),
+                configured,
+            )
         } else {
             configured.to_vec()
         };
@@ -651,4 +656,14 @@ impl From<LocalReply> for Outcome {
     fn from(r: LocalReply) -> Self {
         Outcome::Local(r)
     }
+}
+#[cfg(test)]
+#[test]
+fn a_downstream_fits_the_allocators_224_byte_class() {
+    // Every connection holds one (boxed); a field more moves it to the next class (256).
+    assert!(
+        std::mem::size_of::<Downstream>() <= 224,
+        "{}",
+        std::mem::size_of::<Downstream>()
+    );
 }

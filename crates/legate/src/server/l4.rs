@@ -204,7 +204,7 @@ impl TcpProxy {
         })
     }
 
-    async fn serve(&self, downstream: Conn, conn: Box<Downstream>, server_name: &str) {
+    async fn serve(&self, mut downstream: Conn, conn: Box<Downstream>, server_name: &str) {
         self.stats.downstream_cx_total.inc();
         let deadline = self
             .config
@@ -228,7 +228,7 @@ impl TcpProxy {
         info.dynamic_metadata = conn.dynamic_metadata.clone();
         info.filter_chain_name = conn.filter_chain_name.clone();
         let restored_local = conn.local_restored.then_some(conn.local);
-        let worker = conn.worker;
+        let worker = conn.worker as usize;
         // What a PROXY header to the upstream names, as Envoy's tcp_proxy sets it: the
         // addresses (after a PROXY listener filter, the ones it restored) and the TLVs.
         let proxy_data = conn.proxy_protocol_data(
@@ -236,7 +236,6 @@ impl TcpProxy {
             self.config.tlv_merge_policy,
         );
         drop(conn);
-        let mut downstream = downstream;
         let connect = Box::pin(async {
             if self.config.connect_on_data {
                 peer_sent(&mut downstream).await;
@@ -573,33 +572,38 @@ async fn run_pump(
     from_downstream: ByteCounters<'_>,
     from_upstream: ByteCounters<'_>,
 ) -> pump::Outcome {
-    match (&downstream, upstream) {
-        (Conn::Plain(d), Link::Connection(UpstreamStream::Plain(u))) => {
-            // Plain on both sides: the readiness-driven pump, which holds no buffer while
-            // idle.
-            pump::exchange(d, &u, limits, from_downstream, from_upstream).await
-        }
-        // Boxed: TLS connections and tunnels are rarer and hold far more anyway; inline, these
+    if let (Conn::Plain(d), Link::Connection(UpstreamStream::Plain(u))) = (&downstream, &upstream) {
+        // Plain on both sides: the readiness-driven pump, which holds no buffer while idle.
+        pump::exchange(d, u, limits, from_downstream, from_upstream).await
+    } else {
+        // Boxed: TLS connections and tunnels are rarer and hold far more anyway; inline, this
         // would size every plain connection's task for them.
-        (_, Link::Connection(u)) => {
-            Box::pin(pump::exchange_io(
-                downstream,
-                u,
-                limits,
-                from_downstream,
-                from_upstream,
-            ))
-            .await
+        Box::pin(run_io_pump(
+            downstream,
+            upstream,
+            limits,
+            from_downstream,
+            from_upstream,
+        ))
+        .await
+    }
+}
+
+/// [`run_pump`] through `AsyncRead`/`AsyncWrite` (TLS on either side, a unix socket, a
+/// tunnel).
+async fn run_io_pump(
+    downstream: Conn,
+    upstream: Link,
+    limits: Limits,
+    from_downstream: ByteCounters<'_>,
+    from_upstream: ByteCounters<'_>,
+) -> pump::Outcome {
+    match upstream {
+        Link::Connection(u) => {
+            pump::exchange_io(downstream, u, limits, from_downstream, from_upstream).await
         }
-        (_, Link::Tunnel(t)) => {
-            Box::pin(pump::exchange_io(
-                downstream,
-                t,
-                limits,
-                from_downstream,
-                from_upstream,
-            ))
-            .await
+        Link::Tunnel(t) => {
+            pump::exchange_io(downstream, t, limits, from_downstream, from_upstream).await
         }
     }
 }

@@ -345,7 +345,7 @@ async fn accept_loop(
             local_restored: false,
             direct_local: None,
             filter_chain_name: None,
-            worker,
+            worker: worker as u32,
             tls: false,
             requested_server_name: None,
             tls_info: None,
@@ -353,7 +353,7 @@ async fn accept_loop(
             dynamic_metadata: None,
             pipe: pipe.clone(),
             proxied: false,
-            proxy_tlvs: Vec::new(),
+            proxy_tlvs: None,
         };
         let serving = serving.clone();
         let shared = shared.clone();
@@ -581,7 +581,9 @@ async fn prepare(
     if let Some((source, _)) = detected.proxied {
         downstream.peer = source;
         downstream.proxied = true;
-        downstream.proxy_tlvs = detected.proxy_tlvs.clone();
+        if !detected.proxy_tlvs.is_empty() {
+            downstream.proxy_tlvs = Some(Arc::new(detected.proxy_tlvs.clone()));
+        }
     }
     downstream.tls_fingerprints = detected.fingerprints.clone();
     downstream.dynamic_metadata = detected.metadata.clone();
