@@ -408,7 +408,9 @@ pub(crate) fn forward<'a>(
         // PROXY header passed on, for a cluster whose connections start with a PROXY header.
         let connection = f.connection;
         let downstream = cluster.config.proxy_protocol.as_ref().and_then(|_| {
-            connection.proxy_protocol_data(&[], legate_core::proxy_protocol::MergePolicy::default())
+            connection
+                .proxy_protocol_data(&[], legate_core::proxy_protocol::MergePolicy::default())
+                .map(Box::new)
         });
         let sent = pool::send(
             &cluster,

@@ -54,9 +54,16 @@ pub async fn open(
         (None, body::empty())
     };
     let request = Request::from_parts(parts, request_body);
-    let mut response = pool::send(cluster, host, worker, protocol, request, proxy)
-        .await
-        .map_err(TunnelError::Upstream)?;
+    let mut response = pool::send(
+        cluster,
+        host,
+        worker,
+        protocol,
+        request,
+        proxy.map(Box::new),
+    )
+    .await
+    .map_err(TunnelError::Upstream)?;
     let status = response.status();
     let opened = match protocol {
         Protocol::Http1 => status.is_success(),

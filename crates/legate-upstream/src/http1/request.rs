@@ -62,9 +62,12 @@ impl Outgoing {
                 Framing::Chunked
             }
         };
-        let target = match (&parts.method, parts.uri.authority()) {
-            (&Method::CONNECT, Some(authority)) => authority.as_str(),
-            _ => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        let authority = (parts.method == Method::CONNECT)
+            .then(|| parts.uri.authority())
+            .flatten();
+        let target = match authority {
+            Some(authority) => authority.as_str(),
+            None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
         };
         let mut out = BytesMut::with_capacity(256 + headers.len() * 48);
         out.put_slice(parts.method.as_str().as_bytes());

@@ -436,7 +436,7 @@ pub fn send<'a>(
     worker: usize,
     protocol: Protocol,
     req: Request<Body>,
-    downstream: Option<ProxyProtocolData>,
+    downstream: Option<Box<ProxyProtocolData>>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, UpstreamError>> + 'a {
     // The connection's name is worked out before the future: `downstream` is not kept in it.
     let name = match cluster.config.tls.as_ref().map(|t| t.name_for(&req)) {
@@ -473,10 +473,10 @@ pub fn send<'a>(
 #[inline(never)]
 fn for_downstream(
     name: Option<ConnectionName>,
-    downstream: ProxyProtocolData,
+    downstream: Box<ProxyProtocolData>,
 ) -> Option<ConnectionName> {
     let mut name = name.unwrap_or_default();
-    name.proxy = Some(Box::new(downstream));
+    name.proxy = Some(downstream);
     Some(name)
 }
 
