@@ -14,6 +14,7 @@ pub mod control;
 pub mod l4;
 pub mod listener;
 pub mod listener_manager;
+pub mod tcp_proxy;
 pub mod udp;
 pub mod worker;
 
