@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use legate_api::pb::envoy::config::core::v3::{
-    ProxyProtocolPassThroughTlVs, proxy_protocol_pass_through_tl_vs::PassTlVsMatchType,
+    ProxyProtocolPassThroughTlVs, TlvEntry, proxy_protocol_pass_through_tl_vs::PassTlVsMatchType,
 };
 
 use crate::{Compiled, Errors};
@@ -22,6 +22,20 @@ pub struct ProxyProtocolData {
     pub source: SocketAddr,
     pub destination: SocketAddr,
     pub tlvs: Vec<Tlv>,
+}
+
+/// Configured TLVs (`TlvEntry`s with a static `value`), in order; `field` names the list in
+/// errors.
+pub fn tlv_entries(entries: &[TlvEntry], field: &str) -> Compiled<Vec<Tlv>> {
+    let mut errors = Errors::default();
+    let mut tlvs = Vec::with_capacity(entries.len());
+    for (i, tlv) in entries.iter().enumerate() {
+        match u8::try_from(tlv.r#type) {
+            Ok(kind) => tlvs.push((kind, tlv.value.clone())),
+            Err(_) => errors.push(&format!("{field}[{i}].type"), "value must be less than 256"),
+        }
+    }
+    errors.finish(|| tlvs)
 }
 
 /// `ProxyProtocolPassThroughTLVs`: which TLVs go on.

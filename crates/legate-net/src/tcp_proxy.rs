@@ -11,7 +11,7 @@ use legate_api::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 use legate_api::pb::envoy::r#type::v3::hash_policy;
 use legate_core::access_log::AccessLogger;
 use legate_core::proto::{duration, duration_or, u32_or};
-use legate_core::proxy_protocol::{MergePolicy, Tlv};
+use legate_core::proxy_protocol::{MergePolicy, Tlv, tlv_entries};
 use legate_core::stats::{Counter, Gauge, ImportMode, Scope};
 use legate_core::{Compiled, Errors};
 
@@ -190,16 +190,12 @@ impl TcpProxyConfig {
                 p.access_log_flush_interval.as_ref(),
             ),
         };
-        let mut proxy_protocol_tlvs = Vec::new();
-        for (i, tlv) in p.proxy_protocol_tlvs.iter().enumerate() {
-            match u8::try_from(tlv.r#type) {
-                Ok(kind) => proxy_protocol_tlvs.push((kind, tlv.value.clone())),
-                Err(_) => errors.push(
-                    &format!("proxy_protocol_tlvs[{i}].type"),
-                    "value must be less than 256",
-                ),
-            }
-        }
+        let proxy_protocol_tlvs = errors
+            .take(
+                "",
+                tlv_entries(&p.proxy_protocol_tlvs, "proxy_protocol_tlvs"),
+            )
+            .unwrap_or_default();
         let tlv_merge_policy =
             match ProxyProtocolTlvMergePolicy::try_from(p.proxy_protocol_tlv_merge_policy) {
                 Ok(ProxyProtocolTlvMergePolicy::OverwriteByTypeIfExistsOrAdd) => {

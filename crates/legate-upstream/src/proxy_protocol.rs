@@ -9,7 +9,7 @@
 //! connection ([`crate::tls::ConnectionName`]). A connection made for no downstream one names
 //! its own local and remote addresses.
 
-use legate_core::proxy_protocol::{PassThrough, Tlv};
+use legate_core::proxy_protocol::{PassThrough, Tlv, tlv_entries};
 use std::net::{IpAddr, SocketAddr};
 
 use legate_api::pb::envoy::config::core::v3::{
@@ -111,16 +111,9 @@ fn compile(config: &ProxyProtocolUpstreamTransport) -> Compiled<UpstreamProxyPro
         _ => 1,
     };
     let mut errors = Errors::default();
-    let mut added_tlvs = Vec::new();
-    for (i, tlv) in p.added_tlvs.iter().enumerate() {
-        match u8::try_from(tlv.r#type) {
-            Ok(kind) => added_tlvs.push((kind, tlv.value.clone())),
-            Err(_) => errors.push(
-                &format!("added_tlvs[{i}].type"),
-                "a TLV type is one byte (0 to 255)",
-            ),
-        }
-    }
+    let added_tlvs = errors
+        .take("", tlv_entries(&p.added_tlvs, "added_tlvs"))
+        .unwrap_or_default();
     let tlv_bytes: usize = added_tlvs.iter().map(|(_, v)| 3 + v.len()).sum();
     if tlv_bytes > MAX_TLV_BYTES {
         errors.push(
