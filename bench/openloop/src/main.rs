@@ -393,7 +393,8 @@ impl Report {
             ms(self.schedule_lag.last().copied().unwrap_or(0))
         )?;
         if args.slowest > 0 {
-            self.timeline.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            self.timeline
+                .sort_unstable_by_key(|&(latency, _)| std::cmp::Reverse(latency));
             self.timeline.truncate(args.slowest);
             self.timeline.sort_unstable_by_key(|&(_, due)| due);
             writeln!(

@@ -14,6 +14,8 @@
 //! difference (documented ones too) with both values. Run with `--nocapture` to see the
 //! pass/fail matrix on success.
 
+// `common` and `e2e` both bring the scratch-directory helpers (one file, two modules).
+#[allow(clippy::duplicate_mod)]
 mod common;
 mod e2e;
 

@@ -1744,9 +1744,13 @@ fn tcp_proxy_max_connection_duration_and_periodic_access_log() {
     }
 }
 
+/// A PROXY header's TLVs: (type, value).
+type Tlvs = Vec<(u8, Vec<u8>)>;
+
 /// The TLVs of a PROXY header, split from the bytes after a version 2 header of TCP over IPv4
-/// (12 address bytes); `None` if `got` does not start with one.
-fn upstream_tlvs(got: &[u8]) -> Option<(Vec<u8>, Vec<(u8, Vec<u8>)>, Vec<u8>)> {
+/// (12 address bytes): the address bytes, the TLVs and what follows the header; `None` if
+/// `got` does not start with one.
+fn upstream_tlvs(got: &[u8]) -> Option<(Vec<u8>, Tlvs, Vec<u8>)> {
     let rest = got.strip_prefix(b"\r\n\r\n\0\r\nQUIT\n\x21\x11".as_slice())?;
     let length = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
     let (body, after) = rest[2..].split_at(length);

@@ -104,7 +104,8 @@ impl rustls::KeyLog for KeyLogFile {
         let line = format!("{label} {} {}\n", hex(client_random), hex(secret));
         // One write of the whole line to a file opened for appending: lines from several
         // contexts (or processes) logging to one file do not interleave.
-        let result = self.file.lock().unwrap().write_all(line.as_bytes());
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let result = file.write_all(line.as_bytes());
         if let Err(e) = result {
             tracing::warn!("TLS key log '{}': {e}", self.path);
         }
