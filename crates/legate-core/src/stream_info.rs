@@ -166,6 +166,8 @@ impl RequestLine {
 pub enum AccessLogType {
     #[default]
     NotSet,
+    /// tcp_proxy took the connection (`flush_access_log_on_start`).
+    TcpConnectionStart,
     /// tcp_proxy connected to the upstream (`flush_access_log_on_connected`).
     TcpUpstreamConnected,
     /// tcp_proxy's `access_log_flush_interval` passed.
@@ -182,6 +184,7 @@ impl AccessLogType {
     pub fn as_str(self) -> &'static str {
         match self {
             AccessLogType::NotSet => "NotSet",
+            AccessLogType::TcpConnectionStart => "TcpConnectionStart",
             AccessLogType::TcpUpstreamConnected => "TcpUpstreamConnected",
             AccessLogType::TcpPeriodic => "TcpPeriodic",
             AccessLogType::TcpConnectionEnd => "TcpConnectionEnd",

@@ -72,6 +72,9 @@ pub struct TcpProxyConfig {
     /// filter took it, plus a random share of up to `max_duration_jitter_percent` of it.
     pub max_duration: Option<Duration>,
     pub max_duration_jitter_percent: f64,
+    /// `access_log_options.flush_access_log_on_start`: an entry when tcp_proxy takes the
+    /// connection.
+    pub flush_access_log_on_start: bool,
     /// `access_log_options.flush_access_log_on_connected` (or the deprecated field of that
     /// name): an entry once the upstream is connected.
     pub flush_access_log_on_connected: bool,
@@ -227,7 +230,12 @@ impl TcpProxyConfig {
             }
             Backoff { base, max }
         });
+        let flush_access_log_on_start = p
+            .access_log_options
+            .as_ref()
+            .is_some_and(|o| o.flush_access_log_on_start);
         errors.finish(|| TcpProxyConfig {
+            flush_access_log_on_start,
             connect_on_data,
             backoff,
             proxy_protocol_tlvs,

@@ -1643,7 +1643,8 @@ fn upstream_proxy_protocol_headers_as_envoy_writes_them() {
 
 /// `max_downstream_connection_duration` closes a connection that is still busy, counted in
 /// `tcp.<prefix>.max_downstream_connection_duration` and flagged `DT`; `access_log_options`
-/// writes an entry once the upstream is connected and one per `access_log_flush_interval`
+/// writes an entry when tcp_proxy takes the connection, one once the upstream is connected and
+/// one per `access_log_flush_interval`
 /// with the bytes so far, before the last one (`%ACCESS_LOG_TYPE%` tells them apart). Runs
 /// against Envoy too (`LEGATE_E2E_PROXY=envoy`).
 #[test]
@@ -1657,6 +1658,7 @@ fn tcp_proxy_max_connection_duration_and_periodic_access_log() {
           access_log_options:
             access_log_flush_interval: 0.25s
             flush_access_log_on_connected: true
+            flush_access_log_on_start: true
           access_log:
           - name: envoy.access_loggers.file
             typed_config:
@@ -1720,9 +1722,10 @@ fn tcp_proxy_max_connection_duration_and_periodic_access_log() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let fields: Vec<Vec<&str>> = entries.iter().map(|l| l.split(' ').collect()).collect();
+    let first: Vec<&str> = fields.iter().take(2).map(|f| f[0]).collect();
     assert_eq!(
-        fields.first().map(|f| f[0]),
-        Some("TcpUpstreamConnected"),
+        first,
+        ["TcpConnectionStart", "TcpUpstreamConnected"],
         "{entries:#?}"
     );
     let last = fields.last().unwrap();

@@ -118,6 +118,9 @@ impl TcpProxy {
         info.tls_fingerprints = conn.tls_fingerprints.clone();
         info.dynamic_metadata = conn.dynamic_metadata.clone();
         info.filter_chain_name = conn.filter_chain_name.clone();
+        if self.config.flush_access_log_on_start {
+            self.log(&mut info, AccessLogType::TcpConnectionStart);
+        }
         let restored_local = conn.local_restored.then_some(conn.local);
         let worker = conn.worker as usize;
         // What a PROXY header to the upstream names, as Envoy's tcp_proxy sets it: the
