@@ -3,15 +3,16 @@
 //! capture — for debugging only, as Envoy warns. Only connections whose local and remote
 //! addresses fall in `local_address_range` and `remote_address_range` are logged (an empty
 //! list matches any address; a unix domain socket, which has no IP address, matches only an
-//! empty list).
+//! empty list). The file is written as Envoy writes it, through the access-log files
+//! ([`AccessLogFiles`]): shared by every context naming it, written off the handshake's
+//! thread, flushed at the file flush interval and reopened on `SIGUSR1`.
 
-use std::fs::File;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use legate_api::pb::envoy::extensions::transport_sockets::tls::v3::TlsKeyLog;
 
+use crate::access_log::{AccessLogFiles, Destination, LogFile};
 use crate::address::Cidr;
 use crate::x509::hex;
 use crate::{Compiled, Errors};
@@ -26,7 +27,7 @@ pub struct KeyLog {
 impl std::fmt::Debug for KeyLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyLog")
-            .field("path", &self.file.path)
+            .field("file", &self.file.0.destination())
             .field("local", &self.local)
             .field("remote", &self.remote)
             .finish()
@@ -34,7 +35,8 @@ impl std::fmt::Debug for KeyLog {
 }
 
 impl KeyLog {
-    /// Opens the file (created if missing, appended to) and compiles the address ranges.
+    /// Opens the file (created if missing, appended to; shared with whatever else writes to
+    /// it) and compiles the address ranges.
     pub fn compile(config: &TlsKeyLog) -> Compiled<KeyLog> {
         let mut errors = Errors::default();
         let mut ranges = |list: &[legate_api::pb::envoy::config::core::v3::CidrRange],
@@ -52,19 +54,16 @@ impl KeyLog {
         };
         let local = ranges(&config.local_address_range, "local_address_range");
         let remote = ranges(&config.remote_address_range, "remote_address_range");
-        let file = match File::options().create(true).append(true).open(&config.path) {
+        let file = match AccessLogFiles::open(Destination::File(config.path.clone().into())) {
             Ok(f) => Some(f),
             Err(e) => {
-                errors.push("path", format!("cannot open '{}': {e}", config.path));
+                errors.push("path", e);
                 None
             }
         };
         let file = file.filter(|_| errors.0.is_empty());
         errors.finish(|| KeyLog {
-            file: Arc::new(KeyLogFile {
-                path: config.path.clone(),
-                file: Mutex::new(file.expect("opened when there are no errors")),
-            }),
+            file: Arc::new(KeyLogFile(file.expect("opened when there are no errors"))),
             local,
             remote,
         })
@@ -85,30 +84,23 @@ impl KeyLog {
     }
 }
 
-/// The open file, shared by every connection the log applies to.
-struct KeyLogFile {
-    path: String,
-    file: Mutex<File>,
-}
+/// The file, as rustls's key log for the connections the ranges let in.
+struct KeyLogFile(Arc<LogFile>);
 
 impl std::fmt::Debug for KeyLogFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyLogFile")
-            .field("path", &self.path)
+        f.debug_tuple("KeyLogFile")
+            .field(self.0.destination())
             .finish()
     }
 }
 
 impl rustls::KeyLog for KeyLogFile {
     fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
-        let line = format!("{label} {} {}\n", hex(client_random), hex(secret));
-        // One write of the whole line to a file opened for appending: lines from several
-        // contexts (or processes) logging to one file do not interleave.
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let result = file.write_all(line.as_bytes());
-        if let Err(e) = result {
-            tracing::warn!("TLS key log '{}': {e}", self.path);
-        }
+        // Queued for the file's writer, whole lines: lines from several connections, contexts
+        // or loggers of the same file do not interleave.
+        self.0
+            .write(format!("{label} {} {}\n", hex(client_random), hex(secret)));
     }
 
     fn will_log(&self, _label: &str) -> bool {
@@ -155,10 +147,16 @@ mod tests {
         log.for_connection(None, Some("10.0.0.1:1".parse().unwrap()))
             .unwrap()
             .log("CLIENT_RANDOM", &[0xab, 0x01], &[0xff]);
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "CLIENT_RANDOM ab01 ff\n"
-        );
+        // The file's writer flushes at its interval.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let written = loop {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if !text.is_empty() || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(written, "CLIENT_RANDOM ab01 ff\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
