@@ -20,6 +20,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, NamedGroup, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
 
+mod hkdf;
 pub mod key_log;
 pub mod peer;
 pub mod sds;
@@ -37,11 +38,18 @@ pub fn install_default_provider() {
     let _ = provider().install_default();
 }
 
-/// aws-lc-rs, with Legate's choices of suites and groups made per context (see [`params`]).
+/// aws-lc-rs, with Legate's choices of suites and groups made per context (see [`params`]),
+/// and TLS 1.3's HKDF on HMAC keys prepared once ([`hkdf`]).
 /// Its random bytes come from AWS-LC's per-thread DRBG: ~11 `getrandom(2)` calls over 1,000
 /// TLS 1.3 handshakes, where ring's source made ~2.5 a handshake.
 fn provider() -> CryptoProvider {
-    aws_lc_rs::default_provider()
+    let mut provider = aws_lc_rs::default_provider();
+    provider.cipher_suites = provider
+        .cipher_suites
+        .into_iter()
+        .map(hkdf::with_prepared_hmac)
+        .collect();
+    provider
 }
 
 /// Which end of the connection a context is for: Envoy's defaults differ.
