@@ -13,13 +13,13 @@
 //! AWS-LC's as before; only the composition moves from AWS-LC's FIPS module to rustls, which
 //! ships it for providers without an HKDF of their own. Legate claims no FIPS mode.
 
+use std::sync::{Mutex, OnceLock};
+
 use aws_lc_rs::hmac as lc;
-use rustls::SupportedCipherSuite;
 use rustls::crypto::hash::HashAlgorithm;
 use rustls::crypto::hmac::{Hmac, Key, Tag};
 use rustls::crypto::tls13::{Hkdf, HkdfUsingHmac};
-use rustls::{CipherSuiteCommon, Tls13CipherSuite};
-use std::sync::{Mutex, OnceLock};
+use rustls::{CipherSuiteCommon, SupportedCipherSuite, Tls13CipherSuite};
 
 /// `suite` with its HKDF on prepared HMAC keys (TLS 1.3 suites with SHA-256 or SHA-384; any
 /// other suite is returned as it is).
