@@ -1644,9 +1644,8 @@ fn upstream_proxy_protocol_headers_as_envoy_writes_them() {
 /// `max_downstream_connection_duration` closes a connection that is still busy, counted in
 /// `tcp.<prefix>.max_downstream_connection_duration` and flagged `DT`; `access_log_options`
 /// writes an entry when tcp_proxy takes the connection, one once the upstream is connected and
-/// one per `access_log_flush_interval`
-/// with the bytes so far, before the last one (`%ACCESS_LOG_TYPE%` tells them apart). Runs
-/// against Envoy too (`LEGATE_E2E_PROXY=envoy`).
+/// one per `access_log_flush_interval` with the bytes so far, before the last one
+/// (`%ACCESS_LOG_TYPE%` tells them apart). Runs against Envoy too (`LEGATE_E2E_PROXY=envoy`).
 #[test]
 fn tcp_proxy_max_connection_duration_and_periodic_access_log() {
     let upstream = TcpUpstream::start(b"", true);
