@@ -4,14 +4,14 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
-use super::Malformed;
+use super::{Malformed, scan};
 
 /// Where the head in `buf` ends (the index after its blank line), scanning from `from` (bytes
 /// before it were searched by an earlier call). Leading blank lines are not a head's end.
 pub fn find_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = leading_blank_lines(buf);
     let mut at = from.max(start);
-    while let Some(i) = memchr::memchr(b'\n', &buf[at..]) {
+    while let Some(i) = scan::find(&buf[at..], b'\n') {
         let lf = at + i;
         // A blank line: `\n\n` or `\n\r\n` (bare LF line endings are accepted, as by Envoy).
         if lf > start
@@ -49,7 +49,7 @@ impl Iterator for Lines<'_> {
 
     fn next(&mut self) -> Option<(usize, usize)> {
         let rest = self.bytes.get(self.at..)?;
-        let lf = self.at + memchr::memchr(b'\n', rest)?;
+        let lf = self.at + scan::find(rest, b'\n')?;
         let start = self.at;
         self.at = lf + 1;
         let end = if lf > start && self.bytes[lf - 1] == b'\r' {
@@ -61,9 +61,9 @@ impl Iterator for Lines<'_> {
     }
 }
 
-/// The headers the codecs read for a message's framing and its connection, noted while a head
-/// is parsed (or in one pass over a map), so that a head without them is not searched for them:
-/// each lookup in a `HeaderMap` hashes its name, present or not.
+/// The headers the codecs read for a message's framing and its connection, noted in
+/// [`Fields`] while a head is parsed (or in one pass over a map), so that a head without them
+/// is not searched for them: each lookup in a `HeaderMap` hashes its name, present or not.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Seen(u8);
 
@@ -75,33 +75,102 @@ impl Seen {
     pub const EXPECT: Seen = Seen(1 << 4);
     pub const DATE: Seen = Seen(1 << 5);
 
-    /// The noted headers among the names of `headers`.
-    pub fn of(headers: &HeaderMap) -> Seen {
-        let mut seen = Seen::default();
-        for name in headers.keys() {
-            seen.note(name);
-        }
-        seen
-    }
-
-    /// Notes `name` if it is one of the headers [`Seen`] tracks.
-    pub fn note(&mut self, name: &HeaderName) {
+    /// The flag of `name`, when it is one of the headers [`Seen`] tracks.
+    fn flag(name: &HeaderName) -> Option<Seen> {
         // By length first: most names are not compared at all.
         let name = name.as_str();
-        let flag = match name.len() {
+        Some(match name.len() {
             10 if name == "connection" => Seen::CONNECTION,
             14 if name == "content-length" => Seen::CONTENT_LENGTH,
             17 if name == "transfer-encoding" => Seen::TRANSFER_ENCODING,
             7 if name == "upgrade" => Seen::UPGRADE,
             6 if name == "expect" => Seen::EXPECT,
             4 if name == "date" => Seen::DATE,
-            _ => return,
-        };
-        self.0 |= flag.0;
+            _ => return None,
+        })
     }
 
     pub fn has(self, flag: Seen) -> bool {
         self.0 & flag.0 != 0
+    }
+}
+
+/// A parsed head's framing and connection headers, read as its fields are parsed: the
+/// `connection` tokens the codecs act on and the `content-length`, so that the head need not be
+/// searched for them afterwards (a lookup in a `HeaderMap` hashes the name).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fields {
+    pub seen: Seen,
+    /// The [`Connection`] tokens listed.
+    connection: u8,
+    /// The `content-length` so far: repeated values must agree.
+    length: Option<u64>,
+    bad_length: bool,
+}
+
+/// A `connection` token the codecs act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connection {
+    Close = 1,
+    KeepAlive = 1 << 1,
+    Upgrade = 1 << 2,
+}
+
+impl Fields {
+    /// The fields of a head already in a map (one pass over it).
+    pub fn of(headers: &HeaderMap) -> Fields {
+        let mut fields = Fields::default();
+        for (name, value) in headers {
+            fields.note(name, value);
+        }
+        fields
+    }
+
+    /// Notes a field of the head.
+    pub fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        let Some(flag) = Seen::flag(name) else {
+            return;
+        };
+        self.seen.0 |= flag.0;
+        if flag == Seen::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                for listed in [
+                    Connection::Close,
+                    Connection::KeepAlive,
+                    Connection::Upgrade,
+                ] {
+                    if token.eq_ignore_ascii_case(listed.token()) {
+                        self.connection |= listed as u8;
+                    }
+                }
+            }
+        } else if flag == Seen::CONTENT_LENGTH && add_length(value, &mut self.length).is_err() {
+            self.bad_length = true;
+        }
+    }
+
+    /// Whether a `connection` header lists `token` (in any case).
+    pub fn connection(&self, token: Connection) -> bool {
+        self.connection & token as u8 != 0
+    }
+
+    /// The head's `content-length`, as [`content_length`] reads it from a map.
+    pub fn content_length(&self) -> Result<Option<u64>, Malformed> {
+        if self.bad_length {
+            return Err(Malformed);
+        }
+        Ok(self.length)
+    }
+}
+
+impl Connection {
+    fn token(self) -> &'static [u8] {
+        match self {
+            Connection::Close => b"close",
+            Connection::KeepAlive => b"keep-alive",
+            Connection::Upgrade => b"upgrade",
+        }
     }
 }
 
@@ -116,7 +185,7 @@ pub fn header_field(
     let line = &bytes[start..end];
     // A line starting with whitespace continues the previous value (obsolete line folding),
     // which Envoy refuses.
-    let colon = memchr::memchr(b':', line).ok_or(Malformed)?;
+    let colon = scan::find(line, b':').ok_or(Malformed)?;
     let name = &line[..colon];
     let mut from = start + colon + 1;
     let mut to = end;
@@ -126,10 +195,16 @@ pub fn header_field(
     while to > from && matches!(bytes[to - 1], b' ' | b'\t') {
         to -= 1;
     }
-    // A name is a token only (no whitespace before the colon); `HeaderValue` refuses
-    // control characters other than HTAB (NUL, a bare CR).
+    // A name is a token only (no whitespace before the colon); a value has no control
+    // characters other than HTAB (NUL, a bare CR).
     let name = super::names::parse(name).map_err(|_| Malformed)?;
-    let value = HeaderValue::from_maybe_shared(bytes.slice(from..to)).map_err(|_| Malformed)?;
+    if !scan::is_field_value(&bytes[from..to]) {
+        return Err(Malformed);
+    }
+    // SAFETY: the bytes are those `HeaderValue::from_maybe_shared` takes (`is_field_value`
+    // has the same rule; debug builds check again here). Its doc asks for UTF-8, but its own
+    // safe constructors take obs-text too, and `to_str` checks before it reads a `str`.
+    let value = unsafe { HeaderValue::from_maybe_shared_unchecked(bytes.slice(from..to)) };
     Ok((name, value))
 }
 
@@ -138,32 +213,39 @@ pub fn header_field(
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Malformed> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-                return Err(Malformed);
-            }
-            let n: u64 = std::str::from_utf8(item)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(Malformed)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Malformed);
-            }
-            length = Some(n);
-        }
+        add_length(value, &mut length)?;
     }
     Ok(length)
 }
 
+/// Adds one `content-length` value (a list of lengths) to the `length` of those before it:
+/// each must be digits and agree with the others.
+fn add_length(value: &HeaderValue, length: &mut Option<u64>) -> Result<(), Malformed> {
+    for item in value.as_bytes().split(|&b| b == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return Err(Malformed);
+        }
+        let n: u64 = std::str::from_utf8(item)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(Malformed)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Malformed);
+        }
+        *length = Some(n);
+    }
+    Ok(())
+}
+
 /// Whether a `name` header lists `token` (case-insensitive): `connection: close` and the like.
+/// (On the value's bytes: a value with obs-text elsewhere still lists its ASCII tokens.)
 pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The comma-separated tokens of every `name` header, trimmed.
@@ -195,6 +277,51 @@ mod tests {
         for cut in 1..whole.len() {
             let resume = resume_at(cut);
             assert_eq!(find_end(whole, resume), Some(whole.len()), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn fields_read_while_parsing_agree_with_the_map() {
+        let heads: &[&[(&str, &str)]] = &[
+            &[],
+            &[("content-length", "3"), ("x-a", "b")],
+            &[("content-length", "3, 3"), ("Content-Length", "3")],
+            &[("content-length", "3"), ("content-length", "4")],
+            &[("content-length", "-1")],
+            &[("content-length", "")],
+            &[("connection", "Keep-Alive")],
+            &[("connection", " close ,upgrade"), ("upgrade", "websocket")],
+            &[("connection", "closed, keep-alivex")],
+            &[("connection", "te"), ("Connection", "CLOSE"), ("date", "x")],
+            &[("connection", "é, close"), ("transfer-encoding", "chunked")],
+        ];
+        for head in heads {
+            let mut map = HeaderMap::new();
+            let mut fields = Fields::default();
+            for (name, value) in *head {
+                let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+                let value = HeaderValue::from_bytes(value.as_bytes()).unwrap();
+                fields.note(&name, &value);
+                map.append(name, value);
+            }
+            let seen = Seen(map.keys().filter_map(Seen::flag).fold(0, |s, f| s | f.0));
+            assert_eq!(fields.seen, seen, "{head:?}");
+            let of_map = Fields::of(&map);
+            assert_eq!(of_map.seen, seen, "{head:?}");
+            assert_eq!(of_map.content_length(), fields.content_length(), "{head:?}");
+            assert_eq!(of_map.connection, fields.connection, "{head:?}");
+            assert_eq!(fields.content_length(), content_length(&map), "{head:?}");
+            for (token, spelled) in [
+                (Connection::Close, "close"),
+                (Connection::KeepAlive, "keep-alive"),
+                (Connection::Upgrade, "upgrade"),
+            ] {
+                assert_eq!(
+                    fields.connection(token),
+                    has_token(&map, header::CONNECTION, spelled),
+                    "{head:?} {spelled}"
+                );
+            }
         }
     }
 

@@ -7,12 +7,13 @@ mod body;
 mod encode;
 mod head;
 pub mod names;
+mod scan;
 
 pub use body::{Decoder, Framing};
 pub use encode::{CHUNK_END, LAST_CHUNK, chunk_size, put_fields};
 pub use head::{
-    Lines, Seen, content_length, find_end, has_token, header_field, leading_blank_lines, resume_at,
-    tokens,
+    Connection, Fields, Lines, Seen, content_length, find_end, has_token, header_field,
+    leading_blank_lines, resume_at, tokens,
 };
 
 /// Bytes that break HTTP/1.1's grammar (the caller knows what to answer).

@@ -5,8 +5,8 @@ use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{StatusCode, response};
 use http_body::SizeHint;
-use legate_core::http1::Seen;
 pub(super) use legate_core::http1::{CHUNK_END, LAST_CHUNK, chunk_size};
+use legate_core::http1::{Connection, Fields, Seen};
 
 /// How a response body is delimited on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,8 +35,9 @@ pub(super) fn head(
 ) -> Framing {
     let status = parts.status;
     let headers = &mut parts.headers;
-    // One pass over the names for the headers looked at below.
-    let seen = Seen::of(headers);
+    // One pass over the fields for the headers looked at below.
+    let fields = Fields::of(headers);
+    let seen = fields.seen;
     if status.is_informational() || status == StatusCode::NO_CONTENT {
         // Never a body, and no length either (RFC 9110 §8.6).
         if seen.has(Seen::CONTENT_LENGTH) {
@@ -58,11 +59,7 @@ pub(super) fn head(
             headers.remove(header::CONTENT_LENGTH);
         }
         Framing::Chunked
-    } else if let Some(length) = seen
-        .has(Seen::CONTENT_LENGTH)
-        .then(|| content_length(headers))
-        .flatten()
-    {
+    } else if let Ok(Some(length)) = fields.content_length() {
         Framing::Length(length)
     } else if let Some(length) = hint.exact() {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -74,10 +71,7 @@ pub(super) fn head(
         );
         Framing::Chunked
     };
-    if exchange.close
-        && !(seen.has(Seen::CONNECTION)
-            && legate_core::http1::has_token(headers, header::CONNECTION, "close"))
-    {
+    if exchange.close && !fields.connection(Connection::Close) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 
@@ -94,19 +88,6 @@ pub(super) fn head(
     }
     legate_core::http1::put_fields(out, headers);
     framing
-}
-
-/// A valid `content-length` header's value (repeated identical values allowed).
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n: u64 = value.to_str().ok()?.trim().parse().ok()?;
-        if length.is_some_and(|l| l != n) {
-            return None;
-        }
-        length = Some(n);
-    }
-    length
 }
 
 #[cfg(test)]

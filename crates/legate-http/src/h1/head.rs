@@ -8,7 +8,7 @@ use http::header;
 use http::{HeaderMap, Method, Uri, Version};
 
 use legate_core::http1::{
-    Framing, Lines, Seen, content_length, has_token, header_field, leading_blank_lines, tokens,
+    Connection, Fields, Framing, Lines, Seen, header_field, leading_blank_lines, tokens,
 };
 
 use super::CodecError;
@@ -60,7 +60,7 @@ pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<H
     let (method, uri, version, fragment) = request_line_parts(&bytes, request_line)?;
 
     let mut headers = HeaderMap::with_capacity(16);
-    let mut seen = Seen::default();
+    let mut fields = Fields::default();
     let mut count = 0;
     for (start, stop) in lines.by_ref() {
         if start == stop {
@@ -72,21 +72,20 @@ pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<H
         }
         let (name, value) =
             header_field(&bytes, start, stop).map_err(|_| CodecError::BAD_REQUEST)?;
-        seen.note(&name);
+        fields.note(&name, &value);
         headers.append(name, value);
     }
 
-    let framing = framing(&headers, seen)?;
-    let connection =
-        |token| seen.has(Seen::CONNECTION) && has_token(&headers, header::CONNECTION, token);
+    let framing = framing(&headers, &fields)?;
     let keep_alive = match version {
-        Version::HTTP_11 => !connection("close"),
-        _ => connection("keep-alive"),
+        Version::HTTP_11 => !fields.connection(Connection::Close),
+        _ => fields.connection(Connection::KeepAlive),
     };
-    let upgrade = method == Method::CONNECT || (seen.has(Seen::UPGRADE) && connection("upgrade"));
+    let upgrade = method == Method::CONNECT
+        || (fields.seen.has(Seen::UPGRADE) && fields.connection(Connection::Upgrade));
     let expect_continue = version == Version::HTTP_11
         && framing != Framing::Empty
-        && seen.has(Seen::EXPECT)
+        && fields.seen.has(Seen::EXPECT)
         && crate::headers::expects_continue(&headers);
 
     let mut request = http::Request::new(());
@@ -177,11 +176,16 @@ fn request_target(method: &Method, target: Bytes) -> Result<Uri, CodecError> {
 
 /// The body's framing from `transfer-encoding` and `content-length`; both at once are
 /// refused (request smuggling), as by Envoy without `allow_chunked_length`.
-fn framing(headers: &HeaderMap, seen: Seen) -> Result<Framing, CodecError> {
+fn framing(headers: &HeaderMap, fields: &Fields) -> Result<Framing, CodecError> {
+    let seen = fields.seen;
     if !seen.has(Seen::TRANSFER_ENCODING) && !seen.has(Seen::CONTENT_LENGTH) {
         return Ok(Framing::Empty);
     }
-    let codings = tokens(headers, header::TRANSFER_ENCODING);
+    let codings = if seen.has(Seen::TRANSFER_ENCODING) {
+        tokens(headers, header::TRANSFER_ENCODING)
+    } else {
+        Vec::new()
+    };
     if let Some(last) = codings.last() {
         if seen.has(Seen::CONTENT_LENGTH) {
             return Err(CodecError::CONTENT_LENGTH_AND_CHUNKED);
@@ -195,7 +199,9 @@ fn framing(headers: &HeaderMap, seen: Seen) -> Result<Framing, CodecError> {
         }
         return Ok(Framing::Chunked);
     }
-    let length = content_length(headers).map_err(|_| CodecError::BAD_REQUEST)?;
+    let length = fields
+        .content_length()
+        .map_err(|_| CodecError::BAD_REQUEST)?;
     Ok(match length {
         None | Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),

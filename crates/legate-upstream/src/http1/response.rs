@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap};
 use http::{Response, StatusCode, Version};
 use legate_core::http1::{
-    Framing, Lines, Seen, content_length, has_token, header_field, leading_blank_lines, tokens,
+    Connection, Fields, Framing, Lines, Seen, header_field, leading_blank_lines, tokens,
 };
 
 /// A parsed response head.
@@ -38,7 +38,7 @@ pub(super) fn parse(
     let (start, stop) = lines.next().ok_or("http1.codec_error")?;
     let (version, status) = status_line(&bytes[start..stop])?;
     let mut headers = HeaderMap::with_capacity(12);
-    let mut seen = Seen::default();
+    let mut fields = Fields::default();
     for (start, stop) in lines.by_ref() {
         if start == stop {
             break;
@@ -47,15 +47,13 @@ pub(super) fn parse(
             return Err("http1.too_many_headers");
         }
         let (name, value) = header_field(&bytes, start, stop).map_err(|_| "http1.codec_error")?;
-        seen.note(&name);
+        fields.note(&name, &value);
         headers.append(name, value);
     }
-    let framing = framing(&headers, seen, status, head_request)?;
-    let connection =
-        |token| seen.has(Seen::CONNECTION) && has_token(&headers, header::CONNECTION, token);
+    let framing = framing(&headers, &fields, status, head_request)?;
     let keep_alive = match version {
-        Version::HTTP_11 => !connection("close"),
-        _ => connection("keep-alive"),
+        Version::HTTP_11 => !fields.connection(Connection::Close),
+        _ => fields.connection(Connection::KeepAlive),
     };
     let mut response = Response::new(());
     *response.status_mut() = status;
@@ -92,10 +90,11 @@ fn status_line(line: &[u8]) -> Result<(Version, StatusCode), Refusal> {
 /// without `allow_chunked_length`, and so is a coding other than chunked last.
 fn framing(
     headers: &HeaderMap,
-    seen: Seen,
+    fields: &Fields,
     status: StatusCode,
     head_request: bool,
 ) -> Result<Framing, Refusal> {
+    let seen = fields.seen;
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -121,7 +120,10 @@ fn framing(
         return Ok(Framing::UntilClose);
     }
     Ok(
-        match content_length(headers).map_err(|_| "http1.content_length_not_allowed")? {
+        match fields
+            .content_length()
+            .map_err(|_| "http1.content_length_not_allowed")?
+        {
             Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
             None => Framing::UntilClose,
