@@ -7,6 +7,7 @@ pub mod address;
 pub mod config_source;
 pub mod extension;
 pub mod format;
+pub mod future;
 pub mod http1;
 pub mod io;
 pub mod lifecycle;

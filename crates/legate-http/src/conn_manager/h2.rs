@@ -104,7 +104,11 @@ impl HttpConnectionManager {
                 &mut active,
                 &mut resets,
                 cx,
-                |request, respond| serve_stream(&streams, request, respond),
+                // Each stream's future built in its box: `FuturesUnordered` would otherwise
+                // copy all of it (kilobytes) on its way into the set, three times.
+                |request, respond| {
+                    legate_core::future::boxed(|| serve_stream(&streams, request, respond))
+                },
             )
         })
         .await

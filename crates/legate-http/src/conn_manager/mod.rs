@@ -534,7 +534,9 @@ impl HttpConnectionManager {
                 // inline through every state change. In a statement of its own: a temporary of
                 // the statement that awaits keeps its room in this future too (rustc keeps it
                 // alive across the await, rust-lang/rust#69663).
-                let forward = Box::pin(crate::router::forward(self, forwarding, parts, body, info));
+                let forward = legate_core::future::boxed(|| {
+                    crate::router::forward(self, forwarding, parts, body, info)
+                });
                 forward.await
             }
         }

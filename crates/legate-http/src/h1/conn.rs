@@ -147,7 +147,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 // per request: an idle connection's future holds the wait only. In a statement
                 // of its own: a temporary of the awaiting statement would keep its room in the
                 // connection's future too (rust-lang/rust#69663).
-                let answer = Box::pin(self.answer(head, &service, shutdown));
+                let answer = legate_core::future::boxed(|| self.answer(head, &service, shutdown));
                 match answer.await? {
                     Next::Request => {}
                     Next::Close(_) => return Ok(()),
@@ -318,8 +318,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         };
 
         let mut sending = Sending::new(framing);
+        // A whole request's connection was watched in this same poll, just before the response
+        // came, and nothing has touched the connection since: the first round need not watch.
+        let mut watched = incoming.sender.is_none();
         poll_fn(|cx| {
-            if !switching {
+            if !switching && !std::mem::take(&mut watched) {
                 self.poll_incoming(cx, &mut incoming)?;
             }
             self.poll_send(cx, &mut body, &mut sending)
