@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what bench/http_bench.py, bench/tls_bench.py and bench/instructions.sh need on a
 # Debian machine, if missing: haproxy, nginx-light, wrk, h2load (nghttp2-client), openssl
-# (tls_bench.py's certificates), valgrind (instructions.sh) and curl.
+# (tls_bench.py's certificates), valgrind (instructions.sh), curl, and for bench/pgo.sh the
+# llvm-profdata of rustc's LLVM version (`llvm-<major>`, when the archive has it).
 # Envoy comes from the project virtualenv (scripts/test.sh); Legate from `cargo build --release`.
 # Installs only; starts no service.
 set -euo pipefail
@@ -11,8 +12,13 @@ missing=()
 for bin in "${!want[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("${want[$bin]}")
 done
+llvm_major=$(rustc -vV 2>/dev/null | awk '/^LLVM version:/ {split($3, v, "."); print v[1]}')
+if [[ -n $llvm_major && ! -x /usr/lib/llvm-$llvm_major/bin/llvm-profdata ]] \
+    && apt-cache show "llvm-$llvm_major" >/dev/null 2>&1; then
+    missing+=("llvm-$llvm_major")
+fi
 if ((${#missing[@]} == 0)); then
-    echo "bench/setup.sh: haproxy, nginx, wrk, h2load, openssl, valgrind and curl are installed"
+    echo "bench/setup.sh: haproxy, nginx, wrk, h2load, openssl, valgrind, curl and llvm-profdata are installed"
     exit 0
 fi
 SUDO=""
