@@ -46,10 +46,14 @@ LEGATE=$GENERATE "$ROOT/bench/tls_bench.py" --quick --only legate \
 ls "$PROFILES"/raw/*.profraw > /dev/null
 
 step "3/4 merging profiles"
-"$PROFDATA" merge -o "$PROFILES/legate.profdata" "$PROFILES"/raw/*.profraw
-ls -l "$PROFILES/legate.profdata"
+"$PROFDATA" merge -o "$PROFILES/merged.profdata" "$PROFILES"/raw/*.profraw
+# Named by its contents: cargo tracks the flags, not the file they name, so a new profile
+# under the same name would leave every dependency built with the old one.
+PROFILE=$PROFILES/legate-$(sha256sum "$PROFILES/merged.profdata" | cut -c1-16).profdata
+mv "$PROFILES/merged.profdata" "$PROFILE"
+ls -l "$PROFILE"
 
 step "4/4 optimised build"
-RUSTFLAGS="-Cprofile-use=$PROFILES/legate.profdata" cargo build --release --locked -p legate \
+RUSTFLAGS="-Cprofile-use=$PROFILE" cargo build --release --locked -p legate \
     --target "$TRIPLE" --target-dir "$ROOT/target/pgo"
 echo "built $ROOT/target/pgo/$TRIPLE/release/legate"
