@@ -106,6 +106,8 @@ pub struct Fields {
     /// The `content-length` so far: repeated values must agree.
     length: Option<u64>,
     bad_length: bool,
+    /// The length came as a list (`3, 3`) or in more than one header.
+    listed_length: bool,
 }
 
 /// A `connection` token the codecs act on.
@@ -145,8 +147,11 @@ impl Fields {
                     }
                 }
             }
-        } else if flag == Seen::CONTENT_LENGTH && add_length(value, &mut self.length).is_err() {
-            self.bad_length = true;
+        } else if flag == Seen::CONTENT_LENGTH {
+            self.listed_length |= self.length.is_some() || value.as_bytes().contains(&b',');
+            if add_length(value, &mut self.length).is_err() {
+                self.bad_length = true;
+            }
         }
     }
 
@@ -161,6 +166,12 @@ impl Fields {
             return Err(Malformed);
         }
         Ok(self.length)
+    }
+
+    /// Whether the `content-length` came as a list of (equal) values, or in several headers:
+    /// what goes out again is the single value.
+    pub fn listed_length(&self) -> bool {
+        self.listed_length
     }
 }
 
@@ -311,6 +322,12 @@ mod tests {
             assert_eq!(of_map.content_length(), fields.content_length(), "{head:?}");
             assert_eq!(of_map.connection, fields.connection, "{head:?}");
             assert_eq!(fields.content_length(), content_length(&map), "{head:?}");
+            let lengths = map.get_all(header::CONTENT_LENGTH).iter().count();
+            let listed = map
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .any(|v| v.as_bytes().contains(&b','));
+            assert_eq!(fields.listed_length(), lengths > 1 || listed, "{head:?}");
             for (token, spelled) in [
                 (Connection::Close, "close"),
                 (Connection::KeepAlive, "keep-alive"),

@@ -60,6 +60,10 @@ pub(super) fn head(
         }
         Framing::Chunked
     } else if let Ok(Some(length)) = fields.content_length() {
+        if fields.listed_length() {
+            // `3, 3` (equal values, as the upstream codec allows) goes on as `3`.
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
         Framing::Length(length)
     } else if let Some(length) = hint.exact() {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -130,6 +134,16 @@ mod tests {
         let (text, framing) = encode(200, &[("content-length", "7")], SizeHint::new(), KEEP);
         assert!(text.contains("content-length: 7\r\n"), "{text}");
         assert_eq!(framing, Framing::Length(7));
+        // Equal values in a list or in two headers go out as one value.
+        for listed in [
+            &[("content-length", "7, 7")][..],
+            &[("content-length", "7"); 2],
+        ] {
+            let (text, framing) = encode(200, listed, SizeHint::new(), KEEP);
+            assert_eq!(text.matches("content-length").count(), 1, "{text}");
+            assert!(text.contains("content-length: 7\r\n"), "{text}");
+            assert_eq!(framing, Framing::Length(7));
+        }
         let (_, framing) = encode(304, &[("content-length", "7")], SizeHint::new(), KEEP);
         assert_eq!(framing, Framing::None);
         let head_request = Exchange {
