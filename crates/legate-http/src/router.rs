@@ -274,8 +274,7 @@ pub(crate) fn forward<'a>(
             stats.rq_total.inc();
         }
 
-        let deadline =
-            route_timeout(f.forward, &mut parts.headers).map(|t| (t, Instant::now() + t));
+        let timeout = route_timeout(f.forward, &mut parts.headers);
         // The route's `hash_policy`, evaluated (as Envoy's `computeHashKey`) only when the
         // cluster balances on a hash; the key takes the place of the random number in the host
         // choice. A generated cookie goes out with the upstream's response.
@@ -346,7 +345,7 @@ pub(crate) fn forward<'a>(
         if crate::headers::expects_continue(&parts.headers) {
             parts.headers.remove(header::EXPECT);
         }
-        if let Some((timeout, _)) = deadline.filter(|_| !hcm.config.suppress_envoy_headers) {
+        if let Some(timeout) = timeout.filter(|_| !hcm.config.suppress_envoy_headers) {
             parts.headers.insert(
                 X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
                 crate::headers::decimal(timeout.as_millis() as u64),
@@ -402,8 +401,11 @@ pub(crate) fn forward<'a>(
         cstats.traffic.upstream_rq_active().inc();
         let active = ActiveRequest::new(host.clone());
         info.attempt_count = 1;
+        // One reading of the clock for the attempt's start, its timeouts and the stream's
+        // timing.
         let started = Instant::now();
-        info.first_upstream_tx_byte = Some(info.start.elapsed());
+        let deadline = timeout.map(|t| started + t);
+        info.first_upstream_tx_byte = Some(started.saturating_duration_since(info.start));
         // The downstream connection's addresses (not `x-forwarded-for`'s) and the TLVs its
         // PROXY header passed on, for a cluster whose connections start with a PROXY header.
         let connection = f.connection;
@@ -412,14 +414,6 @@ pub(crate) fn forward<'a>(
                 .proxy_protocol_data(&[], legate_core::proxy_protocol::MergePolicy::default())
                 .map(Box::new)
         });
-        let sent = pool::send(
-            &cluster,
-            &host,
-            f.connection.worker as usize,
-            protocol,
-            upstream_request,
-            downstream,
-        );
         // Waiting for response headers: the route timeout, and the stream idle timeout (the
         // route's `idle_timeout`, else the connection manager's `stream_idle_timeout`).
         let idle = f
@@ -428,21 +422,34 @@ pub(crate) fn forward<'a>(
             .or(hcm.config.stream_idle_timeout)
             .filter(|t| !t.is_zero());
         // One timer for whichever of the two comes first.
-        let idle_at = idle.map(|t| Instant::now() + t);
-        let (first, idle_first) = match (deadline.map(|(_, at)| at), idle_at) {
+        let idle_at = idle.map(|t| started + t);
+        let (first, idle_first) = match (deadline, idle_at) {
             (Some(route), Some(idle)) if idle < route => (Some(idle), true),
             (Some(route), _) => (Some(route), false),
             (None, idle) => (idle, idle.is_some()),
         };
-        let timer = async {
-            match first {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let result = tokio::select! {
-            r = sent => Some(r),
-            _ = timer => None,
+        // Both pinned where they are (the send's future is large: moving it costs a copy). The
+        // response is looked at first, so one that came as the timer fired is taken.
+        let result = {
+            let mut sent = std::pin::pin!(pool::send(
+                &cluster,
+                &host,
+                f.connection.worker as usize,
+                protocol,
+                upstream_request,
+                downstream,
+            ));
+            let mut timer = std::pin::pin!(first.map(|at| tokio::time::sleep_until(at.into())));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                match timer.as_mut().as_pin_mut() {
+                    Some(timer) => timer.poll(cx).map(|()| None),
+                    None => Poll::Pending,
+                }
+            })
+            .await
         };
         let result = match result {
             Some(r) => r,
@@ -536,8 +543,9 @@ pub(crate) fn forward<'a>(
                 return reply.into();
             }
         };
-        let service_ms = started.elapsed().as_millis() as u64;
-        info.first_upstream_rx_byte = Some(info.start.elapsed());
+        let now = Instant::now();
+        let service_ms = now.saturating_duration_since(started).as_millis() as u64;
+        info.first_upstream_rx_byte = Some(now.saturating_duration_since(info.start));
         let status = response.status().as_u16();
         cstats.response(status, service_ms, internal);
         if status < 500 {
@@ -592,7 +600,7 @@ pub(crate) fn forward<'a>(
         parts.version = Version::HTTP_11;
         let tracked = UpstreamBody {
             inner: upstream_body,
-            deadline: deadline.map(|(_, at)| at),
+            deadline,
             idle,
             timer: None,
             streaming: false,

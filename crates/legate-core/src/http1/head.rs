@@ -10,19 +10,14 @@ use super::{Malformed, scan};
 /// before it were searched by an earlier call). Leading blank lines are not a head's end.
 pub fn find_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = leading_blank_lines(buf);
-    let mut at = from.max(start);
-    while let Some(i) = scan::find(&buf[at..], b'\n') {
-        let lf = at + i;
-        // A blank line: `\n\n` or `\n\r\n` (bare LF line endings are accepted, as by Envoy).
-        if lf > start
-            && (buf[lf - 1] == b'\n'
-                || (buf[lf - 1] == b'\r' && lf >= start + 2 && buf[lf - 2] == b'\n'))
-        {
-            return Some(lf + 1);
-        }
-        at = lf + 1;
-    }
-    None
+    // A blank line: `\n\n` or `\n\r\n` (bare LF line endings are accepted, as by Envoy).
+    scan::Positions::new(buf, from.max(start), b'\n')
+        .find(|&lf| {
+            lf > start
+                && (buf[lf - 1] == b'\n'
+                    || (buf[lf - 1] == b'\r' && lf >= start + 2 && buf[lf - 2] == b'\n'))
+        })
+        .map(|lf| lf + 1)
 }
 
 /// Where the search may resume after `len` bytes were searched without finding an end: the
@@ -40,16 +35,27 @@ pub fn leading_blank_lines(buf: &[u8]) -> usize {
 
 /// The lines of a head as `(start, end)` ranges without their line ending.
 pub struct Lines<'a> {
-    pub bytes: &'a [u8],
-    pub at: usize,
+    bytes: &'a [u8],
+    at: usize,
+    ends: scan::Positions<'a>,
+}
+
+impl<'a> Lines<'a> {
+    /// The lines of `bytes` from `at` on.
+    pub fn new(bytes: &'a [u8], at: usize) -> Self {
+        Lines {
+            bytes,
+            at,
+            ends: scan::Positions::new(bytes, at, b'\n'),
+        }
+    }
 }
 
 impl Iterator for Lines<'_> {
     type Item = (usize, usize);
 
     fn next(&mut self) -> Option<(usize, usize)> {
-        let rest = self.bytes.get(self.at..)?;
-        let lf = self.at + scan::find(rest, b'\n')?;
+        let lf = self.ends.next()?;
         let start = self.at;
         self.at = lf + 1;
         let end = if lf > start && self.bytes[lf - 1] == b'\r' {
@@ -195,8 +201,11 @@ pub fn header_field(
 ) -> Result<(HeaderName, HeaderValue), Malformed> {
     let line = &bytes[start..end];
     // A line starting with whitespace continues the previous value (obsolete line folding),
-    // which Envoy refuses.
-    let colon = scan::find(line, b':').ok_or(Malformed)?;
+    // which Envoy refuses. (Searched in the rest of the head, whole blocks at a time; a colon
+    // past the line's end is not its.)
+    let colon = scan::find(&bytes[start..], b':')
+        .filter(|&colon| colon < line.len())
+        .ok_or(Malformed)?;
     let name = &line[..colon];
     let mut from = start + colon + 1;
     let mut to = end;
@@ -340,6 +349,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_field_is_read_within_its_line() {
+        let head = Bytes::from_static(b"x-a b\r\nx-c: d\r\nx-e:\tf g \r\n\r\n");
+        let lines: Vec<_> = Lines::new(&head, 0).collect();
+        assert_eq!(lines, [(0, 5), (7, 13), (15, 24), (26, 26)]);
+        // The next line's colon is not the first line's.
+        assert_eq!(header_field(&head, 0, 5), Err(Malformed));
+        let (name, value) = header_field(&head, 7, 13).unwrap();
+        assert_eq!((name.as_str(), value.as_bytes()), ("x-c", &b"d"[..]));
+        let (name, value) = header_field(&head, 15, 24).unwrap();
+        assert_eq!((name.as_str(), value.as_bytes()), ("x-e", &b"f g"[..]));
     }
 
     #[test]

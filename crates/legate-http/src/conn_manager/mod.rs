@@ -298,7 +298,7 @@ impl HttpConnectionManager {
             let config = &self.config;
             // Until the response exists, the stream's accounting is in `stream`: a client that
             // goes away drops it, and it is accounted as a downstream disconnect.
-            let mut stream = InFlight(Some(Box::new(StreamEnd {
+            let mut stream = InFlight(Some(legate_core::boxed::build(|| StreamEnd {
                 info: conn.stream_info(),
                 hcm: self.clone(),
                 received: received.clone(),
@@ -349,7 +349,9 @@ impl HttpConnectionManager {
             let outcome = match self.prepare(&mut parts, info, conn, table.as_deref()) {
                 Err(reply) => Outcome::Local(reply),
                 Ok(()) => {
-                    let routed = self.route(
+                    // Pinned where it is made: a future held in a variable and then awaited is
+                    // copied whole into the awaiting future.
+                    let routed = std::pin::pin!(self.route(
                         table.as_deref(),
                         parts,
                         request_body,
@@ -358,7 +360,7 @@ impl HttpConnectionManager {
                         conn,
                         upgrade,
                         downstream_upgrade,
-                    );
+                    ));
                     match self.config.request_timeout {
                         None => routed.await,
                         Some(timeout) => {
@@ -534,7 +536,7 @@ impl HttpConnectionManager {
                 // inline through every state change. In a statement of its own: a temporary of
                 // the statement that awaits keeps its room in this future too (rustc keeps it
                 // alive across the await, rust-lang/rust#69663).
-                let forward = legate_core::future::boxed(|| {
+                let forward = legate_core::boxed::future(|| {
                     crate::router::forward(self, forwarding, parts, body, info)
                 });
                 forward.await

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
@@ -40,7 +41,8 @@ impl StreamEnd {
     pub(super) fn finish(mut self: Box<Self>, sent: u64, ended: Ended) {
         let info = &mut self.info;
         info.access_log_type = legate_core::stream_info::AccessLogType::DownstreamEnd;
-        let elapsed = info.start.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(info.start);
         info.duration = Some(elapsed);
         info.last_downstream_tx_byte = Some(elapsed);
         info.bytes_sent = sent;
@@ -65,8 +67,10 @@ impl StreamEnd {
                 });
         }
         let conn = &self.conn;
-        conn.last_active_ms
-            .store(conn.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        conn.last_active_ms.store(
+            now.saturating_duration_since(conn.opened).as_millis() as u64,
+            Ordering::Relaxed,
+        );
         conn.active_streams.fetch_sub(1, Ordering::Relaxed);
         stats.downstream_rq_active.dec();
         // Only a stream that sent a response counts as completed (Envoy's `chargeStats`).

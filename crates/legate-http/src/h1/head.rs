@@ -47,10 +47,7 @@ pub(super) struct Head {
 pub(super) fn parse(buf: &mut BytesMut, end: usize, limits: &Limits) -> Result<Head, CodecError> {
     let bytes = buf.split_to(end).freeze();
     let skip = leading_blank_lines(&bytes);
-    let mut lines = Lines {
-        bytes: &bytes,
-        at: skip,
-    };
+    let mut lines = Lines::new(&bytes, skip);
     // Over the limit is 431 whatever the head holds (checked first: a request line too long
     // for a URI would otherwise be a 400).
     if end - skip > limits.max_header_bytes {

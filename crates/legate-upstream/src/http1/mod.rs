@@ -83,13 +83,15 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl Connection {
+    /// A new connection, boxed: it moves from its pool into each exchange and back, and a
+    /// pointer moves for less than the connection's hundred and more bytes.
     pub(crate) fn new(
         io: Io,
         (max_headers, max_head_bytes): (usize, usize),
         watch: Waker,
         on_close: OnClose,
-    ) -> Self {
-        Connection {
+    ) -> Box<Self> {
+        Box::new(Connection {
             io,
             read: BytesMut::new(),
             peer_closed: false,
@@ -97,7 +99,7 @@ impl Connection {
             max_headers,
             max_head_bytes,
             on_close: Some(on_close),
-        }
+        })
     }
 
     /// Whether the idle connection is still usable (the host has not closed it, nor sent
@@ -121,7 +123,7 @@ impl Connection {
     }
 
     /// Starts sending `request`.
-    pub(crate) fn exchange(self, request: Outgoing) -> Exchange {
+    pub(crate) fn exchange(self: Box<Self>, request: Outgoing) -> Exchange {
         Exchange {
             conn: self,
             request,
@@ -159,7 +161,7 @@ impl Drop for Connection {
 
 /// One request and its response on a connection.
 pub(crate) struct Exchange {
-    conn: Connection,
+    conn: Box<Connection>,
     request: Outgoing,
     /// Some of the request has been written.
     written: bool,
@@ -313,7 +315,7 @@ impl Exchange {
 
     /// The connection, once the response body has ended, if it can carry another request:
     /// the whole request was written, both sides keep it open, and nothing more came.
-    pub(crate) fn finish(self) -> Option<Connection> {
+    pub(crate) fn finish(self) -> Option<Box<Connection>> {
         let reusable = self.decoder.is_done()
             && self.keep_alive
             && self.request_sent()
@@ -336,7 +338,7 @@ impl Exchange {
 /// the host's (`upstream_cx_destroy_remote`) when the host ended its side first, as Legate's
 /// otherwise (the client went away, and the proxy closed the tunnel).
 pub struct Upgraded {
-    conn: Connection,
+    conn: Box<Connection>,
     /// The proxy has ended its side (the client's side ended first).
     shut_down: bool,
 }

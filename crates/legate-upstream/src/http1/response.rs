@@ -31,10 +31,7 @@ pub(super) fn parse(
     head_request: bool,
 ) -> Result<Head, Refusal> {
     let bytes = buf.split_to(end).freeze();
-    let mut lines = Lines {
-        bytes: &bytes,
-        at: leading_blank_lines(&bytes),
-    };
+    let mut lines = Lines::new(&bytes, leading_blank_lines(&bytes));
     let (start, stop) = lines.next().ok_or("http1.codec_error")?;
     let (version, status) = status_line(&bytes[start..stop])?;
     let mut headers = HeaderMap::with_capacity(12);

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
+use futures_util::future::{BoxFuture, Either, Shared};
 use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -122,7 +122,7 @@ impl std::error::Error for UpstreamError {}
 
 /// One of a pool's HTTP/1.1 connections, in the pool or out of it with a request.
 struct H1 {
-    conn: http1::Connection,
+    conn: Box<http1::Connection>,
     meta: Meta,
 }
 
@@ -455,15 +455,17 @@ pub fn send<'a>(
         }
         _ => name,
     });
-    async move {
-        match protocol {
-            Protocol::Http1 => send_http1(cluster, host, worker, req, name?).await,
-            Protocol::Http2 => {
-                // Boxed: HTTP/2's future is twice HTTP/1.1's, which every request would carry.
-                let sending = Box::pin(send_http2(cluster, host, worker, req, name?));
-                sending.await
-            }
+    // The protocol's own future, not one awaiting it: an async block around it would hold a
+    // second copy of the request and move the whole future into its own state.
+    match (protocol, name) {
+        (_, Err(e)) => Either::Left(std::future::ready(Err(e))),
+        (Protocol::Http1, Ok(name)) => {
+            Either::Right(Either::Left(send_http1(cluster, host, worker, req, name)))
         }
+        // Boxed: HTTP/2's future is twice HTTP/1.1's, which every request would carry.
+        (Protocol::Http2, Ok(name)) => Either::Right(Either::Right(Box::pin(send_http2(
+            cluster, host, worker, req, name,
+        )))),
     }
 }
 
