@@ -4,10 +4,10 @@
 
 pub mod access_log;
 pub mod address;
-pub mod boxed;
 pub mod config_source;
 pub mod extension;
 pub mod format;
+pub mod future;
 pub mod http1;
 pub mod io;
 pub mod lifecycle;

@@ -107,7 +107,7 @@ impl HttpConnectionManager {
                 // Each stream's future built in its box: `FuturesUnordered` would otherwise
                 // copy all of it (kilobytes) on its way into the set, three times.
                 |request, respond| {
-                    legate_core::boxed::future(|| serve_stream(&streams, request, respond))
+                    legate_core::future::boxed(|| serve_stream(&streams, request, respond))
                 },
             )
         })

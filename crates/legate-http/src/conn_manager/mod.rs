@@ -298,7 +298,7 @@ impl HttpConnectionManager {
             let config = &self.config;
             // Until the response exists, the stream's accounting is in `stream`: a client that
             // goes away drops it, and it is accounted as a downstream disconnect.
-            let mut stream = InFlight(Some(legate_core::boxed::build(|| StreamEnd {
+            let mut stream = InFlight(Some(Box::new(StreamEnd {
                 info: conn.stream_info(),
                 hcm: self.clone(),
                 received: received.clone(),
@@ -536,7 +536,7 @@ impl HttpConnectionManager {
                 // inline through every state change. In a statement of its own: a temporary of
                 // the statement that awaits keeps its room in this future too (rustc keeps it
                 // alive across the await, rust-lang/rust#69663).
-                let forward = legate_core::boxed::future(|| {
+                let forward = legate_core::future::boxed(|| {
                     crate::router::forward(self, forwarding, parts, body, info)
                 });
                 forward.await

@@ -147,7 +147,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 // per request: an idle connection's future holds the wait only. In a statement
                 // of its own: a temporary of the awaiting statement would keep its room in the
                 // connection's future too (rust-lang/rust#69663).
-                let answer = legate_core::boxed::future(|| self.answer(head, &service, shutdown));
+                let answer = legate_core::future::boxed(|| self.answer(head, &service, shutdown));
                 match answer.await? {
                     Next::Request => {}
                     Next::Close(_) => return Ok(()),
