@@ -321,11 +321,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         // A whole request's connection was watched in this same poll, just before the response
         // came, and nothing has touched the connection since: the first round need not watch.
         let mut watched = incoming.sender.is_none();
+        let turn = std::pin::pin!(tokio::task::yield_now());
+        let mut turn = (!switching && !sending.done)
+            .then_some(turn as Pin<&mut (dyn Future<Output = ()> + Send)>);
         poll_fn(|cx| {
             if !switching && !std::mem::take(&mut watched) {
                 self.poll_incoming(cx, &mut incoming)?;
             }
-            self.poll_send(cx, &mut body, &mut sending)
+            self.poll_send(cx, &mut body, &mut sending, &mut turn)
         })
         .await?;
         drop(body);
@@ -409,11 +412,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
     }
 
     /// Sends the response body as its frames come; ready when all of it is written.
+    ///
+    /// `turn`, when given, is spent the first time the body has nothing ready: the head then
+    /// waits one turn of the scheduler (which looks for I/O before it comes back) instead of
+    /// leaving alone. Upstreams often write a head and its body apart (nginx: the head, then
+    /// the file); when the body follows within that turn, both leave in one write and one TCP
+    /// segment, rather than a head the client must wake for, read and acknowledge by itself.
     fn poll_send(
         &mut self,
         cx: &mut Context<'_>,
         body: &mut Body,
         sending: &mut Sending,
+        turn: &mut Option<Pin<&mut (dyn Future<Output = ()> + Send)>>,
     ) -> Poll<Result<(), Error>> {
         loop {
             if sending.done {
@@ -439,6 +449,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 }
                 Poll::Ready(None) => sending.end(&mut self.out)?,
                 Poll::Pending => {
+                    if let Some(wait) = turn {
+                        if wait.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        *turn = None;
+                    }
                     ready!(self.poll_flush(cx))?;
                     return Poll::Pending;
                 }
@@ -458,7 +474,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             },
         );
         let mut sending = Sending::new(framing);
-        poll_fn(|cx| self.poll_send(cx, &mut body, &mut sending)).await?;
+        poll_fn(|cx| self.poll_send(cx, &mut body, &mut sending, &mut None)).await?;
         self.close(Closing::AfterRefusal).await
     }
 
@@ -673,5 +689,170 @@ impl Out {
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use http_body_util::StreamBody;
+    use tokio::sync::{Notify, mpsc};
+
+    use super::*;
+
+    /// A client that sends one request, then neither sends nor closes; every write to it is
+    /// kept as it was made.
+    struct Client {
+        request: &'static [u8],
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        /// Each told of every write.
+        watchers: [Arc<Notify>; 2],
+    }
+
+    impl AsyncRead for Client {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.request.is_empty() {
+                return Poll::Pending;
+            }
+            buf.put_slice(self.request);
+            self.request = b"";
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Client {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.lock().unwrap().push(data.to_vec());
+            for watcher in &self.watchers {
+                watcher.notify_one();
+            }
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Answers with a chunked body whose one chunk comes once `send` lets it.
+    struct Answer {
+        body: Mutex<Option<Body>>,
+    }
+
+    impl Service for Answer {
+        fn call(
+            &self,
+            _: Request<RequestBody>,
+            _: Option<OnUpgrade>,
+        ) -> impl Future<Output = Response<Body>> + Send {
+            let body = self.body.lock().unwrap().take().expect("one request");
+            async move { Response::new(body) }
+        }
+
+        fn codec_error(&self, error: CodecError) -> Response<Body> {
+            panic!("refused: {error:?}")
+        }
+
+        fn continued(&self) {}
+    }
+
+    /// Serves one request whose response body's chunk is sent by `send` (given the channel and
+    /// the client's write signal); returns each write the client saw, once the body's last
+    /// chunk is among them.
+    async fn writes_of<F>(send: impl FnOnce(mpsc::Sender<Bytes>, Arc<Notify>) -> F) -> Vec<Vec<u8>>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let data = rx.recv().await?;
+            Some((Ok::<_, BoxError>(http_body::Frame::data(data)), rx))
+        });
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let written = Arc::new(Notify::new());
+        let sender_sees = Arc::new(Notify::new());
+        let client = Client {
+            request: b"GET / HTTP/1.1\r\nhost: example\r\n\r\n",
+            writes: writes.clone(),
+            watchers: [written.clone(), sender_sees.clone()],
+        };
+        let service = Answer {
+            body: Mutex::new(Some(legate_upstream::body::boxed(StreamBody::new(frames)))),
+        };
+        let limits = Limits {
+            max_header_bytes: 60 * 1024,
+            max_headers: 100,
+            header_timeout: None,
+            delayed_close: Duration::ZERO,
+            delayed_close_timeouts: None,
+        };
+        tokio::spawn(send(tx, sender_sees));
+        let shutdown = Shutdown::default();
+        let serving = serve(client, service, limits, &shutdown, BytesMut::new());
+        let done = async {
+            loop {
+                written.notified().await;
+                if writes.lock().unwrap().concat().ends_with(b"0\r\n\r\n") {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            ended = serving => panic!("the connection ended first: {ended:?}"),
+            () = done => {}
+        }
+        Arc::try_unwrap(writes).unwrap().into_inner().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_that_follows_its_head_at_once_leaves_with_it() {
+        let writes = tokio::time::timeout(
+            Duration::from_secs(5),
+            writes_of(|tx, _| async move {
+                tx.send(Bytes::from_static(b"hello")).await.unwrap();
+            }),
+        )
+        .await
+        .expect("the response was written");
+        assert_eq!(writes.len(), 1, "{writes:?}");
+        let response = String::from_utf8(writes[0].clone()).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(
+            response.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            "{response}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_head_whose_body_is_late_is_not_held_for_it() {
+        let writes = tokio::time::timeout(
+            Duration::from_secs(5),
+            // The body is sent only once something has been written: a head held until its
+            // body came would never be.
+            writes_of(|tx, written| async move {
+                written.notified().await;
+                tx.send(Bytes::from_static(b"hello")).await.unwrap();
+            }),
+        )
+        .await
+        .expect("the head was written before its body came");
+        let head = String::from_utf8(writes[0].clone()).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+        assert_eq!(writes[1..].concat(), b"5\r\nhello\r\n0\r\n\r\n");
     }
 }
