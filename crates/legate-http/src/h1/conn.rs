@@ -748,7 +748,7 @@ mod tests {
         }
     }
 
-    /// Answers with a chunked body whose one chunk comes once `send` lets it.
+    /// Answers the one request with the body it holds.
     struct Answer {
         body: Mutex<Option<Body>>,
     }
