@@ -21,10 +21,8 @@ mod tests {
     #[test]
     fn the_boxed_future_is_the_one_made() {
         let value = [1u8; 3];
-        let future = super::boxed(|| async move { value.len() });
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let mut future = future;
+        let mut future = super::boxed(|| async move { value.len() });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert_eq!(future.as_mut().poll(&mut cx), std::task::Poll::Ready(3));
     }
 }
