@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use legate_core::http1::{self, Decoder};
+use legate_core::io::read_size::ReadSize;
 
 use super::body::{BodyError, BodySender, RequestBody, Room};
 use super::encode::{self, Exchange, Framing};
@@ -28,8 +29,7 @@ use super::head::{self, Head, Limits};
 use super::upgrade::{OnUpgrade, Upgraded};
 use super::{CodecError, Service, Shutdown};
 
-/// How much is read at once, and the most response bytes gathered before writing.
-const READ_SIZE: usize = 16 * 1024;
+/// The most response bytes gathered before writing.
 const WRITE_BATCH: usize = 64 * 1024;
 /// Data frames up to this size are copied next to their framing; larger ones are written
 /// from their own buffer.
@@ -85,6 +85,7 @@ where
     let conn = Conn {
         io,
         read: read_ahead,
+        read_size: ReadSize::default(),
         out: Out::default(),
         searched: 0,
         limits,
@@ -96,6 +97,7 @@ struct Conn<T> {
     io: T,
     /// Bytes read and not yet consumed; empty (and unallocated) between requests.
     read: BytesMut,
+    read_size: ReadSize,
     out: Out,
     /// How far `read` has been searched for the end of a head.
     searched: usize,
@@ -187,6 +189,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             if idle {
                 // Between requests nothing is kept allocated.
                 self.read = BytesMut::new();
+                self.read_size = ReadSize::default();
                 self.out = Out::default();
             }
             let wait = poll_fn(|cx| {
@@ -519,10 +522,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             self.read.extend_from_slice(buf.filled());
             return Poll::Ready(Ok(buf.filled().len()));
         }
-        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
-            self.read.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        self.read_size
+            .poll_read(Pin::new(&mut self.io), cx, &mut self.read)
     }
 
     /// Writes everything queued, then flushes the socket.

@@ -25,15 +25,13 @@ use http::Response;
 use http_body::SizeHint;
 use legate_core::http1::{Decoder, Framing, find_end, resume_at};
 use legate_core::io::counting::CountingIo;
+use legate_core::io::read_size::ReadSize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub(crate) use request::Outgoing;
 
 use crate::body::BoxError;
 use crate::tls::UpstreamStream;
-
-/// Read buffer space asked for at each read.
-const READ_SIZE: usize = 16 * 1024;
 
 /// What an HTTP/1.1 connection runs over: TCP, TLS or a unix domain socket, counting the
 /// cluster's `upstream_cx_{rx,tx}_bytes_total`.
@@ -47,6 +45,7 @@ pub(crate) type OnClose = Box<dyn FnOnce(bool) + Send>;
 pub(crate) struct Connection {
     io: Io,
     read: BytesMut,
+    read_size: ReadSize,
     /// The host closed or broke the connection, or sent what it should not have.
     peer_closed: bool,
     /// Wakes the connection's watch task (registered while the connection is idle).
@@ -94,6 +93,7 @@ impl Connection {
         Box::new(Connection {
             io,
             read: BytesMut::new(),
+            read_size: ReadSize::default(),
             peer_closed: false,
             watch,
             max_headers,
@@ -105,7 +105,7 @@ impl Connection {
     /// Whether the idle connection is still usable (the host has not closed it, nor sent
     /// anything), registering `waker` (`None`: the connection's watch task) to be woken when
     /// that changes. (Its read buffer is kept, not grown: what is left of it serves the next
-    /// responses without an allocation.)
+    /// responses without an allocation, unless a large body made reads grow.)
     pub(crate) fn usable(&mut self, waker: Option<&Waker>) -> bool {
         if self.peer_closed || !self.read.is_empty() {
             return false;
@@ -136,14 +136,10 @@ impl Connection {
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
-            self.read.reserve(READ_SIZE);
-        }
-        let result = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.read
-        ));
+        let result = ready!(
+            self.read_size
+                .poll_read(Pin::new(&mut self.io), cx, &mut self.read)
+        );
         if !matches!(result, Ok(n) if n > 0) {
             self.peer_closed = true;
         }
@@ -321,7 +317,12 @@ impl Exchange {
             && self.request_sent()
             && !self.conn.peer_closed
             && self.conn.read.is_empty();
-        reusable.then_some(self.conn)
+        let mut conn = reusable.then_some(self.conn)?;
+        if conn.read_size.take_grown() {
+            // A large body was read: its allocation is let go rather than kept idle.
+            conn.read = BytesMut::new();
+        }
+        Some(conn)
     }
 
     /// The connection after a `101 Switching Protocols`: bytes both ways from now on, the
