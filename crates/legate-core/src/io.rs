@@ -1,11 +1,13 @@
 //! A connection that is plain TCP, TLS or a unix domain socket, for code that handles all
 //! (tcp_proxy, upstream pools): one `AsyncRead`/`AsyncWrite` that forwards to whichever it
 //! holds, vectored writes included; and the socket under a TLS stream ([`Transport`]).
-//! Beside it: byte counting, TLS plumbing, and the adaptive read size of the HTTP/1.1 codecs.
+//! Beside it: byte counting, TLS plumbing, and the HTTP/1.1 codecs' adaptive read size and
+//! write queue.
 
 pub mod counting;
 pub mod read_size;
 pub mod tls;
+pub mod write_queue;
 
 use std::io;
 use std::pin::Pin;

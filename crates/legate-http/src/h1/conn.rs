@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use legate_upstream::body::{Body, BoxError};
@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use legate_core::http1::{self, Decoder};
 use legate_core::io::read_size::ReadSize;
+use legate_core::io::write_queue::WriteQueue;
 
 use super::body::{BodyError, BodySender, RequestBody, Room};
 use super::encode::{self, Exchange, Framing};
@@ -31,9 +32,6 @@ use super::{CodecError, Service, Shutdown};
 
 /// The most response bytes gathered before writing.
 const WRITE_BATCH: usize = 64 * 1024;
-/// Data frames up to this size are copied next to their framing; larger ones are written
-/// from their own buffer.
-const COPY_LIMIT: usize = 8 * 1024;
 
 /// Why a connection ended other than cleanly.
 #[derive(Debug)]
@@ -86,7 +84,7 @@ where
         io,
         read: read_ahead,
         read_size: ReadSize::default(),
-        out: Out::default(),
+        out: WriteQueue::default(),
         searched: 0,
         limits,
     };
@@ -98,7 +96,7 @@ struct Conn<T> {
     /// Bytes read and not yet consumed; empty (and unallocated) between requests.
     read: BytesMut,
     read_size: ReadSize,
-    out: Out,
+    out: WriteQueue,
     /// How far `read` has been searched for the end of a head.
     searched: usize,
     limits: Limits,
@@ -190,7 +188,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                 // Between requests nothing is kept allocated.
                 self.read = BytesMut::new();
                 self.read_size = ReadSize::default();
-                self.out = Out::default();
+                self.out = WriteQueue::default();
             }
             let wait = poll_fn(|cx| {
                 if idle && shutdown.poll_requested(cx).is_ready() {
@@ -307,7 +305,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             close,
         };
         let framing = if switching {
-            self.out.put_head(
+            encode::head(
+                self.out.buf_mut(),
                 &mut parts,
                 &Default::default(),
                 Exchange {
@@ -317,7 +316,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             );
             Framing::None
         } else {
-            self.out.put_head(&mut parts, &body.size_hint(), exchange)
+            encode::head(self.out.buf_mut(), &mut parts, &body.size_hint(), exchange)
         };
 
         let mut sending = Sending::new(framing);
@@ -378,7 +377,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
                         sender.finish();
                         incoming.sender = None;
                     }
-                    Ok(None) => match self.poll_read(cx) {
+                    Ok(None) => match self.poll_read_body(cx) {
                         Poll::Pending => return Ok(()),
                         Poll::Ready(Ok(0)) => {
                             sender.send(Err(BodyError::Incomplete));
@@ -468,7 +467,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
     /// Answers a refused request and closes.
     async fn refuse(&mut self, response: Response<Body>) -> Result<(), Error> {
         let (mut parts, mut body) = response.into_parts();
-        let framing = self.out.put_head(
+        let framing = encode::head(
+            self.out.buf_mut(),
             &mut parts,
             &body.size_hint(),
             Exchange {
@@ -512,8 +512,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         Ok(())
     }
 
-    /// Reads more into `read`. Between requests the read goes through the stack, so that an
-    /// idle connection holds no buffer.
+    /// Reads more into `read`. Between requests (when `read` holds no buffer) the read goes
+    /// through the stack, so that an idle connection holds no buffer.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() == 0 {
             let mut stack = [MaybeUninit::<u8>::uninit(); 4096];
@@ -522,6 +522,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
             self.read.extend_from_slice(buf.filled());
             return Poll::Ready(Ok(buf.filled().len()));
         }
+        self.poll_read_body(cx)
+    }
+
+    /// Reads more of a request body into `read`, in reads of [`ReadSize`]: never through the
+    /// stack, even when the body before took all of `read`'s buffer (4 KiB reads, each copied
+    /// once more, were all a fast upload got).
+    fn poll_read_body(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.read_size
             .poll_read(Pin::new(&mut self.io), cx, &mut self.read)
     }
@@ -565,7 +572,7 @@ impl Sending {
         }
     }
 
-    fn put(&mut self, out: &mut Out, data: Bytes) -> Result<(), Error> {
+    fn put(&mut self, out: &mut WriteQueue, data: Bytes) -> Result<(), Error> {
         if data.is_empty() {
             return Ok(());
         }
@@ -581,7 +588,7 @@ impl Sending {
                 out.put_data(data);
             }
             Framing::Chunked => {
-                encode::chunk_size(&mut out.scratch, data.len());
+                encode::chunk_size(out.buf_mut(), data.len());
                 out.put_data(data);
                 out.put(encode::CHUNK_END);
             }
@@ -589,7 +596,7 @@ impl Sending {
         Ok(())
     }
 
-    fn end(&mut self, out: &mut Out) -> Result<(), Error> {
+    fn end(&mut self, out: &mut WriteQueue) -> Result<(), Error> {
         self.done = true;
         match self.framing {
             Framing::Chunked => out.put(encode::LAST_CHUNK),
@@ -601,95 +608,6 @@ impl Sending {
             _ => {}
         }
         Ok(())
-    }
-}
-
-/// Bytes waiting to be written: small pieces gathered in `scratch`, large bodies queued as
-/// they are, written together with vectored writes.
-#[derive(Default)]
-struct Out {
-    scratch: BytesMut,
-    queued: Vec<Bytes>,
-    /// Bytes of `queued[0]` already written.
-    len: usize,
-}
-
-impl Out {
-    fn is_empty(&self) -> bool {
-        self.scratch.is_empty() && self.queued.is_empty()
-    }
-
-    fn len(&self) -> usize {
-        self.scratch.len() + self.queued.iter().map(Bytes::len).sum::<usize>()
-    }
-
-    fn put(&mut self, bytes: &[u8]) {
-        self.scratch.extend_from_slice(bytes);
-    }
-
-    fn put_head(
-        &mut self,
-        parts: &mut http::response::Parts,
-        hint: &http_body::SizeHint,
-        exchange: Exchange,
-    ) -> Framing {
-        encode::head(&mut self.scratch, parts, hint, exchange)
-    }
-
-    fn put_data(&mut self, data: Bytes) {
-        if data.len() <= COPY_LIMIT {
-            self.scratch.extend_from_slice(&data);
-        } else {
-            if !self.scratch.is_empty() {
-                self.queued.push(self.scratch.split().freeze());
-            }
-            self.queued.push(data);
-        }
-    }
-
-    fn poll_write<W: AsyncWrite + Unpin>(
-        &mut self,
-        mut io: Pin<&mut W>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.queued.is_empty() && !self.scratch.is_empty() {
-            self.queued.push(self.scratch.split().freeze());
-        }
-        if self.queued.is_empty() {
-            while !self.scratch.is_empty() {
-                let n = ready!(io.as_mut().poll_write(cx, &self.scratch))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.scratch.advance(n);
-            }
-            return Poll::Ready(Ok(()));
-        }
-        while !self.queued.is_empty() {
-            let mut slices = [io::IoSlice::new(&[]); 16];
-            let mut count = 0;
-            for (i, b) in self.queued.iter().take(16).enumerate() {
-                let from = if i == 0 { self.len } else { 0 };
-                slices[i] = io::IoSlice::new(&b[from..]);
-                count += 1;
-            }
-            let mut n = ready!(io.as_mut().poll_write_vectored(cx, &slices[..count]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            while n > 0 {
-                let first = self.queued[0].len() - self.len;
-                if n >= first {
-                    n -= first;
-                    self.len = 0;
-                    self.queued.remove(0);
-                } else {
-                    self.len += n;
-                    n = 0;
-                }
-            }
-        }
-        Poll::Ready(Ok(()))
     }
 }
 

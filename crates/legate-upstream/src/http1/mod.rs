@@ -213,13 +213,13 @@ impl Exchange {
                 }
                 return Ok(());
             }
-            match Pin::new(&mut self.conn.io).poll_write(cx, &self.request.out) {
+            let before = self.request.out.len();
+            let result = self.request.out.poll_write(Pin::new(&mut self.conn.io), cx);
+            self.written |= self.request.out.len() < before;
+            match result {
+                Poll::Ready(Ok(())) => {}
                 Poll::Pending => return Ok(()),
-                Poll::Ready(Ok(n)) if n > 0 => {
-                    self.written = true;
-                    self.request.out.advance(n);
-                }
-                Poll::Ready(_) => {
+                Poll::Ready(Err(_)) => {
                     self.write_failed = true;
                     return Ok(());
                 }

@@ -2,17 +2,18 @@
 //! codec picks — `content-length` when the request has one, nothing for a request that ends
 //! with its headers (with `content-length: 0` unless its method takes no body), else chunked.
 //! The body is taken from the downstream as it comes and gathered into as few writes as it
-//! allows; its trailers are dropped (HTTP/1.1 upstreams get none from Envoy unless
-//! `enable_trailers`, which Legate does not take).
+//! allows (its large chunks queued, not copied); its trailers are dropped (HTTP/1.1 upstreams
+//! get none from Envoy unless `enable_trailers`, which Legate does not take).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use http::header::{self, HeaderValue};
 use http::{Method, Request};
 use http_body::Body as _;
 use legate_core::http1::{CHUNK_END, LAST_CHUNK, chunk_size, put_fields};
+use legate_core::io::write_queue::WriteQueue;
 
 use crate::body::{Body, BoxError};
 
@@ -23,7 +24,7 @@ const GATHER_LIMIT: usize = 64 * 1024;
 /// come. Nothing in it belongs to a connection: a request none of whose bytes were written can
 /// go out on another one.
 pub(crate) struct Outgoing {
-    pub(super) out: BytesMut,
+    pub(super) out: WriteQueue,
     body: Option<Body>,
     framing: Framing,
     pub(super) head_request: bool,
@@ -69,12 +70,14 @@ impl Outgoing {
             Some(authority) => authority.as_str(),
             None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
         };
-        let mut out = BytesMut::with_capacity(256 + headers.len() * 48);
-        out.put_slice(parts.method.as_str().as_bytes());
-        out.put_u8(b' ');
-        out.put_slice(target.as_bytes());
-        out.put_slice(b" HTTP/1.1\r\n");
-        put_fields(&mut out, headers);
+        let mut out = WriteQueue::default();
+        let head = out.buf_mut();
+        head.reserve(256 + headers.len() * 48);
+        head.put_slice(parts.method.as_str().as_bytes());
+        head.put_u8(b' ');
+        head.put_slice(target.as_bytes());
+        head.put_slice(b" HTTP/1.1\r\n");
+        put_fields(head, headers);
         Outgoing {
             out,
             // (A body announced but already ended is polled once more: its end is the error.)
@@ -110,7 +113,7 @@ impl Outgoing {
                 Poll::Ready(None) => {
                     self.body = None;
                     match self.framing {
-                        Framing::Chunked => self.out.put_slice(LAST_CHUNK),
+                        Framing::Chunked => self.out.put(LAST_CHUNK),
                         // The host would wait for the rest, and take the next request for it.
                         Framing::Length(left) if left > 0 => {
                             return Err("request body shorter than its content-length".into());
@@ -123,7 +126,7 @@ impl Outgoing {
         Ok(())
     }
 
-    fn put(&mut self, data: Bytes) {
+    fn put(&mut self, mut data: Bytes) {
         if data.is_empty() {
             return;
         }
@@ -133,12 +136,13 @@ impl Outgoing {
                 // Never past the length announced (the downstream codec checked it).
                 let n = (data.len() as u64).min(*left) as usize;
                 *left -= n as u64;
-                self.out.put_slice(&data[..n]);
+                data.truncate(n);
+                self.out.put_data(data);
             }
             Framing::Chunked => {
-                chunk_size(&mut self.out, data.len());
-                self.out.put_slice(&data);
-                self.out.put_slice(CHUNK_END);
+                chunk_size(self.out.buf_mut(), data.len());
+                self.out.put_data(data);
+                self.out.put(CHUNK_END);
             }
         }
     }
@@ -157,7 +161,11 @@ mod tests {
     use super::*;
 
     fn encoded(request: Request<Body>) -> String {
-        String::from_utf8(Outgoing::new(request).out.to_vec()).unwrap()
+        written(&Outgoing::new(request))
+    }
+
+    fn written(outgoing: &Outgoing) -> String {
+        String::from_utf8(outgoing.out.chunks().collect::<Vec<_>>().concat()).unwrap()
     }
 
     #[test]
@@ -188,8 +196,8 @@ mod tests {
         outgoing.gather(&mut cx).unwrap();
         assert!(outgoing.body_done());
         assert_eq!(
-            &outgoing.out[..],
-            b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+            written(&outgoing),
+            "PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
         );
     }
 
