@@ -75,11 +75,14 @@ mod tests {
     use std::future::poll_fn;
     use tokio::io::AsyncWriteExt;
 
-    /// Reads once, splitting off what came (as a codec hands body chunks on).
+    /// Reads once, splitting off what came (as a codec hands body chunks on). A read that
+    /// finds nothing fails the test rather than waiting for bytes that will not come.
     async fn read_once(size: &mut ReadSize, io: &mut tokio::io::DuplexStream) -> usize {
         let mut buf = BytesMut::new();
-        let n = poll_fn(|cx| size.poll_read(Pin::new(&mut *io), cx, &mut buf))
+        let read = poll_fn(|cx| size.poll_read(Pin::new(&mut *io), cx, &mut buf));
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), read)
             .await
+            .expect("a read found nothing to read")
             .unwrap();
         assert_eq!(n, buf.len());
         n
