@@ -559,8 +559,13 @@ pub(crate) fn forward<'a>(
 
         let switching = status == 101;
         strip_hop_by_hop(response.headers_mut(), switching);
-        if !switching {
-            // Envoy leaves it off a 101 (Switching Protocols).
+        // Envoy leaves it off a 101 (Switching Protocols), and off a response that came before
+        // the request had ended (it measures from the request's end).
+        if !switching
+            && f.body_state
+                .complete
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             response.headers_mut().insert(
                 X_ENVOY_UPSTREAM_SERVICE_TIME,
                 crate::headers::decimal(service_ms),

@@ -476,6 +476,68 @@ fn an_early_answer_to_an_upload_reaches_the_client() {
 }
 
 #[test]
+fn a_response_before_its_upload_ended_closes_the_connection_and_says_so() {
+    // nginx's `return 200` answers as soon as it has the head and discards the body after, on a
+    // connection it keeps alive. The client's connection ends with that response, as Envoy's
+    // does: `connection: close` in the head (a keep-alive client would otherwise send its next
+    // request into a connection about to close) and no `x-envoy-upstream-service-time`
+    // (measured from the request's end, which has not come).
+    let host = Scripted::start(|_| (OK.to_vec(), false));
+    let proxy = proxy_to(&host);
+    let mut stream = TcpStream::connect(proxy.addr("ingress")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let size = 1 << 20;
+    let head = format!("POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&[b'a'; 1000]).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.ends_with(b"ok") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200 "), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(!text.contains("x-envoy-upstream-service-time"), "{text}");
+    // The rest of the body is read and discarded, then the connection ends: nothing more is
+    // answered on it.
+    let _ = stream.write_all(&vec![b'a'; size - 1000]);
+    let _ = stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+
+    // The same upload read whole before the answer: the connection stays open, the time is
+    // there.
+    let mut stream = TcpStream::connect(proxy.addr("ingress")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = format!("POST /read HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&vec![b'a'; size]).unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"ok") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200 "), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+    assert!(
+        text.contains("\r\nx-envoy-upstream-service-time: "),
+        "{text}"
+    );
+}
+
+#[test]
 fn bytes_after_a_response_retire_its_connection() {
     // Extra bytes after the response, and a host that closes an idle connection: neither is
     // used for the next request.

@@ -294,11 +294,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<T> {
         let switching = upgrade_tx.as_ref().is_some_and(|tx| !tx.is_closed())
             && (parts.status == StatusCode::SWITCHING_PROTOCOLS
                 || (connect && parts.status.is_success()));
+        // A response that starts before its request has ended (an upstream answering an upload
+        // early, a local reply) ends the connection: the rest of the request is not waited
+        // for, and the client is told so in the head, as Envoy's `connection: close` tells it
+        // (a keep-alive client would otherwise send its next request into a closing
+        // connection).
         let close = !switching
             && (!keep_alive
                 || shutdown.is_requested()
-                || incoming.abandoned
-                || incoming.broken
+                || !incoming.complete()
                 || http1::has_token(&parts.headers, header::CONNECTION, "close"));
         let exchange = Exchange {
             head_request,
