@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Side-by-side HTTP benchmark: Legate vs Envoy vs HAProxy (and nginx direct, the ceiling) in
-front of one nginx upstream serving a small static body, interleaved over several rounds.
+front of one nginx upstream serving a small body from memory, interleaved over several rounds.
 
 Per round and target (the order rotates every round), with a fresh proxy process each time:
   * idle RSS: one listener, one cluster, after start-up and one probe request;
@@ -45,9 +45,9 @@ import time
 from pathlib import Path
 
 from common import (LOAD_CPU, PROXY_CPU, RESULTS, ROOT, WRK_DONE_LUA, RssSampler, busy_ports, cpu_seconds, cpu_times, fmt, get,
-                    guarded, h2load_summary, loadavg, median, missing_binaries, print_row, print_table_head,
-                    read_load_before, record_usage, rss_mib, run_load, run_main, spawn, start_nginx, stop, tail,
-                    tool_versions, wrk, write_nginx_conf)
+                    guarded, h2load_summary, loadavg, median, missing_binaries, nginx_small_location, print_row,
+                    print_table_head, read_load_before, record_usage, rss_mib, run_load, run_main, small_body, spawn,
+                    start_nginx, stop, tail, tool_versions, wrk, write_nginx_conf)
 
 TARGETS = ("nginx", "legate", "envoy", "haproxy")
 PROXIES = ("legate", "envoy", "haproxy")
@@ -62,12 +62,13 @@ NGINX_SERVERS = """\
     server {{
         listen 127.0.0.1:{h1} backlog=4096;
         root {dir}/www;
+        {small}
         location = /direct {{ return 200 "legate bench direct\\n"; }}
         location = /upload {{ client_max_body_size 2m; return 200 "uploaded\\n"; }}
     }}
     server {{
         listen 127.0.0.1:{h2} http2 backlog=4096;
-        root {dir}/www;
+        {small}
     }}
 """
 
@@ -241,7 +242,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each run")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--streams", type=int, default=10, help="h2load -m: streams per connection")
-    ap.add_argument("--body-bytes", type=int, default=128, help="size of the static body")
+    ap.add_argument("--body-bytes", type=int, default=128, help="size of the small body (/)")
     ap.add_argument("--base-port", type=int, default=18400)
     ap.add_argument("--only", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
     ap.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of " + ",".join(TESTS))
@@ -292,11 +293,11 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = RESULTS / "http_bench"
     (work / "www").mkdir(parents=True, exist_ok=True)
-    body = (b"legate bench " * ((args.body_bytes // 13) + 1))[: args.body_bytes - 1] + b"\n"
-    (work / "www/index.html").write_bytes(body)
+    body = small_body(args.body_bytes)
     (work / "www/big.bin").write_bytes(b"x" * BIG_BYTES)
     write_nginx_conf(work, NGINX_COMMENT.format(h1=ports["nginx"], h2=ports["nginx_h2"]),
-                     NGINX_SERVERS.format(dir=work, h1=ports["nginx"], h2=ports["nginx_h2"]))
+                     NGINX_SERVERS.format(dir=work, h1=ports["nginx"], h2=ports["nginx_h2"],
+                                          small=nginx_small_location(body)))
     (work / "bootstrap_legate.yaml").write_text(ENVOY_YAML.format(port=ports["legate"], upstream=ports["nginx"]))
     (work / "bootstrap_envoy.yaml").write_text(ENVOY_YAML.format(port=ports["envoy"], upstream=ports["nginx"]))
     (work / "haproxy.cfg").write_text(HAPROXY_CFG.format(port=ports["haproxy"], upstream=ports["nginx"]))

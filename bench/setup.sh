@@ -13,18 +13,30 @@ for bin in "${!want[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("${want[$bin]}")
 done
 llvm_major=$(rustc -vV 2>/dev/null | awk '/^LLVM version:/ {split($3, v, "."); print v[1]}')
-if [[ -n $llvm_major && ! -x /usr/lib/llvm-$llvm_major/bin/llvm-profdata ]] \
-    && apt-cache show "llvm-$llvm_major" >/dev/null 2>&1; then
-    missing+=("llvm-$llvm_major")
+want_llvm=false
+if [[ -n $llvm_major && ! -x /usr/lib/llvm-$llvm_major/bin/llvm-profdata ]]; then
+    want_llvm=true
 fi
-if ((${#missing[@]} == 0)); then
+if ((${#missing[@]} == 0)) && ! $want_llvm; then
     echo "bench/setup.sh: haproxy, nginx, wrk, h2load, openssl, valgrind, curl and llvm-profdata are installed"
     exit 0
 fi
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-echo "bench/setup.sh: installing ${missing[*]}"
 $SUDO apt-get update
+# Whether the archive has rustc's LLVM is known only once the package lists are there (a fresh
+# machine has none).
+if $want_llvm; then
+    if apt-cache show "llvm-$llvm_major" >/dev/null 2>&1; then
+        missing+=("llvm-$llvm_major")
+    else
+        echo "bench/setup.sh: the archive has no llvm-$llvm_major; bench/pgo.sh needs its llvm-profdata" >&2
+    fi
+fi
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+echo "bench/setup.sh: installing ${missing[*]}"
 # On a machine with an init system Debian may start the nginx/haproxy services; the benchmark
 # uses its own ports and processes and does not touch them.
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"

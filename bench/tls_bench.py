@@ -13,7 +13,8 @@ targets rotating from round to round:
                   per handshake and what that means for one core (handshakes per CPU-second).
   * handshakes12: the same with TLS 1.2 only.
   * https:        HTTPS keep-alive (TLS 1.3), `wrk -t1 -c50` after a --warmup, a 128-byte body
-                  from nginx: requests/s, p50/p99, proxy CPU per request and how busy its core was.
+                  from nginx (from memory): requests/s, p50/p99, proxy CPU per request and how busy
+                  its core was.
   * tcp:          tcp_proxy (HAProxy `mode tcp`) throughput: --tcp-connections wrk connections
                   each pulling a 1 GiB file (from tmpfs, nginx sendfile) through the proxy,
                   repeatedly, for --duration s: MiB/s, proxy CPU seconds per GiB and how busy
@@ -47,9 +48,10 @@ import time
 from pathlib import Path
 
 from common import (LOAD_CPU, PROXY_CPU, RESULTS, ROOT, WRK_DONE_LUA, busy_ports, cpu_seconds, fmt, get,
-                    guarded, h2load_summary, insecure_tls_client, loadavg, median, missing_binaries, print_row,
-                    print_table_head, raise_nofile, read_load_before, rss_mib, run_load, run_main, spawn, start_nginx,
-                    stop, tail, tool_versions, wrk, write_nginx_conf)
+                    guarded, h2load_summary, insecure_tls_client, loadavg, median, missing_binaries,
+                    nginx_small_location, print_row, print_table_head, raise_nofile, read_load_before, rss_mib,
+                    run_load, run_main, small_body, spawn, start_nginx, stop, tail, tool_versions, wrk,
+                    write_nginx_conf)
 
 TARGETS = ("legate", "envoy", "haproxy")
 TESTS = ("handshakes", "handshakes12", "https", "tcp", "idle_tcp")
@@ -65,7 +67,7 @@ NGINX_SERVERS = """\
     sendfile on;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
-        root {dir}/www;
+        {small}
         location = /big.bin {{ root {big_dir}; }}
     }}
 """
@@ -383,7 +385,7 @@ def main() -> int:
     ap.add_argument("--idle-connections", type=int, default=9000,
                     help="idle tcp_proxy connections (default 9000: each takes two descriptors in the proxy "
                          "and the limit here is 20,000; the growth is projected to 10,000)")
-    ap.add_argument("--body-bytes", type=int, default=128, help="size of the small static body")
+    ap.add_argument("--body-bytes", type=int, default=128, help="size of the small body (/)")
     ap.add_argument("--base-port", type=int, default=18800)
     ap.add_argument("--only", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
     ap.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of " + ",".join(TESTS))
@@ -441,11 +443,10 @@ def main() -> int:
         return 2
 
     work = RESULTS / "tls_bench"
-    (work / "www").mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     # The big file lives in tmpfs so that disk speed is not measured; removed at the end.
     big_dir = Path("/dev/shm") / f"legate_tls_bench_{os.getpid()}"
-    body = (b"legate bench " * ((args.body_bytes // 13) + 1))[: args.body_bytes - 1] + b"\n"
-    (work / "www/index.html").write_bytes(body)
+    body = small_body(args.body_bytes)
     lua = work / "wrk_json.lua"
     lua.write_text(WRK_LUA)
     base_id = 60000 + os.getpid() % 5000  # Envoy's shared-memory id: unique to this run
@@ -618,7 +619,8 @@ def main() -> int:
             big_sha1[0] = make_big_file(big_dir / "big.bin", args.tcp_bytes)
             print(f"  wrote {args.tcp_bytes // MIB} MiB to {big_dir}/big.bin in {time.monotonic() - t0:.1f} s")
         write_nginx_conf(work, NGINX_COMMENT.format(port=ports["nginx"]),
-                         NGINX_SERVERS.format(dir=work, port=ports["nginx"], big_dir=big_dir))
+                         NGINX_SERVERS.format(dir=work, port=ports["nginx"], big_dir=big_dir,
+                                              small=nginx_small_location(body)))
         nginx = start_nginx(binaries["nginx"], work)
         holder_proc[0] = spawn([sys.executable, "-c", HOLDER_PY, str(ports["holder"])], log_path=work / "holder.log",
                                cpu=LOAD_CPU)
