@@ -484,24 +484,29 @@ fn a_response_before_its_upload_ended_closes_the_connection_and_says_so() {
     // (measured from the request's end, which has not come).
     let host = Scripted::start(|_| (OK.to_vec(), false));
     let proxy = proxy_to(&host);
-    let mut stream = TcpStream::connect(proxy.addr("ingress")).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     let size = 1 << 20;
-    let head = format!("POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&[b'a'; 1000]).unwrap();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !got.ends_with(b"ok") {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
+    let upload = |path: &str, sent: usize| {
+        let mut stream = TcpStream::connect(proxy.addr("ingress")).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&vec![b'a'; sent]).unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !got.ends_with(b"ok") {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
         }
-    }
-    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
-    assert!(text.starts_with("http/1.1 200 "), "{text}");
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200 "), "{text}");
+        (stream, text)
+    };
+
+    let (mut stream, text) = upload("/early", 1000);
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
     assert!(!text.contains("x-envoy-upstream-service-time"), "{text}");
     // The rest of the body is read and discarded, then the connection ends: nothing more is
@@ -514,22 +519,7 @@ fn a_response_before_its_upload_ended_closes_the_connection_and_says_so() {
 
     // The same upload read whole before the answer: the connection stays open, the time is
     // there.
-    let mut stream = TcpStream::connect(proxy.addr("ingress")).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let head = format!("POST /read HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&vec![b'a'; size]).unwrap();
-    let mut got = Vec::new();
-    while !got.ends_with(b"ok") {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
-    assert!(text.starts_with("http/1.1 200 "), "{text}");
+    let (_stream, text) = upload("/read", size);
     assert!(!text.contains("connection: close"), "{text}");
     assert!(
         text.contains("\r\nx-envoy-upstream-service-time: "),
